@@ -1,3 +1,5 @@
-fn main() {
-    println!("keysmith");
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    keysmith::cli::main()
 }

@@ -1,0 +1,538 @@
+//! The `ApiKey` custom resource (`keysmith.dev/v1alpha1`), spec and status, exactly as SPEC section 3.
+//!
+//! Durations, cron schedules, CIDRs and timestamps are kept as strings here and parsed by
+//! [`crate::validation`]: a value the schema cannot express as invalid (a `5y1m` lifetime, a cron
+//! with 7 fields) must still deserialize, so the controller can report `InvalidSpec` naming the
+//! field instead of failing to read the object at all.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every Keysmith resource, annotation and finalizer.
+pub const GROUP: &str = "keysmith.dev";
+/// Finalizer that turns deletion into revocation.
+pub const FINALIZER: &str = "keysmith.dev/revoke";
+/// Annotation whose new value rotates every slot once.
+pub const ROTATE_ANNOTATION: &str = "keysmith.dev/rotate";
+/// Prefix of the per-slot rotation annotation (`keysmith.dev/rotate-<slot>`).
+pub const ROTATE_SLOT_ANNOTATION_PREFIX: &str = "keysmith.dev/rotate-";
+/// Annotation on the Secret listing the ids of the tokens it holds.
+pub const TOKEN_IDS_ANNOTATION: &str = "keysmith.dev/token-ids";
+/// Label on the Secret naming its ApiKey.
+pub const APIKEY_LABEL: &str = "keysmith.dev/apikey";
+/// Pod template annotation that makes a rollout restart happen once per rotation.
+pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
+
+/// Duration in Go syntax plus `d` (24h) and `w` (7d), e.g. `90d`, `1h30m`, `8760h`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|w))+$";
+/// `overlap` additionally accepts a bare `0`.
+pub const OVERLAP_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|w))+)$";
+/// Token prefix alphabet: what secret scanners and shells handle without quoting.
+pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9_]{0,32}$";
+/// A DNS label (RFC 1123).
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A valid key of a Secret's `data`.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// Longest slot name: `keysmith.dev/rotate-<slot>` must stay a valid annotation key (63 after the `/`).
+pub const MAX_SLOT_NAME_LEN: usize = 56;
+/// Token prefix when a slot sets none.
+pub const DEFAULT_PREFIX: &str = "ks_";
+/// Random bytes per token when a slot sets none (256 bits).
+pub const DEFAULT_BYTES: u32 = 32;
+/// Most token slots one ApiKey may hold.
+pub const MAX_SLOTS: usize = 8;
+
+/// An API key: one or more token slots written into a Secret, rotated and revoked by Keysmith,
+/// and checked by the Keysmith verifier.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "keysmith.dev",
+    version = "v1alpha1",
+    kind = "ApiKey",
+    plural = "apikeys",
+    shortname = "ak",
+    namespaced,
+    status = "ApiKeyStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "An API key managed by Keysmith: tokens minted into a Secret, rotated, revoked on delete, verified by the Keysmith verifier.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Tokens", type_ = "string", json_path = ".status.tokens[*].id"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(
+        name = "Next Rotation",
+        type_ = "date",
+        json_path = ".status.nextRotationAt"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new(concat!(
+        // CEL's duration() knows only Go units: values written with d or w are left to the controller.
+        "!has(self.expiresAfter) || !has(self.rotation) || !has(self.rotation.renewBefore) || ",
+        "self.expiresAfter.matches('[dw]') || self.rotation.renewBefore.matches('[dw]') || ",
+        "duration(self.rotation.renewBefore) < duration(self.expiresAfter)"
+    )).message("rotation.renewBefore must be shorter than expiresAfter").field_path(".rotation.renewBefore"),
+    validation = Rule::new(
+        "self.tokens.all(t, self.tokens.exists_one(u, (has(u.secretKey) ? u.secretKey : u.name) == (has(t.secretKey) ? t.secretKey : t.name)))"
+    ).message("every token slot must write a different Secret key (secretKey, defaulting to the slot name)").field_path(".tokens")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// Free text describing what this key is for; shown by `kubectl describe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Environment the key belongs to (e.g. `production`). The verifier answers
+    /// ENVIRONMENT_MISMATCH when a request names another environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), extend("pattern" = DNS_LABEL_PATTERN))]
+    pub environment: Option<String>,
+
+    /// Suspend the key: its tokens stay in the Secret but every verification answers DISABLED.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(extend("default" = false))]
+    pub disabled: bool,
+
+    /// Token slots (1 to 8). Each slot holds one current token (plus the previous one during an
+    /// overlap window) under its own key in the Secret, and is rotated on its own.
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tokens: Vec<TokenSlot>,
+
+    /// Permissions every slot carries unless the slot sets its own `grants`. A request is allowed
+    /// when an `allow` grant matches and no `deny` grant does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub grants: Vec<Grant>,
+
+    /// Lifetime of each token, from 1m to 5y (Go duration syntax plus `d` and `w`, e.g. `8760h`,
+    /// `90d`). Unset: tokens do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    pub expires_after: Option<String>,
+
+    /// Hard end of the whole key (RFC 3339). After it nothing verifies and nothing rotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expires_at: Option<String>,
+
+    /// When tokens are replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+
+    /// Conditions on the request beyond the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restrictions: Option<Restrictions>,
+
+    /// The Secret the tokens are written into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSpec>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// One token slot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSlot {
+    /// Slot name: a DNS label of at most 56 characters, unique within the key. Used in status,
+    /// in the per-slot rotation annotation `keysmith.dev/rotate-<name>`, and as the Secret key by default.
+    #[schemars(length(min = 1, max = 56), extend("pattern" = DNS_LABEL_PATTERN))]
+    pub name: String,
+
+    /// Token prefix, `[A-Za-z0-9_]{0,32}` (default `ks_`). End it with `_` so scanners and
+    /// `keysmith token inspect` can tell the prefix from the random part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PREFIX_PATTERN, "default" = DEFAULT_PREFIX))]
+    pub prefix: Option<String>,
+
+    /// Random bytes in the token, 16 to 64 (default 32, i.e. 256 bits), from the OS CSPRNG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 64), extend("default" = DEFAULT_BYTES))]
+    pub bytes: Option<u32>,
+
+    /// How the random bytes are written: `base62` (default) or `hex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "base62"))]
+    pub encoding: Option<Encoding>,
+
+    /// Key in the Secret's data that holds this slot's token. Default: the slot name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]
+    pub secret_key: Option<String>,
+
+    /// Grants for this slot only; when set they replace `spec.grants` for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub grants: Option<Vec<Grant>>,
+
+    /// Lifetime of this slot's tokens; overrides `spec.expiresAfter` (1m to 5y).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    pub expires_after: Option<String>,
+
+    /// Free-form strings returned by the verifier with every successful verification of this slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// How a token's random bytes are encoded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `[0-9A-Za-z]`, the shortest form that needs no quoting anywhere (default).
+    #[default]
+    Base62,
+    /// Lower-case hexadecimal.
+    Hex,
+}
+
+/// A permission rule evaluated by the verifier.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// `allow` or `deny`; a matching deny overrides any allow.
+    pub effect: Effect,
+
+    /// Actions this grant covers, e.g. `content.read`; `*` matches any run of characters.
+    #[schemars(length(min = 1, max = 64))]
+    pub actions: Vec<String>,
+
+    /// Resource patterns, e.g. `content:pages:*`; `*` matches any run of characters (segments
+    /// included). Unset: any resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub resources: Option<Vec<String>>,
+
+    /// Fields a create or update may touch. On `allow`: every requested field must be listed. On
+    /// `deny`: the grant applies when any requested field is listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub fields: Option<Vec<String>>,
+
+    /// Conditions on the request context; all must hold for the grant to match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<GrantConditions>,
+}
+
+/// Whether a grant permits or forbids.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Permit matching requests (unless a deny matches too).
+    #[default]
+    Allow,
+    /// Forbid matching requests, whatever any allow says.
+    Deny,
+}
+
+/// Conditions on a request's context.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantConditions {
+    /// The request's `context.status` must be one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub status: Option<Vec<String>>,
+
+    /// The request's `context.locale` must be one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub locales: Option<Vec<String>>,
+
+    /// true: the request's `context.owner` must be this key's identity (`<namespace>/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<bool>,
+}
+
+/// When and how tokens are replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!(has(self.every) && has(self.schedule))")
+        .message("set at most one of rotation.every and rotation.schedule"),
+    validation = Rule::new("!has(self.timeZone) || has(self.schedule)")
+        .message("rotation.timeZone only applies to rotation.schedule").field_path(".timeZone"),
+    validation = Rule::new(concat!(
+        "!has(self.overlap) || !has(self.every) || self.overlap == '0' || ",
+        "self.overlap.matches('[dw]') || self.every.matches('[dw]') || ",
+        "duration(self.overlap) < duration(self.every)"
+    )).message("rotation.overlap must be shorter than rotation.every").field_path(".overlap")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// Rotate on a fixed interval (1m to 5y), e.g. `720h` or `90d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    pub every: Option<String>,
+
+    /// Rotate on a cron schedule (5 fields, e.g. `0 3 * * MON`), in UTC unless `timeZone` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: Option<String>,
+
+    /// IANA time zone for `schedule`, e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+
+    /// Rotate this long before a token expires. Default: one third of the token's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    pub renew_before: Option<String>,
+
+    /// How long a replaced token keeps verifying; `0` revokes it at once. Must be shorter than
+    /// `every`. Default: 1h, or half of `every` when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = OVERLAP_PATTERN))]
+    pub overlap: Option<String>,
+
+    /// Any string; changing it rotates every slot once (GitOps-friendly rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub trigger: Option<String>,
+}
+
+/// Conditions on the request beyond the token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restrictions {
+    /// CIDRs (IPv4 or IPv6); the client address must fall in one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub ip_allow_list: Vec<String>,
+
+    /// Headers the request must carry, each with the given value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub required_headers: Vec<RequiredHeader>,
+}
+
+/// A header a request must carry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.value) != has(self.valueFrom)")
+        .message("set exactly one of value and valueFrom")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredHeader {
+    /// Header name (case-insensitive), e.g. `X-Client-Secret`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub name: String,
+
+    /// The literal value the header must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+
+    /// Where to read the value the header must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueSource>,
+}
+
+/// Source of a required header's value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueSource {
+    /// A key of a Secret in the ApiKey's namespace.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the ApiKey's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// The Secret the tokens are written into.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Secret name. Default: the ApiKey's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+
+    /// Secret type. Default: `Opaque`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: Option<String>,
+
+    /// Labels and annotations copied onto the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+
+    /// true: take over an existing Secret of that name that this ApiKey does not own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(extend("default" = false))]
+    pub adopt: bool,
+
+    /// Workloads to rollout-restart after a rotation (exactly once per rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub restart_targets: Vec<RestartTarget>,
+}
+
+/// Labels and annotations copied onto the Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretTemplate {
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A workload in the ApiKey's namespace to restart after a rotation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Workload name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kinds of workload Keysmith can restart.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    #[default]
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// What Keysmith observed and did. Never holds token plaintext: only ids and SHA-256 hashes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Name of the Secret holding the tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// `Ready`, `Expiring`, `Expired` and `Disabled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the next rotation of any slot is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+
+    /// Earliest time a current token stops verifying (token expiry or the key's `expiresAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// One entry per slot: the current token's public id and hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tokens: Vec<TokenStatus>,
+}
+
+/// The current token of one slot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenStatus {
+    /// Slot name.
+    pub name: String,
+    /// Public identifier: prefix plus the first 6 characters of the random part.
+    pub id: String,
+    /// Hex SHA-256 of the whole token.
+    pub sha256: String,
+    /// When this token was minted.
+    pub issued_at: Time,
+    /// When this token stops verifying; unset when it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// The `rotation.trigger` value this token answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_trigger: Option<String>,
+    /// The `keysmith.dev/rotate` annotation value this token answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_annotation: Option<String>,
+    /// The `keysmith.dev/rotate-<slot>` annotation value this token answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_slot_annotation: Option<String>,
+    /// The replaced token, while its overlap window lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousToken>,
+    /// Last successful verification, written by the verifier at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+}
+
+/// A replaced token that still verifies until `validUntil`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousToken {
+    /// Public identifier of the replaced token.
+    pub id: String,
+    /// Hex SHA-256 of the replaced token.
+    pub sha256: String,
+    /// End of the overlap window.
+    pub valid_until: Time,
+}
+
+impl ApiKey {
+    /// Name of the Secret this key writes: `spec.secret.name`, else the ApiKey's name.
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+impl TokenSlot {
+    /// Prefix with its default applied.
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+    /// Random byte count with its default applied.
+    pub fn bytes(&self) -> u32 {
+        self.bytes.unwrap_or(DEFAULT_BYTES)
+    }
+    /// Encoding with its default applied.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding.unwrap_or_default()
+    }
+    /// Secret data key with its default applied.
+    pub fn secret_key(&self) -> &str {
+        self.secret_key.as_deref().unwrap_or(&self.name)
+    }
+}
