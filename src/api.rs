@@ -123,7 +123,7 @@ pub struct ApiKeySpec {
     /// Lifetime of each token, from 1m to 5y (Go duration syntax plus `d` and `w`, e.g. `8760h`,
     /// `90d`). Unset: tokens do not expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    #[schemars(length(max = 64), extend("pattern" = DURATION_PATTERN))]
     pub expires_after: Option<String>,
 
     /// Hard end of the whole key (RFC 3339). After it nothing verifies and nothing rotates.
@@ -185,7 +185,7 @@ pub struct TokenSlot {
 
     /// Lifetime of this slot's tokens; overrides `spec.expiresAfter` (1m to 5y).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    #[schemars(length(max = 64), extend("pattern" = DURATION_PATTERN))]
     pub expires_after: Option<String>,
 
     /// Free-form strings returned by the verifier with every successful verification of this slot.
@@ -212,13 +212,13 @@ pub struct Grant {
     pub effect: Effect,
 
     /// Actions this grant covers, e.g. `content.read`; `*` matches any run of characters.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
     pub actions: Vec<String>,
 
     /// Resource patterns, e.g. `content:pages:*`; `*` matches any run of characters (segments
     /// included). Unset: any resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub resources: Option<Vec<String>>,
 
     /// Fields a create or update may touch. On `allow`: every requested field must be listed. On
@@ -279,7 +279,7 @@ pub struct GrantConditions {
 pub struct Rotation {
     /// Rotate on a fixed interval (1m to 5y), e.g. `720h` or `90d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    #[schemars(length(max = 64), extend("pattern" = DURATION_PATTERN))]
     pub every: Option<String>,
 
     /// Rotate on a cron schedule (5 fields, e.g. `0 3 * * MON`), in UTC unless `timeZone` is set.
@@ -294,13 +294,13 @@ pub struct Rotation {
 
     /// Rotate this long before a token expires. Default: one third of the token's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = DURATION_PATTERN))]
+    #[schemars(length(max = 64), extend("pattern" = DURATION_PATTERN))]
     pub renew_before: Option<String>,
 
     /// How long a replaced token keeps verifying; `0` revokes it at once. Must be shorter than
     /// `every`. Default: 1h, or half of `every` when that is shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = OVERLAP_PATTERN))]
+    #[schemars(length(max = 64), extend("pattern" = OVERLAP_PATTERN))]
     pub overlap: Option<String>,
 
     /// Any string; changing it rotates every slot once (GitOps-friendly rotation).
@@ -315,7 +315,7 @@ pub struct Rotation {
 pub struct Restrictions {
     /// CIDRs (IPv4 or IPv6); the client address must fall in one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
     pub ip_allow_list: Vec<String>,
 
     /// Headers the request must carry, each with the given value.
@@ -341,6 +341,7 @@ pub struct RequiredHeader {
 
     /// The literal value the header must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub value: Option<String>,
 
     /// Where to read the value the header must have.

@@ -1,0 +1,219 @@
+//! The committed CRD matches the Rust types, and its schema is structural by Kubernetes' rules.
+
+use keysmith::crd::{apikey_crd, apikey_crd_yaml};
+use serde_json::Value;
+
+const COMMITTED: &str = include_str!("../crds/apikeys.keysmith.dev.yaml");
+
+#[test]
+fn committed_crd_equals_generated() {
+    assert!(
+        COMMITTED == apikey_crd_yaml(),
+        "crds/apikeys.keysmith.dev.yaml is stale: run `cargo run -- crd > crds/apikeys.keysmith.dev.yaml`"
+    );
+}
+
+#[test]
+fn crd_command_prints_the_committed_crd() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("crd")
+        .output()
+        .expect("keysmith runs");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), COMMITTED);
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(apikey_crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// Paths where unknown fields are meant to be kept. None: every part of an ApiKey is typed.
+const PRESERVE_UNKNOWN_ALLOWED: &[&str] = &[];
+
+/// The structural-schema rules of
+/// https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema
+fn structural_violations(node: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else {
+        out.push(format!("{path}: schema node is not an object"));
+        return;
+    };
+    if obj.contains_key("$ref") {
+        out.push(format!("{path}: $ref is not allowed"));
+    }
+    for combinator in ["anyOf", "oneOf", "allOf", "not"] {
+        if let Some(branches) = obj.get(combinator) {
+            // Inside a value validation, type/description/default/nullable/additionalProperties must not appear.
+            for (i, b) in branches.as_array().into_iter().flatten().enumerate() {
+                for forbidden in [
+                    "type",
+                    "description",
+                    "default",
+                    "nullable",
+                    "additionalProperties",
+                ] {
+                    if b.get(forbidden).is_some() {
+                        out.push(format!(
+                            "{path}.{combinator}[{i}]: `{forbidden}` is not allowed here"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if preserve && !PRESERVE_UNKNOWN_ALLOWED.contains(&path) {
+        out.push(format!(
+            "{path}: x-kubernetes-preserve-unknown-fields where it is not meant"
+        ));
+    }
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    let ty = obj.get("type").and_then(Value::as_str);
+    if ty.is_none() && !preserve && !int_or_string {
+        out.push(format!("{path}: no type"));
+    }
+    match ty {
+        Some("object") => {
+            let props = obj.get("properties").and_then(Value::as_object);
+            let additional = obj.get("additionalProperties");
+            if props.is_some() && additional.is_some() {
+                out.push(format!("{path}: both properties and additionalProperties"));
+            }
+            for (name, child) in props.into_iter().flatten() {
+                structural_violations(child, &format!("{path}.{name}"), out);
+            }
+            if let Some(additional) = additional.filter(|a| a.is_object()) {
+                structural_violations(additional, &format!("{path}[*]"), out);
+            }
+            if props.is_none() && additional.is_none() && !preserve && path != "" {
+                out.push(format!("{path}: object without properties"));
+            }
+        }
+        Some("array") => match obj.get("items") {
+            Some(items) => structural_violations(items, &format!("{path}[]"), out),
+            None => out.push(format!("{path}: array without items")),
+        },
+        _ => {}
+    }
+}
+
+#[test]
+fn schema_is_structural() {
+    let mut violations = Vec::new();
+    structural_violations(&schema(), "", &mut violations);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn structural_check_catches_violations() {
+    let bad = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "untyped": {},
+            "ref": { "$ref": "#/definitions/x", "type": "string" },
+            "list": { "type": "array" },
+            "choice": { "anyOf": [{ "type": "string" }, { "type": "integer" }] },
+            "free": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+        }
+    });
+    let mut violations = Vec::new();
+    structural_violations(&bad, "", &mut violations);
+    for expected in [
+        ".untyped: no type",
+        ".ref: $ref",
+        ".list: array without items",
+        ".choice.anyOf[0]",
+        ".free: x-kubernetes-preserve",
+    ] {
+        assert!(
+            violations.iter().any(|v| v.contains(expected)),
+            "missing {expected} in {violations:#?}"
+        );
+    }
+}
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, p| &v["properties"][p])
+}
+
+#[test]
+fn schema_carries_the_spec_constraints() {
+    let s = schema();
+    let slot = &at(&s, &["spec", "tokens"])["items"];
+    assert_eq!(at(&s, &["spec", "tokens"])["maxItems"], 8);
+    assert_eq!(at(&s, &["spec", "tokens"])["minItems"], 1);
+    assert_eq!(at(&s, &["spec", "tokens"])["x-kubernetes-list-type"], "map");
+    assert_eq!(at(slot, &["prefix"])["pattern"], "^[A-Za-z0-9_]{0,32}$");
+    assert_eq!(at(slot, &["prefix"])["default"], "ks_");
+    assert_eq!(at(slot, &["bytes"])["minimum"].as_f64(), Some(16.0));
+    assert_eq!(at(slot, &["bytes"])["maximum"].as_f64(), Some(64.0));
+    assert_eq!(at(slot, &["bytes"])["default"], 32);
+    assert_eq!(
+        at(slot, &["encoding"])["enum"],
+        serde_json::json!(["base62", "hex"])
+    );
+    assert_eq!(
+        at(&s, &["spec", "secret", "restartTargets"])["items"]["properties"]["kind"]["enum"],
+        serde_json::json!(["Deployment", "StatefulSet", "DaemonSet"])
+    );
+    let rules =
+        serde_json::to_string(&at(&s, &["spec", "rotation"])["x-kubernetes-validations"]).unwrap();
+    assert!(
+        rules.contains("duration(self.overlap) < duration(self.every)"),
+        "{rules}"
+    );
+    let spec_rules = serde_json::to_string(&at(&s, &["spec"])["x-kubernetes-validations"]).unwrap();
+    assert!(
+        spec_rules.contains("duration(self.rotation.renewBefore) < duration(self.expiresAfter)")
+    );
+    assert_eq!(
+        at(&s, &["status", "tokens"])["x-kubernetes-list-map-keys"],
+        serde_json::json!(["name"])
+    );
+}
+
+#[test]
+fn crd_names_and_columns() {
+    let crd = apikey_crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("apikeys.keysmith.dev"));
+    assert_eq!(crd.spec.names.short_names, Some(vec!["ak".to_string()]));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let version = &crd.spec.versions[0];
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Ready", "Tokens", "Expires", "Next Rotation", "Age"]
+    );
+}
+
+/// Every property of the schema has a description, so `kubectl explain` helps.
+#[test]
+fn every_field_is_documented() {
+    fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
+        for (name, child) in node["properties"].as_object().into_iter().flatten() {
+            let p = format!("{path}.{name}");
+            if child
+                .get("description")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+                && !["apiVersion", "kind", "metadata"].contains(&name.as_str())
+            {
+                out.push(p.clone());
+            }
+            walk(child, &p, out);
+            walk(&child["items"], &format!("{p}[]"), out);
+        }
+    }
+    let mut undocumented = Vec::new();
+    walk(&schema(), "", &mut undocumented);
+    assert!(
+        undocumented.is_empty(),
+        "fields without description: {undocumented:#?}"
+    );
+}
