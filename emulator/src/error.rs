@@ -101,7 +101,11 @@ impl ApiError {
 
     /// 404 for a path that names no resource.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 409 on create of an existing name.
@@ -149,11 +153,20 @@ impl ApiError {
         } else {
             format!("[{}]", rendered.join(", "))
         };
-        let mut e = Self::new(422, "Invalid", format!("{what} \"{name}\" is invalid: {list}"));
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{what} \"{name}\" is invalid: {list}"),
+        );
         let mut d = details(group, kind, name);
         d["causes"] = causes_json(&causes);
         e.details = Some(d);
         e
+    }
+
+    /// 422 for a patch that cannot be applied (e.g. a failed JSON patch `test`).
+    pub fn invalid_patch(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message)
     }
 
     /// 400.
@@ -195,7 +208,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
+            ),
         )
     }
 

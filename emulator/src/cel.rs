@@ -1,0 +1,144 @@
+//! CRD `x-kubernetes-validations` rules, evaluated with kube-cel's
+//! validation engine (the `cel` crate plus the Kubernetes CEL libraries).
+//!
+//! Rules kube-cel cannot evaluate (it reports them as compilation failures or
+//! unsupported references: `cel.bind`, `sortBy`, two-variable
+//! comprehensions, ...) are skipped and reported back as warnings instead of
+//! rejecting every object, because a real API server would have evaluated
+//! them; the README lists the gap.
+
+use serde_json::Value;
+
+use kube_cel::{ErrorKind, RootContext};
+
+use crate::error::Cause;
+
+thread_local! {
+    // Registering the Kubernetes CEL libraries is costly; do it once per thread.
+    static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+}
+
+/// Outcome of evaluating a schema's CEL rules.
+#[derive(Debug, Default)]
+pub struct CelOutcome {
+    /// Rules that evaluated to false (or failed at runtime), as 422 causes.
+    pub causes: Vec<Cause>,
+    /// Rules the engine could not evaluate.
+    pub skipped: Vec<String>,
+}
+
+fn reason(r: Option<&str>) -> (&'static str, &'static str) {
+    match r {
+        Some("FieldValueForbidden") => ("FieldValueForbidden", "Forbidden"),
+        Some("FieldValueRequired") => ("FieldValueRequired", "Required value"),
+        Some("FieldValueDuplicate") => ("FieldValueDuplicate", "Duplicate value"),
+        _ => ("FieldValueInvalid", "Invalid value"),
+    }
+}
+
+fn type_word(v: Option<&Value>) -> &'static str {
+    match v {
+        Some(Value::Object(_)) => "object",
+        Some(Value::Array(_)) => "array",
+        Some(Value::String(_)) => "string",
+        Some(Value::Number(_)) => "number",
+        Some(Value::Bool(_)) => "boolean",
+        _ => "null",
+    }
+}
+
+fn at_path<'v>(obj: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = obj;
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, idx) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        cur = cur.get(name)?;
+        if let Some(i) = idx {
+            cur = cur.get(i)?;
+        }
+    }
+    Some(cur)
+}
+
+/// Evaluate every rule of `schema` against `obj` (and `old` for transition rules).
+pub fn evaluate(
+    schema: &Value,
+    obj: &Value,
+    old: Option<&Value>,
+    root: (&str, &str, &str),
+) -> CelOutcome {
+    let (api_version, api_group, kind) = root;
+    let ctx = RootContext {
+        api_version: api_version.into(),
+        api_group: api_group.into(),
+        kind: kind.into(),
+    };
+    let mut outcome = CelOutcome::default();
+    let result = VALIDATOR.with(|v| v.validate_with_context(schema, obj, old, Some(&ctx)));
+    let Err(errors) = result else {
+        return outcome;
+    };
+    for e in errors {
+        match e.kind {
+            ErrorKind::CompilationFailure | ErrorKind::UnsupportedReference => {
+                outcome.skipped.push(e.rule.clone());
+            }
+            _ => {
+                let (reason, word) = reason(e.reason.as_deref());
+                let message = if word == "Invalid value" {
+                    format!(
+                        "Invalid value: \"{}\": {}",
+                        type_word(at_path(obj, &e.field_path)),
+                        e.message
+                    )
+                } else {
+                    format!("{word}: {}", e.message)
+                };
+                outcome
+                    .causes
+                    .push(Cause::new(reason, e.field_path.clone(), message));
+            }
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn failing_rule_becomes_an_invalid_cause_and_unsupported_rules_are_skipped() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                {"rule": "cel.bind(x, self.min, x > 0)"}
+            ],
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}}}}});
+        let out = evaluate(
+            &schema,
+            &json!({"spec": {"min": 5, "max": 1}}),
+            None,
+            ("example.com/v1", "example.com", "Widget"),
+        );
+        assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
+        assert_eq!(out.causes[0].field, "spec");
+        assert_eq!(
+            out.causes[0].message,
+            "Invalid value: \"object\": min must not exceed max"
+        );
+        assert!(
+            evaluate(
+                &schema,
+                &json!({"spec": {"min": 1, "max": 5}}),
+                None,
+                ("", "", "")
+            )
+            .causes
+            .is_empty()
+        );
+    }
+}
