@@ -175,7 +175,9 @@ pub fn sweep(st: &mut State) {
         }
         for a in actions {
             match a {
-                Action::Remove(gr, key) => st.remove_final(&gr, &key.0, &key.1),
+                Action::Remove(gr, key) => {
+                    st.remove_final(&gr, &key.0, &key.1);
+                }
                 Action::Delete(gr, key) => begin_delete(st, &gr, &key),
                 Action::DropFinalizer(gr, key, f) => drop_finalizer(st, &gr, &key, f),
             }

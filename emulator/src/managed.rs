@@ -300,11 +300,17 @@ pub fn apply(
     let mut dropped = previously_mine;
     dropped.subtract(&applied_set);
     dropped.subtract(&others);
-    // Remove deepest paths first so list indices stay meaningful.
+    // Remove outermost paths first; their descendants go with them (removing
+    // a list-map item's key field first would make the item unfindable).
     let mut paths: Vec<Vec<String>> = dropped.members().into_iter().map(|(p, _)| p).collect();
-    paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    paths.sort_by_key(Vec::len);
+    let mut removed: Vec<Vec<String>> = Vec::new();
     for p in paths {
+        if removed.iter().any(|r| p.starts_with(r)) {
+            continue;
+        }
         remove_at(&mut merged, &p);
+        removed.push(p);
     }
 
     let api_version = applied["apiVersion"]

@@ -796,8 +796,7 @@ impl State {
         let is_namespace = rt.group.is_empty() && rt.plural == "namespaces";
         if fins.is_empty() && !is_namespace {
             let removed = self
-                .store
-                .remove(&gr, ns, name)
+                .remove_final(&gr, ns, name)
                 .expect("object read above under the same lock");
             gc::sweep(self);
             return Ok(present(rt, &removed));
@@ -831,11 +830,9 @@ impl State {
     }
 
     /// Remove an object for good, withdrawing a CRD's kinds and objects.
-    pub fn remove_final(&mut self, gr: &GroupResource, ns: &str, name: &str) {
-        if let Some(obj) = self.store.remove(gr, ns, name)
-            && gr.group == "apiextensions.k8s.io"
-            && gr.resource == "customresourcedefinitions"
-        {
+    pub fn remove_final(&mut self, gr: &GroupResource, ns: &str, name: &str) -> Option<Value> {
+        let obj = self.store.remove(gr, ns, name)?;
+        if gr.group == "apiextensions.k8s.io" && gr.resource == "customresourcedefinitions" {
             let group = obj["spec"]["group"].as_str().unwrap_or_default();
             let plural = obj["spec"]["names"]["plural"].as_str().unwrap_or_default();
             let crs = GroupResource::new(group, plural);
@@ -849,6 +846,7 @@ impl State {
             }
             self.registry.remove_crd(name);
         }
+        Some(obj)
     }
 }
 
