@@ -484,3 +484,6 @@ impl CompiledGrants {
         &self.permissions
     }
 }
+
+#[cfg(test)]
+mod tests;
