@@ -486,4 +486,6 @@ impl CompiledGrants {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
