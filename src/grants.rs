@@ -1,1 +1,491 @@
-//! grants
+//! The grant evaluator of SPEC section 6, as pure functions.
+//!
+//! Grants are compiled once, when the verifier indexes an `ApiKey`
+//! ([`CompiledGrants::compile`]), and evaluated on every request
+//! ([`CompiledGrants::evaluate`]) without allocating.
+//!
+//! # Semantics
+//!
+//! * **No action, no question.** A request without an action asks for authentication only: the
+//!   decision is [`Decision::NotAsked`] and the verifier answers on the token alone.
+//! * **Allow unless denied.** With an action, the request is allowed iff at least one `allow`
+//!   grant matches and no `deny` grant matches. A key without grants is denied every action.
+//! * **A grant matches** when one of its action patterns matches the action, its resource
+//!   patterns match the resource, its `fields` accept the requested fields and all of its
+//!   conditions hold.
+//! * **Patterns** (actions and resources): `*` matches any run of characters, possibly empty and
+//!   including the `:` and `.` separators; every other character is literal. So
+//!   `content:pages:*` matches `content:pages:a:b` and `content.*` matches `content.read`.
+//!   Parsing rejects empty patterns, whitespace and control characters, and patterns longer
+//!   than [`MAX_PATTERN_LEN`] characters.
+//! * **Resources.** Unset: any resource, or none. Set: the request's resource must match one of
+//!   the patterns; a request without a resource matches only a pattern that matches everything
+//!   (`*`), so naming resources cannot be dodged by leaving the resource out.
+//! * **Fields.** On `allow`, every requested field must be listed (a request without fields
+//!   passes). On `deny`, the grant applies when any requested field is listed (so a request
+//!   without fields escapes a field deny: it touches none of them).
+//! * **Conditions** (`status` and `locales` membership, `own`). On `allow`, a condition holds
+//!   only when the request supplies the value and it is listed; `own: true` holds when
+//!   `context.owner` is the key's identity `<namespace>/<name>`. On `deny`, a value the request
+//!   does not supply counts as matching: a deny fails closed and cannot be dodged by omitting
+//!   context. `own: false` or unset imposes nothing.
+//!
+//! Strings are compared exactly (case-sensitive, no normalisation).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::api::{Effect, Grant, GrantConditions};
+
+/// Longest action or resource pattern, in characters.
+pub const MAX_PATTERN_LEN: usize = 256;
+
+/// Why a pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PatternError {
+    /// The pattern is the empty string.
+    #[error("pattern is empty")]
+    Empty,
+    /// The pattern has more than [`MAX_PATTERN_LEN`] characters.
+    #[error("pattern has {len} characters, more than the {MAX_PATTERN_LEN} allowed")]
+    TooLong {
+        /// Length of the pattern in characters.
+        len: usize,
+    },
+    /// The pattern holds a whitespace or control character.
+    #[error(
+        "pattern contains {ch:?} at byte {at}: whitespace and control characters are not allowed"
+    )]
+    InvalidChar {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset in the pattern.
+        at: usize,
+    },
+}
+
+/// An action or resource pattern: `*` matches any run of characters, the rest is literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: Box<str>,
+    matcher: Matcher,
+}
+
+/// How a pattern is matched, chosen at parse time so the common shapes skip the general loop.
+/// Offsets are byte offsets into [`Pattern::source`], which saves copying the literal parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Matcher {
+    /// Only stars: matches everything.
+    Any,
+    /// No star: the input must equal the source.
+    Exact,
+    /// `lit*`: the input must start with `source[..end]`.
+    Prefix { end: usize },
+    /// `*lit`: the input must end with `source[start..]`.
+    Suffix { start: usize },
+    /// `head*mid*...*tail`: anchored head and tail, then the middle literals in order.
+    Glob {
+        head_end: usize,
+        tail_start: usize,
+        middle: Box<[Box<str>]>,
+    },
+}
+
+impl Pattern {
+    /// Parses a pattern, rejecting empty, over-long and whitespace- or control-bearing ones.
+    pub fn parse(source: &str) -> Result<Self, PatternError> {
+        validate(source)?;
+        Ok(Self {
+            source: source.into(),
+            matcher: Matcher::for_source(source),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the pattern matches every string (it is made of stars only).
+    pub fn matches_everything(&self) -> bool {
+        matches!(self.matcher, Matcher::Any)
+    }
+
+    /// Whether `input` matches the pattern. Linear in `input`: stars never backtrack.
+    pub fn matches(&self, input: &str) -> bool {
+        let src = &*self.source;
+        match &self.matcher {
+            Matcher::Any => true,
+            Matcher::Exact => input == src,
+            Matcher::Prefix { end } => input.starts_with(&src[..*end]),
+            Matcher::Suffix { start } => input.ends_with(&src[*start..]),
+            Matcher::Glob {
+                head_end,
+                tail_start,
+                middle,
+            } => glob_matches(input, &src[..*head_end], middle, &src[*tail_start..]),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+fn validate(source: &str) -> Result<(), PatternError> {
+    if source.is_empty() {
+        return Err(PatternError::Empty);
+    }
+    let len = source.chars().count();
+    if len > MAX_PATTERN_LEN {
+        return Err(PatternError::TooLong { len });
+    }
+    match source
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        Some((at, ch)) => Err(PatternError::InvalidChar { ch, at }),
+        None => Ok(()),
+    }
+}
+
+impl Matcher {
+    fn for_source(source: &str) -> Self {
+        // `*` is ASCII, so byte offsets of stars are always char boundaries.
+        let (Some(first), Some(last)) = (source.find('*'), source.rfind('*')) else {
+            return Self::Exact;
+        };
+        let inner = &source[first..=last];
+        let one_run = inner.bytes().all(|b| b == b'*');
+        match (one_run, first == 0, last + 1 == source.len()) {
+            (true, true, true) => Self::Any,
+            (true, false, true) => Self::Prefix { end: first },
+            (true, true, false) => Self::Suffix { start: last + 1 },
+            _ => Self::glob(first, last + 1, inner),
+        }
+    }
+
+    fn glob(head_end: usize, tail_start: usize, inner: &str) -> Self {
+        // Consecutive stars collapse: empty pieces between them constrain nothing.
+        let middle = inner
+            .split('*')
+            .filter(|piece| !piece.is_empty())
+            .map(Box::from)
+            .collect();
+        Self::Glob {
+            head_end,
+            tail_start,
+            middle,
+        }
+    }
+}
+
+/// Greedy glob match. Taking each middle literal at its leftmost occurrence is optimal: a later
+/// occurrence only leaves less room for the literals after it, so no backtracking is needed.
+fn glob_matches(input: &str, head: &str, middle: &[Box<str>], tail: &str) -> bool {
+    // Strip head then tail from what remains, so the two can never overlap (`a*a` vs `a`).
+    let Some(rest) = input.strip_prefix(head) else {
+        return false;
+    };
+    let Some(mut rest) = rest.strip_suffix(tail) else {
+        return false;
+    };
+    for literal in middle {
+        match rest.find(&**literal) {
+            Some(at) => rest = &rest[at + literal.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Which list of a grant a rejected pattern came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternList {
+    /// `actions`.
+    Actions,
+    /// `resources`.
+    Resources,
+}
+
+impl fmt::Display for PatternList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Actions => "actions",
+            Self::Resources => "resources",
+        })
+    }
+}
+
+/// A bad pattern in a list of grants, located so validation can name the field.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}: {error}", self.path())]
+pub struct GrantError {
+    /// Index of the grant in the list given to [`CompiledGrants::compile`].
+    pub grant: usize,
+    /// The list holding the pattern.
+    pub list: PatternList,
+    /// Index of the pattern in that list.
+    pub index: usize,
+    /// What is wrong with it.
+    pub error: PatternError,
+}
+
+impl GrantError {
+    /// Field path relative to the grants list, e.g. `[2].resources[0]`; prepend `spec.grants`
+    /// or `spec.tokens[i].grants`.
+    pub fn path(&self) -> String {
+        format!("[{}].{}[{}]", self.grant, self.list, self.index)
+    }
+}
+
+/// Why an action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The deny grant at this index matched.
+    DeniedBy(usize),
+    /// The key has grants, but no allow grant matched.
+    NoMatchingAllow,
+    /// The key has no grants: it authenticates but is allowed nothing.
+    NoGrants,
+}
+
+/// The outcome of evaluating a request, with the reason, for the verifier's answer and audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The request named no action: only authentication was asked.
+    NotAsked,
+    /// The allow grant at this index matched and no deny did.
+    Allowed {
+        /// Index of the first matching allow grant.
+        grant: usize,
+    },
+    /// The action is refused (`FORBIDDEN`).
+    Denied(DenyReason),
+}
+
+impl Decision {
+    /// Whether the verifier must answer `FORBIDDEN`.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Denied(_))
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAsked => f.write_str("no action asked"),
+            Self::Allowed { grant } => write!(f, "allowed by grant {grant}"),
+            Self::Denied(DenyReason::DeniedBy(grant)) => write!(f, "denied by grant {grant}"),
+            Self::Denied(DenyReason::NoMatchingAllow) => f.write_str("no allow grant matches"),
+            Self::Denied(DenyReason::NoGrants) => f.write_str("key has no grants"),
+        }
+    }
+}
+
+/// The request context grant conditions look at (`context` in the verify body).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Context<'a> {
+    /// `context.status`, e.g. `draft`.
+    pub status: Option<&'a str>,
+    /// `context.locale`, e.g. `en`.
+    pub locale: Option<&'a str>,
+    /// `context.owner`: the identity owning the item, compared with the key's identity.
+    pub owner: Option<&'a str>,
+}
+
+/// What a request asks to do, borrowed from the verify body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The action, e.g. `content.read`; `None` asks for authentication only.
+    pub action: Option<&'a str>,
+    /// The resource, e.g. `content:pages:home`.
+    pub resource: Option<&'a str>,
+    /// Fields a create or update touches.
+    pub fields: &'a [String],
+    /// Context for conditions.
+    pub context: Context<'a>,
+}
+
+/// A sorted set of literals: binary search keeps 256-entry field lists cheap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StrSet(Box<[Box<str>]>);
+
+impl StrSet {
+    fn new(items: &[String]) -> Self {
+        let mut items: Vec<Box<str>> = items.iter().map(|s| s.as_str().into()).collect();
+        items.sort_unstable();
+        items.dedup();
+        Self(items.into())
+    }
+
+    fn contains(&self, item: &str) -> bool {
+        self.0.binary_search_by(|x| (**x).cmp(item)).is_ok()
+    }
+}
+
+/// One grant, ready to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CompiledGrant {
+    /// Position in the source list, reported in decisions.
+    index: usize,
+    actions: Box<[Pattern]>,
+    resources: Option<Box<[Pattern]>>,
+    fields: Option<StrSet>,
+    status: Option<StrSet>,
+    locales: Option<StrSet>,
+    own: bool,
+}
+
+impl CompiledGrant {
+    fn compile(index: usize, grant: &Grant) -> Result<Self, GrantError> {
+        let parse_list = |list: PatternList, patterns: &[String]| {
+            patterns
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    Pattern::parse(p).map_err(|error| GrantError {
+                        grant: index,
+                        list,
+                        index: i,
+                        error,
+                    })
+                })
+                .collect::<Result<Box<[Pattern]>, _>>()
+        };
+        let conditions = grant.conditions.as_ref();
+        let set = |pick: fn(&GrantConditions) -> Option<&Vec<String>>| {
+            conditions.and_then(pick).map(|v| StrSet::new(v))
+        };
+        Ok(Self {
+            index,
+            actions: parse_list(PatternList::Actions, &grant.actions)?,
+            resources: grant
+                .resources
+                .as_deref()
+                .map(|r| parse_list(PatternList::Resources, r))
+                .transpose()?,
+            fields: grant.fields.as_deref().map(StrSet::new),
+            status: set(|c| c.status.as_ref()),
+            locales: set(|c| c.locales.as_ref()),
+            own: conditions.and_then(|c| c.own).unwrap_or(false),
+        })
+    }
+
+    /// Whether the grant covers the request. A deny fails closed: a condition value the request
+    /// leaves out counts as matching, and the requested fields need only overlap the list.
+    fn matches(&self, action: &str, request: &Request<'_>, identity: &str, deny: bool) -> bool {
+        let context = &request.context;
+        self.actions.iter().any(|p| p.matches(action))
+            && self.resource_matches(request.resource)
+            && self.fields_match(request.fields, deny)
+            && condition(self.status.as_ref(), context.status, deny)
+            && condition(self.locales.as_ref(), context.locale, deny)
+            && (!self.own || context.owner.map_or(deny, |owner| owner == identity))
+    }
+
+    fn resource_matches(&self, resource: Option<&str>) -> bool {
+        let Some(patterns) = &self.resources else {
+            return true;
+        };
+        match resource {
+            Some(r) => patterns.iter().any(|p| p.matches(r)),
+            None => patterns.iter().any(Pattern::matches_everything),
+        }
+    }
+
+    fn fields_match(&self, requested: &[String], deny: bool) -> bool {
+        let Some(listed) = &self.fields else {
+            return true;
+        };
+        if deny {
+            requested.iter().any(|f| listed.contains(f))
+        } else {
+            requested.iter().all(|f| listed.contains(f))
+        }
+    }
+}
+
+/// A membership condition: unset holds; a missing value holds only for a deny (fail closed).
+fn condition(set: Option<&StrSet>, value: Option<&str>, deny: bool) -> bool {
+    set.is_none_or(|set| value.map_or(deny, |v| set.contains(v)))
+}
+
+/// The grants of one token slot, compiled for evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompiledGrants {
+    // Split by effect so a request scans each kind once and stops at the first match.
+    allows: Box<[CompiledGrant]>,
+    denies: Box<[CompiledGrant]>,
+    permissions: Box<[Box<str>]>,
+}
+
+impl CompiledGrants {
+    /// Compiles a slot's effective grants (its own, else `spec.grants`). Decisions name grants
+    /// by their index in `grants`.
+    pub fn compile(grants: &[Grant]) -> Result<Self, GrantError> {
+        let mut allows = Vec::new();
+        let mut denies = Vec::new();
+        for (index, grant) in grants.iter().enumerate() {
+            let compiled = CompiledGrant::compile(index, grant)?;
+            match grant.effect {
+                Effect::Allow => allows.push(compiled),
+                Effect::Deny => denies.push(compiled),
+            }
+        }
+        let mut seen = HashSet::new();
+        let permissions = allows
+            .iter()
+            .flat_map(|g| g.actions.iter().map(Pattern::as_str))
+            .filter(|action| seen.insert(*action))
+            .map(Box::from)
+            .collect();
+        Ok(Self {
+            allows: allows.into(),
+            denies: denies.into(),
+            permissions,
+        })
+    }
+
+    /// Decides a request for the key whose identity is `identity` (`<namespace>/<name>`, what
+    /// `own` compares `context.owner` with). Allocation-free.
+    pub fn evaluate(&self, request: &Request<'_>, identity: &str) -> Decision {
+        let Some(action) = request.action else {
+            return Decision::NotAsked;
+        };
+        if self.allows.is_empty() && self.denies.is_empty() {
+            return Decision::Denied(DenyReason::NoGrants);
+        }
+        if let Some(deny) = self
+            .denies
+            .iter()
+            .find(|g| g.matches(action, request, identity, true))
+        {
+            return Decision::Denied(DenyReason::DeniedBy(deny.index));
+        }
+        match self
+            .allows
+            .iter()
+            .find(|g| g.matches(action, request, identity, false))
+        {
+            Some(allow) => Decision::Allowed { grant: allow.index },
+            None => Decision::Denied(DenyReason::NoMatchingAllow),
+        }
+    }
+
+    /// The verifier's `permissions` field: the allow grants' action patterns as written, without
+    /// duplicates, in grant order. A summary only: resources, fields, conditions and denies
+    /// narrow it, and [`evaluate`](Self::evaluate) is the authority.
+    pub fn permissions(&self) -> &[Box<str>] {
+        &self.permissions
+    }
+}
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! Grant evaluation on a realistic grant set: what the verifier pays per authorized request.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keysmith::api::Grant;
+use keysmith::grants::{CompiledGrants, Context, Pattern, Request};
+
+const KEY: &str = "cms/marketing-site";
+
+/// A management key of a multi-site CMS: the `grants.yaml` example plus the usual extras.
+fn grants() -> Vec<Grant> {
+    serde_json::from_value(serde_json::json!([
+        { "effect": "allow", "actions": ["content.read"], "resources": ["workspace:site-a:content:*"] },
+        {
+            "effect": "allow",
+            "actions": ["content.create", "content.update"],
+            "resources": ["workspace:site-a:content:pages:*", "workspace:site-a:content:posts:*"],
+            "fields": ["hero_title", "body", "summary", "tags", "seo_title", "seo_description"],
+            "conditions": { "status": ["draft", "review"], "locales": ["en", "de", "fr"], "own": true },
+        },
+        { "effect": "allow", "actions": ["users.read", "users.update"], "resources": ["workspace:site-a:users:*"] },
+        { "effect": "allow", "actions": ["media.*"], "resources": ["workspace:site-a:media:*"] },
+        { "effect": "deny", "actions": ["content.*"], "resources": ["workspace:*:content:legal:*"] },
+        { "effect": "deny", "actions": ["content.update"], "fields": ["slug", "author"] },
+        { "effect": "deny", "actions": ["*.delete"] },
+    ]))
+    .expect("benchmark grants deserialize")
+}
+
+fn evaluate(c: &mut Criterion) {
+    let compiled = CompiledGrants::compile(&grants()).expect("benchmark grants compile");
+    let fields = vec!["hero_title".to_string(), "body".to_string()];
+    let update = Request {
+        action: Some("content.update"),
+        resource: Some("workspace:site-a:content:pages:home"),
+        fields: &fields,
+        context: Context {
+            status: Some("draft"),
+            locale: Some("de"),
+            owner: Some(KEY),
+        },
+    };
+    let read = Request {
+        action: Some("content.read"),
+        resource: Some("workspace:site-a:content:posts:42"),
+        ..Request::default()
+    };
+    let legal = Request {
+        resource: Some("workspace:site-a:content:legal:terms"),
+        ..read
+    };
+    let unknown = Request {
+        action: Some("billing.read"),
+        resource: Some("workspace:site-a:billing:invoices"),
+        ..Request::default()
+    };
+    let cases = [
+        ("allowed update with fields and conditions", update),
+        ("allowed read", read),
+        ("denied by a deny grant", legal),
+        ("no matching allow", unknown),
+    ];
+    let mut group = c.benchmark_group("grants/evaluate");
+    for (name, request) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(&compiled).evaluate(black_box(&request), black_box(KEY)))
+        });
+    }
+    group.finish();
+}
+
+fn pattern(c: &mut Criterion) {
+    let glob = Pattern::parse("workspace:*:content:*:home").expect("benchmark pattern parses");
+    c.bench_function("grants/pattern glob", |b| {
+        b.iter(|| black_box(&glob).matches(black_box("workspace:site-a:content:pages:home")))
+    });
+}
+
+criterion_group!(benches, evaluate, pattern);
+criterion_main!(benches);
