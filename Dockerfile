@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# Keysmith container image: one static-ish binary on distroless, running as non-root (65532).
+# Keysmith container image: one binary on distroless, running as non-root (65532).
 #   docker build -t keysmith:0.1.0 .
 #   docker run --rm keysmith:0.1.0 --help
 # The Helm chart (charts/keysmith) runs it as `keysmith run`, `keysmith controller` or
