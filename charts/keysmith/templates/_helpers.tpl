@@ -105,21 +105,12 @@ Container image reference; the tag defaults to the chart's appVersion.
 Flags every long-running command takes: scope (--namespace, --selector) and --log-format.
 */}}
 {{- define "keysmith.commonArgs" -}}
+- --log-format={{ .Values.logFormat }}
 {{- if .Values.watchNamespace }}
 - --namespace={{ .Values.watchNamespace }}
 {{- end }}
 {{- if .Values.selector }}
-- --selector={{ .Values.selector }}
-{{- end }}
-- --log-format={{ .Values.logFormat }}
-{{- end }}
-
-{{/*
-Flags of the commands that serve the verifier API (verifier, run).
-*/}}
-{{- define "keysmith.verifierArgs" -}}
-{{- if .Values.trustedProxies }}
-- --trusted-proxies={{ join "," .Values.trustedProxies }}
+- {{ printf "--selector=%s" .Values.selector | quote }}
 {{- end }}
 {{- end }}
 
