@@ -332,12 +332,17 @@ fn radix(encoding: Encoding) -> u64 {
     }
 }
 
+/// Value of one digit, `None` outside the alphabet. Arithmetic rather than a table search,
+/// because the verifier runs it on every character of every presented token.
 fn digit_value(b: u8, encoding: Encoding) -> Option<u8> {
-    let alphabet: &[u8] = match encoding {
-        Encoding::Base62 => BASE62,
-        Encoding::Hex => HEX,
-    };
-    alphabet.iter().position(|&c| c == b).map(|i| i as u8)
+    let base62 = encoding == Encoding::Base62;
+    Some(match b {
+        b'0'..=b'9' => b - b'0',
+        b'A'..=b'Z' if base62 => b - b'A' + 10,
+        b'a'..=b'z' if base62 => b - b'a' + 36,
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => return None,
+    })
 }
 
 /// The checksum's value, or `None` if it exceeds 32 bits (then no CRC-32 can match).
@@ -395,6 +400,20 @@ mod tests {
     use proptest::prelude::*;
 
     const ENCODINGS: [Encoding; 2] = [Encoding::Base62, Encoding::Hex];
+
+    #[test]
+    fn digit_values_follow_the_alphabets() {
+        for (i, &b) in BASE62.iter().enumerate() {
+            assert_eq!(digit_value(b, Encoding::Base62), Some(i as u8));
+        }
+        for (i, &b) in HEX.iter().enumerate() {
+            assert_eq!(digit_value(b, Encoding::Hex), Some(i as u8));
+        }
+        for b in [b'g', b'A', b'F', b'_', b' '] {
+            assert_eq!(digit_value(b, Encoding::Hex), None);
+        }
+        assert_eq!(digit_value(b'_', Encoding::Base62), None);
+    }
 
     #[test]
     fn base62_width_is_the_smallest_that_holds_the_bytes() {
