@@ -113,14 +113,10 @@ impl Schedule {
     /// The first run strictly after `after`, or `None` past the years croner searches (5000).
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         let zoned = after.to_zoned(self.time_zone.clone());
+        // Exclusive search: croner first steps to the next wall-clock second, so the result is
+        // strictly later even when `after` has a fraction of a second.
         let next = self.cron.find_next_occurrence(&zoned, false).ok()?;
-        // croner works in whole seconds; make "strictly after" hold for sub-second inputs too.
-        let next = next.timestamp();
-        if next > after {
-            Some(next)
-        } else {
-            self.next_after(next)
-        }
+        Some(next.timestamp())
     }
 
     /// The gap between the first two runs after `after`: the schedule's interval around that
@@ -332,6 +328,12 @@ mod tests {
         assert_eq!(
             runs(&last_day, "2028-02-01T00:00:00Z", 1),
             ["2028-02-29T00:00:00Z"]
+        );
+        // Both day fields must match: 29 February on a Monday, 28 years apart.
+        let leap_monday = Schedule::parse("0 0 29 2 +MON", None).unwrap();
+        assert_eq!(
+            runs(&leap_monday, "2026-01-01T00:00:00Z", 2),
+            ["2044-02-29T00:00:00Z", "2072-02-29T00:00:00Z"]
         );
         let sunday = Schedule::parse("0 0 * * 7", None).unwrap();
         assert_eq!(
