@@ -48,6 +48,8 @@ pub const MAX_SLOTS: usize = 8;
 
 /// An API key: one or more token slots written into a Secret, rotated and revoked by Keysmith,
 /// and checked by the Keysmith verifier.
+// Each `printcolumn(...)` repeats `type_`/`json_path`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "keysmith.dev",
@@ -194,7 +196,19 @@ pub struct TokenSlot {
 }
 
 /// How a token's random bytes are encoded.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    JsonSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// `[0-9A-Za-z]`, the shortest form that needs no quoting anywhere (default).

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod token;
+
 /// Keysmith: API keys as Kubernetes custom resources.
 #[derive(Parser, Debug)]
 #[command(name = "keysmith", version, about)]
@@ -17,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Print the ApiKey CustomResourceDefinition as YAML.
     Crd,
+    /// Mint or inspect a token offline.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -27,5 +32,6 @@ pub fn main() -> ExitCode {
             print!("{}", crate::crd::apikey_crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Token(command) => token::run(command),
     }
 }
