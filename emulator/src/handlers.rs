@@ -413,7 +413,13 @@ async fn resource(
     }
 
     if rt.virtual_create_only {
-        let review = decode(&body, &content_type(headers))?;
+        let ct = content_type(headers);
+        let review = if ct.contains("protobuf") {
+            crate::protobuf::decode_review(&body)
+                .ok_or_else(|| ApiError::unsupported_media_type(&ct))?
+        } else {
+            decode(&body, &ct)?
+        };
         return Ok(json_response(
             StatusCode::CREATED,
             &answer_review(server, &rt, &r.namespace, review, user),

@@ -30,6 +30,7 @@ mod managed;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 pub mod rbac;
 mod registry;
 mod schema;

@@ -1,0 +1,416 @@
+//! The real kubectl (v1.32, /usr/bin/kubectl) against the emulator: apply
+//! (client-side and server-side), get with server-side printing and
+//! printer columns, get -o yaml, describe, patch, delete, validation errors
+//! and `auth can-i` under RBAC.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{emulator, gadgets};
+use keysmith_emulator::{Config, Emulator, Identity};
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+struct Output {
+    ok: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    fn new(emu: &Emulator, identity: &Identity) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        emu.write_kubeconfig(&kubeconfig, identity).unwrap();
+        Kubectl { dir, kubeconfig }
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let out = tokio::process::Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .expect("kubectl runs");
+        Output {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.ok,
+            "kubectl {args:?} failed: {}{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_describe_patch_delete_a_custom_resource() {
+    let emu = Emulator::start(Config {
+        tls: true,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let k = Kubectl::new(&emu, &Identity::Admin);
+
+    // Creating the CRD through kubectl makes the resource servable.
+    let out = k.ok(&["apply", "-f", &fixture("gadgets-crd.yaml")]).await;
+    assert_eq!(
+        out.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/gadgets.example.com created"
+    );
+    let out = k.ok(&["apply", "-f", &fixture("gadget.yaml")]).await;
+    assert_eq!(out.trim(), "gadget.example.com/sprocket created");
+
+    // The controller's view: a Ready condition through the status subresource.
+    gadgets(&emu.client().await.unwrap(), "default")
+        .patch_status(
+            "sprocket",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+
+    let table = k.ok(&["get", "gadgets"]).await;
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        vec!["NAME", "READY", "SIZE", "SLOTS", "AGE"],
+        "{table}"
+    );
+    assert_eq!(
+        &lines[1][..4],
+        &["sprocket", "True", "3", "primary,backup"],
+        "{table}"
+    );
+    assert!(lines[1][4].ends_with('s'), "age column: {table}");
+    let short = k.ok(&["get", "gd", "-o", "name"]).await;
+    assert_eq!(short.trim(), "gadget.example.com/sprocket");
+
+    let yaml = k.ok(&["get", "gadget", "sprocket", "-o", "yaml"]).await;
+    let obj: Value = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(obj["spec"]["color"], "red", "defaulted");
+    assert_eq!(obj["spec"]["slots"][1]["bytes"], 48);
+    assert!(
+        obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+
+    // Client-side apply of a change computes a JSON merge patch for a CR.
+    let changed = std::fs::read_to_string(fixture("gadget.yaml"))
+        .unwrap()
+        .replace("size: 3", "size: 4");
+    let changed_path = k.file("gadget-4.yaml", &changed);
+    assert_eq!(
+        k.ok(&["apply", "-f", path(&changed_path)]).await.trim(),
+        "gadget.example.com/sprocket configured"
+    );
+    // Re-applying still sends the (atomic) slots list, because the server
+    // defaulted a field inside it, exactly as with a real API server; the
+    // resulting no-op update must not be a write.
+    let rv = emu.resource_version();
+    k.ok(&["apply", "-f", path(&changed_path)]).await;
+    assert_eq!(emu.resource_version(), rv);
+
+    let described = k.ok(&["describe", "gadget", "sprocket"]).await;
+    assert!(described.contains("Name:         sprocket"), "{described}");
+    assert!(described.contains("Kind:         Gadget"), "{described}");
+    assert!(
+        described.lines().any(|l| l.trim() == "Size:    4"),
+        "{described}"
+    );
+    assert!(described.contains("Type:    Ready"), "{described}");
+
+    let out = k
+        .ok(&[
+            "patch",
+            "gadget",
+            "sprocket",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"color":"blue"}}"#,
+        ])
+        .await;
+    assert_eq!(out.trim(), "gadget.example.com/sprocket patched");
+    let color = k
+        .ok(&["get", "gadget", "sprocket", "-o", "jsonpath={.spec.color}"])
+        .await;
+    assert_eq!(color, "blue");
+
+    assert_eq!(
+        k.ok(&["delete", "gadget", "sprocket"]).await.trim(),
+        "gadget.example.com \"sprocket\" deleted"
+    );
+    let gone = k.run(&["get", "gadget", "sprocket"]).await;
+    assert!(!gone.ok);
+    assert!(
+        gone.stderr
+            .contains("gadgets.example.com \"sprocket\" not found"),
+        "{}",
+        gone.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_with_conflicts() {
+    let emu = emulator(Config::default()).await;
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    let out = k
+        .ok(&["apply", "--server-side", "-f", &fixture("gadget.yaml")])
+        .await;
+    assert_eq!(out.trim(), "gadget.example.com/sprocket serverside-applied");
+    let stored = emu
+        .get("example.com/v1", "Gadget", "default", "sprocket")
+        .unwrap();
+    let managers: Vec<(&str, &str)> = stored["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap(),
+                m["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(managers, vec![("kubectl", "Apply")]);
+
+    let other = std::fs::read_to_string(fixture("gadget.yaml"))
+        .unwrap()
+        .replace("size: 3", "size: 5");
+    let other_path = k.file("other.yaml", &other);
+    let conflict = k
+        .run(&[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "other",
+            "-f",
+            path(&other_path),
+        ])
+        .await;
+    assert!(!conflict.ok);
+    assert!(
+        conflict.stderr.contains("conflict with \"kubectl\""),
+        "{}",
+        conflict.stderr
+    );
+    assert!(
+        conflict.stderr.contains(".spec.size"),
+        "{}",
+        conflict.stderr
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "other",
+        "-f",
+        path(&other_path),
+    ])
+    .await;
+    let size = k
+        .ok(&["get", "gadget", "sprocket", "-o", "jsonpath={.spec.size}"])
+        .await;
+    assert_eq!(size, "5");
+}
+
+const BUILTINS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: app, image: "app:1", env: [{name: A, value: "1"}]}
+      - {name: sidecar, image: "sidecar:1"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-token, namespace: default}
+stringData: {TOKEN: abc}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_apply_of_builtins_uses_strategic_merge() {
+    let emu = emulator(Config::default()).await;
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    let p = k.file("web.yaml", BUILTINS);
+    let out = k.ok(&["apply", "-f", path(&p)]).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["deployment.apps/web created", "secret/web-token created"]
+    );
+
+    let changed = k.file(
+        "web2.yaml",
+        &BUILTINS
+            .replace("app:1", "app:2")
+            .replace("      - {name: sidecar, image: \"sidecar:1\"}\n", ""),
+    );
+    k.ok(&["apply", "-f", path(&changed)]).await;
+    let patches = emu
+        .request_log()
+        .filter(|e| e.verb == "patch" && e.resource == "deployments");
+    assert_eq!(patches.len(), 1);
+    let deploy = emu.get("apps/v1", "Deployment", "default", "web").unwrap();
+    let containers = &deploy["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers.as_array().unwrap().len(), 1, "{containers}");
+    assert_eq!(containers[0]["image"], "app:2");
+    assert_eq!(containers[0]["env"][0]["value"], "1");
+    assert_eq!(deploy["metadata"]["generation"], 2);
+
+    let table = k.ok(&["get", "deploy,secret"]).await;
+    assert!(table.contains("deployment.apps/web"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("secret/web-token") && l.contains("Opaque")),
+        "{table}"
+    );
+    let token = k
+        .ok(&["get", "secret", "web-token", "-o", "jsonpath={.data.TOKEN}"])
+        .await;
+    assert_eq!(token, "YWJj");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_custom_objects_are_rejected_with_kubernetes_messages() {
+    let emu = emulator(Config::default()).await;
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    let bad = k.file(
+        "bad.yaml",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: bad}\nspec: {size: 0, color: pink}\n",
+    );
+    let out = k.run(&["apply", "-f", path(&bad)]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("The Gadget \"bad\" is invalid: \n* spec.color: Unsupported value: \"pink\": supported values: \"red\", \"green\", \"blue\"\n* spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"),
+        "{}",
+        out.stderr
+    );
+    let unknown = k.file(
+        "unknown.yaml",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: odd}\nspec: {size: 1, junk: 1}\n",
+    );
+    let out = k.run(&["apply", "-f", path(&unknown)]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("strict decoding error: unknown field \"spec.junk\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        emu.get("example.com/v1", "Gadget", "default", "odd")
+            .is_none()
+    );
+}
+
+const SA_RBAC: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: keysmith}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader, namespace: keysmith}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: secret-reader, namespace: keysmith}
+rules:
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader, namespace: keysmith}
+subjects:
+- {kind: ServiceAccount, name: reader, namespace: keysmith}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: secret-reader}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_can_i_and_forbidden_under_rbac() {
+    // kubectl only sends bearer tokens over TLS.
+    let emu = emulator(Config {
+        rbac: true,
+        tls: true,
+        ..Config::default()
+    })
+    .await;
+    emu.apply_yaml(SA_RBAC).unwrap();
+    let k = Kubectl::new(&emu, &Identity::service_account("keysmith", "reader"));
+
+    let yes = k
+        .run(&["auth", "can-i", "list", "secrets", "-n", "keysmith"])
+        .await;
+    assert_eq!((yes.code, yes.stdout.trim()), (Some(0), "yes"));
+    let no = k
+        .run(&["auth", "can-i", "delete", "secrets", "-n", "keysmith"])
+        .await;
+    assert_eq!((no.code, no.stdout.trim()), (Some(1), "no"));
+    let elsewhere = k
+        .run(&["auth", "can-i", "list", "secrets", "-n", "default"])
+        .await;
+    assert_eq!(elsewhere.stdout.trim(), "no");
+
+    k.ok(&["get", "secrets", "-n", "keysmith"]).await;
+    let denied = k.run(&["get", "secrets", "-n", "default"]).await;
+    assert!(!denied.ok);
+    assert!(
+        denied.stderr.contains("secrets is forbidden: User \"system:serviceaccount:keysmith:reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        denied.stderr
+    );
+    let admin = Kubectl::new(&emu, &Identity::Admin);
+    let all = admin.run(&["auth", "can-i", "*", "*"]).await;
+    assert_eq!(all.stdout.trim(), "yes");
+}
