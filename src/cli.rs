@@ -22,6 +22,18 @@ pub enum Command {
     /// Mint or inspect a token offline.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Reconcile ApiKey resources (not built yet).
+    Controller,
+    /// Serve the verification API (not built yet).
+    Verifier,
+    /// Controller and verifier in one process (not built yet).
+    Run,
+    /// The embedded default: API emulator, controller and verifier with the examples (not built yet).
+    Dev,
+    /// Rotate an ApiKey's tokens in the current cluster (not built yet).
+    Rotate,
+    /// Show an ApiKey's status in the current cluster (not built yet).
+    Status,
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -33,5 +45,17 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token(command) => token::run(command),
+        Command::Controller => not_built("controller"),
+        Command::Verifier => not_built("verifier"),
+        Command::Run => not_built("run"),
+        Command::Dev => not_built("dev"),
+        Command::Rotate => not_built("rotate"),
+        Command::Status => not_built("status"),
     }
+}
+
+/// An entry point whose implementation has not landed: say so instead of pretending to work.
+fn not_built(command: &str) -> ExitCode {
+    eprintln!("keysmith {command}: not built yet in this version of Keysmith");
+    ExitCode::from(2)
 }

@@ -31,6 +31,11 @@ pub const SCHEDULE_FIELD: &str = "spec.rotation.schedule";
 /// Path of the time zone in an ApiKey, for validation messages.
 pub const TIME_ZONE_FIELD: &str = "spec.rotation.timeZone";
 
+/// Runs sampled by [`Schedule::shortest_interval`]: over a year of a weekly schedule.
+pub const INTERVAL_SAMPLES: usize = 64;
+/// 2001-01-01T00:00:00Z, a Monday: where [`Schedule::shortest_interval`] starts sampling.
+const INTERVAL_REFERENCE: Timestamp = Timestamp::constant(978_307_200, 0);
+
 const MACROS: [&str; 6] = [
     "@yearly",
     "@annually",
@@ -126,6 +131,25 @@ impl Schedule {
         let first = self.next_after(after)?;
         let second = self.next_after(first)?;
         Duration::try_from(second.duration_since(first)).ok()
+    }
+
+    /// The shortest gap between runs, sampled over the first [`INTERVAL_SAMPLES`] runs after a
+    /// fixed reference date, so validation gives the same answer whenever it runs. An overlap
+    /// window must be shorter than this or two replaced tokens would be valid at once.
+    pub fn shortest_interval(&self) -> Duration {
+        let mut runs =
+            std::iter::successors(self.next_after(INTERVAL_REFERENCE), |t| self.next_after(*t));
+        let Some(mut previous) = runs.next() else {
+            return Duration::MAX;
+        };
+        runs.take(INTERVAL_SAMPLES)
+            .filter_map(|run| {
+                let gap = Duration::try_from(run.duration_since(previous)).ok();
+                previous = run;
+                gap
+            })
+            .min()
+            .unwrap_or(Duration::MAX)
     }
 
     /// The expression as given.

@@ -85,7 +85,7 @@ fn structural_violations(node: &Value, path: &str, out: &mut Vec<String>) {
             if let Some(additional) = additional.filter(|a| a.is_object()) {
                 structural_violations(additional, &format!("{path}[*]"), out);
             }
-            if props.is_none() && additional.is_none() && !preserve && path != "" {
+            if props.is_none() && additional.is_none() && !preserve && !path.is_empty() {
                 out.push(format!("{path}: object without properties"));
             }
         }

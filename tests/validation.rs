@@ -1,0 +1,362 @@
+//! Table tests for every rule of spec validation (SPEC section 8).
+
+use std::time::Duration;
+
+use keysmith::api::ApiKeySpec;
+use keysmith::validation::{Cadence, validate};
+
+fn spec(yaml: &str) -> ApiKeySpec {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("test spec does not parse: {e}\n{yaml}"))
+}
+
+/// Each case: a spec, the field the error must name, and a fragment of the message.
+const INVALID: &[(&str, &str, &str)] = &[
+    ("tokens: []", "spec.tokens", "use 1 to 8"),
+    (
+        "tokens: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}, {name: g}, {name: h}, {name: i}]",
+        "spec.tokens",
+        "has 9 slots",
+    ),
+    (
+        "tokens: [{name: Delivery}]",
+        "spec.tokens[0].name",
+        "not a DNS label",
+    ),
+    (
+        "tokens: [{name: a}, {name: a}]",
+        "spec.tokens[1].name",
+        "must be unique",
+    ),
+    (
+        "tokens: [{name: abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefgh}]",
+        "spec.tokens[0].name",
+        "at most 56",
+    ),
+    (
+        "tokens: [{name: a, prefix: my-org_}]",
+        "spec.tokens[0].prefix",
+        "(no '-')",
+    ),
+    (
+        "tokens: [{name: a, prefix: abcdefghijabcdefghijabcdefghijabc}]",
+        "spec.tokens[0].prefix",
+        "at most 32",
+    ),
+    (
+        "tokens: [{name: a, prefix: \"ünï_\"}]",
+        "spec.tokens[0].prefix",
+        "not a valid prefix",
+    ),
+    (
+        "tokens: [{name: a, bytes: 8}]",
+        "spec.tokens[0].bytes",
+        "use 16 to 64",
+    ),
+    (
+        "tokens: [{name: a, bytes: 65}]",
+        "spec.tokens[0].bytes",
+        "use 16 to 64",
+    ),
+    (
+        "tokens: [{name: a, secretKey: \"has space\"}]",
+        "spec.tokens[0].secretKey",
+        "not a valid Secret key",
+    ),
+    (
+        "tokens: [{name: a, secretKey: X}, {name: b, secretKey: X}]",
+        "spec.tokens[1].secretKey",
+        "another slot",
+    ),
+    (
+        "tokens: [{name: x}, {name: b, secretKey: x}]",
+        "spec.tokens[1].secretKey",
+        "another slot",
+    ),
+    (
+        "tokens: [{name: a, expiresAfter: 30s}]",
+        "spec.tokens[0].expiresAfter",
+        "must be between",
+    ),
+    (
+        "tokens: [{name: a}]\nexpiresAfter: 6y",
+        "spec.expiresAfter",
+        "unknown unit",
+    ),
+    (
+        "tokens: [{name: a}]\nexpiresAfter: 43801h",
+        "spec.expiresAfter",
+        "must be between",
+    ),
+    (
+        "tokens: [{name: a}]\nexpiresAfter: soon",
+        "spec.expiresAfter",
+        "soon",
+    ),
+    (
+        "tokens: [{name: a}]\nexpiresAt: next-tuesday",
+        "spec.expiresAt",
+        "RFC 3339",
+    ),
+    (
+        "tokens: [{name: a}]\nenvironment: Prod_1",
+        "spec.environment",
+        "not a DNS label",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 24h, overlap: 48h}",
+        "spec.rotation.overlap",
+        "shorter than the rotation interval (1d)",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 24h, overlap: 24h}",
+        "spec.rotation.overlap",
+        "shorter",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 1w, overlap: 8d}",
+        "spec.rotation.overlap",
+        "shorter",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 30s}",
+        "spec.rotation.every",
+        "must be between",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 24h, schedule: \"0 3 * * *\"}",
+        "spec.rotation",
+        "at most one",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {every: 24h, timeZone: Europe/Berlin}",
+        "spec.rotation.timeZone",
+        "only applies",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {schedule: \"61 3 * * *\"}",
+        "spec.rotation.schedule",
+        "",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {schedule: \"0 3 * * MON\", timeZone: Mars/Olympus}",
+        "spec.rotation.timeZone",
+        "Mars/Olympus",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {schedule: \"0 3 * * *\", overlap: 25h}",
+        "spec.rotation.overlap",
+        "shorter",
+    ),
+    (
+        "tokens: [{name: a}]\nexpiresAfter: 24h\nrotation: {renewBefore: 24h}",
+        "spec.rotation.renewBefore",
+        "shorter than the token lifetime",
+    ),
+    (
+        "tokens: [{name: a, expiresAfter: 1h}]\nexpiresAfter: 90d\nrotation: {renewBefore: 2h}",
+        "spec.rotation.renewBefore",
+        "slot \"a\"",
+    ),
+    (
+        "tokens: [{name: a}]\nrotation: {renewBefore: 2h}",
+        "spec.rotation.renewBefore",
+        "without a token lifetime",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {ipAllowList: [10.0.0.0/33]}",
+        "spec.restrictions.ipAllowList[0]",
+        "not a CIDR",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {ipAllowList: [10.0.0.0/8, not-an-ip]}",
+        "spec.restrictions.ipAllowList[1]",
+        "not a CIDR",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {requiredHeaders: [{name: X-A}]}",
+        "spec.restrictions.requiredHeaders[0]",
+        "exactly one of value and valueFrom",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {requiredHeaders: [{name: X-A, value: v, valueFrom: {secretKeyRef: {name: s, key: k}}}]}",
+        "spec.restrictions.requiredHeaders[0]",
+        "exactly one",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {requiredHeaders: [{name: \"X A\", value: v}]}",
+        "spec.restrictions.requiredHeaders[0].name",
+        "header name",
+    ),
+    (
+        "tokens: [{name: a}]\nrestrictions: {requiredHeaders: [{name: X-A, value: v}, {name: x-a, value: w}]}",
+        "spec.restrictions.requiredHeaders[1].name",
+        "required twice",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {name: Bad_Name}",
+        "spec.secret.name",
+        "not a valid Secret name",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {type: kubernetes.io/tls}",
+        "spec.secret.type",
+        "use Opaque",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {template: {labels: {keysmith.dev/apikey: other}}}",
+        "spec.secret.template.labels[keysmith.dev/apikey]",
+        "set by Keysmith",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {restartTargets: [{kind: Deployment, name: Web_1}]}",
+        "spec.secret.restartTargets[0].name",
+        "not a valid Deployment name",
+    ),
+    (
+        "tokens: [{name: a}]\ngrants: [{effect: allow, actions: [\"\"]}]",
+        "spec.grants[0].actions",
+        "",
+    ),
+    (
+        "tokens: [{name: a, grants: [{effect: allow, actions: [read], resources: [\"bad pattern\"]}]}]",
+        "spec.tokens[0].grants[0].resources",
+        "",
+    ),
+];
+
+#[test]
+fn every_invalid_spec_names_its_field() {
+    let mut failures = Vec::new();
+    for (yaml, field, fragment) in INVALID {
+        match validate(&spec(yaml)) {
+            Ok(_) => failures.push(format!("accepted: {yaml}")),
+            Err(e) => {
+                let hit =
+                    e.0.iter()
+                        .any(|fe| fe.field.starts_with(field) && fe.message.contains(fragment));
+                if !hit {
+                    failures.push(format!("{yaml}\n  wanted {field}: …{fragment}…\n  got {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let err = validate(&spec(
+        "tokens: [{name: a, prefix: my-org, bytes: 8}]\nrotation: {every: 24h, overlap: 48h}\nrestrictions: {ipAllowList: [nope]}",
+    ))
+    .unwrap_err();
+    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+    for f in [
+        "spec.tokens[0].prefix",
+        "spec.tokens[0].bytes",
+        "spec.rotation.overlap",
+        "spec.restrictions.ipAllowList[0]",
+    ] {
+        assert!(fields.contains(&f), "{f} missing from {fields:?}");
+    }
+}
+
+#[test]
+fn the_spec_example_is_valid_and_parsed() {
+    let valid = validate(&spec(
+        r#"
+description: "Marketing site, production"
+environment: production
+tokens:
+  - name: delivery
+    prefix: myorg_dt_
+    bytes: 32
+    encoding: base62
+    secretKey: ALOKAI_CMS_DELIVERY_TOKEN
+    expiresAfter: 8760h
+    metadata: { content: published }
+  - name: preview
+    prefix: myorg_pt_
+    secretKey: ALOKAI_CMS_PREVIEW_TOKEN
+grants:
+  - effect: allow
+    actions: ["content.read"]
+    resources: ["content:pages:*"]
+    fields: ["hero_title"]
+    conditions: { status: ["draft"], locales: ["en", "de"], own: true }
+expiresAfter: 8760h
+expiresAt: "2027-06-30T00:00:00Z"
+rotation:
+  schedule: "0 3 * * MON"
+  timeZone: Europe/Berlin
+  renewBefore: 720h
+  overlap: 24h
+  trigger: "2026-11-22"
+restrictions:
+  ipAllowList: ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7"]
+  requiredHeaders:
+    - name: X-Client-Secret
+      valueFrom: { secretKeyRef: { name: site-secret, key: value } }
+secret:
+  name: marketing-site-token
+  restartTargets: [{ kind: Deployment, name: marketing-site }]
+"#,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(valid.slots.len(), 2);
+    assert_eq!(valid.slots[0].secret_key, "ALOKAI_CMS_DELIVERY_TOKEN");
+    assert_eq!(valid.slots[1].prefix, "myorg_pt_");
+    assert_eq!(valid.slots[1].bytes, 32);
+    assert_eq!(
+        valid.slots[0].lifetime,
+        Some(Duration::from_secs(8760 * 3600))
+    );
+    assert_eq!(
+        valid.slots[0].renew_before,
+        Some(Duration::from_secs(720 * 3600))
+    );
+    assert_eq!(valid.rotation.overlap, Duration::from_secs(24 * 3600));
+    assert!(matches!(valid.rotation.cadence, Some(Cadence::Schedule(_))));
+    assert_eq!(valid.ip_allow_list.len(), 3);
+    assert_eq!(
+        valid.expires_at.unwrap().to_string(),
+        "2027-06-30T00:00:00Z"
+    );
+}
+
+#[test]
+fn defaults_are_applied() {
+    let valid = validate(&spec(
+        "tokens: [{name: api}]\nexpiresAfter: 90d\nrotation: {every: 30m}",
+    ))
+    .unwrap();
+    let slot = &valid.slots[0];
+    assert_eq!(
+        (slot.prefix.as_str(), slot.bytes, slot.secret_key.as_str()),
+        ("ks_", 32, "api")
+    );
+    // renewBefore defaults to a third of the lifetime; overlap to 1h capped at half the interval.
+    assert_eq!(slot.renew_before, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!(valid.rotation.overlap, Duration::from_secs(15 * 60));
+    let no_rotation = validate(&spec("tokens: [{name: api}]")).unwrap();
+    assert_eq!(no_rotation.rotation.overlap, Duration::from_secs(3600));
+    assert_eq!(no_rotation.slots[0].lifetime, None);
+    // A lifetime without any rotation settings runs to expiry: no renewal.
+    let expiring = validate(&spec(
+        "tokens: [{name: api}]\nexpiresAfter: 8760h\nrotation: {trigger: v1}",
+    ))
+    .unwrap();
+    assert_eq!(
+        expiring.slots[0].lifetime,
+        Some(Duration::from_secs(8760 * 3600))
+    );
+    assert_eq!(expiring.slots[0].renew_before, None);
+}
+
+#[test]
+fn overlap_zero_means_at_once() {
+    let valid = validate(&spec(
+        "tokens: [{name: a}]\nrotation: {every: 24h, overlap: \"0\"}",
+    ))
+    .unwrap();
+    assert_eq!(valid.rotation.overlap, Duration::ZERO);
+}
