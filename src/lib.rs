@@ -13,3 +13,4 @@ pub mod grants;
 pub mod schedule;
 pub mod token;
 pub mod validation;
+pub mod verifier;
