@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod token;
+pub mod verifier;
 
 /// Keysmith: API keys as Kubernetes custom resources.
 #[derive(Parser, Debug)]
@@ -24,8 +25,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Reconcile ApiKey resources (not built yet).
     Controller,
-    /// Serve the verification API (not built yet).
-    Verifier,
+    /// Serve the verification API (POST /v1/verify, /v1/authz, TokenReview webhook).
+    Verifier(verifier::VerifierArgs),
     /// Controller and verifier in one process (not built yet).
     Run,
     /// The embedded default: API emulator, controller and verifier with the examples (not built yet).
@@ -46,7 +47,7 @@ pub fn main() -> ExitCode {
         }
         Command::Token(command) => token::run(command),
         Command::Controller => not_built("controller"),
-        Command::Verifier => not_built("verifier"),
+        Command::Verifier(args) => verifier::run(args),
         Command::Run => not_built("run"),
         Command::Dev => not_built("dev"),
         Command::Rotate => not_built("rotate"),

@@ -97,7 +97,7 @@ impl fmt::Display for Code {
 }
 
 /// Headers of the request being verified, looked up by lower-case name.
-pub trait RequestHeaders {
+pub trait RequestHeaders: Sync {
     /// The value of header `name` (lower-case), if present.
     fn get(&self, name: &str) -> Option<&[u8]>;
 }
@@ -118,7 +118,7 @@ impl RequestHeaders for NoHeaders {
 }
 
 /// Values of Secret keys that required headers refer to.
-pub trait SecretValues {
+pub trait SecretValues: Sync {
     /// Whether `presented` equals key `key` of Secret `namespace/name`; false when the value is
     /// unknown (not fetched, or the Secret or key is missing): fail closed.
     fn matches(&self, namespace: &str, name: &str, key: &str, presented: &[u8]) -> bool;
