@@ -316,6 +316,7 @@ fn authz_response(verdict: &Verdict) -> Response {
 
 #[derive(Deserialize)]
 struct TokenReview {
+    kind: String,
     #[serde(default)]
     spec: TokenReviewSpec,
 }
@@ -337,7 +338,8 @@ async fn tokenreview(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(review) = serde_json::from_slice::<TokenReview>(&body) else {
+    let parsed = serde_json::from_slice::<TokenReview>(&body);
+    let Some(review) = parsed.ok().filter(|r| r.kind == "TokenReview") else {
         let message = serde_json::json!({"error": "body is not a TokenReview"});
         return (StatusCode::BAD_REQUEST, axum::Json(message)).into_response();
     };

@@ -235,13 +235,27 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
     }
 }
 
-/// Run `keysmith verifier` until `shutdown` completes.
+/// Run `keysmith verifier` until `shutdown` completes: check access, bind, [`serve`].
 pub async fn run(
     client: kube::Client,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), VerifierError> {
     preflight(client.clone(), &options).await?;
+    let api = bind(options.listen).await?;
+    let probes = bind(options.metrics_listen).await?;
+    serve(client, options, api, probes, shutdown).await
+}
+
+/// Serve the verification API on `api` and the probes and metrics on `probes` until `shutdown`
+/// completes, with the index fed by a watch on ApiKeys.
+pub async fn serve(
+    client: kube::Client,
+    options: Options,
+    api: TcpListener,
+    probes: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), VerifierError> {
     let mut registry = Registry::with_prefix("keysmith");
     let (usage, usage_rx) = UsageReporter::channel();
     let verifier = Arc::new(Verifier::new(
@@ -249,9 +263,8 @@ pub async fn run(
         usage,
         &mut registry,
     ));
-    let api = bind(options.listen).await?;
-    let probes = bind(options.metrics_listen).await?;
-    tracing::info!(listen = %options.listen, metrics = %options.metrics_listen, "verifier serving");
+    let api_addr = api.local_addr().unwrap_or(options.listen);
+    tracing::info!(listen = %api_addr, metrics = ?probes.local_addr().ok(), "verifier serving");
 
     let background = [
         tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
@@ -289,7 +302,7 @@ pub async fn run(
         task.abort();
     }
     a.and(p).map_err(|source| VerifierError::Listen {
-        addr: options.listen,
+        addr: api_addr,
         source,
     })
 }
