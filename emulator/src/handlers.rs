@@ -396,6 +396,10 @@ async fn resource(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    server
+        .faults
+        .wait_if_held(r.verb, &r.resource, &r.subresource)
+        .await;
     if let Some(e) = fault {
         return Err(e);
     }
@@ -662,6 +666,7 @@ fn watch(
         bookmark_interval: server.bookmark_interval,
         metadata_only: matches!(presentation(headers, query), Presentation::Metadata),
         limits: server.faults.watch_limits(),
+        close: server.faults.close_signal(),
     };
     let stream = {
         let st = server.state();
