@@ -49,6 +49,9 @@ pub struct Change {
     pub old: Option<Arc<Value>>,
 }
 
+/// Retained changes plus a subscription to later ones.
+pub type Backlog = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// (namespace, name) of an object within its resource.
 pub type ObjectKey = (String, String);
 
@@ -214,10 +217,7 @@ impl Store {
     /// `after`, atomically (the caller holds the store lock), so a watch
     /// neither misses nor duplicates an event. `None` when `after` is older
     /// than the retained window.
-    pub fn watch_from(
-        &self,
-        after: u64,
-    ) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn watch_from(&self, after: u64) -> Option<Backlog> {
         if after < self.compacted {
             return None;
         }
