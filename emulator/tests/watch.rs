@@ -189,3 +189,27 @@ async fn watch_from_zero_sends_state_then_changes_and_selector_transitions() {
         other => panic!("expected an addition, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn metadata_only_lists_and_watches() {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(emu.client().await.unwrap(), "default");
+    api.create(&PostParams::default(), &cm("a", json!({"x": "1"})))
+        .await
+        .unwrap();
+    let list = api
+        .list_metadata(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].labels()["x"], "1");
+    let mut stream = api
+        .watch_metadata(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Added(o)) => assert_eq!(o.name_any(), "a"),
+        other => panic!("expected a, got {other:?}"),
+    }
+}
