@@ -317,7 +317,11 @@ fn decode(body: &Bytes, ct: &str) -> ApiResult<Value> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        return crate::protobuf::decode_object(body)
+            .ok_or_else(|| ApiError::unsupported_media_type(ct));
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }
     serde_json::from_slice(body).or_else(|json_err| {
