@@ -417,14 +417,6 @@ impl Registry {
             .find(|r| r.group == group && r.version == version && r.kind == kind)
     }
 
-    /// The preferred version of a group-resource (used when a stored object
-    /// must be described without a request context, e.g. by the GC).
-    pub fn preferred(&self, gr: &GroupResource) -> Option<&ResourceType> {
-        self.all()
-            .filter(|r| r.group == gr.group && r.plural == gr.resource)
-            .max_by_key(|r| r.preferred)
-    }
-
     /// Replace the kinds defined by one CRD with those its current object declares.
     pub fn set_crd(&mut self, crd: &Value) {
         let name = crd["metadata"]["name"].as_str().unwrap_or_default();
