@@ -198,7 +198,8 @@ async fn every_code_through_every_endpoint() {
 
     // /v1/authz
     let bearer = |t: &str| format!("Bearer {t}");
-    let authz: Vec<(String, Vec<(&str, String)>, u16, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, String)>, u16, &'a str);
+    let authz: Vec<Case> = vec![
         (
             "/v1/authz".into(),
             vec![("Authorization", bearer(&f.main))],
