@@ -90,8 +90,40 @@ pub fn parse_verify_body(body: &[u8]) -> Result<VerifyBody, serde_json::Error> {
     serde_json::from_slice(body)
 }
 
+impl VerifyBody {
+    /// The end user's headers given in the body, for `requiredHeaders`.
+    pub fn headers(&self) -> BodyHeaders {
+        BodyHeaders(
+            self.headers
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// The request to decide; `client` is the address used when the body names none.
+    pub fn request<'a>(&'a self, headers: &'a BodyHeaders, client: IpAddr) -> VerifyRequest<'a> {
+        let context = self.context.as_ref();
+        VerifyRequest {
+            token: &self.token,
+            action: self.action.as_deref(),
+            resource: self.resource.as_deref(),
+            fields: self.fields.as_deref().unwrap_or_default(),
+            environment: self.environment.as_deref(),
+            ip: Some(self.ip.unwrap_or(client)),
+            headers,
+            context: Context {
+                status: context.and_then(|c| c.status.as_deref()),
+                locale: context.and_then(|c| c.locale.as_deref()),
+                owner: context.and_then(|c| c.owner.as_deref()),
+            },
+        }
+    }
+}
+
 /// Headers given in a verify body, keyed by lower-case name.
-struct BodyHeaders(Vec<(String, String)>);
+pub struct BodyHeaders(Vec<(String, String)>);
 
 impl RequestHeaders for BodyHeaders {
     fn get(&self, name: &str) -> Option<&[u8]> {
@@ -168,28 +200,8 @@ async fn verify(
     let client = body
         .ip
         .unwrap_or_else(|| client_ip(peer.ip(), &headers, &verifier.trusted_proxies));
-    let body_headers = BodyHeaders(
-        body.headers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
-    );
-    let context = body.context.as_ref();
-    let request = VerifyRequest {
-        token: &body.token,
-        action: body.action.as_deref(),
-        resource: body.resource.as_deref(),
-        fields: body.fields.as_deref().unwrap_or_default(),
-        environment: body.environment.as_deref(),
-        ip: Some(client),
-        headers: &body_headers,
-        context: Context {
-            status: context.and_then(|c| c.status.as_deref()),
-            locale: context.and_then(|c| c.locale.as_deref()),
-            owner: context.and_then(|c| c.owner.as_deref()),
-        },
-    };
+    let body_headers = body.headers();
+    let request = body.request(&body_headers, client);
     let audit = audit::Request {
         endpoint: "verify",
         client: Some(client),
