@@ -32,7 +32,7 @@ pub struct Request<'a> {
 }
 
 /// Write the audit line of one verification.
-pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict) {
+pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict<'_>) {
     let found = verdict.found.as_ref();
     let code: Code = verdict.code;
     tracing::info!(
@@ -42,7 +42,7 @@ pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict) {
         code = code.as_str(),
         key = found.map_or("", |f| f.key.identity.as_str()),
         token = found.map_or("", |f| f.slot_name()),
-        token_id = verdict.token_id.as_deref().unwrap_or(""),
+        token_id = verdict.token_id.unwrap_or(""),
         client = %request.client.map(|ip| ip.to_string()).unwrap_or_default(),
         user_agent = %clean(request.user_agent),
         action = %clean(request.action),

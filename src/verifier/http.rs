@@ -157,7 +157,7 @@ struct KeyRef<'a> {
 
 static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
 
-fn verify_response(verdict: &Verdict) -> VerifyResponse<'_> {
+fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
     let found = verdict.found.as_ref();
     let valid = verdict.code == Code::Valid;
     let slot = found.and_then(|f| f.key.slots.get(f.slot));
@@ -295,7 +295,7 @@ async fn authz(
     authz_response(&verdict)
 }
 
-fn authz_response(verdict: &Verdict) -> Response {
+fn authz_response(verdict: &Verdict<'_>) -> Response {
     let code = verdict.code;
     let status = match code {
         Code::Valid => StatusCode::OK,

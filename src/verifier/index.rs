@@ -136,15 +136,15 @@ impl Found {
     }
 }
 
-/// The outcome of [`Index::verify`].
+/// The outcome of [`Index::verify`], borrowing the presented token's id from the request.
 #[derive(Debug, Clone)]
-pub struct Verdict {
+pub struct Verdict<'a> {
     /// The answer.
     pub code: Code,
     /// The token's index entry, when it had one (every code but MALFORMED and NOT_FOUND).
     pub found: Option<Found>,
     /// Public id of a well-formed token (safe to log), even when not found.
-    pub token_id: Option<String>,
+    pub token_id: Option<&'a str>,
 }
 
 /// What [`Index::apply`] did.
@@ -319,14 +319,14 @@ impl Index {
 
     /// Decide a request: MALFORMED before any hashing, then the lookup, then
     /// [`decide`](super::decision::decide).
-    pub fn verify(
+    pub fn verify<'a>(
         &self,
-        request: &VerifyRequest<'_>,
+        request: &VerifyRequest<'a>,
         now: Timestamp,
         secrets: &dyn SecretValues,
-    ) -> Verdict {
+    ) -> Verdict<'a> {
         let token_id = match token::validate(request.token) {
-            Ok(parsed) => parsed.id().to_owned(),
+            Ok(parsed) => parsed.id(),
             Err(_) => {
                 return Verdict {
                     code: Code::Malformed,

@@ -118,12 +118,12 @@ impl Verifier {
 
     /// Decide a request and do what every verification does: count it, audit it, report
     /// usage when VALID, and (when `throttled`) delay a failure from an address that keeps failing.
-    pub async fn check(
+    pub async fn check<'a>(
         &self,
-        request: &VerifyRequest<'_>,
+        request: &VerifyRequest<'a>,
         audit: &audit::Request<'_>,
         throttled: bool,
-    ) -> Verdict {
+    ) -> Verdict<'a> {
         let start = Instant::now();
         let now = Timestamp::now();
         let verdict = self.index.verify(request, now, &self.secrets);

@@ -97,7 +97,7 @@ fn valid_token_answers_with_its_key_slot_and_id() {
     assert_eq!(found.key.identity, "ns/k");
     assert_eq!(found.slot_name(), "main");
     assert_eq!(&*found.id, t.id());
-    assert_eq!(verdict.token_id.as_deref(), Some(t.id()));
+    assert_eq!(verdict.token_id, Some(t.id()));
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn unknown_well_formed_token_is_not_found() {
     let t = token("ks_");
     let verdict = index.verify(&request(t.expose_secret()), now(), &no_secrets());
     assert_eq!(verdict.code, Code::NotFound);
-    assert_eq!(verdict.token_id.as_deref(), Some(t.id()));
+    assert_eq!(verdict.token_id, Some(t.id()));
 }
 
 #[test]
