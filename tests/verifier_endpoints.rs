@@ -593,3 +593,21 @@ async fn bad_bodies_metrics_and_probes() {
     );
     assert!(metrics.contains("keysmith_index_tokens 0"), "{metrics}");
 }
+
+#[tokio::test]
+async fn readyz_waits_for_the_initial_list() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let app = keysmith::verifier::telemetry::router(registry, move || flag.load(Ordering::Relaxed));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(verifier_common::get(addr, "/readyz").await.status, 503);
+    assert_eq!(verifier_common::get(addr, "/healthz").await.status, 200);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(verifier_common::get(addr, "/readyz").await.status, 200);
+}
