@@ -8,6 +8,7 @@
 //! unparsable `expiresAt` counts as already passed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -75,30 +76,41 @@ impl From<&BTreeMap<String, String>> for Metadata {
     }
 }
 
-/// Compiled grant sets shared between slots whose grants are written the same: fleets stamped
-/// from one template carry one copy instead of one per key.
+/// Compiled grant sets shared between slots whose grants are the same: fleets stamped from one
+/// template carry one copy instead of one per key. Sets are found by a hash of their source and
+/// confirmed by comparing the compiled form, so the table holds no copy of the source.
 #[derive(Default)]
 pub struct GrantInterner {
-    sets: Mutex<HashMap<String, Weak<CompiledGrants>>>,
+    sets: Mutex<HashMap<u64, Vec<Weak<CompiledGrants>>>>,
 }
 
 impl GrantInterner {
     /// The shared copy of `compiled`, the compiled form of `source`.
     fn intern(&self, source: &[Grant], compiled: CompiledGrants) -> Arc<CompiledGrants> {
-        let Ok(key) = serde_json::to_string(source) else {
+        let Ok(text) = serde_json::to_string(source) else {
             return Arc::new(compiled);
         };
+        let mut hasher = std::hash::DefaultHasher::new();
+        text.hash(&mut hasher);
         let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(shared) = sets.get(&key).and_then(Weak::upgrade) {
-            return shared;
-        }
         // Forget sets no key uses any more whenever the table doubles, so it stays bounded by
         // about twice the live distinct sets.
         if sets.len() >= 64 && sets.len().is_power_of_two() {
-            sets.retain(|_, set| set.strong_count() > 0);
+            sets.retain(|_, same| {
+                same.retain(|set| set.strong_count() > 0);
+                !same.is_empty()
+            });
+        }
+        let same = sets.entry(hasher.finish()).or_default();
+        if let Some(shared) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|set| **set == compiled)
+        {
+            return shared;
         }
         let shared = Arc::new(compiled);
-        sets.insert(key, Arc::downgrade(&shared));
+        same.push(Arc::downgrade(&shared));
         shared
     }
 }
