@@ -45,6 +45,9 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
 /// dropped: the audit trail must be complete).
 const LOG_QUEUE: usize = 65_536;
 
+/// How long the writer thread lets lines gather while busy.
+const LOG_BATCH: Duration = Duration::from_millis(2);
+
 enum LogMessage {
     Line(Vec<u8>),
     Flush(mpsc::Sender<()>),
@@ -93,12 +96,23 @@ fn write_lines(rx: mpsc::Receiver<LogMessage>, mut out: impl Write) {
             let _ = ack.send(());
         }
     };
+    // Block only when idle. Under load, drain, flush, then nap instead of parking on the
+    // channel: a parked receiver makes every sender pay a futex wake-up, which costs as much as
+    // the write this thread exists to save.
     while let Ok(message) = rx.recv() {
         handle(message, &mut out);
-        while let Ok(message) = rx.try_recv() {
-            handle(message, &mut out);
+        loop {
+            while let Ok(message) = rx.try_recv() {
+                handle(message, &mut out);
+            }
+            let _ = out.flush();
+            std::thread::sleep(LOG_BATCH);
+            match rx.try_recv() {
+                Ok(message) => handle(message, &mut out),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
         }
-        let _ = out.flush();
     }
 }
 
