@@ -10,6 +10,7 @@ pub mod cli;
 pub mod crd;
 pub mod duration;
 pub mod grants;
+pub mod planner;
 pub mod schedule;
 pub mod token;
 pub mod validation;
