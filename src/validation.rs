@@ -21,6 +21,7 @@ use crate::api::{
 use crate::duration;
 use crate::grants::CompiledGrants;
 use crate::schedule::Schedule;
+use crate::token;
 
 /// Overlap when `rotation.overlap` is unset (capped at half the rotation interval).
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
@@ -407,22 +408,24 @@ fn validate_slots(
 fn check_slot_format(errors: &mut Errors, i: usize, slot: &TokenSlot) {
     let at = |f: &str| format!("spec.tokens[{i}].{f}");
     let prefix = slot.prefix();
-    if prefix.len() > 32
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
+    if !token::is_valid_prefix(prefix) {
         errors.push(
             at("prefix"),
             format!(
-                "{prefix:?} is not a valid prefix: use at most 32 letters, digits and '_' (no '-')"
+                "{prefix:?} is not a valid prefix: use at most {} letters, digits and '_' (no '-')",
+                token::MAX_PREFIX_LEN
             ),
         );
     }
-    if !(16..=64).contains(&slot.bytes()) {
+    if !(token::MIN_BYTES..=token::MAX_BYTES).contains(&slot.bytes()) {
         errors.push(
             at("bytes"),
-            format!("{} is out of range: use 16 to 64", slot.bytes()),
+            format!(
+                "{} is out of range: use {} to {}",
+                slot.bytes(),
+                token::MIN_BYTES,
+                token::MAX_BYTES
+            ),
         );
     }
     let key = slot.secret_key();

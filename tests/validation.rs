@@ -360,3 +360,68 @@ fn overlap_zero_means_at_once() {
     .unwrap();
     assert_eq!(valid.rotation.overlap, Duration::ZERO);
 }
+
+mod properties {
+    use keysmith::api::{ApiKeySpec, Restrictions, Rotation, TokenSlot};
+    use keysmith::validation::{Cadence, validate};
+    use proptest::prelude::*;
+
+    fn duration_like() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            "[0-9]{1,4}(ns|us|ms|s|m|h|d|w)",
+            "[0-9]{1,3}h[0-9]{1,2}m",
+            "0",
+            ".{0,12}",
+        ])
+    }
+
+    prop_compose! {
+        fn spec()(
+            names in proptest::collection::vec("[a-z][a-z0-9-]{0,8}|.{0,6}", 0..10),
+            prefix in proptest::option::of("[A-Za-z0-9_-]{0,40}"),
+            bytes in proptest::option::of(0u32..100),
+            expires_after in duration_like(),
+            every in duration_like(),
+            overlap in duration_like(),
+            renew_before in duration_like(),
+            schedule in proptest::option::of(prop_oneof!["[0-9*/,-]{1,4} [0-9*]{1,2} \\* \\* [A-Z*]{1,3}", ".{0,20}"]),
+            cidrs in proptest::collection::vec("[0-9./:a-f]{0,20}", 0..3),
+        ) -> ApiKeySpec {
+            ApiKeySpec {
+                tokens: names.into_iter().map(|name| TokenSlot { name, prefix: prefix.clone(), bytes, ..Default::default() }).collect(),
+                expires_after,
+                rotation: Some(Rotation { every, schedule, overlap, renew_before, ..Default::default() }),
+                restrictions: Some(Restrictions { ip_allow_list: cidrs, ..Default::default() }),
+                ..Default::default()
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever the input, validation answers; what it accepts satisfies the cross-field rules.
+        #[test]
+        fn accepted_specs_satisfy_the_rules(spec in spec()) {
+            match validate(&spec) {
+                Ok(valid) => {
+                    prop_assert!((1..=8).contains(&valid.slots.len()));
+                    let interval = valid.rotation.cadence.as_ref().map(|c| match c {
+                        Cadence::Every(d) => *d,
+                        Cadence::Schedule(s) => s.shortest_interval(),
+                    });
+                    if let Some(interval) = interval {
+                        prop_assert!(valid.rotation.overlap < interval);
+                    }
+                    for slot in &valid.slots {
+                        if let (Some(renew), Some(life)) = (slot.renew_before, slot.lifetime) {
+                            prop_assert!(renew < life);
+                        }
+                    }
+                }
+                Err(invalid) => {
+                    prop_assert!(!invalid.0.is_empty());
+                    prop_assert!(invalid.0.iter().all(|e| e.field.starts_with("spec.") && !e.message.is_empty()));
+                }
+            }
+        }
+    }
+}

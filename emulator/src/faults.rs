@@ -1,7 +1,8 @@
 //! Fault injection for reliability tests: error answers (409, 429 with
 //! `Retry-After`, 500) at a rate or for the next N matching requests, added
-//! latency, and watch streams closed early. Rates draw from a seeded RNG so
-//! a test run is reproducible.
+//! latency, requests held until released, and watch streams closed early
+//! (after N events, after a duration, or all open ones at once). Rates draw
+//! from a seeded RNG so a test run is reproducible.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +58,7 @@ struct ErrorRule {
 struct Inner {
     errors: Vec<ErrorRule>,
     latency: Vec<(Target, Duration)>,
+    held: Vec<Target>,
     watch_max_events: Option<usize>,
     watch_max_duration: Option<Duration>,
     rng: StdRng,
@@ -76,6 +78,10 @@ pub struct WatchLimits {
 #[derive(Debug, Clone)]
 pub struct Faults {
     inner: Arc<Mutex<Inner>>,
+    /// Bumped to close every open watch; bumped on hold/release too, so
+    /// waiting requests re-check.
+    close_epoch: Arc<tokio::sync::watch::Sender<u64>>,
+    held_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for Faults {
@@ -88,9 +94,12 @@ impl Faults {
     /// No faults; rates draw from `seed`.
     pub fn new(seed: u64) -> Self {
         Faults {
+            close_epoch: Arc::new(tokio::sync::watch::Sender::new(0)),
+            held_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             inner: Arc::new(Mutex::new(Inner {
                 errors: Vec::new(),
                 latency: Vec::new(),
+                held: Vec::new(),
                 watch_max_events: None,
                 watch_max_duration: None,
                 rng: StdRng::seed_from_u64(seed),
@@ -144,13 +153,56 @@ impl Faults {
         self.lock().watch_max_duration = Some(d);
     }
 
-    /// Remove every fault.
+    /// Close every watch stream open right now (clients see the connection
+    /// end and re-watch from their last resourceVersion).
+    pub fn close_open_watches(&self) {
+        self.close_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Hold matching requests (before they are served) until [`Faults::release`]:
+    /// a deterministic way to keep a client disconnected while the test
+    /// changes state behind its back.
+    pub fn hold(&self, target: Target) {
+        self.lock().held.push(target);
+        self.held_changed.send_modify(|e| *e += 1);
+    }
+
+    /// Let held requests through.
+    pub fn release(&self) {
+        self.lock().held.clear();
+        self.held_changed.send_modify(|e| *e += 1);
+    }
+
+    /// Remove every fault and release held requests.
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.errors.clear();
         inner.latency.clear();
+        inner.held.clear();
         inner.watch_max_events = None;
         inner.watch_max_duration = None;
+        drop(inner);
+        self.held_changed.send_modify(|e| *e += 1);
+    }
+
+    /// Wait while a matching hold is in place.
+    pub(crate) async fn wait_if_held(&self, verb: &str, resource: &str, subresource: &str) {
+        let mut changes = self.held_changed.subscribe();
+        loop {
+            let held = self
+                .lock()
+                .held
+                .iter()
+                .any(|t| t.matches(verb, resource, subresource));
+            if !held || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A receiver that changes when open watches must close.
+    pub(crate) fn close_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.close_epoch.subscribe()
     }
 
     /// How many error answers have been injected so far.

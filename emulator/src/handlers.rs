@@ -317,7 +317,11 @@ fn decode(body: &Bytes, ct: &str) -> ApiResult<Value> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        return crate::protobuf::decode_object(body)
+            .ok_or_else(|| ApiError::unsupported_media_type(ct));
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }
     serde_json::from_slice(body).or_else(|json_err| {
@@ -396,6 +400,10 @@ async fn resource(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    server
+        .faults
+        .wait_if_held(r.verb, &r.resource, &r.subresource)
+        .await;
     if let Some(e) = fault {
         return Err(e);
     }
@@ -662,6 +670,7 @@ fn watch(
         bookmark_interval: server.bookmark_interval,
         metadata_only: matches!(presentation(headers, query), Presentation::Metadata),
         limits: server.faults.watch_limits(),
+        close: server.faults.close_signal(),
     };
     let stream = {
         let st = server.state();

@@ -262,13 +262,18 @@ impl Emulator {
         )
     }
 
-    /// Write a kubeconfig for `identity` to `path`.
+    /// Write a kubeconfig for `identity` to `path` (atomically: a process
+    /// polling for the file never reads half of it).
     pub fn write_kubeconfig(
         &self,
         path: impl AsRef<Path>,
         identity: &Identity,
     ) -> Result<(), Error> {
-        std::fs::write(path, self.kubeconfig(identity))?;
+        let path = path.as_ref();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, self.kubeconfig(identity))?;
+        std::fs::rename(&tmp, path)?;
         Ok(())
     }
 

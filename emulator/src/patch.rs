@@ -203,7 +203,7 @@ fn strategic_list(field: &str, doc: &mut Vec<Value>, patch: &[Value]) {
 
 /// Order list items as `$setElementOrder` says; items it does not mention
 /// keep their relative order after the mentioned ones.
-fn reorder(field: &str, items: &mut Vec<Value>, order: &[Value]) {
+fn reorder(field: &str, items: &mut [Value], order: &[Value]) {
     let first = order.first().cloned().unwrap_or(Value::Null);
     let key = merge_key(field, &first).filter(|_| first.is_object());
     let rank = |item: &Value| {

@@ -1,7 +1,8 @@
-//! Just enough of Kubernetes' protobuf encoding to read the access-review
-//! requests kubectl's typed clients send as `application/vnd.kubernetes.protobuf`
-//! (`kubectl auth can-i`). Other protobuf bodies are refused with 415; every
-//! answer is JSON, which those clients also accept.
+//! Just enough of Kubernetes' protobuf encoding to read what kubectl's typed
+//! clients send as `application/vnd.kubernetes.protobuf`: the access reviews
+//! of `kubectl auth can-i` and the Namespaces, Secrets and ConfigMaps of
+//! `kubectl create namespace|secret|configmap`. Other protobuf bodies are
+//! refused with 415; every answer is JSON, which those clients also accept.
 
 use serde_json::{Map, Value, json};
 
@@ -97,6 +98,94 @@ const RESOURCE_ATTRIBUTES: &[(u64, &str)] = &[
 ];
 const NON_RESOURCE_ATTRIBUTES: &[(u64, &str)] = &[(1, "path"), (2, "verb")];
 
+fn string_map(entries: &[&[u8]], bytes_values: bool) -> Option<Map<String, Value>> {
+    let mut m = Map::new();
+    for entry in entries {
+        let mut key = String::new();
+        let mut value = Value::String(String::new());
+        for (n, w) in fields(entry)? {
+            let Wire::Bytes(b) = w else { continue };
+            match n {
+                1 => key = String::from_utf8(b.to_vec()).ok()?,
+                2 if bytes_values => {
+                    use base64::Engine;
+                    value = json!(base64::engine::general_purpose::STANDARD.encode(b));
+                }
+                2 => value = json!(String::from_utf8(b.to_vec()).ok()?),
+                _ => {}
+            }
+        }
+        m.insert(key, value);
+    }
+    Some(m)
+}
+
+fn repeated(buf: &[u8], field: u64) -> Option<Vec<&[u8]>> {
+    Some(
+        fields(buf)?
+            .into_iter()
+            .filter_map(|(n, w)| match (n == field, w) {
+                (true, Wire::Bytes(b)) => Some(b),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+fn object_meta(buf: &[u8]) -> Option<Value> {
+    let mut meta = strings(buf, &[(1, "name"), (2, "generateName"), (3, "namespace")])?;
+    for (field, name) in [(11, "labels"), (12, "annotations")] {
+        let entries = repeated(buf, field)?;
+        if !entries.is_empty() {
+            meta.insert(name.into(), Value::Object(string_map(&entries, false)?));
+        }
+    }
+    Some(Value::Object(meta))
+}
+
+fn set_map(obj: &mut Value, field: &str, m: Map<String, Value>) {
+    if !m.is_empty() {
+        obj[field] = Value::Object(m);
+    }
+}
+
+/// Decode a Namespace, Secret or ConfigMap; `None` for anything else.
+pub fn decode_object(body: &[u8]) -> Option<Value> {
+    let unknown = body.strip_prefix(MAGIC)?;
+    let type_meta = strings(message(unknown, 1)?, &[(1, "apiVersion"), (2, "kind")])?;
+    let kind = type_meta.get("kind")?.as_str()?.to_string();
+    let raw = message(unknown, 2).unwrap_or_default();
+    let mut obj = json!({
+        "apiVersion": type_meta.get("apiVersion").cloned().unwrap_or_default(),
+        "kind": kind,
+        "metadata": object_meta(message(raw, 1).unwrap_or_default())?,
+    });
+    match kind.as_str() {
+        "Namespace" => {}
+        "Secret" => {
+            set_map(&mut obj, "data", string_map(&repeated(raw, 2)?, true)?);
+            set_map(
+                &mut obj,
+                "stringData",
+                string_map(&repeated(raw, 4)?, false)?,
+            );
+            if let Some(t) = strings(raw, &[(3, "type")])?.remove("type") {
+                obj["type"] = t;
+            }
+        }
+        "ConfigMap" => {
+            set_map(&mut obj, "data", string_map(&repeated(raw, 2)?, false)?);
+            set_map(
+                &mut obj,
+                "binaryData",
+                string_map(&repeated(raw, 3)?, true)?,
+            );
+        }
+        _ => return None,
+    }
+    Some(obj)
+}
+
 /// Decode an access-review request (SelfSubjectAccessReview,
 /// SubjectAccessReview, LocalSubjectAccessReview, SelfSubjectReview) into
 /// its JSON form; `None` for anything else.
@@ -138,6 +227,19 @@ pub fn decode_review(body: &[u8]) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_a_secret() {
+        let entry = [field(1, b"TOKEN"), field(2, b"abc")].concat();
+        let meta = [field(1, b"s"), field(3, b"default")].concat();
+        let secret = [field(1, &meta), field(2, &entry), field(3, b"Opaque")].concat();
+        let tm = [field(1, b"v1"), field(2, b"Secret")].concat();
+        let body = [MAGIC.to_vec(), field(1, &tm), field(2, &secret)].concat();
+        let v = decode_object(&body).expect("decodes");
+        assert_eq!(v["metadata"], json!({"name": "s", "namespace": "default"}));
+        assert_eq!(v["data"], json!({"TOKEN": "YWJj"}));
+        assert_eq!(v["type"], "Opaque");
+    }
 
     fn field(n: u64, bytes: &[u8]) -> Vec<u8> {
         let mut out = vec![(n << 3 | 2) as u8, bytes.len() as u8];

@@ -88,35 +88,6 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
-    /// Build from a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`).
-    pub fn from_object(sel: &Value) -> Self {
-        let mut reqs = Vec::new();
-        if let Some(m) = sel["matchLabels"].as_object() {
-            for (k, v) in m {
-                reqs.push(Requirement::Equals(
-                    k.clone(),
-                    v.as_str().unwrap_or("").into(),
-                ));
-            }
-        }
-        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-            let key = e["key"].as_str().unwrap_or_default().to_string();
-            let values: Vec<String> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            reqs.push(match e["operator"].as_str() {
-                Some("In") => Requirement::In(key, values),
-                Some("NotIn") => Requirement::NotIn(key, values),
-                Some("DoesNotExist") => Requirement::NotExists(key),
-                _ => Requirement::Exists(key),
-            });
-        }
-        LabelSelector(reqs)
-    }
-
     /// Whether an object's labels satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];

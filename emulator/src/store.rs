@@ -49,6 +49,9 @@ pub struct Change {
     pub old: Option<Arc<Value>>,
 }
 
+/// Retained changes plus a subscription to later ones.
+pub type Backlog = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// (namespace, name) of an object within its resource.
 pub type ObjectKey = (String, String);
 
@@ -57,7 +60,6 @@ pub type ObjectKey = (String, String);
 pub struct Store {
     rv: u64,
     objects: HashMap<GroupResource, BTreeMap<ObjectKey, Value>>,
-    uids: HashMap<String, (GroupResource, ObjectKey)>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
     /// Highest resourceVersion dropped from the history: watching from a
@@ -73,7 +75,6 @@ impl Store {
         Store {
             rv: 1,
             objects: HashMap::new(),
-            uids: HashMap::new(),
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 0,
@@ -138,11 +139,6 @@ impl Store {
             .flat_map(|(gr, m)| m.iter().map(move |(k, v)| (gr, k, v)))
     }
 
-    /// Where the object with this uid lives, if it exists.
-    pub fn by_uid(&self, uid: &str) -> Option<&(GroupResource, ObjectKey)> {
-        self.uids.get(uid)
-    }
-
     /// Store an object (already stamped with its new resourceVersion) and
     /// publish the change.
     pub fn put(&mut self, gr: &GroupResource, obj: Value, kind: EventType) {
@@ -154,10 +150,6 @@ impl Store {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if let Some(uid) = obj["metadata"]["uid"].as_str() {
-            self.uids
-                .insert(uid.to_string(), (gr.clone(), (ns.clone(), name.clone())));
-        }
         let rv = rv_of(&obj);
         let object = Arc::new(obj.clone());
         let old = self
@@ -182,9 +174,6 @@ impl Store {
             .objects
             .get_mut(gr)?
             .remove(&(ns.to_string(), name.to_string()))?;
-        if let Some(uid) = obj["metadata"]["uid"].as_str() {
-            self.uids.remove(uid);
-        }
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         self.publish(Change {
@@ -214,10 +203,7 @@ impl Store {
     /// `after`, atomically (the caller holds the store lock), so a watch
     /// neither misses nor duplicates an event. `None` when `after` is older
     /// than the retained window.
-    pub fn watch_from(
-        &self,
-        after: u64,
-    ) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn watch_from(&self, after: u64) -> Option<Backlog> {
         if after < self.compacted {
             return None;
         }
@@ -269,6 +255,5 @@ mod tests {
         let (backlog, _) = s.watch_from(2).expect("within window");
         assert_eq!(backlog.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![3, 4]);
         assert!(s.remove(&gr, "ns", "a").is_some());
-        assert!(s.by_uid("a").is_none());
     }
 }

@@ -233,7 +233,10 @@ fn column(name: &str, type_: &str, format: &str, description: &str, priority: i6
     json!({"name": name, "type": type_, "format": format, "description": description, "priority": priority})
 }
 
-fn builtin_columns(rt: &ResourceType) -> Vec<(Value, Box<dyn Fn(&Value) -> Value>)> {
+/// A column definition and how to compute its cell.
+type Column = (Value, Box<dyn Fn(&Value) -> Value>);
+
+fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
     let name_col = column(
         "Name",
         "string",
@@ -250,7 +253,7 @@ fn builtin_columns(rt: &ResourceType) -> Vec<(Value, Box<dyn Fn(&Value) -> Value
     );
     let name = |o: &Value| o["metadata"]["name"].clone();
     let age_of = |o: &Value| age(&o["metadata"]["creationTimestamp"]);
-    let mut cols: Vec<(Value, Box<dyn Fn(&Value) -> Value>)> = vec![(name_col, Box::new(name))];
+    let mut cols: Vec<Column> = vec![(name_col, Box::new(name))];
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "secrets") => {
             cols.push((

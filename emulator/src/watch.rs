@@ -49,6 +49,8 @@ pub struct WatchRequest {
     pub metadata_only: bool,
     /// Fault limits.
     pub limits: WatchLimits,
+    /// Changes when the test closes every open watch.
+    pub close: tokio::sync::watch::Receiver<u64>,
 }
 
 impl WatchRequest {
@@ -169,7 +171,7 @@ pub fn open(
 }
 
 async fn pump(
-    req: WatchRequest,
+    mut req: WatchRequest,
     mut tx: mpsc::Sender<Result<Bytes, Infallible>>,
     initial: Vec<Bytes>,
     events: Option<tokio::sync::broadcast::Receiver<Arc<Change>>>,
@@ -212,6 +214,7 @@ async fn pump(
             },
             _ = ticker.tick(), if req.bookmarks => req.bookmark(last_seen, false),
             _ = tokio::time::sleep_until(deadline) => return,
+            _ = req.close.changed() => return,
         };
         if tx.send(Ok(line)).await.is_err() {
             return;

@@ -313,6 +313,30 @@ async fn client_side_apply_of_builtins_uses_strategic_merge() {
             .any(|l| l.starts_with("secret/web-token") && l.contains("Opaque")),
         "{table}"
     );
+    // Imperative creation goes through kubectl's typed (protobuf) clients.
+    k.ok(&["create", "namespace", "demo"]).await;
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "-n",
+        "demo",
+        "--from-literal=a=b",
+    ])
+    .await;
+    let a = k
+        .ok(&[
+            "get",
+            "secret",
+            "s",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.a}",
+        ])
+        .await;
+    assert_eq!(a, "Yg==");
     let token = k
         .ok(&["get", "secret", "web-token", "-o", "jsonpath={.data.TOKEN}"])
         .await;
