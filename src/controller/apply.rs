@@ -24,11 +24,35 @@ fn apply_params(manager: &str) -> PatchParams {
     PatchParams::apply(manager).force()
 }
 
+/// Add the `keysmith.dev/revoke` finalizer, guarded by `resourceVersion` so a concurrent change
+/// of the list fails with 409 (and is retried) instead of being overwritten.
+///
+/// kube's `finalizer` helper would add the first finalizer with a JSON patch that `test`s the
+/// missing list against `null`; the API server accepts that, the test emulator answers 422.
+/// This merge patch is equally safe on both; the helper still does cleanup and removal.
+pub async fn add_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> kube::Result<()> {
+    let mut finalizers = key.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.push(crate::api::FINALIZER.to_owned());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": key.metadata.resource_version,
+    }});
+    let name = key.metadata.name.as_deref().unwrap_or_default();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(patch))
+        .await
+        .map(drop)
+}
+
 /// Apply the complete status the controller owns (never `lastUsedAt`, which the verifier owns).
 pub async fn status(api: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> kube::Result<()> {
     let body = json!({
         "apiVersion": ApiKey::api_version(&()),
         "kind": ApiKey::kind(&()),
+        "metadata": {"name": name},
         "status": status,
     });
     api.patch_status(name, &apply_params(FIELD_MANAGER), &Patch::Apply(body))
@@ -39,9 +63,11 @@ pub async fn status(api: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> kub
 /// Set `Ready=False` with reason `ApiError` after a failed write.
 pub async fn api_error(api: &Api<ApiKey>, key: &ApiKey, message: &str) -> kube::Result<()> {
     let since = jiff::Timestamp::now();
+    let name = key.metadata.name.as_deref().unwrap_or_default();
     let body = json!({
         "apiVersion": ApiKey::api_version(&()),
         "kind": ApiKey::kind(&()),
+        "metadata": {"name": name},
         "status": { "conditions": [{
             "type": READY,
             "status": "False",

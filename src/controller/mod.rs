@@ -191,14 +191,19 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
     async move {
         let started = Instant::now();
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = finalizer::finalizer(&api, FINALIZER, key, |event| async {
-            match event {
-                Finalizer::Apply(key) => ctx.apply(&api, &key).await,
-                Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)));
+        let result = ensure_finalizer(&api, &key).await;
+        let result = match result {
+            Ok(true) => Ok(Action::await_change()),
+            Ok(false) => finalizer::finalizer(&api, FINALIZER, key, |event| async {
+                match event {
+                    Finalizer::Apply(key) => ctx.apply(&api, &key).await,
+                    Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e))),
+            Err(e) => Err(e),
+        };
         ctx.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -206,6 +211,19 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
     }
     .instrument(span)
     .await
+}
+
+/// Add the finalizer to a live key that lacks it; `true` when it did (the resulting watch event
+/// brings the key back, so this reconcile ends there, as kube's helper does).
+async fn ensure_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> Result<bool, Error> {
+    if key.metadata.deletion_timestamp.is_some() || key.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(false);
+    }
+    apply::add_finalizer(api, key)
+        .await
+        .map_err(Error::kube(format!("adding finalizer {FINALIZER}")))?;
+    Ok(true)
 }
 
 fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
