@@ -113,6 +113,7 @@ async fn secret_deleted_or_edited_by_hand_is_reminted() {
     let h = Harness::start().await;
     h.apply(TWO_SLOTS);
     let key = h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
     let first = token(&key, "delivery")["sha256"].clone();
 
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
@@ -126,7 +127,8 @@ async fn secret_deleted_or_edited_by_hand_is_reminted() {
     assert_eq!(
         token(&key, "delivery")["previous"]["sha256"],
         first,
-        "the lost token overlaps"
+        "the lost token overlaps: {:#}",
+        key["status"]
     );
     let secret = eventually("Secret back", || async { h.secret("site") }).await;
     assert_eq!(

@@ -234,9 +234,20 @@ fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
 
 impl Context {
     /// Reconcile a live ApiKey: plan, then write status, Secret, restarts and events.
-    async fn apply(&self, api: &Api<ApiKey>, key: &ApiKey) -> Result<Action, Error> {
-        let namespace = key.namespace().unwrap_or_default();
-        let name = key.name_any();
+    async fn apply(&self, api: &Api<ApiKey>, cached: &ApiKey) -> Result<Action, Error> {
+        let namespace = cached.namespace().unwrap_or_default();
+        let name = cached.name_any();
+        // Read the key fresh: the watch caches of ApiKeys and Secrets are not in step, and a
+        // Secret event can arrive before the status write that preceded it. Planning with a
+        // stale status against the new Secret would mistake our own tokens for a hand edit.
+        let Some(key) = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("reading ApiKey {namespace}/{name}")))?
+        else {
+            return Ok(Action::await_change());
+        };
+        let key = &key;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let secret_name = key.secret_name();
         let secret = secrets
@@ -289,7 +300,7 @@ impl Context {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
         if let Some(status) = &plan.status {
-            apply::status(api, &name, status)
+            apply::status(api, &name, key.status.as_ref(), status)
                 .await
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"

@@ -292,6 +292,8 @@ struct Planner<'a> {
     secret: Option<&'a Secret>,
     now: Timestamp,
     jitter: f64,
+    /// The key's `expiresAt` in whole seconds, like every other time the planner compares.
+    key_end: Option<Timestamp>,
     /// Past the key's `expiresAt`: nothing verifies, nothing rotates, the Secret is left alone.
     key_expired: bool,
     /// Rotations are suspended (disabled or expired key).
@@ -313,7 +315,8 @@ impl<'a> Planner<'a> {
         secret: Option<&'a Secret>,
         now: Timestamp,
     ) -> Self {
-        let key_expired = valid.expires_at.is_some_and(|end| now >= end);
+        let key_end = valid.expires_at.map(whole_seconds);
+        let key_expired = key_end.is_some_and(|end| now >= end);
         Planner {
             key,
             valid,
@@ -321,6 +324,7 @@ impl<'a> Planner<'a> {
             secret,
             now,
             jitter: timing::jitter_fraction(key.metadata.uid.as_deref()),
+            key_end,
             key_expired,
             suspended: key_expired || key.spec.disabled,
         }
@@ -568,14 +572,14 @@ impl<'a> Planner<'a> {
                 self.next_due(slot, t).map(|(due, _)| due)
             })
             .min()
-            .filter(|due| self.valid.expires_at.is_none_or(|end| *due < end))
+            .filter(|due| self.key_end.is_none_or(|end| *due < end))
     }
 
     fn earliest_expiry(&self, tokens: &[TokenStatus]) -> Option<Timestamp> {
         tokens
             .iter()
             .filter_map(|t| t.expires_at.as_ref().map(|e| e.0))
-            .chain(self.valid.expires_at.map(whole_seconds))
+            .chain(self.key_end)
             .min()
     }
 
@@ -722,7 +726,7 @@ impl<'a> Planner<'a> {
     /// The tokens (and the key) inside their warning window that no rotation will replace in time.
     fn expiring_message(&self, tokens: &[TokenStatus]) -> Option<String> {
         let mut parts = Vec::new();
-        if let Some(end) = self.valid.expires_at
+        if let Some(end) = self.key_end
             && let Some(start) = self.key_warning_start(end)
             && start <= self.now
             && self.now < end
@@ -829,7 +833,7 @@ impl<'a> Planner<'a> {
             moments.extend(self.token_warning_start(t));
             moments.extend(t.expires_at.as_ref().map(|e| e.0));
         }
-        if let Some(end) = self.valid.expires_at {
+        if let Some(end) = self.key_end {
             moments.push(end);
             moments.extend(self.key_warning_start(end));
         }

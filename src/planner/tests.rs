@@ -298,6 +298,10 @@ fn deleted_secret_is_reminted() {
             .all(|(_, a)| *a == SlotAction::Mint(MintReason::SecretChanged))
     );
     assert!(p.secret.is_some());
+    assert!(
+        w.token("delivery").previous.is_some(),
+        "default overlap of 1h"
+    );
     w.assert_secret_verifies();
 }
 
