@@ -701,8 +701,10 @@ impl State {
             ));
         }
         check_type(rt, body)?;
+        // Like the API server, accept an applied configuration without a name: the URL names
+        // the object (kube-lease-manager applies Lease changes this way).
         let body_name = meta_str(body, "name");
-        if body_name != name {
+        if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));

@@ -85,6 +85,7 @@ pub struct Harness {
 
 /// An emulator prepared like a cluster with the chart installed, without a controller.
 pub async fn cluster() -> Emulator {
+    telemetry::init_tracing(telemetry::LogFormat::Text);
     let emu = Emulator::start(Config {
         rbac: true,
         ..Config::default()
@@ -124,7 +125,6 @@ pub async fn cluster() -> Emulator {
 impl Harness {
     /// A cluster and a running controller (no leader election) with a test clock.
     pub async fn start() -> Harness {
-        telemetry::init_tracing(telemetry::LogFormat::Text);
         let emu = cluster().await;
         let admin = emu.client().await.expect("admin client");
         let (resync, resyncs) = mpsc::unbounded();
