@@ -241,3 +241,43 @@ spec:
     assert_eq!(h.controller_writes().len(), 0);
     assert_eq!(h.events("InvalidSpec").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_and_namespace_shard_the_keys() {
+    let h = Harness::start_scoped(keysmith::controller::Scope {
+        namespace: Some(NS.into()),
+        selector: Some("shard=a".into()),
+    })
+    .await;
+    h.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: mine, namespace: cms, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: theirs, namespace: cms, labels: {shard: b}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: elsewhere, namespace: other, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+"#,
+    );
+    h.wait_key("mine", "Ready", ready).await;
+    h.settle().await;
+    assert!(h.apikey("theirs").unwrap()["status"].is_null());
+    let elsewhere = h
+        .emu
+        .get("keysmith.dev/v1alpha1", "ApiKey", "other", "elsewhere")
+        .unwrap();
+    assert!(elsewhere["status"].is_null());
+    assert!(h.controller_writes().iter().all(|e| e.name == "mine"));
+}
