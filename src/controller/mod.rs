@@ -237,10 +237,15 @@ async fn ensure_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> Result<bool, Error
     {
         return Ok(false);
     }
-    apply::add_finalizer(api, key)
-        .await
-        .map_err(Error::kube(format!("adding finalizer {FINALIZER}")))?;
-    Ok(true)
+    match apply::add_finalizer(api, key).await {
+        Ok(()) => Ok(true),
+        // A newer version exists (a stale cache copy); its watch event brings the key back.
+        Err(kube::Error::Api(status)) if status.is_conflict() => {
+            debug!("finalizer patch raced a newer version; waiting for it");
+            Ok(true)
+        }
+        Err(e) => Err(Error::kube(format!("adding finalizer {FINALIZER}"))(e)),
+    }
 }
 
 /// Retry a failed key with exponential backoff (5 s doubling to 5 min): a persistent error, such
