@@ -341,9 +341,9 @@ impl Context {
             return Err(e);
         }
         self.publish(key, &plan).await;
-        let status = plan.status.as_ref().or(key.status.as_ref());
-        if let Some(status) = status {
-            self.metrics.track_expiry(&namespace, &name, status);
+        if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
+            self.metrics
+                .track_expiry(&namespace, &name, key.status.as_ref(), status);
         }
         if !plan.is_quiet() {
             info!(secret = %secret_name, status = plan.status.is_some(), secret_written = plan.secret.is_some(), restarts = plan.restarts.len(), "reconciled");
