@@ -311,6 +311,10 @@ impl Context {
         else {
             return Ok(Action::await_change());
         };
+        if key.metadata.deletion_timestamp.is_some() {
+            // Deleted since the cache saw it: the deletion's own event brings revocation.
+            return Ok(Action::await_change());
+        }
         let key = &key;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let secret_name = key.secret_name();
@@ -327,9 +331,6 @@ impl Context {
             &mut planner::mint_token,
         )?;
         for (slot, action) in &plan.slots {
-            if let Some(reason) = action.mint_label() {
-                self.metrics.minted(reason);
-            }
             debug!(slot = %slot, action = %action, "slot decision");
         }
         if let Err(e) = self.write(api, key, &secrets, &plan).await {
@@ -339,6 +340,10 @@ impl Context {
                 debug!(error = %report, "could not record ApiError in status");
             }
             return Err(e);
+        }
+        // Count mints once they are delivered, not when a failed attempt discarded them.
+        for reason in plan.slots.iter().filter_map(|(_, a)| a.mint_label()) {
+            self.metrics.minted(reason);
         }
         self.publish(key, &plan).await;
         if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
