@@ -1,0 +1,158 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease through `kube-lease-manager` (kube 5 has
+//! none built in): only the instance holding the Lease reconciles, so two replicas are safe.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError, LeaseParams};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Default name of the Lease the controllers compete for.
+pub const DEFAULT_LEASE_NAME: &str = "keysmith-controller";
+
+/// Who competes for which Lease, and how long a holder's claim lasts.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// Lease name.
+    pub lease_name: String,
+    /// Namespace of the Lease (the controller pod's).
+    pub namespace: String,
+    /// This instance's identity (the pod name).
+    pub identity: String,
+    /// How long a claim lasts without renewal; a crashed leader is replaced after at most this.
+    pub lease_duration: Duration,
+    /// How long before the end of its claim the holder renews it.
+    pub renew_grace: Duration,
+}
+
+impl LeaderConfig {
+    /// Defaults for a controller in `namespace` called `identity`: a 15 s lease renewed 5 s early.
+    pub fn new(namespace: impl Into<String>, identity: impl Into<String>) -> LeaderConfig {
+        LeaderConfig {
+            lease_name: DEFAULT_LEASE_NAME.to_owned(),
+            namespace: namespace.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why leader election stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The renewal grace must be shorter than the lease, both at least a second.
+    #[error(
+        "lease duration ({duration:?}) must be longer than the renewal grace ({grace:?}), which must be at least 1s"
+    )]
+    Timing {
+        /// Lease duration.
+        duration: Duration,
+        /// Renewal grace.
+        grace: Duration,
+    },
+    /// The Lease could not be read, created or renewed.
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Namespace of the Lease.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: LeaseManagerError,
+    },
+    /// The lease manager's task ended on its own.
+    #[error("leader election on Lease {0} stopped unexpectedly")]
+    Stopped(String),
+}
+
+/// Run `work` while this instance holds the Lease, and stop it (through the receiver it gets)
+/// as soon as the Lease is lost; until `shutdown` completes. Then stop `work` and release the
+/// Lease, so another replica takes over without waiting for it to expire.
+pub async fn run_while_leader<W, F>(
+    client: Client,
+    config: &LeaderConfig,
+    shutdown: impl Future<Output = ()>,
+    mut work: W,
+) -> Result<(), LeaderError>
+where
+    W: FnMut(oneshot::Receiver<()>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (duration, grace) = (
+        config.lease_duration.as_secs(),
+        config.renew_grace.as_secs(),
+    );
+    if grace == 0 || grace >= duration {
+        return Err(LeaderError::Timing {
+            duration: config.lease_duration,
+            grace: config.renew_grace,
+        });
+    }
+    let lease_error = |source| LeaderError::Lease {
+        namespace: config.namespace.clone(),
+        name: config.lease_name.clone(),
+        source,
+    };
+    let params = LeaseParams::new(config.identity.clone(), duration, grace)
+        .with_field_manager(format!("keysmith-leader-{}", config.identity));
+    let manager = LeaseManagerBuilder::new(client, config.lease_name.clone())
+        .with_namespace(config.namespace.clone())
+        .with_parameters(params)
+        .build()
+        .await
+        .map_err(lease_error)?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tokio::pin!(shutdown);
+    let mut running: Option<Running> = None;
+    let outcome = loop {
+        let is_leader = *leading.borrow_and_update();
+        if is_leader && running.is_none() {
+            info!(identity = %config.identity, lease = %config.lease_name, "became the leader: reconciling");
+            let (stop, stopped) = oneshot::channel();
+            running = Some(Running {
+                stop,
+                task: tokio::spawn(work(stopped)),
+            });
+        } else if !is_leader && let Some(r) = running.take() {
+            warn!(identity = %config.identity, "lost the lease: stopping reconciles");
+            r.stop().await;
+        }
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            changed = leading.changed() => if changed.is_err() {
+                break Err(LeaderError::Stopped(config.lease_name.clone()));
+            },
+        }
+    };
+    if let Some(r) = running.take() {
+        r.stop().await;
+    }
+    // Dropping the receiver makes the lease task release the Lease and finish.
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "releasing the lease failed; it expires on its own"),
+        Err(e) => warn!(error = %e, "lease task failed"),
+    }
+    outcome
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        // The work may have ended already; then there is nobody to tell.
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "the controller task failed");
+        }
+    }
+}

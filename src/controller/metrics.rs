@@ -1,0 +1,200 @@
+//! The controller's Prometheus metrics (SPEC 4.4), registered into the shared registry of
+//! [`crate::telemetry`]. Labels carry names and reasons only, never token material.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::api::ApiKeyStatus;
+
+/// Labels `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why it happened.
+    pub reason: String,
+}
+
+/// Labels `{namespace, apikey, token}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Namespace of the ApiKey.
+    pub namespace: String,
+    /// ApiKey name.
+    pub apikey: String,
+    /// Slot name.
+    pub token: String,
+}
+
+/// The controller's metrics.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    /// `keysmith_reconcile_duration_seconds`.
+    pub reconcile_duration: Histogram,
+    /// `keysmith_reconcile_errors_total{reason}`.
+    pub reconcile_errors: Family<ReasonLabel, Counter>,
+    /// `keysmith_tokens_minted_total{reason}`.
+    pub tokens_minted: Family<ReasonLabel, Counter>,
+    /// `keysmith_token_expiry_timestamp_seconds{namespace,apikey,token}`.
+    pub token_expiry: Family<TokenLabels, Gauge>,
+    /// `keysmith_rollout_restarts_total`.
+    pub rollout_restarts: Counter,
+}
+
+impl ControllerMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &mut Registry) -> ControllerMetrics {
+        let metrics = ControllerMetrics {
+            // 1 ms to about 16 s.
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            reconcile_errors: Family::default(),
+            tokens_minted: Family::default(),
+            token_expiry: Family::default(),
+            rollout_restarts: Counter::default(),
+        };
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time spent reconciling one ApiKey",
+            Unit::Seconds,
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "tokens_minted",
+            "Tokens minted, by reason (initial, secret-changed, schedule, renew, trigger, annotation)",
+            metrics.tokens_minted.clone(),
+        );
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "Unix time at which the current token of a slot expires",
+            metrics.token_expiry.clone(),
+        );
+        registry.register(
+            "rollout_restarts",
+            "Workloads restarted after a rotation",
+            metrics.rollout_restarts.clone(),
+        );
+        metrics
+    }
+
+    /// Count a mint.
+    pub fn minted(&self, reason: &str) {
+        self.tokens_minted
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a failed reconcile.
+    pub fn error(&self, reason: &str) {
+        self.reconcile_errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publish the expiry of every current token of a key (slots without expiry are absent), and
+    /// drop the series of slots that `previous` had and `current` no longer has.
+    pub fn track_expiry(
+        &self,
+        namespace: &str,
+        apikey: &str,
+        previous: Option<&ApiKeyStatus>,
+        current: &ApiKeyStatus,
+    ) {
+        let labels = |slot: &str| TokenLabels {
+            namespace: namespace.to_owned(),
+            apikey: apikey.to_owned(),
+            token: slot.to_owned(),
+        };
+        for gone in previous.iter().flat_map(|p| &p.tokens) {
+            if !current.tokens.iter().any(|t| t.name == gone.name) {
+                self.token_expiry.remove(&labels(&gone.name));
+            }
+        }
+        for token in &current.tokens {
+            match &token.expires_at {
+                Some(at) => {
+                    self.token_expiry
+                        .get_or_create(&labels(&token.name))
+                        .set(at.0.as_second());
+                }
+                None => {
+                    self.token_expiry.remove(&labels(&token.name));
+                }
+            }
+        }
+    }
+
+    /// Forget a deleted key's series.
+    pub fn forget(&self, namespace: &str, apikey: &str, status: Option<&ApiKeyStatus>) {
+        for token in status.iter().flat_map(|s| &s.tokens) {
+            self.token_expiry.remove(&TokenLabels {
+                namespace: namespace.to_owned(),
+                apikey: apikey.to_owned(),
+                token: token.name.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TokenStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn token(name: &str, expires: Option<i64>) -> TokenStatus {
+        TokenStatus {
+            name: name.into(),
+            id: "ks_abcdef".into(),
+            sha256: "00".into(),
+            issued_at: Time(jiff::Timestamp::UNIX_EPOCH),
+            expires_at: expires.map(|s| Time(jiff::Timestamp::from_second(s).unwrap())),
+            rotation_trigger: None,
+            rotate_annotation: None,
+            rotate_slot_annotation: None,
+            previous: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn expiry_series_follow_the_slots() {
+        let mut registry = crate::telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let two = ApiKeyStatus {
+            tokens: vec![
+                token("a", Some(1_900_000_000)),
+                token("b", Some(1_800_000_000)),
+            ],
+            ..ApiKeyStatus::default()
+        };
+        metrics.track_expiry("cms", "site", None, &two);
+        let one = ApiKeyStatus {
+            tokens: vec![token("a", Some(1_900_000_000))],
+            ..ApiKeyStatus::default()
+        };
+        metrics.track_expiry("cms", "site", Some(&two), &one);
+        metrics.minted("initial");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(
+            r#"keysmith_token_expiry_timestamp_seconds{namespace="cms",apikey="site",token="a"} 1900000000"#
+        ), "{text}");
+        assert!(!text.contains(r#"token="b""#), "{text}");
+        assert!(text.contains(r#"keysmith_tokens_minted_total{reason="initial"} 1"#));
+        metrics.forget("cms", "site", Some(&one));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains(r#"apikey="site""#), "{text}");
+    }
+}

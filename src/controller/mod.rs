@@ -1,0 +1,464 @@
+//! `keysmith controller`: the thin shell around [`crate::planner`] (SPEC 4). It reads the ApiKey
+//! and its Secret, asks the planner what to do, and applies the plan: status first, then the
+//! Secret (so every token in the Secret verifies), then restarts and events. Deletion revokes
+//! through the `keysmith.dev/revoke` finalizer.
+//!
+//! The controller watches ApiKeys (optionally one namespace, optionally a label selector) and the
+//! Secrets it owns, scoped by the `app.kubernetes.io/managed-by=keysmith` label so it neither
+//! caches nor wakes on every Secret in the cluster.
+
+pub mod apply;
+pub mod leader;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::{ApiKey, FINALIZER};
+use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan};
+use crate::token::GenerateError;
+use apply::Restarted;
+use metrics::ControllerMetrics;
+
+/// The time source; tests inject one they can move.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// Name the controller reports events under.
+pub const REPORTER: &str = "keysmith-controller";
+/// First retry delay after a failed reconcile; it doubles per consecutive failure of a key.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// Longest retry delay, so a key recovers within minutes once the API server does.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Which ApiKeys this controller reconciles (SPEC 2's sharding flags).
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only this namespace; `None`: all.
+    pub namespace: Option<String>,
+    /// Only ApiKeys matching this label selector.
+    pub selector: Option<String>,
+}
+
+/// Everything a reconcile needs, created once per controller.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: ControllerMetrics,
+    clock: Clock,
+    /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
+    failures: Mutex<HashMap<String, Backoff>>,
+}
+
+impl Context {
+    /// A context reporting events as `instance` (the pod name).
+    pub fn new(
+        client: Client,
+        metrics: ControllerMetrics,
+        clock: Clock,
+        instance: Option<String>,
+    ) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: REPORTER.to_owned(),
+            instance,
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            clock,
+            failures: Mutex::default(),
+        })
+    }
+}
+
+/// Why a reconcile failed. Messages carry names and ids, never token material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the controller was doing.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The OS random number generator failed.
+    #[error("minting a token failed: {0}")]
+    Mint(#[from] GenerateError),
+    /// Adding or removing the finalizer failed, or the ApiKey has no name.
+    #[error("finalizer {FINALIZER}: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
+    /// The `reason` label of `keysmith_reconcile_errors_total`.
+    fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "api",
+            Error::Mint(_) => "mint",
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
+                    inner.metric_reason()
+                }
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// Reconcile ApiKeys in `scope` until `shutdown` completes. `resync` (optional) triggers a
+/// reconcile of every ApiKey on each item, e.g. after a test moved its clock.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: &Scope,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    resync: Option<BoxStream<'static, ()>>,
+) {
+    let client = ctx.client.clone();
+    let (keys, secrets): (Api<ApiKey>, Api<Secret>) = match &scope.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let mut keys_config = watcher::Config::default();
+    if let Some(selector) = &scope.selector {
+        keys_config = keys_config.labels(selector);
+    }
+    let secrets_config =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let mut controller = Controller::new(keys, keys_config).owns(secrets, secrets_config);
+    if let Some(resync) = resync {
+        controller = controller.reconcile_all_on(resync);
+    }
+    info!(namespace = ?scope.namespace, selector = ?scope.selector, "controller started");
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// Run the controller whenever this instance holds the leader Lease, until `shutdown`.
+pub async fn run_elected(
+    ctx: Arc<Context>,
+    scope: Scope,
+    leader: &leader::LeaderConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), leader::LeaderError> {
+    let client = ctx.client.clone();
+    leader::run_while_leader(client, leader, shutdown, move |stopped| {
+        let (ctx, scope) = (ctx.clone(), scope.clone());
+        async move {
+            let stopped = async {
+                // Err: the election loop is gone, which also means stop.
+                let _ = stopped.await;
+            };
+            run(ctx, &scope, stopped, None).await;
+        }
+    })
+    .await
+}
+
+async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = key.namespace().unwrap_or_default();
+    let key_name = key.name_any();
+    let span = info_span!("reconcile", namespace = %namespace, name = %key_name);
+    async move {
+        let object = object_key(&namespace, &key_name);
+        // A failed reconcile may have written status, whose watch event would retry at once:
+        // until its backoff ends, a live key waits (deletion is never held back).
+        let waiting = ctx.failures().get(&object).and_then(Backoff::remaining);
+        if let Some(wait) = waiting.filter(|_| key.metadata.deletion_timestamp.is_none()) {
+            return Ok(Action::requeue(wait));
+        }
+        let started = Instant::now();
+        let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = ensure_finalizer(&api, &key).await;
+        let result = match result {
+            Ok(true) => Ok(Action::await_change()),
+            Ok(false) => finalizer::finalizer(&api, FINALIZER, key, |event| async {
+                match event {
+                    Finalizer::Apply(key) => ctx.apply(&api, &key).await,
+                    Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e))),
+            Err(e) => Err(e),
+        };
+        ctx.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            ctx.failures().remove(&object);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Add the finalizer to a live key that lacks it; `true` when it did (the resulting watch event
+/// brings the key back, so this reconcile ends there, as kube's helper does).
+async fn ensure_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> Result<bool, Error> {
+    if key.metadata.deletion_timestamp.is_some() || key.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(false);
+    }
+    match apply::add_finalizer(api, key).await {
+        Ok(()) => Ok(true),
+        // A newer version exists (a stale cache copy); its watch event brings the key back.
+        Err(kube::Error::Api(status)) if status.is_conflict() => {
+            debug!("finalizer patch raced a newer version; waiting for it");
+            Ok(true)
+        }
+        Err(e) => Err(Error::kube(format!("adding finalizer {FINALIZER}"))(e)),
+    }
+}
+
+/// Retry a failed key with exponential backoff (5 s doubling to 5 min): a persistent error, such
+/// as a missing permission or a rejected write, never becomes a hot loop.
+fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    let namespace = key.namespace().unwrap_or_default();
+    let delay = ctx
+        .failures()
+        .entry(object_key(&namespace, &key.name_any()))
+        .or_default()
+        .fail();
+    warn!(namespace = %namespace, name = %key.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    ctx.metrics.error(error.metric_reason());
+    Action::requeue(delay)
+}
+
+/// Consecutive failures of one key and when it may be tried again.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Count a failure; the delay before the next attempt.
+    fn fail(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = FIRST_RETRY
+            .saturating_mul(2u32.saturating_pow(self.failures - 1))
+            .min(MAX_RETRY);
+        self.until = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// Time left before the next attempt, if any.
+    fn remaining(&self) -> Option<Duration> {
+        let left = self.until?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+fn object_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
+        // A poisoned map only holds retry times; keep using it.
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reconcile a live ApiKey: plan, then write status, Secret, restarts and events.
+    async fn apply(&self, api: &Api<ApiKey>, cached: &ApiKey) -> Result<Action, Error> {
+        let namespace = cached.namespace().unwrap_or_default();
+        let name = cached.name_any();
+        // Read the key fresh: the watch caches of ApiKeys and Secrets are not in step, and a
+        // Secret event can arrive before the status write that preceded it. Planning with a
+        // stale status against the new Secret would mistake our own tokens for a hand edit.
+        let Some(key) = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("reading ApiKey {namespace}/{name}")))?
+        else {
+            return Ok(Action::await_change());
+        };
+        if key.metadata.deletion_timestamp.is_some() {
+            // Deleted since the cache saw it: the deletion's own event brings revocation.
+            return Ok(Action::await_change());
+        }
+        let key = &key;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let secret_name = key.secret_name();
+        let secret = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading Secret {namespace}/{secret_name}"
+            )))?;
+        let plan = planner::plan(
+            key,
+            secret.as_ref(),
+            (self.clock)(),
+            &mut planner::mint_token,
+        )?;
+        for (slot, action) in &plan.slots {
+            debug!(slot = %slot, action = %action, "slot decision");
+        }
+        if let Err(e) = self.write(api, key, &secrets, &plan).await {
+            // Best effort: the write failed, so this one may too; the retry repairs it anyway.
+            let message = e.to_string();
+            if let Err(report) = apply::api_error(api, key, &message, (self.clock)()).await {
+                debug!(error = %report, "could not record ApiError in status");
+            }
+            return Err(e);
+        }
+        // Count mints once they are delivered, not when a failed attempt discarded them.
+        for reason in plan.slots.iter().filter_map(|(_, a)| a.mint_label()) {
+            self.metrics.minted(reason);
+        }
+        self.publish(key, &plan).await;
+        if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
+            self.metrics
+                .track_expiry(&namespace, &name, key.status.as_ref(), status);
+        }
+        if !plan.is_quiet() {
+            info!(secret = %secret_name, status = plan.status.is_some(), secret_written = plan.secret.is_some(), restarts = plan.restarts.len(), "reconciled");
+        }
+        Ok(plan
+            .requeue_after
+            .map_or_else(Action::await_change, Action::requeue))
+    }
+
+    /// The plan's writes, in the order that keeps every token in the Secret verifiable.
+    async fn write(
+        &self,
+        api: &Api<ApiKey>,
+        key: &ApiKey,
+        secrets: &Api<Secret>,
+        plan: &Plan,
+    ) -> Result<(), Error> {
+        let name = key.name_any();
+        let namespace = key.namespace().unwrap_or_default();
+        if let Some(status) = &plan.status {
+            apply::status(api, &name, key.status.as_ref(), status)
+                .await
+                .map_err(Error::kube(format!(
+                    "writing status of ApiKey {namespace}/{name}"
+                )))?;
+        }
+        if let Some(secret) = &plan.secret {
+            apply::secret(secrets, secret)
+                .await
+                .map_err(Error::kube(format!(
+                    "writing Secret {namespace}/{}",
+                    secret.name
+                )))?;
+        }
+        for restart in &plan.restarts {
+            let target = format!(
+                "{:?} {namespace}/{}",
+                restart.target.kind, restart.target.name
+            );
+            let outcome = apply::restart(&self.client, &namespace, restart)
+                .await
+                .map_err(Error::kube(format!("restarting {target}")))?;
+            let (type_, note) = match outcome {
+                Restarted::Yes => {
+                    self.metrics.rollout_restarts.inc();
+                    (
+                        EventType::Normal,
+                        format!("restarted {target} for tokens {}", restart.restarted_for),
+                    )
+                }
+                Restarted::AlreadyDone => continue,
+                Restarted::Missing => (
+                    EventType::Warning,
+                    format!(
+                        "restart target {target} does not exist; fix spec.secret.restartTargets"
+                    ),
+                ),
+            };
+            self.event(key, type_, "RestartTriggered", note).await;
+        }
+        Ok(())
+    }
+
+    /// Revoke on delete: remove the Secret this key controls and say so.
+    async fn cleanup(&self, key: &ApiKey) -> Result<Action, Error> {
+        let namespace = key.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let secret_name = key.secret_name();
+        let secret = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading Secret {namespace}/{secret_name}"
+            )))?;
+        let note = match secret {
+            Some(secret) if planner::controlled_by(&secret, key) => {
+                apply::delete_secret(&secrets, &secret_name)
+                    .await
+                    .map_err(Error::kube(format!(
+                        "deleting Secret {namespace}/{secret_name}"
+                    )))?;
+                format!("tokens revoked; Secret {secret_name} deleted")
+            }
+            _ => "tokens revoked; no Secret of this key to delete".to_owned(),
+        };
+        self.metrics
+            .forget(&namespace, &key.name_any(), key.status.as_ref());
+        self.event(key, EventType::Normal, "Revoked", note).await;
+        info!(secret = %secret_name, "revoked");
+        Ok(Action::await_change())
+    }
+
+    async fn publish(&self, key: &ApiKey, plan: &Plan) {
+        for event in &plan.events {
+            self.event(key, event.type_, event.reason, event.note.clone())
+                .await;
+        }
+    }
+
+    /// Publish an event; a failure is logged, not retried (events are best effort).
+    async fn event(&self, key: &ApiKey, type_: EventType, reason: &str, note: String) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &key.object_ref(&())).await {
+            warn!(reason, error = %e, "could not publish event");
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! Unit and property tests of the planner: every decision, with a simulated API server that
+//! stores what a plan writes, and a clock the tests move.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::api::ApiKey;
+
+const UID: &str = "5b3c8a52-6a39-4f2e-9d1c-0c6f1f5e7a10";
+
+fn t0() -> Timestamp {
+    "2026-11-22T10:00:00Z".parse().unwrap()
+}
+
+fn key(spec: serde_json::Value) -> ApiKey {
+    serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1",
+        "kind": "ApiKey",
+        "metadata": {
+            "name": "site", "namespace": "cms", "uid": UID, "generation": 1,
+            "creationTimestamp": "2026-11-22T10:00:00Z",
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn two_slots() -> serde_json::Value {
+    json!({
+        "tokens": [
+            {"name": "delivery", "prefix": "cms_dt_", "secretKey": "DELIVERY"},
+            {"name": "preview", "prefix": "cms_pt_", "encoding": "hex"},
+        ],
+    })
+}
+
+fn mint(slot: &ValidSlot) -> Result<Token, GenerateError> {
+    mint_token(slot)
+}
+
+/// The API server as far as the planner is concerned: the ApiKey and its Secret.
+struct World {
+    key: ApiKey,
+    secret: Option<Secret>,
+    now: Timestamp,
+    /// The Secret was edited by hand since the planner last wrote it.
+    tampered: bool,
+}
+
+impl World {
+    fn new(spec: serde_json::Value) -> World {
+        World {
+            key: key(spec),
+            secret: None,
+            now: t0(),
+            tampered: false,
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&self.key, self.secret.as_ref(), self.now, &mut mint).unwrap()
+    }
+
+    /// Plan and store what the plan writes, as server-side apply would.
+    fn step(&mut self) -> Plan {
+        let plan = self.plan();
+        if let Some(status) = &plan.status {
+            self.key.status = Some(status.clone());
+        }
+        if let Some(secret) = &plan.secret {
+            self.secret = Some(secret.to_secret());
+            self.tampered = false;
+        }
+        plan
+    }
+
+    fn advance(&mut self, d: SignedDuration) {
+        self.now = self.now.checked_add(d).unwrap();
+    }
+
+    fn annotate(&mut self, name: &str, value: &str) {
+        self.key
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.to_owned(), value.to_owned());
+    }
+
+    fn status(&self) -> &ApiKeyStatus {
+        self.key.status.as_ref().unwrap()
+    }
+
+    fn token(&self, slot: &str) -> &TokenStatus {
+        self.status()
+            .tokens
+            .iter()
+            .find(|t| t.name == slot)
+            .unwrap()
+    }
+
+    fn secret_value(&self, key: &str) -> String {
+        let data = self.secret.as_ref().unwrap().data.as_ref().unwrap();
+        String::from_utf8(data[key].0.clone()).unwrap()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let c = conditions::find(&self.status().conditions, type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    /// SPEC 4.1's invariant: every token the planner put in the Secret verifies (is current,
+    /// or previous within its window, in status). A hand edit is only repaired while the key is
+    /// valid and has not ended; after its end nothing verifies anyway.
+    fn assert_secret_verifies(&self) {
+        let (Some(secret), Some(status)) = (&self.secret, &self.key.status) else {
+            return;
+        };
+        if self.tampered {
+            let ended = crate::validation::validate(&self.key.spec)
+                .map_or(true, |v| v.expires_at.is_some_and(|end| self.now >= end));
+            assert!(ended, "a valid, live key must repair a hand-edited Secret");
+            return;
+        }
+        for (k, v) in secret.data.iter().flatten() {
+            let hash = sha256_hex(std::str::from_utf8(&v.0).unwrap());
+            let verifies = status.tokens.iter().any(|t| {
+                t.sha256 == hash
+                    || t.previous
+                        .as_ref()
+                        .is_some_and(|p| p.sha256 == hash && p.valid_until.0 > self.now)
+            });
+            assert!(
+                verifies,
+                "Secret key {k} holds a token status does not know"
+            );
+        }
+    }
+}
+
+fn hours(h: i64) -> SignedDuration {
+    SignedDuration::from_hours(h)
+}
+
+#[test]
+fn create_mints_one_token_per_slot_and_a_resync_writes_nothing() {
+    let mut w = World::new(two_slots());
+    let p = w.step();
+    assert_eq!(
+        p.slots,
+        vec![
+            ("delivery".into(), SlotAction::Mint(MintReason::Initial)),
+            ("preview".into(), SlotAction::Mint(MintReason::Initial)),
+        ]
+    );
+    let secret = p.secret.as_ref().unwrap();
+    assert_eq!(
+        secret.data.keys().collect::<Vec<_>>(),
+        vec!["DELIVERY", "preview"]
+    );
+    assert_eq!(secret.labels[MANAGED_BY_LABEL], "keysmith");
+    assert_eq!(secret.labels[APIKEY_LABEL], "site");
+    assert_eq!(secret.owner.uid, UID);
+    assert_eq!(secret.owner.controller, Some(true));
+    assert_eq!(secret.type_, "Opaque");
+    let delivery = w.secret_value("DELIVERY");
+    assert!(delivery.starts_with("cms_dt_"));
+    assert_eq!(w.token("delivery").sha256, sha256_hex(&delivery));
+    assert_eq!(
+        w.token("preview").sha256,
+        sha256_hex(&w.secret_value("preview"))
+    );
+    assert_eq!(
+        secret.annotations[TOKEN_IDS_ANNOTATION],
+        format!("{},{}", w.token("delivery").id, w.token("preview").id)
+    );
+    assert_eq!(w.condition(READY), ("True".into(), "Minted".into()));
+    assert_eq!(w.status().observed_generation, Some(1));
+    assert!(
+        p.restarts.is_empty(),
+        "the very first mint restarts nothing"
+    );
+    assert_eq!(p.events.len(), 1);
+    assert_eq!(p.events[0].reason, "Minted");
+    assert!(!p.events[0].note.contains(&delivery));
+
+    w.advance(SignedDuration::from_mins(5));
+    let resync = w.step();
+    assert!(resync.is_quiet(), "{resync:?}");
+    assert!(resync.events.is_empty());
+}
+
+#[test]
+fn status_times_have_whole_seconds() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "expiresAfter": "90m"}));
+    w.now = t0().checked_add(SignedDuration::from_millis(1500)).unwrap();
+    w.step();
+    assert_eq!(w.token("a").issued_at.0.subsec_nanosecond(), 0);
+    assert!(w.plan().is_quiet());
+}
+
+#[test]
+fn invalid_spec_reports_the_field_once_and_touches_nothing() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"every": "soon"}}));
+    let p = w.step();
+    assert!(p.secret.is_none());
+    assert!(p.slots.is_empty());
+    assert_eq!(p.requeue_after, None);
+    let ready = conditions::find(&w.status().conditions, READY).unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains("spec.rotation.every"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(p.events.len(), 1);
+    assert_eq!(p.events[0].reason, "InvalidSpec");
+    let again = w.step();
+    assert!(again.is_quiet() && again.events.is_empty());
+}
+
+#[test]
+fn invalid_spec_keeps_tokens_and_the_secret() {
+    let mut w = World::new(two_slots());
+    w.step();
+    let tokens = w.status().tokens.clone();
+    w.key.spec.expires_after = Some("forever".into());
+    let p = w.step();
+    assert!(p.secret.is_none());
+    assert_eq!(w.status().tokens, tokens);
+}
+
+#[test]
+fn unowned_secret_is_a_conflict_unless_adopted() {
+    let mut w = World::new(two_slots());
+    w.secret = Some(Secret {
+        metadata: ObjectMeta {
+            name: Some("site".into()),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    });
+    let p = w.step();
+    assert!(p.secret.is_none());
+    assert_eq!(
+        w.condition(READY),
+        ("False".into(), "SecretConflict".into())
+    );
+    assert_eq!(p.events[0].reason, "SecretConflict");
+    assert_eq!(p.requeue_after, Some(CONFLICT_REQUEUE));
+
+    w.key.spec.secret = Some(crate::api::SecretSpec {
+        adopt: true,
+        ..Default::default()
+    });
+    let p = w.step();
+    let secret = p.secret.unwrap();
+    assert_eq!(secret.owner.uid, UID);
+    assert_eq!(w.condition(READY), ("True".into(), "Minted".into()));
+}
+
+#[test]
+fn edited_secret_is_reminted_and_the_lost_token_overlaps() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "2h"}}));
+    w.step();
+    let old = w.token("a").clone();
+    w.advance(hours(1));
+    w.secret
+        .as_mut()
+        .unwrap()
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ByteString(b"typed by hand".to_vec()));
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Mint(MintReason::SecretChanged));
+    let previous = w.token("a").previous.clone().unwrap();
+    assert_eq!(previous.sha256, old.sha256);
+    assert_eq!(previous.valid_until.0, w.now.checked_add(hours(2)).unwrap());
+    assert_eq!(p.restarts.len(), 0, "no restart targets configured");
+    w.assert_secret_verifies();
+}
+
+#[test]
+fn deleted_secret_is_reminted() {
+    let mut w = World::new(two_slots());
+    w.step();
+    w.secret = None;
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, a)| *a == SlotAction::Mint(MintReason::SecretChanged))
+    );
+    assert!(p.secret.is_some());
+    assert!(
+        w.token("delivery").previous.is_some(),
+        "default overlap of 1h"
+    );
+    w.assert_secret_verifies();
+}
+
+#[test]
+fn crash_between_status_and_secret_keeps_the_held_token_as_previous() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"trigger": "1"}}));
+    w.step();
+    let held = w.token("a").clone();
+    w.key.spec.rotation.as_mut().unwrap().trigger = Some("2".into());
+    // The status write of the rotation lands, the Secret write does not.
+    let rotation = w.plan();
+    w.key.status = rotation.status.clone();
+    assert_eq!(w.token("a").previous.as_ref().unwrap().sha256, held.sha256);
+    let window = w.token("a").previous.clone().unwrap();
+    w.advance(SignedDuration::from_mins(1));
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Mint(MintReason::SecretChanged));
+    assert_eq!(w.token("a").previous.as_ref(), Some(&window));
+    w.assert_secret_verifies();
+}
+
+#[test]
+fn trigger_rotates_every_slot_once_with_an_overlap_and_restarts_once() {
+    let mut w = World::new(json!({
+        "tokens": [{"name": "a"}, {"name": "b"}],
+        "expiresAfter": "720h",
+        "rotation": {"trigger": "one", "overlap": "1h"},
+        "secret": {"restartTargets": [{"kind": "Deployment", "name": "web"}]},
+    }));
+    w.step();
+    let before = w.token("a").clone();
+    w.advance(hours(2));
+    w.key.spec.rotation.as_mut().unwrap().trigger = Some("two".into());
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, a)| *a == SlotAction::Rotate(RotateReason::Trigger))
+    );
+    assert_eq!(w.condition(READY), ("True".into(), "Rotated".into()));
+    let previous = w.token("a").previous.clone().unwrap();
+    assert_eq!(previous.id, before.id);
+    assert_eq!(previous.valid_until.0, w.now.checked_add(hours(1)).unwrap());
+    assert_eq!(w.token("a").rotation_trigger.as_deref(), Some("two"));
+    assert_eq!(p.restarts.len(), 1);
+    let mut ids = [w.token("a").id.clone(), w.token("b").id.clone()];
+    ids.sort();
+    assert_eq!(p.restarts[0].restarted_for, ids.join(","));
+    assert_eq!(p.events[0].reason, "Rotated");
+    assert!(p.requeue_after.unwrap() <= std::time::Duration::from_secs(3600));
+
+    assert!(w.step().is_quiet(), "one rotation per trigger value");
+    // The overlap ends: previous dropped from status, the Secret untouched.
+    w.advance(hours(1));
+    let p = w.step();
+    assert!(p.slots.iter().all(|(_, a)| *a == SlotAction::DropPrevious));
+    assert!(p.secret.is_none() && p.restarts.is_empty());
+    assert!(w.token("a").previous.is_none());
+    assert_eq!(w.condition(READY), ("True".into(), "Rotated".into()));
+    assert!(w.step().is_quiet());
+}
+
+#[test]
+fn annotations_rotate_all_slots_or_one() {
+    let mut w = World::new(two_slots());
+    w.step();
+    w.annotate(ROTATE_ANNOTATION, "r1");
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, a)| *a == SlotAction::Rotate(RotateReason::Annotation))
+    );
+    assert!(w.step().is_quiet());
+    let preview = w.token("preview").clone();
+    w.annotate("keysmith.dev/rotate-delivery", "d1");
+    let p = w.step();
+    assert_eq!(
+        p.slots,
+        vec![
+            (
+                "delivery".into(),
+                SlotAction::Rotate(RotateReason::Annotation)
+            ),
+            ("preview".into(), SlotAction::Keep),
+        ]
+    );
+    assert_eq!(w.token("preview").sha256, preview.sha256);
+    assert_eq!(sha256_hex(&w.secret_value("preview")), preview.sha256);
+    assert!(w.step().is_quiet());
+}
+
+#[test]
+fn every_interval_rotates_after_the_interval_plus_jitter() {
+    let mut w = World::new(
+        json!({"tokens": [{"name": "a"}], "rotation": {"every": "24h", "overlap": "1h"}}),
+    );
+    w.step();
+    let due = w.status().next_rotation_at.clone().unwrap().0;
+    let jitter = due.duration_since(t0()) - hours(24);
+    assert!(
+        jitter >= SignedDuration::ZERO && jitter <= hours(1),
+        "{jitter}"
+    );
+    w.now = due.checked_sub(SignedDuration::from_secs(1)).unwrap();
+    assert!(w.step().is_quiet());
+    w.now = due;
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Schedule));
+}
+
+#[test]
+fn renew_before_rotates_ahead_of_expiry() {
+    let mut w = World::new(json!({
+        "tokens": [{"name": "a"}], "expiresAfter": "30d",
+        "rotation": {"renewBefore": "10d"},
+    }));
+    w.step();
+    let renew_at = t0().checked_add(hours(20 * 24)).unwrap();
+    assert_eq!(w.status().next_rotation_at, Some(Time(renew_at)));
+    w.now = renew_at;
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Renew));
+    assert_eq!(
+        w.condition(EXPIRING).0,
+        "False",
+        "renewal planned: no warning"
+    );
+}
+
+#[test]
+fn expiring_then_expired_without_rotation() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "expiresAfter": "30d"}));
+    let p = w.step();
+    assert_eq!(w.condition(EXPIRING).0, "False");
+    // The warning window opens a week before expiry; the plan requeues for it.
+    let warn = t0().checked_add(hours(23 * 24)).unwrap();
+    assert_eq!(p.requeue_after, Some(MAX_REQUEUE));
+    w.now = warn.checked_sub(SignedDuration::from_secs(30)).unwrap();
+    assert_eq!(
+        w.step().requeue_after,
+        Some(std::time::Duration::from_secs(30))
+    );
+    w.now = warn;
+    let p = w.step();
+    assert_eq!(
+        w.condition(EXPIRING),
+        ("True".into(), "ExpiryApproaching".into())
+    );
+    assert_eq!(w.condition(READY).0, "True");
+    assert!(p.events.iter().any(|e| e.reason == "Expiring"));
+    assert!(
+        w.step().events.is_empty(),
+        "one Expiring event per transition"
+    );
+    w.now = t0().checked_add(hours(30 * 24)).unwrap();
+    let p = w.step();
+    assert_eq!(w.condition(EXPIRED).0, "True");
+    assert_eq!(w.condition(READY), ("False".into(), "Expired".into()));
+    assert!(p.events.iter().any(|e| e.reason == "Expired"));
+    assert!(p.secret.is_none());
+    // A new trigger value regenerates it.
+    w.key.spec.rotation = Some(crate::api::Rotation {
+        trigger: Some("again".into()),
+        ..Default::default()
+    });
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Trigger));
+    assert!(
+        w.token("a").previous.is_none(),
+        "an expired token gets no overlap"
+    );
+    assert_eq!(w.condition(READY), ("True".into(), "Rotated".into()));
+}
+
+#[test]
+fn key_expires_at_ends_everything() {
+    let mut w = World::new(json!({
+        "tokens": [{"name": "a"}], "expiresAt": "2026-11-24T10:00:00Z",
+        "rotation": {"every": "1h", "trigger": "x"},
+    }));
+    w.step();
+    assert_eq!(w.condition(EXPIRING).0, "False");
+    w.now = "2026-11-23T10:00:00Z".parse().unwrap();
+    w.step();
+    assert_eq!(
+        w.condition(EXPIRING).0,
+        "True",
+        "a 2-day key warns a day ahead"
+    );
+    w.now = "2026-11-24T10:00:00Z".parse().unwrap();
+    let p = w.step();
+    assert_eq!(w.condition(READY), ("False".into(), "Expired".into()));
+    assert!(p.secret.is_none());
+    assert_eq!(w.status().next_rotation_at, None);
+    w.key.spec.rotation.as_mut().unwrap().trigger = Some("y".into());
+    let p = w.step();
+    assert!(p.slots.iter().all(|(_, a)| *a == SlotAction::Keep));
+}
+
+#[test]
+fn disabled_suspends_rotation() {
+    let mut w = World::new(
+        json!({"tokens": [{"name": "a"}], "disabled": true, "rotation": {"every": "1h"}}),
+    );
+    w.step();
+    assert_eq!(w.condition(READY), ("False".into(), "Disabled".into()));
+    assert_eq!(w.condition(DISABLED).0, "True");
+    w.advance(hours(5));
+    let p = w.step();
+    assert!(p.is_quiet(), "{p:?}");
+    w.key.spec.disabled = false;
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Schedule));
+    assert_eq!(w.condition(DISABLED).0, "False");
+}
+
+#[test]
+fn last_used_at_from_the_verifier_is_neither_written_nor_compared() {
+    let mut w = World::new(two_slots());
+    w.step();
+    w.key.status.as_mut().unwrap().tokens[0].last_used_at = Some(Time(t0()));
+    assert!(w.plan().is_quiet());
+    w.key.spec.rotation = Some(crate::api::Rotation {
+        trigger: Some("t".into()),
+        ..Default::default()
+    });
+    let p = w.plan();
+    assert!(
+        p.status
+            .unwrap()
+            .tokens
+            .iter()
+            .all(|t| t.last_used_at.is_none())
+    );
+}
+
+#[test]
+fn removed_slot_is_dropped_from_status_and_secret() {
+    let mut w = World::new(two_slots());
+    w.step();
+    w.key.spec.tokens.truncate(1);
+    let p = w.step();
+    assert_eq!(p.slots, vec![("delivery".into(), SlotAction::Keep)]);
+    let secret = p
+        .secret
+        .expect("token-ids changed: the Secret is re-applied without the slot");
+    assert_eq!(secret.data.keys().collect::<Vec<_>>(), vec!["DELIVERY"]);
+    assert_eq!(w.status().tokens.len(), 1);
+}
+
+#[test]
+fn cron_schedule_in_a_time_zone() {
+    let mut w = World::new(json!({
+        "tokens": [{"name": "a"}],
+        "rotation": {"schedule": "0 3 * * *", "timeZone": "Europe/Berlin", "overlap": "1h"},
+    }));
+    w.step();
+    let due = w.status().next_rotation_at.clone().unwrap().0;
+    // 03:00 in Berlin (UTC+1 in November) is 02:00 UTC, the day after 10:00 UTC.
+    let run: Timestamp = "2026-11-23T02:00:00Z".parse().unwrap();
+    assert!(
+        due >= run && due <= run.checked_add(hours(1)).unwrap(),
+        "{due}"
+    );
+}
+
+fn spec_strategy() -> impl Strategy<Value = serde_json::Value> {
+    let lifetime = prop::option::of(prop::sample::select(vec!["2h", "36h", "30d", "400d"]));
+    let cadence = prop::sample::select(vec![
+        json!(null),
+        json!({"every": "1h"}),
+        json!({"every": "24h"}),
+        json!({"every": "720h"}),
+        json!({"schedule": "*/30 * * * *"}),
+        json!({"schedule": "0 3 * * MON", "timeZone": "Europe/Berlin"}),
+        json!({"schedule": "0 0 1 * *", "timeZone": "America/New_York"}),
+    ]);
+    let overlap = prop::option::of(prop::sample::select(vec!["0", "5m", "20m", "2h"]));
+    let renew = prop::option::of(prop::sample::select(vec!["1h", "10d"]));
+    (
+        1usize..=3,
+        lifetime,
+        cadence,
+        overlap,
+        renew,
+        prop::option::of("[a-c]"),
+        any::<bool>(),
+        prop::option::of(1i64..2000),
+    )
+        .prop_map(
+            |(slots, lifetime, cadence, overlap, renew, trigger, disabled, end_hours)| {
+                let mut rotation = cadence.as_object().cloned().unwrap_or_default();
+                if let Some(o) = overlap {
+                    rotation.insert("overlap".into(), json!(o));
+                }
+                if let Some(r) = renew {
+                    rotation.insert("renewBefore".into(), json!(r));
+                }
+                if let Some(t) = trigger {
+                    rotation.insert("trigger".into(), json!(t));
+                }
+                let tokens: Vec<_> = (0..slots)
+                    .map(|i| json!({"name": format!("s{i}")}))
+                    .collect();
+                let mut spec =
+                    json!({"tokens": tokens, "rotation": rotation, "disabled": disabled});
+                if let Some(l) = lifetime {
+                    spec["expiresAfter"] = json!(l);
+                }
+                if let Some(h) = end_hours {
+                    spec["expiresAt"] = json!(t0().checked_add(hours(h)).unwrap().to_string());
+                }
+                spec
+            },
+        )
+}
+
+/// Things that happen to a key between two reconciles.
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(i64),
+    Trigger(String),
+    Annotate(String),
+    AnnotateSlot(String),
+    DeleteSecret,
+    EditSecret,
+    ToggleDisabled,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1i64..(8 * 24 * 3600)).prop_map(Op::Advance),
+        1 => "[a-d]".prop_map(Op::Trigger),
+        1 => "[a-d]".prop_map(Op::Annotate),
+        1 => "[a-d]".prop_map(Op::AnnotateSlot),
+        1 => Just(Op::DeleteSecret),
+        1 => Just(Op::EditSecret),
+        1 => Just(Op::ToggleDisabled),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever happens, the Secret only holds tokens status vouches for, and a reconcile right
+    /// after a reconcile writes nothing.
+    #[test]
+    fn secret_always_verifies_and_resyncs_are_quiet(
+        spec in spec_strategy(),
+        ops in prop::collection::vec(op_strategy(), 1..24),
+    ) {
+        let mut w = World::new(spec);
+        w.step();
+        w.assert_secret_verifies();
+        for op in ops {
+            match op {
+                Op::Advance(secs) => w.advance(SignedDuration::from_secs(secs)),
+                Op::Trigger(v) => w.key.spec.rotation.get_or_insert_with(Default::default).trigger = Some(v),
+                Op::Annotate(v) => w.annotate(ROTATE_ANNOTATION, &v),
+                Op::AnnotateSlot(v) => w.annotate("keysmith.dev/rotate-s0", &v),
+                Op::DeleteSecret => w.secret = None,
+                Op::EditSecret => if let Some(data) = w.secret.as_mut().and_then(|s| s.data.as_mut()) {
+                    data.insert("s0".into(), ByteString(b"edited".to_vec()));
+                    w.tampered = true;
+                },
+                Op::ToggleDisabled => w.key.spec.disabled = !w.key.spec.disabled,
+            }
+            let p = w.step();
+            w.assert_secret_verifies();
+            if let Some(requeue) = p.requeue_after {
+                prop_assert!(requeue >= MIN_REQUEUE && requeue <= MAX_REQUEUE);
+            }
+            let again = w.plan();
+            prop_assert!(again.is_quiet(), "second reconcile at {} wrote: {:?}", w.now, again);
+            prop_assert!(again.events.is_empty(), "second reconcile emitted {:?}", again.events);
+        }
+    }
+
+    /// A scheduled rotation happens no earlier than the run and no later than its jitter bound.
+    #[test]
+    fn scheduled_rotations_land_within_the_jitter_bound(
+        uid in "[0-9a-f]{8}-[0-9a-f]{4}",
+        schedule in prop::sample::select(vec!["*/30 * * * *", "0 3 * * MON", "15 */6 * * *", "0 0 1 * *"]),
+        offset in 0i64..(40 * 24 * 3600),
+    ) {
+        let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"schedule": schedule, "overlap": "1m"}}));
+        w.key.metadata.uid = Some(uid);
+        w.advance(SignedDuration::from_secs(offset));
+        w.step();
+        let issued = w.token("a").issued_at.0;
+        let parsed = crate::schedule::Schedule::parse(schedule, None).unwrap();
+        let run = parsed.next_after(issued).unwrap();
+        let gap = parsed.interval_after(issued).unwrap();
+        let bound = timing::jitter(gap, 1.0).max(std::time::Duration::from_secs(1));
+        let due = w.status().next_rotation_at.clone().unwrap().0;
+        prop_assert!(due >= run && due <= timing::add(run, bound), "run {run}, due {due}");
+        w.now = due.checked_sub(SignedDuration::from_secs(1)).unwrap();
+        prop_assert!(w.step().is_quiet());
+        w.now = due;
+        let p = w.step();
+        prop_assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Schedule));
+    }
+
+    /// The replaced token stays in status until min(rotation + overlap, its expiry), not a
+    /// second longer, and the plan requeues no later than that.
+    #[test]
+    fn overlap_windows_end_when_they_should(
+        overlap_mins in 0u64..600,
+        lifetime_hours in prop::option::of(2u64..100),
+        age_mins in 0i64..6000,
+    ) {
+        let mut spec = json!({"tokens": [{"name": "a"}], "rotation": {"overlap": format!("{overlap_mins}m"), "trigger": "1"}});
+        if let Some(h) = lifetime_hours {
+            spec["expiresAfter"] = json!(format!("{h}h"));
+        }
+        let mut w = World::new(spec);
+        w.step();
+        let old = w.token("a").clone();
+        w.advance(SignedDuration::from_mins(age_mins));
+        w.key.spec.rotation.as_mut().unwrap().trigger = Some("2".into());
+        let p = w.step();
+        let overlap_end = w.now.checked_add(SignedDuration::from_mins(overlap_mins as i64)).unwrap();
+        let end = old.expires_at.as_ref().map_or(overlap_end, |e| overlap_end.min(e.0));
+        let expired_before = old.expires_at.as_ref().is_some_and(|e| e.0 <= w.now);
+        match w.token("a").previous.clone() {
+            None => prop_assert!(overlap_mins == 0 || expired_before || end <= w.now),
+            Some(previous) => {
+                prop_assert_eq!(previous.valid_until.0, end);
+                prop_assert_eq!(previous.sha256, old.sha256);
+                prop_assert!(p.requeue_after.unwrap() <= between(w.now, end).max(MIN_REQUEUE));
+                w.now = end.checked_sub(SignedDuration::from_secs(1)).unwrap();
+                w.step();
+                prop_assert!(w.token("a").previous.is_some());
+                w.now = end;
+                w.step();
+                prop_assert!(w.token("a").previous.is_none());
+            }
+        }
+    }
+}

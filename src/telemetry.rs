@@ -1,0 +1,241 @@
+//! What every long-running command (`controller`, `verifier`, `run`, `dev`) shares (SPEC 2):
+//! `tracing` logs as text or JSON, an HTTP endpoint with `/metrics`, `/healthz` and `/readyz`,
+//! and a shutdown future for SIGTERM and Ctrl-C.
+//!
+//! Each component registers its metrics into one [`Registry`] (prefix `keysmith`) before it is
+//! shared, so `keysmith run` serves the controller's and the verifier's metrics on one port.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Prefix of every Keysmith metric name.
+pub const METRICS_PREFIX: &str = "keysmith";
+/// Default address of the metrics and health endpoint (the chart's `metrics` port).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+
+/// Log line format, `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Install the global `tracing` subscriber: level from `RUST_LOG` (default `info`).
+/// A second call (tests starting several components) keeps the first subscriber.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Err only means a subscriber is already installed, which is fine.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A new metrics registry with the `keysmith` prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix(METRICS_PREFIX)
+}
+
+/// Readiness shared between a component and `/readyz`. `/healthz` answers 200 while the
+/// process serves at all.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Mark the component ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether the component said it is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    registry: Arc<Registry>,
+    health: Health,
+}
+
+/// The router of `/metrics`, `/healthz` and `/readyz`; merge it into a bigger one if needed.
+pub fn router(registry: Arc<Registry>, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(Endpoints { registry, health })
+}
+
+async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &endpoints.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    if endpoints.health.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A shutdown notice any number of tasks can wait for.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    stopping: watch::Receiver<bool>,
+}
+
+/// Fires a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Tell every waiter to stop.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    /// A shutdown fired by hand (tests, embedding).
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown { stopping: rx })
+    }
+
+    /// A shutdown fired by SIGTERM or Ctrl-C. Must be called inside a Tokio runtime.
+    pub fn on_signal() -> Shutdown {
+        let (trigger, shutdown) = Shutdown::new();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            trigger.trigger();
+        });
+        shutdown
+    }
+
+    /// Completes once the shutdown fired (or its trigger is gone).
+    pub async fn wait(mut self) {
+        // Err: the trigger was dropped, which can only mean the process is ending.
+        let _ = self.stopping.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        // If the handler cannot be installed, only SIGTERM stops the process.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let mut registry = registry();
+        let counter: Counter = Counter::default();
+        registry.register("demo", "A demo counter", counter.clone());
+        counter.inc();
+        let health = Health::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(Arc::new(registry), health.clone());
+        tokio::spawn(serve(listener, app, std::future::pending()));
+        let get = |path: &str| {
+            let url = format!("http://{addr}{path}");
+            async move {
+                let (status, body) = http_get(&url).await;
+                (status, body)
+            }
+        };
+        let (status, body) = get("/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("keysmith_demo_total 1"), "{body}");
+        assert_eq!(get("/healthz").await.0, 200);
+        assert_eq!(get("/readyz").await.0, 503);
+        health.set_ready(true);
+        assert_eq!(get("/readyz").await.0, 200);
+    }
+
+    /// A minimal HTTP/1.0 GET, so the test needs no HTTP client crate.
+    async fn http_get(url: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}

@@ -1,0 +1,312 @@
+//! End to end against the API emulator with RBAC on, the controller acting as its ServiceAccount
+//! with the chart's rules: create, resync, delete; hand edits; conflicts; invalid specs.
+
+mod support;
+
+use keysmith::token::{Token, sha256_hex};
+use serde_json::json;
+use support::*;
+
+const TWO_SLOTS: &str = r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens:
+    - {name: delivery, prefix: cms_dt_, secretKey: DELIVERY_TOKEN}
+    - {name: preview, prefix: cms_pt_, encoding: hex}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_mints_resync_writes_nothing_delete_revokes() {
+    let mut h = Harness::start().await;
+    h.apply(TWO_SLOTS);
+    let key = h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+
+    // One key per slot, tokens of the right format, hashes matching status.
+    let secret = h.secret("site").expect("Secret written");
+    let delivery = secret_value(&secret, "DELIVERY_TOKEN").unwrap();
+    let preview = secret_value(&secret, "preview").unwrap();
+    let delivery_token = Token::try_from(delivery.clone()).expect("checksum holds");
+    assert_eq!(delivery_token.prefix(), "cms_dt_");
+    assert!(Token::try_from(preview.clone()).is_ok());
+    assert!(preview.starts_with("cms_pt_"));
+    assert_eq!(secret["data"].as_object().unwrap().len(), 2);
+    assert_eq!(token(&key, "delivery")["sha256"], sha256_hex(&delivery));
+    assert_eq!(token(&key, "preview")["sha256"], sha256_hex(&preview));
+    assert_eq!(token(&key, "delivery")["id"], delivery_token.id());
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "keysmith"
+    );
+    assert_eq!(secret["metadata"]["labels"]["keysmith.dev/apikey"], "site");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        key["metadata"]["finalizers"],
+        json!(["keysmith.dev/revoke"])
+    );
+    assert_eq!(condition(&key, "Ready").unwrap().1, "Minted");
+    assert_eq!(key["status"]["observedGeneration"], 1);
+    assert_eq!(h.events("Minted").len(), 1);
+
+    // A new key costs three writes: finalizer, status, Secret.
+    let mint_writes = h.controller_writes();
+    println!(
+        "API writes per mint: {} ({:?}), plus {} event write(s)",
+        mint_writes.len(),
+        mint_writes
+            .iter()
+            .map(|e| format!(
+                "{} {}{}",
+                e.verb,
+                e.resource,
+                if e.subresource.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", e.subresource)
+                }
+            ))
+            .collect::<Vec<_>>(),
+        h.event_writes()
+    );
+    assert_eq!(mint_writes.len(), 3);
+
+    // A healthy resync writes nothing, and status writes do not wake the controller in a loop.
+    h.emu.request_log().clear();
+    let before = h.reconciles();
+    h.settle().await;
+    h.settle().await;
+    assert!(h.reconciles() > before);
+    println!(
+        "API writes per healthy resync: {}",
+        h.controller_writes().len()
+    );
+    assert_eq!(h.controller_writes().len(), 0);
+    assert_eq!(h.event_writes(), 0);
+
+    // Metrics.
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains(r#"keysmith_tokens_minted_total{reason="initial"} 2"#),
+        "{metrics}"
+    );
+
+    // Delete = revoke: Secret gone, event, finalizer released (the ApiKey disappears).
+    let api: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(h.admin.clone(), NS);
+    api.delete("site", &Default::default()).await.unwrap();
+    eventually("ApiKey gone", || async {
+        h.apikey("site").is_none().then_some(())
+    })
+    .await;
+    assert!(h.secret("site").is_none(), "revocation deletes the Secret");
+    assert_eq!(h.events("Revoked").len(), 1);
+    assert!(
+        !h.metrics().contains("apikey=\"site\""),
+        "expiry series forgotten"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_deleted_or_edited_by_hand_is_reminted() {
+    let h = Harness::start().await;
+    h.apply(TWO_SLOTS);
+    let key = h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let first = token(&key, "delivery")["sha256"].clone();
+
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(h.admin.clone(), NS);
+    secrets.delete("site", &Default::default()).await.unwrap();
+    let key = h
+        .wait_key("site", "re-mint after delete", |k| {
+            token(k, "delivery")["sha256"] != first
+        })
+        .await;
+    assert_eq!(
+        token(&key, "delivery")["previous"]["sha256"],
+        first,
+        "the lost token overlaps: {:#}",
+        key["status"]
+    );
+    let secret = eventually("Secret back", || async { h.secret("site") }).await;
+    assert_eq!(
+        sha256_hex(&secret_value(&secret, "DELIVERY_TOKEN").unwrap()),
+        token(&key, "delivery")["sha256"].as_str().unwrap()
+    );
+
+    let second = token(&key, "preview")["sha256"].clone();
+    let patch = json!({"data": {"preview": "ZWRpdGVkIGJ5IGhhbmQ="}});
+    secrets
+        .patch(
+            "site",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+    let key = h
+        .wait_key("site", "re-mint after edit", |k| {
+            token(k, "preview")["sha256"] != second
+        })
+        .await;
+    let secret = eventually("Secret repaired", || async {
+        h.secret("site").filter(|s| {
+            secret_value(s, "preview").map(|v| sha256_hex(&v))
+                == token(&key, "preview")["sha256"].as_str().map(str::to_owned)
+        })
+    })
+    .await;
+    assert!(
+        secret_value(&secret, "preview")
+            .unwrap()
+            .starts_with("cms_pt_")
+    );
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains(r#"keysmith_tokens_minted_total{reason="secret-changed"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unowned_secret_is_a_conflict_and_stays_untouched_unless_adopted() {
+    let h = Harness::start().await;
+    h.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: site, namespace: cms}\ndata: {mine: c2VjcmV0}\n",
+    );
+    let before = h.secret("site").unwrap();
+    h.apply(TWO_SLOTS);
+    let key = h
+        .wait_key("site", "SecretConflict", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "SecretConflict")
+        })
+        .await;
+    h.settle().await;
+    let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("adopt"), "{message}");
+    assert_eq!(h.secret("site").unwrap(), before, "the Secret is untouched");
+    assert_eq!(h.events("SecretConflict").len(), 1);
+    assert!(key["status"]["tokens"].is_null());
+
+    // With adopt the key takes the Secret over.
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens: [{name: delivery, prefix: cms_dt_, secretKey: DELIVERY_TOKEN}]
+  secret: {adopt: true}
+"#,
+    );
+    h.wait_key("site", "Ready after adopt", ready).await;
+    let secret = eventually("adopted", || async {
+        h.secret("site")
+            .filter(|s| s["metadata"]["ownerReferences"].is_array())
+    })
+    .await;
+    assert!(secret_value(&secret, "DELIVERY_TOKEN").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_names_the_field_and_touches_nothing() {
+    let h = Harness::start().await;
+    // Passes the CRD schema (pattern) but not the 5y lifetime limit the controller checks.
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens: [{name: delivery}]
+  expiresAfter: 6000d
+"#,
+    );
+    let key = h
+        .wait_key("site", "InvalidSpec", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "InvalidSpec")
+        })
+        .await;
+    let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("spec.expiresAfter"), "{message}");
+    h.settle().await;
+    assert!(h.secret("site").is_none());
+    assert_eq!(h.events("InvalidSpec").len(), 1);
+    // No retry storm: further passes write nothing.
+    h.emu.request_log().clear();
+    h.settle().await;
+    h.settle().await;
+    assert_eq!(h.controller_writes().len(), 0);
+    assert_eq!(h.events("InvalidSpec").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_and_namespace_shard_the_keys() {
+    let h = Harness::start_scoped(keysmith::controller::Scope {
+        namespace: Some(NS.into()),
+        selector: Some("shard=a".into()),
+    })
+    .await;
+    h.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: mine, namespace: cms, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: theirs, namespace: cms, labels: {shard: b}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: elsewhere, namespace: other, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+"#,
+    );
+    h.wait_key("mine", "Ready", ready).await;
+    h.settle().await;
+    assert!(h.apikey("theirs").unwrap()["status"].is_null());
+    let elsewhere = h
+        .emu
+        .get("keysmith.dev/v1alpha1", "ApiKey", "other", "elsewhere")
+        .unwrap();
+    assert!(elsewhere["status"].is_null());
+    assert!(h.controller_writes().iter().all(|e| e.name == "mine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_report_api_error_and_recover() {
+    let h = Harness::start().await;
+    h.emu
+        .faults()
+        .error_rate(keysmith_emulator::Target::new("patch", "secrets"), 500, 1.0);
+    h.apply(TWO_SLOTS);
+    let key = h
+        .wait_key("site", "ApiError", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "ApiError")
+        })
+        .await;
+    let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("writing Secret cms/site"), "{message}");
+    h.emu.faults().clear();
+    h.clock.resync();
+    h.wait_key("site", "recovered", ready).await;
+    let secret = eventually("Secret written", || async { h.secret("site") }).await;
+    let key = h.apikey("site").unwrap();
+    assert_eq!(
+        sha256_hex(&secret_value(&secret, "DELIVERY_TOKEN").unwrap()),
+        token(&key, "delivery")["sha256"].as_str().unwrap()
+    );
+    assert!(
+        h.metrics()
+            .contains(r#"keysmith_reconcile_errors_total{reason="api"}"#)
+    );
+}

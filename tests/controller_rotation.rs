@@ -1,0 +1,411 @@
+//! End to end: every rotation trigger, overlap windows, restarts, expiry conditions, and the
+//! `keysmith rotate` / `keysmith status` commands, with the controller's clock moved by the test.
+
+mod support;
+
+use jiff::{SignedDuration, Timestamp};
+use keysmith::token::sha256_hex;
+use serde_json::Value;
+use support::*;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: cms}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: nginx}]}
+"#;
+
+fn rotating_key(trigger: &str) -> String {
+    format!(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: site, namespace: cms}}
+spec:
+  tokens: [{{name: delivery, prefix: cms_dt_}}, {{name: preview, prefix: cms_pt_}}]
+  expiresAfter: 720h
+  rotation: {{trigger: "{trigger}", overlap: 1h}}
+  secret: {{restartTargets: [{{kind: Deployment, name: web}}]}}
+"#
+    )
+}
+
+fn id(key: &Value, slot: &str) -> String {
+    token(key, slot)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn time(v: &Value) -> Timestamp {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+fn writes_of(h: &Harness, resource: &str) -> usize {
+    h.controller_writes()
+        .iter()
+        .filter(|e| e.resource == resource)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_rotates_with_overlap_and_restarts_once() {
+    let h = Harness::start().await;
+    h.apply(DEPLOYMENT);
+    h.apply(&rotating_key("one"));
+    let key = h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let old_delivery = token(&key, "delivery").clone();
+    assert_eq!(
+        writes_of(&h, "deployments"),
+        0,
+        "the first mint restarts nothing"
+    );
+
+    h.emu.request_log().clear();
+    h.apply(&rotating_key("two"));
+    let key = h
+        .wait_key("site", "rotation by trigger", |k| {
+            token(k, "delivery")["rotationTrigger"] == "two"
+                && token(k, "preview")["rotationTrigger"] == "two"
+        })
+        .await;
+    h.settle().await;
+    let writes = h.controller_writes();
+    let names: Vec<String> = writes
+        .iter()
+        .map(|e| format!("{} {} {}", e.verb, e.resource, e.subresource))
+        .collect();
+    println!("API writes per rotation: {} ({names:?})", writes.len());
+    assert_eq!(
+        writes_of(&h, "apikeys") + writes_of(&h, "secrets"),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(writes_of(&h, "deployments"), 1, "one restart per rotation");
+    assert_eq!(condition(&key, "Ready").unwrap().1, "Rotated");
+
+    // The old token is previous until validUntil; the Secret holds the new one.
+    let previous = &token(&key, "delivery")["previous"];
+    assert_eq!(previous["sha256"], old_delivery["sha256"]);
+    let rotated_at = time(&token(&key, "delivery")["issuedAt"]);
+    assert_eq!(
+        time(&previous["validUntil"]),
+        rotated_at
+            .checked_add(SignedDuration::from_hours(1))
+            .unwrap()
+    );
+    let secret = h.secret("site").unwrap();
+    assert_eq!(
+        sha256_hex(&secret_value(&secret, "delivery").unwrap()),
+        token(&key, "delivery")["sha256"].as_str().unwrap()
+    );
+
+    // The restart annotation names the new token ids, sorted.
+    let deployment = h.emu.get("apps/v1", "Deployment", NS, "web").unwrap();
+    let mut ids = [id(&key, "delivery"), id(&key, "preview")];
+    ids.sort();
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["keysmith.dev/restarted-for"],
+        ids.join(",")
+    );
+    assert_eq!(h.events("Rotated").len(), 1);
+    assert_eq!(h.events("RestartTriggered").len(), 1);
+
+    // The overlap ends: previous leaves status, the Secret and the workload stay as they are.
+    let secret_version = secret["metadata"]["resourceVersion"].clone();
+    h.clock.advance(SignedDuration::from_mins(61));
+    h.wait_key("site", "overlap over", |k| {
+        token(k, "delivery")["previous"].is_null() && token(k, "preview")["previous"].is_null()
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(
+        h.secret("site").unwrap()["metadata"]["resourceVersion"],
+        secret_version
+    );
+    assert_eq!(writes_of(&h, "deployments"), 1, "no second rollout");
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains(r#"keysmith_tokens_minted_total{reason="trigger"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keysmith_rollout_restarts_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_schedule_and_renew_before_rotate_on_time() {
+    let h = Harness::start().await;
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: every, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  rotation: {every: 1h, overlap: 5m}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: cron, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  rotation: {schedule: "0 3 * * *", timeZone: Europe/Berlin, overlap: 5m}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: renew, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  expiresAfter: 10h
+  rotation: {renewBefore: 2h}
+"#,
+    );
+    let mut due = Vec::new();
+    for name in ["every", "cron", "renew"] {
+        let key = h.wait_key(name, "Ready", ready).await;
+        let issued = time(&token(&key, "a")["issuedAt"]);
+        let next = time(&key["status"]["nextRotationAt"]);
+        due.push((next, name, id(&key, "a"), issued));
+    }
+    // Jitter bounds: at most 10% of the interval, at most 1h.
+    let (every_due, _, _, every_issued) = due[0].clone();
+    let jitter = every_due.duration_since(every_issued) - SignedDuration::from_hours(1);
+    assert!(
+        jitter >= SignedDuration::ZERO && jitter <= SignedDuration::from_mins(6),
+        "{jitter}"
+    );
+    let (cron_due, ..) = due[1].clone();
+    let berlin = cron_due.to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap());
+    let run = berlin.with().hour(3).minute(0).second(0).build().unwrap();
+    let jitter = cron_due.duration_since(run.timestamp());
+    assert!(
+        jitter >= SignedDuration::ZERO && jitter <= SignedDuration::from_hours(1),
+        "cron runs at 03:00 Berlin time plus at most 1h of jitter: {berlin}"
+    );
+    let (renew_due, _, _, renew_issued) = due[2].clone();
+    assert_eq!(
+        renew_due,
+        renew_issued
+            .checked_add(SignedDuration::from_hours(8))
+            .unwrap()
+    );
+
+    due.sort();
+    for (at, name, old_id, _) in due {
+        h.clock
+            .set(at.checked_sub(SignedDuration::from_secs(1)).unwrap());
+        h.settle().await;
+        assert_eq!(
+            id(&h.apikey(name).unwrap(), "a"),
+            old_id,
+            "{name} not due yet"
+        );
+        h.clock.set(at);
+        h.wait_key(name, "rotated on time", |k| id(k, "a") != old_id)
+            .await;
+    }
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains(r#"keysmith_tokens_minted_total{reason="schedule"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keysmith_tokens_minted_total{reason="renew"}"#),
+        "{metrics}"
+    );
+}
+
+async fn keysmith(h: &Harness, args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    h.emu
+        .write_kubeconfig(&kubeconfig, &keysmith_emulator::Identity::Admin)
+        .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(args)
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_command_rolls_every_slot_or_one() {
+    let h = Harness::start().await;
+    h.apply(DEPLOYMENT);
+    h.apply(&rotating_key("one"));
+    let key = h.wait_key("site", "Ready", ready).await;
+    let (d0, p0) = (id(&key, "delivery"), id(&key, "preview"));
+
+    let (ok, out, err) = keysmith(&h, &["rotate", "site", "-n", "cms"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("keysmith.dev/rotate="), "{out}");
+    let key = h
+        .wait_key("site", "all slots rotated", |k| {
+            id(k, "delivery") != d0 && id(k, "preview") != p0
+        })
+        .await;
+    h.settle().await;
+    let (d1, p1) = (id(&key, "delivery"), id(&key, "preview"));
+
+    let (ok, _, err) = keysmith(&h, &["rotate", "site", "-n", "cms", "--token", "preview"]).await;
+    assert!(ok, "{err}");
+    let key = h
+        .wait_key("site", "preview rotated", |k| id(k, "preview") != p1)
+        .await;
+    h.settle().await;
+    assert_eq!(
+        id(&h.apikey("site").unwrap(), "delivery"),
+        d1,
+        "delivery kept"
+    );
+    assert!(token(&key, "preview")["rotateSlotAnnotation"].is_string());
+
+    let (ok, _, err) = keysmith(&h, &["rotate", "site", "-n", "cms", "--token", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no token slot \"nope\""), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+
+    let (ok, out, err) = keysmith(&h, &["status", "site", "-n", "cms"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&id(&key, "preview")), "{out}");
+    assert!(out.contains("Ready     True  Rotated"), "{out}");
+    let (ok, _, err) = keysmith(&h, &["status", "missing", "-n", "cms"]).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_then_expired_with_a_moving_clock() {
+    let h = Harness::start().await;
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  expiresAfter: 48h
+"#,
+    );
+    let key = h.wait_key("site", "Ready", ready).await;
+    assert_eq!(condition(&key, "Expiring").unwrap().0, "False");
+    h.settle().await;
+    let metrics = h.metrics();
+    let series =
+        r#"keysmith_token_expiry_timestamp_seconds{namespace="cms",apikey="site",token="a"}"#;
+    assert!(metrics.contains(series), "{metrics}");
+
+    h.clock.advance(SignedDuration::from_hours(25));
+    h.wait_key("site", "Expiring", |k| {
+        condition(k, "Expiring").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    h.clock.advance(SignedDuration::from_hours(23));
+    let key = h
+        .wait_key("site", "Expired", |k| {
+            condition(k, "Expired").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    assert_eq!(
+        condition(&key, "Ready").unwrap(),
+        ("False".into(), "Expired".into())
+    );
+    h.settle().await;
+    assert_eq!(h.events("Expiring").len(), 1);
+    assert_eq!(h.events("Expired").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_expires_at_disabled_and_missing_restart_target() {
+    let h = Harness::start().await;
+    let end = h
+        .clock
+        .now()
+        .checked_add(SignedDuration::from_hours(2))
+        .unwrap();
+    h.apply(&format!(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: ending, namespace: cms}}
+spec:
+  tokens: [{{name: a}}]
+  expiresAt: "{end}"
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: paused, namespace: cms}}
+spec:
+  tokens: [{{name: a}}]
+  disabled: true
+  rotation: {{trigger: one}}
+  secret: {{restartTargets: [{{kind: StatefulSet, name: ghost}}]}}
+"#
+    ));
+    // A two-hour key is inside its warning window from its creation on (the test clock started
+    // a moment before the emulator stamped creationTimestamp).
+    h.clock.advance(SignedDuration::from_mins(1));
+    h.wait_key("ending", "Expiring", |k| {
+        condition(k, "Expiring").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    let paused = h
+        .wait_key("paused", "Disabled", |k| {
+            condition(k, "Disabled").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    assert_eq!(
+        condition(&paused, "Ready").unwrap(),
+        ("False".into(), "Disabled".into())
+    );
+    // A disabled key still has its tokens in the Secret.
+    eventually("Secret of the disabled key", || async {
+        h.secret("paused")
+    })
+    .await;
+
+    h.clock.advance(SignedDuration::from_mins(119));
+    let ending = h
+        .wait_key("ending", "Expired", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "Expired")
+        })
+        .await;
+    assert!(ending["status"]["nextRotationAt"].is_null());
+
+    // Re-enable with a new trigger: the rotation restarts a workload that does not exist.
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: paused, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  rotation: {trigger: two}
+  secret: {restartTargets: [{kind: StatefulSet, name: ghost}]}
+"#,
+    );
+    h.wait_key("paused", "rotated", |k| {
+        condition(k, "Ready").is_some_and(|(_, r)| r == "Rotated")
+    })
+    .await;
+    let warning = eventually("missing target event", || async {
+        h.events("RestartTriggered").into_iter().next()
+    })
+    .await;
+    assert_eq!(warning["type"], "Warning");
+    assert!(warning["note"].as_str().unwrap().contains("does not exist"));
+    h.settle().await;
+}

@@ -1,0 +1,329 @@
+//! Shared harness of the controller's end-to-end tests: the API emulator with RBAC on, the
+//! chart's controller rules bound to the controller's ServiceAccount, the controller running
+//! in-process as that ServiceAccount with a clock the test moves, and helpers to wait for state
+//! and count API writes.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use jiff::{SignedDuration, Timestamp};
+use keysmith::controller::leader::LeaderConfig;
+use keysmith::controller::metrics::ControllerMetrics;
+use keysmith::controller::{self, Clock, Context, Scope};
+use keysmith::telemetry::{self, Shutdown, ShutdownTrigger};
+use keysmith_emulator::{Config, Emulator, Identity, LogEntry};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "cms";
+pub const CONTROLLER_NS: &str = "keysmith";
+pub const CONTROLLER_SA: &str = "keysmith-controller";
+const CRD: &str = include_str!("../../crds/apikeys.keysmith.dev.yaml");
+const CONTROLLER_RULES: &str = include_str!("../../charts/keysmith/files/controller-rules.yaml");
+const LEADER_RULES: &str =
+    include_str!("../../charts/keysmith/files/controller-leader-election-rules.yaml");
+
+/// The controller's ServiceAccount.
+pub fn controller_identity() -> Identity {
+    Identity::service_account(CONTROLLER_NS, CONTROLLER_SA)
+}
+
+/// The user name the request log records for the controller.
+pub fn controller_user() -> String {
+    format!("system:serviceaccount:{CONTROLLER_NS}:{CONTROLLER_SA}")
+}
+
+/// A clock the test moves; moving it also makes the controller reconcile every ApiKey.
+#[derive(Clone)]
+pub struct TestClock {
+    now: Arc<Mutex<Timestamp>>,
+    resync: mpsc::UnboundedSender<()>,
+}
+
+impl TestClock {
+    pub fn now(&self) -> Timestamp {
+        *self.now.lock().unwrap()
+    }
+
+    pub fn advance(&self, d: SignedDuration) {
+        let mut now = self.now.lock().unwrap();
+        *now = now.checked_add(d).unwrap();
+        drop(now);
+        self.resync();
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        *self.now.lock().unwrap() = t;
+        self.resync();
+    }
+
+    /// Reconcile every ApiKey now.
+    pub fn resync(&self) {
+        let _ = self.resync.unbounded_send(());
+    }
+
+    fn as_clock(&self) -> Clock {
+        let now = self.now.clone();
+        Arc::new(move || *now.lock().unwrap())
+    }
+}
+
+/// An emulator with the CRD, namespaces and the chart's RBAC, and (optionally) a controller.
+pub struct Harness {
+    pub emu: Emulator,
+    pub admin: kube::Client,
+    pub clock: TestClock,
+    registry: Arc<Registry>,
+    stop: Option<ShutdownTrigger>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// An emulator prepared like a cluster with the chart installed, without a controller.
+pub async fn cluster() -> Emulator {
+    telemetry::init_tracing(telemetry::LogFormat::Text);
+    let emu = Emulator::start(Config {
+        rbac: true,
+        ..Config::default()
+    })
+    .await
+    .expect("emulator starts");
+    emu.apply_yaml(CRD).expect("CRD applies");
+    for ns in [NS, CONTROLLER_NS] {
+        emu.apply_object(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .expect("namespace");
+    }
+    let rules: Value = serde_saphyr::from_str(CONTROLLER_RULES).expect("controller rules parse");
+    let leader_rules: Value = serde_saphyr::from_str(LEADER_RULES).expect("leader rules parse");
+    let subject =
+        json!([{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": CONTROLLER_NS}]);
+    for obj in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "keysmith-controller"}, "rules": rules}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "keysmith-controller"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keysmith-controller"},
+               "subjects": subject}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "keysmith-controller-leader", "namespace": CONTROLLER_NS}, "rules": leader_rules}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "keysmith-controller-leader", "namespace": CONTROLLER_NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keysmith-controller-leader"},
+               "subjects": subject}),
+    ] {
+        emu.apply_object(&obj).expect("RBAC object applies");
+    }
+    emu
+}
+
+impl Harness {
+    /// A cluster and a running controller (no leader election) with a test clock.
+    pub async fn start() -> Harness {
+        Harness::start_scoped(Scope::default()).await
+    }
+
+    /// Like [`Harness::start`], reconciling only the ApiKeys in `scope`.
+    pub async fn start_scoped(scope: Scope) -> Harness {
+        let emu = cluster().await;
+        let admin = emu.client().await.expect("admin client");
+        let (resync, resyncs) = mpsc::unbounded();
+        let clock = TestClock {
+            now: Arc::new(Mutex::new(Timestamp::now())),
+            resync,
+        };
+        let client = emu
+            .client_as(&controller_identity())
+            .await
+            .expect("controller client");
+        let mut registry = telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let ctx = Context::new(client, metrics, clock.as_clock(), Some("test".into()));
+        let (stop, shutdown) = Shutdown::new();
+        let task = tokio::spawn(async move {
+            controller::run(ctx, &scope, shutdown.wait(), Some(resyncs.boxed())).await;
+        });
+        Harness {
+            emu,
+            admin,
+            clock,
+            registry: Arc::new(registry),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stop the controller and wait for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.trigger();
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("controller task");
+        }
+    }
+
+    /// The metrics text as `/metrics` serves it.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        out
+    }
+
+    /// Reconciles completed so far.
+    pub fn reconciles(&self) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("keysmith_reconcile_duration_seconds_count "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Wait until a full reconcile of every key happened and wrote nothing new: the controller
+    /// is at rest.
+    pub async fn settle(&self) {
+        loop {
+            let writes = self.controller_writes().len();
+            let before = self.reconciles();
+            self.clock.resync();
+            eventually("a reconcile pass", || async {
+                (self.reconciles() > before).then_some(())
+            })
+            .await;
+            if self.controller_writes().len() == writes {
+                return;
+            }
+        }
+    }
+
+    /// Successful writes by the controller, events excluded.
+    pub fn controller_writes(&self) -> Vec<LogEntry> {
+        let user = controller_user();
+        self.emu.request_log().filter(|e| {
+            e.user == user && e.is_write() && (200..300).contains(&e.code) && e.resource != "events"
+        })
+    }
+
+    /// Successful event writes by the controller.
+    pub fn event_writes(&self) -> usize {
+        let user = controller_user();
+        self.emu
+            .request_log()
+            .filter(|e| e.user == user && e.is_write() && e.resource == "events")
+            .len()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        self.emu.apply_yaml(yaml).expect("fixture applies");
+    }
+
+    pub fn apikey(&self, name: &str) -> Option<Value> {
+        self.emu.get("keysmith.dev/v1alpha1", "ApiKey", NS, name)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<Value> {
+        self.emu.get("v1", "Secret", NS, name)
+    }
+
+    /// Wait for the ApiKey to satisfy `check`.
+    pub async fn wait_key(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(what, || async { self.apikey(name).filter(|k| check(k)) }).await
+    }
+
+    /// Events of `reason` on the ApiKey.
+    pub fn events(&self, reason: &str) -> Vec<Value> {
+        self.emu
+            .list("events.k8s.io/v1", "Event", Some(NS))
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The status of condition `type_`: (status, reason).
+pub fn condition(key: &Value, type_: &str) -> Option<(String, String)> {
+    key["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+pub fn ready(key: &Value) -> bool {
+    condition(key, "Ready").is_some_and(|(s, _)| s == "True")
+}
+
+/// The status entry of a slot.
+pub fn token<'a>(key: &'a Value, slot: &str) -> &'a Value {
+    key["status"]["tokens"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == slot))
+        .unwrap_or(&Value::Null)
+}
+
+/// The decoded value of a Secret key.
+pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(secret.clone()).expect("a Secret");
+    let bytes = secret.data?.remove(key)?;
+    String::from_utf8(bytes.0).ok()
+}
+
+/// A leader-elected controller instance (for the election test).
+pub fn spawn_elected(
+    emu_client: kube::Client,
+    identity: &str,
+    clock: Clock,
+) -> (ShutdownTrigger, JoinHandle<()>) {
+    let mut registry = telemetry::registry();
+    let metrics = ControllerMetrics::register(&mut registry);
+    let ctx = Context::new(emu_client, metrics, clock, Some(identity.into()));
+    let leader = LeaderConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_grace: Duration::from_secs(1),
+        ..LeaderConfig::new(CONTROLLER_NS, identity)
+    };
+    let (stop, shutdown) = Shutdown::new();
+    let task = tokio::spawn(async move {
+        controller::run_elected(ctx, Scope::default(), &leader, shutdown.wait())
+            .await
+            .expect("leader election runs");
+    });
+    (stop, task)
+}
+
+/// Poll `check` until it returns Some, failing after a generous deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
