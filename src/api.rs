@@ -68,10 +68,11 @@ pub const MAX_SLOTS: usize = 8;
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(name = "Tokens", type_ = "string", json_path = ".status.tokens[*].id"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    // Future times as a `date` column print as `<invalid>` (kubectl ages only the past): strings.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Next Rotation",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.nextRotationAt"
     ),
     printcolumn(

@@ -1,12 +1,20 @@
 //! The `keysmith` command line.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
 
+use crate::components::{self, Components};
+use crate::telemetry::Shutdown;
+
+pub mod args;
 pub mod controller;
+pub mod dev;
 pub mod rotate;
+pub mod run;
 pub mod status;
 pub mod token;
 pub mod verifier;
@@ -31,10 +39,10 @@ pub enum Command {
     Controller(controller::ControllerArgs),
     /// Serve the verification API (POST /v1/verify, /v1/authz, TokenReview webhook).
     Verifier(verifier::VerifierArgs),
-    /// Controller and verifier in one process (not built yet).
-    Run,
-    /// The embedded default: API emulator, controller and verifier with the examples (not built yet).
-    Dev,
+    /// Controller and verifier in one process (the chart's default for small installs).
+    Run(run::RunArgs),
+    /// The embedded default: API emulator, controller and verifier with the examples applied.
+    Dev(dev::DevArgs),
     /// Rotate an ApiKey's tokens (every slot, or one with --token) in the current cluster.
     Rotate(rotate::RotateArgs),
     /// Show an ApiKey's conditions and tokens in the current cluster.
@@ -52,24 +60,16 @@ pub fn main() -> ExitCode {
         Command::Token(command) => token::run(command),
         Command::Controller(args) => controller::run(args),
         Command::Verifier(args) => verifier::run(args),
-        Command::Run => not_built("run"),
-        Command::Dev => not_built("dev"),
+        Command::Run(args) => run::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Rotate(args) => rotate::run(args),
         Command::Status(args) => status::run(args),
     }
 }
 
-/// An entry point whose implementation has not landed: say so instead of pretending to work.
-fn not_built(command: &str) -> ExitCode {
-    eprintln!("keysmith {command}: not built yet in this version of Keysmith");
-    ExitCode::from(2)
-}
-
-/// Run a short cluster command to completion; an error is one line on stderr and exit status 1.
+/// Run a command to completion; an error is one line on stderr and exit status 1.
 fn block_on(command: &str, work: impl Future<Output = Result<(), String>>) -> ExitCode {
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let outcome = tokio::runtime::Runtime::new()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
         .and_then(|rt| rt.block_on(work));
     match outcome {
@@ -79,4 +79,26 @@ fn block_on(command: &str, work: impl Future<Output = Result<(), String>>) -> Ex
             ExitCode::FAILURE
         }
     }
+}
+
+/// Run a long-running command: install logging, set up its components with `setup` (connect,
+/// bind), check their permissions, then serve them until SIGTERM or Ctrl-C.
+fn serve_components(
+    command: &str,
+    telemetry: &args::TelemetryArgs,
+    setup: impl Future<Output = Result<Components, String>>,
+) -> ExitCode {
+    let _logs = crate::telemetry::init_tracing(telemetry.log_format);
+    block_on(command, async {
+        let components = setup.await?;
+        components::preflight(&components).await?;
+        components::serve(components, Shutdown::on_signal()).await
+    })
+}
+
+/// Bind a listener; the error names what it was for.
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for {what}: {e}"))
 }

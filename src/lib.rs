@@ -6,14 +6,18 @@
 //! [`cli`].
 //!
 //! The pure reconcile decision is [`planner`]; [`controller`] is the shell that applies it
-//! against the API server. [`cluster`] connects to it and [`telemetry`] holds what every
-//! long-running command shares (logs, `/metrics`, `/healthz`, `/readyz`, SIGTERM).
+//! against the API server. [`verifier`] answers whether a token is valid for a request.
+//! [`components`] runs either or both in one process; [`cluster`] connects to the API server and
+//! [`telemetry`] holds what every long-running command shares (logs, `/metrics`, `/healthz`,
+//! `/readyz`, SIGTERM). [`devcluster`] is the emulated cluster of `keysmith dev` and the tests.
 
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod components;
 pub mod controller;
 pub mod crd;
+pub mod devcluster;
 pub mod duration;
 pub mod grants;
 pub mod planner;

@@ -47,7 +47,7 @@ async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
         .args(["controller", "--log-format", "json"])
-        .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
         .env("KUBECONFIG", dir.path().join("kubeconfig"))
         .env("POD_NAME", "keysmith-0")
         .env("POD_NAMESPACE", CONTROLLER_NS)
@@ -130,7 +130,7 @@ async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
 
 async fn controller_fails(kubeconfig: &std::path::Path) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
-        .args(["controller", "--metrics-addr", "127.0.0.1:0"])
+        .args(["controller", "--metrics-listen", "127.0.0.1:0"])
         .env("KUBECONFIG", kubeconfig)
         .output()
         .await

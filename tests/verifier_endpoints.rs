@@ -601,7 +601,8 @@ async fn readyz_waits_for_the_initial_list() {
     let mut registry = keysmith::telemetry::registry();
     let (usage, _rx) = keysmith::verifier::usage::UsageReporter::channel();
     let verifier = keysmith::verifier::Verifier::new(vec![], usage, &mut registry);
-    let app = keysmith::telemetry::router(Arc::new(registry), verifier.health.clone());
+    let app =
+        keysmith::telemetry::router(Arc::new(registry), std::slice::from_ref(&verifier.health));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

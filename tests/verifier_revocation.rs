@@ -174,11 +174,8 @@ async fn without_permissions_start_up_fails_with_one_clear_line() {
         .await
         .unwrap();
     let options = Options {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        trusted_proxies: vec![],
         namespace: Some("shop".into()),
-        selector: None,
+        ..Options::default()
     };
     let err = verifier::preflight(stranger, &options)
         .await

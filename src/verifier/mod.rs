@@ -4,7 +4,7 @@
 //! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures). Shell: [`http`] (the endpoints), [`headers`]
 //! (required header values from Secrets), [`usage`] (`lastUsedAt` write-back), [`audit`] (one
-//! line per verification), [`metrics`], [`log_writer`] (log lines off the request path), and
+//! line per verification), [`metrics`], and
 //! here the watcher that feeds the index and [`run`], which wires it all with the shared
 //! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
 
@@ -15,7 +15,6 @@ pub mod headers;
 pub mod http;
 pub mod index;
 pub mod key;
-pub mod log_writer;
 pub mod metrics;
 pub mod throttle;
 pub mod usage;
@@ -37,7 +36,7 @@ use tokio::net::TcpListener;
 
 use crate::api::ApiKey;
 use crate::cluster::{self, ClusterError};
-use crate::telemetry::{self, Health};
+use crate::telemetry::Health;
 
 use self::decision::{Code, VerifyRequest};
 use self::headers::SecretCache;
@@ -46,29 +45,9 @@ use self::metrics::Metrics;
 use self::throttle::{Throttle, ThrottleConfig};
 use self::usage::UsageReporter;
 
-/// Why the verifier could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifierError {
-    /// The ApiKeys in scope cannot be listed (unreachable, missing CRD, missing permission).
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    /// A listener could not be bound or failed.
-    #[error("cannot serve on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-/// What to watch and where to serve.
-#[derive(Debug, Clone)]
+/// What to watch and whom to believe.
+#[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Verification API address.
-    pub listen: SocketAddr,
-    /// `/metrics`, `/healthz`, `/readyz` address.
-    pub metrics_listen: SocketAddr,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Watch one namespace instead of all.
@@ -178,7 +157,7 @@ fn apikeys(client: kube::Client, namespace: Option<&str>) -> Api<ApiKey> {
 
 /// Check that the ApiKeys in scope can be listed, so a missing CRD, a wrong kubeconfig or a
 /// missing permission is one clear line at start-up rather than a retry loop.
-pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), VerifierError> {
+pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), ClusterError> {
     let mut params = ListParams::default().limit(1);
     if let Some(selector) = &options.selector {
         params = params.labels(selector);
@@ -188,7 +167,7 @@ pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), Ve
         .list_metadata(&params)
         .await
         .map(drop)
-        .map_err(|e| cluster::classify::<ApiKey>(e, "list", namespace).into())
+        .map_err(|e| cluster::classify::<ApiKey>(e, "list", namespace))
 }
 
 /// Feed the index from a watch on ApiKeys until the stream ends. Sets `ready` once the first
@@ -227,77 +206,54 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
     }
 }
 
-/// Run `keysmith verifier` until `shutdown` completes: check access, bind, [`serve`].
-pub async fn run(
-    client: kube::Client,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), VerifierError> {
-    preflight(client.clone(), &options).await?;
-    let api = bind(options.listen).await?;
-    let probes = bind(options.metrics_listen).await?;
-    serve(client, options, api, probes, shutdown).await
+/// A verifier whose index is fed by a watch on ApiKeys, with its usage write-back and
+/// required-header refresh running; the tasks stop when it is dropped.
+pub struct Running {
+    /// The verifier the endpoints answer from.
+    pub verifier: Arc<Verifier>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Serve the verification API on `api` and the probes and metrics on `probes` until `shutdown`
-/// completes, with the index fed by a watch on ApiKeys.
-pub async fn serve(
-    client: kube::Client,
-    options: Options,
-    api: TcpListener,
-    probes: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), VerifierError> {
-    let mut registry = telemetry::registry();
-    let (usage, usage_rx) = UsageReporter::channel();
-    let verifier = Arc::new(Verifier::new(
-        options.trusted_proxies.clone(),
-        usage,
-        &mut registry,
-    ));
-    let api_addr = api.local_addr().unwrap_or(options.listen);
-    tracing::info!(listen = %api_addr, metrics = ?probes.local_addr().ok(), "verifier serving");
-
-    let background = [
-        tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
-        tokio::spawn({
-            let (client, verifier) = (client.clone(), verifier.clone());
-            async move { verifier.secrets.refresh(client).await }
-        }),
-        tokio::spawn({
-            let (client, options, verifier) = (client.clone(), options.clone(), verifier.clone());
-            async move { watch(client, &options, verifier).await }
-        }),
-    ];
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
-    };
-    let probes_app = telemetry::router(Arc::new(registry), verifier.health.clone());
-    let api_server = axum::serve(
-        api,
-        http::router(verifier.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let probes_server = axum::serve(probes, probes_app).with_graceful_shutdown(stopped(stop_rx));
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(());
-    });
-    let (a, p) = tokio::join!(api_server, probes_server);
-    for task in background {
-        task.abort();
+impl Running {
+    /// Start the watch and the background tasks; registers the metrics in `registry`.
+    pub fn start(client: kube::Client, options: &Options, registry: &mut Registry) -> Running {
+        let (usage, usage_rx) = UsageReporter::channel();
+        let verifier = Arc::new(Verifier::new(
+            options.trusted_proxies.clone(),
+            usage,
+            registry,
+        ));
+        let tasks = vec![
+            tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
+            tokio::spawn({
+                let (client, verifier) = (client.clone(), verifier.clone());
+                async move { verifier.secrets.refresh(client).await }
+            }),
+            tokio::spawn({
+                let (options, verifier) = (options.clone(), verifier.clone());
+                async move { watch(client, &options, verifier).await }
+            }),
+        ];
+        Running { verifier, tasks }
     }
-    a.and(p).map_err(|source| VerifierError::Listen {
-        addr: api_addr,
-        source,
-    })
+
+    /// Serve the verification API on `api` until `shutdown` completes.
+    pub async fn serve_api(
+        &self,
+        api: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(listen = ?api.local_addr().ok(), "verifier serving");
+        let app =
+            http::router(self.verifier.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(api, app).with_graceful_shutdown(shutdown).await
+    }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, VerifierError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| VerifierError::Listen { addr, source })
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }

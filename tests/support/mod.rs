@@ -14,24 +14,17 @@ use jiff::{SignedDuration, Timestamp};
 use keysmith::controller::leader::LeaderConfig;
 use keysmith::controller::metrics::ControllerMetrics;
 use keysmith::controller::{self, Clock, Context, Scope};
+use keysmith::devcluster;
 use keysmith::telemetry::{self, Shutdown, ShutdownTrigger};
-use keysmith_emulator::{Config, Emulator, Identity, LogEntry};
+use keysmith_emulator::{Config, Emulator, LogEntry};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub const NS: &str = "cms";
-pub const CONTROLLER_NS: &str = "keysmith";
-pub const CONTROLLER_SA: &str = "keysmith-controller";
-const CRD: &str = include_str!("../../crds/apikeys.keysmith.dev.yaml");
-const CONTROLLER_RULES: &str = include_str!("../../charts/keysmith/files/controller-rules.yaml");
-const LEADER_RULES: &str =
-    include_str!("../../charts/keysmith/files/controller-leader-election-rules.yaml");
-
-/// The controller's ServiceAccount.
-pub fn controller_identity() -> Identity {
-    Identity::service_account(CONTROLLER_NS, CONTROLLER_SA)
-}
+pub use keysmith::devcluster::{
+    CONTROLLER_SA, SYSTEM_NAMESPACE as CONTROLLER_NS, controller_identity,
+};
 
 /// The user name the request log records for the controller.
 pub fn controller_user() -> String {
@@ -85,40 +78,11 @@ pub struct Harness {
 
 /// An emulator prepared like a cluster with the chart installed, without a controller.
 pub async fn cluster() -> Emulator {
-    telemetry::init_tracing(telemetry::LogFormat::Text);
-    let emu = Emulator::start(Config {
-        rbac: true,
-        ..Config::default()
-    })
-    .await
-    .expect("emulator starts");
-    emu.apply_yaml(CRD).expect("CRD applies");
-    for ns in [NS, CONTROLLER_NS] {
-        emu.apply_object(
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
+    let emu = devcluster::start(Config::default())
+        .await
+        .expect("emulator starts");
+    emu.apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
         .expect("namespace");
-    }
-    let rules: Value = serde_saphyr::from_str(CONTROLLER_RULES).expect("controller rules parse");
-    let leader_rules: Value = serde_saphyr::from_str(LEADER_RULES).expect("leader rules parse");
-    let subject =
-        json!([{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": CONTROLLER_NS}]);
-    for obj in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": "keysmith-controller"}, "rules": rules}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": "keysmith-controller"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keysmith-controller"},
-               "subjects": subject}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "keysmith-controller-leader", "namespace": CONTROLLER_NS}, "rules": leader_rules}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "keysmith-controller-leader", "namespace": CONTROLLER_NS},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keysmith-controller-leader"},
-               "subjects": subject}),
-    ] {
-        emu.apply_object(&obj).expect("RBAC object applies");
-    }
     emu
 }
 

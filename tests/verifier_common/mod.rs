@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use keysmith::api::{ApiKey, Encoding};
+use keysmith::components::{self, Components, VerifierPart};
+use keysmith::controller::Scope;
+use keysmith::devcluster;
+use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
-use keysmith::verifier::{self, Options, client_ip};
+use keysmith::verifier::client_ip;
 use keysmith_emulator::{Config, Emulator, Identity};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -20,7 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const NS: &str = "shop";
-const RULES: &str = include_str!("../../charts/keysmith/files/verifier-rules.yaml");
 
 /// A running emulator and verifier.
 pub struct Harness {
@@ -28,50 +31,29 @@ pub struct Harness {
     pub admin: kube::Client,
     pub api: SocketAddr,
     pub probes: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<ShutdownTrigger>,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            stop.trigger();
         }
     }
 }
 
 /// The ServiceAccount the verifier runs as.
 pub fn verifier_identity() -> Identity {
-    Identity::service_account("keysmith", "keysmith-verifier")
+    devcluster::verifier_identity()
 }
 
-/// An emulator with RBAC on, the ApiKey CRD, namespace [`NS`] and the chart's verifier rules
-/// bound to [`verifier_identity`].
+/// The development cluster (RBAC on, the CRD, the chart's roles bound) plus namespace [`NS`].
 pub async fn emulator() -> Emulator {
-    let emu = Emulator::start(Config {
-        rbac: true,
-        ..Config::default()
-    })
-    .await
-    .expect("emulator starts");
-    emu.apply_yaml(&keysmith::crd::apikey_crd_yaml())
-        .expect("CRD applies");
-    emu.apply_yaml(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: keysmith}}\n"
-    ))
-    .expect("namespaces apply");
-    let rules: Value = serde_saphyr::from_str(RULES).expect("rules parse");
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "keysmith-verifier"}, "rules": rules,
-    }))
-    .expect("ClusterRole applies");
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "keysmith-verifier"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keysmith-verifier"},
-        "subjects": [{"kind": "ServiceAccount", "name": "keysmith-verifier", "namespace": "keysmith"}],
-    }))
-    .expect("ClusterRoleBinding applies");
+    let emu = devcluster::start(Config::default())
+        .await
+        .expect("emulator starts");
+    emu.apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .expect("namespace applies");
     emu
 }
 
@@ -88,23 +70,24 @@ pub async fn start(trusted: &[&str]) -> Harness {
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let probes = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (api_addr, probes_addr) = (api.local_addr().unwrap(), probes.local_addr().unwrap());
-    let options = Options {
-        listen: api_addr,
-        metrics_listen: probes_addr,
-        trusted_proxies: client_ip::parse_trusted(&trusted).unwrap(),
-        namespace: None,
-        selector: None,
+    let components = Components {
+        controller: None,
+        verifier: Some(VerifierPart {
+            client,
+            api,
+            trusted_proxies: client_ip::parse_trusted(&trusted).unwrap(),
+        }),
+        scope: Scope::default(),
+        metrics: probes,
     };
-    verifier::preflight(client.clone(), &options)
+    components::preflight(&components)
         .await
         .expect("the chart's rules allow listing ApiKeys");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = Shutdown::new();
     tokio::spawn(async move {
-        verifier::serve(client, options, api, probes, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("verifier serves");
+        components::serve(components, stopped)
+            .await
+            .expect("verifier serves");
     });
     let harness = Harness {
         emu,

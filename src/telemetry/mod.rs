@@ -18,6 +18,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod log_writer;
+
+pub use log_writer::{LogGuard, init_tracing};
+
 /// Prefix of every Keysmith metric name.
 pub const METRICS_PREFIX: &str = "keysmith";
 /// Default address of the metrics and health endpoint (the chart's `metrics` port).
@@ -31,21 +35,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log pipelines.
     Json,
-}
-
-/// Install the global `tracing` subscriber: level from `RUST_LOG` (default `info`).
-/// A second call (tests starting several components) keeps the first subscriber.
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // Err only means a subscriber is already installed, which is fine.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// A new metrics registry with the `keysmith` prefix.
@@ -75,16 +64,20 @@ impl Health {
 #[derive(Clone)]
 struct Endpoints {
     registry: Arc<Registry>,
-    health: Health,
+    components: Arc<[Health]>,
 }
 
-/// The router of `/metrics`, `/healthz` and `/readyz`; merge it into a bigger one if needed.
-pub fn router(registry: Arc<Registry>, health: Health) -> Router {
+/// The router of `/metrics`, `/healthz` and `/readyz`; `/readyz` answers 200 once every one of
+/// `components` is ready (`keysmith run` serves the controller and the verifier on one port).
+pub fn router(registry: Arc<Registry>, components: &[Health]) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(Endpoints { registry, health })
+        .with_state(Endpoints {
+            registry,
+            components: components.into(),
+        })
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
@@ -104,7 +97,7 @@ async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
 }
 
 async fn readyz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    if endpoints.health.is_ready() {
+    if endpoints.components.iter().all(Health::is_ready) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -200,10 +193,10 @@ mod tests {
         let counter: Counter = Counter::default();
         registry.register("demo", "A demo counter", counter.clone());
         counter.inc();
-        let health = Health::default();
+        let (controller, verifier) = (Health::default(), Health::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(Arc::new(registry), health.clone());
+        let app = router(Arc::new(registry), &[controller.clone(), verifier.clone()]);
         tokio::spawn(serve(listener, app, std::future::pending()));
         let get = |path: &str| {
             let url = format!("http://{addr}{path}");
@@ -217,7 +210,10 @@ mod tests {
         assert!(body.contains("keysmith_demo_total 1"), "{body}");
         assert_eq!(get("/healthz").await.0, 200);
         assert_eq!(get("/readyz").await.0, 503);
-        health.set_ready(true);
+        controller.set_ready(true);
+        // Ready only once every component is.
+        assert_eq!(get("/readyz").await.0, 503);
+        verifier.set_ready(true);
         assert_eq!(get("/readyz").await.0, 200);
     }
 

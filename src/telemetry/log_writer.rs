@@ -4,8 +4,7 @@
 //! `write(2)` under the stderr lock on the request's thread, which cost more than the
 //! verification itself; here the request's thread only formats the line and hands it over, and a
 //! writer thread batches lines into few large writes (`bench/load.sh`: 36k → 60k verifications a
-//! second with audit lines). Same formats and filter as [`crate::telemetry::init_tracing`], which
-//! it could replace for every component.
+//! second with audit lines). Every long-running command logs through it.
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -19,7 +18,8 @@ use crate::telemetry::LogFormat;
 /// Install the global `tracing` subscriber (filter from `RUST_LOG`, default `info`), writing to
 /// stderr from a background thread. Keep the guard until exit: dropping it flushes.
 pub fn init_tracing(format: LogFormat) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (writer, guard) = background_stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -31,6 +31,10 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     };
     guard
 }
+
+/// `info`, except kube's client logging each failed request at ERROR: that error is also returned
+/// to Keysmith, which reports it once, with context.
+const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
 
 /// Lines waiting for the writer thread; beyond this, logging callers wait (lines are never
 /// dropped: the audit trail must be complete).

@@ -1,0 +1,122 @@
+//! Argument groups shared by the long-running commands (`controller`, `verifier`, `run`, `dev`),
+//! so one flag means the same thing everywhere.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+
+use crate::controller::Scope;
+use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
+use crate::telemetry::LogFormat;
+use crate::verifier::client_ip;
+
+/// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScopeArgs {
+    /// Watch ApiKeys in this namespace only (default: all namespaces).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Only ApiKeys whose labels match this selector (e.g. `shard=a`).
+    #[arg(long, value_name = "LABELS")]
+    pub selector: Option<String>,
+}
+
+impl ScopeArgs {
+    /// As the controller's scope.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            namespace: self.namespace.clone(),
+            selector: self.selector.clone(),
+        }
+    }
+}
+
+/// `--log-format` and `--metrics-listen`.
+#[derive(Args, Debug, Clone)]
+pub struct TelemetryArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// The verification API's address and the proxies it believes.
+#[derive(Args, Debug, Clone)]
+pub struct VerifierApiArgs {
+    /// Address of the verification API (`/v1/verify`, `/v1/authz`, TokenReview).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl VerifierApiArgs {
+    /// `--trusted-proxies` parsed; the error names the flag.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
+        client_ip::parse_trusted(&self.trusted_proxies)
+            .map_err(|e| format!("--trusted-proxies: {e}"))
+    }
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease.
+#[derive(Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else the
+    /// kubeconfig context's).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease (default: the pod name, else the host name).
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a leader's claim lasts without renewal.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// Seconds before the end of its claim the leader renews it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub lease_renew_grace: u64,
+}
+
+impl LeaderArgs {
+    /// The election settings; `default_namespace` is the client's when no flag or pod says.
+    pub fn config(&self, default_namespace: &str) -> LeaderConfig {
+        LeaderConfig {
+            lease_name: self.lease_name.clone(),
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| default_namespace.to_owned()),
+            identity: self.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: Duration::from_secs(self.lease_duration),
+            renew_grace: Duration::from_secs(self.lease_renew_grace),
+        }
+    }
+}
+
+/// The pod name is the natural identity; outside a pod the host name, else the process id.
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("keysmith-{}", std::process::id()))
+}

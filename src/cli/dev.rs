@@ -1,0 +1,186 @@
+//! `keysmith dev`: the embedded default. The Kubernetes API emulator with the CRD and the chart's
+//! RBAC, the controller and the verifier in one process, the seed examples applied; prints what was
+//! minted (masked) and a ready-to-paste `curl`, and runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use keysmith_emulator::Identity;
+
+use crate::api::{ApiKey, TokenStatus};
+use crate::components::{self, Components, ControllerPart, VerifierPart};
+use crate::controller::leader::LeaderConfig;
+use crate::controller::{self, Scope};
+use crate::devcluster;
+use crate::telemetry::{self, LogFormat, Shutdown};
+
+/// Arguments of `keysmith dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where to write the kubeconfig for kubectl.
+    #[arg(long, default_value = "keysmith-dev.kubeconfig")]
+    kubeconfig: PathBuf,
+    /// Address of the verification API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_listen: SocketAddr,
+    /// Port of the emulated Kubernetes API (HTTPS on 127.0.0.1); 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    api_port: u16,
+    /// Log format (logs go to stderr; the summary to stdout).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+/// How long to wait for every example to be reconciled before printing what there is.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run `keysmith dev` until Ctrl-C or SIGTERM.
+pub fn run(args: DevArgs) -> ExitCode {
+    let _logs = telemetry::init_tracing(args.log_format);
+    super::block_on("dev", dev(args))
+}
+
+async fn dev(args: DevArgs) -> Result<(), String> {
+    let config = keysmith_emulator::Config {
+        port: args.api_port,
+        // kubectl only sends bearer tokens over TLS.
+        tls: true,
+        ..keysmith_emulator::Config::default()
+    };
+    let emu = devcluster::start(config).await.map_err(|e| e.to_string())?;
+    emu.write_kubeconfig(&args.kubeconfig, &Identity::Admin)
+        .map_err(|e| format!("writing {}: {e}", args.kubeconfig.display()))?;
+    let client_as = |identity: Identity| {
+        let emu = &emu;
+        async move { emu.client_as(&identity).await.map_err(|e| e.to_string()) }
+    };
+    let components = Components {
+        controller: Some(ControllerPart {
+            client: client_as(devcluster::controller_identity()).await?,
+            leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "keysmith-dev"),
+            clock: controller::system_clock(),
+        }),
+        verifier: Some(VerifierPart {
+            client: client_as(devcluster::verifier_identity()).await?,
+            api: super::bind(args.listen, "the verification API").await?,
+            trusted_proxies: Vec::new(),
+        }),
+        scope: Scope::default(),
+        metrics: super::bind(args.metrics_listen, "metrics").await?,
+    };
+    let shutdown = Shutdown::on_signal();
+    let running = tokio::spawn(components::serve(components, shutdown.clone()));
+
+    for (file, yaml) in devcluster::EXAMPLES {
+        emu.apply_yaml(yaml)
+            .map_err(|e| format!("applying examples/{file}: {e}"))?;
+    }
+    let admin = emu.client().await.map_err(|e| e.to_string())?;
+    let keys = settle(&admin).await;
+    print_summary(&admin, &keys, &args).await;
+
+    running.await.map_err(|e| format!("stopping: {e}"))?
+}
+
+/// Wait until every ApiKey's status describes its current generation, or the timeout passes.
+async fn settle(admin: &kube::Client) -> Vec<ApiKey> {
+    let api: Api<ApiKey> = Api::all(admin.clone());
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let keys = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let settled = keys.iter().all(|k| {
+            k.status.as_ref().and_then(|s| s.observed_generation) == k.metadata.generation
+        });
+        if (settled && !keys.is_empty()) || tokio::time::Instant::now() >= deadline {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn print_summary(admin: &kube::Client, keys: &[ApiKey], args: &DevArgs) {
+    let kubeconfig = args.kubeconfig.display();
+    println!("\nKeysmith dev is running. The API server is emulated; kubectl works against it:");
+    println!("  export KUBECONFIG={kubeconfig}");
+    println!("  kubectl get apikeys -A\n");
+    let mut sample = None;
+    for key in keys {
+        let namespace = key.namespace().unwrap_or_default();
+        let ready = ready_condition(key);
+        println!("{namespace}/{}  Ready={ready}", key.name_any());
+        let secret_name = key.secret_name();
+        let secret = Api::<Secret>::namespaced(admin.clone(), &namespace)
+            .get_opt(&secret_name)
+            .await
+            .ok()
+            .flatten();
+        for slot in &key.spec.tokens {
+            let status = key
+                .status
+                .as_ref()
+                .and_then(|s| s.tokens.iter().find(|t| t.name == slot.name));
+            let held = secret
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .is_some_and(|d| d.contains_key(slot.secret_key()));
+            println!(
+                "  secret {secret_name} key {:<28} {}",
+                slot.secret_key(),
+                masked(status, held)
+            );
+            if held && sample.is_none() {
+                sample = Some((
+                    namespace.clone(),
+                    secret_name.clone(),
+                    slot.secret_key().to_owned(),
+                ));
+            }
+        }
+    }
+    if let Some((namespace, secret, key)) = sample {
+        println!("\nVerify a token (read from the Secret, never printed here):");
+        println!(
+            "  curl -s http://{listen}/v1/verify -H 'content-type: application/json' \\\n    -d \"{{\\\"token\\\":\\\"$(kubectl --kubeconfig {kubeconfig} -n {namespace} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d)\\\"}}\"",
+            listen = args.listen,
+            key = key.replace('.', "\\."),
+        );
+    }
+    println!(
+        "\nMetrics: http://{}/metrics   Stop with Ctrl-C.",
+        args.metrics_listen
+    );
+}
+
+fn ready_condition(key: &ApiKey) -> String {
+    key.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| format!("{} ({})", c.status, c.reason))
+        .unwrap_or_else(|| "Unknown".to_owned())
+}
+
+/// What a slot holds, by public id: the token itself never reaches the terminal.
+fn masked(status: Option<&TokenStatus>, held: bool) -> String {
+    match (status, held) {
+        (Some(t), true) => format!(
+            "{}… (sha256 {}…)",
+            t.id,
+            &t.sha256[..12.min(t.sha256.len())]
+        ),
+        (Some(t), false) => format!("{}… (not in the Secret yet)", t.id),
+        (None, _) => "not minted".to_owned(),
+    }
+}

@@ -1,0 +1,47 @@
+//! `keysmith run`: the controller and the verifier in one process (the chart's default for small
+//! installs), one metrics endpoint, until SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::args::{LeaderArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs};
+use super::serve_components;
+use crate::components::{Components, ControllerPart, VerifierPart};
+use crate::{cluster, controller};
+
+/// Arguments of `keysmith run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    api: VerifierApiArgs,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Run `keysmith run`; every failure ends in one line on stderr and a non-zero exit.
+pub fn run(args: RunArgs) -> ExitCode {
+    serve_components("run", &args.telemetry, async move {
+        let trusted_proxies = args.api.trusted_proxies()?;
+        let client = cluster::connect().await.map_err(|e| e.to_string())?;
+        let leader = args.leader.config(client.default_namespace());
+        Ok(Components {
+            controller: Some(ControllerPart {
+                client: client.clone(),
+                leader,
+                clock: controller::system_clock(),
+            }),
+            verifier: Some(VerifierPart {
+                client,
+                api: super::bind(args.api.listen, "the verification API").await?,
+                trusted_proxies,
+            }),
+            scope: args.scope.scope(),
+            metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,
+        })
+    })
+}

@@ -1,0 +1,131 @@
+//! One Keysmith process: the controller, the verifier or both (`keysmith run`, `keysmith dev`),
+//! sharing one `/metrics`, `/healthz` and `/readyz` endpoint and one shutdown.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use kube::Api;
+use tokio::net::TcpListener;
+
+use crate::api::ApiKey;
+use crate::cluster;
+use crate::controller::leader::LeaderConfig;
+use crate::controller::metrics::ControllerMetrics;
+use crate::controller::{self, Clock, Context, Scope};
+use crate::telemetry::{self, Health, Shutdown};
+use crate::verifier::{self, Running};
+
+/// The controller part of a process.
+pub struct ControllerPart {
+    /// Client with the controller's permissions.
+    pub client: kube::Client,
+    /// Leader election; the controller reconciles only while it holds the Lease.
+    pub leader: LeaderConfig,
+    /// The time source (the wall clock outside tests).
+    pub clock: Clock,
+}
+
+/// The verifier part of a process.
+pub struct VerifierPart {
+    /// Client with the verifier's permissions.
+    pub client: kube::Client,
+    /// Where the verification API listens.
+    pub api: TcpListener,
+    /// Proxies whose forwarded-for headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// What one process runs.
+pub struct Components {
+    /// The controller, if this process reconciles.
+    pub controller: Option<ControllerPart>,
+    /// The verifier, if this process verifies.
+    pub verifier: Option<VerifierPart>,
+    /// Which ApiKeys both handle.
+    pub scope: Scope,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub metrics: TcpListener,
+}
+
+/// Check that each part may list the ApiKeys of its scope, so a missing permission is one clear
+/// line at start-up rather than a retry loop.
+pub async fn preflight(components: &Components) -> Result<(), String> {
+    let scope = &components.scope;
+    if let Some(part) = &components.controller {
+        let keys: Api<ApiKey> = match &scope.namespace {
+            Some(ns) => Api::namespaced(part.client.clone(), ns),
+            None => Api::all(part.client.clone()),
+        };
+        cluster::check_list(&keys, scope.namespace.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(part) = &components.verifier {
+        verifier::preflight(part.client.clone(), &verifier_options(part, scope))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Run every part until `shutdown` fires; `/readyz` is ready once every part is.
+pub async fn serve(components: Components, shutdown: Shutdown) -> Result<(), String> {
+    let Components {
+        controller,
+        verifier,
+        scope,
+        metrics,
+    } = components;
+    let mut registry = telemetry::registry();
+    let mut ready = Vec::new();
+
+    let controller_task = controller.map(|part| {
+        let metrics = ControllerMetrics::register(&mut registry);
+        let health = Health::default();
+        ready.push(health.clone());
+        let ctx = Context::new(
+            part.client,
+            metrics,
+            part.clock,
+            Some(part.leader.identity.clone()),
+        );
+        // Ready once connected and permitted: a standby replica is as healthy as the leader.
+        health.set_ready(true);
+        let (scope, stopping) = (scope.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            controller::run_elected(ctx, scope, &part.leader, stopping.wait()).await
+        })
+    });
+    let verifier_task = verifier.map(|part| {
+        let running = Running::start(
+            part.client.clone(),
+            &verifier_options(&part, &scope),
+            &mut registry,
+        );
+        ready.push(running.verifier.health.clone());
+        let stopping = shutdown.clone();
+        tokio::spawn(async move { running.serve_api(part.api, stopping.wait()).await })
+    });
+
+    let endpoints = telemetry::router(Arc::new(registry), &ready);
+    let metrics_result = telemetry::serve(metrics, endpoints, shutdown.wait()).await;
+    if let Some(task) = controller_task {
+        task.await
+            .map_err(|e| format!("controller task: {e}"))?
+            .map_err(|e| format!("leader election: {e}"))?;
+    }
+    if let Some(task) = verifier_task {
+        task.await
+            .map_err(|e| format!("verifier task: {e}"))?
+            .map_err(|e| format!("verification API: {e}"))?;
+    }
+    metrics_result.map_err(|e| format!("metrics endpoint: {e}"))
+}
+
+fn verifier_options(part: &VerifierPart, scope: &Scope) -> verifier::Options {
+    verifier::Options {
+        trusted_proxies: part.trusted_proxies.clone(),
+        namespace: scope.namespace.clone(),
+        selector: scope.selector.clone(),
+    }
+}

@@ -1,0 +1,135 @@
+//! The embedded development cluster: the Kubernetes API emulator with the ApiKey CRD installed
+//! and the Helm chart's RBAC bound to the controller's and the verifier's ServiceAccounts, exactly
+//! as `helm install` would grant them. `keysmith dev` runs on it, and so do the end-to-end tests,
+//! so a permission missing from the chart fails both.
+
+use keysmith_emulator::{Config, Emulator, Identity};
+use serde_json::{Value, json};
+
+/// Namespace the chart installs into; home of the ServiceAccounts and the leader Lease.
+pub const SYSTEM_NAMESPACE: &str = "keysmith";
+/// The controller's ServiceAccount.
+pub const CONTROLLER_SA: &str = "keysmith-controller";
+/// The verifier's ServiceAccount.
+pub const VERIFIER_SA: &str = "keysmith-verifier";
+
+const CRD: &str = include_str!("../crds/apikeys.keysmith.dev.yaml");
+const CONTROLLER_RULES: &str = include_str!("../charts/keysmith/files/controller-rules.yaml");
+const LEADER_RULES: &str =
+    include_str!("../charts/keysmith/files/controller-leader-election-rules.yaml");
+const VERIFIER_RULES: &str = include_str!("../charts/keysmith/files/verifier-rules.yaml");
+
+/// The seed examples of SPEC section 9, embedded so `keysmith dev` works from any directory.
+pub const EXAMPLES: [(&str, &str); 5] = [
+    (
+        "cms-three-tokens.yaml",
+        include_str!("../examples/cms-three-tokens.yaml"),
+    ),
+    ("grants.yaml", include_str!("../examples/grants.yaml")),
+    (
+        "project-token.yaml",
+        include_str!("../examples/project-token.yaml"),
+    ),
+    (
+        "expiring-keys.yaml",
+        include_str!("../examples/expiring-keys.yaml"),
+    ),
+    (
+        "public-delivery.yaml",
+        include_str!("../examples/public-delivery.yaml"),
+    ),
+];
+
+/// Why the development cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DevClusterError {
+    /// The emulator refused to start or an object.
+    #[error("Kubernetes API emulator: {0}")]
+    Emulator(#[from] keysmith_emulator::Error),
+    /// A chart RBAC file is not a YAML list of rules.
+    #[error("chart RBAC rules {file}: {message}")]
+    Rules {
+        /// Which file.
+        file: &'static str,
+        /// The parse error.
+        message: String,
+    },
+}
+
+/// The controller's identity in the development cluster.
+pub fn controller_identity() -> Identity {
+    Identity::service_account(SYSTEM_NAMESPACE, CONTROLLER_SA)
+}
+
+/// The verifier's identity in the development cluster.
+pub fn verifier_identity() -> Identity {
+    Identity::service_account(SYSTEM_NAMESPACE, VERIFIER_SA)
+}
+
+/// Start the emulator with RBAC enforced, the CRD, the `default` and `keysmith` namespaces, the
+/// two ServiceAccounts and the chart's roles bound to them. `config.rbac` is forced on.
+pub async fn start(config: Config) -> Result<Emulator, DevClusterError> {
+    let emu = Emulator::start(Config {
+        rbac: true,
+        ..config
+    })
+    .await?;
+    emu.apply_yaml(CRD)?;
+    for namespace in ["default", SYSTEM_NAMESPACE] {
+        emu.apply_object(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        )?;
+    }
+    bind_cluster_role(
+        &emu,
+        CONTROLLER_SA,
+        rules("controller-rules.yaml", CONTROLLER_RULES)?,
+    )?;
+    bind_cluster_role(
+        &emu,
+        VERIFIER_SA,
+        rules("verifier-rules.yaml", VERIFIER_RULES)?,
+    )?;
+    let leader = format!("{CONTROLLER_SA}-leader-election");
+    emu.apply_object(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": leader, "namespace": SYSTEM_NAMESPACE},
+        "rules": rules("controller-leader-election-rules.yaml", LEADER_RULES)?,
+    }))?;
+    emu.apply_object(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": leader, "namespace": SYSTEM_NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": leader},
+        "subjects": [service_account(CONTROLLER_SA)],
+    }))?;
+    Ok(emu)
+}
+
+fn rules(file: &'static str, yaml: &str) -> Result<Value, DevClusterError> {
+    serde_saphyr::from_str(yaml).map_err(|e| DevClusterError::Rules {
+        file,
+        message: e.to_string(),
+    })
+}
+
+fn service_account(name: &str) -> Value {
+    json!({"kind": "ServiceAccount", "name": name, "namespace": SYSTEM_NAMESPACE})
+}
+
+fn bind_cluster_role(emu: &Emulator, account: &str, rules: Value) -> Result<(), DevClusterError> {
+    emu.apply_object(&json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": account, "namespace": SYSTEM_NAMESPACE},
+    }))?;
+    emu.apply_object(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": account}, "rules": rules,
+    }))?;
+    emu.apply_object(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": account},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+        "subjects": [service_account(account)],
+    }))?;
+    Ok(())
+}
