@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
+use kube::Api;
 
+use crate::api::ApiKey;
+use crate::cluster;
 use crate::controller::Scope;
 use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::telemetry::LogFormat;
@@ -119,4 +122,52 @@ fn default_identity() -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| format!("keysmith-{}", std::process::id()))
+}
+
+/// `NAME [-n NS]`: one ApiKey in the cluster of the current kubeconfig (`rotate`, `status`).
+#[derive(Args, Debug)]
+pub struct ApiKeyRef {
+    /// ApiKey name.
+    pub name: String,
+
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+/// An ApiKey read from the cluster, with the API it came from.
+pub struct FetchedApiKey {
+    /// The ApiKey's namespaced API, for follow-up requests.
+    pub api: Api<ApiKey>,
+    /// Its namespace.
+    pub namespace: String,
+    /// The object.
+    pub key: ApiKey,
+}
+
+impl ApiKeyRef {
+    /// Connect and read the ApiKey; every failure is one line naming what was refused.
+    pub async fn fetch(&self) -> Result<FetchedApiKey, String> {
+        let client = cluster::connect().await.map_err(|e| e.to_string())?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let api: Api<ApiKey> = Api::namespaced(client, &namespace);
+        let key = api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| describe_error(e, "get", &namespace))?
+            .ok_or_else(|| format!("ApiKey {namespace}/{} not found", self.name))?;
+        Ok(FetchedApiKey {
+            api,
+            namespace,
+            key,
+        })
+    }
+}
+
+/// An API error on ApiKeys as one line (permission denied, unreachable, …).
+pub fn describe_error(error: kube::Error, verb: &str, namespace: &str) -> String {
+    cluster::classify::<ApiKey>(error, verb, Some(namespace)).to_string()
 }

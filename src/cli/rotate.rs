@@ -4,22 +4,17 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::api::{ApiKey, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
-use crate::cluster::{self, ClusterError};
+use super::args::{ApiKeyRef, FetchedApiKey, describe_error};
+use crate::api::{ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
 
 /// Arguments of `keysmith rotate`.
 #[derive(Args, Debug)]
 pub struct RotateArgs {
-    /// ApiKey name.
-    name: String,
-
-    /// Namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long, value_name = "NS")]
-    namespace: Option<String>,
+    #[command(flatten)]
+    key: ApiKeyRef,
 
     /// Rotate only this token slot (default: every slot).
     #[arg(long, value_name = "SLOT")]
@@ -32,24 +27,19 @@ pub fn run(args: RotateArgs) -> ExitCode {
 }
 
 async fn rotate(args: RotateArgs) -> Result<(), String> {
-    let client = cluster::connect().await.map_err(|e| e.to_string())?;
-    let namespace = args
-        .namespace
-        .unwrap_or_else(|| client.default_namespace().to_owned());
-    let api: Api<ApiKey> = Api::namespaced(client, &namespace);
-    let key = api
-        .get_opt(&args.name)
-        .await
-        .map_err(|e| describe::<ApiKey>(e, "get", &namespace))?
-        .ok_or_else(|| format!("ApiKey {namespace}/{} not found", args.name))?;
+    let FetchedApiKey {
+        api,
+        namespace,
+        key,
+    } = args.key.fetch().await?;
+    let name = &args.key.name;
     let annotation = match &args.token {
         None => ROTATE_ANNOTATION.to_owned(),
         Some(slot) => {
             if !key.spec.tokens.iter().any(|t| &t.name == slot) {
                 let slots: Vec<&str> = key.spec.tokens.iter().map(|t| t.name.as_str()).collect();
                 return Err(format!(
-                    "ApiKey {namespace}/{} has no token slot {slot:?} (slots: {})",
-                    args.name,
+                    "ApiKey {namespace}/{name} has no token slot {slot:?} (slots: {})",
                     slots.join(", ")
                 ));
             }
@@ -59,24 +49,12 @@ async fn rotate(args: RotateArgs) -> Result<(), String> {
     // A fresh value every time: the controller rotates once per new value.
     let value = jiff::Timestamp::now().to_string();
     let patch = json!({"metadata": {"annotations": {&annotation: &value}}});
-    api.patch(&args.name, &PatchParams::default(), &Patch::Merge(patch))
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(|e| describe::<ApiKey>(e, "patch", &namespace))?;
+        .map_err(|e| describe_error(e, "patch", &namespace))?;
     let what = args
         .token
         .map_or_else(|| "every slot".to_owned(), |slot| format!("slot {slot}"));
-    println!(
-        "rotation of {what} of ApiKey {namespace}/{} requested ({annotation}={value})",
-        args.name
-    );
+    println!("rotation of {what} of ApiKey {namespace}/{name} requested ({annotation}={value})");
     Ok(())
-}
-
-fn describe<K: kube::Resource<DynamicType = ()>>(
-    error: kube::Error,
-    verb: &str,
-    namespace: &str,
-) -> String {
-    let e: ClusterError = cluster::classify::<K>(error, verb, Some(namespace));
-    e.to_string()
 }

@@ -4,20 +4,15 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
-use kube::Api;
 
+use super::args::ApiKeyRef;
 use crate::api::ApiKey;
-use crate::cluster;
 
 /// Arguments of `keysmith status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// ApiKey name.
-    name: String,
-
-    /// Namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long, value_name = "NS")]
-    namespace: Option<String>,
+    #[command(flatten)]
+    key: ApiKeyRef,
 }
 
 /// Run `keysmith status`.
@@ -26,16 +21,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
 }
 
 async fn status(args: StatusArgs) -> Result<(), String> {
-    let client = cluster::connect().await.map_err(|e| e.to_string())?;
-    let namespace = args
-        .namespace
-        .unwrap_or_else(|| client.default_namespace().to_owned());
-    let api: Api<ApiKey> = Api::namespaced(client, &namespace);
-    let key = api
-        .get_opt(&args.name)
-        .await
-        .map_err(|e| cluster::classify::<ApiKey>(e, "get", Some(&namespace)).to_string())?
-        .ok_or_else(|| format!("ApiKey {namespace}/{} not found", args.name))?;
+    let key = args.key.fetch().await?.key;
     print!("{}", render(&key));
     Ok(())
 }
