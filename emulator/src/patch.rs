@@ -76,7 +76,11 @@ fn test_op(doc: &Value, test: &json_patch::TestOperation) -> Result<(), String> 
     let failed = || format!("testing value {path} failed");
     let Some((parent, last)) = test.path.split_back() else {
         // The root document.
-        return if *doc == test.value { Ok(()) } else { Err(failed()) };
+        return if *doc == test.value {
+            Ok(())
+        } else {
+            Err(failed())
+        };
     };
     let parent = doc
         .pointer(parent.as_str())
@@ -92,7 +96,11 @@ fn test_op(doc: &Value, test: &json_patch::TestOperation) -> Result<(), String> 
                 .ok_or_else(|| format!("unable to access invalid index: {key}"))?;
             items.get(index)
         }
-        _ => return Err(format!("test operation does not apply: doc is missing path: {path}")),
+        _ => {
+            return Err(format!(
+                "test operation does not apply: doc is missing path: {path}"
+            ));
+        }
     };
     match current {
         None | Some(Value::Null) if test.value.is_null() => Ok(()),
@@ -317,11 +325,17 @@ mod tests {
             {"op": "add", "path": "/metadata/finalizers", "value": ["keysmith.dev/revoke"]}
         ]);
         json_patch(&mut doc, &patch).unwrap();
-        assert_eq!(doc["metadata"]["finalizers"], json!(["keysmith.dev/revoke"]));
+        assert_eq!(
+            doc["metadata"]["finalizers"],
+            json!(["keysmith.dev/revoke"])
+        );
         // An explicit null is null too.
         let mut doc = json!({"metadata": {"finalizers": null}});
         json_patch(&mut doc, &patch).unwrap();
-        assert_eq!(doc["metadata"]["finalizers"], json!(["keysmith.dev/revoke"]));
+        assert_eq!(
+            doc["metadata"]["finalizers"],
+            json!(["keysmith.dev/revoke"])
+        );
     }
 
     #[test]
