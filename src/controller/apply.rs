@@ -24,29 +24,6 @@ fn apply_params(manager: &str) -> PatchParams {
     PatchParams::apply(manager).force()
 }
 
-/// Add the `keysmith.dev/revoke` finalizer, guarded by `resourceVersion` so a concurrent change
-/// of the list fails with 409 (and is retried) instead of being overwritten.
-///
-/// kube's `finalizer` helper would add the first finalizer with a JSON patch that `test`s the
-/// missing list against `null`; the API server accepts that, the test emulator answers 422.
-/// This merge patch is equally safe on both; the helper still does cleanup and removal.
-pub async fn add_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> kube::Result<()> {
-    let mut finalizers = key.metadata.finalizers.clone().unwrap_or_default();
-    finalizers.push(crate::api::FINALIZER.to_owned());
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": key.metadata.resource_version,
-    }});
-    let name = key.metadata.name.as_deref().unwrap_or_default();
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch(name, &params, &Patch::Merge(patch))
-        .await
-        .map(drop)
-}
-
 /// Apply the complete status the controller owns (never `lastUsedAt`, which the verifier owns).
 ///
 /// An ended overlap window is first removed with a JSON patch (guarded by a `test` of the slot
