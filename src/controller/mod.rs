@@ -364,7 +364,7 @@ impl Context {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
         if let Some(status) = &plan.status {
-            apply::status(api, &name, key.status.as_ref(), status)
+            apply::status(api, &name, status)
                 .await
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"
