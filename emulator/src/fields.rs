@@ -109,6 +109,34 @@ impl<'a> Shape<'a> {
         }
     }
 
+    /// Whether `key` of an object at this position is a named (struct)
+    /// field rather than a key of a map: structured-merge-diff treats a
+    /// named field as owned by whoever owns something under it.
+    pub fn named_field(&self, key: &str) -> bool {
+        if self.field.is_empty() && key == "metadata" {
+            return true;
+        }
+        if self.builtin {
+            // The built-in types' maps (whose keys are not named fields).
+            return !matches!(
+                self.field,
+                "labels"
+                    | "annotations"
+                    | "data"
+                    | "stringData"
+                    | "binaryData"
+                    | "nodeSelector"
+                    | "matchLabels"
+                    | "limits"
+                    | "requests"
+            );
+        }
+        self.schema
+            .and_then(|s| s.get("properties"))
+            .and_then(|p| p.get(key))
+            .is_some()
+    }
+
     /// Whether an object at this position is owned as a whole.
     pub fn atomic_map(&self) -> bool {
         if self.builtin {
@@ -281,6 +309,30 @@ impl FieldSet {
                     out.children.insert(k.clone(), i);
                 }
             }
+        }
+        out
+    }
+
+    /// The set with every named field that has members under it made a
+    /// member itself (structured-merge-diff's `EnsureNamedFieldsAreMembers`):
+    /// `a.b.c` also owns `a` and `a.b` when they are struct fields, but not
+    /// map keys.
+    pub fn with_named_fields(&self, shape: Shape<'_>) -> FieldSet {
+        let mut out = FieldSet {
+            member: self.member,
+            children: BTreeMap::new(),
+        };
+        for (k, c) in &self.children {
+            let mut node = match k.strip_prefix("f:") {
+                Some(field) => {
+                    let mut node = c.with_named_fields(shape.child(field));
+                    node.member |= shape.named_field(field);
+                    node
+                }
+                None => c.with_named_fields(shape.items()),
+            };
+            node.member |= c.member;
+            out.children.insert(k.clone(), node);
         }
         out
     }

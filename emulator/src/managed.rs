@@ -297,9 +297,17 @@ pub fn apply(
     for e in entries.iter().filter(|e| !is_mine(e)) {
         others.union(&e.fields);
     }
-    let mut dropped = previously_mine;
-    dropped.subtract(&applied_set);
-    dropped.subtract(&others);
+    // As structured-merge-diff's prune: a struct field counts as owned by
+    // whoever owns something under it, so a nested object the manager no
+    // longer applies (and nobody else owns anything in) goes as a whole
+    // instead of staying behind as `{}`. The object's metadata always stays:
+    // an applied configuration names its object.
+    let mut kept = applied_set.clone();
+    kept.union(&others);
+    let mut kept = kept.with_named_fields(shape);
+    kept.children.entry("f:metadata".into()).or_default().member = true;
+    let mut dropped = previously_mine.with_named_fields(shape);
+    dropped.subtract(&kept);
     // Remove outermost paths first; their descendants go with them (removing
     // a list-map item's key field first would make the item unfindable).
     let mut paths: Vec<Vec<String>> = dropped.members().into_iter().map(|(p, _)| p).collect();
@@ -439,5 +447,94 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v3["data"]["b"], "3", "editor owns b now");
+    }
+
+    #[test]
+    fn a_nested_object_no_longer_applied_goes_as_a_whole() {
+        // status.tokens[name=x].previous {id, sha256}: structured-merge-diff
+        // removes the whole field, not just its members (which would leave
+        // `previous: {}` behind and fail the schema's required fields).
+        let schema = json!({"type": "object", "properties": {
+            "metadata": {"type": "object"},
+            "status": {"type": "object", "properties": {"tokens": {
+                "type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "current": {"type": "string"},
+                    "previous": {"type": "object", "required": ["id", "sha256"], "properties": {
+                        "id": {"type": "string"}, "sha256": {"type": "string"}}}}}}}}}});
+        let shape = Shape::root(Some(&schema));
+        let obj = |status: Value| {
+            json!({"apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+                   "metadata": {"name": "k"}, "status": status})
+        };
+        let with_previous = obj(json!({"tokens": [
+            {"name": "x", "current": "b", "previous": {"id": "a", "sha256": "aa"}}]}));
+        let without_previous = obj(json!({"tokens": [{"name": "x", "current": "b"}]}));
+        let v1 = apply(None, &with_previous, shape, Part::Status, "c", false, NOW).unwrap();
+        let v2 = apply(
+            Some(&v1),
+            &without_previous,
+            shape,
+            Part::Status,
+            "c",
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            v2["status"],
+            json!({"tokens": [{"name": "x", "current": "b"}]})
+        );
+        assert_eq!(v2["metadata"]["name"], "k");
+
+        // Another manager owning a member keeps the object and that member.
+        let mut edited = v1.clone();
+        edited["status"]["tokens"][0]["previous"]["id"] = json!("z");
+        record_update(Some(&v1), &mut edited, shape, Part::Status, "editor", NOW);
+        let v3 = apply(
+            Some(&edited),
+            &without_previous,
+            shape,
+            Part::Status,
+            "c",
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            v3["status"]["tokens"][0],
+            json!({"name": "x", "current": "b", "previous": {"id": "z"}})
+        );
+
+        // Labels no longer applied go as a whole; the metadata stays.
+        let labelled = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": "c", "labels": {"a": "1"}}});
+        let w1 = apply(
+            None,
+            &labelled,
+            Shape::root(None),
+            Part::Whole,
+            "m",
+            false,
+            NOW,
+        )
+        .unwrap();
+        let w2 = apply(
+            Some(&w1),
+            &cm(json!({"x": "1"})),
+            Shape::root(None),
+            Part::Whole,
+            "m",
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            w2["metadata"],
+            json!({"name": "c", "managedFields": w2["metadata"]["managedFields"]})
+        );
+        assert_eq!(w2["data"], json!({"x": "1"}));
     }
 }

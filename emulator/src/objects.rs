@@ -492,8 +492,10 @@ impl State {
             .get(&gr, ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        // The API server's checkName: a PUT body must name its object (and so must
+        // the result of a patch, which carries the stored name unless it removed it).
         let body_name = meta_str(&obj, "name");
-        if !body_name.is_empty() && body_name != name {
+        if body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
@@ -703,10 +705,12 @@ impl State {
             ));
         }
         check_type(rt, body)?;
-        // Like the API server, accept an applied configuration without a name: the URL names
-        // the object (kube-lease-manager applies Lease changes this way).
+        // Like the API server, accept an applied configuration without a name when the object
+        // exists: the merged result carries the stored name (kube-lease-manager applies Lease
+        // changes this way). Creating an object needs the name in the body, as checkName runs
+        // on the apply result.
         let body_name = meta_str(body, "name");
-        if !body_name.is_empty() && body_name != name {
+        if body_name != name && (current.is_none() || !body_name.is_empty()) {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));

@@ -39,15 +39,74 @@ pub fn merge_patch(doc: &mut Value, patch: &Value) {
     json_patch::merge(doc, patch);
 }
 
-/// Apply a JSON patch.
+/// Apply a JSON patch the way the API server does (evanphx/json-patch v4):
+/// the whole patch applies or none of it, and a failed operation answers
+/// `422`. One difference from RFC 6902 is kept for fidelity: `test` of a
+/// missing object member treats it as `null`, so
+/// `{"op":"test","path":"/metadata/finalizers","value":null}` succeeds when
+/// the object has no finalizers (kube-rs's finalizer helper relies on it).
+/// The member's parent must still exist, and an array index must be in range.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(doc, &ops).map_err(|e| {
+    let rejected = |e: String| {
         ApiError::invalid_patch(format!(
             "the server rejected our request due to an error in our request: {e}"
         ))
-    })
+    };
+    let mut work = doc.clone();
+    for op in ops.iter() {
+        match op {
+            json_patch::PatchOperation::Test(test) => {
+                test_op(&work, test).map_err(rejected)?;
+            }
+            other => {
+                json_patch::patch(&mut work, std::slice::from_ref(other))
+                    .map_err(|e| rejected(e.to_string()))?;
+            }
+        }
+    }
+    *doc = work;
+    Ok(())
+}
+
+/// evanphx/json-patch's `test`: a missing member (or a `null` one) equals `null`.
+fn test_op(doc: &Value, test: &json_patch::TestOperation) -> Result<(), String> {
+    let path = test.path.as_str();
+    let failed = || format!("testing value {path} failed");
+    let Some((parent, last)) = test.path.split_back() else {
+        // The root document.
+        return if *doc == test.value {
+            Ok(())
+        } else {
+            Err(failed())
+        };
+    };
+    let parent = doc
+        .pointer(parent.as_str())
+        .ok_or_else(|| format!("test operation does not apply: doc is missing path: {path}"))?;
+    let key = last.decoded();
+    let current = match parent {
+        Value::Object(map) => map.get(key.as_ref()),
+        Value::Array(items) => {
+            let index = key
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < items.len())
+                .ok_or_else(|| format!("unable to access invalid index: {key}"))?;
+            items.get(index)
+        }
+        _ => {
+            return Err(format!(
+                "test operation does not apply: doc is missing path: {path}"
+            ));
+        }
+    };
+    match current {
+        None | Some(Value::Null) if test.value.is_null() => Ok(()),
+        Some(v) if *v == test.value => Ok(()),
+        _ => Err(failed()),
+    }
 }
 
 /// The strategic merge key of a built-in list field, if it merges by key.
@@ -254,5 +313,65 @@ mod tests {
         let err =
             json_patch(&mut doc, &json!([{"op": "test", "path": "/a", "value": 2}])).unwrap_err();
         assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn json_patch_test_of_missing_member_equals_null() {
+        // kube-rs's finalizer helper adds the first finalizer like this; the
+        // API server (evanphx/json-patch) accepts it.
+        let mut doc = json!({"metadata": {"name": "a"}});
+        let patch = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["keysmith.dev/revoke"]}
+        ]);
+        json_patch(&mut doc, &patch).unwrap();
+        assert_eq!(
+            doc["metadata"]["finalizers"],
+            json!(["keysmith.dev/revoke"])
+        );
+        // An explicit null is null too.
+        let mut doc = json!({"metadata": {"finalizers": null}});
+        json_patch(&mut doc, &patch).unwrap();
+        assert_eq!(
+            doc["metadata"]["finalizers"],
+            json!(["keysmith.dev/revoke"])
+        );
+    }
+
+    #[test]
+    fn json_patch_test_keeps_failing_where_the_api_server_fails() {
+        let original = json!({"metadata": {"finalizers": ["x"]}, "list": [1]});
+        let cases = [
+            // Present member against null.
+            json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]),
+            // Missing member against a non-null value.
+            json!([{"op": "test", "path": "/metadata/labels", "value": {}}]),
+            // Missing parent.
+            json!([{"op": "test", "path": "/spec/x", "value": null}]),
+            // Array index out of range is an error, not null.
+            json!([{"op": "test", "path": "/list/1", "value": null}]),
+            // A failing test after an applied operation rolls the patch back.
+            json!([
+                {"op": "add", "path": "/a", "value": 1},
+                {"op": "test", "path": "/metadata/finalizers/0", "value": "y"}
+            ]),
+        ];
+        for patch in cases {
+            let mut doc = original.clone();
+            let err = json_patch(&mut doc, &patch).unwrap_err();
+            assert_eq!(err.code, 422, "{patch}");
+            assert_eq!(doc, original, "{patch}");
+        }
+        // The remove half of the finalizer helper: test the element, then remove it.
+        let mut doc = original.clone();
+        json_patch(
+            &mut doc,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": "x"},
+                {"op": "remove", "path": "/metadata/finalizers/0"}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!([]));
     }
 }

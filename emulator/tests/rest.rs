@@ -689,3 +689,89 @@ async fn https_and_crd_lifecycle_in_discovery() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn kube_finalizer_helper_json_patches_apply() {
+    // kube-rs's finalizer helper adds the first finalizer with
+    // `test /metadata/finalizers == null` then `add`, and removes it with
+    // `test /metadata/finalizers/N == name` then `remove`: the API server
+    // (evanphx/json-patch) treats the missing member as null.
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::Arc;
+
+    let emu = emulator(Config::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(emu.client().await.unwrap(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "f"}})).unwrap();
+    let cm = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let ok = |_: Event<ConfigMap>| async { Ok::<_, std::io::Error>(Action::await_change()) };
+
+    finalizer(&cms, "example.com/f", Arc::new(cm), ok)
+        .await
+        .unwrap();
+    let cm = cms.get("f").await.unwrap();
+    assert_eq!(cm.finalizers(), ["example.com/f"]);
+
+    cms.delete("f", &DeleteParams::default()).await.unwrap();
+    let deleting = cms.get("f").await.unwrap();
+    finalizer(&cms, "example.com/f", Arc::new(deleting), ok)
+        .await
+        .unwrap();
+    assert_eq!(api_error(cms.get("f").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn names_in_bodies_follow_check_name() {
+    let emu = emulator(Config::default()).await;
+    let client = emu.client().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "n"}, "data": {"a": "1"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let ssa = PatchParams::apply("tester");
+
+    // Apply to an existing object without a name: the stored name carries over.
+    let applied = cms
+        .patch(
+            "n",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"b": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.name_any(), "n");
+    assert_eq!(applied.data.unwrap()["b"], "2");
+
+    // Apply creating an object without a name, a PUT without a name, and a
+    // mismatched name: 400 from checkName.
+    let unnamed = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {}}));
+    let err = api_error(cms.patch("new", &ssa, &unnamed).await.unwrap_err());
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (
+            400,
+            "the name of the object () does not match the name on the URL (new)"
+        )
+    );
+    let mut put = cms.get("n").await.unwrap();
+    put.metadata.name = None;
+    let err = api_error(
+        cms.replace("n", &PostParams::default(), &put)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (
+            400,
+            "the name of the object () does not match the name on the URL (n)"
+        )
+    );
+    put.metadata.name = Some("other".into());
+    let err = api_error(
+        cms.replace("n", &PostParams::default(), &put)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 400);
+}

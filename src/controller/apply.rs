@@ -24,49 +24,10 @@ fn apply_params(manager: &str) -> PatchParams {
     PatchParams::apply(manager).force()
 }
 
-/// Add the `keysmith.dev/revoke` finalizer, guarded by `resourceVersion` so a concurrent change
-/// of the list fails with 409 (and is retried) instead of being overwritten.
-///
-/// kube's `finalizer` helper would add the first finalizer with a JSON patch that `test`s the
-/// missing list against `null`; the API server accepts that, the test emulator answers 422.
-/// This merge patch is equally safe on both; the helper still does cleanup and removal.
-pub async fn add_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> kube::Result<()> {
-    let mut finalizers = key.metadata.finalizers.clone().unwrap_or_default();
-    finalizers.push(crate::api::FINALIZER.to_owned());
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": key.metadata.resource_version,
-    }});
-    let name = key.metadata.name.as_deref().unwrap_or_default();
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch(name, &params, &Patch::Merge(patch))
-        .await
-        .map(drop)
-}
-
 /// Apply the complete status the controller owns (never `lastUsedAt`, which the verifier owns).
-///
-/// An ended overlap window is first removed with a JSON patch (guarded by a `test` of the slot
-/// name): server-side apply would remove the `previous` object once Keysmith stops sending it,
-/// but the test emulator only removes its fields and leaves an invalid empty object behind.
-pub async fn status(
-    api: &Api<ApiKey>,
-    name: &str,
-    observed: Option<&ApiKeyStatus>,
-    status: &ApiKeyStatus,
-) -> kube::Result<()> {
-    let ended = ended_overlaps(observed, status);
-    if !ended.0.is_empty() {
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        api.patch_status(name, &params, &Patch::<()>::Json(ended))
-            .await?;
-    }
+/// A slot whose overlap window ended is applied without `previous`, and server-side apply removes
+/// the whole object, as the controller is its only manager.
+pub async fn status(api: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> kube::Result<()> {
     let body = json!({
         "apiVersion": ApiKey::api_version(&()),
         "kind": ApiKey::kind(&()),
@@ -76,31 +37,6 @@ pub async fn status(
     api.patch_status(name, &apply_params(FIELD_MANAGER), &Patch::Apply(body))
         .await
         .map(drop)
-}
-
-/// JSON patch removing `previous` from the observed tokens whose desired entry has none.
-fn ended_overlaps(observed: Option<&ApiKeyStatus>, desired: &ApiKeyStatus) -> json_patch::Patch {
-    use json_patch::jsonptr::PointerBuf;
-    use json_patch::{PatchOperation, RemoveOperation, TestOperation};
-    let mut ops = Vec::new();
-    for (i, token) in observed.iter().flat_map(|o| o.tokens.iter().enumerate()) {
-        let still = desired
-            .tokens
-            .iter()
-            .find(|t| t.name == token.name)
-            .is_some_and(|t| t.previous.is_some());
-        if token.previous.is_some() && !still {
-            let index = i.to_string();
-            ops.push(PatchOperation::Test(TestOperation {
-                path: PointerBuf::from_tokens(["status", "tokens", index.as_str(), "name"]),
-                value: token.name.clone().into(),
-            }));
-            ops.push(PatchOperation::Remove(RemoveOperation {
-                path: PointerBuf::from_tokens(["status", "tokens", index.as_str(), "previous"]),
-            }));
-        }
-    }
-    json_patch::Patch(ops)
 }
 
 /// Set `Ready=False` with reason `ApiError` after a failed write.

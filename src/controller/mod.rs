@@ -205,19 +205,17 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
         }
         let started = Instant::now();
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = ensure_finalizer(&api, &key).await;
-        let result = match result {
-            Ok(true) => Ok(Action::await_change()),
-            Ok(false) => finalizer::finalizer(&api, FINALIZER, key, |event| async {
-                match event {
-                    Finalizer::Apply(key) => ctx.apply(&api, &key).await,
-                    Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
-                }
-            })
-            .await
-            .map_err(|e| Error::Finalizer(Box::new(e))),
-            Err(e) => Err(e),
-        };
+        // kube's helper adds the finalizer first (a JSON patch that `test`s the list it saw,
+        // then ends this reconcile: the patch's watch event brings the key back), runs the
+        // apply or, once deleting, the cleanup, and then removes the finalizer.
+        let result = finalizer::finalizer(&api, FINALIZER, key, |event| async {
+            match event {
+                Finalizer::Apply(key) => ctx.apply(&api, &key).await,
+                Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
+            }
+        })
+        .await
+        .or_else(finalizer_raced);
         ctx.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -230,21 +228,18 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
     .await
 }
 
-/// Add the finalizer to a live key that lacks it; `true` when it did (the resulting watch event
-/// brings the key back, so this reconcile ends there, as kube's helper does).
-async fn ensure_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> Result<bool, Error> {
-    if key.metadata.deletion_timestamp.is_some() || key.finalizers().iter().any(|f| f == FINALIZER)
-    {
-        return Ok(false);
-    }
-    match apply::add_finalizer(api, key).await {
-        Ok(()) => Ok(true),
-        // A newer version exists (a stale cache copy); its watch event brings the key back.
-        Err(kube::Error::Api(status)) if status.is_conflict() => {
-            debug!("finalizer patch raced a newer version; waiting for it");
-            Ok(true)
+/// Adding the finalizer failed its `test` (422: the list is no longer the one the cache saw, or
+/// the key is being deleted) or raced another write (409): a newer version exists and its watch
+/// event brings the key back, so wait for it instead of backing off.
+fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
+    match e {
+        finalizer::Error::AddFinalizer(kube::Error::Api(status))
+            if status.code == 422 || status.is_conflict() =>
+        {
+            debug!(message = %status.message, "finalizer patch raced a newer version; waiting for it");
+            Ok(Action::await_change())
         }
-        Err(e) => Err(Error::kube(format!("adding finalizer {FINALIZER}"))(e)),
+        e => Err(Error::Finalizer(Box::new(e))),
     }
 }
 
@@ -369,7 +364,7 @@ impl Context {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
         if let Some(status) = &plan.status {
-            apply::status(api, &name, key.status.as_ref(), status)
+            apply::status(api, &name, status)
                 .await
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"
@@ -460,5 +455,29 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &key.object_ref(&())).await {
             warn!(reason, error = %e, "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn add_failed(code: u16, reason: &str) -> finalizer::Error<Error> {
+        let status = Status::failure("rejected", reason).with_code(code);
+        finalizer::Error::AddFinalizer(kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn a_raced_finalizer_patch_waits_for_the_newer_version() {
+        // The JSON patch's `test` failed (422) or a write raced it (409): a watch event follows.
+        for (code, reason) in [(409, "Conflict"), (422, "Invalid")] {
+            assert!(finalizer_raced(add_failed(code, reason)).is_ok(), "{code}");
+        }
+        // Anything else backs off.
+        assert!(matches!(
+            finalizer_raced(add_failed(403, "Forbidden")),
+            Err(Error::Finalizer(_))
+        ));
     }
 }
