@@ -10,7 +10,7 @@ use keysmith::verifier::{self, Options};
 use keysmith_emulator::Identity;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use verifier_common::{NS, emulator, start, status_token, token};
+use verifier_common::{emulator, start, status_token, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_revokes_with_and_without_a_finalizer() {
@@ -163,7 +163,6 @@ async fn spec_changes_apply_without_a_restart() {
         .verify(json!({"token": t.expose_secret(), "environment": "production"}))
         .await;
     assert_eq!(answer["code"], "ENVIRONMENT_MISMATCH");
-    let _ = NS;
 }
 
 #[tokio::test]

@@ -104,18 +104,30 @@ impl UsageReporter {
     }
 }
 
-/// The JSON Patch that sets the uses of one ApiKey's slots.
+/// The JSON Patch that sets the uses of one ApiKey's slots. Each `lastUsedAt` is guarded by a
+/// `test` of the slot name at that position, so a status reordered meanwhile is never mislabelled.
 pub fn usage_patch(uses: &BTreeMap<(usize, String), Timestamp>) -> json_patch::Patch {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation, TestOperation};
+    let field = |position: usize, name: &str| {
+        PointerBuf::from_tokens(["status", "tokens", &position.to_string(), name])
+    };
     let ops = uses
         .iter()
         .flat_map(|((position, slot), at)| {
             [
-                serde_json::json!({"op": "test", "path": format!("/status/tokens/{position}/name"), "value": slot}),
-                serde_json::json!({"op": "add", "path": format!("/status/tokens/{position}/lastUsedAt"), "value": at.to_string()}),
+                PatchOperation::Test(TestOperation {
+                    path: field(*position, "name"),
+                    value: slot.as_str().into(),
+                }),
+                PatchOperation::Add(AddOperation {
+                    path: field(*position, "lastUsedAt"),
+                    value: at.to_string().into(),
+                }),
             ]
         })
-        .collect::<Vec<_>>();
-    serde_json::from_value(serde_json::Value::Array(ops)).unwrap_or(json_patch::Patch(Vec::new()))
+        .collect();
+    json_patch::Patch(ops)
 }
 
 /// Write reports from `rx` back to status until the channel closes.
