@@ -3,7 +3,7 @@
 //! clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,9 +24,14 @@ const EXAMPLE_KEYS: [&str; 7] = [
     "storefront-mobile",
 ];
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// The address in `http://ADDR/...` after `marker` in the summary.
+fn printed_addr(summary: &str, marker: &str) -> SocketAddr {
+    let rest = &summary[summary
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {summary}"))
+        + marker.len()..];
+    let addr = &rest[..rest.find('/').unwrap()];
+    addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"))
 }
 
 /// Kills the child if the test fails before it stops it.
@@ -54,13 +59,12 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// POST /v1/verify on a fresh connection; the JSON answer.
-fn verify(addr: SocketAddr, body: &Value) -> Value {
-    let body = body.to_string();
+/// One HTTP/1.1 request on a fresh connection: the status and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "POST /v1/verify HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -68,8 +72,19 @@ fn verify(addr: SocketAddr, body: &Value) -> Value {
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{raw}");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// POST /v1/verify; the JSON answer.
+fn verify(addr: SocketAddr, body: &Value) -> Value {
+    let (status, body) = http(addr, "POST", "/v1/verify", &body.to_string());
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -87,13 +102,13 @@ fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) 
 fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kc");
-    let (listen, metrics) = (free_addr(), free_addr());
     let child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
         .arg("dev")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .args(["--listen", &listen.to_string()])
-        .args(["--metrics-listen", &metrics.to_string()])
+        // Port 0: the summary must print the ports really bound.
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -119,8 +134,11 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
         (out.contains("Keysmith dev is running") && out.contains("Metrics: http://")).then_some(())
     });
     let summary = stdout.lock().unwrap().clone();
-    assert!(summary.contains("curl -s http://"), "{summary}");
-    assert!(summary.contains(&listen.to_string()), "{summary}");
+    let listen = printed_addr(&summary, "curl -s http://");
+    let metrics = printed_addr(&summary, "Metrics: http://");
+    assert_ne!(listen.port(), 0, "{summary}");
+    assert_ne!(metrics.port(), 0, "{summary}");
+    assert_eq!(http(metrics, "GET", "/readyz", "").0, 200);
     for name in EXAMPLE_KEYS {
         assert!(
             summary.contains(&format!("default/{name}  Ready=True")),
