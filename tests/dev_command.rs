@@ -159,22 +159,31 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     }
 
     // The management token, straight from the Secret, verifies.
-    let encoded = kubectl(
-        &kubeconfig,
-        &[
-            "get",
-            "secret",
-            "acme-cms-tokens",
-            "-o",
-            "jsonpath={.data.ACME_CMS_MANAGEMENT_TOKEN}",
-        ],
+    // The controller writes the status (Ready) just before the Secret: poll for the Secret.
+    let encoded = poll(
+        "the Secret to hold the token",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "secret", "acme-cms-tokens", "-o"])
+                .arg("jsonpath={.data.ACME_CMS_MANAGEMENT_TOKEN}")
+                .output()
+                .unwrap();
+            let encoded = String::from_utf8(out.stdout).unwrap();
+            (out.status.success() && !encoded.trim().is_empty()).then_some(encoded)
+        },
     );
     // base64 -d, as the example's comment does it.
     let decoded: ByteString = serde_json::from_value(json!(encoded.trim())).unwrap();
     let token = String::from_utf8(decoded.0).unwrap();
     assert!(token.starts_with("acme_sk_"), "{token}");
-    let answer = verify(listen, &json!({"token": token, "action": "content_read"}));
-    assert_eq!(answer["code"], "VALID", "{answer}");
+    // The verifier learns the hash from its own watch: poll until it has.
+    let answer = poll("the token to verify", Duration::from_secs(30), || {
+        let answer = verify(listen, &json!({"token": token, "action": "content_read"}));
+        (answer["code"] == "VALID").then_some(answer)
+    });
     assert_eq!(answer["valid"], true, "{answer}");
 
     // describe works against the emulated API.
