@@ -63,6 +63,13 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         let emu = &emu;
         async move { emu.client_as(&identity).await.map_err(|e| e.to_string()) }
     };
+    let api = super::bind(args.listen, "the verification API").await?;
+    let metrics = super::bind(args.metrics_listen, "metrics").await?;
+    // Print where they really listen: a port of 0 picks a free one.
+    let listening = Listening {
+        api: api.local_addr().unwrap_or(args.listen),
+        metrics: metrics.local_addr().unwrap_or(args.metrics_listen),
+    };
     let components = Components {
         controller: Some(ControllerPart {
             client: client_as(devcluster::controller_identity()).await?,
@@ -71,11 +78,11 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         }),
         verifier: Some(VerifierPart {
             client: client_as(devcluster::verifier_identity()).await?,
-            api: super::bind(args.listen, "the verification API").await?,
+            api,
             trusted_proxies: Vec::new(),
         }),
         scope: Scope::default(),
-        metrics: super::bind(args.metrics_listen, "metrics").await?,
+        metrics,
     };
     let shutdown = Shutdown::on_signal();
     let running = tokio::spawn(components::serve(components, shutdown.clone()));
@@ -86,7 +93,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     }
     let admin = emu.client().await.map_err(|e| e.to_string())?;
     let keys = settle(&admin).await;
-    print_summary(&admin, &keys, &args).await;
+    print_summary(&admin, &keys, &args, &listening).await;
 
     running.await.map_err(|e| format!("stopping: {e}"))?
 }
@@ -111,7 +118,18 @@ async fn settle(admin: &kube::Client) -> Vec<ApiKey> {
     }
 }
 
-async fn print_summary(admin: &kube::Client, keys: &[ApiKey], args: &DevArgs) {
+/// The addresses the verification API and the metrics endpoint are bound to.
+struct Listening {
+    api: SocketAddr,
+    metrics: SocketAddr,
+}
+
+async fn print_summary(
+    admin: &kube::Client,
+    keys: &[ApiKey],
+    args: &DevArgs,
+    listening: &Listening,
+) {
     let kubeconfig = args.kubeconfig.display();
     println!("\nKeysmith dev is running. The API server is emulated; kubectl works against it:");
     println!("  export KUBECONFIG={kubeconfig}");
@@ -154,13 +172,13 @@ async fn print_summary(admin: &kube::Client, keys: &[ApiKey], args: &DevArgs) {
         println!("\nVerify a token (read from the Secret, never printed here):");
         println!(
             "  curl -s http://{listen}/v1/verify -H 'content-type: application/json' \\\n    -d \"{{\\\"token\\\":\\\"$(kubectl --kubeconfig {kubeconfig} -n {namespace} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d)\\\"}}\"",
-            listen = args.listen,
+            listen = listening.api,
             key = key.replace('.', "\\."),
         );
     }
     println!(
         "\nMetrics: http://{}/metrics   Stop with Ctrl-C.",
-        args.metrics_listen
+        listening.metrics
     );
 }
 

@@ -1,0 +1,219 @@
+//! `keysmith dev` as a user runs it: the real binary in a child process, kubectl against the
+//! kubeconfig it writes, a token from the Secret verified over HTTP, deletion revoking it, and a
+//! clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use serde_json::{Value, json};
+
+/// The seven ApiKeys of the five examples.
+const EXAMPLE_KEYS: [&str; 7] = [
+    "acme-cms",
+    "editorial-bot",
+    "checkout-api-production",
+    "cms-delivery-key",
+    "cms-management-key",
+    "storefront-web",
+    "storefront-mobile",
+];
+
+/// The address in `http://ADDR/...` after `marker` in the summary.
+fn printed_addr(summary: &str, marker: &str) -> SocketAddr {
+    let rest = &summary[summary
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {summary}"))
+        + marker.len()..];
+    let addr = &rest[..rest.find('/').unwrap()];
+    addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// Kills the child if the test fails before it stops it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// POST /v1/verify; the JSON answer.
+fn verify(addr: SocketAddr, body: &Value) -> Value {
+    let (status, body) = http(addr, "POST", "/v1/verify", &body.to_string());
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kc");
+    let child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("dev")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        // Port 0: the summary must print the ports really bound.
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keysmith dev starts");
+    let mut child = Guard(child);
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (pipe, stdout) = (child.0.stdout.take().unwrap(), stdout.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut out = stdout.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        })
+    };
+
+    // The summary ends with the metrics line.
+    poll("the summary on stdout", Duration::from_secs(90), || {
+        let out = stdout.lock().unwrap();
+        (out.contains("Keysmith dev is running") && out.contains("Metrics: http://")).then_some(())
+    });
+    let summary = stdout.lock().unwrap().clone();
+    let listen = printed_addr(&summary, "curl -s http://");
+    let metrics = printed_addr(&summary, "Metrics: http://");
+    assert_ne!(listen.port(), 0, "{summary}");
+    assert_ne!(metrics.port(), 0, "{summary}");
+    assert_eq!(http(metrics, "GET", "/readyz", "").0, 200);
+    for name in EXAMPLE_KEYS {
+        assert!(
+            summary.contains(&format!("default/{name}  Ready=True")),
+            "{name} in {summary}"
+        );
+    }
+
+    // kubectl: the seven ApiKeys, each Ready.
+    let table = kubectl(&kubeconfig, &["get", "apikeys", "-A"]);
+    let rows: Vec<&str> = table.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 7, "{table}");
+    for name in EXAMPLE_KEYS {
+        let row = rows
+            .iter()
+            .find(|r| r.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from\n{table}"));
+        assert_eq!(row.split_whitespace().nth(2), Some("True"), "{row}");
+    }
+
+    // The management token, straight from the Secret, verifies.
+    // The controller writes the status (Ready) just before the Secret: poll for the Secret.
+    let encoded = poll(
+        "the Secret to hold the token",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "secret", "acme-cms-tokens", "-o"])
+                .arg("jsonpath={.data.ACME_CMS_MANAGEMENT_TOKEN}")
+                .output()
+                .unwrap();
+            let encoded = String::from_utf8(out.stdout).unwrap();
+            (out.status.success() && !encoded.trim().is_empty()).then_some(encoded)
+        },
+    );
+    // base64 -d, as the example's comment does it.
+    let decoded: ByteString = serde_json::from_value(json!(encoded.trim())).unwrap();
+    let token = String::from_utf8(decoded.0).unwrap();
+    assert!(token.starts_with("acme_sk_"), "{token}");
+    // The verifier learns the hash from its own watch: poll until it has.
+    let answer = poll("the token to verify", Duration::from_secs(30), || {
+        let answer = verify(listen, &json!({"token": token, "action": "content_read"}));
+        (answer["code"] == "VALID").then_some(answer)
+    });
+    assert_eq!(answer["valid"], true, "{answer}");
+
+    // describe works against the emulated API.
+    let described = kubectl(&kubeconfig, &["describe", "apikey", "acme-cms"]);
+    assert!(described.contains("acme-cms"), "{described}");
+    assert!(described.contains("Ready"), "{described}");
+
+    // Deleting the ApiKey revokes its tokens.
+    kubectl(&kubeconfig, &["delete", "apikey", "acme-cms"]);
+    poll(
+        "the deleted key's token to stop verifying",
+        Duration::from_secs(30),
+        || {
+            let code = verify(listen, &json!({"token": token}))["code"].clone();
+            (code == "REVOKED" || code == "NOT_FOUND").then_some(())
+        },
+    );
+
+    // SIGTERM: a clean shutdown.
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = poll("keysmith dev to exit", Duration::from_secs(30), || {
+        child.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "exit status {status}");
+    reader.join().unwrap();
+
+    // The token never reached the terminal: the summary shows masked ids only.
+    let stdout = stdout.lock().unwrap();
+    assert!(!stdout.contains(&token), "token plaintext on stdout");
+    assert!(!stdout.contains(&token[..token.len() - 6]), "{stdout}");
+}

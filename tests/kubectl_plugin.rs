@@ -1,0 +1,199 @@
+//! The binary as a kubectl plugin: `kubectl-keysmith` on PATH (a symlink to the keysmith binary)
+//! makes `kubectl keysmith status` and `kubectl keysmith rotate` work against the cluster of the
+//! current kubeconfig, here the development cluster with the controller running.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use keysmith::components::{self, Components, ControllerPart};
+use keysmith::controller::leader::LeaderConfig;
+use keysmith::controller::{Scope, system_clock};
+use keysmith::devcluster::{self, EXAMPLES};
+use keysmith::telemetry::Shutdown;
+use keysmith_emulator::{Config, Identity};
+use serde_json::Value;
+use support::{eventually, ready, token};
+
+/// `kubectl keysmith ARGS` with the plugin directory first on PATH.
+async fn plugin(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![bin.to_path_buf()];
+    dirs.extend(std::env::split_paths(&path));
+    tokio::process::Command::new("kubectl")
+        .arg("keysmith")
+        .args(args)
+        .env("PATH", std::env::join_paths(dirs).unwrap())
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .expect("kubectl runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_keysmith_status_and_rotate() {
+    // kubectl sends bearer tokens over TLS only.
+    let emu = devcluster::start(Config {
+        tls: true,
+        ..Config::default()
+    })
+    .await
+    .expect("emulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_keysmith"), bin.join("kubectl-keysmith"))
+        .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig, &Identity::Admin).unwrap();
+
+    // kubectl discovers the plugin.
+    let plugins = tokio::process::Command::new("kubectl")
+        .args(["plugin", "list"])
+        .env(
+            "PATH",
+            std::env::join_paths(
+                std::iter::once(bin.clone())
+                    .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+            )
+            .unwrap(),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&plugins.stdout).contains("kubectl-keysmith"),
+        "{plugins:?}"
+    );
+
+    let components = Components {
+        controller: Some(ControllerPart {
+            client: emu
+                .client_as(&devcluster::controller_identity())
+                .await
+                .unwrap(),
+            leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "plugin-test"),
+            clock: system_clock(),
+        }),
+        verifier: None,
+        scope: Scope::default(),
+        metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let (stop, shutdown) = Shutdown::new();
+    let running = tokio::spawn(components::serve(components, shutdown));
+    let (_, cms) = EXAMPLES
+        .iter()
+        .find(|(f, _)| *f == "cms-three-tokens.yaml")
+        .unwrap();
+    emu.apply_yaml(cms).unwrap();
+    let get = || emu.get("keysmith.dev/v1alpha1", "ApiKey", "default", "acme-cms");
+    let key = eventually("acme-cms to be Ready", || async {
+        get().filter(|k| ready(k) && k["status"]["tokens"].as_array().map(Vec::len) == Some(3))
+    })
+    .await;
+    let ids = |k: &Value| -> Vec<String> {
+        ["management", "delivery", "preview"]
+            .iter()
+            .map(|slot| token(k, slot)["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = ids(&key);
+
+    // status: the key, its conditions and every token id, in the kubeconfig's namespace.
+    let status = stdout(&plugin(&bin, &kubeconfig, &["status", "acme-cms"]).await);
+    assert!(status.contains("ApiKey default/acme-cms"), "{status}");
+    assert!(
+        status.contains("Secret:        acme-cms-tokens"),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["Ready", "True"])),
+        "{status}"
+    );
+    for (slot, id) in ["management", "delivery", "preview"].iter().zip(&before) {
+        assert!(status.contains(&format!("{slot}: {id} issued")), "{status}");
+        assert!(id.starts_with("acme_"), "{id}");
+    }
+    // Ids only: no token value in the output.
+    let secret = emu
+        .get("v1", "Secret", "default", "acme-cms-tokens")
+        .unwrap();
+    let management = support::secret_value(&secret, "ACME_CMS_MANAGEMENT_TOKEN").unwrap();
+    assert!(!status.contains(&management));
+
+    // rotate one slot: the slot annotation, and only that token changes.
+    let out = stdout(
+        &plugin(
+            &bin,
+            &kubeconfig,
+            &["rotate", "acme-cms", "--token", "preview"],
+        )
+        .await,
+    );
+    assert!(out.contains("keysmith.dev/rotate-preview="), "{out}");
+    let key = get().unwrap();
+    assert!(
+        key["metadata"]["annotations"]["keysmith.dev/rotate-preview"].is_string(),
+        "{key}"
+    );
+    let key = eventually("the preview token to rotate", || async {
+        get().filter(|k| ids(k)[2] != before[2] && ready(k))
+    })
+    .await;
+    let after_slot = ids(&key);
+    assert_eq!(after_slot[..2], before[..2]);
+
+    // rotate every slot.
+    let out = stdout(&plugin(&bin, &kubeconfig, &["rotate", "acme-cms"]).await);
+    assert!(out.contains("every slot"), "{out}");
+    let key = get().unwrap();
+    let value = key["metadata"]["annotations"]["keysmith.dev/rotate"]
+        .as_str()
+        .expect("the rotate annotation")
+        .to_owned();
+    assert!(
+        out.contains(&format!("keysmith.dev/rotate={value}")),
+        "{out}"
+    );
+    let key = eventually("every token to rotate", || async {
+        get().filter(|k| {
+            let now = ids(k);
+            ready(k) && now.iter().zip(&after_slot).all(|(a, b)| a != b)
+        })
+    })
+    .await;
+    let status = stdout(&plugin(&bin, &kubeconfig, &["status", "acme-cms"]).await);
+    for id in ids(&key) {
+        assert!(status.contains(&id), "{status}");
+    }
+    assert!(status.contains("previous"), "{status}");
+
+    // A key that does not exist: a clear error, non-zero exit.
+    let missing = plugin(&bin, &kubeconfig, &["status", "no-such-key"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{missing:?}"
+    );
+
+    stop.trigger();
+    running
+        .await
+        .unwrap()
+        .expect("the controller stops cleanly");
+}
