@@ -98,7 +98,8 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     running.await.map_err(|e| format!("stopping: {e}"))?
 }
 
-/// Wait until every ApiKey's status describes its current generation, or the timeout passes.
+/// Wait until every ApiKey's status describes its current generation and, when Ready, its Secret
+/// holds a token for every slot (status is written just before the Secret), or the timeout passes.
 async fn settle(admin: &kube::Client) -> Vec<ApiKey> {
     let api: Api<ApiKey> = Api::all(admin.clone());
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
@@ -108,14 +109,34 @@ async fn settle(admin: &kube::Client) -> Vec<ApiKey> {
             .await
             .map(|l| l.items)
             .unwrap_or_default();
-        let settled = keys.iter().all(|k| {
-            k.status.as_ref().and_then(|s| s.observed_generation) == k.metadata.generation
-        });
-        if (settled && !keys.is_empty()) || tokio::time::Instant::now() >= deadline {
+        let mut settled = !keys.is_empty();
+        for key in &keys {
+            settled = settled
+                && key.status.as_ref().and_then(|s| s.observed_generation)
+                    == key.metadata.generation
+                && secret_holds_every_slot(admin, key).await;
+        }
+        if settled || tokio::time::Instant::now() >= deadline {
             return keys;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn secret_holds_every_slot(admin: &kube::Client, key: &ApiKey) -> bool {
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &key.namespace().unwrap_or_default());
+    let data = secrets
+        .get_opt(&key.secret_name())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.data);
+    data.is_some_and(|d| {
+        key.spec
+            .tokens
+            .iter()
+            .all(|slot| d.contains_key(slot.secret_key()))
+    })
 }
 
 /// The addresses the verification API and the metrics endpoint are bound to.
