@@ -21,6 +21,7 @@
 mod cel;
 mod discovery;
 pub mod error;
+mod eventually;
 pub mod faults;
 mod fields;
 mod gc;
@@ -51,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use error::ApiError;
+pub use eventually::{EVENTUALLY_TIMEOUT, eventually};
 pub use faults::{Faults, Target};
 pub use rbac::UserInfo;
 pub use server::{LogEntry, RequestLog};

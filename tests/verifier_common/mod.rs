@@ -3,11 +3,9 @@
 //! the hashes of tokens the test minted (no controller needed), and a minimal HTTP client.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
@@ -240,24 +238,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, "GET", path, &[], None).await
 }
 
-/// Poll `check` until it returns Some, failing after a generous deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use keysmith_emulator::eventually;
 
 #[derive(Clone)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -1,9 +1,6 @@
 //! Shared helpers of the emulator's integration tests.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::Duration;
-
 use keysmith_emulator::{Config, Emulator};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
@@ -38,21 +35,5 @@ pub fn gadget(name: &str, spec: serde_json::Value) -> DynamicObject {
     .expect("valid object")
 }
 
-/// Poll `check` until it returns Some, failing after a generous deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // not every test binary polls
+pub use keysmith_emulator::eventually;
