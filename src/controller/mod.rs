@@ -48,6 +48,8 @@ pub const REPORTER: &str = "keysmith-controller";
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// Longest retry delay, so a key recovers within minutes once the API server does.
 const MAX_RETRY: Duration = Duration::from_secs(300);
+/// When to look again after the finalizer patch raced a newer version.
+const FINALIZER_RACE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Which ApiKeys this controller reconciles (SPEC 2's sharding flags).
 #[derive(Debug, Clone, Default)]
@@ -230,14 +232,15 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
 
 /// Adding the finalizer failed its `test` (422: the list is no longer the one the cache saw, or
 /// the key is being deleted) or raced another write (409): a newer version exists and its watch
-/// event brings the key back, so wait for it instead of backing off.
+/// event normally brings the key back first. A short recheck instead of the error backoff covers
+/// a conflict that no event follows (a retried request, a proxy's 409).
 fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
     match e {
         finalizer::Error::AddFinalizer(kube::Error::Api(status))
             if status.code == 422 || status.is_conflict() =>
         {
-            debug!(message = %status.message, "finalizer patch raced a newer version; waiting for it");
-            Ok(Action::await_change())
+            debug!(message = %status.message, "finalizer patch raced a newer version; rechecking");
+            Ok(Action::requeue(FINALIZER_RACE_RECHECK))
         }
         e => Err(Error::Finalizer(Box::new(e))),
     }
