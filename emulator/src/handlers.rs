@@ -492,6 +492,21 @@ async fn resource(
             let patch = decode(&body, &ct)?;
             let mut st = server.state();
             let existed = st.store.get(&rt.group_resource(), ns, &r.name).is_some();
+            // An apply that creates the object is authorized as `create` as well, as in the API
+            // server: `patch` alone must not let a client create objects.
+            if !existed && patch_type == PatchType::Apply && server.auth.rbac {
+                let create = Attributes::Resource {
+                    verb: "create".into(),
+                    group: r.group.clone(),
+                    resource: r.resource.clone(),
+                    subresource: r.subresource.clone(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                };
+                if !rbac::authorize(&st, user, &create) {
+                    return Err(ApiError::forbidden(rbac::forbidden_message(user, &create)));
+                }
+            }
             let patched = st.patch(
                 &rt,
                 ns,

@@ -206,3 +206,56 @@ async fn unknown_tokens_are_unauthorized_when_rbac_is_on() {
     assert_eq!(bob.len(), 1);
     assert_eq!((bob[0].verb.as_str(), bob[0].code), ("list", 403));
 }
+
+/// Server-side apply that would create the object is authorized as `create` too, as in the API
+/// server: `patch` alone updates existing objects but cannot create new ones.
+#[tokio::test]
+async fn apply_that_creates_needs_create_as_well_as_patch() {
+    let emu = emulator(Config {
+        rbac: true,
+        ..Config::default()
+    })
+    .await;
+    emu.apply_yaml(CHART_RBAC).unwrap();
+    emu.apply_yaml(common::GADGET).unwrap();
+    let sa = Identity::service_account("keysmith", "keysmith-controller");
+    let gadgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        emu.client_as(&sa).await.unwrap(),
+        "default",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("example.com", "v1", "Gadget"),
+            "gadgets",
+        ),
+    );
+    let body = |size: i64| {
+        json!({"apiVersion": "example.com/v1", "kind": "Gadget",
+               "metadata": {"name": "made-by-apply"}, "spec": {"size": size}})
+    };
+    let params = PatchParams::apply("test").force();
+    let err = gadgets
+        .patch("made-by-apply", &params, &Patch::Apply(body(1)))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code, 403);
+    assert!(
+        status
+            .message
+            .contains("cannot create resource \"gadgets\""),
+        "{}",
+        status.message
+    );
+    assert!(
+        emu.get("example.com/v1", "Gadget", "default", "made-by-apply")
+            .is_none()
+    );
+
+    // Once the object exists, patch permission suffices for the same apply.
+    emu.apply_object(&body(1)).unwrap();
+    gadgets
+        .patch("made-by-apply", &params, &Patch::Apply(body(2)))
+        .await
+        .expect("an apply to an existing object needs only patch");
+}
