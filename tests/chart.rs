@@ -281,7 +281,7 @@ fn controller_rules_are_least_privilege() {
                 "apikeys",
                 &["get", "list", "watch", "patch"]
             ),
-            ("keysmith.dev", "apikeys/status", &["get", "patch"]),
+            ("keysmith.dev", "apikeys/status", &["patch"]),
             (
                 "",
                 "secrets",
@@ -295,11 +295,7 @@ fn controller_rules_are_least_privilege() {
     );
     assert_eq!(
         rules("charts/keysmith/files/controller-leader-election-rules.yaml"),
-        expect(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update", "patch"]
-        )])
+        expect(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])
     );
 }
 
@@ -309,7 +305,7 @@ fn verifier_rules_are_least_privilege() {
     assert_eq!(
         verifier,
         expect(&[
-            ("keysmith.dev", "apikeys", &["get", "list", "watch"]),
+            ("keysmith.dev", "apikeys", &["list", "watch"]),
             ("keysmith.dev", "apikeys/status", &["patch"]),
             ("", "secrets", &["get"]),
         ])
