@@ -9,6 +9,7 @@ pub mod controller;
 pub mod rotate;
 pub mod status;
 pub mod token;
+pub mod verifier;
 
 /// Keysmith: API keys as Kubernetes custom resources.
 #[derive(Parser, Debug)]
@@ -28,8 +29,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Reconcile ApiKey resources: mint, rotate and revoke tokens (leader-elected).
     Controller(controller::ControllerArgs),
-    /// Serve the verification API (not built yet).
-    Verifier,
+    /// Serve the verification API (POST /v1/verify, /v1/authz, TokenReview webhook).
+    Verifier(verifier::VerifierArgs),
     /// Controller and verifier in one process (not built yet).
     Run,
     /// The embedded default: API emulator, controller and verifier with the examples (not built yet).
@@ -50,7 +51,7 @@ pub fn main() -> ExitCode {
         }
         Command::Token(command) => token::run(command),
         Command::Controller(args) => controller::run(args),
-        Command::Verifier => not_built("verifier"),
+        Command::Verifier(args) => verifier::run(args),
         Command::Run => not_built("run"),
         Command::Dev => not_built("dev"),
         Command::Rotate(args) => rotate::run(args),

@@ -21,3 +21,4 @@ pub mod schedule;
 pub mod telemetry;
 pub mod token;
 pub mod validation;
+pub mod verifier;

@@ -1,0 +1,174 @@
+//! In-process verification with 100,000 tokens indexed (SPEC section 10: under 2 µs per call),
+//! plus the index's build time and memory per token for 10,000 ApiKeys, printed before the
+//! Criterion runs (a counting allocator measures the bytes the index keeps).
+//!
+//! `cargo bench --bench verify`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jiff::Timestamp;
+use keysmith::api::{ApiKey, Encoding};
+use keysmith::grants::Context;
+use keysmith::token::Token;
+use keysmith::verifier::decision::{Code, NoHeaders, SecretValues, VerifyRequest};
+use keysmith::verifier::index::Index;
+
+/// Bytes currently allocated by the process.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+struct NoSecrets;
+
+impl SecretValues for NoSecrets {
+    fn matches(&self, _: &str, _: &str, _: &str, _: &[u8]) -> bool {
+        false
+    }
+}
+
+/// ApiKey `key-<i>` in namespace `tenant-<i % 100>`: one slot, a realistic CMS grant set,
+/// metadata, an environment, and `token` as its current token.
+fn apikey(i: usize, token: &Token) -> ApiKey {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": format!("key-{i}"), "namespace": format!("tenant-{}", i % 100)},
+        "spec": {
+            "environment": "production",
+            "tokens": [{"name": "delivery", "prefix": "cms_dt_", "metadata": {"content": "published"}}],
+            "grants": [
+                {"effect": "allow", "actions": ["content.read"], "resources": ["content:*"]},
+                {"effect": "allow", "actions": ["content.update"], "resources": ["content:pages:*"],
+                 "fields": ["title", "body"], "conditions": {"status": ["draft"], "own": true}},
+                {"effect": "deny", "actions": ["*.delete"]},
+            ],
+        },
+        "status": {"tokens": [{"name": "delivery", "id": token.id(), "sha256": token.sha256_hex(),
+            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z"}]},
+    }))
+    .expect("benchmark ApiKey deserializes")
+}
+
+fn fleet(n: usize) -> (Vec<ApiKey>, Vec<Token>) {
+    let tokens: Vec<Token> = (0..n)
+        .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62).expect("token"))
+        .collect();
+    let keys = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| apikey(i, t))
+        .collect();
+    (keys, tokens)
+}
+
+fn now() -> Timestamp {
+    "2026-11-23T10:00:00Z".parse().expect("time")
+}
+
+/// Build time and bytes per token for 10,000 ApiKeys, printed once.
+fn report_index_cost() {
+    let (keys, _tokens) = fleet(10_000);
+    let before = LIVE.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let index = Index::default();
+    for key in &keys {
+        index.apply(key, now());
+    }
+    let took = start.elapsed();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "index of 10,000 ApiKeys ({} tokens): built in {took:?} ({:?} per key), {} bytes per token",
+        index.tokens(),
+        took / 10_000,
+        bytes / index.tokens() as isize
+    );
+    black_box(index);
+}
+
+fn verify(c: &mut Criterion) {
+    report_index_cost();
+    // Built one key at a time: 100,000 ApiKey objects at once would dwarf the index.
+    let tokens: Vec<Token> = (0..100_000)
+        .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62).expect("token"))
+        .collect();
+    let index = Index::default();
+    for (i, t) in tokens.iter().enumerate() {
+        index.apply(&apikey(i, t), now());
+    }
+    assert_eq!(index.tokens(), 100_000);
+    let token = tokens[tokens.len() / 2].expose_secret().to_owned();
+    let unknown = Token::generate("cms_dt_", 32, Encoding::Base62).expect("token");
+    let malformed = format!("{}x", &token[..token.len() - 1]);
+    let request = |token| VerifyRequest {
+        token,
+        action: None,
+        resource: None,
+        fields: &[],
+        environment: Some("production"),
+        ip: None,
+        headers: &NoHeaders,
+        context: Context::default(),
+    };
+    let fields = vec!["title".to_string()];
+    let mut authorize = request(&token);
+    authorize.action = Some("content.update");
+    authorize.resource = Some("content:pages:home");
+    authorize.fields = &fields;
+    authorize.context = Context {
+        status: Some("draft"),
+        locale: None,
+        owner: Some("tenant-0/key-50000"),
+    };
+    assert_eq!(
+        index.verify(&authorize, now(), &NoSecrets).code,
+        Code::Valid
+    );
+
+    let mut group = c.benchmark_group("verify_100k_tokens");
+    group.bench_function("valid_authenticate", |b| {
+        b.iter(|| index.verify(black_box(&request(&token)), now(), &NoSecrets))
+    });
+    group.bench_function("valid_authorize_grants", |b| {
+        b.iter(|| index.verify(black_box(&authorize), now(), &NoSecrets))
+    });
+    group.bench_function("not_found", |b| {
+        b.iter(|| {
+            index.verify(
+                black_box(&request(unknown.expose_secret())),
+                now(),
+                &NoSecrets,
+            )
+        })
+    });
+    group.bench_function("malformed", |b| {
+        b.iter(|| index.verify(black_box(&request(&malformed)), now(), &NoSecrets))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify);
+criterion_main!(benches);

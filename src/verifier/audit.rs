@@ -1,0 +1,84 @@
+//! One structured audit line per verification, on the `tracing` target `keysmith::audit`
+//! (JSON with `--log-format json`): time, endpoint, code, key, slot, token id, client address,
+//! user agent, action and resource. Never the token: only its public id (prefix plus six
+//! characters), and only when the string was a well-formed token.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+
+use super::decision::Code;
+use super::index::Verdict;
+
+/// The `tracing` target of audit lines, for filtering (`RUST_LOG=keysmith::audit=off`).
+pub const TARGET: &str = "keysmith::audit";
+/// Longest caller-supplied value logged.
+const MAX_FIELD: usize = 256;
+
+/// What a verification was about, besides the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `verify`, `authz` or `tokenreview`.
+    pub endpoint: &'static str,
+    /// Client address (after trusted-proxy handling).
+    pub client: Option<IpAddr>,
+    /// `User-Agent` header.
+    pub user_agent: Option<&'a str>,
+    /// Requested action.
+    pub action: Option<&'a str>,
+    /// Requested resource.
+    pub resource: Option<&'a str>,
+}
+
+/// Write the audit line of one verification.
+pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict<'_>) {
+    let found = verdict.found.as_ref();
+    let code: Code = verdict.code;
+    tracing::info!(
+        target: TARGET,
+        time = %now,
+        endpoint = request.endpoint,
+        code = code.as_str(),
+        key = found.map_or("", |f| f.key.identity.as_str()),
+        token = found.map_or("", |f| f.slot_name()),
+        token_id = verdict.token_id.unwrap_or(""),
+        client = %request.client.map(|ip| ip.to_string()).unwrap_or_default(),
+        user_agent = %clean(request.user_agent),
+        action = %clean(request.action),
+        resource = %clean(request.resource),
+        "verification"
+    );
+}
+
+/// Caller-supplied text, bounded and without control characters, so one request stays one line
+/// in the text format too.
+fn clean(value: Option<&str>) -> Cow<'_, str> {
+    let value = value.unwrap_or("");
+    let cut = value
+        .char_indices()
+        .nth(MAX_FIELD)
+        .map_or(value, |(at, _)| &value[..at]);
+    if cut.chars().any(char::is_control) || cut.len() < value.len() {
+        Cow::Owned(
+            cut.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_text_is_one_bounded_line() {
+        assert_eq!(clean(Some("curl/8")), "curl/8");
+        assert_eq!(clean(Some("a\nb\r")), "a?b?");
+        assert_eq!(clean(Some(&"x".repeat(1000))).len(), MAX_FIELD);
+        assert_eq!(clean(None), "");
+    }
+}

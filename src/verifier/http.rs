@@ -1,0 +1,460 @@
+//! The verification endpoints of SPEC section 5: `POST /v1/verify`, `/v1/authz[/*]` for
+//! gateways, and the Kubernetes `TokenReview` webhook.
+//!
+//! Every endpoint goes through [`Verifier::check`](super::Verifier::check) (decision, metrics,
+//! audit, usage, failure throttling); this module only maps HTTP in and out.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use serde::{Deserialize, Serialize};
+
+use crate::grants::Context;
+
+use super::Verifier;
+use super::audit;
+use super::client_ip::client_ip;
+use super::decision::{Code, NoHeaders, RequestHeaders, VerifyRequest};
+use super::index::Verdict;
+
+/// Largest request body accepted (413 beyond): a verification is a token and a few strings.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Path of the TokenReview webhook.
+pub const TOKENREVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The verification API router. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the TCP peer is the client address
+/// unless it is a trusted proxy.
+pub fn router(verifier: Arc<Verifier>) -> Router {
+    Router::new()
+        .route("/v1/verify", post(verify))
+        .route("/v1/authz", any(authz))
+        .route("/v1/authz/{*path}", any(authz))
+        .route(TOKENREVIEW_PATH, post(tokenreview))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(verifier)
+}
+
+/// The body of `POST /v1/verify`. Unknown fields are ignored; `null` is the same as absent.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct VerifyBody {
+    /// The presented token.
+    pub token: String,
+    /// Action to authorize.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Resource the action is on.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Fields a create/update touches.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Environment the caller serves.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// End-user address, for callers that verify on someone's behalf.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// The end user's headers, for `requiredHeaders`.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Grant condition context.
+    #[serde(default)]
+    pub context: Option<BodyContext>,
+}
+
+/// `context` of a verify body.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct BodyContext {
+    /// Status of the resource (`conditions.status`).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Locale of the resource (`conditions.locales`).
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// Owner of the resource (`conditions.own`).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// Parse a `/v1/verify` body; an error means 400. Never panics, whatever the bytes.
+pub fn parse_verify_body(body: &[u8]) -> Result<VerifyBody, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+impl VerifyBody {
+    /// The end user's headers given in the body, for `requiredHeaders`.
+    pub fn headers(&self) -> BodyHeaders {
+        BodyHeaders(
+            self.headers
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// The request to decide; `client` is the address used when the body names none.
+    pub fn request<'a>(&'a self, headers: &'a BodyHeaders, client: IpAddr) -> VerifyRequest<'a> {
+        let context = self.context.as_ref();
+        VerifyRequest {
+            token: &self.token,
+            action: self.action.as_deref(),
+            resource: self.resource.as_deref(),
+            fields: self.fields.as_deref().unwrap_or_default(),
+            environment: self.environment.as_deref(),
+            ip: Some(self.ip.unwrap_or(client)),
+            headers,
+            context: Context {
+                status: context.and_then(|c| c.status.as_deref()),
+                locale: context.and_then(|c| c.locale.as_deref()),
+                owner: context.and_then(|c| c.owner.as_deref()),
+            },
+        }
+    }
+}
+
+/// Headers given in a verify body, keyed by lower-case name.
+pub struct BodyHeaders(Vec<(String, String)>);
+
+impl RequestHeaders for BodyHeaders {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyResponse<'a> {
+    valid: bool,
+    code: &'static str,
+    key: Option<KeyRef<'a>>,
+    environment: Option<&'a str>,
+    expires_at: Option<String>,
+    metadata: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permissions: Option<&'a [Box<str>]>,
+}
+
+#[derive(Serialize)]
+struct KeyRef<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    token: &'a str,
+    id: &'a str,
+}
+
+static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+
+fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
+    let found = verdict.found.as_ref();
+    let valid = verdict.code == Code::Valid;
+    let slot = found.and_then(|f| f.key.slots.get(f.slot));
+    VerifyResponse {
+        valid,
+        code: verdict.code.as_str(),
+        key: found.map(|f| KeyRef {
+            namespace: &f.key.namespace,
+            name: &f.key.name,
+            token: f.slot_name(),
+            id: &f.id,
+        }),
+        environment: found.and_then(|f| f.key.environment.as_deref()),
+        expires_at: found.and_then(|f| f.expires_at).map(|t| t.to_string()),
+        metadata: slot.filter(|_| valid).map_or(&NO_METADATA, |s| &s.metadata),
+        permissions: slot.filter(|_| valid).map(|s| s.grants.permissions()),
+    }
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn verify(
+    State(verifier): State<Arc<Verifier>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = match parse_verify_body(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            let message =
+                serde_json::json!({"error": format!("body is not a verification request: {err}")});
+            return (StatusCode::BAD_REQUEST, axum::Json(message)).into_response();
+        }
+    };
+    let client = body
+        .ip
+        .unwrap_or_else(|| client_ip(peer.ip(), &headers, &verifier.trusted_proxies));
+    let body_headers = body.headers();
+    let request = body.request(&body_headers, client);
+    let audit = audit::Request {
+        endpoint: "verify",
+        client: Some(client),
+        user_agent: user_agent(&headers),
+        action: request.action,
+        resource: request.resource,
+    };
+    let verdict = verifier.check(&request, &audit, true).await;
+    axum::Json(verify_response(&verdict)).into_response()
+}
+
+/// The token of a gateway request: `Authorization: Bearer <token>`, else `X-API-Key`.
+/// Empty when neither is there, which verifies as MALFORMED.
+fn presented_token(headers: &HeaderMap) -> &str {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+}
+
+#[derive(Default)]
+struct Asked {
+    action: Option<String>,
+    resource: Option<String>,
+    environment: Option<String>,
+}
+
+/// What a gateway asks: from the query on `/v1/authz` (ingress-nginx `auth-url`, Traefik
+/// `address`), from `X-Keysmith-*` headers on `/v1/authz/*` (Envoy appends the client's path and
+/// query there, so that query is the client's to choose and must not be believed).
+fn asked(uri: &Uri, headers: &HeaderMap) -> Asked {
+    if uri.path() == "/v1/authz" {
+        let mut asked = Asked::default();
+        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+            let slot = match &*k {
+                "action" => &mut asked.action,
+                "resource" => &mut asked.resource,
+                "environment" => &mut asked.environment,
+                _ => continue,
+            };
+            *slot = Some(v.into_owned());
+        }
+        asked
+    } else {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Asked {
+            action: get("x-keysmith-action"),
+            resource: get("x-keysmith-resource"),
+            environment: get("x-keysmith-environment"),
+        }
+    }
+}
+
+async fn authz(
+    State(verifier): State<Arc<Verifier>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let asked = asked(&uri, &headers);
+    let client = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
+    let request = VerifyRequest {
+        token: presented_token(&headers),
+        action: asked.action.as_deref(),
+        resource: asked.resource.as_deref(),
+        fields: &[],
+        environment: asked.environment.as_deref(),
+        ip: Some(client),
+        headers: &headers,
+        context: Context::default(),
+    };
+    let audit = audit::Request {
+        endpoint: "authz",
+        client: Some(client),
+        user_agent: user_agent(&headers),
+        action: request.action,
+        resource: request.resource,
+    };
+    let verdict = verifier.check(&request, &audit, true).await;
+    authz_response(&verdict)
+}
+
+fn authz_response(verdict: &Verdict<'_>) -> Response {
+    let code = verdict.code;
+    let status = match code {
+        Code::Valid => StatusCode::OK,
+        c if c.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut response = status.into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-keysmith-code", HeaderValue::from_static(code.as_str()));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    if let (Code::Valid, Some(found)) = (code, &verdict.found) {
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        set("x-keysmith-key", &found.key.identity);
+        set("x-keysmith-token", found.slot_name());
+        if let Some(env) = &found.key.environment {
+            set("x-keysmith-environment", env);
+        }
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct TokenReview {
+    kind: String,
+    #[serde(default)]
+    spec: TokenReviewSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenReviewSpec {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    audiences: Option<Vec<String>>,
+}
+
+/// The TokenReview webhook. It carries neither the end user's address nor headers, so keys with
+/// an IP allow-list or required headers do not authenticate here (fail closed); and it is not
+/// throttled, because its only client is the API server, which serves every user.
+async fn tokenreview(
+    State(verifier): State<Arc<Verifier>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<TokenReview>(&body);
+    let Some(review) = parsed.ok().filter(|r| r.kind == "TokenReview") else {
+        let message = serde_json::json!({"error": "body is not a TokenReview"});
+        return (StatusCode::BAD_REQUEST, axum::Json(message)).into_response();
+    };
+    let token = review.spec.token.as_deref().unwrap_or("");
+    let request = VerifyRequest {
+        token,
+        action: None,
+        resource: None,
+        fields: &[],
+        environment: None,
+        ip: None,
+        headers: &NoHeaders,
+        context: Context::default(),
+    };
+    let audit = audit::Request {
+        endpoint: "tokenreview",
+        client: Some(peer.ip()),
+        user_agent: user_agent(&headers),
+        action: None,
+        resource: None,
+    };
+    let verdict = verifier.check(&request, &audit, false).await;
+    let status = match (&verdict.found, verdict.code) {
+        (Some(found), Code::Valid) => {
+            let key = &found.key;
+            let mut user = serde_json::json!({
+                "username": format!("keysmith:{}:{}:{}", key.namespace, key.name, found.slot_name()),
+                "groups": [format!("keysmith:{}", key.namespace)],
+            });
+            if let Some(env) = &key.environment {
+                user["extra"] = serde_json::json!({"keysmith.dev/environment": [env]});
+            }
+            let mut status = serde_json::json!({"authenticated": true, "user": user});
+            // Keysmith tokens are not bound to an audience: valid for whichever was asked.
+            if let Some(audiences) = &review.spec.audiences {
+                status["audiences"] = serde_json::json!(audiences);
+            }
+            status
+        }
+        (_, code) => serde_json::json!({"authenticated": false, "error": code.as_str()}),
+    };
+    axum::Json(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "status": status,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let body = parse_verify_body(
+            br#"{"token":"t","action":"a","fields":null,"ip":"10.0.0.1","headers":{"X-A":"1"},"context":{"owner":"ns/k"},"extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(body.token, "t");
+        assert_eq!(body.ip, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(body.context.unwrap().owner.as_deref(), Some("ns/k"));
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"{}",
+            br#"{"token":1}"#,
+            br#"{"token":"t","ip":"nope"}"#,
+            br#"{"token":"t","fields":"x"}"#,
+            b"\xff",
+        ] {
+            assert!(parse_verify_body(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_or_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_token(&h), "");
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        assert_eq!(presented_token(&h), "k1");
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  k2 "),
+        );
+        assert_eq!(presented_token(&h), "k2");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(presented_token(&h), "k1");
+    }
+
+    #[test]
+    fn authz_query_only_on_the_exact_path() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keysmith-action", HeaderValue::from_static("from-header"));
+        let exact: Uri = "/v1/authz?action=content.read&resource=a%3Ab&x=1"
+            .parse()
+            .unwrap();
+        let a = asked(&exact, &h);
+        assert_eq!(a.action.as_deref(), Some("content.read"));
+        assert_eq!(a.resource.as_deref(), Some("a:b"));
+        let envoy: Uri = "/v1/authz/api/pages?action=admin".parse().unwrap();
+        let a = asked(&envoy, &h);
+        assert_eq!(a.action.as_deref(), Some("from-header"));
+        assert_eq!(a.resource, None);
+    }
+}

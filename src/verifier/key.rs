@@ -1,0 +1,184 @@
+//! What the verifier knows about one `ApiKey`: everything a decision needs except the tokens,
+//! built once per watch event and shared (`Arc`) by every token of the key.
+//!
+//! A spec that fails [`validate`] is still indexed, because its tokens are in a Secret someone
+//! mounts and dropping them would turn a typo into an outage. It is indexed *fail closed*: no
+//! grants (any request with an action is FORBIDDEN), IP allow-list entries that do not parse
+//! are left out while the list still restricts (an all-bad list admits nobody), and an
+//! unparsable `expiresAt` counts as already passed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use crate::api::{ApiKey, RequiredHeader};
+use crate::grants::CompiledGrants;
+use crate::validation::{InvalidSpec, validate};
+
+/// One ApiKey, as the decision reads it.
+#[derive(Debug)]
+pub struct KeyInfo {
+    /// Namespace of the ApiKey.
+    pub namespace: String,
+    /// Name of the ApiKey.
+    pub name: String,
+    /// `<namespace>/<name>`: what `own` compares `context.owner` with and `X-Keysmith-Key` says.
+    pub identity: String,
+    /// `spec.environment`.
+    pub environment: Option<String>,
+    /// `spec.disabled`.
+    pub disabled: bool,
+    /// `spec.expiresAt`: nothing verifies from this instant on.
+    pub expires_at: Option<Timestamp>,
+    /// `None`: any client address. `Some`: the address must fall in one of these (none: nobody).
+    pub ip_allow_list: Option<Vec<IpNet>>,
+    /// Headers the request must carry.
+    pub required_headers: Vec<HeaderRule>,
+    /// Token slots in spec order; index entries refer to them by position.
+    pub slots: Vec<SlotInfo>,
+}
+
+/// One token slot.
+#[derive(Debug)]
+pub struct SlotInfo {
+    /// Slot name (`key.token` in answers, `X-Keysmith-Token`).
+    pub name: String,
+    /// Returned with every VALID answer.
+    pub metadata: BTreeMap<String, String>,
+    /// The slot's effective grants; empty for an invalid spec.
+    pub grants: CompiledGrants,
+}
+
+/// A header the request must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Header name, lower-cased (HTTP header names are case-insensitive).
+    pub name: String,
+    /// Where the expected value comes from.
+    pub value: ExpectedValue,
+}
+
+/// The value a required header must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedValue {
+    /// Written in the ApiKey.
+    Literal(String),
+    /// A key of a Secret in the ApiKey's namespace.
+    Secret {
+        /// Secret name.
+        name: String,
+        /// Key in its data.
+        key: String,
+    },
+}
+
+impl KeyInfo {
+    /// Read an ApiKey. The second value is the validation error when the spec is invalid and
+    /// was indexed fail closed (see the module documentation).
+    pub fn from_apikey(apikey: &ApiKey) -> (KeyInfo, Option<InvalidSpec>) {
+        let spec = &apikey.spec;
+        let namespace = apikey.metadata.namespace.clone().unwrap_or_default();
+        let name = apikey.metadata.name.clone().unwrap_or_default();
+        let listed = spec
+            .restrictions
+            .as_ref()
+            .map(|r| r.ip_allow_list.as_slice())
+            .unwrap_or_default();
+        let required_headers = spec
+            .restrictions
+            .as_ref()
+            .map(|r| r.required_headers.iter().map(header_rule).collect())
+            .unwrap_or_default();
+        let metadata = |slot: &str| {
+            spec.tokens
+                .iter()
+                .find(|t| t.name == slot)
+                .map(|t| t.metadata.clone())
+                .unwrap_or_default()
+        };
+        let (slots, ip_allow_list, expires_at, error) = match validate(spec) {
+            Ok(valid) => {
+                let slots = valid
+                    .slots
+                    .into_iter()
+                    .map(|s| SlotInfo {
+                        metadata: metadata(&s.name),
+                        name: s.name,
+                        grants: s.grants,
+                    })
+                    .collect();
+                let ips = (!listed.is_empty()).then_some(valid.ip_allow_list);
+                (slots, ips, valid.expires_at, None)
+            }
+            Err(invalid) => {
+                let slots = spec
+                    .tokens
+                    .iter()
+                    .map(|t| SlotInfo {
+                        name: t.name.clone(),
+                        metadata: t.metadata.clone(),
+                        grants: CompiledGrants::default(),
+                    })
+                    .collect();
+                let ips = (!listed.is_empty())
+                    .then(|| listed.iter().filter_map(|c| parse_cidr(c)).collect());
+                let expires_at = spec
+                    .expires_at
+                    .as_deref()
+                    .map(|v| v.parse().unwrap_or(Timestamp::MIN));
+                (slots, ips, expires_at, Some(invalid))
+            }
+        };
+        let info = KeyInfo {
+            identity: format!("{namespace}/{name}"),
+            namespace,
+            name,
+            environment: spec.environment.clone(),
+            disabled: spec.disabled,
+            expires_at,
+            ip_allow_list,
+            required_headers,
+            slots,
+        };
+        (info, error)
+    }
+
+    /// Position of the slot named `name`.
+    pub fn slot_index(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    /// Secrets this key's required headers read, as `(name, key)`.
+    pub fn secret_refs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.required_headers.iter().filter_map(|h| match &h.value {
+            ExpectedValue::Secret { name, key } => Some((name.as_str(), key.as_str())),
+            ExpectedValue::Literal(_) => None,
+        })
+    }
+}
+
+fn header_rule(h: &RequiredHeader) -> HeaderRule {
+    let value = match (&h.value, &h.value_from) {
+        (_, Some(from)) => ExpectedValue::Secret {
+            name: from.secret_key_ref.name.clone(),
+            key: from.secret_key_ref.key.clone(),
+        },
+        // Neither is invalid; an empty literal is then required, which is as close to "closed"
+        // as a header rule gets without a value to compare.
+        (value, None) => ExpectedValue::Literal(value.clone().unwrap_or_default()),
+    };
+    HeaderRule {
+        name: h.name.to_ascii_lowercase(),
+        value,
+    }
+}
+
+/// The same rule as validation: a CIDR, or a bare address meaning that host.
+fn parse_cidr(value: &str) -> Option<IpNet> {
+    value
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| value.parse::<IpAddr>().ok().map(IpNet::from))
+}

@@ -1,0 +1,101 @@
+//! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{code}`,
+//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`.
+//!
+//! The per-code counters are created up front and kept in an array, so the hot path indexes it
+//! instead of hashing a label set behind the family's lock.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::decision::Code;
+
+/// Bucket bounds in seconds: verification takes microseconds, so most buckets are sub-millisecond.
+const BUCKETS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.01,
+    0.1, 1.0,
+];
+
+/// The verifier's metrics.
+pub struct Metrics {
+    requests: [Counter; Code::ALL.len()],
+    duration: Histogram,
+    index_tokens: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+type Requests = Family<Vec<(String, String)>, Counter<u64, AtomicU64>>;
+
+impl Metrics {
+    /// Create the metrics and register them in `registry` (whose prefix should be `keysmith`).
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let family = Requests::default();
+        let requests = Code::ALL.map(|c| {
+            family
+                .get_or_create(&vec![("code".into(), c.as_str().into())])
+                .clone()
+        });
+        registry.register("verify_requests", "Verifications answered, by code", family);
+        let duration = Histogram::new(BUCKETS);
+        registry.register(
+            "verify_duration_seconds",
+            "Time to decide a verification (excluding any failure delay)",
+            duration.clone(),
+        );
+        let index_tokens = Gauge::default();
+        registry.register(
+            "index_tokens",
+            "Tokens (current and previous) the verifier's index accepts",
+            index_tokens.clone(),
+        );
+        Metrics {
+            requests,
+            duration,
+            index_tokens,
+        }
+    }
+
+    /// Count one verification.
+    pub fn observe(&self, code: Code, took: Duration) {
+        self.requests[code.index()].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Publish the index size.
+    pub fn set_index_tokens(&self, tokens: usize) {
+        self.index_tokens
+            .set(i64::try_from(tokens).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_the_specified_ones() {
+        let mut registry = Registry::with_prefix("keysmith");
+        let metrics = Metrics::register(&mut registry);
+        metrics.observe(Code::NotFound, Duration::from_micros(3));
+        metrics.set_index_tokens(7);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("keysmith_verify_requests_total{code=\"NOT_FOUND\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keysmith_verify_requests_total{code=\"VALID\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keysmith_verify_duration_seconds_bucket{le=\"0.000005\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("keysmith_index_tokens 7"), "{text}");
+    }
+}

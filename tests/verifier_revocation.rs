@@ -1,0 +1,196 @@
+//! End to end: revocation (delete the ApiKey → the verifier stops accepting its tokens, with the
+//! delay measured and printed, not asserted), rotation overlap, live spec changes, and the
+//! one-line start-up failure without permissions.
+
+mod verifier_common;
+
+use std::time::Instant;
+
+use keysmith::verifier::{self, Options};
+use keysmith_emulator::Identity;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use verifier_common::{NS, emulator, start, status_token, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_revokes_with_and_without_a_finalizer() {
+    let h = start(&[]).await;
+    let (kept, gone) = (token("ks_"), token("ks_"));
+    h.create_key(
+        "kept",
+        json!({"tokens": [{"name": "main"}]}),
+        &["keysmith.dev/revoke"],
+        vec![status_token("main", &kept)],
+    )
+    .await;
+    h.create_key(
+        "gone",
+        json!({"tokens": [{"name": "main"}]}),
+        &[],
+        vec![status_token("main", &gone)],
+    )
+    .await;
+    h.wait_for_code(kept.expose_secret(), "VALID").await;
+    h.wait_for_code(gone.expose_secret(), "VALID").await;
+
+    // With the controller's finalizer the object stays, with a deletionTimestamp.
+    let start = Instant::now();
+    h.apikeys()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_for_code(kept.expose_secret(), "REVOKED").await;
+    let with_finalizer = start.elapsed();
+    assert!(
+        h.apikeys().get_opt("kept").await.unwrap().is_some(),
+        "still there, being deleted"
+    );
+
+    // Without one the object goes at once (a Deleted event).
+    let start = Instant::now();
+    h.apikeys()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_for_code(gone.expose_secret(), "REVOKED").await;
+    let without = start.elapsed();
+    println!(
+        "revocation delay: {with_finalizer:?} with a finalizer (deletionTimestamp), {without:?} without (Deleted)"
+    );
+
+    // The controller removing its finalizer leaves the answer at REVOKED.
+    h.apikeys()
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    verifier_common::eventually("the ApiKey to be gone", || async {
+        h.apikeys()
+            .get_opt("kept")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(h.code(kept.expose_secret()).await, "REVOKED");
+    let r = verifier_common::request(
+        h.api,
+        "GET",
+        "/v1/authz",
+        &[("X-API-Key", kept.expose_secret())],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_overlap_then_expired_then_not_found() {
+    let h = start(&[]).await;
+    let (old, new) = (token("ks_"), token("ks_"));
+    h.create_key(
+        "rot",
+        json!({"tokens": [{"name": "main"}]}),
+        &[],
+        vec![status_token("main", &old)],
+    )
+    .await;
+    h.wait_for_code(old.expose_secret(), "VALID").await;
+
+    // The controller rotates: new current, old as previous until validUntil.
+    let valid_until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    let mut rotated = status_token("main", &new);
+    rotated["previous"] =
+        json!({"id": old.id(), "sha256": old.sha256_hex(), "validUntil": valid_until.to_string()});
+    h.set_status_tokens("rot", vec![rotated]).await;
+    h.wait_for_code(new.expose_secret(), "VALID").await;
+    let answer = h.verify(json!({"token": old.expose_secret()})).await;
+    if jiff::Timestamp::now() < valid_until {
+        assert_eq!(
+            answer["code"], "VALID",
+            "the old token works during the overlap"
+        );
+    }
+    // Past validUntil the old token is EXPIRED, with no event needed.
+    h.wait_for_code(old.expose_secret(), "EXPIRED").await;
+    assert!(jiff::Timestamp::now() >= valid_until);
+    assert_eq!(h.code(new.expose_secret()).await, "VALID");
+
+    // The controller then drops `previous`: the old token is unknown.
+    h.set_status_tokens("rot", vec![status_token("main", &new)])
+        .await;
+    h.wait_for_code(old.expose_secret(), "NOT_FOUND").await;
+    assert_eq!(h.code(new.expose_secret()).await, "VALID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_changes_apply_without_a_restart() {
+    let h = start(&[]).await;
+    let t = token("ks_");
+    h.create_key(
+        "live",
+        json!({"tokens": [{"name": "main"}], "environment": "staging"}),
+        &[],
+        vec![status_token("main", &t)],
+    )
+    .await;
+    h.wait_for_code(t.expose_secret(), "VALID").await;
+    let apikeys = h.apikeys();
+    let patch = |spec| {
+        let apikeys = apikeys.clone();
+        async move {
+            apikeys
+                .patch(
+                    "live",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": spec})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    patch(json!({"disabled": true})).await;
+    h.wait_for_code(t.expose_secret(), "DISABLED").await;
+    patch(json!({"disabled": false, "expiresAt": "2026-01-01T00:00:00Z"})).await;
+    h.wait_for_code(t.expose_secret(), "EXPIRED").await;
+    patch(json!({"expiresAt": null})).await;
+    h.wait_for_code(t.expose_secret(), "VALID").await;
+    let answer = h
+        .verify(json!({"token": t.expose_secret(), "environment": "production"}))
+        .await;
+    assert_eq!(answer["code"], "ENVIRONMENT_MISMATCH");
+    let _ = NS;
+}
+
+#[tokio::test]
+async fn without_permissions_start_up_fails_with_one_clear_line() {
+    let emu = emulator().await;
+    let stranger = emu
+        .client_as(&Identity::service_account("keysmith", "nobody"))
+        .await
+        .unwrap();
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        trusted_proxies: vec![],
+        namespace: Some("shop".into()),
+        selector: None,
+    };
+    let err = verifier::preflight(stranger, &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cannot list ApiKeys in namespace shop: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("forbidden") || err.contains("Forbidden"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+}
