@@ -6,8 +6,8 @@
 //! must already be consistent: every token in every Secret verifies through the verifier's index
 //! built from the ApiKeys as they are, and no previous token's window was stretched. After the
 //! last restart the fleet must converge: no Secret missing, no ApiKey stuck (every rotation
-//! request answered), every previous token gone once its window ended and answering EXPIRED or
-//! NOT_FOUND rather than VALID.
+//! request answered), and once every overlap window has ended no token but the current ones
+//! verifies.
 //!
 //! CI size by default; `KEYSMITH_LONG=1` runs the long version (400 keys, 60 kills).
 //! `KEYSMITH_CRASH_KEYS`, `KEYSMITH_CRASH_KILLS` and `KEYSMITH_CRASH_SEED` override the size and
@@ -36,9 +36,14 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use support::*;
 
-/// Overlap of every key: longer than any controller outage in this test (kills come within
-/// seconds of a start), so a token a crash left in a Secret as `previous` still verifies.
-const OVERLAP: SignedDuration = SignedDuration::from_secs(8);
+/// Overlap of every key. A token a crash left in a Secret as `previous` verifies until the
+/// restarted controller's pass reaches its key and publishes the new one, and no longer: windows
+/// are never stretched, so the overlap must outlast the outage. Killed every second or two, a
+/// controller with hundreds of keys may die again before its pass reaches a key, and the outage
+/// then spans several restarts; the kill loop therefore lets the controller finish any
+/// rotation a kill interrupted more than [`OVERLAP`]`/3` ago before it kills again (see
+/// docs/RELIABILITY.md for what happens without that guard). Production overlaps are hours.
+const OVERLAP: SignedDuration = SignedDuration::from_secs(30);
 
 /// Slots of key `i`: one or two, base62 and hex, so per-slot annotations mean something.
 fn slots(i: usize) -> &'static [&'static str] {
@@ -248,6 +253,30 @@ struct Seen {
     /// status write and the Secret write.
     interrupted: HashSet<String>,
     checked: usize,
+    /// The longest a kill-interrupted rotation waited for a controller to complete it.
+    longest_outage: SignedDuration,
+}
+
+/// How long ago the oldest rotation still incomplete was interrupted: a Secret holding its
+/// slot's `previous` token, whose window opened `OVERLAP` before its `validUntil`.
+fn oldest_interrupted(emu: &Emulator) -> SignedDuration {
+    let snap = snapshot(emu);
+    let now = Timestamp::now();
+    let mut oldest = SignedDuration::ZERO;
+    for key in &snap.keys {
+        let Some(held) = snap.secrets.get(key["metadata"]["name"].as_str().unwrap()) else {
+            continue;
+        };
+        for slot in key["status"]["tokens"].as_array().into_iter().flatten() {
+            let previous = &slot["previous"];
+            let token = slot["name"].as_str().and_then(|n| held.get(n));
+            if token.is_some_and(|t| previous["sha256"] == sha256_hex(t).as_str()) {
+                let until: Timestamp = previous["validUntil"].as_str().unwrap().parse().unwrap();
+                oldest = oldest.max(now.duration_since(until - OVERLAP));
+            }
+        }
+    }
+    oldest
 }
 
 /// The invariants that must hold at any instant, even right after a SIGKILL.
@@ -317,7 +346,8 @@ struct Driver {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Keep requesting rotations: every ~15 ms a random key gets a new `keysmith.dev/rotate` value
+/// Keep requesting rotations: every ~40 ms (well within what a debug-build controller on two cores
+/// sustains, so the backlog stays bounded) a random key gets a new `keysmith.dev/rotate` value
 /// (every slot) or a new `keysmith.dev/rotate-a` value (one slot), as `keysmith rotate` would.
 fn drive(admin: kube::Client, keys: usize, seed: u64) -> Driver {
     let requests = Arc::new(AtomicU64::new(0));
@@ -329,7 +359,7 @@ fn drive(admin: kube::Client, keys: usize, seed: u64) -> Driver {
             let api: Api<ApiKey> = Api::namespaced(admin, NS);
             let mut rng = StdRng::seed_from_u64(seed);
             while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(15)).await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
                 if paused.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -403,7 +433,7 @@ fn converged(emu: &Emulator, keys: usize) -> Result<(), String> {
 }
 
 /// Poll `check` until it holds, failing with its last complaint after `limit`.
-async fn until(what: &str, limit: Duration, check: impl Fn() -> Result<(), String>) {
+async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match check() {
@@ -411,7 +441,7 @@ async fn until(what: &str, limit: Duration, check: impl Fn() -> Result<(), Strin
             Err(why) if tokio::time::Instant::now() > deadline => {
                 panic!("timed out waiting for {what}: {why}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(40)).await,
         }
     }
 }
@@ -448,6 +478,19 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
         // Random moments from start-up (lease, initial list) to deep in a rotation burst.
         let alive = Duration::from_millis(rng.random_range(200..3000));
         tokio::time::sleep(alive).await;
+        // The guard described at OVERLAP: an interrupted rotation must not outlive its window.
+        until(
+            "interrupted rotations to complete",
+            Duration::from_secs(120),
+            || {
+                let oldest = oldest_interrupted(&emu);
+                seen.longest_outage = seen.longest_outage.max(oldest);
+                (oldest < OVERLAP / 3)
+                    .then_some(())
+                    .ok_or(format!("one waits since {oldest:?}"))
+            },
+        )
+        .await;
         driver.paused.store(true, Ordering::Relaxed);
         controller.kill();
         check_consistent(
@@ -468,38 +511,33 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
     .await;
     check_consistent(&emu, &mut seen, "after convergence");
 
-    // Every window opened during the run ends within OVERLAP; then the controller drops the
-    // previous tokens and none of the tokens the Secrets ever held verifies but the current ones.
-    until(
-        "every overlap window to close",
-        Duration::from_secs(60),
-        || {
-            let snap = snapshot(&emu);
-            let open: Vec<String> = snap
-                .keys
-                .iter()
-                .flat_map(|k| {
-                    k["status"]["tokens"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .filter_map(|t| t["previous"]["validUntil"].as_str().map(str::to_owned))
-                .collect();
-            if open.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} previous tokens still in status", open.len()))
-            }
-        },
-    )
-    .await;
+    // Once every window opened during the run has ended, none of the tokens the Secrets ever
+    // held verifies but the current ones. The verifier is asked at that future instant rather
+    // than waited for; that the controller then drops `previous` from status is covered with a
+    // test clock in controller_rotation.rs.
     let snap = snapshot(&emu);
-    let now = Timestamp::now();
-    let index = snap.index(now);
+    let after_windows = snap
+        .keys
+        .iter()
+        .flat_map(|k| {
+            k["status"]["tokens"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|t| {
+            t["previous"]["validUntil"]
+                .as_str()?
+                .parse::<Timestamp>()
+                .ok()
+        })
+        .max()
+        .unwrap_or_else(Timestamp::now)
+        + SignedDuration::from_secs(1);
+    let index = snap.index(Timestamp::now());
     let current: HashSet<&str> = snap.secret_tokens().map(|(_, _, t)| t).collect();
     for token in seen.tokens.keys() {
-        let code = verify(&index, token, now);
+        let code = verify(&index, token, after_windows);
         if current.contains(token.as_str()) {
             assert_eq!(code, Code::Valid, "a current token does not verify");
         } else {
@@ -513,12 +551,14 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
     println!(
         "crash test: {} starts, {} kills, {} rotation requests, {} Secret tokens checked at kill \
          points ({} distinct tokens held as previous: a kill fell between the status and the Secret \
-         write), {} distinct tokens seen, all consistent, in {:?}",
+         write; the longest waited {:?} for completion), {} distinct tokens seen, all consistent, in \
+         {:?}",
         controller.starts,
         size.kills,
         driver.requests.load(Ordering::Relaxed),
         seen.checked,
         seen.interrupted.len(),
+        seen.longest_outage,
         seen.tokens.len(),
         started.elapsed()
     );
