@@ -241,3 +241,72 @@ spec:
     assert_eq!(h.controller_writes().len(), 0);
     assert_eq!(h.events("InvalidSpec").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_and_namespace_shard_the_keys() {
+    let h = Harness::start_scoped(keysmith::controller::Scope {
+        namespace: Some(NS.into()),
+        selector: Some("shard=a".into()),
+    })
+    .await;
+    h.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: mine, namespace: cms, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: theirs, namespace: cms, labels: {shard: b}}
+spec: {tokens: [{name: a}]}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: elsewhere, namespace: other, labels: {shard: a}}
+spec: {tokens: [{name: a}]}
+"#,
+    );
+    h.wait_key("mine", "Ready", ready).await;
+    h.settle().await;
+    assert!(h.apikey("theirs").unwrap()["status"].is_null());
+    let elsewhere = h
+        .emu
+        .get("keysmith.dev/v1alpha1", "ApiKey", "other", "elsewhere")
+        .unwrap();
+    assert!(elsewhere["status"].is_null());
+    assert!(h.controller_writes().iter().all(|e| e.name == "mine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_report_api_error_and_recover() {
+    let h = Harness::start().await;
+    h.emu
+        .faults()
+        .error_rate(keysmith_emulator::Target::new("patch", "secrets"), 500, 1.0);
+    h.apply(TWO_SLOTS);
+    let key = h
+        .wait_key("site", "ApiError", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "ApiError")
+        })
+        .await;
+    let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("writing Secret cms/site"), "{message}");
+    h.emu.faults().clear();
+    h.clock.resync();
+    h.wait_key("site", "recovered", ready).await;
+    let secret = eventually("Secret written", || async { h.secret("site") }).await;
+    let key = h.apikey("site").unwrap();
+    assert_eq!(
+        sha256_hex(&secret_value(&secret, "DELIVERY_TOKEN").unwrap()),
+        token(&key, "delivery")["sha256"].as_str().unwrap()
+    );
+    assert!(
+        h.metrics()
+            .contains(r#"keysmith_reconcile_errors_total{reason="api"}"#)
+    );
+}

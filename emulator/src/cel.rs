@@ -6,6 +6,10 @@
 //! comprehensions, ...) are skipped and reported back as warnings instead of
 //! rejecting every object, because a real API server would have evaluated
 //! them; the README lists the gap.
+//!
+//! Rules are compiled once per CRD version (when the CRD is written, see
+//! `registry::CrdInfo`), not on every object write: compiling dominated the
+//! cost of a create.
 
 use serde_json::Value;
 
@@ -16,6 +20,18 @@ use crate::error::Cause;
 thread_local! {
     // Registering the Kubernetes CEL libraries is costly; do it once per thread.
     static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+}
+
+/// The compiled `x-kubernetes-validations` rules of one schema.
+#[derive(Debug)]
+pub struct Rules(kube_cel::CompiledSchema);
+
+impl Rules {
+    /// Compile every rule of `schema` (rules that do not compile are kept as
+    /// compilation errors and reported as skipped when evaluated).
+    pub fn compile(schema: &Value) -> Self {
+        Rules(kube_cel::compile_schema(schema))
+    }
 }
 
 /// Outcome of evaluating a schema's CEL rules.
@@ -62,9 +78,9 @@ fn at_path<'v>(obj: &'v Value, path: &str) -> Option<&'v Value> {
     Some(cur)
 }
 
-/// Evaluate every rule of `schema` against `obj` (and `old` for transition rules).
+/// Evaluate every rule against `obj` (and `old` for transition rules).
 pub fn evaluate(
-    schema: &Value,
+    rules: &Rules,
     obj: &Value,
     old: Option<&Value>,
     root: (&str, &str, &str),
@@ -76,7 +92,8 @@ pub fn evaluate(
         kind: kind.into(),
     };
     let mut outcome = CelOutcome::default();
-    let result = VALIDATOR.with(|v| v.validate_with_context(schema, obj, old, Some(&ctx)));
+    let result =
+        VALIDATOR.with(|v| v.validate_compiled_with_context(&rules.0, obj, old, Some(&ctx)));
     let Err(errors) = result else {
         return outcome;
     };
@@ -118,8 +135,9 @@ mod tests {
                 {"rule": "cel.bind(x, self.min, x > 0)"}
             ],
             "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}}}}});
+        let rules = Rules::compile(&schema);
         let out = evaluate(
-            &schema,
+            &rules,
             &json!({"spec": {"min": 5, "max": 1}}),
             None,
             ("example.com/v1", "example.com", "Widget"),
@@ -132,7 +150,7 @@ mod tests {
         );
         assert!(
             evaluate(
-                &schema,
+                &rules,
                 &json!({"spec": {"min": 1, "max": 5}}),
                 None,
                 ("", "", "")

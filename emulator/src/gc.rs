@@ -7,51 +7,22 @@
 //! terminating namespace is emptied, then removed.
 //!
 //! Unlike Kubernetes, the sweep runs synchronously inside the write that
-//! triggers it, so tests observe a settled state right after the call.
-
-use std::collections::{HashMap, HashSet};
+//! triggers it, so tests observe a settled state right after the call. It
+//! visits only the objects the store queued because a write concerned them
+//! (see `Store::next_gc_pending`), with dependents found through the store's
+//! owner index, so its cost follows the objects involved, not the store size.
 
 use serde_json::{Value, json};
 
 use crate::objects::{State, finalizers, now};
 use crate::registry::GroupResource;
-use crate::store::ObjectKey;
+use crate::store::{Location, ObjectKey, owner_uids};
 
 /// The finalizer of foreground deletion.
 pub const FOREGROUND: &str = "foregroundDeletion";
 
-struct Info {
-    gr: GroupResource,
-    key: ObjectKey,
-    uid: String,
-    deleting: bool,
-    finalizers: Vec<String>,
-    /// (owner uid, blockOwnerDeletion)
-    owners: Vec<(String, bool)>,
-}
-
-fn snapshot(st: &State) -> Vec<Info> {
-    st.store
-        .all()
-        .map(|(gr, key, obj)| Info {
-            gr: gr.clone(),
-            key: key.clone(),
-            uid: obj["metadata"]["uid"].as_str().unwrap_or_default().into(),
-            deleting: !obj["metadata"]["deletionTimestamp"].is_null(),
-            finalizers: finalizers(obj),
-            owners: obj["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    (
-                        r["uid"].as_str().unwrap_or_default().to_string(),
-                        r["blockOwnerDeletion"].as_bool().unwrap_or(false),
-                    )
-                })
-                .collect(),
-        })
-        .collect()
+fn is_deleting(obj: &Value) -> bool {
+    !obj["metadata"]["deletionTimestamp"].is_null()
 }
 
 /// Start deleting an object: removed at once without finalizers, otherwise
@@ -64,7 +35,7 @@ fn begin_delete(st: &mut State, gr: &GroupResource, key: &ObjectKey) {
         st.remove_final(gr, &key.0, &key.1);
         return;
     }
-    if obj["metadata"]["deletionTimestamp"].is_null() {
+    if !is_deleting(&obj) {
         obj["metadata"]["deletionTimestamp"] = json!(now());
         obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
         if is_namespace(gr) {
@@ -92,17 +63,10 @@ fn drop_finalizer(st: &mut State, gr: &GroupResource, key: &ObjectKey, finalizer
 /// Remove owner references to `owner_uid` from every dependent (the
 /// `Orphan` propagation policy).
 pub fn orphan_dependents(st: &mut State, owner_uid: &str) {
-    let dependents: Vec<(GroupResource, ObjectKey, Value)> = st
-        .store
-        .all()
-        .filter(|(_, _, o)| {
-            o["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
-        })
-        .map(|(gr, k, o)| (gr.clone(), k.clone(), o.clone()))
-        .collect();
-    for (gr, _, mut obj) in dependents {
+    for (gr, key) in st.store.dependents_of(owner_uid) {
+        let Some(mut obj) = st.store.get(&gr, &key.0, &key.1).cloned() else {
+            continue;
+        };
         if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
             refs.retain(|r| r["uid"] != owner_uid);
         }
@@ -110,83 +74,65 @@ pub fn orphan_dependents(st: &mut State, owner_uid: &str) {
     }
 }
 
-/// Run garbage collection and deletion completion to a fixpoint.
+/// Run garbage collection and deletion completion until nothing the store
+/// queued needs more work.
 pub fn sweep(st: &mut State) {
-    loop {
-        let infos = snapshot(st);
-        let live: HashSet<&str> = infos.iter().map(|i| i.uid.as_str()).collect();
-        let mut dependents: HashMap<&str, Vec<&Info>> = HashMap::new();
-        for i in &infos {
-            for (owner, _) in &i.owners {
-                dependents.entry(owner.as_str()).or_default().push(i);
+    while let Some((gr, key)) = st.store.next_gc_pending() {
+        let Some(obj) = st.store.get(&gr, &key.0, &key.1) else {
+            continue;
+        };
+        let deleting = is_deleting(obj);
+        let fins = finalizers(obj);
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let owners = owner_uids(obj);
+        if deleting && is_namespace(&gr) {
+            empty_namespace(st, &gr, &key);
+        } else if deleting && fins.is_empty() {
+            st.remove_final(&gr, &key.0, &key.1);
+        } else if deleting && fins.iter().any(|f| f == FOREGROUND) {
+            let deps = st.store.dependents_of(&uid);
+            for (dgr, dkey) in &deps {
+                begin_delete(st, dgr, dkey);
             }
-        }
-        let mut actions: Vec<Action> = Vec::new();
-        for i in &infos {
-            if i.deleting && i.finalizers.is_empty() && !is_namespace(&i.gr) {
-                actions.push(Action::Remove(i.gr.clone(), i.key.clone()));
-                continue;
+            // Dependents removed at once no longer block; the others are
+            // deleting now and requeue this owner when they go.
+            let blocked = deps.iter().any(|(dgr, dkey)| {
+                st.store.get(dgr, &dkey.0, &dkey.1).is_some_and(|d| {
+                    d["metadata"]["ownerReferences"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r["uid"] == uid.as_str() && r["blockOwnerDeletion"] == true)
+                })
+            });
+            if !blocked {
+                drop_finalizer(st, &gr, &key, FOREGROUND);
             }
-            if i.deleting && is_namespace(&i.gr) {
-                let ns = &i.key.1;
-                let contents: Vec<&Info> = infos
-                    .iter()
-                    .filter(|o| !is_namespace(&o.gr) && o.key.0 == *ns)
-                    .collect();
-                if contents.is_empty() {
-                    actions.push(Action::Remove(i.gr.clone(), i.key.clone()));
-                } else {
-                    actions.extend(
-                        contents
-                            .into_iter()
-                            .filter(|o| !o.deleting)
-                            .map(|o| Action::Delete(o.gr.clone(), o.key.clone())),
-                    );
-                }
-                continue;
-            }
-            if i.deleting && i.finalizers.iter().any(|f| f == FOREGROUND) {
-                let deps = dependents.get(i.uid.as_str()).cloned().unwrap_or_default();
-                actions.extend(
-                    deps.iter()
-                        .filter(|d| !d.deleting)
-                        .map(|d| Action::Delete(d.gr.clone(), d.key.clone())),
-                );
-                let blocked = deps
-                    .iter()
-                    .any(|d| d.owners.iter().any(|(uid, block)| *block && *uid == i.uid));
-                if !blocked {
-                    actions.push(Action::DropFinalizer(
-                        i.gr.clone(),
-                        i.key.clone(),
-                        FOREGROUND,
-                    ));
-                }
-                continue;
-            }
-            let orphaned = !i.owners.is_empty()
-                && i.owners.iter().all(|(uid, _)| !live.contains(uid.as_str()));
-            if orphaned && !i.deleting {
-                actions.push(Action::Delete(i.gr.clone(), i.key.clone()));
-            }
-        }
-        if actions.is_empty() {
-            return;
-        }
-        for a in actions {
-            match a {
-                Action::Remove(gr, key) => {
-                    st.remove_final(&gr, &key.0, &key.1);
-                }
-                Action::Delete(gr, key) => begin_delete(st, &gr, &key),
-                Action::DropFinalizer(gr, key, f) => drop_finalizer(st, &gr, &key, f),
-            }
+        } else if !deleting
+            && !owners.is_empty()
+            && owners.iter().all(|o| st.store.locate(o).is_none())
+        {
+            begin_delete(st, &gr, &key);
         }
     }
 }
 
-enum Action {
-    Remove(GroupResource, ObjectKey),
-    Delete(GroupResource, ObjectKey),
-    DropFinalizer(GroupResource, ObjectKey, &'static str),
+/// A terminating namespace: delete what it holds; once empty, remove it.
+fn empty_namespace(st: &mut State, gr: &GroupResource, key: &ObjectKey) {
+    let ns = &key.1;
+    let contents: Vec<Location> = st
+        .store
+        .in_namespace(ns)
+        .filter(|(_, _, o)| !is_deleting(o))
+        .map(|(g, k, _)| (g.clone(), k.clone()))
+        .collect();
+    for (cgr, ckey) in &contents {
+        begin_delete(st, cgr, ckey);
+    }
+    if st.store.in_namespace(ns).next().is_none() {
+        st.remove_final(gr, &key.0, &key.1);
+    }
 }

@@ -107,6 +107,9 @@ pub struct Config {
     pub fault_seed: u64,
     /// Bearer token of the `system:masters` administrator.
     pub admin_token: String,
+    /// Request log entries kept (the oldest are dropped first); the write
+    /// counts of `RequestLog::writes` stay exact regardless.
+    pub request_log_limit: usize,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             fault_seed: 0,
             admin_token: "keysmith-emulator-admin".into(),
+            request_log_limit: 100_000,
         }
     }
 }
@@ -198,6 +202,7 @@ impl Emulator {
             },
             config.bookmark_interval,
             addr.to_string(),
+            server::RequestLog::new(config.request_log_limit),
         ));
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         let router = handlers::router(server.clone());

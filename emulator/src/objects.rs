@@ -308,7 +308,9 @@ impl State {
     ) -> ApiResult<Vec<String>> {
         let mut warnings = Vec::new();
         let name = meta_str(obj, "name").to_string();
-        if let Some(schema) = rt.crd.as_ref().and_then(|c| c.schema.as_ref()) {
+        if let Some(crd) = rt.crd.as_ref()
+            && let (Some(schema), Some(rules)) = (&crd.schema, &crd.rules)
+        {
             let mut unknown = schema::prune(schema, obj);
             unknown.sort();
             if !unknown.is_empty() {
@@ -336,7 +338,7 @@ impl State {
             let mut causes = schema::validate(schema, obj);
             if causes.is_empty() {
                 let outcome =
-                    cel::evaluate(schema, obj, old, (&rt.api_version(), &rt.group, &rt.kind));
+                    cel::evaluate(rules, obj, old, (&rt.api_version(), &rt.group, &rt.kind));
                 causes = outcome.causes;
                 warnings.extend(outcome.skipped.iter().map(|r| {
                     format!("x-kubernetes-validations rule not evaluated by the emulator: {r}")
@@ -701,8 +703,10 @@ impl State {
             ));
         }
         check_type(rt, body)?;
+        // Like the API server, accept an applied configuration without a name: the URL names
+        // the object (kube-lease-manager applies Lease changes this way).
         let body_name = meta_str(body, "name");
-        if body_name != name {
+        if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));

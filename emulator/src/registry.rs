@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::cel::Rules;
+
 /// A (group, plural) pair: the storage identity of a resource, shared by all
 /// its versions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,12 +47,16 @@ pub struct PrinterColumn {
 }
 
 /// What a CRD adds to a served kind: schema, printer columns, CRD name.
-#[derive(Debug, Clone)]
+/// Rebuilt whenever the CRD object is written, which keeps the compiled CEL
+/// rules in step with the schema they came from.
+#[derive(Debug)]
 pub struct CrdInfo {
     /// `metadata.name` of the CustomResourceDefinition.
     pub crd_name: String,
     /// `schema.openAPIV3Schema` of this version, if any.
     pub schema: Option<Value>,
+    /// The schema's CEL rules, compiled (present with `schema`).
+    pub rules: Option<Rules>,
     /// `additionalPrinterColumns` of this version.
     pub printer_columns: Vec<PrinterColumn>,
 }
@@ -509,6 +515,9 @@ fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
                 })
                 .unwrap_or_default();
             let version = v["name"].as_str().unwrap_or_default().to_string();
+            let schema = v["schema"]["openAPIV3Schema"]
+                .is_object()
+                .then(|| v["schema"]["openAPIV3Schema"].clone());
             ResourceType {
                 group: group.into(),
                 preferred: version == storage,
@@ -527,9 +536,8 @@ fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
                 virtual_create_only: false,
                 crd: Some(Arc::new(CrdInfo {
                     crd_name: crd_name.into(),
-                    schema: v["schema"]["openAPIV3Schema"]
-                        .is_object()
-                        .then(|| v["schema"]["openAPIV3Schema"].clone()),
+                    rules: schema.as_ref().map(Rules::compile),
+                    schema,
                     printer_columns,
                 })),
             }

@@ -1,7 +1,7 @@
 //! The shared server: state behind one lock, authentication, the request
 //! log, faults, and the listener loop (plain HTTP or TLS).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,41 +52,78 @@ impl LogEntry {
 }
 
 /// The request log of a running emulator; cheap to clone, shared.
-#[derive(Debug, Clone, Default)]
+///
+/// It keeps the newest entries up to a limit (`Config::request_log_limit`),
+/// so a long `keysmith dev` session or a scale run does not grow without
+/// bound, while successful writes are counted per resource without a limit,
+/// so [`RequestLog::writes`] stays exact however many requests were served.
+#[derive(Debug, Clone)]
 pub struct RequestLog {
-    entries: Arc<Mutex<Vec<LogEntry>>>,
+    inner: Arc<Mutex<LogInner>>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    entries: VecDeque<LogEntry>,
+    limit: usize,
+    writes: HashMap<String, usize>,
 }
 
 impl RequestLog {
-    fn lock(&self) -> MutexGuard<'_, Vec<LogEntry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    /// A log retaining the newest `limit` entries.
+    pub(crate) fn new(limit: usize) -> Self {
+        RequestLog {
+            inner: Arc::new(Mutex::new(LogInner {
+                entries: VecDeque::new(),
+                limit,
+                writes: HashMap::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn push(&self, entry: LogEntry) {
-        self.lock().push(entry);
+        let mut log = self.lock();
+        if entry.is_write() && (200..300).contains(&entry.code) {
+            *log.writes.entry(entry.resource.clone()).or_default() += 1;
+        }
+        if log.entries.len() >= log.limit {
+            log.entries.pop_front();
+        }
+        if log.limit > 0 {
+            log.entries.push_back(entry);
+        }
     }
 
-    /// Every request so far, oldest first.
+    /// Every retained request, oldest first.
     pub fn entries(&self) -> Vec<LogEntry> {
-        self.lock().clone()
+        self.lock().entries.iter().cloned().collect()
     }
 
-    /// Requests matching a predicate.
+    /// Retained requests matching a predicate.
     pub fn filter(&self, pred: impl Fn(&LogEntry) -> bool) -> Vec<LogEntry> {
-        self.lock().iter().filter(|e| pred(e)).cloned().collect()
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
     }
 
-    /// Successful writes (2xx) to a resource, e.g. `writes("secrets")`.
+    /// Successful writes (2xx) to a resource since the last `clear`, e.g.
+    /// `writes("secrets")`; counted even once their entries are dropped.
     pub fn writes(&self, resource: &str) -> usize {
-        self.lock()
-            .iter()
-            .filter(|e| e.is_write() && e.resource == resource && (200..300).contains(&e.code))
-            .count()
+        self.lock().writes.get(resource).copied().unwrap_or(0)
     }
 
     /// Forget everything logged so far.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut log = self.lock();
+        log.entries.clear();
+        log.writes.clear();
     }
 }
 
@@ -147,11 +184,12 @@ impl Server {
         auth: Auth,
         bookmark_interval: Duration,
         address: String,
+        log: RequestLog,
     ) -> Self {
         Server {
             state: Mutex::new(state),
             faults,
-            log: RequestLog::default(),
+            log,
             auth,
             bookmark_interval,
             address,
@@ -196,5 +234,42 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<TlsMateria
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(verb: &str, code: u16) -> LogEntry {
+        LogEntry {
+            verb: verb.into(),
+            group: String::new(),
+            resource: "secrets".into(),
+            subresource: String::new(),
+            namespace: "default".into(),
+            name: "s".into(),
+            user: "system:admin".into(),
+            code,
+            path: "/api/v1/namespaces/default/secrets/s".into(),
+        }
+    }
+
+    #[test]
+    fn the_log_is_bounded_but_write_counts_stay_exact() {
+        let log = RequestLog::new(2);
+        for (verb, code) in [
+            ("create", 201),
+            ("update", 200),
+            ("get", 200),
+            ("patch", 409),
+        ] {
+            log.push(entry(verb, code));
+        }
+        let kept: Vec<String> = log.entries().into_iter().map(|e| e.verb).collect();
+        assert_eq!(kept, ["get", "patch"]);
+        assert_eq!(log.writes("secrets"), 2);
+        log.clear();
+        assert_eq!(log.writes("secrets"), 0);
     }
 }

@@ -1,9 +1,14 @@
 //! Object storage: every object as JSON, one global `resourceVersion`
 //! counter, and a bounded history of change events that watches replay from
 //! (older versions answer `410 Gone`, like etcd compaction).
+//!
+//! The store also keeps the indexes garbage collection needs (uid to object,
+//! owner uid to dependents) and notes which objects a write made worth the
+//! collector's attention, so a sweep costs what the write touched rather than
+//! a pass over every stored object.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -47,6 +52,10 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before a `Modified` change (selector transitions need it).
     pub old: Option<Arc<Value>>,
+    /// The object serialized as one served version presents it (that
+    /// version's `apiVersion`, the JSON), filled by the first watcher to
+    /// send the change, so many watchers of a resource serialize it once.
+    pub rendered: OnceLock<(String, String)>,
 }
 
 /// Retained changes plus a subscription to later ones.
@@ -55,11 +64,23 @@ pub type Backlog = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
 /// (namespace, name) of an object within its resource.
 pub type ObjectKey = (String, String);
 
+/// Where an object is stored: its resource and key.
+pub type Location = (GroupResource, ObjectKey);
+
 /// All objects plus the change history.
 #[derive(Debug)]
 pub struct Store {
     rv: u64,
     objects: HashMap<GroupResource, BTreeMap<ObjectKey, Value>>,
+    /// uid of every stored object to where it is.
+    uids: HashMap<String, Location>,
+    /// Owner uid to the objects whose `ownerReferences` name it (whether or
+    /// not the owner still exists).
+    dependents: HashMap<String, BTreeSet<Location>>,
+    /// Objects the garbage collector should look at on its next sweep:
+    /// deleting ones, orphaned ones, deleting owners whose dependents
+    /// changed, terminating namespaces whose contents shrank.
+    gc_pending: BTreeSet<Location>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
     /// Highest resourceVersion dropped from the history: watching from a
@@ -75,6 +96,9 @@ impl Store {
         Store {
             rv: 1,
             objects: HashMap::new(),
+            uids: HashMap::new(),
+            dependents: HashMap::new(),
+            gc_pending: BTreeSet::new(),
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 0,
@@ -125,18 +149,127 @@ impl Store {
         gr: &GroupResource,
         ns: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> + 'a {
-        self.objects
-            .get(gr)
-            .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(move |((n, _), _)| ns.is_none_or(|want| want == n))
+        let objects = self.objects.get(gr);
+        // Keys sort by namespace first, so one namespace is a range, not a scan.
+        let (all, one) = match ns {
+            None => (objects.map(|m| m.iter()), None),
+            Some(ns) => (
+                None,
+                objects.map(|m| {
+                    m.range((ns.to_string(), String::new())..)
+                        .take_while(move |((n, _), _)| n == ns)
+                }),
+            ),
+        };
+        all.into_iter().flatten().chain(one.into_iter().flatten())
     }
 
-    /// Every stored object with its resource.
-    pub fn all(&self) -> impl Iterator<Item = (&GroupResource, &ObjectKey, &Value)> {
+    /// Every object in namespace `ns`, of any resource.
+    pub fn in_namespace<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = (&'a GroupResource, &'a ObjectKey, &'a Value)> + 'a {
         self.objects
-            .iter()
-            .flat_map(|(gr, m)| m.iter().map(move |(k, v)| (gr, k, v)))
+            .keys()
+            .flat_map(move |gr| self.list(gr, Some(ns)).map(move |(k, v)| (gr, k, v)))
+    }
+
+    /// Where the object with this uid is stored, if it exists.
+    pub fn locate(&self, uid: &str) -> Option<&Location> {
+        self.uids.get(uid)
+    }
+
+    /// The stored objects whose `ownerReferences` name `owner_uid`.
+    pub fn dependents_of(&self, owner_uid: &str) -> Vec<Location> {
+        self.dependents
+            .get(owner_uid)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Take the next object the garbage collector should look at.
+    pub fn next_gc_pending(&mut self) -> Option<Location> {
+        self.gc_pending.pop_first()
+    }
+
+    fn is_deleting_at(&self, loc: &Location) -> bool {
+        self.get(&loc.0, &loc.1.0, &loc.1.1)
+            .is_some_and(|o| !o["metadata"]["deletionTimestamp"].is_null())
+    }
+
+    /// Queue the deleting owners among `owner_uids` for the collector (a
+    /// foreground deletion may be waiting on the dependent that changed).
+    fn note_owners(&mut self, owner_uids: &[String]) {
+        for uid in owner_uids {
+            if let Some(loc) = self.uids.get(uid)
+                && self.is_deleting_at(loc)
+            {
+                self.gc_pending.insert(loc.clone());
+            }
+        }
+    }
+
+    /// Index a newly stored version of an object (replacing `old`) and queue
+    /// what the garbage collector must now look at.
+    fn index_put(&mut self, loc: &Location, old: Option<&Value>, new: &Value) {
+        let old_owners = old.map(owner_uids).unwrap_or_default();
+        let new_owners = owner_uids(new);
+        if old_owners != new_owners {
+            for uid in &old_owners {
+                self.unlink_dependent(uid, loc);
+            }
+            for uid in &new_owners {
+                self.dependents
+                    .entry(uid.clone())
+                    .or_default()
+                    .insert(loc.clone());
+            }
+        }
+        let uid = uid_of(new);
+        if !uid.is_empty() {
+            self.uids.insert(uid.to_string(), loc.clone());
+        }
+        let orphaned =
+            !new_owners.is_empty() && new_owners.iter().all(|o| !self.uids.contains_key(o));
+        if orphaned || !new["metadata"]["deletionTimestamp"].is_null() {
+            self.gc_pending.insert(loc.clone());
+        }
+        self.note_owners(&old_owners);
+        self.note_owners(&new_owners);
+    }
+
+    /// Drop a removed object from the indexes and queue its dependents (now
+    /// perhaps orphaned), its deleting owners and its terminating namespace.
+    fn index_remove(&mut self, loc: &Location, obj: &Value) {
+        let owners = owner_uids(obj);
+        for uid in &owners {
+            self.unlink_dependent(uid, loc);
+        }
+        let uid = uid_of(obj);
+        self.uids.remove(uid);
+        if let Some(deps) = self.dependents.get(uid) {
+            self.gc_pending.extend(deps.iter().cloned());
+        }
+        self.note_owners(&owners);
+        let ns = &loc.1.0;
+        if !ns.is_empty() {
+            let namespace = (
+                GroupResource::new("", "namespaces"),
+                (String::new(), ns.clone()),
+            );
+            if self.is_deleting_at(&namespace) {
+                self.gc_pending.insert(namespace);
+            }
+        }
+    }
+
+    fn unlink_dependent(&mut self, owner_uid: &str, loc: &Location) {
+        if let Some(deps) = self.dependents.get_mut(owner_uid) {
+            deps.remove(loc);
+            if deps.is_empty() {
+                self.dependents.remove(owner_uid);
+            }
+        }
     }
 
     /// Store an object (already stamped with its new resourceVersion) and
@@ -152,28 +285,29 @@ impl Store {
             .to_string();
         let rv = rv_of(&obj);
         let object = Arc::new(obj.clone());
+        let loc = (gr.clone(), (ns.clone(), name));
         let old = self
             .objects
             .entry(gr.clone())
             .or_default()
-            .insert((ns.clone(), name), obj)
-            .map(Arc::new);
+            .insert(loc.1.clone(), obj);
+        self.index_put(&loc, old.as_ref(), &object);
         self.publish(Change {
             rv,
             gr: gr.clone(),
             namespace: ns,
             kind,
             object,
-            old,
+            old: old.map(Arc::new),
+            rendered: OnceLock::new(),
         });
     }
 
     /// Remove an object; the DELETED event carries it with a fresh resourceVersion.
     pub fn remove(&mut self, gr: &GroupResource, ns: &str, name: &str) -> Option<Value> {
-        let mut obj = self
-            .objects
-            .get_mut(gr)?
-            .remove(&(ns.to_string(), name.to_string()))?;
+        let loc = (gr.clone(), (ns.to_string(), name.to_string()));
+        let mut obj = self.objects.get_mut(gr)?.remove(&loc.1)?;
+        self.index_remove(&loc, &obj);
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         self.publish(Change {
@@ -183,6 +317,7 @@ impl Store {
             kind: EventType::Deleted,
             object: Arc::new(obj.clone()),
             old: None,
+            rendered: OnceLock::new(),
         });
         Some(obj)
     }
@@ -223,6 +358,20 @@ impl Store {
     }
 }
 
+fn uid_of(obj: &Value) -> &str {
+    obj["metadata"]["uid"].as_str().unwrap_or_default()
+}
+
+/// The owner uids named by an object's `ownerReferences`.
+pub fn owner_uids(obj: &Value) -> Vec<String> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str().map(String::from))
+        .collect()
+}
+
 /// The numeric resourceVersion of an object (0 if missing).
 pub fn rv_of(obj: &Value) -> u64 {
     obj["metadata"]["resourceVersion"]
@@ -255,5 +404,23 @@ mod tests {
         let (backlog, _) = s.watch_from(2).expect("within window");
         assert_eq!(backlog.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![3, 4]);
         assert!(s.remove(&gr, "ns", "a").is_some());
+    }
+
+    #[test]
+    fn owner_index_queues_dependents_only_when_their_owner_goes() {
+        let gr = GroupResource::new("", "configmaps");
+        let mut s = Store::new(10);
+        s.put(&gr, obj("owner", 2), EventType::Added);
+        let mut dep = obj("dep", 3);
+        dep["metadata"]["ownerReferences"] = json!([{"uid": "owner"}]);
+        s.put(&gr, dep, EventType::Added);
+        let dep_at = (gr.clone(), ("ns".to_string(), "dep".to_string()));
+        assert_eq!(s.dependents_of("owner"), vec![dep_at.clone()]);
+        assert_eq!(s.next_gc_pending(), None, "its owner is alive");
+        s.remove(&gr, "ns", "owner");
+        assert_eq!(s.next_gc_pending(), Some(dep_at));
+        s.remove(&gr, "ns", "dep");
+        assert!(s.dependents_of("owner").is_empty());
+        assert!(s.locate("dep").is_none());
     }
 }

@@ -91,9 +91,29 @@ impl WatchRequest {
         Bytes::from(line)
     }
 
+    /// The event line of a change, reusing the change's serialized object
+    /// when another watcher of the same version already produced it.
+    fn render_change(&self, kind: &str, change: &Change) -> Bytes {
+        if self.metadata_only {
+            return self.render(kind, &change.object);
+        }
+        let api_version = self.rt.api_version();
+        let (rendered_for, object) = change.rendered.get_or_init(|| {
+            (
+                api_version.clone(),
+                present(&self.rt, &change.object).to_string(),
+            )
+        });
+        if *rendered_for != api_version {
+            return self.render(kind, &change.object);
+        }
+        Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{object}}}\n"))
+    }
+
     /// The event a watcher sees for a change, after selector transitions.
     fn event_for(&self, change: &Change) -> Option<Bytes> {
-        if change.gr != self.rt.group_resource() {
+        // Every watcher sees every change: compare without allocating.
+        if change.gr.group != self.rt.group || change.gr.resource != self.rt.plural {
             return None;
         }
         let now = self.matches(&change.namespace, &change.object);
@@ -107,7 +127,7 @@ impl WatchRequest {
             (_, _, true) => change.kind.as_str(),
             _ => return None,
         };
-        Some(self.render(kind, &change.object))
+        Some(self.render_change(kind, change))
     }
 }
 

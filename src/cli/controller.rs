@@ -58,7 +58,6 @@ pub struct ControllerArgs {
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
 pub fn run(args: ControllerArgs) -> ExitCode {
-    telemetry::init_tracing(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -84,6 +83,9 @@ async fn serve(args: ControllerArgs) -> Result<(), String> {
     cluster::check_list(&keys, args.namespace.as_deref())
         .await
         .map_err(|e| e.to_string())?;
+    // Logging starts after the start-up checks, so that a failed check is exactly one line
+    // (the client library would log its own copy of a connection error).
+    telemetry::init_tracing(args.log_format);
 
     let mut registry = telemetry::registry();
     let metrics = ControllerMetrics::register(&mut registry);

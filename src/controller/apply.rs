@@ -104,8 +104,12 @@ fn ended_overlaps(observed: Option<&ApiKeyStatus>, desired: &ApiKeyStatus) -> js
 }
 
 /// Set `Ready=False` with reason `ApiError` after a failed write.
-pub async fn api_error(api: &Api<ApiKey>, key: &ApiKey, message: &str) -> kube::Result<()> {
-    let since = jiff::Timestamp::now();
+pub async fn api_error(
+    api: &Api<ApiKey>,
+    key: &ApiKey,
+    message: &str,
+    since: jiff::Timestamp,
+) -> kube::Result<()> {
     let name = key.metadata.name.as_deref().unwrap_or_default();
     let body = json!({
         "apiVersion": ApiKey::api_version(&()),

@@ -101,22 +101,34 @@ impl ControllerMetrics {
             .inc();
     }
 
-    /// Publish the expiry of every current token of a key (slots without expiry are absent).
-    pub fn track_expiry(&self, namespace: &str, apikey: &str, status: &ApiKeyStatus) {
-        for token in &status.tokens {
-            let labels = TokenLabels {
-                namespace: namespace.to_owned(),
-                apikey: apikey.to_owned(),
-                token: token.name.clone(),
-            };
+    /// Publish the expiry of every current token of a key (slots without expiry are absent), and
+    /// drop the series of slots that `previous` had and `current` no longer has.
+    pub fn track_expiry(
+        &self,
+        namespace: &str,
+        apikey: &str,
+        previous: Option<&ApiKeyStatus>,
+        current: &ApiKeyStatus,
+    ) {
+        let labels = |slot: &str| TokenLabels {
+            namespace: namespace.to_owned(),
+            apikey: apikey.to_owned(),
+            token: slot.to_owned(),
+        };
+        for gone in previous.iter().flat_map(|p| &p.tokens) {
+            if !current.tokens.iter().any(|t| t.name == gone.name) {
+                self.token_expiry.remove(&labels(&gone.name));
+            }
+        }
+        for token in &current.tokens {
             match &token.expires_at {
                 Some(at) => {
                     self.token_expiry
-                        .get_or_create(&labels)
+                        .get_or_create(&labels(&token.name))
                         .set(at.0.as_second());
                 }
                 None => {
-                    self.token_expiry.remove(&labels);
+                    self.token_expiry.remove(&labels(&token.name));
                 }
             }
         }
@@ -131,5 +143,58 @@ impl ControllerMetrics {
                 token: token.name.clone(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TokenStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn token(name: &str, expires: Option<i64>) -> TokenStatus {
+        TokenStatus {
+            name: name.into(),
+            id: "ks_abcdef".into(),
+            sha256: "00".into(),
+            issued_at: Time(jiff::Timestamp::UNIX_EPOCH),
+            expires_at: expires.map(|s| Time(jiff::Timestamp::from_second(s).unwrap())),
+            rotation_trigger: None,
+            rotate_annotation: None,
+            rotate_slot_annotation: None,
+            previous: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn expiry_series_follow_the_slots() {
+        let mut registry = crate::telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let two = ApiKeyStatus {
+            tokens: vec![
+                token("a", Some(1_900_000_000)),
+                token("b", Some(1_800_000_000)),
+            ],
+            ..ApiKeyStatus::default()
+        };
+        metrics.track_expiry("cms", "site", None, &two);
+        let one = ApiKeyStatus {
+            tokens: vec![token("a", Some(1_900_000_000))],
+            ..ApiKeyStatus::default()
+        };
+        metrics.track_expiry("cms", "site", Some(&two), &one);
+        metrics.minted("initial");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(
+            r#"keysmith_token_expiry_timestamp_seconds{namespace="cms",apikey="site",token="a"} 1900000000"#
+        ), "{text}");
+        assert!(!text.contains(r#"token="b""#), "{text}");
+        assert!(text.contains(r#"keysmith_tokens_minted_total{reason="initial"} 1"#));
+        metrics.forget("cms", "site", Some(&one));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains(r#"apikey="site""#), "{text}");
     }
 }

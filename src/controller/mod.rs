@@ -11,8 +11,9 @@ pub mod apply;
 pub mod leader;
 pub mod metrics;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -43,8 +44,10 @@ pub fn system_clock() -> Clock {
 
 /// Name the controller reports events under.
 pub const REPORTER: &str = "keysmith-controller";
-/// Retry delay after a failed reconcile (kube's scheduler spreads retries; no hot loop).
-const ERROR_REQUEUE: Duration = Duration::from_secs(15);
+/// First retry delay after a failed reconcile; it doubles per consecutive failure of a key.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// Longest retry delay, so a key recovers within minutes once the API server does.
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// Which ApiKeys this controller reconciles (SPEC 2's sharding flags).
 #[derive(Debug, Clone, Default)]
@@ -61,6 +64,8 @@ pub struct Context {
     recorder: Recorder,
     metrics: ControllerMetrics,
     clock: Clock,
+    /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
+    failures: Mutex<HashMap<String, Backoff>>,
 }
 
 impl Context {
@@ -80,6 +85,7 @@ impl Context {
             client,
             metrics,
             clock,
+            failures: Mutex::default(),
         })
     }
 }
@@ -187,8 +193,16 @@ pub async fn run_elected(
 
 async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = key.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", namespace = %namespace, name = %key.name_any());
+    let key_name = key.name_any();
+    let span = info_span!("reconcile", namespace = %namespace, name = %key_name);
     async move {
+        let object = object_key(&namespace, &key_name);
+        // A failed reconcile may have written status, whose watch event would retry at once:
+        // until its backoff ends, a live key waits (deletion is never held back).
+        let waiting = ctx.failures().get(&object).and_then(Backoff::remaining);
+        if let Some(wait) = waiting.filter(|_| key.metadata.deletion_timestamp.is_none()) {
+            return Ok(Action::requeue(wait));
+        }
         let started = Instant::now();
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
         let result = ensure_finalizer(&api, &key).await;
@@ -207,6 +221,9 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
         ctx.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            ctx.failures().remove(&object);
+        }
         result
     }
     .instrument(span)
@@ -220,19 +237,66 @@ async fn ensure_finalizer(api: &Api<ApiKey>, key: &ApiKey) -> Result<bool, Error
     {
         return Ok(false);
     }
-    apply::add_finalizer(api, key)
-        .await
-        .map_err(Error::kube(format!("adding finalizer {FINALIZER}")))?;
-    Ok(true)
+    match apply::add_finalizer(api, key).await {
+        Ok(()) => Ok(true),
+        // A newer version exists (a stale cache copy); its watch event brings the key back.
+        Err(kube::Error::Api(status)) if status.is_conflict() => {
+            debug!("finalizer patch raced a newer version; waiting for it");
+            Ok(true)
+        }
+        Err(e) => Err(Error::kube(format!("adding finalizer {FINALIZER}"))(e)),
+    }
 }
 
+/// Retry a failed key with exponential backoff (5 s doubling to 5 min): a persistent error, such
+/// as a missing permission or a rejected write, never becomes a hot loop.
 fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(namespace = ?key.namespace(), name = %key.name_any(), error = %error, "reconcile failed; retrying");
+    let namespace = key.namespace().unwrap_or_default();
+    let delay = ctx
+        .failures()
+        .entry(object_key(&namespace, &key.name_any()))
+        .or_default()
+        .fail();
+    warn!(namespace = %namespace, name = %key.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
     ctx.metrics.error(error.metric_reason());
-    Action::requeue(ERROR_REQUEUE)
+    Action::requeue(delay)
+}
+
+/// Consecutive failures of one key and when it may be tried again.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Count a failure; the delay before the next attempt.
+    fn fail(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = FIRST_RETRY
+            .saturating_mul(2u32.saturating_pow(self.failures - 1))
+            .min(MAX_RETRY);
+        self.until = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// Time left before the next attempt, if any.
+    fn remaining(&self) -> Option<Duration> {
+        let left = self.until?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+fn object_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
+        // A poisoned map only holds retry times; keep using it.
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Reconcile a live ApiKey: plan, then write status, Secret, restarts and events.
     async fn apply(&self, api: &Api<ApiKey>, cached: &ApiKey) -> Result<Action, Error> {
         let namespace = cached.namespace().unwrap_or_default();
@@ -247,6 +311,10 @@ impl Context {
         else {
             return Ok(Action::await_change());
         };
+        if key.metadata.deletion_timestamp.is_some() {
+            // Deleted since the cache saw it: the deletion's own event brings revocation.
+            return Ok(Action::await_change());
+        }
         let key = &key;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let secret_name = key.secret_name();
@@ -263,23 +331,24 @@ impl Context {
             &mut planner::mint_token,
         )?;
         for (slot, action) in &plan.slots {
-            if let Some(reason) = action.mint_label() {
-                self.metrics.minted(reason);
-            }
             debug!(slot = %slot, action = %action, "slot decision");
         }
         if let Err(e) = self.write(api, key, &secrets, &plan).await {
             // Best effort: the write failed, so this one may too; the retry repairs it anyway.
             let message = e.to_string();
-            if let Err(report) = apply::api_error(api, key, &message).await {
+            if let Err(report) = apply::api_error(api, key, &message, (self.clock)()).await {
                 debug!(error = %report, "could not record ApiError in status");
             }
             return Err(e);
         }
+        // Count mints once they are delivered, not when a failed attempt discarded them.
+        for reason in plan.slots.iter().filter_map(|(_, a)| a.mint_label()) {
+            self.metrics.minted(reason);
+        }
         self.publish(key, &plan).await;
-        let status = plan.status.as_ref().or(key.status.as_ref());
-        if let Some(status) = status {
-            self.metrics.track_expiry(&namespace, &name, status);
+        if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
+            self.metrics
+                .track_expiry(&namespace, &name, key.status.as_ref(), status);
         }
         if !plan.is_quiet() {
             info!(secret = %secret_name, status = plan.status.is_some(), secret_written = plan.secret.is_some(), restarts = plan.restarts.len(), "reconciled");

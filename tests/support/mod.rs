@@ -85,6 +85,7 @@ pub struct Harness {
 
 /// An emulator prepared like a cluster with the chart installed, without a controller.
 pub async fn cluster() -> Emulator {
+    telemetry::init_tracing(telemetry::LogFormat::Text);
     let emu = Emulator::start(Config {
         rbac: true,
         ..Config::default()
@@ -124,7 +125,11 @@ pub async fn cluster() -> Emulator {
 impl Harness {
     /// A cluster and a running controller (no leader election) with a test clock.
     pub async fn start() -> Harness {
-        telemetry::init_tracing(telemetry::LogFormat::Text);
+        Harness::start_scoped(Scope::default()).await
+    }
+
+    /// Like [`Harness::start`], reconciling only the ApiKeys in `scope`.
+    pub async fn start_scoped(scope: Scope) -> Harness {
         let emu = cluster().await;
         let admin = emu.client().await.expect("admin client");
         let (resync, resyncs) = mpsc::unbounded();
@@ -141,13 +146,7 @@ impl Harness {
         let ctx = Context::new(client, metrics, clock.as_clock(), Some("test".into()));
         let (stop, shutdown) = Shutdown::new();
         let task = tokio::spawn(async move {
-            controller::run(
-                ctx,
-                &Scope::default(),
-                shutdown.wait(),
-                Some(resyncs.boxed()),
-            )
-            .await;
+            controller::run(ctx, &scope, shutdown.wait(), Some(resyncs.boxed())).await;
         });
         Harness {
             emu,

@@ -2,62 +2,50 @@
 //! real kubectl and `keysmith` binaries can talk to it.
 //!
 //! ```text
-//! keysmith-emulator [--port N] [--kubeconfig PATH] [--rbac] [--tls] [--apply FILE]...
+//! keysmith-emulator [--port N] [--kubeconfig PATH] [--rbac] [--tls] [--history EVENTS] [--apply FILE]...
 //! ```
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use keysmith_emulator::{Config, Emulator, Identity};
 
-const USAGE: &str = "usage: keysmith-emulator [--port N] [--kubeconfig PATH] [--rbac] [--tls] [--history EVENTS] [--apply FILE]...";
-
+/// Run Keysmith's Kubernetes API emulator until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "keysmith-emulator")]
 struct Args {
-    config: Config,
+    /// Loopback port to listen on (0 picks a free one).
+    #[arg(long, value_name = "N", default_value_t = Config::default().port)]
+    port: u16,
+    /// Write an administrator kubeconfig here once serving.
+    #[arg(long, value_name = "PATH")]
     kubeconfig: Option<String>,
+    /// Enforce RBAC for every identity except the administrator.
+    #[arg(long)]
+    rbac: bool,
+    /// Serve HTTPS with a generated certificate authority.
+    #[arg(long)]
+    tls: bool,
+    /// Watch events retained; older resourceVersions answer 410 Gone.
+    #[arg(long, value_name = "EVENTS", default_value_t = Config::default().history)]
+    history: usize,
+    /// Server-side apply this YAML file at start (repeatable, in order).
+    #[arg(long, value_name = "FILE")]
     apply: Vec<String>,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        config: Config::default(),
-        kubeconfig: None,
-        apply: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--port" => {
-                args.config.port = value("--port")?
-                    .parse()
-                    .map_err(|e| format!("--port: {e}"))?
-            }
-            "--history" => {
-                args.config.history = value("--history")?
-                    .parse()
-                    .map_err(|e| format!("--history: {e}"))?
-            }
-            "--kubeconfig" => args.kubeconfig = Some(value("--kubeconfig")?),
-            "--apply" => args.apply.push(value("--apply")?),
-            "--rbac" => args.config.rbac = true,
-            "--tls" => args.config.tls = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
-    Ok(args)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
+    // On a usage error clap prints it with the usage and exits with 2.
+    let args = Args::parse();
+    let config = Config {
+        port: args.port,
+        rbac: args.rbac,
+        tls: args.tls,
+        history: args.history,
+        ..Config::default()
     };
-    let emu = match Emulator::start(args.config).await {
+    let emu = match Emulator::start(config).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("keysmith-emulator: cannot start: {e}");
