@@ -85,7 +85,7 @@ http {
 CONF
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
-until curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; do sleep 0.05; done
+until curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null; do sleep 0.05; done
 
 # 4. wrk. The same POST (a verification asking for an action on a resource) goes to both.
 cat >"$WORK/verify.lua" <<LUA

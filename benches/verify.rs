@@ -51,9 +51,15 @@ impl SecretValues for NoSecrets {
     }
 }
 
-/// ApiKey `key-<i>` in namespace `tenant-<i % 100>`: one slot, a realistic CMS grant set,
-/// metadata, an environment, and `token` as its current token.
+/// ApiKey `key-<i>` in namespace `tenant-<i % 100>`: one slot, a realistic CMS grant set (the
+/// same for every key, as when keys are stamped from a template), metadata, an environment, and
+/// `token` as its current token.
 fn apikey(i: usize, token: &Token) -> ApiKey {
+    apikey_with(i, token, "content:*")
+}
+
+/// [`apikey`] with its own read resource pattern, so no two keys share a grant set.
+fn apikey_with(i: usize, token: &Token, read: &str) -> ApiKey {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
         "metadata": {"name": format!("key-{i}"), "namespace": format!("tenant-{}", i % 100)},
@@ -61,7 +67,7 @@ fn apikey(i: usize, token: &Token) -> ApiKey {
             "environment": "production",
             "tokens": [{"name": "delivery", "prefix": "cms_dt_", "metadata": {"content": "published"}}],
             "grants": [
-                {"effect": "allow", "actions": ["content.read"], "resources": ["content:*"]},
+                {"effect": "allow", "actions": ["content.read"], "resources": [read]},
                 {"effect": "allow", "actions": ["content.update"], "resources": ["content:pages:*"],
                  "fields": ["title", "body"], "conditions": {"status": ["draft"], "own": true}},
                 {"effect": "deny", "actions": ["*.delete"]},
@@ -73,14 +79,17 @@ fn apikey(i: usize, token: &Token) -> ApiKey {
     .expect("benchmark ApiKey deserializes")
 }
 
-fn fleet(n: usize) -> (Vec<ApiKey>, Vec<Token>) {
+fn fleet(n: usize, distinct_grants: bool) -> (Vec<ApiKey>, Vec<Token>) {
     let tokens: Vec<Token> = (0..n)
         .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62).expect("token"))
         .collect();
     let keys = tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| apikey(i, t))
+        .map(|(i, t)| match distinct_grants {
+            true => apikey_with(i, t, &format!("content:site-{i}:*")),
+            false => apikey(i, t),
+        })
         .collect();
     (keys, tokens)
 }
@@ -90,8 +99,8 @@ fn now() -> Timestamp {
 }
 
 /// Build time and bytes per token for 10,000 ApiKeys, printed once.
-fn report_index_cost() {
-    let (keys, _tokens) = fleet(10_000);
+fn report_index_cost(distinct_grants: bool) {
+    let (keys, _tokens) = fleet(10_000, distinct_grants);
     let before = LIVE.load(Ordering::Relaxed);
     let start = Instant::now();
     let index = Index::default();
@@ -101,8 +110,13 @@ fn report_index_cost() {
     let took = start.elapsed();
     let bytes = LIVE.load(Ordering::Relaxed) - before;
     println!(
-        "index of 10,000 ApiKeys ({} tokens): built in {took:?} ({:?} per key), {} bytes per token",
+        "index of 10,000 ApiKeys ({} tokens, {} grant sets): built in {took:?} ({:?} per key), {} bytes per token",
         index.tokens(),
+        if distinct_grants {
+            "distinct"
+        } else {
+            "shared"
+        },
         took / 10_000,
         bytes / index.tokens() as isize
     );
@@ -110,7 +124,8 @@ fn report_index_cost() {
 }
 
 fn verify(c: &mut Criterion) {
-    report_index_cost();
+    report_index_cost(false);
+    report_index_cost(true);
     // Built one key at a time: 100,000 ApiKey objects at once would dwarf the index.
     let tokens: Vec<Token> = (0..100_000)
         .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62).expect("token"))

@@ -47,7 +47,7 @@ pub fn run(args: VerifierArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    telemetry::init_tracing(args.log_format);
+    let _logs = telemetry::init_tracing(args.log_format);
     let options = Options {
         listen: args.listen,
         metrics_listen: args.metrics_listen,

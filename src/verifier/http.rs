@@ -142,7 +142,7 @@ struct VerifyResponse<'a> {
     key: Option<KeyRef<'a>>,
     environment: Option<&'a str>,
     expires_at: Option<String>,
-    metadata: &'a BTreeMap<String, String>,
+    metadata: MetadataView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     permissions: Option<&'a [Box<str>]>,
 }
@@ -155,7 +155,19 @@ struct KeyRef<'a> {
     id: &'a str,
 }
 
-static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+/// A slot's metadata as a JSON object.
+struct MetadataView<'a>(&'a [(Box<str>, Box<str>)]);
+
+impl Serialize for MetadataView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(&**k, &**v)?;
+        }
+        map.end()
+    }
+}
 
 fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
     let found = verdict.found.as_ref();
@@ -172,7 +184,7 @@ fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
         }),
         environment: found.and_then(|f| f.key.environment.as_deref()),
         expires_at: found.and_then(|f| f.expires_at).map(|t| t.to_string()),
-        metadata: slot.filter(|_| valid).map_or(&NO_METADATA, |s| &s.metadata),
+        metadata: MetadataView(slot.filter(|_| valid).map_or(&[], |s| s.metadata.entries())),
         permissions: slot.filter(|_| valid).map(|s| s.grants.permissions()),
     }
 }

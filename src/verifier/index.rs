@@ -28,7 +28,7 @@ use crate::token;
 use crate::validation::InvalidSpec;
 
 use super::decision::{Code, SecretValues, Validity, VerifyRequest, decide};
-use super::key::KeyInfo;
+use super::key::{GrantInterner, KeyInfo};
 use super::usage::UsageMark;
 
 /// Number of independently locked parts of the map.
@@ -171,6 +171,7 @@ pub struct Index {
     shards: Box<[RwLock<Shard>]>,
     writer: Mutex<Writer>,
     live: AtomicUsize,
+    grants: GrantInterner,
 }
 
 impl Default for Index {
@@ -179,25 +180,18 @@ impl Default for Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             writer: Mutex::default(),
             live: AtomicUsize::new(0),
+            grants: GrantInterner::default(),
         }
     }
 }
 
 impl Index {
     /// Index (or re-index) an ApiKey from an Added/Modified event. A key with a
-    /// `deletionTimestamp` is revoked instead.
+    /// `deletionTimestamp` is revoked: indexed first, so that even a key first seen while being
+    /// deleted leaves tombstones and answers REVOKED.
     pub fn apply(&self, apikey: &ApiKey, now: Timestamp) -> Applied {
-        let (info, invalid) = KeyInfo::from_apikey(apikey);
+        let (info, invalid) = KeyInfo::from_apikey(apikey, &self.grants);
         let key = Arc::new(info);
-        if apikey.metadata.deletion_timestamp.is_some() {
-            self.revoke(&key.namespace, &key.name, now);
-            return Applied {
-                tokens: 0,
-                skipped: 0,
-                invalid,
-                key,
-            };
-        }
         let mut fresh = Vec::new();
         let mut skipped = 0;
         for (position, status) in apikey.status.iter().flat_map(|s| &s.tokens).enumerate() {
@@ -266,6 +260,13 @@ impl Index {
         if !hashes.is_empty() {
             writer.by_key.insert(name, hashes);
         }
+        drop(writer);
+        let tokens = if apikey.metadata.deletion_timestamp.is_some() {
+            self.revoke(&key.namespace, &key.name, now);
+            0
+        } else {
+            tokens
+        };
         Applied {
             tokens,
             skipped,

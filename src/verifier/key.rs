@@ -7,13 +7,15 @@
 //! are left out while the list still restricts (an all-bad list admits nobody), and an
 //! unparsable `expiresAt` counts as already passed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, Weak};
 
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::api::{ApiKey, RequiredHeader};
+use crate::api::{ApiKey, Grant, RequiredHeader};
 use crate::grants::CompiledGrants;
 use crate::validation::{InvalidSpec, validate};
 
@@ -46,9 +48,71 @@ pub struct SlotInfo {
     /// Slot name (`key.token` in answers, `X-Keysmith-Token`).
     pub name: String,
     /// Returned with every VALID answer.
-    pub metadata: BTreeMap<String, String>,
-    /// The slot's effective grants; empty for an invalid spec.
-    pub grants: CompiledGrants,
+    pub metadata: Metadata,
+    /// The slot's effective grants (shared by every slot with the same grants); empty for an
+    /// invalid spec.
+    pub grants: Arc<CompiledGrants>,
+}
+
+/// A slot's metadata: a sorted boxed slice rather than a `BTreeMap`, whose smallest node holds
+/// room for eleven entries (over 500 bytes) when keys usually carry one or two.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Metadata(Box<[(Box<str>, Box<str>)]>);
+
+impl Metadata {
+    /// The entries, sorted by key.
+    pub fn entries(&self) -> &[(Box<str>, Box<str>)] {
+        &self.0
+    }
+}
+
+impl From<&BTreeMap<String, String>> for Metadata {
+    fn from(map: &BTreeMap<String, String>) -> Self {
+        Metadata(
+            map.iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        )
+    }
+}
+
+/// Compiled grant sets shared between slots whose grants are the same: fleets stamped from one
+/// template carry one copy instead of one per key. Sets are found by a hash of their source and
+/// confirmed by comparing the compiled form, so the table holds no copy of the source.
+#[derive(Default)]
+pub struct GrantInterner {
+    sets: Mutex<HashMap<u64, Vec<Weak<CompiledGrants>>>>,
+}
+
+impl GrantInterner {
+    /// The shared copy of `compiled`, the compiled form of `source`.
+    fn intern(&self, source: &[Grant], compiled: CompiledGrants) -> Arc<CompiledGrants> {
+        let Ok(text) = serde_json::to_string(source) else {
+            return Arc::new(compiled);
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        text.hash(&mut hasher);
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget sets no key uses any more whenever the table doubles, so it stays bounded by
+        // about twice the live distinct sets.
+        if sets.len() >= 64 && sets.len().is_power_of_two() {
+            sets.retain(|_, same| {
+                same.retain(|set| set.strong_count() > 0);
+                !same.is_empty()
+            });
+        }
+        let same = sets.entry(hasher.finish()).or_default();
+        if let Some(shared) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|set| **set == compiled)
+        {
+            return shared;
+        }
+        let shared = Arc::new(compiled);
+        same.push(Arc::downgrade(&shared));
+        shared
+    }
 }
 
 /// A header the request must carry.
@@ -75,9 +139,12 @@ pub enum ExpectedValue {
 }
 
 impl KeyInfo {
-    /// Read an ApiKey. The second value is the validation error when the spec is invalid and
-    /// was indexed fail closed (see the module documentation).
-    pub fn from_apikey(apikey: &ApiKey) -> (KeyInfo, Option<InvalidSpec>) {
+    /// Read an ApiKey, sharing grant sets through `interner`. The second value is the validation
+    /// error when the spec is invalid and was indexed fail closed (see the module documentation).
+    pub fn from_apikey(
+        apikey: &ApiKey,
+        interner: &GrantInterner,
+    ) -> (KeyInfo, Option<InvalidSpec>) {
         let spec = &apikey.spec;
         let namespace = apikey.metadata.namespace.clone().unwrap_or_default();
         let name = apikey.metadata.name.clone().unwrap_or_default();
@@ -91,12 +158,12 @@ impl KeyInfo {
             .as_ref()
             .map(|r| r.required_headers.iter().map(header_rule).collect())
             .unwrap_or_default();
-        let metadata = |slot: &str| {
-            spec.tokens
-                .iter()
-                .find(|t| t.name == slot)
-                .map(|t| t.metadata.clone())
-                .unwrap_or_default()
+        let slot_spec = |slot: &str| spec.tokens.iter().find(|t| t.name == slot);
+        let metadata = |slot: &str| slot_spec(slot).map(|t| Metadata::from(&t.metadata));
+        let source = |slot: &str| {
+            slot_spec(slot)
+                .and_then(|t| t.grants.as_deref())
+                .unwrap_or(&spec.grants)
         };
         let (slots, ip_allow_list, expires_at, error) = match validate(spec) {
             Ok(valid) => {
@@ -104,9 +171,9 @@ impl KeyInfo {
                     .slots
                     .into_iter()
                     .map(|s| SlotInfo {
-                        metadata: metadata(&s.name),
+                        metadata: metadata(&s.name).unwrap_or_default(),
+                        grants: interner.intern(source(&s.name), s.grants),
                         name: s.name,
-                        grants: s.grants,
                     })
                     .collect();
                 let ips = (!listed.is_empty()).then_some(valid.ip_allow_list);
@@ -118,8 +185,8 @@ impl KeyInfo {
                     .iter()
                     .map(|t| SlotInfo {
                         name: t.name.clone(),
-                        metadata: t.metadata.clone(),
-                        grants: CompiledGrants::default(),
+                        metadata: Metadata::from(&t.metadata),
+                        grants: Arc::default(),
                     })
                     .collect();
                 let ips = (!listed.is_empty())

@@ -139,6 +139,13 @@ fn deletion_timestamp_revokes_then_tombstone_expires_to_not_found() {
     assert_eq!(code(&index, &request(t.expose_secret())), Code::Revoked);
     assert_eq!(index.tokens(), 0);
 
+    // A key first seen while being deleted is revoked too.
+    let late = token("ks_");
+    let mut deleting = apikey("late", simple_spec(), &[("main", &late)]);
+    deleting.metadata.deletion_timestamp = key.metadata.deletion_timestamp.clone();
+    assert_eq!(index.apply(&deleting, now()).tokens, 0);
+    assert_eq!(code(&index, &request(late.expose_secret())), Code::Revoked);
+
     // A later revocation prunes tombstones older than the TTL.
     let other = token("ks_");
     index.apply(&apikey("other", simple_spec(), &[("main", &other)]), now());
@@ -522,4 +529,25 @@ fn codes_have_their_wire_names_and_classes() {
             &Code::Disabled
         ]
     );
+}
+
+#[test]
+fn identical_grant_sets_are_compiled_once() {
+    let index = Index::default();
+    let (a, b, c) = (token("ks_"), token("ks_"), token("ks_"));
+    let ka = index
+        .apply(&apikey("a", grants_spec(), &[("main", &a)]), now())
+        .key;
+    let kb = index
+        .apply(&apikey("b", grants_spec(), &[("main", &b)]), now())
+        .key;
+    assert!(Arc::ptr_eq(&ka.slots[0].grants, &kb.slots[0].grants));
+    assert!(
+        !Arc::ptr_eq(&ka.slots[0].grants, &ka.slots[1].grants),
+        "the slot's own grants differ"
+    );
+    let kc = index
+        .apply(&apikey("c", simple_spec(), &[("main", &c)]), now())
+        .key;
+    assert!(!Arc::ptr_eq(&ka.slots[0].grants, &kc.slots[0].grants));
 }
