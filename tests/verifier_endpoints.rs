@@ -597,17 +597,16 @@ async fn bad_bodies_metrics_and_probes() {
 #[tokio::test]
 async fn readyz_waits_for_the_initial_list() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
-    let registry = Arc::new(prometheus_client::registry::Registry::default());
-    let app = keysmith::verifier::telemetry::router(registry, move || flag.load(Ordering::Relaxed));
+    let mut registry = keysmith::telemetry::registry();
+    let (usage, _rx) = keysmith::verifier::usage::UsageReporter::channel();
+    let verifier = keysmith::verifier::Verifier::new(vec![], usage, &mut registry);
+    let app = keysmith::telemetry::router(Arc::new(registry), verifier.health.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     assert_eq!(verifier_common::get(addr, "/readyz").await.status, 503);
     assert_eq!(verifier_common::get(addr, "/healthz").await.status, 200);
-    ready.store(true, Ordering::Relaxed);
+    verifier.health.set_ready(true);
     assert_eq!(verifier_common::get(addr, "/readyz").await.status, 200);
 }

@@ -185,12 +185,9 @@ async fn without_permissions_start_up_fails_with_one_clear_line() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("cannot list ApiKeys in namespace shop: "),
+        err.starts_with("permission denied: cannot list apikeys.keysmith.dev in namespace shop;"),
         "{err}"
     );
-    assert!(
-        err.contains("forbidden") || err.contains("Forbidden"),
-        "{err}"
-    );
+    assert!(err.contains("forbidden"), "{err}");
     assert!(!err.contains('\n'), "{err}");
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::verifier::telemetry::{self, LogFormat};
-use crate::verifier::{self, Options, client_ip};
+use crate::cluster;
+use crate::telemetry::{LogFormat, Shutdown};
+use crate::verifier::{self, Options, client_ip, log_writer};
 
 /// Arguments of `keysmith verifier`.
 #[derive(Args, Debug)]
@@ -47,7 +48,7 @@ pub fn run(args: VerifierArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _logs = telemetry::init_tracing(args.log_format);
+    let _logs = log_writer::init_tracing(args.log_format);
     let options = Options {
         listen: args.listen,
         metrics_listen: args.metrics_listen,
@@ -56,14 +57,14 @@ pub fn run(args: VerifierArgs) -> ExitCode {
         selector: args.selector,
     };
     runtime.block_on(async {
-        let client = match kube::Client::try_default().await {
+        let client = match cluster::connect().await {
             Ok(client) => client,
             Err(err) => {
-                eprintln!("keysmith verifier: no usable kubeconfig or in-cluster config: {err}");
+                eprintln!("keysmith verifier: {err}");
                 return ExitCode::FAILURE;
             }
         };
-        match verifier::run(client, options, telemetry::shutdown_signal()).await {
+        match verifier::run(client, options, Shutdown::on_signal().wait()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("keysmith verifier: {err}");

@@ -4,8 +4,9 @@
 //! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures). Shell: [`http`] (the endpoints), [`headers`]
 //! (required header values from Secrets), [`usage`] (`lastUsedAt` write-back), [`audit`] (one
-//! line per verification), [`metrics`], [`telemetry`] (logs, `/metrics`, probes, SIGTERM), and
-//! here the watcher that feeds the index and [`run`], which wires it all.
+//! line per verification), [`metrics`], [`log_writer`] (log lines off the request path), and
+//! here the watcher that feeds the index and [`run`], which wires it all with the shared
+//! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
 
 pub mod audit;
 pub mod client_ip;
@@ -14,8 +15,8 @@ pub mod headers;
 pub mod http;
 pub mod index;
 pub mod key;
+pub mod log_writer;
 pub mod metrics;
-pub mod telemetry;
 pub mod throttle;
 pub mod usage;
 
@@ -23,7 +24,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -36,6 +36,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::api::ApiKey;
+use crate::cluster::{self, ClusterError};
+use crate::telemetry::{self, Health};
 
 use self::decision::{Code, VerifyRequest};
 use self::headers::SecretCache;
@@ -47,14 +49,9 @@ use self::usage::UsageReporter;
 /// Why the verifier could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifierError {
-    /// The API server did not answer the initial list of ApiKeys.
-    #[error("cannot list ApiKeys{scope}: {source}")]
-    Cluster {
-        /// ` in namespace X` or empty.
-        scope: String,
-        /// What kube-rs said.
-        source: kube::Error,
-    },
+    /// The ApiKeys in scope cannot be listed (unreachable, missing CRD, missing permission).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A listener could not be bound or failed.
     #[error("cannot serve on {addr}: {source}")]
     Listen {
@@ -94,8 +91,8 @@ pub struct Verifier {
     pub metrics: Metrics,
     /// Usage write-back.
     pub usage: UsageReporter,
-    /// The initial list is indexed.
-    pub ready: AtomicBool,
+    /// Ready once the initial list is indexed (`/readyz`).
+    pub health: Health,
 }
 
 impl Verifier {
@@ -112,7 +109,7 @@ impl Verifier {
             trusted_proxies,
             metrics: Metrics::register(registry),
             usage,
-            ready: AtomicBool::new(false),
+            health: Health::default(),
         }
     }
 
@@ -186,18 +183,12 @@ pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), Ve
     if let Some(selector) = &options.selector {
         params = params.labels(selector);
     }
-    apikeys(client, options.namespace.as_deref())
+    let namespace = options.namespace.as_deref();
+    apikeys(client, namespace)
         .list_metadata(&params)
         .await
         .map(drop)
-        .map_err(|source| VerifierError::Cluster {
-            scope: options
-                .namespace
-                .as_ref()
-                .map(|ns| format!(" in namespace {ns}"))
-                .unwrap_or_default(),
-            source,
-        })
+        .map_err(|e| cluster::classify::<ApiKey>(e, "list", namespace).into())
 }
 
 /// Feed the index from a watch on ApiKeys until the stream ends. Sets `ready` once the first
@@ -222,7 +213,8 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
             Ok(watcher::Event::InitDone) => {
                 verifier.index.retain(&listed, Timestamp::now());
                 verifier.metrics.set_index_tokens(verifier.index.tokens());
-                if !verifier.ready.swap(true, Ordering::Relaxed) {
+                if !verifier.health.is_ready() {
+                    verifier.health.set_ready(true);
                     tracing::info!(tokens = verifier.index.tokens(), "index ready");
                 }
             }
@@ -256,7 +248,7 @@ pub async fn serve(
     probes: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), VerifierError> {
-    let mut registry = Registry::with_prefix("keysmith");
+    let mut registry = telemetry::registry();
     let (usage, usage_rx) = UsageReporter::channel();
     let verifier = Arc::new(Verifier::new(
         options.trusted_proxies.clone(),
@@ -282,10 +274,7 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let ready = verifier.clone();
-    let probes_app = telemetry::router(Arc::new(registry), move || {
-        ready.ready.load(Ordering::Relaxed)
-    });
+    let probes_app = telemetry::router(Arc::new(registry), verifier.health.clone());
     let api_server = axum::serve(
         api,
         http::router(verifier.clone()).into_make_service_with_connect_info::<SocketAddr>(),
