@@ -329,7 +329,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &args.keysmith,
         &[
             "controller",
-            "--metrics-addr",
+            "--metrics-listen",
             &controller_metrics,
             "--leader-election-namespace",
             SYSTEM_NS,

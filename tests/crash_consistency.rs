@@ -115,7 +115,7 @@ impl ControllerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
             .args([
                 "controller",
-                "--metrics-addr",
+                "--metrics-listen",
                 "127.0.0.1:0",
                 "--leader-election-namespace",
                 CONTROLLER_NS,
