@@ -4,9 +4,8 @@
 //!
 //! `cargo bench --bench verify`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering};
+
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -17,31 +16,8 @@ use keysmith::token::Token;
 use keysmith::verifier::decision::{Code, NoHeaders, SecretValues, VerifyRequest};
 use keysmith::verifier::index::Index;
 
-/// Bytes currently allocated by the process.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 struct NoSecrets;
 
@@ -101,14 +77,14 @@ fn now() -> Timestamp {
 /// Build time and bytes per token for 10,000 ApiKeys, printed once.
 fn report_index_cost(distinct_grants: bool) {
     let (keys, _tokens) = fleet(10_000, distinct_grants);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live_bytes();
     let start = Instant::now();
     let index = Index::default();
     for key in &keys {
         index.apply(key, now());
     }
     let took = start.elapsed();
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = counting_alloc::live_bytes() - before;
     println!(
         "index of 10,000 ApiKeys ({} tokens, {} grant sets): built in {took:?} ({:?} per key), {} bytes per token",
         index.tokens(),

@@ -16,12 +16,11 @@
 //!
 //! `scale [--keys N] [--schedule CRON] [--revocations M] [--keysmith PATH]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicIsize, Ordering};
+
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -33,31 +32,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Bytes currently allocated by this process (for the index's memory per token).
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../benches/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const CRD: &str = include_str!("../crds/apikeys.keysmith.dev.yaml");
 const CONTROLLER_RULES: &str = include_str!("../charts/keysmith/files/controller-rules.yaml");
@@ -444,7 +420,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live_bytes();
     let index_start = Instant::now();
     let index = Index::default();
     let now = Timestamp::now();
@@ -452,7 +428,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         index.apply(key, now);
     }
     let built = index_start.elapsed();
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = counting_alloc::live_bytes() - before;
     println!(
         "index (in process): {} ApiKeys, {} tokens in {:.1} ms, {} bytes per token",
         keys.len(),
