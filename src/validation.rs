@@ -264,6 +264,24 @@ fn compile_grants(errors: &mut Errors, field: &str, grants: &[Grant]) -> Compile
             format!("has {} grants; at most 64 allowed", grants.len()),
         );
     }
+    // The schema's list bounds, repeated for API servers that skip them.
+    for (i, grant) in grants.iter().enumerate() {
+        let lists = [
+            ("actions", grant.actions.len(), 64),
+            (
+                "resources",
+                grant.resources.as_ref().map_or(0, Vec::len),
+                64,
+            ),
+            ("fields", grant.fields.as_ref().map_or(0, Vec::len), 256),
+        ];
+        for (name, len, max) in lists.into_iter().filter(|(_, len, max)| len > max) {
+            errors.push(
+                format!("{field}[{i}].{name}"),
+                format!("has {len} entries; at most {max} allowed"),
+            );
+        }
+    }
     match CompiledGrants::compile(grants) {
         Ok(compiled) => compiled,
         Err(e) => {
