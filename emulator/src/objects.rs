@@ -456,13 +456,26 @@ impl State {
         if opts.dry_run {
             return Ok(present(rt, &obj));
         }
+        let obj = self.put_versioned(rt, &gr, obj, EventType::Added);
+        Ok(present(rt, &obj))
+    }
+
+    /// Store a created or replaced object under a fresh resourceVersion from the global counter,
+    /// keeping the served kinds in step when it is a CRD; returns what was stored.
+    fn put_versioned(
+        &mut self,
+        rt: &ResourceType,
+        gr: &GroupResource,
+        mut obj: Value,
+        kind: EventType,
+    ) -> Value {
         let rv = self.store.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         if is_crd(rt) {
             self.registry.set_crd(&obj);
         }
-        self.store.put(&gr, obj.clone(), EventType::Added);
-        Ok(present(rt, &obj))
+        self.store.put(gr, obj.clone(), kind);
+        obj
     }
 
     /// Replace an object (PUT), on the main resource or `/status`.
@@ -620,12 +633,7 @@ impl State {
         if opts.dry_run {
             return Ok(present(rt, &obj));
         }
-        let rv = self.store.next_rv();
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if is_crd(rt) {
-            self.registry.set_crd(&obj);
-        }
-        self.store.put(&gr, obj.clone(), EventType::Modified);
+        let obj = self.put_versioned(rt, &gr, obj, EventType::Modified);
         let deleting = !obj["metadata"]["deletionTimestamp"].is_null();
         if deleting && finalizers(&obj).is_empty() {
             gc::sweep(self);
