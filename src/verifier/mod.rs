@@ -16,12 +16,12 @@ pub mod http;
 pub mod index;
 pub mod key;
 pub mod metrics;
+pub mod server;
 pub mod throttle;
 pub mod usage;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -244,9 +244,7 @@ impl Running {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(listen = ?api.local_addr().ok(), "verifier serving");
-        let app =
-            http::router(self.verifier.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(api, app).with_graceful_shutdown(shutdown).await
+        server::serve(api, http::router(self.verifier.clone()), shutdown).await
     }
 }
 
