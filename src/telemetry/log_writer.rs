@@ -10,10 +10,15 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::telemetry::LogFormat;
+use super::LogFormat;
+use super::audit_lines::AuditLines;
+use crate::verifier::audit::TARGET as AUDIT;
 
 /// Install the global `tracing` subscriber (filter from `RUST_LOG`, default `info`), writing to
 /// stderr from a background thread. Keep the guard until exit: dropping it flushes.
@@ -21,15 +26,27 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (writer, guard) = background_stderr();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
     // Err only means a subscriber is already installed, which is fine.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, writer));
     guard
+}
+
+/// Keysmith's log lines in `format` through `writer`: the verifier's audit lines by
+/// [`AuditLines`], everything else by tracing-subscriber's formatter (JSON with the fields at the
+/// top level, like the audit lines).
+pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> impl Subscriber
+where
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer.clone());
+    let lines = match format {
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+        LogFormat::Text => lines.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines.with_filter(filter_fn(|meta| meta.target() != AUDIT)))
+        .with(AuditLines::new(format, writer).with_filter(filter_fn(|meta| meta.target() == AUDIT)))
 }
 
 /// `info`, except kube's client logging each failed request at ERROR: that error is also returned

@@ -18,9 +18,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod audit_lines;
 mod log_writer;
 
-pub use log_writer::{LogGuard, init_tracing};
+pub use log_writer::{LogGuard, init_tracing, subscriber};
 
 /// Prefix of every Keysmith metric name.
 pub const METRICS_PREFIX: &str = "keysmith";

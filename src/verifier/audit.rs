@@ -43,12 +43,24 @@ pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict<'_>) {
         key = found.map_or("", |f| f.key.identity.as_str()),
         token = found.map_or("", |f| f.slot_name()),
         token_id = verdict.token_id.unwrap_or(""),
-        client = %request.client.map(|ip| ip.to_string()).unwrap_or_default(),
-        user_agent = %clean(request.user_agent),
-        action = %clean(request.action),
-        resource = %clean(request.resource),
+        client = %Client(request.client),
+        user_agent = &*clean(request.user_agent),
+        action = &*clean(request.action),
+        resource = &*clean(request.resource),
         "verification"
     );
+}
+
+/// The client address, or nothing.
+struct Client(Option<IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Caller-supplied text, bounded and without control characters, so one request stays one line

@@ -11,7 +11,7 @@ use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
 use keysmith::controller::Scope;
 use keysmith::devcluster;
-use keysmith::telemetry::{Shutdown, ShutdownTrigger};
+use keysmith::telemetry::{LogFormat, Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
 use keysmith::verifier::client_ip;
 use keysmith_emulator::{Config, Emulator, Identity};
@@ -20,6 +20,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing_subscriber::EnvFilter;
 
 pub const NS: &str = "shop";
 
@@ -260,12 +261,11 @@ pub fn capture_logs() {
     LOGS.get_or_init(|| {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let writer = Buffer(logs.clone());
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("info")
-            .with_writer(move || writer.clone())
-            .try_init();
+        let _ = tracing::subscriber::set_global_default(keysmith::telemetry::subscriber(
+            LogFormat::Json,
+            EnvFilter::new("info"),
+            move || writer.clone(),
+        ));
         logs
     });
 }
