@@ -55,7 +55,7 @@ const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
 
 /// Lines waiting for the writer thread; beyond this, logging callers wait (lines are never
 /// dropped: the audit trail must be complete).
-const LOG_QUEUE: usize = 65_536;
+const LOG_QUEUE: usize = 8_192;
 
 /// How long the writer thread lets lines gather while busy.
 const LOG_BATCH: Duration = Duration::from_millis(2);
