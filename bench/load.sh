@@ -7,7 +7,7 @@
 #   4. wrk, 50 connections, against POST /v1/verify, GET /v1/authz and nginx;
 # then prints both request rates, their ratio and the verifier's p99.
 #
-# Usage: bench/load.sh [KEYS] [DURATION]    (defaults: 10000 10s)
+# Usage: bench/load.sh [KEYS] [DURATION]    (defaults: 10000 10s; DURATION in seconds, `10s`)
 # Needs: cargo, and wrk + nginx (Debian packages; installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,7 +84,8 @@ http {
 }
 CONF
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 until curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null; do sleep 0.05; done
 
 # 4. wrk. The same POST (a verification asking for an action on a resource) goes to both.
@@ -96,10 +97,21 @@ LUA
 answer=$(curl -fsS -X POST -H 'Content-Type: application/json' --data "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/verify.lua")" "http://127.0.0.1:$API_PORT/v1/verify")
 echo "$answer" | grep -q '"code":"VALID"' || { echo "unexpected answer: $answer"; exit 1; }
 
-run() { # name url [wrk args...]
-    local name=$1 url=$2
-    shift 2
+# CPU time (user + system, in clock ticks) used so far by processes and their child processes.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@" $(pgrep -P "$(echo "$@" | tr ' ' ,)" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo $total
+}
+run() { # name server-pid url [wrk args...]
+    local name=$1 server=$2 url=$3
+    shift 3
+    local before
+    before=$(cpu_ticks "$server")
     wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" --latency "$@" "$url" >"$WORK/$name.wrk"
+    echo $(($(cpu_ticks "$server") - before)) >"$WORK/$name.ticks"
 }
 rps() { awk '/^Requests\/sec:/ {print $2}' "$WORK/$1.wrk"; }
 p99_us() {
@@ -107,19 +119,25 @@ p99_us() {
         else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }' "$WORK/$1.wrk"
 }
 
-run verify "http://127.0.0.1:$API_PORT/v1/verify" -s "$WORK/verify.lua"
-run authz "http://127.0.0.1:$API_PORT/v1/authz?action=content.read&resource=content:pages:home" -H "Authorization: Bearer $TOKEN"
-run nginx "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
+run verify "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/verify" -s "$WORK/verify.lua"
+run authz "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/authz?action=content.read&resource=content:pages:home" -H "Authorization: Bearer $TOKEN"
+run nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
 
 NGINX_RPS=$(rps nginx)
 echo
 echo "machine: $(nproc) CPUs, $(uname -r); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback"
 echo "index:   $INDEXED tokens from $KEYS ApiKeys; start to /readyz ${READY_MS} ms (process start, list, index)"
 echo "memory:  verifier RSS ${RSS_KB} KiB once ready = $((RSS_KB * 1024 / KEYS)) bytes per token (whole process)"
-printf '%-22s %12s %10s %12s\n' endpoint "requests/s" "vs nginx" "p99"
+# Server CPU per request: wrk shares the CPUs, so this is the cost the rate ratio comes from.
+cpu_us() {
+    awk -v t="$(cat "$WORK/$1.ticks")" -v hz="$(getconf CLK_TCK)" -v r="$(rps "$1")" \
+        -v d="${DURATION%s}" 'BEGIN {printf "%.1f", t / hz * 1e6 / (r * d)}'
+}
+printf '%-10s %12s %9s %12s %14s\n' endpoint "requests/s" "vs nginx" "p99" "CPU/request"
 for name in verify authz nginx; do
     r=$(rps $name)
-    printf '%-22s %12s %10s %10s µs\n' "$name" "$r" "$(awk -v a="$r" -v b="$NGINX_RPS" 'BEGIN {printf "%.2f", a/b}')" "$(p99_us $name)"
+    printf '%-10s %12s %9s %9s µs %11s µs\n' "$name" "$r" \
+        "$(awk -v a="$r" -v b="$NGINX_RPS" 'BEGIN {printf "%.2f", a/b}')" "$(p99_us $name)" "$(cpu_us $name)"
 done
 ERRORS=$(grep -h 'Non-2xx\|Socket errors' "$WORK"/*.wrk || true)
 [ -z "$ERRORS" ] || echo "wrk reported: $ERRORS"
