@@ -191,8 +191,10 @@ pub struct TokenSlot {
     #[schemars(length(max = 64), extend("pattern" = DURATION_PATTERN))]
     pub expires_after: Option<String>,
 
-    /// Free-form strings returned by the verifier with every successful verification of this slot.
+    /// Free-form strings returned by the verifier with every successful verification of this slot
+    /// (values up to 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub metadata: BTreeMap<String, String>,
 }
 

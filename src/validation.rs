@@ -457,7 +457,7 @@ fn check_slot_format(errors: &mut Errors, i: usize, slot: &TokenSlot) {
         );
     }
     for (k, v) in &slot.metadata {
-        if k.is_empty() || k.len() > 253 || v.len() > 4096 {
+        if k.is_empty() || k.len() > 253 || v.chars().count() > 4096 {
             errors.push(
                 at("metadata"),
                 format!(

@@ -83,8 +83,8 @@ fn nested(depth: usize) -> String {
 enum Schema {
     /// 4xx naming the field; nothing stored.
     Rejects,
-    /// Stored: the schema has no rule for it (CEL cannot compare `d`/`w` durations, the CRD
-    /// does not bound metadata values); the controller's validation must catch it.
+    /// Stored: the schema has no rule for it (CEL cannot compare `d`/`w` durations, a structural
+    /// schema cannot bound map keys); the controller's validation must catch it.
     Accepts,
     /// Rejected by a structural bound (`maxItems`) that every API server enforces; the
     /// controller does not repeat it.
@@ -128,6 +128,15 @@ fn hostile_manifests() -> Vec<(&'static str, String, &'static str, Schema)> {
             apikey(
                 "h4",
                 json!({"tokens": [slot(json!({"metadata": {"k": huge}}))]}),
+            ),
+            "spec.tokens[0].metadata",
+            Schema::Rejects,
+        ),
+        (
+            "300-character metadata key",
+            apikey(
+                "h4k",
+                json!({"tokens": [slot(json!({"metadata": {"k".repeat(300): "v"}}))]}),
             ),
             "spec.tokens[0].metadata",
             Schema::Accepts,
