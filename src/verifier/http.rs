@@ -11,7 +11,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
@@ -281,9 +282,10 @@ fn asked(uri: &Uri, headers: &HeaderMap) -> Asked {
 async fn authz(
     State(verifier): State<Arc<Verifier>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
+    // The request itself rather than `Uri` and `HeaderMap` extractors, which clone both.
+    let (Parts { uri, headers, .. }, _) = request.into_parts();
     let asked = asked(&uri, &headers);
     let client = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
     let request = VerifyRequest {
