@@ -5,6 +5,11 @@
 
 use keysmith_emulator::{Config, Emulator, Identity};
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::components::{Components, ControllerPart, VerifierPart};
+use crate::controller::leader::LeaderConfig;
+use crate::controller::{Clock, Scope};
 
 /// Namespace the chart installs into; home of the ServiceAccounts and the leader Lease.
 pub const SYSTEM_NAMESPACE: &str = "keysmith";
@@ -64,6 +69,32 @@ pub fn controller_identity() -> Identity {
 /// The verifier's identity in the development cluster.
 pub fn verifier_identity() -> Identity {
     Identity::service_account(SYSTEM_NAMESPACE, VERIFIER_SA)
+}
+
+/// The controller and the verifier on the development cluster, each under its chart
+/// ServiceAccount: what `keysmith dev` runs and what the end-to-end tests start. `identity` names
+/// the Lease holder.
+pub async fn components(
+    emu: &Emulator,
+    identity: &str,
+    clock: Clock,
+    api: TcpListener,
+    metrics: TcpListener,
+) -> Result<Components, DevClusterError> {
+    Ok(Components {
+        controller: Some(ControllerPart {
+            client: emu.client_as(&controller_identity()).await?,
+            leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
+            clock,
+        }),
+        verifier: Some(VerifierPart {
+            client: emu.client_as(&verifier_identity()).await?,
+            api,
+            trusted_proxies: Vec::new(),
+        }),
+        scope: Scope::default(),
+        metrics,
+    })
 }
 
 /// Start the emulator with RBAC enforced, the CRD, the `default` and `keysmith` namespaces, the

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::{ApiKey, Encoding};
-use keysmith::components::{self, Components, ControllerPart, VerifierPart};
-use keysmith::controller::Scope;
-use keysmith::controller::leader::LeaderConfig;
+use keysmith::components;
 use keysmith::devcluster::{self, EXAMPLES};
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith_emulator::{Config, Emulator};
@@ -65,26 +63,9 @@ impl Dev {
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api.local_addr().unwrap();
-        let components = Components {
-            controller: Some(ControllerPart {
-                client: emu
-                    .client_as(&devcluster::controller_identity())
-                    .await
-                    .unwrap(),
-                leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "examples-test"),
-                clock,
-            }),
-            verifier: Some(VerifierPart {
-                client: emu
-                    .client_as(&devcluster::verifier_identity())
-                    .await
-                    .unwrap(),
-                api,
-                trusted_proxies: Vec::new(),
-            }),
-            scope: Scope::default(),
-            metrics,
-        };
+        let components = devcluster::components(&emu, "examples-test", clock, api, metrics)
+            .await
+            .unwrap();
         components::preflight(&components)
             .await
             .expect("the chart's rules suffice");

@@ -7,9 +7,8 @@ mod support;
 use std::path::Path;
 use std::process::Output;
 
-use keysmith::components::{self, Components, ControllerPart};
-use keysmith::controller::leader::LeaderConfig;
-use keysmith::controller::{Scope, system_clock};
+use keysmith::components;
+use keysmith::controller::system_clock;
 use keysmith::devcluster::{self, EXAMPLES};
 use keysmith::telemetry::Shutdown;
 use keysmith_emulator::{Config, Identity};
@@ -79,19 +78,11 @@ async fn kubectl_keysmith_status_and_rotate() {
         "{plugins:?}"
     );
 
-    let components = Components {
-        controller: Some(ControllerPart {
-            client: emu
-                .client_as(&devcluster::controller_identity())
-                .await
-                .unwrap(),
-            leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "plugin-test"),
-            clock: system_clock(),
-        }),
-        verifier: None,
-        scope: Scope::default(),
-        metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (api, metrics) = (bind().await.unwrap(), bind().await.unwrap());
+    let components = devcluster::components(&emu, "plugin-test", system_clock(), api, metrics)
+        .await
+        .unwrap();
     let (stop, shutdown) = Shutdown::new();
     let running = tokio::spawn(components::serve(components, shutdown));
     let (_, cms) = EXAMPLES

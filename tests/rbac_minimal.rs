@@ -12,9 +12,8 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::ApiKey;
-use keysmith::components::{self, Components, ControllerPart, VerifierPart};
-use keysmith::controller::leader::LeaderConfig;
-use keysmith::controller::{self, Scope};
+use keysmith::components;
+use keysmith::controller;
 use keysmith::devcluster;
 use keysmith::telemetry::Shutdown;
 use keysmith_emulator::{Config, Emulator, Identity};
@@ -151,26 +150,11 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
     emu.apply_yaml(WORKLOADS).expect("workloads");
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_addr = api.local_addr().unwrap();
-    let components = Components {
-        controller: Some(ControllerPart {
-            client: emu
-                .client_as(&devcluster::controller_identity())
-                .await
-                .unwrap(),
-            leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "rbac-test"),
-            clock: controller::system_clock(),
-        }),
-        verifier: Some(VerifierPart {
-            client: emu
-                .client_as(&devcluster::verifier_identity())
-                .await
-                .unwrap(),
-            api,
-            trusted_proxies: Vec::new(),
-        }),
-        scope: Scope::default(),
-        metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let components =
+        devcluster::components(&emu, "rbac-test", controller::system_clock(), api, metrics)
+            .await
+            .unwrap();
     components::preflight(&components)
         .await
         .expect("the chart's rules suffice to start");

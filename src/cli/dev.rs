@@ -14,9 +14,8 @@ use kube::{Api, ResourceExt};
 use keysmith_emulator::Identity;
 
 use crate::api::{ApiKey, TokenStatus};
-use crate::components::{self, Components, ControllerPart, VerifierPart};
-use crate::controller::leader::LeaderConfig;
-use crate::controller::{self, Scope};
+use crate::components;
+use crate::controller;
 use crate::devcluster;
 use crate::telemetry::{self, LogFormat, Shutdown};
 
@@ -59,10 +58,6 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     let emu = devcluster::start(config).await.map_err(|e| e.to_string())?;
     emu.write_kubeconfig(&args.kubeconfig, &Identity::Admin)
         .map_err(|e| format!("writing {}: {e}", args.kubeconfig.display()))?;
-    let client_as = |identity: Identity| {
-        let emu = &emu;
-        async move { emu.client_as(&identity).await.map_err(|e| e.to_string()) }
-    };
     let api = super::bind(args.listen, "the verification API").await?;
     let metrics = super::bind(args.metrics_listen, "metrics").await?;
     // Print where they really listen: a port of 0 picks a free one.
@@ -70,20 +65,15 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         api: api.local_addr().unwrap_or(args.listen),
         metrics: metrics.local_addr().unwrap_or(args.metrics_listen),
     };
-    let components = Components {
-        controller: Some(ControllerPart {
-            client: client_as(devcluster::controller_identity()).await?,
-            leader: LeaderConfig::new(devcluster::SYSTEM_NAMESPACE, "keysmith-dev"),
-            clock: controller::system_clock(),
-        }),
-        verifier: Some(VerifierPart {
-            client: client_as(devcluster::verifier_identity()).await?,
-            api,
-            trusted_proxies: Vec::new(),
-        }),
-        scope: Scope::default(),
+    let components = devcluster::components(
+        &emu,
+        "keysmith-dev",
+        controller::system_clock(),
+        api,
         metrics,
-    };
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let shutdown = Shutdown::on_signal();
     let running = tokio::spawn(components::serve(components, shutdown.clone()));
 
