@@ -569,6 +569,11 @@ async fn bad_bodies_metrics_and_probes() {
     let huge = json!({"token": "x".repeat(20_000)}).to_string();
     let r = request(h.api, "POST", "/v1/verify", &[], Some(&huge)).await;
     assert_eq!(r.status, 413);
+    assert!(r.body.contains("larger than 16384 bytes"), "{}", r.body);
+    let r = verifier_common::get(h.api, "/v1/verify").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    let r = verifier_common::get(h.api, "/v1/nothing").await;
+    assert_eq!(r.status, 404);
     let r = request(
         h.api,
         "POST",

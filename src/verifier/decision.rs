@@ -102,9 +102,9 @@ pub trait RequestHeaders: Sync {
     fn get(&self, name: &str) -> Option<&[u8]>;
 }
 
-impl RequestHeaders for axum::http::HeaderMap {
+impl RequestHeaders for hyper::HeaderMap {
     fn get(&self, name: &str) -> Option<&[u8]> {
-        axum::http::HeaderMap::get(self, name).map(axum::http::HeaderValue::as_bytes)
+        hyper::HeaderMap::get(self, name).map(hyper::header::HeaderValue::as_bytes)
     }
 }
 

@@ -244,7 +244,12 @@ impl Running {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(listen = ?api.local_addr().ok(), "verifier serving");
-        server::serve(api, http::router(self.verifier.clone()), shutdown).await
+        let verifier = self.verifier.clone();
+        let handler = move |peer, request| {
+            let verifier = verifier.clone();
+            async move { http::handle(&verifier, peer, request).await }
+        };
+        server::serve(api, handler, shutdown).await
     }
 }
 

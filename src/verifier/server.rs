@@ -7,28 +7,48 @@
 //! request rate). Here one task accepts and deals connections round-robin to the workers; a
 //! connection then lives on one thread, and its requests never cross a thread.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::connect_info::ConnectInfo;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tower::ServiceExt;
 
 /// A connection handed to a worker.
 type Accepted = (std::net::TcpStream, SocketAddr);
 
-/// Serve `router` on `listener` until `shutdown` completes, then wait for open requests to
-/// finish. Each request carries the TCP peer as `ConnectInfo<SocketAddr>`.
+/// Answers a request, given the TCP peer it came from.
+pub trait Handler: Clone + Send + 'static {
+    /// The answer being worked out.
+    type Answer: Future<Output = Response<Full<Bytes>>> + Send + 'static;
+    /// Answer `request` from `peer`.
+    fn call(&self, peer: SocketAddr, request: Request<Incoming>) -> Self::Answer;
+}
+
+impl<F, A> Handler for F
+where
+    F: Fn(SocketAddr, Request<Incoming>) -> A + Clone + Send + 'static,
+    A: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    type Answer = A;
+    fn call(&self, peer: SocketAddr, request: Request<Incoming>) -> A {
+        self(peer, request)
+    }
+}
+
+/// Serve `handler` on `listener` until `shutdown` completes, then wait for open requests to
+/// finish.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    handler: impl Handler,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -40,11 +60,11 @@ pub async fn serve(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (router, stopped) = (router.clone(), stopped.clone());
+        let (handler, stopped) = (handler.clone(), stopped.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("keysmith-api-{n}"))
-                .spawn(move || runtime.block_on(worker(connections, router, stopped)))?,
+                .spawn(move || runtime.block_on(worker(connections, handler, stopped)))?,
         );
         queues.push(queue);
     }
@@ -96,7 +116,7 @@ fn is_connection_error(err: &io::Error) -> bool {
 /// finish.
 async fn worker(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
-    router: Router,
+    handler: impl Handler,
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -114,14 +134,12 @@ async fn worker(
         };
         // Answers are one small write each; do not hold them back waiting for an ACK.
         let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(move |mut request: axum::extract::Request<_>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let handler = handler.clone();
+        let service = service_fn(move |request| {
+            let answer = handler.call(peer, request);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // A client hanging up mid-request is its own business.
@@ -134,7 +152,6 @@ async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get_peer(stream: &mut TcpStream) -> String {
@@ -158,14 +175,13 @@ mod tests {
 
     #[tokio::test]
     async fn serves_keep_alive_connections_with_the_peer_and_stops_when_asked() {
-        let router = Router::new().route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n.") }),
-        );
+        let handler = |peer: SocketAddr, _: Request<Incoming>| async move {
+            Response::new(Full::new(Bytes::from(format!("{peer}\n."))))
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, async {
+        let server = tokio::spawn(serve(listener, handler, async {
             let _ = stopped.await;
         }));
 
