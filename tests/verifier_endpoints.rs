@@ -413,7 +413,7 @@ async fn every_code_through_every_endpoint() {
         && l["key"] == "shop/header"
         && l["endpoint"] == "authz"));
     for field in [
-        "time",
+        "timestamp",
         "key",
         "token_id",
         "code",

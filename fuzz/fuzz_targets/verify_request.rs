@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let (index, token) = fixture();
     if body.token == "@" {
-        body.token = token.clone();
+        body.token = token.as_str().into();
     }
     let headers = body.headers();
     let request = body.request(&headers, "192.0.2.1".parse().expect("address"));

@@ -1,12 +1,10 @@
 //! One structured audit line per verification, on the `tracing` target `keysmith::audit`
-//! (JSON with `--log-format json`): time, endpoint, code, key, slot, token id, client address,
-//! user agent, action and resource. Never the token: only its public id (prefix plus six
+//! (JSON with `--log-format json`): the line's timestamp, endpoint, code, key, slot, token id,
+//! client address, user agent, action and resource. Never the token: only its public id (prefix plus six
 //! characters), and only when the string was a well-formed token.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-
-use jiff::Timestamp;
 
 use super::decision::Code;
 use super::index::Verdict;
@@ -32,12 +30,11 @@ pub struct Request<'a> {
 }
 
 /// Write the audit line of one verification.
-pub fn record(now: Timestamp, request: &Request<'_>, verdict: &Verdict<'_>) {
+pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
     let found = verdict.found.as_ref();
     let code: Code = verdict.code;
     tracing::info!(
         target: TARGET,
-        time = %now,
         endpoint = request.endpoint,
         code = code.as_str(),
         key = found.map_or("", |f| f.key.identity.as_str()),

@@ -7,6 +7,7 @@
 //! framework's per-request boxing, extractor clones and state clones were a measurable share of
 //! a verification (`bench/load.sh`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -125,22 +126,24 @@ where
 }
 
 /// The body of `POST /v1/verify`. Unknown fields are ignored; `null` is the same as absent.
+/// Strings borrow from the request body unless they hold JSON escapes.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct VerifyBody {
+pub struct VerifyBody<'a> {
     /// The presented token.
-    pub token: String,
+    #[serde(borrow)]
+    pub token: Cow<'a, str>,
     /// Action to authorize.
-    #[serde(default)]
-    pub action: Option<String>,
+    #[serde(default, borrow)]
+    pub action: Option<Cow<'a, str>>,
     /// Resource the action is on.
-    #[serde(default)]
-    pub resource: Option<String>,
+    #[serde(default, borrow)]
+    pub resource: Option<Cow<'a, str>>,
     /// Fields a create/update touches.
     #[serde(default)]
     pub fields: Option<Vec<String>>,
     /// Environment the caller serves.
-    #[serde(default)]
-    pub environment: Option<String>,
+    #[serde(default, borrow)]
+    pub environment: Option<Cow<'a, str>>,
     /// End-user address, for callers that verify on someone's behalf.
     #[serde(default)]
     pub ip: Option<IpAddr>,
@@ -148,30 +151,30 @@ pub struct VerifyBody {
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
     /// Grant condition context.
-    #[serde(default)]
-    pub context: Option<BodyContext>,
+    #[serde(default, borrow)]
+    pub context: Option<BodyContext<'a>>,
 }
 
 /// `context` of a verify body.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct BodyContext {
+pub struct BodyContext<'a> {
     /// Status of the resource (`conditions.status`).
-    #[serde(default)]
-    pub status: Option<String>,
+    #[serde(default, borrow)]
+    pub status: Option<Cow<'a, str>>,
     /// Locale of the resource (`conditions.locales`).
-    #[serde(default)]
-    pub locale: Option<String>,
+    #[serde(default, borrow)]
+    pub locale: Option<Cow<'a, str>>,
     /// Owner of the resource (`conditions.own`).
-    #[serde(default)]
-    pub owner: Option<String>,
+    #[serde(default, borrow)]
+    pub owner: Option<Cow<'a, str>>,
 }
 
 /// Parse a `/v1/verify` body; an error means 400. Never panics, whatever the bytes.
-pub fn parse_verify_body(body: &[u8]) -> Result<VerifyBody, serde_json::Error> {
+pub fn parse_verify_body(body: &[u8]) -> Result<VerifyBody<'_>, serde_json::Error> {
     serde_json::from_slice(body)
 }
 
-impl VerifyBody {
+impl VerifyBody<'_> {
     /// The end user's headers given in the body, for `requiredHeaders`.
     pub fn headers(&self) -> BodyHeaders {
         BodyHeaders(
@@ -222,7 +225,7 @@ struct VerifyResponse<'a> {
     code: &'static str,
     key: Option<KeyRef<'a>>,
     environment: Option<&'a str>,
-    expires_at: Option<String>,
+    expires_at: Option<Rfc3339>,
     metadata: MetadataView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     permissions: Option<&'a [Box<str>]>,
@@ -234,6 +237,15 @@ struct KeyRef<'a> {
     name: &'a str,
     token: &'a str,
     id: &'a str,
+}
+
+/// A time as RFC 3339 text, formatted straight into the answer.
+struct Rfc3339(jiff::Timestamp);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
 }
 
 /// A slot's metadata as a JSON object.
@@ -264,7 +276,7 @@ fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
             id: &f.id,
         }),
         environment: found.and_then(|f| f.key.environment.as_deref()),
-        expires_at: found.and_then(|f| f.expires_at).map(|t| t.to_string()),
+        expires_at: found.and_then(|f| f.expires_at).map(Rfc3339),
         metadata: MetadataView(slot.filter(|_| valid).map_or(&[], |s| s.metadata.entries())),
         permissions: slot.filter(|_| valid).map(|s| s.grants.permissions()),
     }

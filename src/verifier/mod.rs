@@ -104,7 +104,7 @@ impl Verifier {
         let now = Timestamp::now();
         let verdict = self.index.verify(request, now, &self.secrets);
         self.metrics.observe(verdict.code, start.elapsed());
-        audit::record(now, audit, &verdict);
+        audit::record(audit, &verdict);
         match (&verdict.found, verdict.code) {
             (Some(found), Code::Valid) => self.usage.record(found, now),
             _ if throttled => {
