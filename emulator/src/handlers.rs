@@ -13,10 +13,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{DeleteOptions, FieldValidation, WriteOptions};
+use crate::objects::{DeleteOptions, FieldValidation, Presented, WriteOptions};
 use crate::patch::PatchType;
 use crate::rbac::{self, Attributes, UserInfo};
 use crate::registry::ResourceType;
@@ -145,7 +146,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+fn json_response(code: StatusCode, body: &impl Serialize, warnings: &[String]) -> Response {
     let mut resp = (code, axum::Json(body)).into_response();
     for w in warnings {
         let text = format!("299 - {}", Value::String(w.clone()));
@@ -449,13 +450,7 @@ async fn resource(
             Ok(match presentation(headers, query) {
                 Presentation::Table(include) => json_response(
                     StatusCode::OK,
-                    &table::render(
-                        &rt,
-                        std::slice::from_ref(&obj),
-                        crate::store::rv_of(&obj),
-                        None,
-                        include,
-                    ),
+                    &table::render(&rt, &[&obj], crate::store::rv_of(&obj), None, include),
                     &[],
                 ),
                 Presentation::Metadata => {
@@ -554,16 +549,21 @@ async fn resource(
                 None,
                 None,
             )?;
+            let names: Vec<(String, String)> = page
+                .items
+                .iter()
+                .map(|item| {
+                    let meta = |field: &str| {
+                        item["metadata"][field]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    (meta("namespace"), meta("name"))
+                })
+                .collect();
             let mut deleted = Vec::new();
-            for item in page.items {
-                let item_ns = item["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let name = item["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+            for (item_ns, name) in names {
                 deleted.push(st.delete(&rt, &item_ns, &name, &options)?);
             }
             Ok(json_response(
@@ -576,22 +576,43 @@ async fn resource(
     }
 }
 
-fn list_body(
+/// A list answer; `items` is serialized as it is, so a page can borrow from the store.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<T> {
+    kind: String,
+    api_version: String,
+    metadata: ListMeta,
+    items: T,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    resource_version: String,
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    continue_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining_item_count: Option<usize>,
+}
+
+fn list_body<T: Serialize>(
     rt: &ResourceType,
-    items: Vec<Value>,
+    items: T,
     rv: u64,
     continue_token: Option<String>,
     remaining: Option<usize>,
-) -> Value {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = continue_token {
-        meta["continue"] = json!(c);
+) -> ListBody<T> {
+    ListBody {
+        kind: format!("{}List", rt.kind),
+        api_version: rt.api_version(),
+        metadata: ListMeta {
+            resource_version: rv.to_string(),
+            continue_token,
+            remaining_item_count: remaining,
+        },
+        items,
     }
-    if let Some(n) = remaining {
-        meta["remainingItemCount"] = json!(n);
-    }
-    json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
-           "metadata": meta, "items": items})
 }
 
 fn list(
@@ -610,7 +631,9 @@ fn list(
         ),
         None => None,
     };
-    let page = server.state().list(
+    // The page borrows from the store: it is serialized before the lock is released.
+    let st = server.state();
+    let page = st.list(
         rt,
         (!ns.is_empty()).then_some(ns),
         &labels,
@@ -621,35 +644,45 @@ fn list(
             .map(String::as_str)
             .filter(|c| !c.is_empty()),
     )?;
-    let body = match presentation(headers, query) {
-        Presentation::Table(include) => table::render(
-            rt,
-            &page.items,
-            page.resource_version,
-            page.continue_token.as_deref(),
-            include,
-        ),
-        Presentation::Metadata => {
-            let mut b = list_body(
+    let response = match presentation(headers, query) {
+        Presentation::Table(include) => {
+            let table = table::render(
                 rt,
-                page.items.iter().map(partial_metadata).collect(),
+                &page.items,
+                page.resource_version,
+                page.continue_token.as_deref(),
+                include,
+            );
+            json_response(StatusCode::OK, &table, &[])
+        }
+        Presentation::Metadata => {
+            let mut body = list_body(
+                rt,
+                page.items
+                    .iter()
+                    .map(|o| partial_metadata(o))
+                    .collect::<Vec<_>>(),
                 page.resource_version,
                 page.continue_token,
                 page.remaining,
             );
-            b["kind"] = json!("PartialObjectMetadataList");
-            b["apiVersion"] = json!("meta.k8s.io/v1");
-            b
+            body.kind = "PartialObjectMetadataList".into();
+            body.api_version = "meta.k8s.io/v1".into();
+            json_response(StatusCode::OK, &body, &[])
         }
-        Presentation::Object => list_body(
-            rt,
-            page.items,
-            page.resource_version,
-            page.continue_token,
-            page.remaining,
-        ),
+        Presentation::Object => {
+            let items: Vec<_> = page.items.iter().map(|o| Presented(rt, o)).collect();
+            let body = list_body(
+                rt,
+                items,
+                page.resource_version,
+                page.continue_token,
+                page.remaining,
+            );
+            json_response(StatusCode::OK, &body, &[])
+        }
     };
-    Ok(json_response(StatusCode::OK, &body, &[]))
+    Ok(response)
 }
 
 fn watch(

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use crate::objects::present;
 use crate::registry::{PrinterColumn, ResourceType};
 use crate::watch::partial_metadata;
 
@@ -299,7 +300,7 @@ pub enum IncludeObject {
 /// Render objects as a Table.
 pub fn render(
     rt: &ResourceType,
-    items: &[Value],
+    items: &[&Value],
     resource_version: u64,
     continue_token: Option<&str>,
     include: IncludeObject,
@@ -328,7 +329,7 @@ pub fn render(
                     .map(|o| {
                         let mut cells = vec![o["metadata"]["name"].clone()];
                         cells.extend(crd.printer_columns.iter().map(|c| cell(o, c)));
-                        row(o, cells, include)
+                        row(rt, o, cells, include)
                     })
                     .collect();
                 (defs, rows)
@@ -338,7 +339,7 @@ pub fn render(
                 let defs = cols.iter().map(|(d, _)| d.clone()).collect();
                 let rows = items
                     .iter()
-                    .map(|o| row(o, cols.iter().map(|(_, f)| f(o)).collect(), include))
+                    .map(|o| row(rt, o, cols.iter().map(|(_, f)| f(o)).collect(), include))
                     .collect();
                 (defs, rows)
             }
@@ -351,12 +352,12 @@ pub fn render(
            "columnDefinitions": defs, "rows": rows})
 }
 
-fn row(obj: &Value, cells: Vec<Value>, include: IncludeObject) -> Value {
+fn row(rt: &ResourceType, obj: &Value, cells: Vec<Value>, include: IncludeObject) -> Value {
     let mut r = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => r["object"] = partial_metadata(obj),
-        IncludeObject::Object => r["object"] = obj.clone(),
+        IncludeObject::Object => r["object"] = present(rt, obj),
     }
     r
 }

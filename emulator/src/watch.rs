@@ -14,12 +14,13 @@ use axum::body::Bytes;
 use futures::SinkExt;
 use futures::channel::mpsc;
 use futures::stream::Stream;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{ApiError, ApiResult};
 use crate::faults::WatchLimits;
-use crate::objects::{State, present};
+use crate::objects::{Presented, State};
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, EventType};
@@ -61,14 +62,11 @@ impl WatchRequest {
     }
 
     fn render(&self, kind: &str, obj: &Value) -> Bytes {
-        let object = if self.metadata_only {
-            partial_metadata(obj)
+        if self.metadata_only {
+            event_line(kind, &partial_metadata(obj))
         } else {
-            present(&self.rt, obj)
-        };
-        let mut line = json!({"type": kind, "object": object}).to_string();
-        line.push('\n');
-        Bytes::from(line)
+            event_line(kind, &Presented(&self.rt, obj))
+        }
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
@@ -101,7 +99,8 @@ impl WatchRequest {
         let (rendered_for, object) = change.rendered.get_or_init(|| {
             (
                 api_version.clone(),
-                present(&self.rt, &change.object).to_string(),
+                serde_json::to_string(&Presented(&self.rt, &change.object))
+                    .expect("JSON values serialize"),
             )
         });
         if *rendered_for != api_version {
@@ -135,6 +134,19 @@ impl WatchRequest {
 pub fn partial_metadata(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
            "metadata": obj["metadata"].clone()})
+}
+
+/// One watch event line, serialized straight from `object`.
+fn event_line(kind: &str, object: &impl Serialize) -> Bytes {
+    #[derive(Serialize)]
+    struct Event<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        object: T,
+    }
+    let mut line = serde_json::to_vec(&Event { kind, object }).expect("JSON values serialize");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 fn gone(rv: u64, oldest: u64) -> Bytes {

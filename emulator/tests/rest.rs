@@ -266,6 +266,30 @@ async fn list_paging_and_selectors() {
     }
     assert_eq!(names, vec!["s0", "s1", "s2", "s3", "s4"]);
 
+    // The page as JSON: list kind, paging metadata, and items that carry their own kind.
+    let client = emu.client().await.unwrap();
+    let raw: serde_json::Value = client
+        .request(
+            axum::http::Request::get("/api/v1/namespaces/default/secrets?limit=2")
+                .body(Vec::new())
+                .expect("valid request"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw["kind"], "SecretList");
+    assert_eq!(raw["apiVersion"], "v1");
+    assert_eq!(raw["metadata"]["remainingItemCount"], 3);
+    assert!(raw["metadata"]["continue"].is_string(), "{raw}");
+    let items = raw["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for item in items {
+        assert_eq!(
+            (&item["apiVersion"], &item["kind"]),
+            (&json!("v1"), &json!("Secret"))
+        );
+        assert!(item["metadata"]["resourceVersion"].is_string(), "{item}");
+    }
+
     let even = secrets
         .list(&ListParams::default().labels("tier=even"))
         .await
