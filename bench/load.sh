@@ -22,6 +22,10 @@ THREADS=2
 NGINX_WORKERS=auto
 if [ "${1:-}" = --pinned ]; then
     shift
+    if [ "$(nproc)" -lt 2 ]; then
+        echo "bench/load.sh --pinned needs 2 CPUs (one for the servers, one for wrk); run it without --pinned" >&2
+        exit 2
+    fi
     PIN_SERVER=(taskset -c 0)
     PIN_CLIENT=(taskset -c 1)
     THREADS=1
@@ -158,7 +162,7 @@ done
 ERRORS=$(grep -h 'Non-2xx\|Socket errors' "$WORK"/*.wrk || true)
 [ -z "$ERRORS" ] || echo "wrk reported: $ERRORS"
 # The verifier's own view: time to decide (index lookup, grants, restrictions), from its
-# histogram, over all three runs' verifications; the rest of wrk's latency is HTTP, the kernel
+# histogram, over the /v1/verify and /v1/authz runs; the rest of wrk's latency is HTTP, the kernel
 # and waiting for a CPU.
 DECISION_P99=$(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk 'BEGIN { n = 0 }
     /^keysmith_verify_duration_seconds_bucket/ { split($1, a, "\""); le[n] = a[2]; count[n] = $2; n++ }

@@ -1,7 +1,7 @@
 //! One structured audit line per verification, on the `tracing` target `keysmith::audit`
 //! (JSON with `--log-format json`): the line's timestamp, endpoint, code, key, slot, token id,
-//! client address, user agent, action and resource. Never the token: only its public id (prefix plus six
-//! characters), and only when the string was a well-formed token.
+//! client address, user agent, action and resource. Never the token: only its public id (prefix
+//! plus six characters), and only when the string was a well-formed token.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
