@@ -8,10 +8,11 @@
 # then prints both request rates, their ratio and the verifier's p99.
 #
 # Usage: bench/load.sh [--pinned] [KEYS] [DURATION]    (defaults: 10000 10s; DURATION in seconds)
-#   --pinned  servers (verifier, nginx with one worker) on CPU 0, wrk with one thread on CPU 1.
-#             Unpinned, wrk and the server take turns on the same CPUs, and the p99 wrk reports
-#             is mostly its own time off the CPU (nginx's `return 200` shows it too); pinned, the
-#             p99 is the server's.
+#   --pinned  servers (verifier, nginx) on the first half of the CPUs with one worker per CPU,
+#             wrk on the other half with one thread per CPU (2 CPUs: servers on CPU 0, wrk on
+#             CPU 1). Unpinned, wrk and the server take turns on the same CPUs, and the p99 wrk
+#             reports is mostly its own time off the CPU (nginx's `return 200` shows it too);
+#             pinned, the p99 is the server's.
 # Needs: cargo, and wrk + nginx (Debian packages; installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,14 +23,24 @@ THREADS=2
 NGINX_WORKERS=auto
 if [ "${1:-}" = --pinned ]; then
     shift
-    if [ "$(nproc)" -lt 2 ]; then
+    # The CPUs this script may use (it may itself run under taskset), split in two halves.
+    CPUS=()
+    IFS=, read -ra ranges <<<"$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status)"
+    for range in "${ranges[@]}"; do
+        for ((cpu = ${range%-*}; cpu <= ${range#*-}; cpu++)); do CPUS+=("$cpu"); done
+    done
+    if [ ${#CPUS[@]} -lt 2 ]; then
         echo "bench/load.sh --pinned needs 2 CPUs (one for the servers, one for wrk); run it without --pinned" >&2
         exit 2
     fi
-    PIN_SERVER=(taskset -c 0)
-    PIN_CLIENT=(taskset -c 1)
-    THREADS=1
-    NGINX_WORKERS=1
+    HALF=$((${#CPUS[@]} / 2))
+    SERVER_CPUS=$(IFS=,; echo "${CPUS[*]:0:HALF}")
+    CLIENT_CPUS=$(IFS=,; echo "${CPUS[*]:HALF}")
+    PIN_SERVER=(taskset -c "$SERVER_CPUS")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
+    THREADS=$((${#CPUS[@]} - HALF))
+    # The verifier runs one worker per CPU it may use; nginx gets as many.
+    NGINX_WORKERS=$HALF
 fi
 KEYS=${1:-10000}
 DURATION=${2:-10s}
@@ -144,7 +155,7 @@ run nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
 NGINX_RPS=$(rps nginx)
 echo
 LAYOUT="servers and wrk share the CPUs"
-[ ${#PIN_SERVER[@]} = 0 ] || LAYOUT="servers pinned to CPU 0, wrk to CPU 1"
+[ ${#PIN_SERVER[@]} = 0 ] || LAYOUT="servers pinned to CPUs $SERVER_CPUS, wrk to CPUs $CLIENT_CPUS"
 echo "machine: $(nproc) CPUs, $(uname -r); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback; $LAYOUT"
 echo "index:   $INDEXED tokens from $KEYS ApiKeys; start to /readyz ${READY_MS} ms (process start, list, index)"
 echo "memory:  verifier RSS ${RSS_KB} KiB once ready = $((RSS_KB * 1024 / KEYS)) bytes per token (whole process)"
