@@ -10,7 +10,9 @@
 //! [`components`] runs either or both in one process; [`cluster`] connects to the API server and
 //! [`telemetry`] holds what every long-running command shares (logs, `/metrics`, `/healthz`,
 //! `/readyz`, SIGTERM). [`devcluster`] is the emulated cluster of `keysmith dev` and the tests.
+//! [`allocator`] hands memory freed after a burst of work back to the operating system.
 
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod cluster;

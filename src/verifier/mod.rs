@@ -170,6 +170,9 @@ pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), Cl
         .map_err(|e| cluster::classify::<ApiKey>(e, "list", namespace))
 }
 
+/// Listed ApiKeys between two hand-backs of freed memory (two list pages).
+const RELEASE_EVERY: usize = 1_000;
+
 /// Feed the index from a watch on ApiKeys until the stream ends. Sets `ready` once the first
 /// complete list is in; on every relist, keys that vanished meanwhile are revoked.
 pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifier>) {
@@ -188,9 +191,17 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
             Ok(watcher::Event::InitApply(apikey)) => {
                 listed.insert((apikey.namespace().unwrap_or_default(), apikey.name_any()));
                 verifier.apply(&apikey, &mut warned);
+                // Listing thousands of keys is a burst of garbage (pages, parsed objects): hand
+                // it back as the list goes, or the peak grows with the fleet.
+                if listed.len() % RELEASE_EVERY == 0 {
+                    crate::allocator::release_freed_memory();
+                }
             }
             Ok(watcher::Event::InitDone) => {
-                verifier.index.retain(&listed, Timestamp::now());
+                verifier
+                    .index
+                    .retain(&std::mem::take(&mut listed), Timestamp::now());
+                crate::allocator::release_freed_memory();
                 verifier.metrics.set_index_tokens(verifier.index.tokens());
                 if !verifier.health.is_ready() {
                     verifier.health.set_ready(true);
