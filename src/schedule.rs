@@ -107,9 +107,7 @@ impl Schedule {
             cron,
             time_zone,
         };
-        // `0 0 30 2 *` parses but never runs; without years in the dialect, anything that runs
-        // at all runs within 28 years of any date (the Gregorian weekday cycle).
-        if schedule.next_after(Timestamp::UNIX_EPOCH).is_none() {
+        if schedule.next_after(never_runs_probe()).is_none() {
             return Err(invalid("it never runs (no such date)".to_owned()));
         }
         Ok(schedule)
@@ -177,6 +175,21 @@ fn resolve_time_zone(name: Option<&str>) -> Result<TimeZone, ScheduleError> {
             name: name.to_owned(),
         }),
     }
+}
+
+/// Where a search for a schedule's next run tells whether it runs at all, as fast as possible.
+///
+/// `0 0 30 2 *` parses but never runs. Without years in the dialect, anything that runs at all
+/// runs within any 28 years that skip no leap day (the Gregorian weekday cycle; the last 29
+/// years before croner's search limit contain no century). From an earlier start croner walks
+/// on to its limit before giving up: 5,000 years, about 8 ms per refusal, paid by the controller
+/// and the verifier on every read of such an ApiKey.
+fn never_runs_probe() -> Timestamp {
+    let year = i16::try_from(croner::YEAR_UPPER_LIMIT - 29).expect("croner's limit is a year");
+    jiff::civil::date(year, 1, 1)
+        .to_zoned(TimeZone::UTC)
+        .expect("a date in jiff's range")
+        .timestamp()
 }
 
 /// Refuse what croner would accept but the dialect does not (seconds, years, unknown macros),
@@ -397,6 +410,28 @@ mod tests {
     }
 
     #[test]
+    fn the_rarest_days_run_and_impossible_ones_are_refused() {
+        // 29 February falls on each weekday once in 28 years, and so does a fifth weekday of
+        // February: the longest wait a schedule that runs can have.
+        for weekday in 0..=6 {
+            for rare in [
+                format!("0 0 29 2 +{weekday}"),
+                format!("0 0 * 2 {weekday}#5"),
+            ] {
+                assert!(Schedule::parse(&rare, None).is_ok(), "{rare}");
+            }
+        }
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 30 2 +1",
+            "0 0 31 2 +5",
+        ] {
+            assert!(Schedule::parse(never, None).is_err(), "{never}");
+        }
+    }
+
+    #[test]
     fn unknown_time_zones_blame_the_time_zone_field() {
         for bad in [
             "Mars/Olympus",
@@ -456,6 +491,29 @@ mod tests {
             .prop_map(|(m, h, d, mo, w)| format!("{m} {h} {d} {mo} {w}"))
     }
 
+    /// Day fields that may never meet: any day of month (last days, `L`, `W`), one month or a
+    /// short list, and a weekday that must match too (`+`, `#`) or may match instead.
+    fn day_fields_expression() -> impl Strategy<Value = String> {
+        let day = prop_oneof![
+            (1..=31u32).prop_map(|n| n.to_string()),
+            (28..=31u32).prop_map(|n| n.to_string()),
+            Just("L".to_owned()),
+            (1..=31u32).prop_map(|n| format!("{n}W")),
+        ];
+        let month = prop_oneof![
+            (1..=12u32).prop_map(|n| n.to_string()),
+            Just("2".to_owned()),
+            Just("4,6,9,11".to_owned()),
+        ];
+        let weekday = prop_oneof![
+            Just("*".to_owned()),
+            (0..=6u32).prop_map(|n| n.to_string()),
+            (0..=6u32).prop_map(|n| format!("+{n}")),
+            (0..=6u32, 1..=5u32).prop_map(|(d, n)| format!("{d}#{n}")),
+        ];
+        (day, month, weekday).prop_map(|(d, mo, w)| format!("0 0 {d} {mo} {w}"))
+    }
+
     fn instant() -> impl Strategy<Value = Timestamp> {
         // 2000-01-01 to 2040-01-01, at any second.
         (946_684_800i64..2_208_988_800).prop_map(|s| Timestamp::from_second(s).unwrap())
@@ -502,6 +560,22 @@ mod tests {
                 prop_assert!(!matches(&schedule, minute), "{} skipped", minute);
                 minute += jiff::SignedDuration::from_mins(1);
             }
+        }
+
+        #[test]
+        fn refuses_exactly_the_schedules_that_never_run(expr in day_fields_expression(), zone in zone()) {
+            // The full search: from 1970 to croner's limit, 5,000 years on.
+            let cron = CronParser::builder()
+                .seconds(Seconds::Disallowed)
+                .year(Year::Disallowed)
+                .build()
+                .parse(&expr)
+                .unwrap();
+            let tz = TimeZone::get(zone).unwrap();
+            let runs = cron
+                .find_next_occurrence(&Timestamp::UNIX_EPOCH.to_zoned(tz), false)
+                .is_ok();
+            prop_assert_eq!(Schedule::parse(&expr, Some(zone)).is_ok(), runs, "{}", expr);
         }
 
         #[test]
