@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{emulator, eventually, gadget, gadgets};
+use common::{emulator, eventually, gadget, gadgets, get};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use keysmith_emulator::Config;
@@ -269,11 +269,7 @@ async fn list_paging_and_selectors() {
     // The page as JSON: list kind, paging metadata, and items that carry their own kind.
     let client = emu.client().await.unwrap();
     let raw: serde_json::Value = client
-        .request(
-            axum::http::Request::get("/api/v1/namespaces/default/secrets?limit=2")
-                .body(Vec::new())
-                .expect("valid request"),
-        )
+        .request(get("/api/v1/namespaces/default/secrets?limit=2"))
         .await
         .unwrap();
     assert_eq!(raw["kind"], "SecretList");

@@ -9,9 +9,12 @@
 //!
 //! `KEYSMITH_SCALE_N` overrides the number of keys.
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use common::get;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith_emulator::{Config, Emulator};
@@ -107,11 +110,9 @@ async fn scale_10k() {
     // The same list without kube-rs decoding it: what the server costs.
     let start = Instant::now();
     let raw = client
-        .request_text(
-            axum::http::Request::get("/apis/keysmith.dev/v1alpha1/namespaces/default/apikeys")
-                .body(Vec::new())
-                .expect("valid request"),
-        )
+        .request_text(get(
+            "/apis/keysmith.dev/v1alpha1/namespaces/default/apikeys",
+        ))
         .await
         .unwrap();
     timed("list all ApiKeys (raw JSON)", start, ());

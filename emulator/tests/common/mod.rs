@@ -35,5 +35,12 @@ pub fn gadget(name: &str, spec: serde_json::Value) -> DynamicObject {
     .expect("valid object")
 }
 
+/// A bare GET of `path`, for reading the server's JSON without kube-rs decoding it.
+pub fn get(path: &str) -> axum::http::Request<Vec<u8>> {
+    axum::http::Request::get(path)
+        .body(Vec::new())
+        .expect("valid request")
+}
+
 #[allow(unused_imports)] // not every test binary polls
 pub use keysmith_emulator::eventually;
