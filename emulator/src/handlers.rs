@@ -25,7 +25,7 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::server::{LogEntry, Server};
 use crate::table::{self, IncludeObject};
 use crate::watch::{self, WatchRequest, partial_metadata};
-use crate::{discovery, openapi};
+use crate::{discovery, impersonation, openapi};
 
 /// Largest request body accepted (the API server's limit is 3 MiB per object).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -162,7 +162,16 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
     let query = parse_query(parts.uri.query());
     let path = parts.uri.path().to_string();
     let route = route(&parts.method, &path, &query);
-    let user = server.auth.authenticate(bearer(&parts.headers).as_deref());
+    let requester = server.auth.authenticate(bearer(&parts.headers).as_deref());
+    // Impersonation follows authentication, as in the API server's filter chain: faults, RBAC,
+    // reviews and the request log all see the impersonated user.
+    let acting = requester.as_ref().map(|r| {
+        impersonation::acting_user(&server.state(), server.auth.rbac, r.clone(), &parts.headers)
+    });
+    let logged_user = match (&acting, &requester) {
+        (Some(Ok(user)), _) | (_, Some(user)) => user.name.clone(),
+        _ => String::new(),
+    };
     let mut entry = LogEntry {
         verb: parts.method.as_str().to_lowercase(),
         group: String::new(),
@@ -170,7 +179,7 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
         subresource: String::new(),
         namespace: String::new(),
         name: String::new(),
-        user: user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+        user: logged_user,
         code: 0,
         path: path.clone(),
     };
@@ -182,9 +191,10 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
         entry.namespace = r.namespace.clone();
         entry.name = r.name.clone();
     }
-    let response = match user {
+    let response = match acting {
         None => ApiError::unauthorized().into_response(),
-        Some(user) => {
+        Some(Err(e)) => ApiError::from(e).into_response(),
+        Some(Ok(user)) => {
             let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
                 Ok(b) => b,
                 Err(_) => {
@@ -337,6 +347,14 @@ fn decode(body: &Bytes, ct: &str) -> ApiResult<Value> {
     })
 }
 
+/// A `fieldSelector` of `rt`'s view, over the stored form its objects are matched in.
+fn field_selector(rt: &ResourceType, raw: &str) -> ApiResult<FieldSelector> {
+    Ok(crate::events::stored_selector(
+        rt,
+        FieldSelector::parse(raw)?,
+    ))
+}
+
 enum Presentation {
     Object,
     Table(IncludeObject),
@@ -446,17 +464,22 @@ async fn resource(
     let mut warnings = Vec::new();
     match r.verb {
         "get" => {
-            let obj = server.state().get(&rt, ns, &r.name)?;
+            // Tables are printed from the stored form, like lists.
+            let st = server.state();
+            let obj = st
+                .store
+                .get(&rt.group_resource(), ns, &r.name)
+                .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &r.name))?;
             Ok(match presentation(headers, query) {
                 Presentation::Table(include) => json_response(
                     StatusCode::OK,
-                    &table::render(&rt, &[&obj], crate::store::rv_of(&obj), None, include),
+                    &table::render(&rt, &[obj], crate::store::rv_of(obj), None, include),
                     &[],
                 ),
                 Presentation::Metadata => {
-                    json_response(StatusCode::OK, &partial_metadata(&obj), &[])
+                    json_response(StatusCode::OK, &partial_metadata(obj), &[])
                 }
-                Presentation::Object => json_response(StatusCode::OK, &obj, &[]),
+                Presentation::Object => json_response(StatusCode::OK, &Presented(&rt, obj), &[]),
             })
         }
         "list" => list(server, &rt, ns, headers, query),
@@ -539,7 +562,7 @@ async fn resource(
             let labels =
                 LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
             let fields =
-                FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+                field_selector(&rt, query.get("fieldSelector").map_or("", String::as_str))?;
             let mut st = server.state();
             let page = st.list(
                 &rt,
@@ -623,7 +646,7 @@ fn list(
     query: &HashMap<String, String>,
 ) -> ApiResult<Response> {
     let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
-    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+    let fields = field_selector(rt, query.get("fieldSelector").map_or("", String::as_str))?;
     let limit = match query.get("limit") {
         Some(l) => Some(
             l.parse::<usize>()
@@ -703,9 +726,10 @@ fn watch(
     }
     let req = WatchRequest {
         rt: rt.clone(),
+        stored_as: rt.group_resource(),
         namespace: (!ns.is_empty()).then(|| ns.to_string()),
         labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(&fields)?,
+        fields: field_selector(rt, &fields)?,
         resource_version: query.get("resourceVersion").cloned(),
         send_initial_events: query.get("sendInitialEvents").is_some_and(|v| v == "true"),
         bookmarks: query
@@ -744,22 +768,36 @@ fn answer_review(
     review["apiVersion"] = json!(rt.api_version());
     review["kind"] = json!(rt.kind);
     if rt.kind == "SelfSubjectReview" {
-        review["status"] = json!({"userInfo": {"username": caller.name, "groups": caller.groups}});
+        let mut info = json!({"username": caller.name, "groups": caller.groups});
+        if !caller.uid.is_empty() {
+            info["uid"] = json!(caller.uid);
+        }
+        if !caller.extra.is_empty() {
+            info["extra"] = json!(caller.extra);
+        }
+        review["status"] = json!({ "userInfo": info });
         return review;
     }
     let subject = if rt.kind == "SelfSubjectAccessReview" {
         caller.clone()
     } else {
-        UserInfo {
-            name: review["spec"]["user"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            groups: review["spec"]["groups"]
-                .as_array()
+        let spec = &review["spec"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|g| g.as_str().map(String::from))
+                .collect()
+        };
+        UserInfo {
+            name: spec["user"].as_str().unwrap_or_default().to_string(),
+            groups: strings(&spec["groups"]),
+            uid: spec["uid"].as_str().unwrap_or_default().to_string(),
+            extra: spec["extra"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), strings(v)))
                 .collect(),
         }
     };

@@ -21,11 +21,13 @@
 mod cel;
 mod discovery;
 pub mod error;
+mod events;
 mod eventually;
 pub mod faults;
 mod fields;
 mod gc;
 mod handlers;
+mod impersonation;
 mod kubeconfig;
 mod managed;
 mod objects;

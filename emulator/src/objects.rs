@@ -15,7 +15,7 @@ use crate::patch::{self, PatchType};
 use crate::registry::{GroupResource, Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{EventType, Store};
-use crate::{cel, gc, schema};
+use crate::{cel, events, gc, schema};
 
 /// What the server does with fields a custom object's schema does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,7 +195,7 @@ fn spec_part(obj: &Value, without_status: bool) -> Value {
     v
 }
 
-/// The object as a given served version presents it.
+/// A stored object as a given served version presents it.
 pub fn present(rt: &ResourceType, obj: &Value) -> Value {
     serde_json::to_value(Presented(rt, obj)).expect("a JSON value converts to a JSON value")
 }
@@ -206,7 +206,9 @@ pub struct Presented<'a>(pub &'a ResourceType, pub &'a Value);
 
 impl Serialize for Presented<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Presented(rt, obj) = *self;
+        let Presented(rt, stored) = *self;
+        let converted = events::to_view(rt, stored);
+        let obj = converted.as_ref().unwrap_or(stored);
         let Some(fields) = obj.as_object() else {
             return obj.serialize(serializer);
         };
@@ -472,21 +474,23 @@ impl State {
             );
         }
         if opts.dry_run {
-            return Ok(present(rt, &obj));
+            return Ok(obj);
         }
         let obj = self.put_versioned(rt, &gr, obj, EventType::Added);
         Ok(present(rt, &obj))
     }
 
-    /// Store a created or replaced object under a fresh resourceVersion from the global counter,
-    /// keeping the served kinds in step when it is a CRD; returns what was stored.
+    /// Store a created or replaced object (in the form `rt` serves) under a fresh
+    /// resourceVersion from the global counter, in its storage form, keeping the served kinds
+    /// in step when it is a CRD; returns what was stored.
     fn put_versioned(
         &mut self,
         rt: &ResourceType,
         gr: &GroupResource,
-        mut obj: Value,
+        obj: Value,
         kind: EventType,
     ) -> Value {
+        let mut obj = events::to_storage(rt, obj);
         let rv = self.store.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         if is_crd(rt) {
@@ -518,10 +522,12 @@ impl State {
         }
         check_type(rt, &obj)?;
         let gr = rt.group_resource();
+        // The update happens in the form `rt` serves (managedFields and no-op detection compare
+        // like with like); `put_versioned` converts the result back to the storage form.
         let old = self
             .store
             .get(&gr, ns, name)
-            .cloned()
+            .map(|o| present(rt, o))
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         // The API server's checkName: a PUT body must name its object (and so must
         // the result of a patch, which carries the stored name unless it removed it).
@@ -634,7 +640,7 @@ impl State {
         let mut unchanged_candidate = obj.clone();
         unchanged_candidate["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
         if unchanged_candidate == old {
-            return Ok(present(rt, &old));
+            return Ok(old);
         }
         let ts = now();
         if !managed_done {
@@ -649,7 +655,7 @@ impl State {
             );
         }
         if opts.dry_run {
-            return Ok(present(rt, &obj));
+            return Ok(obj);
         }
         let obj = self.put_versioned(rt, &gr, obj, EventType::Modified);
         let deleting = !obj["metadata"]["deletionTimestamp"].is_null();

@@ -2,6 +2,8 @@
 //! bindings stored in the server, with Kubernetes' bootstrap defaults for
 //! discovery and self-reviews, and its `403 Forbidden` wording.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use crate::objects::State;
@@ -14,6 +16,10 @@ pub struct UserInfo {
     pub name: String,
     /// Group memberships (always includes `system:authenticated`).
     pub groups: Vec<String>,
+    /// UID, empty when the authenticator gives none.
+    pub uid: String,
+    /// Extra attributes (only impersonation sets them here).
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
@@ -24,18 +30,20 @@ impl UserInfo {
         UserInfo {
             name: name.into(),
             groups: g,
+            uid: String::new(),
+            extra: BTreeMap::new(),
         }
     }
 
     /// The identity of a ServiceAccount token.
     pub fn service_account(namespace: &str, name: &str) -> Self {
+        let mut groups = service_account_groups(namespace);
+        groups.push("system:authenticated".into());
         UserInfo {
             name: format!("system:serviceaccount:{namespace}:{name}"),
-            groups: vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{namespace}"),
-                "system:authenticated".into(),
-            ],
+            groups,
+            uid: String::new(),
+            extra: BTreeMap::new(),
         }
     }
 
@@ -44,12 +52,20 @@ impl UserInfo {
         UserInfo::user("system:admin", &["system:masters"])
     }
 
+    /// The namespace and name of a `system:serviceaccount:NS:NAME` user name.
+    pub fn split_service_account(name: &str) -> Option<(&str, &str)> {
+        let (ns, sa) = name
+            .strip_prefix("system:serviceaccount:")?
+            .split_once(':')?;
+        (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then_some((ns, sa))
+    }
+
     /// Parse a token that names its identity: `system:serviceaccount:NS:NAME`
     /// or `user:NAME[:GROUP,GROUP...]`.
     pub fn from_naming_token(token: &str) -> Option<Self> {
-        if let Some(rest) = token.strip_prefix("system:serviceaccount:") {
-            let (ns, name) = rest.split_once(':')?;
-            return (!ns.is_empty() && !name.is_empty()).then(|| Self::service_account(ns, name));
+        if token.starts_with("system:serviceaccount:") {
+            let (ns, name) = Self::split_service_account(token)?;
+            return Some(Self::service_account(ns, name));
         }
         let rest = token.strip_prefix("user:")?;
         let (name, groups) = match rest.split_once(':') {
@@ -62,6 +78,14 @@ impl UserInfo {
     fn is_master(&self) -> bool {
         self.groups.iter().any(|g| g == "system:masters")
     }
+}
+
+/// The groups every ServiceAccount of a namespace is in (besides `system:authenticated`).
+pub fn service_account_groups(namespace: &str) -> Vec<String> {
+    vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{namespace}"),
+    ]
 }
 
 /// What a request wants to do.

@@ -61,6 +61,16 @@ pub struct CrdInfo {
     pub printer_columns: Vec<PrinterColumn>,
 }
 
+/// Where a served kind's objects are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Under its own group and plural; its versions differ only in `apiVersion`.
+    Own,
+    /// As core `v1` Events: the API server stores Events once and serves them through both
+    /// `v1` and `events.k8s.io/v1`, converting field by field (see `events.rs`).
+    CoreEvents,
+}
+
 /// A servable kind at one group/version.
 #[derive(Debug, Clone)]
 pub struct ResourceType {
@@ -90,12 +100,17 @@ pub struct ResourceType {
     pub preferred: bool,
     /// Present for kinds defined by a CRD.
     pub crd: Option<Arc<CrdInfo>>,
+    /// Where its objects are stored.
+    pub storage: Storage,
 }
 
 impl ResourceType {
-    /// The storage identity.
+    /// The storage identity, shared by every view of the same objects.
     pub fn group_resource(&self) -> GroupResource {
-        GroupResource::new(&self.group, &self.plural)
+        match self.storage {
+            Storage::Own => GroupResource::new(&self.group, &self.plural),
+            Storage::CoreEvents => GroupResource::new("", "events"),
+        }
     }
 
     /// `apiVersion` as written in objects.
@@ -378,6 +393,10 @@ impl Registry {
                 virtual_create_only: false,
                 preferred: true,
                 crd: None,
+                storage: match (b.group, b.plural) {
+                    ("events.k8s.io", "events") => Storage::CoreEvents,
+                    _ => Storage::Own,
+                },
             })
             .collect();
         builtins.extend(
@@ -397,6 +416,7 @@ impl Registry {
                     virtual_create_only: true,
                     preferred: true,
                     crd: None,
+                    storage: Storage::Own,
                 }),
         );
         Registry {
@@ -540,6 +560,7 @@ fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
                     schema,
                     printer_columns,
                 })),
+                storage: Storage::Own,
             }
         })
         .collect()

@@ -129,6 +129,17 @@ impl FieldSelector {
         Ok(FieldSelector(terms))
     }
 
+    /// The selector with the paths `rename` maps replaced (the API server's field label
+    /// conversion between versions).
+    pub fn renamed(self, rename: impl Fn(&str) -> Option<String>) -> Self {
+        FieldSelector(
+            self.0
+                .into_iter()
+                .map(|(path, eq, value)| (rename(&path).unwrap_or(path), eq, value))
+                .collect(),
+        )
+    }
+
     /// Whether the object satisfies every term (a missing field reads as "").
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::objects::present;
-use crate::registry::{PrinterColumn, ResourceType};
+use crate::registry::{GroupResource, PrinterColumn, ResourceType};
 use crate::watch::partial_metadata;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +237,176 @@ fn column(name: &str, type_: &str, format: &str, description: &str, priority: i6
 /// A column definition and how to compute its cell.
 type Column = (Value, Box<dyn Fn(&Value) -> Value>);
 
+/// `translateTimestampSince`: the age of a timestamp, `<unknown>` when there is none.
+fn since(ts: &Value) -> String {
+    match age(ts) {
+        Value::String(s) => s,
+        _ => "<unknown>".into(),
+    }
+}
+
+/// The API server's Event printer (`printEvent`, generated wide as every server-side table),
+/// over the stored core form, so both Event views print the same rows.
+fn event_columns() -> Vec<Column> {
+    // First seen is the deprecated timestamp, else eventTime (the events.k8s.io API sets only that).
+    fn first_seen(e: &Value) -> String {
+        match e["firstTimestamp"].is_string() {
+            true => since(&e["firstTimestamp"]),
+            false => since(&e["eventTime"]),
+        }
+    }
+    fn last_seen(e: &Value) -> String {
+        if e["series"].is_object() {
+            since(&e["series"]["lastObservedTime"])
+        } else if e["lastTimestamp"].is_string() {
+            since(&e["lastTimestamp"])
+        } else {
+            first_seen(e)
+        }
+    }
+    fn count(e: &Value) -> i64 {
+        match e["series"]["count"].as_i64() {
+            Some(n) => n,
+            // Singleton events of the new API carry no count.
+            None => e["count"].as_i64().filter(|n| *n > 0).unwrap_or(1),
+        }
+    }
+    fn object(e: &Value) -> String {
+        let r = &e["involvedObject"];
+        let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
+        match r["name"].as_str().filter(|n| !n.is_empty()) {
+            Some(name) => format!("{kind}/{name}"),
+            None => kind,
+        }
+    }
+    fn source(e: &Value) -> String {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let component = Some(text(&e["source"]["component"]))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| text(&e["reportingComponent"]));
+        let host = Some(text(&e["source"]["host"]))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| text(&e["reportingInstance"]));
+        match host.is_empty() {
+            true => component,
+            false => format!("{component}, {host}"),
+        }
+    }
+    let text = |field: &'static str| move |e: &Value| json!(e[field].as_str().unwrap_or_default());
+    vec![
+        (
+            column(
+                "Last Seen",
+                "string",
+                "",
+                "The time at which the most recent occurrence of this event was recorded.",
+                0,
+            ),
+            Box::new(|e: &Value| json!(last_seen(e))),
+        ),
+        (
+            column(
+                "Type",
+                "string",
+                "",
+                "Type of this event (Normal, Warning), new types could be added in the future",
+                0,
+            ),
+            Box::new(text("type")),
+        ),
+        (
+            column(
+                "Reason",
+                "string",
+                "",
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                0,
+            ),
+            Box::new(text("reason")),
+        ),
+        (
+            column(
+                "Object",
+                "string",
+                "",
+                "The object that this event is about.",
+                0,
+            ),
+            Box::new(|e: &Value| json!(object(e))),
+        ),
+        (
+            column(
+                "Subobject",
+                "string",
+                "",
+                "The field of the object this event is about.",
+                1,
+            ),
+            Box::new(|e: &Value| {
+                json!(
+                    e["involvedObject"]["fieldPath"]
+                        .as_str()
+                        .unwrap_or_default()
+                )
+            }),
+        ),
+        (
+            column(
+                "Source",
+                "string",
+                "",
+                "The component reporting this event.",
+                1,
+            ),
+            Box::new(|e: &Value| json!(source(e))),
+        ),
+        (
+            column(
+                "Message",
+                "string",
+                "",
+                "A human-readable description of the status of this operation.",
+                0,
+            ),
+            Box::new(|e: &Value| json!(e["message"].as_str().unwrap_or_default().trim())),
+        ),
+        (
+            column(
+                "First Seen",
+                "string",
+                "",
+                "The time at which the event was first recorded.",
+                1,
+            ),
+            Box::new(|e: &Value| json!(first_seen(e))),
+        ),
+        (
+            column(
+                "Count",
+                "string",
+                "",
+                "The number of times this event has occurred.",
+                1,
+            ),
+            Box::new(|e: &Value| json!(count(e))),
+        ),
+        (
+            column(
+                "Name",
+                "string",
+                "name",
+                "Name must be unique within a namespace.",
+                1,
+            ),
+            Box::new(|e: &Value| e["metadata"]["name"].clone()),
+        ),
+    ]
+}
+
 fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
+    if rt.group_resource() == GroupResource::new("", "events") {
+        return event_columns();
+    }
     let name_col = column(
         "Name",
         "string",

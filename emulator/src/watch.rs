@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::error::{ApiError, ApiResult};
 use crate::faults::WatchLimits;
 use crate::objects::{Presented, State};
-use crate::registry::ResourceType;
+use crate::registry::{GroupResource, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, EventType};
 
@@ -30,6 +30,9 @@ use crate::store::{Change, EventType};
 pub struct WatchRequest {
     /// The kind watched.
     pub rt: ResourceType,
+    /// Where its objects are stored (`rt.group_resource()`, computed once: every watcher
+    /// sees every change).
+    pub stored_as: GroupResource,
     /// Namespace, `None` for all.
     pub namespace: Option<String>,
     /// Label selector.
@@ -111,8 +114,7 @@ impl WatchRequest {
 
     /// The event a watcher sees for a change, after selector transitions.
     fn event_for(&self, change: &Change) -> Option<Bytes> {
-        // Every watcher sees every change: compare without allocating.
-        if change.gr.group != self.rt.group || change.gr.resource != self.rt.plural {
+        if change.gr != self.stored_as {
             return None;
         }
         let now = self.matches(&change.namespace, &change.object);
@@ -168,10 +170,7 @@ pub fn open(
     let requested = req.resource_version.as_deref().filter(|v| !v.is_empty());
     let from_scratch = req.send_initial_events || matches!(requested, None | Some("0"));
     let (backlog, events, start_rv) = if from_scratch {
-        for (key, obj) in st
-            .store
-            .list(&req.rt.group_resource(), req.namespace.as_deref())
-        {
+        for (key, obj) in st.store.list(&req.stored_as, req.namespace.as_deref()) {
             if req.matches(&key.0, obj) {
                 initial.push(req.render("ADDED", obj));
             }

@@ -1,15 +1,21 @@
 //! The real kubectl (v1.32, /usr/bin/kubectl) against the emulator: apply
 //! (client-side and server-side), get with server-side printing and
 //! printer columns, get -o yaml, describe, patch, delete, validation errors
-//! and `auth can-i` under RBAC.
+//! and `auth can-i` under RBAC; Events written through either API seen through
+//! the other (`describe`, `get events`); impersonation (`--as`, `--as-group`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{emulator, gadgets};
+use common::{emulator, gadget_resource, gadgets};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::api::events::v1::Event as EventsV1;
 use keysmith_emulator::{Config, Emulator, Identity};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource};
 use serde_json::{Value, json};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -437,4 +443,391 @@ async fn auth_can_i_and_forbidden_under_rbac() {
     let admin = Kubectl::new(&emu, &Identity::Admin);
     let all = admin.run(&["auth", "can-i", "*", "*"]).await;
     assert_eq!(all.stdout.trim(), "yes");
+}
+
+/// The `Events:` section of `kubectl describe` output.
+fn events_section(described: &str) -> &str {
+    described
+        .split_once("\nEvents:")
+        .map_or("", |(_, events)| events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_show_in_describe_and_get_events() {
+    let emu = emulator(Config {
+        tls: true,
+        ..Config::default()
+    })
+    .await;
+    emu.apply_yaml(common::GADGET).unwrap();
+    let client = emu.client().await.unwrap();
+    let gadget = gadgets(&client, "default").get("sprocket").await.unwrap();
+    let reference = gadget.object_ref(&gadget_resource());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "keysmith".into(),
+            instance: Some("keysmith-0".into()),
+        },
+    );
+    let minted = Event {
+        type_: EventType::Normal,
+        reason: "Minted".into(),
+        note: Some("minted token primary".into()),
+        action: "Mint".into(),
+        secondary: None,
+    };
+    recorder.publish(&minted, &reference).await.unwrap();
+    let written = emu
+        .request_log()
+        .filter(|e| e.resource == "events" && e.is_write());
+    assert_eq!(written.len(), 1);
+    assert_eq!(
+        (written[0].group.as_str(), written[0].verb.as_str()),
+        ("events.k8s.io", "create")
+    );
+
+    // kubectl reads core v1 Events, selected by involvedObject name, namespace, kind and uid.
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    let described = k.ok(&["describe", "gadget", "sprocket"]).await;
+    let events = events_section(&described);
+    assert!(
+        events.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.starts_with(&["Normal", "Minted"])
+                && cells.contains(&"keysmith")
+                && l.ends_with("minted token primary")
+        }),
+        "{described}"
+    );
+
+    let table = k.ok(&["get", "events"]).await;
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{table}"
+    );
+    assert_eq!(
+        &lines[1][1..],
+        [
+            "Normal",
+            "Minted",
+            "gadget/sprocket",
+            "minted",
+            "token",
+            "primary"
+        ],
+        "{table}"
+    );
+
+    // The same event again within the Recorder's cache window becomes a series: a merge patch
+    // through events.k8s.io/v1, which describe shows as a count.
+    recorder.publish(&minted, &reference).await.unwrap();
+    let described = k.ok(&["describe", "gadget", "sprocket"]).await;
+    assert!(
+        events_section(&described).contains("(x2 over"),
+        "{described}"
+    );
+    let wide = k.ok(&["get", "events", "-o", "wide"]).await;
+    assert!(wide.contains("keysmith, keysmith-0"), "{wide}");
+
+    // Field selectors of both views, as kubectl and kube-rs send them.
+    let notes = k
+        .ok(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "--field-selector",
+            "regarding.name=sprocket,regarding.kind=Gadget,reportingController=keysmith",
+            "-o",
+            "jsonpath={.items[*].note}",
+        ])
+        .await;
+    assert_eq!(notes, "minted token primary");
+    let none = k
+        .ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=other",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(none.trim(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_events_are_visible_through_events_k8s_io() {
+    let emu = emulator(Config {
+        tls: true,
+        ..Config::default()
+    })
+    .await;
+    let client = emu.client().await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let events_v1: Api<EventsV1> = Api::namespaced(client.clone(), "default");
+    let selected = WatchParams::default().fields("regarding.name=app-tokens");
+    let mut watch = events_v1.watch(&selected, "0").await.unwrap().boxed();
+
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    k.ok(&["create", "secret", "generic", "app-tokens"]).await;
+    let uid = k
+        .ok(&[
+            "get",
+            "secret",
+            "app-tokens",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .await;
+    let event: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "app-tokens.rotated"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Secret", "name": "app-tokens",
+                           "namespace": "default", "uid": uid},
+        "reason": "Rotated", "message": "rotated token delivery", "type": "Warning",
+        "source": {"component": "legacy-recorder"}, "count": 3,
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:05:00Z",
+    }))
+    .unwrap();
+    core.create(&PostParams::default(), &event).await.unwrap();
+
+    let added = loop {
+        match watch
+            .try_next()
+            .await
+            .unwrap()
+            .expect("the watch stays open")
+        {
+            WatchEvent::Added(e) => break e,
+            WatchEvent::Bookmark(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(added.note.as_deref(), Some("rotated token delivery"));
+    assert_eq!(
+        added.regarding.as_ref().and_then(|r| r.uid.as_deref()),
+        Some(uid.as_str())
+    );
+    assert_eq!(added.deprecated_count, Some(3));
+    assert_eq!(
+        added.deprecated_source.and_then(|s| s.component).as_deref(),
+        Some("legacy-recorder")
+    );
+
+    let listed = events_v1
+        .list(&ListParams::default().fields("regarding.kind=Secret,type=Warning"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].reason.as_deref(), Some("Rotated"));
+
+    // A write through events.k8s.io/v1 is the same object in core v1.
+    events_v1
+        .patch(
+            "app-tokens.rotated",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"note": "rotated token delivery again"})),
+        )
+        .await
+        .unwrap();
+    let stored = core.get("app-tokens.rotated").await.unwrap();
+    assert_eq!(
+        stored.message.as_deref(),
+        Some("rotated token delivery again")
+    );
+    assert_eq!(stored.count, Some(3));
+    let table = k.ok(&["get", "events"]).await;
+    assert!(
+        table.contains("secret/app-tokens   rotated token delivery again"),
+        "{table}"
+    );
+}
+
+const IMPERSONATION_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: secret-reader, namespace: default}
+rules:
+- {apiGroups: [""], resources: [secrets], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-reads-secrets, namespace: default}
+subjects:
+- {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: secret-reader}
+"#;
+
+const CAROL_IMPERSONATES_ALICE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: impersonate-alice}
+rules:
+- {apiGroups: [""], resources: [users], verbs: [impersonate], resourceNames: [alice]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: carol-impersonates-alice}
+subjects:
+- {kind: User, name: carol, apiGroup: rbac.authorization.k8s.io}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: impersonate-alice}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_is_authorized_and_answers_for_the_impersonated_user() {
+    let emu = emulator(Config {
+        rbac: true,
+        tls: true,
+        ..Config::default()
+    })
+    .await;
+    emu.apply_yaml(IMPERSONATION_RBAC).unwrap();
+    let admin = Kubectl::new(&emu, &Identity::Admin);
+
+    let nobody = admin
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "--as=system:serviceaccount:x:nobody",
+        ])
+        .await;
+    assert_eq!((nobody.code, nobody.stdout.trim()), (Some(1), "no"));
+    let yes = admin
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "-n",
+            "default",
+            "--as=alice",
+        ])
+        .await;
+    assert_eq!((yes.code, yes.stdout.trim()), (Some(0), "yes"));
+    let no = admin
+        .run(&[
+            "auth",
+            "can-i",
+            "delete",
+            "secrets",
+            "-n",
+            "default",
+            "--as=alice",
+        ])
+        .await;
+    assert_eq!((no.code, no.stdout.trim()), (Some(1), "no"));
+
+    // The request runs, is authorized and is logged as the impersonated user.
+    emu.request_log().clear();
+    admin
+        .ok(&["get", "secrets", "-n", "default", "--as=alice"])
+        .await;
+    let denied = admin
+        .run(&["get", "configmaps", "-n", "default", "--as=alice"])
+        .await;
+    assert!(
+        denied.stderr.contains("configmaps is forbidden: User \"alice\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        denied.stderr
+    );
+    let users: Vec<String> = emu
+        .request_log()
+        .filter(|e| matches!(e.resource.as_str(), "secrets" | "configmaps"))
+        .into_iter()
+        .map(|e| e.user)
+        .collect();
+    assert!(
+        !users.is_empty() && users.iter().all(|u| u == "alice"),
+        "{users:?}"
+    );
+
+    let whoami = admin
+        .ok(&[
+            "auth",
+            "whoami",
+            "--as=system:serviceaccount:x:nobody",
+            "-o",
+            "json",
+        ])
+        .await;
+    let info: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(
+        info["status"]["userInfo"]["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:x",
+            "system:authenticated"
+        ])
+    );
+    let whoami = admin
+        .ok(&[
+            "auth",
+            "whoami",
+            "--as=alice",
+            "--as-group=devs",
+            "-o",
+            "json",
+        ])
+        .await;
+    let info: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(
+        info["status"]["userInfo"]["groups"],
+        json!(["devs", "system:authenticated"])
+    );
+
+    // Someone without the impersonate verb is refused before anything else happens. (`get
+    // --raw` shows the server's message; kubectl's aggregated discovery prints a 403 as
+    // "unknown", with a real API server too.)
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let bob = Kubectl::new(&emu, &Identity::user("bob", &[]));
+    let refused = bob.run(&["get", "--raw", secrets, "--as=alice"]).await;
+    assert!(
+        refused.stderr.contains("users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{}",
+        refused.stderr
+    );
+    let refused = bob
+        .run(&[
+            "get",
+            "--raw",
+            secrets,
+            "--as=system:serviceaccount:x:nobody",
+        ])
+        .await;
+    assert!(
+        refused.stderr.contains("serviceaccounts \"nobody\" is forbidden: User \"bob\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"x\""),
+        "{}",
+        refused.stderr
+    );
+    let refused = bob
+        .run(&["auth", "can-i", "list", "secrets", "--as=alice"])
+        .await;
+    assert!(!refused.ok && refused.stdout.trim() != "yes");
+    assert!(
+        emu.request_log()
+            .filter(|e| e.user == "bob")
+            .iter()
+            .all(|e| e.code == 403)
+    );
+
+    // A grant of `impersonate` on one user lets carol act as alice, but not add a group.
+    emu.apply_yaml(CAROL_IMPERSONATES_ALICE).unwrap();
+    let carol = Kubectl::new(&emu, &Identity::user("carol", &[]));
+    carol
+        .ok(&["get", "secrets", "-n", "default", "--as=alice"])
+        .await;
+    let group = carol
+        .run(&["get", "--raw", secrets, "--as=alice", "--as-group=admins"])
+        .await;
+    assert!(
+        group.stderr.contains("groups \"admins\" is forbidden: User \"carol\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope"),
+        "{}",
+        group.stderr
+    );
 }
