@@ -51,8 +51,8 @@ pub enum DevClusterError {
     /// The emulator refused to start or an object.
     #[error("Kubernetes API emulator: {0}")]
     Emulator(#[from] keysmith_emulator::Error),
-    /// A chart RBAC file is not a YAML list of rules.
-    #[error("chart RBAC rules {file}: {message}")]
+    /// A bundled manifest (the CRD or a chart RBAC file) does not parse.
+    #[error("bundled manifest {file}: {message}")]
     Rules {
         /// Which file.
         file: &'static str,
@@ -71,69 +71,97 @@ pub fn verifier_identity() -> Identity {
     Identity::service_account(SYSTEM_NAMESPACE, VERIFIER_SA)
 }
 
-/// The controller and the verifier on the development cluster, each under its chart
-/// ServiceAccount: what `keysmith dev` runs and what the end-to-end tests start. `identity` names
-/// the Lease holder.
-pub async fn components(
-    emu: &Emulator,
+/// The controller and the verifier, each with a client acting as its chart ServiceAccount: what
+/// `keysmith dev` runs and what the end-to-end tests start. `identity` names the Lease holder.
+pub fn components(
+    clients: ChartClients,
     identity: &str,
     clock: Clock,
     api: TcpListener,
     metrics: TcpListener,
-) -> Result<Components, DevClusterError> {
-    Ok(Components {
+) -> Components {
+    Components {
         controller: Some(ControllerPart {
-            client: emu.client_as(&controller_identity()).await?,
+            client: clients.controller,
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
             clock,
         }),
         verifier: Some(VerifierPart {
-            client: emu.client_as(&verifier_identity()).await?,
+            client: clients.verifier,
             api,
             trusted_proxies: Vec::new(),
         }),
         scope: Scope::default(),
         metrics,
-    })
+    }
 }
 
-/// Start the emulator with RBAC enforced, the CRD, the `default` and `keysmith` namespaces, the
-/// two ServiceAccounts and the chart's roles bound to them. `config.rbac` is forced on.
+/// Clients authenticated as the chart's two ServiceAccounts.
+pub struct ChartClients {
+    /// As [`CONTROLLER_SA`].
+    pub controller: kube::Client,
+    /// As [`VERIFIER_SA`].
+    pub verifier: kube::Client,
+}
+
+impl ChartClients {
+    /// Clients of the emulator acting as the chart's ServiceAccounts.
+    pub async fn of(emu: &Emulator) -> Result<ChartClients, DevClusterError> {
+        Ok(ChartClients {
+            controller: emu.client_as(&controller_identity()).await?,
+            verifier: emu.client_as(&verifier_identity()).await?,
+        })
+    }
+}
+
+/// Start the emulator with RBAC enforced and [`bootstrap`] applied. `config.rbac` is forced on.
 pub async fn start(config: Config) -> Result<Emulator, DevClusterError> {
     let emu = Emulator::start(Config {
         rbac: true,
         ..config
     })
     .await?;
-    emu.apply_yaml(CRD)?;
-    for namespace in ["default", SYSTEM_NAMESPACE] {
-        emu.apply_object(
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-        )?;
+    for object in bootstrap()? {
+        emu.apply_object(&object)?;
     }
-    bind_cluster_role(
-        &emu,
+    Ok(emu)
+}
+
+/// What a cluster with the chart installed holds, in the order to apply it: the CRD, the
+/// `default` and `keysmith` namespaces, the two ServiceAccounts and the chart's roles bound to
+/// them. Both test backends (and `keysmith dev`) start from this.
+pub fn bootstrap() -> Result<Vec<Value>, DevClusterError> {
+    let mut objects: Vec<Value> =
+        serde_saphyr::from_multiple(CRD).map_err(|e| DevClusterError::Rules {
+            file: "crds/apikeys.keysmith.dev.yaml",
+            message: e.to_string(),
+        })?;
+    for namespace in ["default", SYSTEM_NAMESPACE] {
+        objects.push(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        );
+    }
+    objects.extend(bound_cluster_role(
         CONTROLLER_SA,
         rules("controller-rules.yaml", CONTROLLER_RULES)?,
-    )?;
-    bind_cluster_role(
-        &emu,
+    ));
+    objects.extend(bound_cluster_role(
         VERIFIER_SA,
         rules("verifier-rules.yaml", VERIFIER_RULES)?,
-    )?;
+    ));
     let leader = format!("{CONTROLLER_SA}-leader-election");
-    emu.apply_object(&json!({
+    objects.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": leader, "namespace": SYSTEM_NAMESPACE},
         "rules": rules("controller-leader-election-rules.yaml", LEADER_RULES)?,
-    }))?;
-    emu.apply_object(&json!({
+    }));
+    objects.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": leader, "namespace": SYSTEM_NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": leader},
         "subjects": [service_account(CONTROLLER_SA)],
-    }))?;
-    Ok(emu)
+    }));
+    Ok(objects)
 }
 
 fn rules(file: &'static str, yaml: &str) -> Result<Value, DevClusterError> {
@@ -147,20 +175,21 @@ fn service_account(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": SYSTEM_NAMESPACE})
 }
 
-fn bind_cluster_role(emu: &Emulator, account: &str, rules: Value) -> Result<(), DevClusterError> {
-    emu.apply_object(&json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": account, "namespace": SYSTEM_NAMESPACE},
-    }))?;
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": account}, "rules": rules,
-    }))?;
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": account},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
-        "subjects": [service_account(account)],
-    }))?;
-    Ok(())
+fn bound_cluster_role(account: &str, rules: Value) -> [Value; 3] {
+    [
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": SYSTEM_NAMESPACE},
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": account}, "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": account},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+            "subjects": [service_account(account)],
+        }),
+    ]
 }

@@ -65,15 +65,16 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         api: api.local_addr().unwrap_or(args.listen),
         metrics: metrics.local_addr().unwrap_or(args.metrics_listen),
     };
+    let clients = devcluster::ChartClients::of(&emu)
+        .await
+        .map_err(|e| e.to_string())?;
     let components = devcluster::components(
-        &emu,
+        clients,
         "keysmith-dev",
         controller::system_clock(),
         api,
         metrics,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    );
     let shutdown = Shutdown::on_signal();
     let running = tokio::spawn(components::serve(components, shutdown.clone()));
 

@@ -1,5 +1,5 @@
 //! Crash consistency (SPEC 4.1 step 4): the `keysmith controller` process runs against the
-//! emulator while a driver keeps rotating a fleet of ApiKeys through their rotation annotations;
+//! API server while a driver keeps rotating a fleet of ApiKeys through their rotation annotations;
 //! the test SIGKILLs the process at seeded random moments and restarts it, many times.
 //!
 //! After every kill, with the controller dead and the cluster state therefore frozen, the state
@@ -13,8 +13,6 @@
 //! `KEYSMITH_CRASH_KEYS`, `KEYSMITH_CRASH_KILLS` and `KEYSMITH_CRASH_SEED` override the size and
 //! the seed; the seed is printed so a failure can be replayed.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,19 +20,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::harness::controller::*;
 use jiff::{SignedDuration, Timestamp};
 use keysmith::api::{ApiKey, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
 use keysmith::grants::Context as GrantContext;
 use keysmith::token::sha256_hex;
 use keysmith::verifier::decision::{Code, NoHeaders, SecretValues, VerifyRequest};
 use keysmith::verifier::index::Index;
-use keysmith_emulator::Emulator;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use support::*;
 
 /// Overlap of every key. A token a crash left in a Secret as `previous` verifies until the
 /// restarted controller's pass reaches its key and publishes the new one, and no longer: windows
@@ -200,12 +197,15 @@ struct Snapshot {
 /// write happened in between (the emulator may still be finishing a request the killed process
 /// sent) to get one instant; with a live controller that could spin forever, and the readers
 /// that need no single instant poll anyway.
-fn snapshot(emu: &Emulator, frozen: bool) -> Snapshot {
+async fn snapshot(cluster: &Cluster, frozen: bool) -> Snapshot {
     loop {
-        let before = emu.resource_version();
-        let keys = emu.list("keysmith.dev/v1alpha1", "ApiKey", Some(NS));
-        let secrets = emu
+        let before = cluster.resource_version().await;
+        let keys = cluster
+            .list("keysmith.dev/v1alpha1", "ApiKey", Some(NS))
+            .await;
+        let secrets = cluster
             .list("v1", "Secret", Some(NS))
+            .await
             .into_iter()
             .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "keysmith")
             .map(|s| {
@@ -221,7 +221,7 @@ fn snapshot(emu: &Emulator, frozen: bool) -> Snapshot {
                 (name, data)
             })
             .collect();
-        if !frozen || emu.resource_version() == before {
+        if !frozen || cluster.resource_version().await == before {
             return Snapshot { keys, secrets };
         }
     }
@@ -262,8 +262,8 @@ struct Seen {
 
 /// How long ago the oldest rotation still incomplete was interrupted: a Secret holding its
 /// slot's `previous` token, whose window opened `OVERLAP` before its `validUntil`.
-fn oldest_interrupted(emu: &Emulator) -> SignedDuration {
-    let snap = snapshot(emu, false);
+async fn oldest_interrupted(cluster: &Cluster) -> SignedDuration {
+    let snap = snapshot(cluster, false).await;
     let now = Timestamp::now();
     let mut oldest = SignedDuration::ZERO;
     for key in &snap.keys {
@@ -283,8 +283,8 @@ fn oldest_interrupted(emu: &Emulator) -> SignedDuration {
 }
 
 /// The invariants that must hold at any instant, even right after a SIGKILL.
-fn check_consistent(emu: &Emulator, seen: &mut Seen, when: &str) {
-    let snap = snapshot(emu, true);
+async fn check_consistent(cluster: &Cluster, seen: &mut Seen, when: &str) {
+    let snap = snapshot(cluster, true).await;
     let now = Timestamp::now();
     let index = snap.index(now);
     let mut broken = Vec::new();
@@ -390,8 +390,8 @@ fn drive(admin: kube::Client, keys: usize, seed: u64) -> Driver {
 
 /// Converged: every key Ready with every slot's token in its Secret (hash equal to status),
 /// every rotation annotation answered.
-fn converged(emu: &Emulator, keys: usize) -> Result<(), String> {
-    let snap = snapshot(emu, false);
+async fn converged(cluster: &Cluster, keys: usize) -> Result<(), String> {
+    let snap = snapshot(cluster, false).await;
     for i in 0..keys {
         let name = format!("k{i}");
         let key = snap
@@ -436,10 +436,14 @@ fn converged(emu: &Emulator, keys: usize) -> Result<(), String> {
 }
 
 /// Poll `check` until it holds, failing with its last complaint after `limit`.
-async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
+async fn until<F: Future<Output = Result<(), String>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        match check() {
+        match check().await {
             Ok(()) => return,
             Err(why) if tokio::time::Instant::now() > deadline => {
                 panic!("timed out waiting for {what}: {why}")
@@ -457,14 +461,18 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
         "crash test: {} keys, {} kills, seed {} (KEYSMITH_CRASH_SEED replays it)",
         size.keys, size.kills, size.seed
     );
-    let emu = cluster().await;
-    let admin = emu.client().await.expect("admin client");
+    let cluster = cluster().await;
+    let admin = cluster.client().await.expect("admin client");
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    emu.write_kubeconfig(&kubeconfig, &controller_identity())
+    cluster
+        .write_kubeconfig(&kubeconfig, &controller_identity())
+        .await
         .expect("kubeconfig is written");
     let manifests: Vec<String> = (0..size.keys).map(manifest).collect();
-    emu.apply_yaml(&manifests.join("---\n"))
+    cluster
+        .apply_yaml(&manifests.join("---\n"))
+        .await
         .expect("the fleet applies");
 
     let mut controller = ControllerProcess {
@@ -482,25 +490,27 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
         let alive = Duration::from_millis(rng.random_range(200..3000));
         tokio::time::sleep(alive).await;
         // The guard described at OVERLAP: an interrupted rotation must not outlive its window.
-        until(
-            "interrupted rotations to complete",
-            Duration::from_secs(120),
-            || {
-                let oldest = oldest_interrupted(&emu);
-                seen.longest_outage = seen.longest_outage.max(oldest);
-                (oldest < OVERLAP / 3)
-                    .then_some(())
-                    .ok_or(format!("one waits since {oldest:?}"))
-            },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let oldest = oldest_interrupted(&cluster).await;
+            seen.longest_outage = seen.longest_outage.max(oldest);
+            if oldest < OVERLAP / 3 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for interrupted rotations to complete: one waits since {oldest:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
         driver.paused.store(true, Ordering::Relaxed);
         controller.kill();
         check_consistent(
-            &emu,
+            &cluster,
             &mut seen,
             &format!("after kill {kill} ({alive:?} alive)"),
-        );
+        )
+        .await;
         driver.paused.store(false, Ordering::Relaxed);
     }
 
@@ -509,16 +519,16 @@ async fn sigkill_at_random_moments_never_publishes_a_token_that_does_not_verify(
     driver.task.await.expect("driver task");
     controller.start();
     until("the fleet to converge", Duration::from_secs(120), || {
-        converged(&emu, size.keys)
+        converged(&cluster, size.keys)
     })
     .await;
-    check_consistent(&emu, &mut seen, "after convergence");
+    check_consistent(&cluster, &mut seen, "after convergence").await;
 
     // Once every window opened during the run has ended, none of the tokens the Secrets ever
     // held verifies but the current ones. The verifier is asked at that future instant rather
     // than waited for; that the controller then drops `previous` from status is covered with a
     // test clock in controller_rotation.rs.
-    let snap = snapshot(&emu, true);
+    let snap = snapshot(&cluster, true).await;
     let after_windows = snap
         .keys
         .iter()

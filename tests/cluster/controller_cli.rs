@@ -2,13 +2,10 @@
 //! ServiceAccount, stops cleanly on SIGTERM, and fails with one clear line without a cluster or
 //! without permissions.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use keysmith_emulator::Identity;
-use support::*;
+use crate::harness::controller::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
@@ -33,17 +30,19 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn kubeconfig(emu: &keysmith_emulator::Emulator, identity: &Identity) -> tempfile::TempDir {
+async fn kubeconfig(cluster: &Cluster, identity: &Identity) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    emu.write_kubeconfig(dir.path().join("kubeconfig"), identity)
+    cluster
+        .write_kubeconfig(dir.path().join("kubeconfig"), identity)
+        .await
         .unwrap();
     dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
-    let emu = cluster().await;
-    let dir = kubeconfig(&emu, &controller_identity());
+    let cluster = cluster().await;
+    let dir = kubeconfig(&cluster, &controller_identity()).await;
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
         .args(["controller", "--log-format", "json"])
@@ -63,21 +62,24 @@ async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(get(port, "/healthz").await.unwrap().0, 200);
-    emu.apply_yaml(
-        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
-    )
-    .unwrap();
+    cluster
+        .apply_yaml(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
+        )
+        .await
+        .unwrap();
     eventually("minted by the binary", || async {
-        emu.get("v1", "Secret", NS, "site").map(drop)
+        cluster.get("v1", "Secret", NS, "site").await.map(drop)
     })
     .await;
-    let lease = emu
+    let lease = cluster
         .get(
             "coordination.k8s.io/v1",
             "Lease",
             CONTROLLER_NS,
             "keysmith-controller",
         )
+        .await
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "keysmith-0");
     let (_, metrics) = eventually("metrics", || async {
@@ -117,13 +119,14 @@ async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
         "JSON logs: {first}"
     );
     // The Lease was released on the way out.
-    let lease = emu
+    let lease = cluster
         .get(
             "coordination.k8s.io/v1",
             "Lease",
             CONTROLLER_NS,
             "keysmith-controller",
         )
+        .await
         .unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
@@ -143,24 +146,30 @@ async fn controller_fails(kubeconfig: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_binary_fails_with_one_line_without_a_cluster_or_permissions() {
-    let emu = cluster().await;
-    let denied = kubeconfig(&emu, &Identity::user("nobody", &[]));
+    let cluster = cluster().await;
+    let denied = kubeconfig(&cluster, &Identity::user("nobody", &[])).await;
     let stderr = controller_fails(&denied.path().join("kubeconfig")).await;
     assert!(
         stderr.contains("permission denied: cannot list apikeys.keysmith.dev"),
         "{stderr}"
     );
 
-    let unreachable = kubeconfig(&emu, &Identity::Admin);
+    let unreachable = kubeconfig(&cluster, &Identity::Admin).await;
     let path = unreachable.path().join("kubeconfig");
     let text = std::fs::read_to_string(&path).unwrap();
     let port = free_port();
-    let moved = text.replace(&emu.addr().port().to_string(), &port.to_string());
+    let url = cluster.url();
+    let (scheme, _) = url.split_once("://").unwrap();
+    let (_, old_port) = url.rsplit_once(':').unwrap();
+    let moved = text.replace(
+        &format!("127.0.0.1:{old_port}"),
+        &format!("127.0.0.1:{port}"),
+    );
     std::fs::write(&path, moved).unwrap();
     let stderr = controller_fails(&path).await;
     assert!(
         stderr.contains(&format!(
-            "cannot reach the Kubernetes API server at http://127.0.0.1:{port}"
+            "cannot reach the Kubernetes API server at {scheme}://127.0.0.1:{port}"
         )),
         "{stderr}"
     );

@@ -4,27 +4,26 @@
 //! target, required headers from a Secret, usage write-back, revocation, leader election). No
 //! request is denied, and every verb on every resource the rules grant is used, so removing any
 //! one of them fails this test (or, for a verb the code stops needing, makes the test ask for
-//! its removal).
-
-mod verifier_common;
+//! its removal). On the real backend the witness is the API server's audit log and the judge
+//! its RBAC authorizer, with real ServiceAccount tokens.
 
 use std::collections::BTreeSet;
 
+use crate::harness::verifier::{Cluster, Identity, eventually, request};
+use crate::harness::{chart_clients, cluster};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::ApiKey;
 use keysmith::components;
 use keysmith::controller;
 use keysmith::devcluster;
 use keysmith::telemetry::Shutdown;
-use keysmith_emulator::{Config, Emulator, Identity};
 use kube::Api;
 use serde_json::Value;
-use verifier_common::{eventually, request};
 
-const CONTROLLER_RULES: &str = include_str!("../charts/keysmith/files/controller-rules.yaml");
+const CONTROLLER_RULES: &str = include_str!("../../charts/keysmith/files/controller-rules.yaml");
 const LEADER_RULES: &str =
-    include_str!("../charts/keysmith/files/controller-leader-election-rules.yaml");
-const VERIFIER_RULES: &str = include_str!("../charts/keysmith/files/verifier-rules.yaml");
+    include_str!("../../charts/keysmith/files/controller-leader-election-rules.yaml");
+const VERIFIER_RULES: &str = include_str!("../../charts/keysmith/files/verifier-rules.yaml");
 
 const WORKLOADS: &str = r#"
 apiVersion: apps/v1
@@ -103,9 +102,12 @@ fn granted(rules: &str) -> BTreeSet<(String, String, String)> {
 }
 
 /// What `identity` did, successfully, and whether anything was denied.
-fn used(emu: &Emulator, identity: &Identity) -> (BTreeSet<(String, String, String)>, Vec<String>) {
+fn used(
+    cluster: &Cluster,
+    identity: &Identity,
+) -> (BTreeSet<(String, String, String)>, Vec<String>) {
     let user = identity_user(identity);
-    let entries = emu.request_log().filter(|e| e.user == user);
+    let entries = cluster.requests(|e| e.user == user);
     let resource = |r: &str, sub: &str| {
         if sub.is_empty() {
             r.to_owned()
@@ -144,17 +146,18 @@ fn identity_user(identity: &Identity) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
-    let emu = devcluster::start(Config::default())
-        .await
-        .expect("emulator");
-    emu.apply_yaml(WORKLOADS).expect("workloads");
+    let cluster = cluster("default").await;
+    cluster.apply_yaml(WORKLOADS).await.expect("workloads");
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_addr = api.local_addr().unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let components =
-        devcluster::components(&emu, "rbac-test", controller::system_clock(), api, metrics)
-            .await
-            .unwrap();
+    let components = devcluster::components(
+        chart_clients(&cluster).await,
+        "rbac-test",
+        controller::system_clock(),
+        api,
+        metrics,
+    );
     components::preflight(&components)
         .await
         .expect("the chart's rules suffice to start");
@@ -164,19 +167,26 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
     // Mint, then rotate twice: restarts of every kind, and the same missing-target warning
     // twice, which the event recorder sends as a create and then a patch of the series.
     for trigger in ["one", "two", "three"] {
-        emu.apply_yaml(&key(trigger)).expect("ApiKey applies");
+        cluster
+            .apply_yaml(&key(trigger))
+            .await
+            .expect("ApiKey applies");
         eventually("the rotation to be delivered", || async {
-            let key = emu.get("keysmith.dev/v1alpha1", "ApiKey", "default", "everything")?;
+            let key = cluster
+                .get("keysmith.dev/v1alpha1", "ApiKey", "default", "everything")
+                .await?;
             let slot = &key["status"]["tokens"][0];
             (slot["rotationTrigger"] == trigger).then_some(())?;
-            let token = secret_token(&emu)?;
+            let token = secret_token(&cluster).await?;
             (keysmith::token::sha256_hex(&token) == slot["sha256"]).then_some(())
         })
         .await;
     }
 
     // The verifier: a verification with the header from the Secret, which writes usage back.
-    let token = secret_token(&emu).expect("the Secret holds the token");
+    let token = secret_token(&cluster)
+        .await
+        .expect("the Secret holds the token");
     let body = serde_json::json!({"token": token, "action": "read", "headers": {"X-Client-Secret": "s3cret"}});
     eventually("a VALID verification", || async {
         let answer = request(api_addr, "POST", "/v1/verify", &[], Some(&body.to_string())).await;
@@ -184,18 +194,22 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
     })
     .await;
     eventually("lastUsedAt in status", || async {
-        let key = emu.get("keysmith.dev/v1alpha1", "ApiKey", "default", "everything")?;
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", "default", "everything")
+            .await?;
         key["status"]["tokens"][0]["lastUsedAt"].as_str().map(drop)
     })
     .await;
 
     // Revocation: the Secret goes with the key.
-    Api::<ApiKey>::namespaced(emu.client().await.unwrap(), "default")
+    Api::<ApiKey>::namespaced(cluster.client().await.unwrap(), "default")
         .delete("everything", &Default::default())
         .await
         .expect("delete");
     eventually("the Secret to be deleted", || async {
-        emu.get("v1", "Secret", "default", "everything")
+        cluster
+            .get("v1", "Secret", "default", "everything")
+            .await
             .is_none()
             .then_some(())
     })
@@ -209,7 +223,7 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
         (devcluster::controller_identity(), controller_grants),
         (devcluster::verifier_identity(), granted(VERIFIER_RULES)),
     ] {
-        let (ok, denied) = used(&emu, &identity);
+        let (ok, denied) = used(&cluster, &identity);
         assert!(denied.is_empty(), "{identity:?} was denied: {denied:#?}");
         let unused: Vec<_> = grants.difference(&ok).collect();
         assert!(
@@ -220,8 +234,8 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
 }
 
 /// The token in the key's Secret.
-fn secret_token(emu: &Emulator) -> Option<String> {
+async fn secret_token(cluster: &Cluster) -> Option<String> {
     let secret: Secret =
-        serde_json::from_value(emu.get("v1", "Secret", "default", "everything")?).ok()?;
+        serde_json::from_value(cluster.get("v1", "Secret", "default", "everything").await?).ok()?;
     String::from_utf8(secret.data?.get("api")?.0.clone()).ok()
 }

@@ -1,12 +1,10 @@
 //! End to end: every rotation trigger, overlap windows, restarts, expiry conditions, and the
 //! `keysmith rotate` / `keysmith status` commands, with the controller's clock moved by the test.
 
-mod support;
-
+use crate::harness::controller::*;
 use jiff::{SignedDuration, Timestamp};
 use keysmith::token::sha256_hex;
 use serde_json::Value;
-use support::*;
 
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
@@ -55,8 +53,8 @@ fn writes_of(h: &Harness, resource: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_rotates_with_overlap_and_restarts_once() {
     let h = Harness::start().await;
-    h.apply(DEPLOYMENT);
-    h.apply(&rotating_key("one"));
+    h.apply(DEPLOYMENT).await;
+    h.apply(&rotating_key("one")).await;
     let key = h.wait_key("site", "Ready", ready).await;
     h.settle().await;
     let old_delivery = token(&key, "delivery").clone();
@@ -66,8 +64,8 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
         "the first mint restarts nothing"
     );
 
-    h.emu.request_log().clear();
-    h.apply(&rotating_key("two"));
+    h.cluster.clear_requests();
+    h.apply(&rotating_key("two")).await;
     let key = h
         .wait_key("site", "rotation by trigger", |k| {
             token(k, "delivery")["rotationTrigger"] == "two"
@@ -99,26 +97,30 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
             .checked_add(SignedDuration::from_hours(1))
             .unwrap()
     );
-    let secret = h.secret("site").unwrap();
+    let secret = h.secret("site").await.unwrap();
     assert_eq!(
         sha256_hex(&secret_value(&secret, "delivery").unwrap()),
         token(&key, "delivery")["sha256"].as_str().unwrap()
     );
 
     // The restart annotation names the new token ids, sorted.
-    let deployment = h.emu.get("apps/v1", "Deployment", NS, "web").unwrap();
+    let deployment = h
+        .cluster
+        .get("apps/v1", "Deployment", NS, "web")
+        .await
+        .unwrap();
     let mut ids = [id(&key, "delivery"), id(&key, "preview")];
     ids.sort();
     assert_eq!(
         deployment["spec"]["template"]["metadata"]["annotations"]["keysmith.dev/restarted-for"],
         ids.join(",")
     );
-    assert_eq!(h.events("Rotated").len(), 1);
-    assert_eq!(h.events("RestartTriggered").len(), 1);
+    assert_eq!(h.events("Rotated").await.len(), 1);
+    assert_eq!(h.events("RestartTriggered").await.len(), 1);
 
     // The overlap ends: previous leaves status, the Secret and the workload stay as they are.
     let secret_version = secret["metadata"]["resourceVersion"].clone();
-    h.emu.request_log().clear();
+    h.cluster.clear_requests();
     h.clock.advance(SignedDuration::from_mins(61));
     let key = h
         .wait_key("site", "overlap over", |k| {
@@ -140,7 +142,7 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
         token(&key, "delivery")
     );
     assert_eq!(
-        h.secret("site").unwrap()["metadata"]["resourceVersion"],
+        h.secret("site").await.unwrap()["metadata"]["resourceVersion"],
         secret_version
     );
     assert_eq!(writes_of(&h, "deployments"), 0, "no second rollout");
@@ -182,7 +184,8 @@ spec:
   expiresAfter: 10h
   rotation: {renewBefore: 2h}
 "#,
-    );
+    )
+    .await;
     let mut due = Vec::new();
     for name in ["every", "cron", "renew"] {
         let key = h.wait_key(name, "Ready", ready).await;
@@ -219,7 +222,7 @@ spec:
             .set(at.checked_sub(SignedDuration::from_secs(1)).unwrap());
         h.settle().await;
         assert_eq!(
-            id(&h.apikey(name).unwrap(), "a"),
+            id(&h.apikey(name).await.unwrap(), "a"),
             old_id,
             "{name} not due yet"
         );
@@ -240,8 +243,9 @@ spec:
 async fn keysmith(h: &Harness, args: &[&str]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    h.emu
-        .write_kubeconfig(&kubeconfig, &keysmith_emulator::Identity::Admin)
+    h.cluster
+        .write_kubeconfig(&kubeconfig, &Identity::Admin)
+        .await
         .unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
         .args(args)
@@ -259,8 +263,8 @@ async fn keysmith(h: &Harness, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_command_rolls_every_slot_or_one() {
     let h = Harness::start().await;
-    h.apply(DEPLOYMENT);
-    h.apply(&rotating_key("one"));
+    h.apply(DEPLOYMENT).await;
+    h.apply(&rotating_key("one")).await;
     let key = h.wait_key("site", "Ready", ready).await;
     let (d0, p0) = (id(&key, "delivery"), id(&key, "preview"));
 
@@ -282,7 +286,7 @@ async fn rotate_command_rolls_every_slot_or_one() {
         .await;
     h.settle().await;
     assert_eq!(
-        id(&h.apikey("site").unwrap(), "delivery"),
+        id(&h.apikey("site").await.unwrap(), "delivery"),
         d1,
         "delivery kept"
     );
@@ -313,7 +317,8 @@ spec:
   tokens: [{name: a}]
   expiresAfter: 48h
 "#,
-    );
+    )
+    .await;
     let key = h.wait_key("site", "Ready", ready).await;
     assert_eq!(condition(&key, "Expiring").unwrap().0, "False");
     h.settle().await;
@@ -338,8 +343,8 @@ spec:
         ("False".into(), "Expired".into())
     );
     h.settle().await;
-    assert_eq!(h.events("Expiring").len(), 1);
-    assert_eq!(h.events("Expired").len(), 1);
+    assert_eq!(h.events("Expiring").await.len(), 1);
+    assert_eq!(h.events("Expired").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +373,8 @@ spec:
   rotation: {{trigger: one}}
   secret: {{restartTargets: [{{kind: StatefulSet, name: ghost}}]}}
 "#
-    ));
+    ))
+    .await;
     // A two-hour key is inside its warning window from its creation on (the test clock started
     // a moment before the emulator stamped creationTimestamp).
     h.clock.advance(SignedDuration::from_mins(1));
@@ -387,7 +393,7 @@ spec:
     );
     // A disabled key still has its tokens in the Secret.
     eventually("Secret of the disabled key", || async {
-        h.secret("paused")
+        h.secret("paused").await
     })
     .await;
 
@@ -410,13 +416,14 @@ spec:
   rotation: {trigger: two}
   secret: {restartTargets: [{kind: StatefulSet, name: ghost}]}
 "#,
-    );
+    )
+    .await;
     h.wait_key("paused", "rotated", |k| {
         condition(k, "Ready").is_some_and(|(_, r)| r == "Rotated")
     })
     .await;
     let warning = eventually("missing target event", || async {
-        h.events("RestartTriggered").into_iter().next()
+        h.events("RestartTriggered").await.into_iter().next()
     })
     .await;
     assert_eq!(warning["type"], "Warning");

@@ -1,32 +1,29 @@
-//! Shared harness of the verifier's end-to-end tests: the API emulator with RBAC on and the
-//! chart's verifier rules, a verifier running as its ServiceAccount, ApiKeys whose status holds
-//! the hashes of tokens the test minted (no controller needed), and a minimal HTTP client.
-#![allow(dead_code)]
+//! The verifier's side of the harness: a cluster with the chart's RBAC, a verifier running
+//! in-process as its ServiceAccount, and ApiKeys whose status holds the hashes of tokens the test
+//! minted (no controller needed).
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
 use keysmith::controller::Scope;
 use keysmith::devcluster;
-use keysmith::telemetry::{LogFormat, Shutdown, ShutdownTrigger};
+use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
 use keysmith::verifier::client_ip;
-use keysmith_emulator::{Config, Emulator, Identity};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing_subscriber::EnvFilter;
+use tokio::net::TcpListener;
+
+pub use super::http::{Response, get, request};
+pub use super::{Cluster, Identity, eventually, logs, real};
 
 pub const NS: &str = "shop";
 
-/// A running emulator and verifier.
+/// A running cluster and verifier.
 pub struct Harness {
-    pub emu: Emulator,
+    pub cluster: Cluster,
     pub admin: kube::Client,
     pub api: SocketAddr,
     pub probes: SocketAddr,
@@ -46,22 +43,17 @@ pub fn verifier_identity() -> Identity {
     devcluster::verifier_identity()
 }
 
-/// The development cluster (RBAC on, the CRD, the chart's roles bound) plus namespace [`NS`].
-pub async fn emulator() -> Emulator {
-    let emu = devcluster::start(Config::default())
-        .await
-        .expect("emulator starts");
-    emu.apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-        .expect("namespace applies");
-    emu
+/// A cluster prepared like one with the chart installed, plus namespace [`NS`].
+pub async fn cluster() -> Cluster {
+    super::cluster(NS).await
 }
 
 /// Start a verifier (as its ServiceAccount) with `trusted` proxies and wait until it is ready.
 pub async fn start(trusted: &[&str]) -> Harness {
-    capture_logs();
-    let emu = emulator().await;
-    let admin = emu.client().await.expect("admin client");
-    let client = emu
+    logs::capture("info");
+    let cluster = cluster().await;
+    let admin = cluster.client().await.expect("admin client");
+    let client = cluster
         .client_as(&verifier_identity())
         .await
         .expect("verifier client");
@@ -89,7 +81,7 @@ pub async fn start(trusted: &[&str]) -> Harness {
             .expect("verifier serves");
     });
     let harness = Harness {
-        emu,
+        cluster,
         admin,
         api: api_addr,
         probes: probes_addr,
@@ -172,107 +164,4 @@ impl Harness {
         })
         .await;
     }
-}
-
-/// A parsed HTTP response.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`, so the body ends at EOF).
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Response {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() || method == "POST" {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-pub async fn get(addr: SocketAddr, path: &str) -> Response {
-    request(addr, "GET", path, &[], None).await
-}
-
-pub use keysmith_emulator::eventually;
-
-#[derive(Clone)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-/// Route every log line of this test process (JSON, as `--log-format json`) into a buffer.
-pub fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let writer = Buffer(logs.clone());
-        let _ = tracing::subscriber::set_global_default(keysmith::telemetry::subscriber(
-            LogFormat::Json,
-            EnvFilter::new("info"),
-            move || writer.clone(),
-        ));
-        logs
-    });
-}
-
-/// Everything logged so far.
-pub fn logs() -> String {
-    LOGS.get()
-        .map(|l| String::from_utf8_lossy(&l.lock().unwrap()).into_owned())
-        .unwrap_or_default()
 }

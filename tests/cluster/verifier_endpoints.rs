@@ -4,13 +4,11 @@
 //! allow-list with and without trusted proxies, a header required from a Secret, usage
 //! write-back, metrics, body limits, and an audit log that never holds a token.
 
-mod verifier_common;
-
+use crate::harness::verifier::{Harness, NS, eventually, request, start, status_token, token};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
-use verifier_common::{Harness, NS, eventually, request, start, status_token, token};
 
 /// Keys for every code. Returns the tokens by name.
 struct Fixture {
@@ -398,7 +396,7 @@ async fn every_code_through_every_endpoint() {
     );
 
     // The audit log: one line per verification, never a token.
-    let logs = verifier_common::logs();
+    let logs = crate::harness::logs::text();
     let audit: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -570,9 +568,9 @@ async fn bad_bodies_metrics_and_probes() {
     let r = request(h.api, "POST", "/v1/verify", &[], Some(&huge)).await;
     assert_eq!(r.status, 413);
     assert!(r.body.contains("larger than 16384 bytes"), "{}", r.body);
-    let r = verifier_common::get(h.api, "/v1/verify").await;
+    let r = crate::harness::verifier::get(h.api, "/v1/verify").await;
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
-    let r = verifier_common::get(h.api, "/v1/nothing").await;
+    let r = crate::harness::verifier::get(h.api, "/v1/nothing").await;
     assert_eq!(r.status, 404);
     let r = request(
         h.api,
@@ -586,8 +584,15 @@ async fn bad_bodies_metrics_and_probes() {
     let answer = h.verify(json!({"token": "x".repeat(300)})).await;
     assert_eq!(answer["code"], "MALFORMED");
 
-    assert_eq!(verifier_common::get(h.probes, "/healthz").await.status, 200);
-    let metrics = verifier_common::get(h.probes, "/metrics").await.body;
+    assert_eq!(
+        crate::harness::verifier::get(h.probes, "/healthz")
+            .await
+            .status,
+        200
+    );
+    let metrics = crate::harness::verifier::get(h.probes, "/metrics")
+        .await
+        .body;
     assert!(
         metrics.contains("keysmith_verify_requests_total{code=\"MALFORMED\"} 1"),
         "{metrics}"
@@ -611,8 +616,17 @@ async fn readyz_waits_for_the_initial_list() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    assert_eq!(verifier_common::get(addr, "/readyz").await.status, 503);
-    assert_eq!(verifier_common::get(addr, "/healthz").await.status, 200);
+    assert_eq!(
+        crate::harness::verifier::get(addr, "/readyz").await.status,
+        503
+    );
+    assert_eq!(
+        crate::harness::verifier::get(addr, "/healthz").await.status,
+        200
+    );
     verifier.health.set_ready(true);
-    assert_eq!(verifier_common::get(addr, "/readyz").await.status, 200);
+    assert_eq!(
+        crate::harness::verifier::get(addr, "/readyz").await.status,
+        200
+    );
 }

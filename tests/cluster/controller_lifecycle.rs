@@ -1,11 +1,9 @@
 //! End to end against the API emulator with RBAC on, the controller acting as its ServiceAccount
 //! with the chart's rules: create, resync, delete; hand edits; conflicts; invalid specs.
 
-mod support;
-
+use crate::harness::controller::*;
 use keysmith::token::{Token, sha256_hex};
 use serde_json::json;
-use support::*;
 
 const TWO_SLOTS: &str = r#"
 apiVersion: keysmith.dev/v1alpha1
@@ -20,12 +18,12 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_mints_resync_writes_nothing_delete_revokes() {
     let mut h = Harness::start().await;
-    h.apply(TWO_SLOTS);
+    h.apply(TWO_SLOTS).await;
     let key = h.wait_key("site", "Ready", ready).await;
     h.settle().await;
 
     // One key per slot, tokens of the right format, hashes matching status.
-    let secret = h.secret("site").expect("Secret written");
+    let secret = h.secret("site").await.expect("Secret written");
     let delivery = secret_value(&secret, "DELIVERY_TOKEN").unwrap();
     let preview = secret_value(&secret, "preview").unwrap();
     let delivery_token = Token::try_from(delivery.clone()).expect("checksum holds");
@@ -48,7 +46,7 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
     );
     assert_eq!(condition(&key, "Ready").unwrap().1, "Minted");
     assert_eq!(key["status"]["observedGeneration"], 1);
-    assert_eq!(h.events("Minted").len(), 1);
+    assert_eq!(h.events("Minted").await.len(), 1);
 
     // A new key costs three writes: finalizer, status, Secret.
     let mint_writes = h.controller_writes();
@@ -73,7 +71,7 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
     assert_eq!(mint_writes.len(), 3);
 
     // A healthy resync writes nothing, and status writes do not wake the controller in a loop.
-    h.emu.request_log().clear();
+    h.cluster.clear_requests();
     let before = h.reconciles();
     h.settle().await;
     h.settle().await;
@@ -96,11 +94,14 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
     let api: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(h.admin.clone(), NS);
     api.delete("site", &Default::default()).await.unwrap();
     eventually("ApiKey gone", || async {
-        h.apikey("site").is_none().then_some(())
+        h.apikey("site").await.is_none().then_some(())
     })
     .await;
-    assert!(h.secret("site").is_none(), "revocation deletes the Secret");
-    assert_eq!(h.events("Revoked").len(), 1);
+    assert!(
+        h.secret("site").await.is_none(),
+        "revocation deletes the Secret"
+    );
+    assert_eq!(h.events("Revoked").await.len(), 1);
     assert!(
         !h.metrics().contains("apikey=\"site\""),
         "expiry series forgotten"
@@ -111,7 +112,7 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_deleted_or_edited_by_hand_is_reminted() {
     let h = Harness::start().await;
-    h.apply(TWO_SLOTS);
+    h.apply(TWO_SLOTS).await;
     let key = h.wait_key("site", "Ready", ready).await;
     h.settle().await;
     let first = token(&key, "delivery")["sha256"].clone();
@@ -130,7 +131,7 @@ async fn secret_deleted_or_edited_by_hand_is_reminted() {
         "the lost token overlaps: {:#}",
         key["status"]
     );
-    let secret = eventually("Secret back", || async { h.secret("site") }).await;
+    let secret = eventually("Secret back", || async { h.secret("site").await }).await;
     assert_eq!(
         sha256_hex(&secret_value(&secret, "DELIVERY_TOKEN").unwrap()),
         token(&key, "delivery")["sha256"].as_str().unwrap()
@@ -152,7 +153,7 @@ async fn secret_deleted_or_edited_by_hand_is_reminted() {
         })
         .await;
     let secret = eventually("Secret repaired", || async {
-        h.secret("site").filter(|s| {
+        h.secret("site").await.filter(|s| {
             secret_value(s, "preview").map(|v| sha256_hex(&v))
                 == token(&key, "preview")["sha256"].as_str().map(str::to_owned)
         })
@@ -176,9 +177,9 @@ async fn unowned_secret_is_a_conflict_and_stays_untouched_unless_adopted() {
     let h = Harness::start().await;
     h.apply(
         "apiVersion: v1\nkind: Secret\nmetadata: {name: site, namespace: cms}\ndata: {mine: c2VjcmV0}\n",
-    );
-    let before = h.secret("site").unwrap();
-    h.apply(TWO_SLOTS);
+    ).await;
+    let before = h.secret("site").await.unwrap();
+    h.apply(TWO_SLOTS).await;
     let key = h
         .wait_key("site", "SecretConflict", |k| {
             condition(k, "Ready").is_some_and(|(_, r)| r == "SecretConflict")
@@ -187,8 +188,12 @@ async fn unowned_secret_is_a_conflict_and_stays_untouched_unless_adopted() {
     h.settle().await;
     let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("adopt"), "{message}");
-    assert_eq!(h.secret("site").unwrap(), before, "the Secret is untouched");
-    assert_eq!(h.events("SecretConflict").len(), 1);
+    assert_eq!(
+        h.secret("site").await.unwrap(),
+        before,
+        "the Secret is untouched"
+    );
+    assert_eq!(h.events("SecretConflict").await.len(), 1);
     assert!(key["status"]["tokens"].is_null());
 
     // With adopt the key takes the Secret over.
@@ -201,10 +206,12 @@ spec:
   tokens: [{name: delivery, prefix: cms_dt_, secretKey: DELIVERY_TOKEN}]
   secret: {adopt: true}
 "#,
-    );
+    )
+    .await;
     h.wait_key("site", "Ready after adopt", ready).await;
     let secret = eventually("adopted", || async {
         h.secret("site")
+            .await
             .filter(|s| s["metadata"]["ownerReferences"].is_array())
     })
     .await;
@@ -224,7 +231,8 @@ spec:
   tokens: [{name: delivery}]
   expiresAfter: 6000d
 "#,
-    );
+    )
+    .await;
     let key = h
         .wait_key("site", "InvalidSpec", |k| {
             condition(k, "Ready").is_some_and(|(_, r)| r == "InvalidSpec")
@@ -233,14 +241,14 @@ spec:
     let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("spec.expiresAfter"), "{message}");
     h.settle().await;
-    assert!(h.secret("site").is_none());
-    assert_eq!(h.events("InvalidSpec").len(), 1);
+    assert!(h.secret("site").await.is_none());
+    assert_eq!(h.events("InvalidSpec").await.len(), 1);
     // No retry storm: further passes write nothing.
-    h.emu.request_log().clear();
+    h.cluster.clear_requests();
     h.settle().await;
     h.settle().await;
     assert_eq!(h.controller_writes().len(), 0);
-    assert_eq!(h.events("InvalidSpec").len(), 1);
+    assert_eq!(h.events("InvalidSpec").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,13 +279,15 @@ kind: ApiKey
 metadata: {name: elsewhere, namespace: other, labels: {shard: a}}
 spec: {tokens: [{name: a}]}
 "#,
-    );
+    )
+    .await;
     h.wait_key("mine", "Ready", ready).await;
     h.settle().await;
-    assert!(h.apikey("theirs").unwrap()["status"].is_null());
+    assert!(h.apikey("theirs").await.unwrap()["status"].is_null());
     let elsewhere = h
-        .emu
+        .cluster
         .get("keysmith.dev/v1alpha1", "ApiKey", "other", "elsewhere")
+        .await
         .unwrap();
     assert!(elsewhere["status"].is_null());
     assert!(h.controller_writes().iter().all(|e| e.name == "mine"));
@@ -286,10 +296,12 @@ spec: {tokens: [{name: a}]}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_report_api_error_and_recover() {
     let h = Harness::start().await;
-    h.emu
-        .faults()
+    let Some(emu) = emulator_only(&h.cluster, "failed_writes_report_api_error_and_recover") else {
+        return;
+    };
+    emu.faults()
         .error_rate(keysmith_emulator::Target::new("patch", "secrets"), 500, 1.0);
-    h.apply(TWO_SLOTS);
+    h.apply(TWO_SLOTS).await;
     let key = h
         .wait_key("site", "ApiError", |k| {
             condition(k, "Ready").is_some_and(|(_, r)| r == "ApiError")
@@ -297,11 +309,11 @@ async fn failed_writes_report_api_error_and_recover() {
         .await;
     let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("writing Secret cms/site"), "{message}");
-    h.emu.faults().clear();
+    emu.faults().clear();
     h.clock.resync();
     h.wait_key("site", "recovered", ready).await;
-    let secret = eventually("Secret written", || async { h.secret("site") }).await;
-    let key = h.apikey("site").unwrap();
+    let secret = eventually("Secret written", || async { h.secret("site").await }).await;
+    let key = h.apikey("site").await.unwrap();
     assert_eq!(
         sha256_hex(&secret_value(&secret, "DELIVERY_TOKEN").unwrap()),
         token(&key, "delivery")["sha256"].as_str().unwrap()

@@ -1,19 +1,18 @@
 //! The binary as a kubectl plugin: `kubectl-keysmith` on PATH (a symlink to the keysmith binary)
 //! makes `kubectl keysmith status` and `kubectl keysmith rotate` work against the cluster of the
-//! current kubeconfig, here the development cluster with the controller running.
-
-mod support;
+//! current kubeconfig, here a cluster with the chart's RBAC and the controller running.
 
 use std::path::Path;
 use std::process::Output;
 
+use crate::harness::controller::{Identity, eventually, ready, token};
+use crate::harness::{Backend, Cluster, chart_clients};
 use keysmith::components;
 use keysmith::controller::system_clock;
 use keysmith::devcluster::{self, EXAMPLES};
 use keysmith::telemetry::Shutdown;
-use keysmith_emulator::{Config, Identity};
+use keysmith_emulator::Config;
 use serde_json::Value;
-use support::{eventually, ready, token};
 
 /// `kubectl keysmith ARGS` with the plugin directory first on PATH.
 async fn plugin(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
@@ -45,19 +44,25 @@ fn stdout(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_keysmith_status_and_rotate() {
     // kubectl sends bearer tokens over TLS only.
-    let emu = devcluster::start(Config {
-        tls: true,
-        ..Config::default()
-    })
+    let cluster = Cluster::with_chart(
+        Backend::from_env(),
+        Config {
+            tls: true,
+            ..Config::default()
+        },
+    )
     .await
-    .expect("emulator starts");
+    .expect("the test cluster starts");
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_keysmith"), bin.join("kubectl-keysmith"))
         .unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    emu.write_kubeconfig(&kubeconfig, &Identity::Admin).unwrap();
+    cluster
+        .write_kubeconfig(&kubeconfig, &Identity::Admin)
+        .await
+        .unwrap();
 
     // kubectl discovers the plugin.
     let plugins = tokio::process::Command::new("kubectl")
@@ -80,19 +85,25 @@ async fn kubectl_keysmith_status_and_rotate() {
 
     let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
     let (api, metrics) = (bind().await.unwrap(), bind().await.unwrap());
-    let components = devcluster::components(&emu, "plugin-test", system_clock(), api, metrics)
-        .await
-        .unwrap();
+    let components = devcluster::components(
+        chart_clients(&cluster).await,
+        "plugin-test",
+        system_clock(),
+        api,
+        metrics,
+    );
     let (stop, shutdown) = Shutdown::new();
     let running = tokio::spawn(components::serve(components, shutdown));
     let (_, cms) = EXAMPLES
         .iter()
         .find(|(f, _)| *f == "cms-three-tokens.yaml")
         .unwrap();
-    emu.apply_yaml(cms).unwrap();
-    let get = || emu.get("keysmith.dev/v1alpha1", "ApiKey", "default", "acme-cms");
+    cluster.apply_yaml(cms).await.unwrap();
+    let get = || cluster.get("keysmith.dev/v1alpha1", "ApiKey", "default", "acme-cms");
     let key = eventually("acme-cms to be Ready", || async {
-        get().filter(|k| ready(k) && k["status"]["tokens"].as_array().map(Vec::len) == Some(3))
+        get()
+            .await
+            .filter(|k| ready(k) && k["status"]["tokens"].as_array().map(Vec::len) == Some(3))
     })
     .await;
     let ids = |k: &Value| -> Vec<String> {
@@ -121,10 +132,12 @@ async fn kubectl_keysmith_status_and_rotate() {
         assert!(id.starts_with("acme_"), "{id}");
     }
     // Ids only: no token value in the output.
-    let secret = emu
+    let secret = cluster
         .get("v1", "Secret", "default", "acme-cms-tokens")
+        .await
         .unwrap();
-    let management = support::secret_value(&secret, "ACME_CMS_MANAGEMENT_TOKEN").unwrap();
+    let management =
+        crate::harness::controller::secret_value(&secret, "ACME_CMS_MANAGEMENT_TOKEN").unwrap();
     assert!(!status.contains(&management));
 
     // rotate one slot: the slot annotation, and only that token changes.
@@ -137,13 +150,13 @@ async fn kubectl_keysmith_status_and_rotate() {
         .await,
     );
     assert!(out.contains("keysmith.dev/rotate-preview="), "{out}");
-    let key = get().unwrap();
+    let key = get().await.unwrap();
     assert!(
         key["metadata"]["annotations"]["keysmith.dev/rotate-preview"].is_string(),
         "{key}"
     );
     let key = eventually("the preview token to rotate", || async {
-        get().filter(|k| ids(k)[2] != before[2] && ready(k))
+        get().await.filter(|k| ids(k)[2] != before[2] && ready(k))
     })
     .await;
     let after_slot = ids(&key);
@@ -152,7 +165,7 @@ async fn kubectl_keysmith_status_and_rotate() {
     // rotate every slot.
     let out = stdout(&plugin(&bin, &kubeconfig, &["rotate", "acme-cms"]).await);
     assert!(out.contains("every slot"), "{out}");
-    let key = get().unwrap();
+    let key = get().await.unwrap();
     let value = key["metadata"]["annotations"]["keysmith.dev/rotate"]
         .as_str()
         .expect("the rotate annotation")
@@ -162,7 +175,7 @@ async fn kubectl_keysmith_status_and_rotate() {
         "{out}"
     );
     let key = eventually("every token to rotate", || async {
-        get().filter(|k| {
+        get().await.filter(|k| {
             let now = ids(k);
             ready(k) && now.iter().zip(&after_slot).all(|(a, b)| a != b)
         })

@@ -1,8 +1,6 @@
-//! Shared harness of the controller's end-to-end tests: the API emulator with RBAC on, the
-//! chart's controller rules bound to the controller's ServiceAccount, the controller running
-//! in-process as that ServiceAccount with a clock the test moves, and helpers to wait for state
-//! and count API writes.
-#![allow(dead_code)]
+//! The controller's side of the harness: a cluster with the chart's RBAC, the controller running
+//! in-process as its ServiceAccount with a clock the test moves, and helpers to wait for state and
+//! count the API writes it made.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 use keysmith::controller::leader::LeaderConfig;
 use keysmith::controller::metrics::ControllerMetrics;
 use keysmith::controller::{self, Clock, Context, Scope};
-use keysmith::devcluster;
 use keysmith::telemetry::{self, Shutdown, ShutdownTrigger};
-use keysmith_emulator::{Config, Emulator, LogEntry};
+use keysmith_emulator::LogEntry;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -65,9 +62,9 @@ impl TestClock {
     }
 }
 
-/// An emulator with the CRD, namespaces and the chart's RBAC, and (optionally) a controller.
+/// A cluster with the CRD, namespaces and the chart's RBAC, and (optionally) a controller.
 pub struct Harness {
-    pub emu: Emulator,
+    pub cluster: Cluster,
     pub admin: kube::Client,
     pub clock: TestClock,
     registry: Arc<Registry>,
@@ -75,14 +72,10 @@ pub struct Harness {
     task: Option<JoinHandle<()>>,
 }
 
-/// An emulator prepared like a cluster with the chart installed, without a controller.
-pub async fn cluster() -> Emulator {
-    let emu = devcluster::start(Config::default())
-        .await
-        .expect("emulator starts");
-    emu.apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-        .expect("namespace");
-    emu
+/// A cluster prepared like one with the chart installed, plus namespace [`NS`], without a
+/// controller.
+pub async fn cluster() -> Cluster {
+    super::cluster(NS).await
 }
 
 impl Harness {
@@ -93,14 +86,14 @@ impl Harness {
 
     /// Like [`Harness::start`], reconciling only the ApiKeys in `scope`.
     pub async fn start_scoped(scope: Scope) -> Harness {
-        let emu = cluster().await;
-        let admin = emu.client().await.expect("admin client");
+        let cluster = cluster().await;
+        let admin = cluster.client().await.expect("admin client");
         let (resync, resyncs) = mpsc::unbounded();
         let clock = TestClock {
             now: Arc::new(Mutex::new(Timestamp::now())),
             resync,
         };
-        let client = emu
+        let client = cluster
             .client_as(&controller_identity())
             .await
             .expect("controller client");
@@ -112,7 +105,7 @@ impl Harness {
             controller::run(ctx, &scope, shutdown.wait(), Some(resyncs.boxed())).await;
         });
         Harness {
-            emu,
+            cluster,
             admin,
             clock,
             registry: Arc::new(registry),
@@ -163,10 +156,11 @@ impl Harness {
         }
     }
 
-    /// Successful writes by the controller, events excluded.
+    /// Successful writes by the controller since the last [`Cluster::clear_requests`], events
+    /// excluded.
     pub fn controller_writes(&self) -> Vec<LogEntry> {
         let user = controller_user();
-        self.emu.request_log().filter(|e| {
+        self.cluster.requests(|e| {
             e.user == user && e.is_write() && (200..300).contains(&e.code) && e.resource != "events"
         })
     }
@@ -174,33 +168,41 @@ impl Harness {
     /// Successful event writes by the controller.
     pub fn event_writes(&self) -> usize {
         let user = controller_user();
-        self.emu
-            .request_log()
-            .filter(|e| e.user == user && e.is_write() && e.resource == "events")
+        self.cluster
+            .requests(|e| e.user == user && e.is_write() && e.resource == "events")
             .len()
     }
 
-    pub fn apply(&self, yaml: &str) {
-        self.emu.apply_yaml(yaml).expect("fixture applies");
+    pub async fn apply(&self, yaml: &str) {
+        self.cluster
+            .apply_yaml(yaml)
+            .await
+            .expect("fixture applies");
     }
 
-    pub fn apikey(&self, name: &str) -> Option<Value> {
-        self.emu.get("keysmith.dev/v1alpha1", "ApiKey", NS, name)
+    pub async fn apikey(&self, name: &str) -> Option<Value> {
+        self.cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", NS, name)
+            .await
     }
 
-    pub fn secret(&self, name: &str) -> Option<Value> {
-        self.emu.get("v1", "Secret", NS, name)
+    pub async fn secret(&self, name: &str) -> Option<Value> {
+        self.cluster.get("v1", "Secret", NS, name).await
     }
 
     /// Wait for the ApiKey to satisfy `check`.
     pub async fn wait_key(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        eventually(what, || async { self.apikey(name).filter(|k| check(k)) }).await
+        eventually(what, || async {
+            self.apikey(name).await.filter(|k| check(k))
+        })
+        .await
     }
 
     /// Events of `reason` on the ApiKey.
-    pub fn events(&self, reason: &str) -> Vec<Value> {
-        self.emu
+    pub async fn events(&self, reason: &str) -> Vec<Value> {
+        self.cluster
             .list("events.k8s.io/v1", "Event", Some(NS))
+            .await
             .into_iter()
             .filter(|e| e["reason"] == reason)
             .collect()
@@ -272,4 +274,4 @@ pub fn spawn_elected(
     (stop, task)
 }
 
-pub use keysmith_emulator::eventually;
+pub use super::{Cluster, Identity, emulator_only, eventually, real};

@@ -2,19 +2,15 @@
 //! controller's own validation, and hostile HTTP to the verifier. Every case must end in a clear
 //! client error naming what is wrong, never a panic or a 5xx, and nothing written.
 
-mod support;
-mod verifier_common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::harness::verifier::{Cluster, NS, Response, eventually, start, status_token, token};
 use keysmith::api::ApiKeySpec;
 use keysmith::validation::validate;
-use keysmith_emulator::{Emulator, Identity};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use verifier_common::{NS, Response, eventually, start, status_token, token};
 
 /// A raw HTTP/1.1 exchange on a fresh connection. The server may answer (and close) before it
 /// has read everything, so a failed write is not an error: the answer is what counts. `None`
@@ -315,21 +311,28 @@ fn hostile_manifests() -> Vec<(&'static str, String, &'static str, Schema)> {
     cases
 }
 
-/// POST a raw body to the emulator's ApiKey collection as the administrator.
-async fn create_raw(emu: &Emulator, body: &[u8]) -> Option<Response> {
+/// POST a raw body to the ApiKey collection as the administrator.
+async fn create_raw(cluster: &Cluster, body: &[u8]) -> Option<Response> {
+    use http_body_util::BodyExt;
     let path = format!("/apis/keysmith.dev/v1alpha1/namespaces/{NS}/apikeys");
-    let auth = format!("Authorization: Bearer {}\r\n", emu.token(&Identity::Admin));
-    exchange(
-        emu.addr(),
-        &post_head(emu.addr(), &path, &auth, body.len()),
-        body,
-    )
-    .await
+    let request = hyper::Request::post(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body.to_vec()))
+        .unwrap();
+    let client = cluster.client().await.expect("admin client");
+    let answer = client.send(request).await.ok()?;
+    let status = answer.status().as_u16();
+    let body = answer.into_body().collect().await.ok()?.to_bytes();
+    Some(Response {
+        status,
+        headers: Vec::new(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_manifests_are_rejected_with_the_field_named_and_nothing_stored() {
-    let emu = verifier_common::emulator().await;
+    let cluster = crate::harness::verifier::cluster().await;
     let mut failures = Vec::new();
     let mut cases = hostile_manifests();
     // Deeper than any JSON parser should recurse: only as text.
@@ -340,7 +343,7 @@ async fn hostile_manifests_are_rejected_with_the_field_named_and_nothing_stored(
     cases.push(("JSON nested 100,000 deep", deep, "", Schema::Rejects));
     cases.push(("not JSON", "{\"apiVersion\": ".into(), "", Schema::Rejects));
     for (case, body, field, schema) in &cases {
-        let answer = create_raw(&emu, body.as_bytes()).await;
+        let answer = create_raw(&cluster, body.as_bytes()).await;
         match answer {
             Some(r) if *schema == Schema::Accepts && r.status == 201 => {}
             Some(r)
@@ -358,12 +361,15 @@ async fn hostile_manifests_are_rejected_with_the_field_named_and_nothing_stored(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let accepted = cases.iter().filter(|c| c.3 == Schema::Accepts).count();
     assert_eq!(
-        emu.list("keysmith.dev/v1alpha1", "ApiKey", Some(NS)).len(),
+        cluster
+            .list("keysmith.dev/v1alpha1", "ApiKey", Some(NS))
+            .await
+            .len(),
         accepted,
         "nothing rejected is stored"
     );
     assert!(
-        emu.request_log().filter(|e| e.code >= 500).is_empty(),
+        cluster.requests(|e| e.code >= 500).is_empty(),
         "no server errors"
     );
 }
@@ -401,24 +407,27 @@ fn the_controller_names_the_field_of_every_hostile_spec_it_can_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specs_only_the_controller_can_judge_end_in_invalid_spec_without_a_secret_or_a_loop() {
-    let h = support::Harness::start().await;
-    let cases: Vec<(String, &str)> = hostile_manifests()
-        .into_iter()
-        .filter(|c| c.3 == Schema::Accepts)
-        .map(|(_, body, field, _)| {
-            let mut object: Value = serde_json::from_str(&body).unwrap();
-            object["metadata"]["namespace"] = json!(support::NS);
-            h.emu.apply_object(&object).expect("the schema accepts it");
-            (
-                object["metadata"]["name"].as_str().unwrap().to_owned(),
-                field,
-            )
-        })
-        .collect();
+    let h = crate::harness::controller::Harness::start().await;
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for (_, body, field, schema) in hostile_manifests() {
+        if schema != Schema::Accepts {
+            continue;
+        }
+        let mut object: Value = serde_json::from_str(&body).unwrap();
+        object["metadata"]["namespace"] = json!(crate::harness::controller::NS);
+        h.cluster
+            .apply_object(&object)
+            .await
+            .expect("the schema accepts it");
+        cases.push((
+            object["metadata"]["name"].as_str().unwrap().to_owned(),
+            field,
+        ));
+    }
     for (name, field) in &cases {
         let key = h
             .wait_key(name, "InvalidSpec", |k| {
-                support::condition(k, "Ready")
+                crate::harness::controller::condition(k, "Ready")
                     .is_some_and(|(status, reason)| status == "False" && reason == "InvalidSpec")
             })
             .await;
@@ -435,7 +444,7 @@ async fn specs_only_the_controller_can_judge_end_in_invalid_spec_without_a_secre
             "{name}: the message does not echo a huge value"
         );
         assert!(
-            h.secret(name).is_none(),
+            h.secret(name).await.is_none(),
             "{name}: no Secret for an invalid spec"
         );
     }
@@ -582,7 +591,12 @@ async fn hostile_http_gets_client_errors_and_the_verifier_keeps_serving() {
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Still healthy and still right after all of it; and none of it wrote anything.
-    assert_eq!(verifier_common::get(h.probes, "/healthz").await.status, 200);
+    assert_eq!(
+        crate::harness::verifier::get(h.probes, "/healthz")
+            .await
+            .status,
+        200
+    );
     eventually("the verifier to answer", || async {
         (h.code(good.expose_secret()).await == "VALID").then_some(())
     })
@@ -590,8 +604,7 @@ async fn hostile_http_gets_client_errors_and_the_verifier_keeps_serving() {
     // The only write the verifier may make is the usage report of the one valid token.
     let verifier_user = "system:serviceaccount:keysmith:keysmith-verifier";
     let writes = h
-        .emu
-        .request_log()
-        .filter(|e| e.user == verifier_user && e.is_write() && e.name != "good");
+        .cluster
+        .requests(|e| e.user == verifier_user && e.is_write() && e.name != "good");
     assert!(writes.is_empty(), "hostile requests wrote {writes:?}");
 }

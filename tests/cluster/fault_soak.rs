@@ -9,16 +9,14 @@
 //!
 //! CI size by default; `KEYSMITH_LONG=1` soaks 200 keys through three rounds of changes.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::harness::controller::*;
 use keysmith::api::ApiKey;
 use keysmith::token::sha256_hex;
 use keysmith_emulator::Target;
 use kube::Api;
-use support::*;
 
 fn slots(i: usize) -> &'static [&'static str] {
     if i.is_multiple_of(3) {
@@ -60,8 +58,8 @@ enum Want {
 /// writes only: on a real API server a 409 on the finalizer patch means a newer version exists,
 /// and the controller waits for its watch event rather than retrying, an event an injected
 /// conflict never sends.
-fn inject_faults(h: &Harness) {
-    let faults = h.emu.faults();
+fn inject_faults(emu: &keysmith_emulator::Emulator) {
+    let faults = emu.faults();
     faults.seed(7);
     faults.error_rate(Target::new("*", "apikeys/status"), 409, 0.05);
     faults.error_rate(Target::new("*", "apikeys"), 429, 0.02);
@@ -76,10 +74,10 @@ fn inject_faults(h: &Harness) {
 
 /// Converged: every live key Ready, its Secret holding its current tokens, its trigger and
 /// annotation answered; every deleted key and its Secret gone.
-fn converged(h: &Harness, want: &BTreeMap<usize, Want>) -> Result<(), String> {
+async fn converged(h: &Harness, want: &BTreeMap<usize, Want>) -> Result<(), String> {
     for (i, want) in want {
         let name = format!("s{i}");
-        let (key, secret) = (h.apikey(&name), h.secret(&name));
+        let (key, secret) = (h.apikey(&name).await, h.secret(&name).await);
         let Want::Live {
             trigger,
             annotation,
@@ -114,7 +112,7 @@ fn converged(h: &Harness, want: &BTreeMap<usize, Want>) -> Result<(), String> {
 async fn wait_converged(h: &Harness, want: &BTreeMap<usize, Want>, phase: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        match converged(h, want) {
+        match converged(h, want).await {
             Ok(()) => return,
             Err(why) if Instant::now() > deadline => panic!("{phase} did not converge: {why}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -154,12 +152,15 @@ async fn faults_latency_and_dropped_watches_converge_without_extra_mints_or_hot_
     let long = std::env::var("KEYSMITH_LONG").is_ok_and(|v| v == "1");
     let (keys, rounds) = if long { (200, 3) } else { (36, 1) };
     let h = Harness::start().await;
-    inject_faults(&h);
+    // The real API server injects no faults: there the soak is the same churn without them.
+    if let Some(emu) = h.cluster.emulator() {
+        inject_faults(emu);
+    }
 
     let mut want: BTreeMap<usize, Want> = BTreeMap::new();
     let mut needed_mints = 0;
     for i in 0..keys {
-        h.apply(&manifest(i, "t0", None));
+        h.apply(&manifest(i, "t0", None)).await;
         needed_mints += slots(i).len();
         want.insert(
             i,
@@ -204,7 +205,7 @@ async fn faults_latency_and_dropped_watches_converge_without_extra_mints_or_hot_
                     trigger,
                     annotation,
                 } => {
-                    h.apply(&manifest(i, trigger, annotation.as_deref()));
+                    h.apply(&manifest(i, trigger, annotation.as_deref())).await;
                     needed_mints += slots(i).len();
                 }
                 Want::Deleted => delete(&h, &format!("s{i}")).await,
@@ -216,24 +217,32 @@ async fn faults_latency_and_dropped_watches_converge_without_extra_mints_or_hot_
 
     // What the faults cost, read before they stop.
     let user = controller_user();
-    let log = h.emu.request_log();
-    let failed_writes = log
-        .filter(|e| e.user == user && e.is_write() && [409, 429, 500].contains(&e.code))
+    let failed_writes = h
+        .cluster
+        .requests(|e| e.user == user && e.is_write() && [409, 429, 500].contains(&e.code))
         .len();
-    let failed_reads = log
-        .filter(|e| e.user == user && !e.is_write() && [409, 429, 500].contains(&e.code))
+    let failed_reads = h
+        .cluster
+        .requests(|e| e.user == user && !e.is_write() && [409, 429, 500].contains(&e.code))
         .len();
     let writes = h.controller_writes().len();
     let mints = metric_sum(&h, "keysmith_tokens_minted_total");
     let reconciles = h.reconciles();
     let errors = metric_sum(&h, "keysmith_reconcile_errors_total");
-    let watches = log.filter(|e| e.user == user && e.verb == "watch").len();
+    let watches = h
+        .cluster
+        .requests(|e| e.user == user && e.verb == "watch")
+        .len();
+    let injected = h
+        .cluster
+        .emulator()
+        .map_or(0, |emu| emu.faults().injected());
     println!(
         "fault soak: {keys} keys, {rounds} round(s): {} injected faults ({failed_writes} on \
          controller writes, {failed_reads} on its reads), {watches} watch (re)connections; \
          {mints} mints for {needed_mints} needed; {writes} successful controller writes; \
          {reconciles} reconciles, {errors} failed; converged in {:?}",
-        h.emu.faults().injected(),
+        injected,
         started.elapsed()
     );
 
@@ -251,7 +260,9 @@ async fn faults_latency_and_dropped_watches_converge_without_extra_mints_or_hot_
     );
 
     // Faults off: the fleet is at rest, and a full resync writes nothing.
-    h.emu.faults().clear();
+    if let Some(emu) = h.cluster.emulator() {
+        emu.faults().clear();
+    }
     h.settle().await;
     let live = want
         .values()
@@ -269,5 +280,7 @@ async fn faults_latency_and_dropped_watches_converge_without_extra_mints_or_hot_
         before,
         "a resync of healthy keys writes nothing"
     );
-    converged(&h, &want).expect("still converged after the faults");
+    converged(&h, &want)
+        .await
+        .expect("still converged after the faults");
 }

@@ -2,30 +2,27 @@
 //! development cluster (the chart's RBAC) with the controller and the verifier running in-process,
 //! and the tokens it mints are checked against the verifier over HTTP.
 
-mod support;
-mod verifier_common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::harness::controller::{condition, ready, secret_value, token};
+use crate::harness::verifier::{eventually, request};
+use crate::harness::{Cluster, chart_clients};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components;
 use keysmith::devcluster::{self, EXAMPLES};
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
-use keysmith_emulator::{Config, Emulator};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::{condition, ready, secret_value, token};
-use verifier_common::{eventually, request};
 
 const NS: &str = "default";
 
 /// A development cluster with one example applied, the controller and the verifier.
 struct Dev {
-    emu: Emulator,
+    cluster: Cluster,
     admin: kube::Client,
     api: SocketAddr,
     /// The controller's clock (the verifier keeps the wall clock).
@@ -51,10 +48,8 @@ fn example(file: &str) -> &'static str {
 
 impl Dev {
     async fn start(file: &str) -> Dev {
-        let emu = devcluster::start(Config::default())
-            .await
-            .expect("emulator starts");
-        let admin = emu.client().await.expect("admin client");
+        let cluster = crate::harness::cluster(NS).await;
+        let admin = cluster.client().await.expect("admin client");
         let now = Arc::new(Mutex::new(Timestamp::now()));
         let clock = {
             let now = now.clone();
@@ -63,9 +58,13 @@ impl Dev {
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api.local_addr().unwrap();
-        let components = devcluster::components(&emu, "examples-test", clock, api, metrics)
-            .await
-            .unwrap();
+        let components = devcluster::components(
+            chart_clients(&cluster).await,
+            "examples-test",
+            clock,
+            api,
+            metrics,
+        );
         components::preflight(&components)
             .await
             .expect("the chart's rules suffice");
@@ -75,9 +74,12 @@ impl Dev {
                 .await
                 .expect("components serve");
         });
-        emu.apply_yaml(example(file)).expect("the example applies");
+        cluster
+            .apply_yaml(example(file))
+            .await
+            .expect("the example applies");
         Dev {
-            emu,
+            cluster,
             admin,
             api: api_addr,
             now,
@@ -85,8 +87,10 @@ impl Dev {
         }
     }
 
-    fn apikey(&self, name: &str) -> Option<Value> {
-        self.emu.get("keysmith.dev/v1alpha1", "ApiKey", NS, name)
+    async fn apikey(&self, name: &str) -> Option<Value> {
+        self.cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", NS, name)
+            .await
     }
 
     fn apikeys(&self) -> Api<ApiKey> {
@@ -96,20 +100,18 @@ impl Dev {
     /// Wait until the ApiKey is Ready for its current generation and its Secret holds every
     /// token its status names (the controller writes the status first, then the Secret).
     async fn ready(&self, name: &str) -> Value {
-        self.wait_key(name, &format!("{name} to be Ready"), |k| {
-            ready(k)
-                && k["status"]["observedGeneration"] == k["metadata"]["generation"]
-                && self.delivered(k)
+        self.wait_delivered(name, &format!("{name} to be Ready"), |k| {
+            ready(k) && k["status"]["observedGeneration"] == k["metadata"]["generation"]
         })
         .await
     }
 
     /// Whether the key's Secret holds every current token of its status.
-    fn delivered(&self, key: &Value) -> bool {
-        let Some(secret) = key["status"]["secretName"]
-            .as_str()
-            .and_then(|s| self.emu.get("v1", "Secret", NS, s))
-        else {
+    async fn delivered(&self, key: &Value) -> bool {
+        let Some(name) = key["status"]["secretName"].as_str() else {
+            return false;
+        };
+        let Some(secret) = self.cluster.get("v1", "Secret", NS, name).await else {
             return false;
         };
         let secret: Secret = serde_json::from_value(secret).unwrap();
@@ -128,14 +130,32 @@ impl Dev {
     }
 
     async fn wait_key(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        eventually(what, || async { self.apikey(name).filter(|k| check(k)) }).await
+        eventually(what, || async {
+            self.apikey(name).await.filter(|k| check(k))
+        })
+        .await
+    }
+
+    /// Like [`Dev::wait_key`], and the key's Secret holds every token its status names.
+    async fn wait_delivered(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(what, || async {
+            let key = self.apikey(name).await.filter(|k| check(k))?;
+            self.delivered(&key).await.then_some(key)
+        })
+        .await
     }
 
     /// The decoded value of `key` in Secret `secret`.
-    fn secret_value(&self, secret: &str, key: &str) -> String {
+    async fn secret_value(&self, secret: &str, key: &str) -> String {
         let secret = self
-            .emu
+            .cluster
             .get("v1", "Secret", NS, secret)
+            .await
             .unwrap_or_else(|| panic!("Secret {secret}"));
         secret_value(&secret, key).unwrap_or_else(|| panic!("key {key} in {secret}"))
     }
@@ -220,7 +240,11 @@ async fn cms_three_tokens() {
         ("delivery", "ACME_CMS_DELIVERY_TOKEN", "acme_dt_"),
         ("preview", "ACME_CMS_PREVIEW_TOKEN", "acme_pt_"),
     ];
-    let secret = dev.emu.get("v1", "Secret", NS, "acme-cms-tokens").unwrap();
+    let secret = dev
+        .cluster
+        .get("v1", "Secret", NS, "acme-cms-tokens")
+        .await
+        .unwrap();
     let mut keys: Vec<&str> = secret["data"]
         .as_object()
         .unwrap()
@@ -236,14 +260,12 @@ async fn cms_three_tokens() {
             "ACME_CMS_PREVIEW_TOKEN"
         ]
     );
-    let tokens: Vec<String> = slots
-        .iter()
-        .map(|(slot, secret_key, prefix)| {
-            let value = dev.secret_value("acme-cms-tokens", secret_key);
-            check_token(&key, slot, &value, prefix, Encoding::Hex);
-            value
-        })
-        .collect();
+    let mut tokens: Vec<String> = Vec::new();
+    for (slot, secret_key, prefix) in &slots {
+        let value = dev.secret_value("acme-cms-tokens", secret_key).await;
+        check_token(&key, slot, &value, prefix, Encoding::Hex);
+        tokens.push(value);
+    }
     let [management, delivery, preview] = [&tokens[0], &tokens[1], &tokens[2]];
     // The verifier indexes the hashes from its own watch.
     for value in &tokens {
@@ -283,22 +305,26 @@ async fn cms_three_tokens() {
     )
     .await;
     let key = dev
-        .wait_key("acme-cms", "the delivery token to roll", |k| {
-            token(k, "delivery")["id"] != ids[1] && ready(k) && dev.delivered(k)
+        .wait_delivered("acme-cms", "the delivery token to roll", |k| {
+            token(k, "delivery")["id"] != ids[1] && ready(k)
         })
         .await;
     assert_eq!(token(&key, "management")["id"], ids[0]);
     assert_eq!(token(&key, "preview")["id"], ids[2]);
     assert_eq!(
-        &dev.secret_value("acme-cms-tokens", "ACME_CMS_MANAGEMENT_TOKEN"),
+        &dev.secret_value("acme-cms-tokens", "ACME_CMS_MANAGEMENT_TOKEN")
+            .await,
         management
     );
     assert_eq!(
-        &dev.secret_value("acme-cms-tokens", "ACME_CMS_PREVIEW_TOKEN"),
+        &dev.secret_value("acme-cms-tokens", "ACME_CMS_PREVIEW_TOKEN")
+            .await,
         preview
     );
     let new_delivery = eventually("the Secret to hold the new delivery token", || async {
-        let value = dev.secret_value("acme-cms-tokens", "ACME_CMS_DELIVERY_TOKEN");
+        let value = dev
+            .secret_value("acme-cms-tokens", "ACME_CMS_DELIVERY_TOKEN")
+            .await;
         (&value != delivery).then_some(value)
     })
     .await;
@@ -318,7 +344,7 @@ async fn cms_three_tokens() {
             .await;
     }
     eventually("the ApiKey to be gone", || async {
-        dev.apikey("acme-cms").is_none().then_some(())
+        dev.apikey("acme-cms").await.is_none().then_some(())
     })
     .await;
 }
@@ -327,7 +353,7 @@ async fn cms_three_tokens() {
 async fn grants() {
     let dev = Dev::start("grants.yaml").await;
     let key = dev.ready("editorial-bot").await;
-    let tok = dev.secret_value("editorial-bot", "token");
+    let tok = dev.secret_value("editorial-bot", "token").await;
     check_token(&key, "token", &tok, "cms_ed_", Encoding::Base62);
     dev.wait_code(json!({"token": tok}), &["VALID"]).await;
     let own = "default/editorial-bot";
@@ -438,7 +464,9 @@ async fn grants() {
 async fn project_token() {
     let dev = Dev::start("project-token.yaml").await;
     let key = dev.ready("checkout-api-production").await;
-    let tok = dev.secret_value("checkout-api-token", "CHECKOUT_API_TOKEN");
+    let tok = dev
+        .secret_value("checkout-api-token", "CHECKOUT_API_TOKEN")
+        .await;
     check_token(&key, "server", &tok, "proj_live_", Encoding::Base62);
     // The client secret, as the example file states it.
     let client_secret = example("project-token.yaml")
@@ -461,7 +489,7 @@ async fn project_token() {
         }
         body
     };
-    assert!(ready(&dev.apikey("checkout-api-production").unwrap()));
+    assert!(ready(&dev.apikey("checkout-api-production").await.unwrap()));
     assert!(token(&key, "server")["lastUsedAt"].is_null());
 
     // The verifier resolves the header value from the Secret asynchronously.
@@ -502,7 +530,8 @@ async fn project_token() {
     .await;
     dev.wait_code(body(json!({})), &["DISABLED"]).await;
     assert_eq!(
-        dev.secret_value("checkout-api-token", "CHECKOUT_API_TOKEN"),
+        dev.secret_value("checkout-api-token", "CHECKOUT_API_TOKEN")
+            .await,
         tok
     );
     dev.patch(
@@ -534,8 +563,8 @@ async fn expiring_keys() {
             Some("False".into())
         );
     }
-    let old_delivery = dev.secret_value("cms-delivery-key", "delivery");
-    let old_management = dev.secret_value("cms-management-key", "management");
+    let old_delivery = dev.secret_value("cms-delivery-key", "delivery").await;
+    let old_management = dev.secret_value("cms-management-key", "management").await;
     check_token(
         &delivery_key,
         "delivery",
@@ -573,12 +602,12 @@ async fn expiring_keys() {
         ),
     ] {
         let key = dev
-            .wait_key(name, &format!("{name} to regenerate"), |k| {
-                token(k, slot)["id"] != token_id(old) && ready(k) && dev.delivered(k)
+            .wait_delivered(name, &format!("{name} to regenerate"), |k| {
+                token(k, slot)["id"] != token_id(old) && ready(k)
             })
             .await;
         let new = eventually("the Secret to hold the new token", || async {
-            let value = dev.secret_value(name, slot);
+            let value = dev.secret_value(name, slot).await;
             (&value != old).then_some(value)
         })
         .await;
@@ -589,7 +618,7 @@ async fn expiring_keys() {
         dev.wait_code(json!({"token": new}), &["VALID"]).await;
     }
     assert!(
-        token(&dev.apikey("cms-delivery-key").unwrap(), "delivery")["previous"].is_object(),
+        token(&dev.apikey("cms-delivery-key").await.unwrap(), "delivery")["previous"].is_object(),
         "the replaced delivery token is in its overlap"
     );
     // Overlap 24h: the old delivery token still verifies. Overlap "0": the old management
@@ -602,7 +631,7 @@ async fn expiring_keys() {
     .await;
 
     // A week before the management key's expiry: Expiring (controller clock only).
-    let management_key = dev.apikey("cms-management-key").unwrap();
+    let management_key = dev.apikey("cms-management-key").await.unwrap();
     let expires = time(&token(&management_key, "management")["expiresAt"]);
     dev.move_clock(
         expires
@@ -630,8 +659,9 @@ async fn expiring_keys() {
         "the one-year key is not expiring yet"
     );
     eventually("an Expiring event", || async {
-        dev.emu
+        dev.cluster
             .list("events.k8s.io/v1", "Event", Some(NS))
+            .await
             .into_iter()
             .find(|e| e["reason"] == "Expiring" && e["regarding"]["name"] == "cms-management-key")
     })
@@ -661,7 +691,7 @@ async fn public_delivery() {
     for name in ["storefront-web", "storefront-mobile"] {
         let key = dev.ready(name).await;
         // Each consumer has its own Secret, named after the key.
-        let value = dev.secret_value(name, "CMS_PUBLIC_DELIVERY_TOKEN");
+        let value = dev.secret_value(name, "CMS_PUBLIC_DELIVERY_TOKEN").await;
         dev.wait_code(json!({"token": value}), &["VALID"]).await;
         check_token(&key, "delivery", &value, "cmspub_", Encoding::Base62);
         let issued = time(&token(&key, "delivery")["issuedAt"]);
@@ -707,8 +737,8 @@ async fn public_delivery() {
     assert_ne!(tokens[0], tokens[1]);
 
     // Rotating one consumer leaves the other alone.
-    let mobile = dev.apikey("storefront-mobile").unwrap();
-    let web = dev.apikey("storefront-web").unwrap();
+    let mobile = dev.apikey("storefront-mobile").await.unwrap();
+    let web = dev.apikey("storefront-web").await.unwrap();
     dev.patch(
         "storefront-mobile",
         json!({"metadata": {"annotations": {"keysmith.dev/rotate": "1"}}}),
@@ -719,11 +749,12 @@ async fn public_delivery() {
     })
     .await;
     assert_eq!(
-        token(&dev.apikey("storefront-web").unwrap(), "delivery")["id"],
+        token(&dev.apikey("storefront-web").await.unwrap(), "delivery")["id"],
         token(&web, "delivery")["id"]
     );
     assert_eq!(
-        dev.secret_value("storefront-web", "CMS_PUBLIC_DELIVERY_TOKEN"),
+        dev.secret_value("storefront-web", "CMS_PUBLIC_DELIVERY_TOKEN")
+            .await,
         tokens[0]
     );
     // The replaced mobile token keeps verifying for the overlap.

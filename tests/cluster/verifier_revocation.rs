@@ -2,15 +2,12 @@
 //! delay measured and printed, not asserted), rotation overlap, live spec changes, and the
 //! one-line start-up failure without permissions.
 
-mod verifier_common;
-
 use std::time::Instant;
 
+use crate::harness::verifier::{Identity, cluster, start, status_token, token};
 use keysmith::verifier::{self, Options};
-use keysmith_emulator::Identity;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use verifier_common::{emulator, start, status_token, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_revokes_with_and_without_a_finalizer() {
@@ -67,7 +64,7 @@ async fn delete_revokes_with_and_without_a_finalizer() {
         )
         .await
         .unwrap();
-    verifier_common::eventually("the ApiKey to be gone", || async {
+    crate::harness::verifier::eventually("the ApiKey to be gone", || async {
         h.apikeys()
             .get_opt("kept")
             .await
@@ -77,7 +74,7 @@ async fn delete_revokes_with_and_without_a_finalizer() {
     })
     .await;
     assert_eq!(h.code(kept.expose_secret()).await, "REVOKED");
-    let r = verifier_common::request(
+    let r = crate::harness::verifier::request(
         h.api,
         "GET",
         "/v1/authz",
@@ -167,8 +164,8 @@ async fn spec_changes_apply_without_a_restart() {
 
 #[tokio::test]
 async fn without_permissions_start_up_fails_with_one_clear_line() {
-    let emu = emulator().await;
-    let stranger = emu
+    let cluster = cluster().await;
+    let stranger = cluster
         .client_as(&Identity::service_account("keysmith", "nobody"))
         .await
         .unwrap();

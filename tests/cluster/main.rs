@@ -1,0 +1,20 @@
+//! The integration suites that need an API server, in one test binary: each runs against the
+//! backend `KEYSMITH_TEST_CLUSTER` names, the API emulator (default) or a real kube-apiserver,
+//! etcd and kube-controller-manager built by `testenv/install`. Suites that need what only the
+//! emulator can do (fault injection, compaction) say so and skip those parts on the real server.
+
+mod harness;
+
+mod controller_cli;
+mod controller_leader;
+mod controller_lifecycle;
+mod controller_redaction;
+mod controller_rotation;
+mod crash_consistency;
+mod examples;
+mod fault_soak;
+mod hostile_input;
+mod kubectl_plugin;
+mod rbac_minimal;
+mod verifier_endpoints;
+mod verifier_revocation;
