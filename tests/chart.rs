@@ -394,7 +394,7 @@ fn alerts_use_the_spec_metric_names() {
         "alert: KeysmithTokenExpiringWithoutRotation",
         "alert: KeysmithReconcileErrors",
         "alert: KeysmithVerifierNotReady",
-        "keysmith_token_expiry_timestamp_seconds{",
+        "keysmith_token_expiry_timestamp_seconds",
         "by (namespace, apikey, token)",
         "keysmith_reconcile_errors_total{",
     ] {
