@@ -166,7 +166,9 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
     // Impersonation follows authentication, as in the API server's filter chain: faults, RBAC,
     // reviews and the request log all see the impersonated user.
     let acting = requester.as_ref().map(|r| {
-        impersonation::acting_user(&server.state(), server.auth.rbac, r.clone(), &parts.headers)
+        impersonation::acting_user(r.clone(), &parts.headers, |user, attrs| {
+            !server.auth.rbac || rbac::authorize(&server.state(), user, attrs)
+        })
     });
     let logged_user = match (&acting, &requester) {
         (Some(Ok(user)), _) | (_, Some(user)) => user.name.clone(),

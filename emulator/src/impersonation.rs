@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use axum::http::HeaderMap;
 
 use crate::error::ApiError;
-use crate::objects::State;
 use crate::rbac::{self, Attributes, UserInfo, service_account_groups};
 
 const USER: &str = "impersonate-user";
@@ -77,13 +76,13 @@ fn attributes(
     }
 }
 
-/// The user a request acts as: the requester itself, or whom it may impersonate. `rbac` is
-/// whether authorization is enforced at all.
+/// The user a request acts as: the requester itself, or whom it may impersonate. `authorize`
+/// answers whether the requester may do something (it is only called when a request
+/// impersonates, so ordinary requests never wait for the state lock here).
 pub fn acting_user(
-    st: &State,
-    rbac: bool,
     requester: UserInfo,
     headers: &HeaderMap,
+    authorize: impl Fn(&UserInfo, &Attributes) -> bool,
 ) -> Result<UserInfo, ImpersonationError> {
     let user = values(headers, USER)?.into_iter().find(|u| !u.is_empty());
     let groups = values(headers, GROUP)?;
@@ -122,10 +121,7 @@ pub fn acting_user(
             .map(|(k, v)| attributes("userextras", "authentication.k8s.io", k, "", v)),
     );
     checks.extend(uid.map(|u| attributes("uids", "authentication.k8s.io", "", "", u)));
-    if let Some(denied) = checks
-        .iter()
-        .find(|attrs| rbac && !rbac::authorize(st, &requester, attrs))
-    {
+    if let Some(denied) = checks.iter().find(|attrs| !authorize(&requester, attrs)) {
         return Err(ImpersonationError::Forbidden(rbac::forbidden_message(
             &requester, denied,
         )));
@@ -163,6 +159,7 @@ pub fn acting_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::State;
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -176,12 +173,12 @@ mod tests {
     #[test]
     fn service_accounts_get_their_groups_unless_groups_are_named() {
         let st = State::new(10);
+        let rbac = |u: &UserInfo, a: &Attributes| rbac::authorize(&st, u, a);
         let admin = UserInfo::admin();
         let sa = acting_user(
-            &st,
-            true,
             admin.clone(),
             &headers(&[(USER, "system:serviceaccount:x:nobody")]),
+            rbac,
         )
         .unwrap();
         assert_eq!(
@@ -193,8 +190,6 @@ mod tests {
             ]
         );
         let named = acting_user(
-            &st,
-            true,
             admin.clone(),
             &headers(&[
                 (USER, "alice"),
@@ -202,13 +197,14 @@ mod tests {
                 (UID, "u-1"),
                 ("impersonate-extra-scopes%2fv1", "read"),
             ]),
+            rbac,
         )
         .unwrap();
         assert_eq!(named.groups, ["devs", "system:authenticated"]);
         assert_eq!(named.uid, "u-1");
         assert_eq!(named.extra["scopes/v1"], ["read"]);
         assert!(matches!(
-            acting_user(&st, true, admin, &headers(&[(GROUP, "devs")])),
+            acting_user(admin, &headers(&[(GROUP, "devs")]), rbac),
             Err(ImpersonationError::NoUser(_))
         ));
     }
@@ -216,8 +212,9 @@ mod tests {
     #[test]
     fn requesters_without_the_impersonate_verb_are_forbidden() {
         let st = State::new(10);
+        let rbac = |u: &UserInfo, a: &Attributes| rbac::authorize(&st, u, a);
         let bob = UserInfo::user("bob", &[]);
-        let err = acting_user(&st, true, bob, &headers(&[(USER, "alice")])).unwrap_err();
+        let err = acting_user(bob, &headers(&[(USER, "alice")]), rbac).unwrap_err();
         assert_eq!(
             err.to_string(),
             "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"

@@ -250,9 +250,10 @@ fn since(ts: &Value) -> String {
 fn event_columns() -> Vec<Column> {
     // First seen is the deprecated timestamp, else eventTime (the events.k8s.io API sets only that).
     fn first_seen(e: &Value) -> String {
-        match e["firstTimestamp"].is_string() {
-            true => since(&e["firstTimestamp"]),
-            false => since(&e["eventTime"]),
+        if e["firstTimestamp"].is_string() {
+            since(&e["firstTimestamp"])
+        } else {
+            since(&e["eventTime"])
         }
     }
     fn last_seen(e: &Value) -> String {
@@ -279,17 +280,22 @@ fn event_columns() -> Vec<Column> {
             None => kind,
         }
     }
+    // The deprecated source, else the reporting controller and instance (`formatEventSource`).
     fn source(e: &Value) -> String {
-        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-        let component = Some(text(&e["source"]["component"]))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| text(&e["reportingComponent"]));
-        let host = Some(text(&e["source"]["host"]))
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| text(&e["reportingInstance"]));
-        match host.is_empty() {
-            true => component,
-            false => format!("{component}, {host}"),
+        let either = |old: &Value, new: &Value| {
+            let old = old.as_str().unwrap_or_default();
+            if old.is_empty() {
+                new.as_str().unwrap_or_default().to_string()
+            } else {
+                old.to_string()
+            }
+        };
+        let component = either(&e["source"]["component"], &e["reportingComponent"]);
+        let host = either(&e["source"]["host"], &e["reportingInstance"]);
+        if host.is_empty() {
+            component
+        } else {
+            format!("{component}, {host}")
         }
     }
     let text = |field: &'static str| move |e: &Value| json!(e[field].as_str().unwrap_or_default());

@@ -595,18 +595,23 @@ async fn core_events_are_visible_through_events_k8s_io() {
     .unwrap();
     core.create(&PostParams::default(), &event).await.unwrap();
 
-    let added = loop {
-        match watch
-            .try_next()
-            .await
-            .unwrap()
-            .expect("the watch stays open")
-        {
-            WatchEvent::Added(e) => break e,
-            WatchEvent::Bookmark(_) => continue,
-            other => panic!("unexpected {other:?}"),
+    let next_added = async {
+        loop {
+            match watch
+                .try_next()
+                .await
+                .unwrap()
+                .expect("the watch stays open")
+            {
+                WatchEvent::Added(e) => break e,
+                WatchEvent::Bookmark(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
         }
     };
+    let added = tokio::time::timeout(keysmith_emulator::EVENTUALLY_TIMEOUT, next_added)
+        .await
+        .expect("the core v1 event reaches the events.k8s.io/v1 watch");
     assert_eq!(added.note.as_deref(), Some("rotated token delivery"));
     assert_eq!(
         added.regarding.as_ref().and_then(|r| r.uid.as_deref()),
