@@ -8,7 +8,8 @@ use keysmith_emulator::LogEntry;
 use serde::Deserialize;
 
 /// Audit every request at `Metadata` level (who did what to which object, never a body, so no
-/// Secret data reaches the file) except the control plane's own traffic.
+/// Secret data reaches the file) except the control plane's own traffic and health probes (the
+/// harness polls `/readyz`, answered 500 until the server is up).
 pub const POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived, ResponseStarted]
@@ -17,6 +18,8 @@ rules:
     users: ["system:apiserver", "keysmith-testenv:controller-manager"]
   - level: None
     userGroups: ["system:serviceaccounts:kube-system"]
+  - level: None
+    nonResourceURLs: ["/readyz*", "/livez*", "/healthz*"]
   - level: Metadata
 "#;
 
