@@ -262,13 +262,22 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
     .await
 }
 
-/// Adding the finalizer failed its `test` (422: the list is no longer the one the cache saw, or
-/// the key is being deleted) or raced another write (409): a newer version exists and its watch
-/// event normally brings the key back first. A short recheck instead of the error backoff covers
-/// a conflict that no event follows (a retried request, a proxy's 409).
+/// Adding or removing the finalizer failed its `test` (422: the list is no longer the one the
+/// cache saw, or the key is being deleted) or raced another write (409): a newer version exists
+/// and its watch event normally brings the key back first. A short recheck instead of the error
+/// backoff covers a conflict that no event follows (a retried request, a proxy's 409).
+///
+/// Removing it answered 404: the key is already gone. A pass that worked from a cache still
+/// holding the deleted key (queued by the Secret's deletion) repeats the revocation and finds
+/// the finalizer removed by the pass before it, which is what removal wanted, not a failure.
 fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
     match e {
+        finalizer::Error::RemoveFinalizer(kube::Error::Api(status)) if status.code == 404 => {
+            debug!("the ApiKey is already gone; nothing left to revoke");
+            Ok(Action::await_change())
+        }
         finalizer::Error::AddFinalizer(kube::Error::Api(status))
+        | finalizer::Error::RemoveFinalizer(kube::Error::Api(status))
             if status.code == 422 || status.is_conflict() =>
         {
             debug!(message = %status.message, "finalizer patch raced a newer version; rechecking");
@@ -499,8 +508,31 @@ mod tests {
     use kube::core::Status;
 
     fn add_failed(code: u16, reason: &str) -> finalizer::Error<Error> {
-        let status = Status::failure("rejected", reason).with_code(code);
-        finalizer::Error::AddFinalizer(kube::Error::Api(status.boxed()))
+        finalizer::Error::AddFinalizer(api_error(code, reason))
+    }
+
+    fn remove_failed(code: u16, reason: &str) -> finalizer::Error<Error> {
+        finalizer::Error::RemoveFinalizer(api_error(code, reason))
+    }
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Status::failure("rejected", reason).with_code(code).boxed())
+    }
+
+    #[test]
+    fn removing_the_finalizer_of_a_key_already_gone_is_not_an_error() {
+        // A pass from a stale cache repeats the revocation; the key is gone (404).
+        assert!(finalizer_raced(remove_failed(404, "NotFound")).is_ok());
+        for (code, reason) in [(409, "Conflict"), (422, "Invalid")] {
+            assert!(
+                finalizer_raced(remove_failed(code, reason)).is_ok(),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            finalizer_raced(remove_failed(403, "Forbidden")),
+            Err(Error::Finalizer(_))
+        ));
     }
 
     #[test]
