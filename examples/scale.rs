@@ -1,9 +1,14 @@
-//! Scale benchmark (SPEC section 10), run by `bench/scale.sh`: the API emulator (in this process,
-//! RBAC on, the chart's rules), the release `keysmith controller` and `keysmith verifier` as child
+//! Scale benchmark, run by `bench/scale.sh`: an API server with the chart's RBAC (the emulator in
+//! this process, or with `--cluster real` a real kube-apiserver, etcd and kube-controller-manager
+//! built by `testenv/install`), the release `keysmith controller` and `keysmith verifier` as child
 //! processes under their ServiceAccounts, and N ApiKeys applied at once. It prints:
 //!
 //! - time from the first apply to every key `Ready`, and the controller's API writes (and reads)
-//!   per key, from the emulator's request log;
+//!   per key, from the emulator's request log or the real server's audit log;
+//! - on the real server, the same writes witnessed by the server's own `apiserver_request_total`
+//!   (per new key, per rotation, per healthy resync: a restarted controller reconciling every
+//!   key), and the ceiling: the rate at which a plain client creates as many Secrets on the same
+//!   server, with the controller's write rate while minting as a share of it;
 //! - the controller's CPU seconds and peak resident memory (from `/proc`);
 //! - `keysmith verifier`: time from start to `/readyz` (list + index of every key) and its
 //!   resident memory; the index alone built in this process from the same ApiKeys, with its
@@ -14,7 +19,7 @@
 //!   reports how the rotations spread over the seconds after it (the UID jitter), and the writes
 //!   per rotation.
 //!
-//! `scale [--keys N] [--schedule CRON] [--revocations M] [--keysmith PATH]`
+//! `scale [--cluster emulator|real] [--keys N] [--schedule CRON] [--revocations M] [--keysmith PATH]`
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,11 +28,15 @@ use std::process::{Child, Command, Stdio};
 
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::ApiKey;
 use keysmith::verifier::index::Index;
-use keysmith_emulator::{Config, Emulator, Identity, LogEntry};
+use keysmith_emulator::{Config, Identity};
+use keysmith_testenv::{Backend, Cluster};
 use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,17 +44,15 @@ use tokio::net::TcpStream;
 #[path = "../benches/support/counting_alloc.rs"]
 mod counting_alloc;
 
-const CRD: &str = include_str!("../crds/apikeys.keysmith.dev.yaml");
-const CONTROLLER_RULES: &str = include_str!("../charts/keysmith/files/controller-rules.yaml");
-const LEADER_RULES: &str =
-    include_str!("../charts/keysmith/files/controller-leader-election-rules.yaml");
-const VERIFIER_RULES: &str = include_str!("../charts/keysmith/files/verifier-rules.yaml");
 const NAMESPACES: usize = 100;
+/// Requests in flight while applying the fleet or creating the plain client's Secrets.
+const CONCURRENCY: usize = 16;
 const SYSTEM_NS: &str = "keysmith";
 /// Kernel clock ticks per second in `/proc/PID/stat` (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
 struct Args {
+    backend: Backend,
     keys: usize,
     schedule: Option<String>,
     revocations: usize,
@@ -54,6 +61,7 @@ struct Args {
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
+        backend: Backend::Emulator,
         keys: 10_000,
         schedule: None,
         revocations: 200,
@@ -69,6 +77,13 @@ fn args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
+            "--cluster" => {
+                args.backend = match value()?.as_str() {
+                    "emulator" => Backend::Emulator,
+                    "real" => Backend::Real,
+                    other => return Err(format!("--cluster {other}: emulator or real")),
+                }
+            }
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--schedule" => args.schedule = Some(value()?),
             "--revocations" => {
@@ -96,48 +111,22 @@ fn sa_user(name: &str) -> String {
     format!("system:serviceaccount:{SYSTEM_NS}:{name}")
 }
 
-/// The emulator prepared like a cluster with the chart installed.
-async fn cluster(keys: usize) -> Result<Emulator, Box<dyn std::error::Error>> {
-    let emu = Emulator::start(Config {
-        rbac: true,
-        // Keep every request of the run: writes and reads per key are counted from the log.
+/// A cluster with the chart installed (on the emulator, keeping every request of the run: writes
+/// and reads per key are counted from its log) and the tenant namespaces.
+async fn cluster(backend: Backend, keys: usize) -> Result<Cluster, Box<dyn std::error::Error>> {
+    let config = Config {
         request_log_limit: 40 * keys + 100_000,
         history: keys * 4,
         ..Config::default()
-    })
-    .await?;
-    emu.apply_yaml(CRD)?;
-    for ns in (0..NAMESPACES)
-        .map(|i| format!("tenant-{i}"))
-        .chain([SYSTEM_NS.to_owned()])
-    {
-        emu.apply_object(
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )?;
+    };
+    let cluster = Cluster::with_chart(backend, config).await?;
+    for i in 0..NAMESPACES {
+        cluster
+            .apply_object(&json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": format!("tenant-{i}")}}))
+            .await?;
     }
-    for (name, rules, namespace) in [
-        ("keysmith-controller", CONTROLLER_RULES, None),
-        ("keysmith-verifier", VERIFIER_RULES, None),
-        ("keysmith-controller", LEADER_RULES, Some(SYSTEM_NS)),
-    ] {
-        let rules: Value = serde_saphyr::from_str(rules)?;
-        let (role, binding) = match namespace {
-            None => ("ClusterRole", "ClusterRoleBinding"),
-            Some(_) => ("Role", "RoleBinding"),
-        };
-        let metadata = json!({"name": name, "namespace": namespace});
-        emu.apply_object(
-            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role,
-            "metadata": metadata, "rules": rules}),
-        )?;
-        emu.apply_object(
-            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding,
-            "metadata": metadata,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": SYSTEM_NS}]}),
-        )?;
-    }
-    Ok(emu)
+    Ok(cluster)
 }
 
 fn apikey(i: usize, schedule: Option<&str>) -> Value {
@@ -243,12 +232,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// Controller requests by kind: (verb resource[/sub] → count), successful ones only.
-fn requests_of(emu: &Emulator, user: &str, since: usize) -> BTreeMap<String, usize> {
+/// Controller requests since the last `clear_requests` by kind: (verb resource[/sub] → count),
+/// successful ones only.
+fn requests_of(cluster: &Cluster, user: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    let entries: Vec<LogEntry> = emu.request_log().entries();
-    for e in entries.iter().skip(since) {
-        if e.user == user && (200..300).contains(&e.code) && e.verb != "watch" {
+    for e in cluster.requests(|e| e.user == user) {
+        if (200..300).contains(&e.code) && e.verb != "watch" {
             let resource = if e.subresource.is_empty() {
                 e.resource.clone()
             } else {
@@ -260,19 +249,24 @@ fn requests_of(emu: &Emulator, user: &str, since: usize) -> BTreeMap<String, usi
     out
 }
 
+/// Writes about keys: events are best effort and Lease renewals follow the clock, not the keys.
 fn is_write_kind(kind: &str) -> bool {
     let verb = kind.split(' ').next().unwrap_or_default();
-    matches!(verb, "create" | "update" | "patch" | "delete") && !kind.ends_with(" events")
+    matches!(verb, "create" | "update" | "patch" | "delete")
+        && !kind.ends_with(" events")
+        && !kind.ends_with(" leases")
 }
 
-fn print_requests(label: &str, requests: &BTreeMap<String, usize>, per: usize) {
+/// Print the requests and return the writes among them.
+fn print_requests(label: &str, requests: &BTreeMap<String, usize>, per: usize) -> usize {
     let writes: usize = requests
         .iter()
         .filter(|(k, _)| is_write_kind(k))
         .map(|(_, n)| n)
         .sum();
     println!(
-        "{label}: {writes} API writes ({:.2} per key), events excluded; by request: {}",
+        "{label}: {writes} API writes ({:.2} per key), events and Lease renewals excluded; by \
+         request: {}",
         writes as f64 / per as f64,
         requests
             .iter()
@@ -280,6 +274,7 @@ fn print_requests(label: &str, requests: &BTreeMap<String, usize>, per: usize) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    writes
 }
 
 #[tokio::main]
@@ -293,37 +288,60 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|s| format!(", one shared rotation schedule {s:?}"))
             .unwrap_or_default()
     );
-    let emu = cluster(n).await?;
+    let cluster = cluster(args.backend, n).await?;
     let dir = tempfile::tempdir()?;
     let controller_kubeconfig = dir.path().join("controller.kubeconfig");
     let verifier_kubeconfig = dir.path().join("verifier.kubeconfig");
-    emu.write_kubeconfig(&controller_kubeconfig, &sa("keysmith-controller"))?;
-    emu.write_kubeconfig(&verifier_kubeconfig, &sa("keysmith-verifier"))?;
+    cluster
+        .write_kubeconfig(&controller_kubeconfig, &sa("keysmith-controller"))
+        .await?;
+    cluster
+        .write_kubeconfig(&verifier_kubeconfig, &sa("keysmith-verifier"))
+        .await?;
 
-    let controller_metrics = free_port().to_string();
-    let mut controller = spawn(
-        &args.keysmith,
-        &[
-            "controller",
-            "--metrics-listen",
-            &controller_metrics,
-            "--leader-election-namespace",
-            SYSTEM_NS,
-            "--identity",
-            "scale",
-        ],
-        &controller_kubeconfig,
-        &dir.path().join("controller.log"),
-    )?;
-    // Leader before the clock starts: the Lease is written once the controller holds it.
+    let controller_metrics = free_port();
+    let start_controller = || {
+        spawn(
+            &args.keysmith,
+            &[
+                "controller",
+                "--metrics-listen",
+                &controller_metrics.to_string(),
+                "--leader-election-namespace",
+                SYSTEM_NS,
+                "--identity",
+                "scale",
+            ],
+            &controller_kubeconfig,
+            &dir.path().join("controller.log"),
+        )
+    };
+    // Apply every key with no controller running, then start it and time it until all are
+    // Ready: its write rate is then its own, not the rate the keys arrived at.
+    let controller_user = sa_user("keysmith-controller");
+    let server_before = server_writes(&cluster).await?;
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let cluster = &cluster;
+            let key = apikey(i, args.schedule.as_deref());
+            async move { cluster.apply_object(&key).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let applied = start.elapsed();
+    cluster.clear_requests();
+    let mut controller = start_controller()?;
     let lease_deadline = Instant::now() + Duration::from_secs(60);
-    while emu
+    while cluster
         .get(
             "coordination.k8s.io/v1",
             "Lease",
             SYSTEM_NS,
             "keysmith-controller",
         )
+        .await
         .is_none()
     {
         if Instant::now() > lease_deadline {
@@ -331,42 +349,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
-    // Apply every key and wait for all of them to be Ready.
-    let controller_user = sa_user("keysmith-controller");
-    let log_start = emu.request_log().entries().len();
-    let start = Instant::now();
-    for i in 0..n {
-        emu.apply_object(&apikey(i, args.schedule.as_deref()))?;
-    }
-    let applied = start.elapsed();
-    let ready_deadline = Instant::now() + Duration::from_secs(1800);
-    let mut ready = 0;
-    while ready < n {
-        if Instant::now() > ready_deadline {
-            return Err(format!("only {ready} of {n} keys Ready after 30 min").into());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        ready = emu
-            .list("keysmith.dev/v1alpha1", "ApiKey", None)
-            .iter()
-            .filter(|k| is_ready(k))
-            .count();
-    }
-    let to_ready = start.elapsed();
+    let leading = Instant::now();
+    wait_ready(&cluster, n).await?;
+    let minting = leading.elapsed();
     println!(
-        "apply {n} keys: {:.2} s; all Ready {:.2} s after the first apply ({:.0} keys/s)",
+        "apply {n} keys: {:.2} s; all Ready {:.2} s after the controller took the Lease \
+         ({:.0} keys/s); apply to Ready {:.2} s",
         applied.as_secs_f64(),
-        to_ready.as_secs_f64(),
-        n as f64 / to_ready.as_secs_f64()
+        minting.as_secs_f64(),
+        n as f64 / minting.as_secs_f64(),
+        start.elapsed().as_secs_f64()
     );
-    let minted = requests_of(&emu, &controller_user, log_start);
-    print_requests("controller, mint", &minted, n);
+    let minted = requests_of(&cluster, &controller_user);
+    let mint_writes = print_requests("controller, mint", &minted, n);
+    // The fleet's own applies are writes to apikeys too: one per key.
+    print_server_writes(&cluster, "mint", &server_before, n, n).await?;
     let (cpu, peak, rss) = usage(controller.id());
     println!("controller process: {cpu:.2} CPU s so far, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB");
 
+    // A healthy resync: a restarted controller reconciles every key from its initial list.
+    let _ = controller.kill();
+    let _ = controller.wait();
+    cluster.clear_requests();
+    let server_before = server_writes(&cluster).await?;
+    controller = start_controller()?;
+    let resync_deadline = Instant::now() + Duration::from_secs(600);
+    while reconciles(controller_metrics).await < n as u64 {
+        if Instant::now() > resync_deadline {
+            return Err("the restarted controller did not reconcile every key in 10 min".into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    print_requests(
+        "controller, resync after a restart",
+        &requests_of(&cluster, &controller_user),
+        n,
+    );
+    print_server_writes(&cluster, "resync", &server_before, n, 0).await?;
+
+    ceiling(&cluster, n, mint_writes, minting).await?;
+
     if let Some(schedule) = &args.schedule {
-        rotations(&emu, n, schedule, Timestamp::now(), &controller_user).await?;
+        rotations(&cluster, n, schedule, Timestamp::now(), &controller_user).await?;
         let (cpu, peak, rss) = usage(controller.id());
         println!(
             "controller process after the rotations: {cpu:.2} CPU s, peak RSS {peak:.1} MiB, \
@@ -399,13 +423,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let verifier_ready = verifier_start.elapsed();
-    let indexed = http(probes, "GET", "/metrics", "")
+    let indexed = metric(probes, "keysmith_index_tokens ")
         .await
-        .and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix("keysmith_index_tokens "))
-                .map(|v| v.trim().to_owned())
-        })
         .unwrap_or_default();
     let (vcpu, vpeak, vrss) = usage(verifier.id());
     println!(
@@ -415,8 +434,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // The index alone, in this process, from the same ApiKeys.
-    let keys: Vec<ApiKey> = emu
+    let keys: Vec<ApiKey> = cluster
         .list("keysmith.dev/v1alpha1", "ApiKey", None)
+        .await
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
@@ -439,7 +459,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(index);
     drop(keys);
 
-    revocations(&emu, n, args.revocations, api).await?;
+    revocations(&cluster, n, args.revocations, api).await?;
 
     let (cpu, peak, rss) = usage(controller.id());
     println!(
@@ -452,16 +472,170 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Poll until every ApiKey is Ready (the real server is asked less often: a list of 10,000
+/// keys costs it real work, which would be taken from the controller).
+async fn wait_ready(cluster: &Cluster, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let poll = match cluster.backend() {
+        Backend::Emulator => Duration::from_millis(250),
+        Backend::Real => Duration::from_secs(1),
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        tokio::time::sleep(poll).await;
+        let ready = cluster
+            .list("keysmith.dev/v1alpha1", "ApiKey", None)
+            .await
+            .iter()
+            .filter(|k| is_ready(k))
+            .count();
+        if ready == n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {ready} of {n} keys Ready after 30 min").into());
+        }
+    }
+}
+
+/// A sample's value from a component's `/metrics` (`name` includes any labels and the space).
+async fn metric(addr: SocketAddr, name: &str) -> Option<String> {
+    let (_, body) = http(addr, "GET", "/metrics", "").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Reconciles the controller has finished.
+async fn reconciles(addr: SocketAddr) -> u64 {
+    metric(addr, "keysmith_reconcile_duration_seconds_count ")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Successful writes to ApiKeys and Secrets the real API server counted in its own
+/// `apiserver_request_total`, by `VERB resource[/sub]` (None on the emulator, which has no such
+/// metric): an independent witness of the controller's writes.
+async fn server_writes(
+    cluster: &Cluster,
+) -> Result<Option<BTreeMap<String, f64>>, Box<dyn std::error::Error>> {
+    if cluster.backend() != Backend::Real {
+        return Ok(None);
+    }
+    let request = hyper::Request::get("/metrics").body(Vec::new())?;
+    let text = cluster.client().await?.request_text(request).await?;
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("apiserver_request_total{")
+            .and_then(|l| l.rsplit_once("} "))
+        else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let write = matches!(
+            verb.as_str(),
+            "APPLY" | "CREATE" | "PATCH" | "UPDATE" | "DELETE"
+        );
+        if write && label("code").starts_with('2') && ["apikeys", "secrets"].contains(&&*resource) {
+            let kind = if sub.is_empty() {
+                format!("{verb} {resource}")
+            } else {
+                format!("{verb} {resource}/{sub}")
+            };
+            *out.entry(kind).or_default() += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The server's count of writes since `before`, less `own` writes the benchmark made itself,
+/// per key.
+async fn print_server_writes(
+    cluster: &Cluster,
+    phase: &str,
+    before: &Option<BTreeMap<String, f64>>,
+    n: usize,
+    own: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (Some(before), Some(after)) = (before, server_writes(cluster).await?) else {
+        return Ok(());
+    };
+    let delta: BTreeMap<&String, f64> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let total = (delta.values().sum::<f64>() - own as f64) as i64;
+    println!(
+        "apiserver_request_total, {phase}: {total} writes to ApiKeys and Secrets besides the \
+         benchmark's own {own} ({:.2} per key); by request: {}",
+        total as f64 / n as f64,
+        delta
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// The plain-client ceiling: create `n` Secrets with [`CONCURRENCY`] requests in flight and
+/// compare the controller's write rate while minting with that rate.
+async fn ceiling(
+    cluster: &Cluster,
+    n: usize,
+    controller_writes: usize,
+    minting: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = cluster.client().await?;
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let secrets: Api<Secret> =
+                Api::namespaced(client.clone(), &format!("tenant-{}", i % NAMESPACES));
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(format!("plain-{i}")),
+                    ..ObjectMeta::default()
+                },
+                string_data: Some([("delivery".to_owned(), format!("value-{i}"))].into()),
+                ..Secret::default()
+            };
+            async move { secrets.create(&PostParams::default(), &secret).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let plain = n as f64 / start.elapsed().as_secs_f64();
+    let controller = controller_writes as f64 / minting.as_secs_f64();
+    println!(
+        "ceiling: a plain client created {n} Secrets at {plain:.0} writes/s ({CONCURRENCY} in \
+         flight); the controller wrote {controller:.0} writes/s while minting: {:.2} of the \
+         ceiling",
+        controller / plain
+    );
+    Ok(())
+}
+
 /// Wait for the first scheduled rotation of every key (a token issued after `minted_by`, when
 /// every key was Ready) and report how they spread.
 async fn rotations(
-    emu: &Emulator,
+    cluster: &Cluster,
     n: usize,
     schedule: &str,
     minted_by: Timestamp,
     controller_user: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let log_start = emu.request_log().entries().len();
+    cluster.clear_requests();
+    let server_before = server_writes(cluster).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut rotated: Vec<Timestamp> = Vec::new();
     while rotated.len() < n {
@@ -469,8 +643,9 @@ async fn rotations(
             return Err(format!("only {} of {n} keys rotated in 15 min", rotated.len()).into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        rotated = emu
+        rotated = cluster
             .list("keysmith.dev/v1alpha1", "ApiKey", None)
+            .await
             .iter()
             .filter_map(|k| k["status"]["tokens"][0]["issuedAt"].as_str()?.parse().ok())
             .filter(|issued: &Timestamp| *issued > minted_by)
@@ -501,28 +676,30 @@ async fn rotations(
     );
     print_requests(
         "controller, one rotation each",
-        &requests_of(emu, controller_user, log_start),
+        &requests_of(cluster, controller_user),
         n,
     );
+    print_server_writes(cluster, "one rotation each", &server_before, n, 0).await?;
     Ok(())
 }
 
 /// Delete a sample of keys one at a time and time how long each token keeps verifying.
 async fn revocations(
-    emu: &Emulator,
+    cluster: &Cluster,
     n: usize,
     sample: usize,
     api: SocketAddr,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let admin = emu.client().await?;
+    let admin = cluster.client().await?;
     let mut delays = Vec::new();
     let step = (n / sample.max(1)).max(1);
     for i in (0..n).step_by(step).take(sample) {
         let (name, ns) = (format!("key-{i}"), format!("tenant-{}", i % NAMESPACES));
-        let secret = emu
+        let secret = cluster
             .get("v1", "Secret", &ns, &name)
+            .await
             .ok_or(format!("Secret {ns}/{name} is missing"))?;
-        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret)?;
+        let secret: Secret = serde_json::from_value(secret)?;
         let token = secret
             .data
             .and_then(|mut d| d.remove("delivery"))
