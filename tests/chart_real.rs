@@ -1,0 +1,706 @@
+//! The chart installed on a real control plane (kube-apiserver, etcd and kube-controller-manager
+//! from `testenv/install`): what `helm template --include-crds` renders is server-side applied
+//! with the real kubectl, so schema errors, deprecated APIs and Pod Security violations that a
+//! text render never sees fail here. In `mode: split` the controller and the verifier then run
+//! in-process as the rendered ServiceAccounts, with real tokens, through a scenario that uses
+//! every permission the rendered roles grant, and `kubectl auth can-i` shows what they do not
+//! grant.
+//!
+//! `tests/chart_tools.rs` checks the render itself; `tests/cluster/rbac_minimal.rs` the rules in
+//! `charts/keysmith/files/` on either test backend.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Secret;
+use keysmith::api::ApiKey;
+use keysmith::components::{self, Components, ControllerPart, VerifierPart};
+use keysmith::controller::{self, Scope, leader::LeaderConfig};
+use keysmith::telemetry::Shutdown;
+use keysmith_emulator::eventually;
+use keysmith_testenv::binaries::binary;
+use keysmith_testenv::{Backend, Cluster, Identity};
+use kube::Api;
+use serde_json::{Value, json};
+
+// The integration harness's HTTP client, shared rather than copied; only `request` is used here.
+#[allow(dead_code)]
+#[path = "cluster/harness/http.rs"]
+mod http;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
+const RELEASE: &str = "keysmith";
+/// The release namespace: home of the ServiceAccounts and the leader Lease.
+const NAMESPACE: &str = "keysmith";
+/// What `tests/chart_tools.rs` renders for: the chart's oldest supported Kubernetes.
+const KUBE_VERSION: &str = "v1.25.0";
+/// Where the ApiKeys and the workloads they restart live.
+const APPS: &str = "apps";
+/// A namespace the scoped install does not watch.
+const OTHER: &str = "other";
+const KEY: &str = "everything";
+/// What the real server warns about the rendered chart. The CRD's `spec.tokens[].bytes` carries
+/// schemars' `format: uint32` for a Rust `u32`, a format Kubernetes does not know and ignores
+/// (`minimum`/`maximum` still bound it); `src/crd.rs` should drop it, then this list empties.
+const KNOWN_WARNINGS: [&str; 1] = [r#"Warning: unrecognized format "uint32""#];
+
+/// (verb, API group, resource or resource/subresource)
+type Permission = (String, String, String);
+
+/// The chart as `helm template` renders it with `sets`, CRD first: the text and its objects.
+fn render(sets: &[&str]) -> (String, Vec<Value>) {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+        "--include-crds",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let output = Command::new(binary("helm"))
+        .args(&args)
+        .output()
+        .expect("helm runs");
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(
+        output.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects: Vec<Value> = serde_saphyr::from_multiple::<Value>(&text)
+        .expect("the render is YAML")
+        .into_iter()
+        .filter(Value::is_object)
+        .collect();
+    assert_eq!(
+        objects[0]["kind"], "CustomResourceDefinition",
+        "--include-crds puts the CRD first"
+    );
+    (text, objects)
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+    objects.iter().filter(move |o| o["kind"] == kind)
+}
+
+fn namespace_object(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+/// A control plane with the chart installed, and an administrator's kubeconfig in `dir`.
+struct Install {
+    cluster: Cluster,
+    objects: Vec<Value>,
+    admin: PathBuf,
+}
+
+/// Start a real control plane and install the chart rendered with `sets` as `helm install
+/// --create-namespace` would, asserting that the server accepts and stores every object and
+/// that each Deployment rolls out Pods.
+async fn install(sets: &[&str], dir: &Path) -> Install {
+    let cluster = Cluster::start(Backend::Real, Default::default())
+        .await
+        .expect("the real control plane starts (testenv/install builds it)");
+    let admin = dir.join("admin.kubeconfig");
+    cluster
+        .write_kubeconfig(&admin, &Identity::Admin)
+        .await
+        .expect("admin kubeconfig");
+    // The release namespace enforces the `restricted` Pod Security Standard that
+    // docs/operations.md promises, so the Pods below are admitted only if the chart keeps it.
+    let restricted = json!({"pod-security.kubernetes.io/enforce": "restricted"});
+    for namespace in [
+        namespace_object(NAMESPACE, restricted),
+        namespace_object(APPS, json!({})),
+        namespace_object(OTHER, json!({})),
+    ] {
+        cluster.apply_object(&namespace).await.expect("namespace");
+    }
+    // A Pod without those settings is refused, so the admission of the chart's Pods means
+    // something.
+    let bare = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": NAMESPACE},
+        "spec": {"containers": [{"name": "bare", "image": "bare"}]},
+    });
+    let refused = cluster
+        .apply_object(&bare)
+        .await
+        .expect_err("a Pod outside the restricted standard is refused");
+    assert!(
+        refused.to_string().contains("violates PodSecurity"),
+        "{refused}"
+    );
+
+    let (text, objects) = render(sets);
+    let manifest = dir.join("chart.yaml");
+    std::fs::write(&manifest, text).expect("write the render");
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&admin)
+        .args(["apply", "--server-side", "--field-manager=helm", "-f"])
+        .arg(&manifest)
+        .output()
+        .expect("kubectl runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{sets:?}: the API server rejected the chart:\n{stderr}"
+    );
+    // Warnings name deprecated APIs, fields the server dropped and schema it ignores.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Warning:"))
+        .collect();
+    assert_eq!(
+        warnings, KNOWN_WARNINGS,
+        "{sets:?}: the API server's warnings changed (a fixed one leaves KNOWN_WARNINGS):\n{stderr}"
+    );
+
+    for object in &objects {
+        let (api_version, kind, name) = (
+            str_at(object, "/apiVersion"),
+            str_at(object, "/kind"),
+            str_at(object, "/metadata/name"),
+        );
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        assert!(
+            cluster
+                .get(api_version, kind, namespace, name)
+                .await
+                .is_some(),
+            "{sets:?}: {kind} {namespace}/{name} was not stored"
+        );
+    }
+    eventually("the CRD to be established", || async {
+        let crd = &objects[0];
+        let stored = cluster
+            .get(
+                str_at(crd, "/apiVersion"),
+                "CustomResourceDefinition",
+                "",
+                str_at(crd, "/metadata/name"),
+            )
+            .await?;
+        stored["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+            .then_some(())
+    })
+    .await;
+
+    // No kubelet runs, but kube-controller-manager turns each Deployment into a ReplicaSet and
+    // that into Pods, which admission checks against the namespace's Pod Security level.
+    for deployment in of_kind(&objects, "Deployment") {
+        let name = str_at(deployment, "/metadata/name");
+        let account = str_at(deployment, "/spec/template/spec/serviceAccountName");
+        let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+        eventually(
+            &format!("{name}'s Pods, admitted as restricted, running as {account}"),
+            || async {
+                let pods = cluster.list("v1", "Pod", Some(NAMESPACE)).await;
+                let owned = |owner: &str, o: &Value| {
+                    o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["name"] == owner))
+                };
+                let replica_set = cluster
+                    .list("apps/v1", "ReplicaSet", Some(NAMESPACE))
+                    .await
+                    .into_iter()
+                    .find(|rs| owned(name, rs))?;
+                let replica_set = str_at(&replica_set, "/metadata/name").to_owned();
+                let ours: Vec<_> = pods.iter().filter(|p| owned(&replica_set, p)).collect();
+                (ours.len() as u64 == replicas
+                    && ours
+                        .iter()
+                        .all(|p| p["spec"]["serviceAccountName"] == account))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    Install {
+        cluster,
+        objects,
+        admin,
+    }
+}
+
+/// The ServiceAccount the Deployment running `keysmith <subcommand>` uses, as rendered.
+fn service_account_of<'a>(objects: &'a [Value], subcommand: &str) -> &'a str {
+    let deployment = of_kind(objects, "Deployment")
+        .find(|d| d["spec"]["template"]["spec"]["containers"][0]["args"][0] == subcommand)
+        .unwrap_or_else(|| panic!("no Deployment runs `keysmith {subcommand}`"));
+    str_at(deployment, "/spec/template/spec/serviceAccountName")
+}
+
+/// Every permission the rendered Roles and ClusterRoles grant, through the rendered bindings,
+/// to the ServiceAccount `account` of the release namespace.
+fn granted(objects: &[Value], account: &str) -> BTreeSet<Permission> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    let bindings = objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding");
+    for binding in bindings {
+        let binds_account = binding["subjects"].as_array().is_some_and(|subjects| {
+            subjects.iter().any(|s| {
+                s["kind"] == "ServiceAccount" && s["namespace"] == NAMESPACE && s["name"] == account
+            })
+        });
+        if !binds_account {
+            continue;
+        }
+        let role = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == binding["roleRef"]["kind"]
+                    && o["metadata"]["name"] == binding["roleRef"]["name"]
+            })
+            .expect("the bound role is rendered");
+        for rule in role["rules"].as_array().expect("rules") {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert((verb, group.clone(), resource.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What `account` did successfully according to the audit log, and what it was denied.
+fn used(cluster: &Cluster, account: &str) -> (BTreeSet<Permission>, Vec<String>) {
+    let user = format!("system:serviceaccount:{NAMESPACE}:{account}");
+    let entries = cluster.requests(|e| e.user == user);
+    let ok = entries
+        .iter()
+        .filter(|e| (200..300).contains(&e.code) && !e.resource.is_empty())
+        .flat_map(|e| {
+            let resource = if e.subresource.is_empty() {
+                e.resource.clone()
+            } else {
+                format!("{}/{}", e.resource, e.subresource)
+            };
+            // A server-side apply that created its object (201) was authorized as create too.
+            let created = e.verb == "patch" && e.code == 201;
+            std::iter::once(e.verb.clone())
+                .chain(created.then(|| "create".to_owned()))
+                .map(move |verb| (verb, e.group.clone(), resource.clone()))
+        })
+        .collect();
+    let denied = entries
+        .iter()
+        .filter(|e| e.code == 403)
+        .map(|e| format!("{} {}", e.verb, e.path))
+        .collect();
+    (ok, denied)
+}
+
+/// `kubectl auth can-i` as the release's ServiceAccount `account`, against the real server.
+fn can_i(admin: &Path, account: &str, question: &[&str]) -> bool {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(admin)
+        .args(["auth", "can-i"])
+        .args(question)
+        .arg(format!("--as=system:serviceaccount:{NAMESPACE}:{account}"))
+        .output()
+        .expect("kubectl runs");
+    // Exit status 1 means "no" as well as failure, so the answer is read from the output.
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl auth can-i {question:?} as {account}: {other} {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// Assert each (account, question, expected answer) against the real server.
+fn assert_can_i(admin: &Path, cases: &[(&str, &[&str], bool)]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(account, question, expected)| can_i(admin, account, question) != *expected)
+        .map(|(account, question, expected)| {
+            format!("{account} can-i {question:?}: expected {expected}")
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_chart_is_accepted_by_a_real_api_server_and_rolls_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let install = install(&[], dir.path()).await;
+    // `keysmith run` holds the controller's and the verifier's permissions under one account.
+    let account = service_account_of(&install.objects, "run");
+    let run = process(
+        Some(controller_part(&install.cluster, account).await),
+        Some(verifier_part(&install.cluster, account, listener().await).await),
+    )
+    .await;
+    components::preflight(&run)
+        .await
+        .expect("the combined account may start both parts");
+}
+
+/// Restart targets of every kind the controller may patch (one missing), and the Secret a
+/// required header's value comes from, so the scenario needs every granted permission.
+const WORKLOADS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: apps}
+spec:
+  selector: {matchLabels: {app: web}}
+  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: apps}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template: {metadata: {labels: {app: db}}, spec: {containers: [{name: db, image: db}]}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: apps}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template: {metadata: {labels: {app: agent}}, spec: {containers: [{name: agent, image: agent}]}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: client-secret, namespace: apps}
+stringData: {value: s3cret}
+"#;
+
+fn key(trigger: &str) -> String {
+    format!(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: {KEY}, namespace: {APPS}}}
+spec:
+  tokens: [{{name: api, prefix: all_}}]
+  grants: [{{effect: allow, actions: ["*"]}}]
+  rotation: {{trigger: "{trigger}", overlap: 1h}}
+  restrictions:
+    requiredHeaders:
+      - name: X-Client-Secret
+        valueFrom: {{secretKeyRef: {{name: client-secret, key: value}}}}
+  secret:
+    restartTargets:
+      - {{kind: Deployment, name: web}}
+      - {{kind: StatefulSet, name: db}}
+      - {{kind: DaemonSet, name: agent}}
+      - {{kind: Deployment, name: missing}}
+"#
+    )
+}
+
+/// The token in the key's Secret.
+async fn secret_token(cluster: &Cluster) -> Option<String> {
+    let secret: Secret =
+        serde_json::from_value(cluster.get("v1", "Secret", APPS, KEY).await?).ok()?;
+    String::from_utf8(secret.data?.get("api")?.0.clone()).ok()
+}
+
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port")
+}
+
+/// A client acting as the release's ServiceAccount `account`, with a real token.
+async fn client_of(cluster: &Cluster, account: &str) -> kube::Client {
+    cluster
+        .client_as(&Identity::service_account(NAMESPACE, account))
+        .await
+        .unwrap_or_else(|e| panic!("a client as {account}: {e}"))
+}
+
+/// The controller as `account`, holding its Lease in the release namespace (the rendered
+/// Deployments' `POD_NAMESPACE`).
+async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
+    ControllerPart {
+        client: client_of(cluster, account).await,
+        leader: LeaderConfig::new(NAMESPACE, format!("{account}-0")),
+        clock: controller::system_clock(),
+    }
+}
+
+async fn verifier_part(
+    cluster: &Cluster,
+    account: &str,
+    api: tokio::net::TcpListener,
+) -> VerifierPart {
+    VerifierPart {
+        client: client_of(cluster, account).await,
+        api,
+        trusted_proxies: Vec::new(),
+    }
+}
+
+/// One Keysmith process running `controller`, `verifier` or both, on every ApiKey.
+async fn process(controller: Option<ControllerPart>, verifier: Option<VerifierPart>) -> Components {
+    Components {
+        controller,
+        verifier,
+        scope: Scope::default(),
+        metrics: listener().await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install(&["mode=split"], dir.path()).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+    assert_ne!(
+        controller_sa, verifier_sa,
+        "each component has its own account"
+    );
+    cluster.apply_yaml(WORKLOADS).await.expect("workloads");
+
+    // Two processes, as the split Deployments run them, each with its account's real token.
+    let verifier_api = listener().await;
+    let verify_addr = verifier_api.local_addr().expect("address");
+    let processes = [
+        process(Some(controller_part(&cluster, controller_sa).await), None).await,
+        process(
+            None,
+            Some(verifier_part(&cluster, verifier_sa, verifier_api).await),
+        )
+        .await,
+    ];
+    let (stop, shutdown) = Shutdown::new();
+    let mut running = Vec::new();
+    for process in processes {
+        components::preflight(&process)
+            .await
+            .expect("the rendered RBAC suffices to start");
+        running.push(tokio::spawn(components::serve(process, shutdown.clone())));
+    }
+
+    // Mint, then rotate twice: restarts of every kind, and the same missing-target warning
+    // twice, which the event recorder sends as a create and then a patch of the series.
+    for trigger in ["one", "two", "three"] {
+        cluster.apply_yaml(&key(trigger)).await.expect("ApiKey");
+        eventually(&format!("Ready with trigger {trigger}"), || async {
+            let key = cluster
+                .get("keysmith.dev/v1alpha1", "ApiKey", APPS, KEY)
+                .await?;
+            let ready = key["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let slot = &key["status"]["tokens"][0];
+            let token = secret_token(&cluster).await?;
+            (ready
+                && slot["rotationTrigger"] == trigger
+                && keysmith::token::sha256_hex(&token) == slot["sha256"])
+                .then_some(())
+        })
+        .await;
+    }
+
+    // The verifier answers for the Secret's token (with the header whose value it reads from a
+    // Secret), and writes the use back to status.
+    let token = secret_token(&cluster).await.expect("the Secret's token");
+    let body = json!({"token": token, "action": "read", "headers": {"X-Client-Secret": "s3cret"}})
+        .to_string();
+    eventually("a VALID verification", || async {
+        let answer = http::request(verify_addr, "POST", "/v1/verify", &[], Some(&body)).await;
+        (answer.status == 200 && answer.body.contains("\"VALID\"")).then_some(())
+    })
+    .await;
+    eventually("lastUsedAt in status", || async {
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", APPS, KEY)
+            .await?;
+        key["status"]["tokens"][0]["lastUsedAt"].as_str().map(drop)
+    })
+    .await;
+
+    // Deleting the key revokes it: the Secret goes, then the key once its finalizer is removed.
+    Api::<ApiKey>::namespaced(cluster.client().await.expect("admin client"), APPS)
+        .delete(KEY, &Default::default())
+        .await
+        .expect("delete");
+    eventually("the Secret and the key to be gone", || async {
+        let secret = cluster.get("v1", "Secret", APPS, KEY).await;
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", APPS, KEY)
+            .await;
+        (secret.is_none() && key.is_none()).then_some(())
+    })
+    .await;
+    stop.trigger();
+    for process in running {
+        process
+            .await
+            .expect("joins")
+            .expect("the process stops cleanly");
+    }
+
+    for account in [controller_sa, verifier_sa] {
+        let (ok, denied) = used(&cluster, account);
+        assert!(denied.is_empty(), "{account} was denied: {denied:#?}");
+        let grants = granted(&objects, account);
+        assert!(!grants.is_empty(), "{account} is bound to no rules");
+        let unused: Vec<_> = grants.difference(&ok).collect();
+        assert!(
+            unused.is_empty(),
+            "{account} is granted what it never used (remove it from the chart): {unused:#?}"
+        );
+    }
+
+    // Least privilege from the other side: what the cluster-wide roles leave out. Each "no" has
+    // a "yes" on the same resource, so a can-i that always says no would fail.
+    assert_can_i(
+        &admin,
+        &[
+            (verifier_sa, &["list", "apikeys.keysmith.dev", "-A"], true),
+            (
+                verifier_sa,
+                &["get", "apikeys.keysmith.dev", "-n", APPS],
+                false,
+            ),
+            (
+                verifier_sa,
+                &["update", "apikeys.keysmith.dev", "-n", APPS],
+                false,
+            ),
+            (verifier_sa, &["get", "secrets", "-n", APPS], true),
+            (verifier_sa, &["list", "secrets", "-n", APPS], false),
+            (verifier_sa, &["create", "secrets", "-n", APPS], false),
+            (
+                verifier_sa,
+                &["patch", "deployments.apps", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["patch", "deployments.apps", "-n", APPS],
+                true,
+            ),
+            (
+                controller_sa,
+                &["update", "deployments.apps", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["patch", "apikeys.keysmith.dev", "-n", APPS],
+                true,
+            ),
+            (
+                controller_sa,
+                &["update", "apikeys.keysmith.dev", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["delete", "apikeys.keysmith.dev", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
+                true,
+            ),
+            (
+                controller_sa,
+                &["create", "leases.coordination.k8s.io", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &[
+                    "create",
+                    "rolebindings.rbac.authorization.k8s.io",
+                    "-n",
+                    APPS,
+                ],
+                false,
+            ),
+            (
+                controller_sa,
+                &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+                false,
+            ),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_chart_confines_both_accounts_to_the_watched_namespace() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let watch = format!("watchNamespace={APPS}");
+    // Held, not destructured, so the control plane lives until the questions are answered.
+    let install = install(&["mode=split", &watch], dir.path()).await;
+    let controller_sa = service_account_of(&install.objects, "controller");
+    let verifier_sa = service_account_of(&install.objects, "verifier");
+    assert_can_i(
+        &install.admin,
+        &[
+            (verifier_sa, &["get", "secrets", "-n", APPS], true),
+            (verifier_sa, &["get", "secrets", "-n", OTHER], false),
+            (verifier_sa, &["get", "secrets", "-n", NAMESPACE], false),
+            (
+                verifier_sa,
+                &["list", "apikeys.keysmith.dev", "-n", APPS],
+                true,
+            ),
+            (verifier_sa, &["list", "apikeys.keysmith.dev", "-A"], false),
+            (controller_sa, &["create", "secrets", "-n", APPS], true),
+            (controller_sa, &["create", "secrets", "-n", OTHER], false),
+            (
+                controller_sa,
+                &["patch", "deployments.apps", "-n", OTHER],
+                false,
+            ),
+            (
+                controller_sa,
+                &["list", "apikeys.keysmith.dev", "-A"],
+                false,
+            ),
+            (
+                controller_sa,
+                &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
+                true,
+            ),
+        ],
+    );
+}
