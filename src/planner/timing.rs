@@ -44,10 +44,18 @@ pub fn jitter_fraction(uid: Option<&str>) -> f64 {
     })
 }
 
-/// Jitter for a rotation interval: `fraction` of 10% of it, at most [`MAX_JITTER`], whole seconds.
+/// Jitter for a rotation interval: `fraction` of the window, which is 10% of the interval and at
+/// most [`MAX_JITTER`], in whole seconds. The cap applies to the window, not to the product: capped
+/// afterwards, every interval over ten hours would put almost every key at the cap, and keys
+/// applied together would rotate (and restart their consumers) in the same second.
 pub fn jitter(interval: Duration, fraction: f64) -> Duration {
-    let secs = (interval.as_secs_f64() * JITTER_FRACTION * fraction).floor();
-    Duration::from_secs(secs as u64).min(MAX_JITTER)
+    let window = jitter_window(interval).as_secs_f64();
+    Duration::from_secs((window * fraction).floor() as u64)
+}
+
+/// The span jitter spreads over: 10% of the interval in whole seconds, at most [`MAX_JITTER`].
+fn jitter_window(interval: Duration) -> Duration {
+    Duration::from_secs((interval.as_secs_f64() * JITTER_FRACTION).floor() as u64).min(MAX_JITTER)
 }
 
 /// When the cadence next rotates a token issued at `issued_at`: the undelayed time and the
@@ -86,8 +94,38 @@ mod tests {
             jitter(Duration::from_secs(600), 0.999),
             Duration::from_secs(59)
         );
-        assert_eq!(jitter(Duration::from_secs(30 * 24 * 3600), 0.5), MAX_JITTER);
+        // Over ten hours the window is the hour cap, and the fraction spreads keys across it.
+        assert_eq!(
+            jitter(Duration::from_secs(30 * 24 * 3600), 0.5),
+            MAX_JITTER / 2
+        );
         assert_eq!(jitter(Duration::from_secs(600), 0.0), Duration::ZERO);
+    }
+
+    proptest::proptest! {
+        /// Keys created together (random UIDs, one interval) rotate spread over the whole jitter
+        /// window: no second holds more than a small share of them, whatever the interval.
+        #[test]
+        fn rotations_of_keys_created_together_spread_over_the_window(
+            interval_secs in 3600u64..(5 * 365 * 24 * 3600),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            const KEYS: usize = 2000;
+            let interval = Duration::from_secs(interval_secs);
+            let window = jitter_window(interval).as_secs();
+            let mut per_second = std::collections::HashMap::<u64, usize>::new();
+            for i in 0..KEYS {
+                let uid = format!("{seed:016x}-{i:08x}-4c2b-9a57-6f0f3c2b1a00");
+                let j = jitter(interval, jitter_fraction(Some(&uid))).as_secs();
+                proptest::prop_assert!(j < window.max(1), "{j} s outside a {window} s window");
+                *per_second.entry(j).or_default() += 1;
+            }
+            // An even spread puts KEYS / window keys in a second (at most 6 for a 360 s window);
+            // allow four times that, and never less than 2% of the fleet.
+            let busiest = per_second.values().copied().max().unwrap_or(0);
+            let allowed = (4 * KEYS / window.max(1) as usize).max(KEYS / 50);
+            proptest::prop_assert!(busiest <= allowed, "{busiest} of {KEYS} keys in one second");
+        }
     }
 
     #[test]
