@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -185,6 +186,44 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
         (answer["code"] == "VALID").then_some(answer)
     });
     assert_eq!(answer["valid"], true, "{answer}");
+
+    // The printed verify command works as pasted, and keeps the token out of every command's
+    // arguments (no command substitution: a pipe and shell builtins carry it).
+    let command: String = summary
+        .split_once("Verify a token (read from the Secret, never printed here):\n")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(command, _)| command.to_owned())
+        .expect("the verify command in the summary");
+    assert!(!command.contains("$("), "{command}");
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &command])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["code"], "VALID", "{answer}");
+
+    // The kubeconfig holds a fresh admin token and only its owner can read it; a token that
+    // merely names an identity is refused.
+    let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "kubeconfig mode {mode:o}");
+    let written = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(!written.contains("keysmith-emulator-admin"), "{written}");
+    let claimed = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--token",
+            "system:serviceaccount:keysmith:keysmith-controller",
+        ])
+        .args(["get", "secrets", "-A"])
+        .output()
+        .unwrap();
+    assert!(!claimed.status.success(), "{claimed:?}");
+    assert!(
+        String::from_utf8_lossy(&claimed.stderr).contains("Unauthorized"),
+        "{claimed:?}"
+    );
 
     // describe works against the emulated API.
     let described = kubectl(&kubeconfig, &["describe", "apikey", "acme-cms"]);

@@ -111,6 +111,10 @@ pub struct Config {
     pub fault_seed: u64,
     /// Bearer token of the `system:masters` administrator.
     pub admin_token: String,
+    /// Accept bearer tokens that name their identity (`system:serviceaccount:NS:NAME`,
+    /// `user:NAME:GROUPS`): convenient in tests, but anyone who reaches the port can then claim
+    /// any identity. Off, [`Emulator::token`] hands out a random token per identity instead.
+    pub naming_tokens: bool,
     /// Request log entries kept (the oldest are dropped first); the write
     /// counts of `RequestLog::writes` stay exact regardless.
     pub request_log_limit: usize,
@@ -126,13 +130,14 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             fault_seed: 0,
             admin_token: "keysmith-emulator-admin".into(),
+            naming_tokens: true,
             request_log_limit: 100_000,
         }
     }
 }
 
 /// Who a client or kubeconfig authenticates as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
     /// The administrator (`system:masters`, never subject to RBAC).
     Admin,
@@ -170,10 +175,19 @@ impl Identity {
     }
 }
 
+/// A fresh bearer token: 32 random bytes, hex-encoded.
+pub fn random_token() -> String {
+    use rand::RngExt;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A running emulator. Dropping it stops the listener.
 #[derive(Debug)]
 pub struct Emulator {
     server: Arc<Server>,
+    /// Random tokens handed out per identity when naming tokens are off.
+    issued: std::sync::Mutex<std::collections::HashMap<Identity, String>>,
     addr: SocketAddr,
     ca_pem: Option<String>,
     admin_token: String,
@@ -202,6 +216,7 @@ impl Emulator {
             Auth {
                 admin_token: config.admin_token.clone(),
                 rbac: config.rbac,
+                naming_tokens: config.naming_tokens,
                 tokens: Default::default(),
             },
             config.bookmark_interval,
@@ -213,6 +228,7 @@ impl Emulator {
         let task = tokio::spawn(server::serve(listener, router, tls));
         Ok(Emulator {
             server,
+            issued: Default::default(),
             addr,
             ca_pem,
             admin_token: config.admin_token,
@@ -240,15 +256,30 @@ impl Emulator {
         self.ca_pem.as_deref()
     }
 
-    /// The bearer token that authenticates as `identity`.
+    /// The bearer token that authenticates as `identity`: one that names it, or without
+    /// [`Config::naming_tokens`] a random one issued (once) for it.
     pub fn token(&self, identity: &Identity) -> String {
-        match identity {
-            Identity::Admin => self.admin_token.clone(),
+        let naming = match identity {
+            Identity::Admin => return self.admin_token.clone(),
             Identity::User { name, groups } => format!("user:{name}:{}", groups.join(",")),
             Identity::ServiceAccount { namespace, name } => {
                 format!("system:serviceaccount:{namespace}:{name}")
             }
+        };
+        if self.server.auth.naming_tokens {
+            return naming;
         }
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued
+            .entry(identity.clone())
+            .or_insert_with(|| {
+                let token = random_token();
+                if let Some(user) = UserInfo::from_naming_token(&naming) {
+                    self.add_token(&token, user);
+                }
+                token
+            })
+            .clone()
     }
 
     /// Register an opaque bearer token for an identity.
@@ -271,17 +302,26 @@ impl Emulator {
         )
     }
 
-    /// Write a kubeconfig for `identity` to `path` (atomically: a process
-    /// polling for the file never reads half of it).
+    /// Write a kubeconfig for `identity` to `path`, readable by its owner only
+    /// (it holds a bearer token), atomically: a process polling for the file
+    /// never reads half of it.
     pub fn write_kubeconfig(
         &self,
         path: impl AsRef<Path>,
         identity: &Identity,
     ) -> Result<(), Error> {
         let path = path.as_ref();
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        std::fs::write(&tmp, self.kubeconfig(identity))?;
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(self.kubeconfig(identity).as_bytes())?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     }

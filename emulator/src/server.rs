@@ -134,6 +134,8 @@ pub struct Auth {
     pub admin_token: String,
     /// Whether RBAC is enforced.
     pub rbac: bool,
+    /// Whether tokens that name their identity authenticate (see `Config::naming_tokens`).
+    pub naming_tokens: bool,
     /// Extra tokens registered by tests.
     pub tokens: Mutex<HashMap<String, UserInfo>>,
 }
@@ -153,7 +155,11 @@ impl Auth {
                     .get(t)
                     .cloned();
                 known
-                    .or_else(|| UserInfo::from_naming_token(t))
+                    .or_else(|| {
+                        self.naming_tokens
+                            .then(|| UserInfo::from_naming_token(t))
+                            .flatten()
+                    })
                     .or_else(|| (!self.rbac).then(UserInfo::admin))
             }
         }

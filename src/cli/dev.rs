@@ -53,6 +53,10 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         port: args.api_port,
         // kubectl only sends bearer tokens over TLS.
         tls: true,
+        // Any local process can reach the port: a fresh admin token per run, and no tokens
+        // that name the identity they claim.
+        admin_token: keysmith_emulator::random_token(),
+        naming_tokens: false,
         ..keysmith_emulator::Config::default()
     };
     let emu = devcluster::start(config).await.map_err(|e| e.to_string())?;
@@ -181,9 +185,11 @@ async fn print_summary(
         }
     }
     if let Some((namespace, secret, key)) = sample {
+        // The token travels through a pipe and shell builtins (read, printf), never through a
+        // command's arguments, where any local user could read it in the process list.
         println!("\nVerify a token (read from the Secret, never printed here):");
         println!(
-            "  curl -s http://{listen}/v1/verify -H 'content-type: application/json' \\\n    -d \"{{\\\"token\\\":\\\"$(kubectl --kubeconfig {kubeconfig} -n {namespace} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d)\\\"}}\"",
+            "  kubectl --kubeconfig {kubeconfig} -n {namespace} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d \\\n    | {{ read -r t; printf '{{\"token\":\"%s\"}}' \"$t\"; }} \\\n    | curl -s http://{listen}/v1/verify -H 'content-type: application/json' --data-binary @-",
             listen = listening.api,
             key = key.replace('.', "\\."),
         );
