@@ -40,7 +40,7 @@ fn apikey(i: usize, token: &Token) -> ApiKey {
 
 fn http(c: &mut Criterion) {
     let (usage, _usage_rx) = UsageReporter::channel();
-    let verifier = Verifier::new(Vec::new(), usage, &mut Registry::default());
+    let verifier = Verifier::new(&Default::default(), usage, &mut Registry::default());
     let tokens: Vec<Token> = (0..KEYS)
         .map(|_| Token::generate("ks_", 32, Encoding::Base62).expect("token"))
         .collect();

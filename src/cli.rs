@@ -82,17 +82,19 @@ fn block_on(command: &str, work: impl Future<Output = Result<(), String>>) -> Ex
 }
 
 /// Run a long-running command: install logging, set up its components with `setup` (connect,
-/// bind), check their permissions, then serve them until SIGTERM or Ctrl-C.
+/// bind), check their permissions, then serve them (any verifier with `settings`) until SIGTERM
+/// or Ctrl-C.
 fn serve_components(
     command: &str,
     telemetry: &args::TelemetryArgs,
+    settings: crate::verifier::Settings,
     setup: impl Future<Output = Result<Components, String>>,
 ) -> ExitCode {
     let _logs = crate::telemetry::init_tracing(telemetry.log_format);
     block_on(command, async {
         let components = setup.await?;
         components::preflight(&components).await?;
-        components::serve(components, Shutdown::on_signal()).await
+        components::serve_with(components, settings, Shutdown::on_signal()).await
     })
 }
 

@@ -68,8 +68,18 @@ pub async fn preflight(components: &Components) -> Result<(), String> {
     Ok(())
 }
 
-/// Run every part until `shutdown` fires; `/readyz` is ready once every part is.
+/// Run every part until `shutdown` fires, the verifier with its default settings; `/readyz` is
+/// ready once every part is.
 pub async fn serve(components: Components, shutdown: Shutdown) -> Result<(), String> {
+    serve_with(components, verifier::Settings::default(), shutdown).await
+}
+
+/// [`serve`], the verifier with `settings` (its command-line flags).
+pub async fn serve_with(
+    components: Components,
+    settings: verifier::Settings,
+    shutdown: Shutdown,
+) -> Result<(), String> {
     let Components {
         controller,
         verifier,
@@ -97,11 +107,11 @@ pub async fn serve(components: Components, shutdown: Shutdown) -> Result<(), Str
         })
     });
     let verifier_task = verifier.map(|part| {
-        let running = Running::start(
-            part.client.clone(),
-            &verifier_options(&part, &scope),
-            &mut registry,
-        );
+        let options = verifier::Options {
+            settings,
+            ..verifier_options(&part, &scope)
+        };
+        let running = Running::start(part.client.clone(), &options, &mut registry);
         ready.push(running.verifier.health.clone());
         let stopping = shutdown.clone();
         tokio::spawn(async move { running.serve_api(part.api, stopping.wait()).await })
@@ -127,5 +137,6 @@ fn verifier_options(part: &VerifierPart, scope: &Scope) -> verifier::Options {
         trusted_proxies: part.trusted_proxies.clone(),
         namespace: scope.namespace.clone(),
         selector: scope.selector.clone(),
+        settings: verifier::Settings::default(),
     }
 }

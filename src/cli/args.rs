@@ -13,7 +13,9 @@ use crate::cluster;
 use crate::controller::Scope;
 use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::telemetry::LogFormat;
+use crate::verifier::Settings;
 use crate::verifier::client_ip;
+use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
 
 /// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
 #[derive(Args, Debug, Clone, Default)]
@@ -59,6 +61,27 @@ pub struct VerifierApiArgs {
     /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
     pub trusted_proxies: Vec<String>,
+
+    /// Seconds a connection has to send a complete request head, counted from when it waits for
+    /// one: also how long an idle keep-alive connection stays open.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_read_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+
+    /// Seconds a request has to send its whole body once its head is in (408 beyond).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().body_read_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+
+    /// Largest request head in bytes (431 beyond); at least 8192.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_header_bytes as u64,
+        value_parser = clap::value_parser!(u64).range(MIN_HEADER_BYTES as u64..))]
+    pub max_header_bytes: u64,
+
+    /// Connections open at once to the verification API; more are closed when accepted.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections as u64,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 impl VerifierApiArgs {
@@ -66,6 +89,18 @@ impl VerifierApiArgs {
     pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
         client_ip::parse_trusted(&self.trusted_proxies)
             .map_err(|e| format!("--trusted-proxies: {e}"))
+    }
+
+    /// The verifier's settings from these flags.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: Limits {
+                header_read_timeout: Duration::from_secs(self.header_read_timeout),
+                body_read_timeout: Duration::from_secs(self.body_read_timeout),
+                max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            },
+        }
     }
 }
 

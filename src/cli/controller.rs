@@ -23,18 +23,23 @@ pub struct ControllerArgs {
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
 pub fn run(args: ControllerArgs) -> ExitCode {
-    serve_components("controller", &args.telemetry, async move {
-        let client = cluster::connect().await.map_err(|e| e.to_string())?;
-        let leader = args.leader.config(client.default_namespace());
-        Ok(Components {
-            controller: Some(ControllerPart {
-                client,
-                leader,
-                clock: controller::system_clock(),
-            }),
-            verifier: None,
-            scope: args.scope.scope(),
-            metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,
-        })
-    })
+    serve_components(
+        "controller",
+        &args.telemetry,
+        Default::default(),
+        async move {
+            let client = cluster::connect().await.map_err(|e| e.to_string())?;
+            let leader = args.leader.config(client.default_namespace());
+            Ok(Components {
+                controller: Some(ControllerPart {
+                    client,
+                    leader,
+                    clock: controller::system_clock(),
+                }),
+                verifier: None,
+                scope: args.scope.scope(),
+                metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,
+            })
+        },
+    )
 }

@@ -25,7 +25,7 @@ pub struct RunArgs {
 
 /// Run `keysmith run`; every failure ends in one line on stderr and a non-zero exit.
 pub fn run(args: RunArgs) -> ExitCode {
-    serve_components("run", &args.telemetry, async move {
+    serve_components("run", &args.telemetry, args.api.settings(), async move {
         let trusted_proxies = args.api.trusted_proxies()?;
         let client = cluster::connect().await.map_err(|e| e.to_string())?;
         let leader = args.leader.config(client.default_namespace());

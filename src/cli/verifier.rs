@@ -23,18 +23,23 @@ pub struct VerifierArgs {
 
 /// Run `keysmith verifier`; every failure ends in one line on stderr and a non-zero exit.
 pub fn run(args: VerifierArgs) -> ExitCode {
-    serve_components("verifier", &args.telemetry, async move {
-        let trusted_proxies = args.api.trusted_proxies()?;
-        let client = cluster::connect().await.map_err(|e| e.to_string())?;
-        Ok(Components {
-            controller: None,
-            verifier: Some(VerifierPart {
-                client,
-                api: super::bind(args.api.listen, "the verification API").await?,
-                trusted_proxies,
-            }),
-            scope: args.scope.scope(),
-            metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,
-        })
-    })
+    serve_components(
+        "verifier",
+        &args.telemetry,
+        args.api.settings(),
+        async move {
+            let trusted_proxies = args.api.trusted_proxies()?;
+            let client = cluster::connect().await.map_err(|e| e.to_string())?;
+            Ok(Components {
+                controller: None,
+                verifier: Some(VerifierPart {
+                    client,
+                    api: super::bind(args.api.listen, "the verification API").await?,
+                    trusted_proxies,
+                }),
+                scope: args.scope.scope(),
+                metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,
+            })
+        },
+    )
 }

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes};
@@ -95,8 +96,9 @@ fn method_not_allowed() -> Answer {
     response
 }
 
-/// The whole request body, or the answer to give when it is too large (413) or broken (400).
-async fn read_body<B>(request: Request<B>) -> Result<(HeaderMap, Bytes), Answer>
+/// The whole request body, or the answer to give when it is too large (413), broken (400) or not
+/// all in within `timeout` (408).
+async fn read_body<B>(request: Request<B>, timeout: Duration) -> Result<(HeaderMap, Bytes), Answer>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -115,7 +117,14 @@ where
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, MAX_BODY).collect().await {
+    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await
+    else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {timeout:?}"),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok((parts.headers, collected.to_bytes())),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(err) => Err(error(
@@ -293,7 +302,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (headers, body) = match read_body(request).await {
+    let (headers, body) = match read_body(request, verifier.limits.body_read_timeout).await {
         Ok(read) => read,
         Err(answer) => return answer,
     };
@@ -455,7 +464,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (headers, body) = match read_body(request).await {
+    let (headers, body) = match read_body(request, verifier.limits.body_read_timeout).await {
         Ok(read) => read,
         Err(answer) => return answer,
     };
@@ -553,19 +562,40 @@ mod tests {
         )))
     }
 
+    const LONG: Duration = Duration::from_secs(10);
+
     #[tokio::test]
     async fn bodies_are_read_up_to_the_limit_whatever_their_length_claims() {
-        let (_, body) = read_body(streamed(4, MAX_BODY / 4)).await.unwrap();
+        let (_, body) = read_body(streamed(4, MAX_BODY / 4), LONG).await.unwrap();
         assert_eq!(body.len(), MAX_BODY);
-        let too_large = read_body(streamed(5, MAX_BODY / 4)).await.unwrap_err();
+        let too_large = read_body(streamed(5, MAX_BODY / 4), LONG)
+            .await
+            .unwrap_err();
         assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // A declared length over the limit is refused before anything is read.
         let mut declared = streamed(1, 1);
         declared
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(MAX_BODY + 1));
-        let refused = read_body(declared).await.unwrap_err();
+        let refused = read_body(declared, LONG).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_refused() {
+        use futures::StreamExt;
+        let frames = futures::stream::once(async {
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from_static(b"{")))
+        })
+        .chain(futures::stream::pending());
+        let request = Request::new(http_body_util::StreamBody::new(frames));
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            read_body(request, Duration::from_millis(100)),
+        )
+        .await
+        .expect("the body read gives up at its timeout");
+        assert_eq!(read.unwrap_err().status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{code}`,
-//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`.
+//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`, and the connection counts of
+//! [`Connections`].
 //!
 //! The per-code counters are created up front and kept in an array, so the hot path indexes it
 //! instead of hashing a label set behind the family's lock.
@@ -14,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::decision::Code;
+use super::server::Connections;
 
 /// Bucket bounds in seconds: verification takes microseconds, so most buckets are sub-millisecond.
 const BUCKETS: [f64; 12] = [
@@ -26,6 +28,8 @@ pub struct Metrics {
     requests: [Counter; Code::ALL.len()],
     duration: Histogram,
     index_tokens: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Open and rejected connections of the verification API.
+    pub connections: Connections,
 }
 
 type Requests = Family<Vec<(String, String)>, Counter<u64, AtomicU64>>;
@@ -56,6 +60,7 @@ impl Metrics {
             requests,
             duration,
             index_tokens,
+            connections: Connections::register(registry),
         }
     }
 

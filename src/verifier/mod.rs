@@ -45,7 +45,7 @@ use self::metrics::Metrics;
 use self::throttle::{Throttle, ThrottleConfig};
 use self::usage::UsageReporter;
 
-/// What to watch and whom to believe.
+/// What to watch, whom to believe and how much a client may hold.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
@@ -54,6 +54,15 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Only ApiKeys whose labels match.
     pub selector: Option<String>,
+    /// What the command line tunes.
+    pub settings: Settings,
+}
+
+/// The verifier's flags beyond scope and proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Timeouts and caps of the verification API's connections.
+    pub limits: server::Limits,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -66,6 +75,8 @@ pub struct Verifier {
     pub throttle: Throttle,
     /// `--trusted-proxies`.
     pub trusted_proxies: Vec<IpNet>,
+    /// Timeouts and caps of connections.
+    pub limits: server::Limits,
     /// Metrics.
     pub metrics: Metrics,
     /// Usage write-back.
@@ -76,16 +87,13 @@ pub struct Verifier {
 
 impl Verifier {
     /// A verifier with an empty index; registers its metrics in `registry`.
-    pub fn new(
-        trusted_proxies: Vec<IpNet>,
-        usage: UsageReporter,
-        registry: &mut Registry,
-    ) -> Verifier {
+    pub fn new(options: &Options, usage: UsageReporter, registry: &mut Registry) -> Verifier {
         Verifier {
             index: Index::default(),
             secrets: SecretCache::default(),
             throttle: Throttle::new(ThrottleConfig::default()),
-            trusted_proxies,
+            trusted_proxies: options.trusted_proxies.clone(),
+            limits: options.settings.limits,
             metrics: Metrics::register(registry),
             usage,
             health: Health::default(),
@@ -229,11 +237,7 @@ impl Running {
     /// Start the watch and the background tasks; registers the metrics in `registry`.
     pub fn start(client: kube::Client, options: &Options, registry: &mut Registry) -> Running {
         let (usage, usage_rx) = UsageReporter::channel();
-        let verifier = Arc::new(Verifier::new(
-            options.trusted_proxies.clone(),
-            usage,
-            registry,
-        ));
+        let verifier = Arc::new(Verifier::new(options, usage, registry));
         let tasks = vec![
             tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
             tokio::spawn({
@@ -260,7 +264,14 @@ impl Running {
             let verifier = verifier.clone();
             async move { http::handle(&verifier, peer, request).await }
         };
-        server::serve(api, handler, shutdown).await
+        server::serve(
+            api,
+            handler,
+            self.verifier.limits,
+            self.verifier.metrics.connections.clone(),
+            shutdown,
+        )
+        .await
     }
 }
 

@@ -6,6 +6,12 @@
 //! another thread, which cost more than the verification itself (`bench/load.sh`: 0.38 of nginx's
 //! request rate). Here one task accepts and deals connections round-robin to the workers; a
 //! connection then lives on one thread, and its requests never cross a thread.
+//!
+//! Every client is bounded ([`Limits`]): a request head must arrive within the header-read
+//! timeout (hyper starts that clock whenever a connection waits for a request, so it also closes
+//! idle keep-alive connections), it must fit in the read buffer, and past the connection cap a new
+//! connection is closed as soon as it is accepted, so slow or idle clients cannot hold memory and
+//! file descriptors without bound.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,15 +21,93 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-/// A connection handed to a worker.
-type Accepted = (std::net::TcpStream, SocketAddr);
+/// A connection handed to a worker, counted as open until it is dropped.
+type Accepted = (std::net::TcpStream, SocketAddr, Open);
+
+/// The smallest read buffer hyper accepts.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// What one client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time for a complete request head, from when the connection waits for one (also the
+    /// longest a keep-alive connection stays idle).
+    pub header_read_timeout: Duration,
+    /// Time for a complete request body once its head is in.
+    pub body_read_timeout: Duration,
+    /// Largest request head (hyper's read buffer; 431 beyond), at least [`MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// Connections open at once; more are closed when accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// `keysmith_verifier_connections_open` and `keysmith_verifier_connections_rejected_total`.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    open: Gauge,
+    rejected: Counter,
+}
+
+impl Connections {
+    /// Create the metrics and register them in `registry` (whose prefix should be `keysmith`).
+    pub fn register(registry: &mut Registry) -> Connections {
+        let connections = Connections::default();
+        registry.register(
+            "verifier_connections_open",
+            "Connections open to the verification API",
+            connections.open.clone(),
+        );
+        registry.register(
+            "verifier_connections_rejected",
+            "Connections to the verification API closed at once because --max-connections were open",
+            connections.rejected.clone(),
+        );
+        connections
+    }
+
+    /// Count a new connection as open, unless `max` are; then count it as rejected.
+    fn admit(&self, max: usize) -> Option<Open> {
+        // Only the accept loop opens connections, so nothing else raises the count meanwhile.
+        if usize::try_from(self.open.get()).is_ok_and(|open| open >= max) {
+            self.rejected.inc();
+            return None;
+        }
+        self.open.inc();
+        Some(Open(self.open.clone()))
+    }
+}
+
+/// One open connection; dropping it counts it closed.
+#[derive(Debug)]
+struct Open(Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// Answers a request, given the TCP peer it came from.
 pub trait Handler: Clone + Send + 'static {
@@ -44,11 +128,13 @@ where
     }
 }
 
-/// Serve `handler` on `listener` until `shutdown` completes, then wait for open requests to
-/// finish.
+/// Serve `handler` on `listener` within `limits`, counting connections in `connections`, until
+/// `shutdown` completes, then wait for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     handler: impl Handler,
+    limits: Limits,
+    connections: Connections,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -56,7 +142,7 @@ pub async fn serve(
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for n in 0..workers {
-        let (queue, connections) = mpsc::unbounded_channel();
+        let (queue, accepted) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -64,7 +150,7 @@ pub async fn serve(
         threads.push(
             std::thread::Builder::new()
                 .name(format!("keysmith-api-{n}"))
-                .spawn(move || runtime.block_on(worker(connections, handler, stopped)))?,
+                .spawn(move || runtime.block_on(worker(accepted, handler, limits, stopped)))?,
         );
         queues.push(queue);
     }
@@ -76,10 +162,17 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
-            Ok(connection) => {
+        match accepted {
+            Ok((stream, peer)) => {
+                // Dropping a connection past the cap closes it before anything is read from it.
+                let Some(open) = connections.admit(limits.max_connections) else {
+                    continue;
+                };
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
                 // A worker only stops after `stop`, so its queue is open here.
-                let _ = queues[next].send(connection);
+                let _ = queues[next].send((stream, peer, open));
                 next = (next + 1) % workers;
             }
             Err(err) if is_connection_error(&err) => {}
@@ -117,12 +210,16 @@ fn is_connection_error(err: &io::Error) -> bool {
 async fn worker(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
     handler: impl Handler,
+    limits: Limits,
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, open) = tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
             connection = connections.recv() => match connection {
                 Some(connection) => connection,
@@ -144,6 +241,7 @@ async fn worker(
         tokio::spawn(async move {
             // A client hanging up mid-request is its own business.
             let _ = connection.await;
+            drop(open);
         });
     }
     graceful.shutdown().await;
@@ -181,9 +279,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, handler, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            handler,
+            Limits::default(),
+            Connections::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
 
         // More connections than workers, each used twice: every one is served, and sees itself.
         let mut connections = Vec::new();
@@ -207,5 +311,141 @@ mod tests {
             assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
         }
         assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    /// A server answering its peer, within `limits`, until the test ends.
+    async fn limited(limits: Limits) -> (SocketAddr, Registry) {
+        let handler = |peer: SocketAddr, _: Request<Incoming>| async move {
+            Response::new(Full::new(Bytes::from(format!("{peer}\n."))))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut registry = Registry::with_prefix("keysmith");
+        let connections = Connections::register(&mut registry);
+        tokio::spawn(serve(
+            listener,
+            handler,
+            limits,
+            connections,
+            std::future::pending(),
+        ));
+        (addr, registry)
+    }
+
+    /// Read until the server closes the connection; how long that took.
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let mut buf = [0; 512];
+        let read_to_end = async {
+            // A reset is a close too.
+            while stream.read(&mut buf).await.unwrap_or(0) > 0 {}
+        };
+        tokio::time::timeout(limit, read_to_end)
+            .await
+            .expect("the server closes the connection");
+        start.elapsed()
+    }
+
+    fn metrics(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_cut_off_at_the_header_timeout_while_others_are_served() {
+        let header_read_timeout = Duration::from_millis(300);
+        let (addr, _) = limited(Limits {
+            header_read_timeout,
+            ..Limits::default()
+        })
+        .await;
+        // Slowloris: a head that never ends, one byte at a time.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let dribble = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                interval.tick().await;
+                if slow.write_all(b"X").await.is_err() {
+                    return slow;
+                }
+            }
+        });
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut normal = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut normal).await.starts_with("HTTP/1.1 200"));
+        let took = closed_within(&mut silent, Duration::from_secs(3)).await;
+        assert!(took >= header_read_timeout / 2, "{took:?}");
+        let mut slow = tokio::time::timeout(Duration::from_secs(3), dribble)
+            .await
+            .expect("the dribbling client is cut off")
+            .unwrap();
+        closed_within(&mut slow, Duration::from_secs(1)).await;
+        // The idle keep-alive connection is closed too; a new one is served.
+        closed_within(&mut normal, Duration::from_secs(3)).await;
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut again).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn heads_larger_than_the_limit_are_refused() {
+        let (addr, _) = limited(Limits {
+            max_header_bytes: MIN_HEADER_BYTES,
+            ..Limits::default()
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let cookie = "c".repeat(4 * MIN_HEADER_BYTES);
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+        // The server may answer and close before the whole head is written.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once_and_counted() {
+        let (addr, registry) = limited(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut first).await.starts_with("HTTP/1.1 200"));
+        assert!(get_peer(&mut second).await.starts_with("HTTP/1.1 200"));
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        closed_within(&mut third, Duration::from_secs(1)).await;
+        let text = metrics(&registry);
+        assert!(
+            text.contains("keysmith_verifier_connections_open 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keysmith_verifier_connections_rejected_total 1"),
+            "{text}"
+        );
+        // The open ones are still served; once one closes, a new one is admitted.
+        assert!(get_peer(&mut first).await.starts_with("HTTP/1.1 200"));
+        drop(second);
+        eventually_open(&registry, 1).await;
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut fourth).await.starts_with("HTTP/1.1 200"));
+    }
+
+    async fn eventually_open(registry: &Registry, open: usize) {
+        let expected = format!("keysmith_verifier_connections_open {open}\n");
+        for _ in 0..100 {
+            if metrics(registry).contains(&expected) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{}", metrics(registry));
     }
 }

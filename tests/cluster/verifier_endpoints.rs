@@ -610,7 +610,7 @@ async fn readyz_waits_for_the_initial_list() {
 
     let mut registry = keysmith::telemetry::registry();
     let (usage, _rx) = keysmith::verifier::usage::UsageReporter::channel();
-    let verifier = keysmith::verifier::Verifier::new(vec![], usage, &mut registry);
+    let verifier = keysmith::verifier::Verifier::new(&Default::default(), usage, &mut registry);
     let app =
         keysmith::telemetry::router(Arc::new(registry), std::slice::from_ref(&verifier.health));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
