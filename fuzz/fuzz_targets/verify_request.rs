@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         body.token = token.as_str().into();
     }
     let headers = body.headers();
-    let request = body.request(&headers, "192.0.2.1".parse().expect("address"));
+    let request = body.request(&headers, Some("192.0.2.1".parse().expect("address")));
     let now = "2027-01-01T00:00:00Z".parse().expect("time");
     let verdict = index.verify(&request, now, &Secrets);
     assert_eq!(

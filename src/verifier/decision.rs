@@ -100,11 +100,24 @@ impl fmt::Display for Code {
 pub trait RequestHeaders: Sync {
     /// The value of header `name` (lower-case), if present.
     fn get(&self, name: &str) -> Option<&[u8]>;
+
+    /// Every value of header `name` (lower-case), in order; sources that hold one value per
+    /// name need not override it.
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.get(name).into_iter().collect()
+    }
 }
 
 impl RequestHeaders for hyper::HeaderMap {
     fn get(&self, name: &str) -> Option<&[u8]> {
         hyper::HeaderMap::get(self, name).map(hyper::header::HeaderValue::as_bytes)
+    }
+
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        hyper::HeaderMap::get_all(self, name)
+            .iter()
+            .map(hyper::header::HeaderValue::as_bytes)
+            .collect()
     }
 }
 

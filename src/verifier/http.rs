@@ -195,8 +195,13 @@ impl VerifyBody<'_> {
         )
     }
 
-    /// The request to decide; `client` is the address used when the body names none.
-    pub fn request<'a>(&'a self, headers: &'a BodyHeaders, client: IpAddr) -> VerifyRequest<'a> {
+    /// The request to decide; `client` is the address used when the body names none (`None`:
+    /// unknown).
+    pub fn request<'a>(
+        &'a self,
+        headers: &'a BodyHeaders,
+        client: Option<IpAddr>,
+    ) -> VerifyRequest<'a> {
         let context = self.context.as_ref();
         VerifyRequest {
             token: &self.token,
@@ -204,7 +209,7 @@ impl VerifyBody<'_> {
             resource: self.resource.as_deref(),
             fields: self.fields.as_deref().unwrap_or_default(),
             environment: self.environment.as_deref(),
-            ip: Some(self.ip.unwrap_or(client)),
+            ip: self.ip.or(client),
             headers,
             context: Context {
                 status: context.and_then(|c| c.status.as_deref()),
@@ -315,11 +320,10 @@ where
             );
         }
     };
-    let client = body
-        .ip
-        .unwrap_or_else(|| client_ip(peer.ip(), &headers, &verifier.trusted_proxies));
+    let origin = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
+    let client = body.ip.or(origin.client).unwrap_or(origin.nearest);
     let body_headers = body.headers();
-    let request = body.request(&body_headers, client);
+    let request = body.request(&body_headers, origin.client);
     let audit = audit::Request {
         endpoint: "verify",
         client: Some(client),
@@ -388,20 +392,20 @@ async fn authz<B>(verifier: &Verifier, peer: SocketAddr, request: Request<B>) ->
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
     let asked = asked(&parts.uri, headers);
-    let client = client_ip(peer.ip(), headers, &verifier.trusted_proxies);
+    let origin = client_ip(peer.ip(), headers, &verifier.trusted_proxies);
     let request = VerifyRequest {
         token: presented_token(headers),
         action: asked.action.as_deref(),
         resource: asked.resource.as_deref(),
         fields: &[],
         environment: asked.environment.as_deref(),
-        ip: Some(client),
+        ip: origin.client,
         headers,
         context: Context::default(),
     };
     let audit = audit::Request {
         endpoint: "authz",
-        client: Some(client),
+        client: Some(origin.nearest),
         user_agent: user_agent(headers),
         action: request.action,
         resource: request.resource,

@@ -468,6 +468,16 @@ async fn ip_allow_list_with_trusted_proxies() {
         // The left-most hop is the client's to forge; the right-most untrusted one counts.
         (vec![("X-Forwarded-For", "10.1.2.3, 203.0.113.5")], 403),
         (vec![("X-Forwarded-For", "203.0.113.5, 10.1.2.3")], 200),
+        // A second line (HAProxy's forwardfor) continues the list: its hop is the client.
+        (
+            vec![
+                ("X-Forwarded-For", "10.1.2.3"),
+                ("X-Forwarded-For", "203.0.113.5"),
+            ],
+            403,
+        ),
+        // A hop that is not an address ends what can be attributed: the client is unknown.
+        (vec![("X-Forwarded-For", "10.1.2.3, unknown")], 403),
         (vec![("X-Real-IP", "10.9.9.9")], 200),
         (vec![("X-Real-IP", "203.0.113.5")], 403),
         (vec![], 403),
