@@ -169,14 +169,24 @@ fn schema_errors(schema: &Value, value: &Value, path: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Chart
 
+/// The chart renders the CRD from `files/apikeys.keysmith.dev.yaml` (templates/crds.yaml), a
+/// link to the generated `crds/` file, so the two cannot drift. A `crds/` directory in the chart
+/// would also be installed by `helm install`, and the install would then fail on the templated
+/// CRD that already exists.
 #[test]
-fn chart_crd_is_a_byte_for_byte_copy_of_the_committed_crd() {
-    let committed = read("crds/apikeys.keysmith.dev.yaml");
-    let in_chart = read("charts/keysmith/crds/apikeys.keysmith.dev.yaml");
+fn chart_crd_is_a_link_to_the_committed_crd() {
+    let link = Path::new(ROOT).join("charts/keysmith/files/apikeys.keysmith.dev.yaml");
+    assert_eq!(
+        fs::read_link(&link).expect("a symbolic link"),
+        Path::new("../../../crds/apikeys.keysmith.dev.yaml")
+    );
+    assert_eq!(
+        fs::canonicalize(&link).expect("the link resolves"),
+        fs::canonicalize(Path::new(ROOT).join("crds/apikeys.keysmith.dev.yaml")).expect("crds/")
+    );
     assert!(
-        committed == in_chart,
-        "charts/keysmith/crds/apikeys.keysmith.dev.yaml differs from crds/apikeys.keysmith.dev.yaml: \
-         cp crds/apikeys.keysmith.dev.yaml charts/keysmith/crds/"
+        !Path::new(ROOT).join("charts/keysmith/crds").exists(),
+        "charts/keysmith/crds/ would install the CRD a second time"
     );
 }
 
@@ -206,9 +216,14 @@ fn values_parse_and_match_their_schema() {
     );
 
     assert_eq!(
-        values["mode"], "combined",
-        "SPEC 2: `run` is the chart's default"
+        values["mode"], "split",
+        "the verifier does not run with the controller's rights by default"
     );
+    assert_eq!(
+        values["userRoles"]["aggregateToDefaultRoles"], false,
+        "namespace editors do not mint ApiKeys unless granted"
+    );
+    assert_eq!(values["verifier"]["networkPolicy"]["enabled"], true);
     let mut wrong = values.clone();
     wrong["mode"] = "both".into();
     wrong["verifier"]["replicas"] = 0.into();
@@ -353,36 +368,48 @@ fn rbac_templates_include_the_rule_files_verbatim() {
 
 #[test]
 fn deployments_run_restricted() {
+    let values = yaml_document("charts/keysmith/values.yaml");
+    for component in ["combined", "controller", "verifier"] {
+        let pod = &values[component]["podSecurityContext"];
+        let container = &values[component]["securityContext"];
+        for context in [pod, container] {
+            assert_eq!(context["runAsNonRoot"], true, "{component}");
+            assert_eq!(context["runAsUser"], 65532, "{component}");
+            assert_eq!(
+                context["seccompProfile"]["type"], "RuntimeDefault",
+                "{component}"
+            );
+        }
+        assert_eq!(container["readOnlyRootFilesystem"], true, "{component}");
+        assert_eq!(container["allowPrivilegeEscalation"], false, "{component}");
+        assert_eq!(
+            container["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{component}"
+        );
+    }
     let helpers = read("charts/keysmith/templates/_helpers.tpl");
     for needle in [
-        "runAsNonRoot: true",
-        "runAsUser: 65532",
-        "readOnlyRootFilesystem: true",
-        "allowPrivilegeEscalation: false",
-        "drop: [\"ALL\"]",
-        "type: RuntimeDefault",
         "path: /healthz",
         "path: /readyz",
+        "{{- with $v.podSecurityContext }}",
+        "{{- with $v.securityContext }}",
+        "{{- include \"keysmith.probes\" $root",
     ] {
-        assert!(helpers.contains(needle), "_helpers.tpl sets {needle}");
+        assert!(helpers.contains(needle), "_helpers.tpl has {needle}");
     }
-    for (template, command) in [
-        ("deployment-combined.yaml", "- run\n"),
-        ("deployment-controller.yaml", "- controller\n"),
-        ("deployment-verifier.yaml", "- verifier\n"),
+    for (template, component, command) in [
+        ("deployment-combined.yaml", "combined", "run"),
+        ("deployment-controller.yaml", "controller", "controller"),
+        ("deployment-verifier.yaml", "verifier", "verifier"),
     ] {
         let text = read(&format!("charts/keysmith/templates/{template}"));
-        assert!(
-            text.contains(command),
-            "{template} runs `keysmith {}`",
-            command.trim()
-        );
-        for include in [
-            "keysmith.podSecurityContext",
-            "keysmith.containerSecurityContext",
-            "keysmith.probes",
+        for needle in [
+            "include \"keysmith.deployment\"".to_string(),
+            format!("\"command\" \"{command}\""),
+            format!("\"values\" .Values.{component}"),
         ] {
-            assert!(text.contains(include), "{template} uses {include}");
+            assert!(text.contains(&needle), "{template} has {needle}");
         }
     }
 }

@@ -48,7 +48,8 @@ const KNOWN_WARNINGS: [&str; 1] = [r#"Warning: unrecognized format "uint32""#];
 /// (verb, API group, resource or resource/subresource)
 type Permission = (String, String, String);
 
-/// The chart as `helm template` renders it with `sets`, CRD first: the text and its objects.
+/// The chart as `helm template` renders it with `sets` (the CRD is one of its templates): the
+/// text and its objects.
 fn render(sets: &[&str]) -> (String, Vec<Value>) {
     let mut args = vec![
         "template",
@@ -58,7 +59,6 @@ fn render(sets: &[&str]) -> (String, Vec<Value>) {
         NAMESPACE,
         "--kube-version",
         KUBE_VERSION,
-        "--include-crds",
     ];
     for set in sets {
         args.extend(["--set", set]);
@@ -78,10 +78,6 @@ fn render(sets: &[&str]) -> (String, Vec<Value>) {
         .into_iter()
         .filter(Value::is_object)
         .collect();
-    assert_eq!(
-        objects[0]["kind"], "CustomResourceDefinition",
-        "--include-crds puts the CRD first"
-    );
     (text, objects)
 }
 
@@ -185,8 +181,10 @@ async fn install(sets: &[&str], dir: &Path) -> Install {
             "{sets:?}: {kind} {namespace}/{name} was not stored"
         );
     }
+    let crd = of_kind(&objects, "CustomResourceDefinition")
+        .next()
+        .expect("the chart renders the CRD");
     eventually("the CRD to be established", || async {
-        let crd = &objects[0];
         let stored = cluster
             .get(
                 str_at(crd, "/apiVersion"),
@@ -208,7 +206,9 @@ async fn install(sets: &[&str], dir: &Path) -> Install {
     for deployment in of_kind(&objects, "Deployment") {
         let name = str_at(deployment, "/metadata/name");
         let account = str_at(deployment, "/spec/template/spec/serviceAccountName");
-        let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+        // Without spec.replicas (a HorizontalPodAutoscaler owns it) a Deployment starts with
+        // one; no autoscaler controller runs here to change that.
+        let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
         eventually(
             &format!("{name}'s Pods, admitted as restricted, running as {account}"),
             || async {
@@ -356,7 +356,7 @@ fn assert_can_i(admin: &Path, cases: &[(&str, &[&str], bool)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn combined_chart_is_accepted_by_a_real_api_server_and_rolls_out() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let install = install(&[], dir.path()).await;
+    let install = install(&["mode=combined"], dir.path()).await;
     // `keysmith run` holds the controller's and the verifier's permissions under one account.
     let account = service_account_of(&install.objects, "run");
     let run = process(
@@ -484,7 +484,12 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
         cluster,
         objects,
         admin,
-    } = install(&["mode=split"], dir.path()).await;
+    } = install(&[], dir.path()).await;
+    assert_eq!(
+        of_kind(&objects, "Deployment").count(),
+        2,
+        "split is the default mode"
+    );
     let controller_sa = service_account_of(&objects, "controller");
     let verifier_sa = service_account_of(&objects, "verifier");
     assert_ne!(
@@ -668,8 +673,33 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
 async fn scoped_chart_confines_both_accounts_to_the_watched_namespace() {
     let dir = tempfile::tempdir().expect("temp dir");
     let watch = format!("watchNamespace={APPS}");
-    // Held, not destructured, so the control plane lives until the questions are answered.
-    let install = install(&["mode=split", &watch], dir.path()).await;
+    // Held, not destructured, so the control plane lives until the questions are answered. The
+    // optional objects and pod options ride along, so the real server checks them too, and the
+    // Pods still pass `restricted` without a fixed user and group (as OpenShift runs them).
+    let sets = [
+        watch.as_str(),
+        "verifier.autoscaling.enabled=true",
+        "grafanaDashboard.enabled=true",
+        "verifier.networkPolicy.allowedNamespaces={apps}",
+        "verifier.networkPolicy.allowedCIDRs={192.0.2.0/24}",
+        "controller.podSecurityContext.runAsUser=null",
+        "controller.podSecurityContext.runAsGroup=null",
+        "controller.securityContext.runAsUser=null",
+        "controller.securityContext.runAsGroup=null",
+        "controller.podLabels.team=platform",
+        "controller.serviceAccount.annotations.example\\.com/role=keysmith",
+        "verifier.extraEnv[0].name=EXTRA",
+        "verifier.extraEnv[0].value=on",
+        "verifier.extraArgs={--max-connections=4096}",
+        "verifier.extraVolumes[0].name=extra",
+        "verifier.extraVolumes[0].emptyDir.medium=Memory",
+        "verifier.extraVolumeMounts[0].name=extra",
+        "verifier.extraVolumeMounts[0].mountPath=/extra",
+    ];
+    let install = install(&sets, dir.path()).await;
+    for kind in ["HorizontalPodAutoscaler", "NetworkPolicy", "ConfigMap"] {
+        assert_eq!(of_kind(&install.objects, kind).count(), 1, "{kind}");
+    }
     let controller_sa = service_account_of(&install.objects, "controller");
     let verifier_sa = service_account_of(&install.objects, "verifier");
     assert_can_i(

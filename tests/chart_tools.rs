@@ -7,10 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use keysmith::controller::metrics::ControllerMetrics;
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
 
@@ -53,10 +56,68 @@ fn run(tool: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// The three Deployment value blocks, each of which takes the same pod options.
+const COMPONENTS: [&str; 3] = ["combined", "controller", "verifier"];
+/// What the `extras` case appends to every component's arguments.
+const EXTRA_ARG: &str = "--max-connections=4096";
+const PRIORITY_CLASS: &str = "keysmith-critical";
+/// Namespaces and CIDR the `network_peers` case admits to the verification API.
+const GATEWAY_NAMESPACES: [&str; 2] = ["ingress-nginx", "envoy-gateway-system"];
+const GATEWAY_CIDR: &str = "192.0.2.0/24";
+const MONITORING_NAMESPACE: &str = "monitoring";
+const CRD_NAME: &str = "apikeys.keysmith.dev";
+const CRD_FILE: &str = "crds/apikeys.keysmith.dev.yaml";
+const DASHBOARD_FILE: &str = "charts/keysmith/dashboards/keysmith.json";
+
+/// The pod options the `extras` case sets on every component, as `--set-json` values.
+fn extras() -> Vec<(&'static str, Value)> {
+    vec![
+        ("extraEnv", json!([{"name": "EXTRA", "value": "1"}])),
+        ("extraArgs", json!([EXTRA_ARG])),
+        ("extraVolumes", json!([{"name": "extra", "emptyDir": {}}])),
+        (
+            "extraVolumeMounts",
+            json!([{"name": "extra", "mountPath": "/extra"}]),
+        ),
+        // The component label collides with the selector's: the selector must win.
+        (
+            "podLabels",
+            json!({"team": "platform", "app.kubernetes.io/component": "other"}),
+        ),
+        ("podAnnotations", json!({"example.com/owner": "platform"})),
+        ("priorityClassName", json!(PRIORITY_CLASS)),
+        ("nodeSelector", json!({"kubernetes.io/os": "linux"})),
+        (
+            "tolerations",
+            json!([{"key": "dedicated", "operator": "Exists"}]),
+        ),
+        (
+            "affinity",
+            json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [
+                    {"key": "pool", "operator": "In", "values": ["system"]}]}}]}}),
+        ),
+    ]
+}
+
+fn custom_spread() -> Value {
+    json!([{
+        "maxSkew": 2,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "keysmith"}},
+    }])
+}
+
+fn service_account_annotations() -> Value {
+    json!({"iam.example.com/role": "keysmith"})
+}
+
 /// One set of chart values: the mode and which optional values differ from their defaults.
 #[derive(Clone, Copy, Debug, Default)]
 struct Values {
-    split: bool,
+    /// `mode: combined`; the default is split.
+    combined: bool,
     service_monitor: bool,
     prometheus_rule: bool,
     /// `watchNamespace`: Roles in that namespace instead of ClusterRoles.
@@ -67,14 +128,44 @@ struct Values {
     single_replicas: bool,
     no_pdb: bool,
     no_user_roles: bool,
-    no_aggregation: bool,
+    aggregation: bool,
+    /// `crds.enabled: false`: no CRD in the templates.
+    no_crds: bool,
+    /// `crds.keep: false`: the CRD without `helm.sh/resource-policy: keep`.
+    no_crd_keep: bool,
+    /// Every pod option of [`extras`] and ServiceAccount annotations, on every component.
+    extras: bool,
+    /// [`custom_spread`] instead of the default spread across nodes, on every component.
+    custom_spread: bool,
+    /// runAsUser and runAsGroup removed (null) from every security context, as on OpenShift.
+    openshift: bool,
+    /// `verifier.autoscaling.enabled`: a HorizontalPodAutoscaler in split mode.
+    autoscaling: bool,
+    no_network_policy: bool,
+    /// The verification API admits [`GATEWAY_NAMESPACES`], a label selector and [`GATEWAY_CIDR`].
+    network_peers: bool,
+    /// `grafanaDashboard.enabled`.
+    dashboard: bool,
+}
+
+/// A Deployment the chart should render.
+struct Workload {
+    name: &'static str,
+    component: &'static str,
+    subcommand: &'static str,
+    account: &'static str,
+    /// `spec.replicas`; None when a HorizontalPodAutoscaler owns it.
+    replicas: Option<u64>,
+    /// The fewest and the most pods there may be.
+    min: u64,
+    max: u64,
 }
 
 impl Values {
     /// For each mode: the defaults, each optional value on its own (or off, for those on by
     /// default), and every optional value on together.
     fn cases() -> Vec<Values> {
-        let toggles: [fn(&mut Values); 8] = [
+        let toggles: [fn(&mut Values); 16] = [
             |v| v.service_monitor = true,
             |v| v.prometheus_rule = true,
             |v| v.watch_namespace = true,
@@ -82,12 +173,20 @@ impl Values {
             |v| v.single_replicas = true,
             |v| v.no_pdb = true,
             |v| v.no_user_roles = true,
-            |v| v.no_aggregation = true,
+            |v| v.aggregation = true,
+            |v| v.no_crds = true,
+            |v| v.no_crd_keep = true,
+            |v| v.extras = true,
+            |v| v.custom_spread = true,
+            |v| v.openshift = true,
+            |v| v.autoscaling = true,
+            |v| v.no_network_policy = true,
+            |v| v.network_peers = true,
         ];
         let mut cases = Vec::new();
-        for split in [false, true] {
+        for combined in [false, true] {
             let defaults = Values {
-                split,
+                combined,
                 ..Values::default()
             };
             cases.push(defaults);
@@ -101,13 +200,23 @@ impl Values {
                 prometheus_rule: true,
                 watch_namespace: true,
                 flags: true,
+                aggregation: true,
+                extras: true,
+                openshift: true,
+                autoscaling: true,
+                network_peers: true,
+                dashboard: true,
                 ..defaults
             });
         }
         cases
     }
 
-    /// `--set` arguments for helm.
+    fn split(&self) -> bool {
+        !self.combined
+    }
+
+    /// `--set` and `--set-json` arguments for helm.
     fn set_args(&self) -> Vec<String> {
         let mut sets = Vec::new();
         let mut set = |on: bool, assignments: &[&str]| {
@@ -117,7 +226,7 @@ impl Values {
                 }
             }
         };
-        set(self.split, &["mode=split"]);
+        set(self.combined, &["mode=combined"]);
         set(self.service_monitor, &["serviceMonitor.enabled=true"]);
         set(self.prometheus_rule, &["prometheusRule.enabled=true"]);
         set(
@@ -140,33 +249,119 @@ impl Values {
         set(self.no_pdb, &["podDisruptionBudget.enabled=false"]);
         set(self.no_user_roles, &["userRoles.create=false"]);
         set(
-            self.no_aggregation,
-            &["userRoles.aggregateToDefaultRoles=false"],
+            self.aggregation,
+            &["userRoles.aggregateToDefaultRoles=true"],
         );
+        set(self.no_crds, &["crds.enabled=false"]);
+        set(self.no_crd_keep, &["crds.keep=false"]);
+        set(self.autoscaling, &["verifier.autoscaling.enabled=true"]);
+        set(
+            self.no_network_policy,
+            &["verifier.networkPolicy.enabled=false"],
+        );
+        set(self.dashboard, &["grafanaDashboard.enabled=true"]);
+        for component in COMPONENTS {
+            // `--set key=null` deletes a default, which is how a user removes one.
+            for context in ["podSecurityContext", "securityContext"] {
+                for field in ["runAsUser", "runAsGroup"] {
+                    set(
+                        self.openshift,
+                        &[&format!("{component}.{context}.{field}=null")],
+                    );
+                }
+            }
+        }
+        let mut json_sets = Vec::new();
+        for component in COMPONENTS {
+            if self.extras {
+                json_sets.extend(
+                    extras()
+                        .into_iter()
+                        .map(|(k, v)| (format!("{component}.{k}"), v)),
+                );
+                json_sets.push((
+                    format!("{component}.serviceAccount.annotations"),
+                    service_account_annotations(),
+                ));
+            }
+            if self.custom_spread {
+                json_sets.push((
+                    format!("{component}.topologySpreadConstraints"),
+                    custom_spread(),
+                ));
+            }
+        }
+        if self.network_peers {
+            json_sets.extend([
+                (
+                    "verifier.networkPolicy.allowedNamespaces".to_string(),
+                    json!(GATEWAY_NAMESPACES),
+                ),
+                (
+                    "verifier.networkPolicy.namespaceSelector".to_string(),
+                    json!({"matchLabels": {"keysmith.dev/verify": "true"}}),
+                ),
+                (
+                    "verifier.networkPolicy.allowedCIDRs".to_string(),
+                    json!([GATEWAY_CIDR]),
+                ),
+            ]);
+        }
+        for (key, value) in json_sets {
+            sets.extend(["--set-json".to_string(), format!("{key}={value}")]);
+        }
         sets
     }
 
-    /// The Deployments as (name, `keysmith` subcommand, ServiceAccount, replicas).
-    fn deployments(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    /// The Deployments the chart should render.
+    fn deployments(&self) -> Vec<Workload> {
         let verifier_replicas = if self.single_replicas { 1 } else { 2 };
-        if self.split {
-            vec![
-                (
-                    "keysmith-controller",
-                    "controller",
-                    "keysmith-controller",
-                    2,
-                ),
-                (
-                    "keysmith-verifier",
-                    "verifier",
-                    "keysmith-verifier",
-                    verifier_replicas,
-                ),
-            ]
-        } else {
-            vec![("keysmith", "run", "keysmith", verifier_replicas)]
+        if self.combined {
+            return vec![Workload {
+                name: "keysmith",
+                component: "combined",
+                subcommand: "run",
+                account: "keysmith",
+                replicas: Some(verifier_replicas),
+                min: verifier_replicas,
+                max: verifier_replicas,
+            }];
         }
+        let controller = Workload {
+            name: "keysmith-controller",
+            component: "controller",
+            subcommand: "controller",
+            account: "keysmith-controller",
+            replicas: Some(2),
+            min: 2,
+            max: 2,
+        };
+        let verifier = Workload {
+            name: "keysmith-verifier",
+            component: "verifier",
+            subcommand: "verifier",
+            account: "keysmith-verifier",
+            replicas: Some(verifier_replicas),
+            min: verifier_replicas,
+            max: verifier_replicas,
+        };
+        // The chart's autoscaling defaults: minReplicas 2, maxReplicas 10.
+        let verifier = if self.autoscaling {
+            Workload {
+                replicas: None,
+                min: 2,
+                max: 10,
+                ..verifier
+            }
+        } else {
+            verifier
+        };
+        vec![controller, verifier]
+    }
+
+    /// The Deployment that serves the verification API.
+    fn verifier(&self) -> Workload {
+        self.deployments().pop().expect("a Deployment")
     }
 
     /// Every object the chart should render, as (kind, namespace or "" when cluster-scoped, name).
@@ -175,15 +370,15 @@ impl Values {
         let mut add = |kind: &str, namespace: &str, name: &str| {
             objects.insert((kind.to_string(), namespace.to_string(), name.to_string()));
         };
-        for (deployment, _, account, replicas) in self.deployments() {
-            add("Deployment", NAMESPACE, deployment);
-            add("ServiceAccount", NAMESPACE, account);
-            if !self.no_pdb && replicas > 1 {
-                add("PodDisruptionBudget", NAMESPACE, deployment);
+        for workload in self.deployments() {
+            add("Deployment", NAMESPACE, workload.name);
+            add("ServiceAccount", NAMESPACE, workload.account);
+            if !self.no_pdb && workload.min > 1 {
+                add("PodDisruptionBudget", NAMESPACE, workload.name);
             }
         }
         add("Service", NAMESPACE, "keysmith-verifier");
-        if self.split {
+        if self.split() {
             add("Service", NAMESPACE, "keysmith-controller-metrics");
         }
         for name in ["keysmith-controller", "keysmith-verifier"] {
@@ -206,6 +401,18 @@ impl Values {
         }
         if self.prometheus_rule {
             add("PrometheusRule", NAMESPACE, RELEASE);
+        }
+        if !self.no_crds {
+            add("CustomResourceDefinition", "", CRD_NAME);
+        }
+        if !self.no_network_policy {
+            add("NetworkPolicy", NAMESPACE, "keysmith-verifier");
+        }
+        if self.autoscaling && self.split() {
+            add("HorizontalPodAutoscaler", NAMESPACE, "keysmith-verifier");
+        }
+        if self.dashboard {
+            add("ConfigMap", NAMESPACE, "keysmith-dashboard");
         }
         objects
     }
@@ -325,6 +532,11 @@ fn helm_lint_rejects_values_the_schema_forbids() {
         ("mode=both", "at '/mode'"),
         ("verifier.replicas=0", "at '/verifier/replicas'"),
         ("typo=true", "'typo' not allowed"),
+        ("combined.extraArgs=--flag", "at '/combined/extraArgs'"),
+        (
+            "verifier.autoscaling.maxReplicas=0",
+            "at '/verifier/autoscaling/maxReplicas'",
+        ),
     ] {
         let output = Command::new(binary("helm"))
             .args(["lint", CHART, "--strict", "--kube-version", KUBE_VERSION])
@@ -363,10 +575,18 @@ fn helm_template_renders_exactly_the_objects_each_values_case_asks_for() {
 #[test]
 fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
     for (values, objects) in renders() {
-        for (name, subcommand, account, replicas) in values.deployments() {
+        for Workload {
+            name,
+            subcommand,
+            account,
+            replicas,
+            ..
+        } in values.deployments()
+        {
             let deployment = find(objects, "Deployment", name);
             assert_eq!(
-                deployment["spec"]["replicas"], replicas,
+                deployment["spec"]["replicas"],
+                json!(replicas),
                 "{values:?} {name}"
             );
             let pod = &deployment["spec"]["template"]["spec"];
@@ -385,6 +605,9 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                 if subcommand != "controller" {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
                 }
+            }
+            if values.extras {
+                args.push(EXTRA_ARG.to_string());
             }
             assert_eq!(container["args"], json!(args), "{values:?} {name}");
 
@@ -455,7 +678,7 @@ fn every_referenced_service_account_role_and_binding_is_rendered_and_bound_as_de
         let roles =
             |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
         let controller = ["keysmith-controller", "keysmith-leader-election"];
-        let expected: BTreeMap<String, BTreeSet<String>> = if values.split {
+        let expected: BTreeMap<String, BTreeSet<String>> = if values.split() {
             BTreeMap::from([
                 ("keysmith-controller".to_string(), roles(&controller)),
                 (
@@ -485,9 +708,9 @@ fn services_pdbs_and_the_service_monitor_select_the_pods_they_are_for() {
             );
         }
 
-        let verifier = values.deployments().last().expect("a Deployment").0;
+        let verifier = values.verifier().name;
         let mut services = vec![("keysmith-verifier", verifier)];
-        if values.split {
+        if values.split() {
             services.push(("keysmith-controller-metrics", "keysmith-controller"));
         }
         for (service, deployment) in services {
@@ -558,7 +781,7 @@ fn services_pdbs_and_the_service_monitor_select_the_pods_they_are_for() {
 #[test]
 fn user_roles_aggregate_into_the_default_roles_only_when_asked() {
     for (values, objects) in renders().iter().filter(|(v, _)| !v.no_user_roles) {
-        let aggregated = (!values.no_aggregation).then_some("true");
+        let aggregated = values.aggregation.then_some("true");
         for (role, default_roles) in [
             ("keysmith-apikeys-edit", &["admin", "edit"][..]),
             ("keysmith-apikeys-view", &["view"][..]),
@@ -574,6 +797,250 @@ fn user_roles_aggregate_into_the_default_roles_only_when_asked() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn deployments_carry_the_pod_options_of_their_component() {
+    for (values, objects) in renders() {
+        for workload in values.deployments() {
+            let name = workload.name;
+            let deployment = find(objects, "Deployment", name);
+            let template = &deployment["spec"]["template"];
+            let pod = &template["spec"];
+            let container = &pod["containers"][0];
+            let selector = &deployment["spec"]["selector"]["matchLabels"];
+            assert_eq!(
+                selector["app.kubernetes.io/component"], workload.component,
+                "{values:?} {name}"
+            );
+
+            // Extras are added to what the chart sets, never in place of it.
+            let env: Vec<&str> = container["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .map(|e| str_at(e, "/name"))
+                .collect();
+            let mut expected_env = vec!["POD_NAME", "POD_NAMESPACE"];
+            let mut labels = selector.clone();
+            if values.extras {
+                let extras: BTreeMap<_, _> = extras().into_iter().collect();
+                expected_env.push("EXTRA");
+                assert_eq!(pod["volumes"], extras["extraVolumes"], "{values:?} {name}");
+                assert_eq!(
+                    container["volumeMounts"], extras["extraVolumeMounts"],
+                    "{values:?} {name}"
+                );
+                assert_eq!(
+                    template["metadata"]["annotations"], extras["podAnnotations"],
+                    "{values:?} {name}"
+                );
+                for key in [
+                    "priorityClassName",
+                    "nodeSelector",
+                    "tolerations",
+                    "affinity",
+                ] {
+                    assert_eq!(pod[key], extras[key], "{values:?} {name} {key}");
+                }
+                labels["team"] = "platform".into();
+            } else {
+                for key in [
+                    "volumes",
+                    "priorityClassName",
+                    "nodeSelector",
+                    "tolerations",
+                    "affinity",
+                ] {
+                    assert!(pod.get(key).is_none(), "{values:?} {name} {key}");
+                }
+                assert!(container.get("volumeMounts").is_none(), "{values:?} {name}");
+                assert!(template["metadata"].get("annotations").is_none());
+            }
+            assert_eq!(env, expected_env, "{values:?} {name}");
+            // podLabels add to the selector's labels but cannot change them (the Deployment
+            // would no longer select its own pods).
+            assert_eq!(template["metadata"]["labels"], labels, "{values:?} {name}");
+
+            let account = find(objects, "ServiceAccount", workload.account);
+            let annotations = values
+                .extras
+                .then(service_account_annotations)
+                .unwrap_or(Value::Null);
+            assert_eq!(
+                account["metadata"]["annotations"], annotations,
+                "{values:?} {}",
+                workload.account
+            );
+
+            // restricted by default; on OpenShift the platform picks the user and group.
+            for (context, restricted) in [
+                (
+                    &pod["securityContext"],
+                    json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}),
+                ),
+                (
+                    &container["securityContext"],
+                    json!({
+                        "allowPrivilegeEscalation": false,
+                        "readOnlyRootFilesystem": true,
+                        "runAsNonRoot": true,
+                        "capabilities": {"drop": ["ALL"]},
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    }),
+                ),
+            ] {
+                let mut expected = restricted;
+                if !values.openshift {
+                    expected["runAsUser"] = 65532.into();
+                    expected["runAsGroup"] = 65532.into();
+                }
+                assert_eq!(context, &expected, "{values:?} {name}");
+            }
+
+            // Spread across nodes by default whenever there may be two pods or more.
+            let spread = if values.custom_spread {
+                custom_spread()
+            } else if workload.max > 1 {
+                json!([{
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": selector},
+                }])
+            } else {
+                Value::Null
+            };
+            assert_eq!(
+                pod["topologySpreadConstraints"], spread,
+                "{values:?} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_crd_template_is_the_generated_crd_with_helm_metadata_and_the_keep_policy() {
+    let generated: Value = serde_saphyr::from_str(
+        &fs::read_to_string(Path::new(ROOT).join(CRD_FILE)).expect(CRD_FILE),
+    )
+    .expect("the CRD is YAML");
+    for (values, objects) in renders().iter().filter(|(v, _)| !v.no_crds) {
+        let mut crd = find(objects, "CustomResourceDefinition", CRD_NAME).clone();
+        let metadata = crd["metadata"].as_object_mut().expect("metadata");
+        let labels = metadata.remove("labels").expect("Helm's labels");
+        let annotations = metadata.remove("annotations");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{values:?}");
+        let keep = (!values.no_crd_keep).then(|| json!({"helm.sh/resource-policy": "keep"}));
+        assert_eq!(annotations, keep, "{values:?}");
+        // The rest is the generated file, field for field.
+        assert_eq!(crd, generated, "{values:?}");
+    }
+}
+
+#[test]
+fn the_verifier_autoscaler_owns_the_replica_count_only_in_split_mode_when_enabled() {
+    for (values, objects) in renders() {
+        let autoscalers: Vec<_> = of_kind(objects, "HorizontalPodAutoscaler").collect();
+        let verifier = values.verifier();
+        if verifier.replicas.is_some() {
+            assert!(autoscalers.is_empty(), "{values:?}");
+            continue;
+        }
+        let [hpa] = autoscalers[..] else {
+            panic!("{values:?}: one HorizontalPodAutoscaler")
+        };
+        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+        assert_eq!(
+            hpa["spec"]["scaleTargetRef"],
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": verifier.name}),
+            "{values:?}"
+        );
+        find(objects, "Deployment", verifier.name);
+        assert_eq!(
+            (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+            (&json!(verifier.min), &json!(verifier.max)),
+            "{values:?}"
+        );
+        assert_eq!(
+            hpa["spec"]["metrics"],
+            json!([{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70}}}]),
+            "{values:?}"
+        );
+    }
+}
+
+#[test]
+fn the_network_policy_admits_the_verification_api_only_from_the_named_peers() {
+    for (values, objects) in renders().iter().filter(|(v, _)| !v.no_network_policy) {
+        let policy = find(objects, "NetworkPolicy", "keysmith-verifier");
+        let verifier = values.verifier().name;
+        assert_eq!(
+            selected_deployments(objects, &policy["spec"]["podSelector"]["matchLabels"]),
+            [verifier],
+            "{values:?}"
+        );
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        let container =
+            &find(objects, "Deployment", verifier)["spec"]["template"]["spec"]["containers"][0];
+        let mut admitted = BTreeMap::new();
+        for rule in policy["spec"]["ingress"].as_array().expect("ingress") {
+            // A rule without peers admits everyone.
+            let from = rule["from"].as_array().expect("every rule names its peers");
+            assert!(!from.is_empty(), "{values:?}: {rule}");
+            let [port] = &rule["ports"].as_array().expect("ports")[..] else {
+                panic!("{values:?}: one port per rule: {rule}")
+            };
+            let name = str_at(port, "/port");
+            assert!(
+                container["ports"]
+                    .as_array()
+                    .expect("ports")
+                    .iter()
+                    .any(|p| p["name"] == name),
+                "{values:?}: the policy names port {name}, which {verifier} does not expose"
+            );
+            admitted.insert(name.to_string(), Value::Array(from.clone()));
+        }
+        let mut expected = BTreeMap::from([(
+            "metrics".to_string(),
+            json!([{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}]),
+        )]);
+        if values.network_peers {
+            expected.insert(
+                "http".to_string(),
+                json!([
+                    {"namespaceSelector": {"matchExpressions": [{
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "In",
+                        "values": GATEWAY_NAMESPACES,
+                    }]}},
+                    {"namespaceSelector": {"matchLabels": {"keysmith.dev/verify": "true"}}},
+                    {"ipBlock": {"cidr": GATEWAY_CIDR}},
+                ]),
+            );
+        }
+        assert_eq!(admitted, expected, "{values:?}");
+    }
+}
+
+#[test]
+fn the_dashboard_config_map_carries_the_sidecar_label_and_the_dashboard() {
+    let dashboard = fs::read_to_string(Path::new(ROOT).join(DASHBOARD_FILE)).expect(DASHBOARD_FILE);
+    for (values, objects) in renders().iter().filter(|(v, _)| v.dashboard) {
+        let config_map = find(objects, "ConfigMap", "keysmith-dashboard");
+        assert_eq!(
+            config_map["metadata"]["labels"]["grafana_dashboard"], "1",
+            "{values:?}"
+        );
+        assert_eq!(
+            config_map["data"]["keysmith.json"].as_str(),
+            Some(dashboard.trim_end()),
+            "{values:?}"
+        );
     }
 }
 
@@ -631,7 +1098,7 @@ fn rendered_alert_rules_pass_promtool_check_rules() {
 fn rendered_alert_rules_pass_their_promtool_unit_tests() {
     let (_, objects) = renders()
         .iter()
-        .find(|(v, _)| v.prometheus_rule && !v.split && !v.watch_namespace)
+        .find(|(v, _)| v.prometheus_rule && v.combined && !v.watch_namespace)
         .expect("the combined PrometheusRule case");
     let (text, _) = rule_file(objects);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -668,4 +1135,311 @@ fn alert_unit_tests_make_every_alert_fire_and_stay_silent() {
             "no test case where {alert} stays silent"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metric names
+
+/// Metrics the dashboard and the alerts query that Keysmith does not export, by exporter:
+/// kube-state-metrics' Deployment metrics, and the ApiKey conditions its custom resource state
+/// configuration in docs/operations.md (Monitoring) exports.
+const EXTERNAL_METRICS: [&str; 2] = [
+    "kube_deployment_status_replicas_available",
+    "kube_customresource_apikey_status_condition",
+];
+
+/// The sample names a running `keysmith dev` (the controller and the verifier in one process)
+/// serves on /metrics, as Prometheus stores them. A labelled family appears only once it has a
+/// series, and a healthy `keysmith dev` never fails a reconcile, so the controller's metrics are
+/// also registered here through the library, with one error counted.
+fn exported_metric_names() -> BTreeSet<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("dev")
+        .arg("--kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
+        // Port 0: the summary prints the ports really bound.
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keysmith dev starts");
+    // Read before asserting anything, so the child is stopped whatever happened.
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let text = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let (_, rest) = line.split_once("Metrics: http://")?;
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .map(|addr| scrape(&addr));
+    let _ = child.kill();
+    let _ = child.wait();
+    let served = text.expect("keysmith dev prints its metrics address");
+    let mut registry = keysmith::telemetry::registry();
+    ControllerMetrics::register(&mut registry).error("api");
+    let mut text = served.expect("GET /metrics");
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(declaration) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (family, kind) = declaration.split_once(' ').expect("# TYPE name type");
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+    }
+    names
+}
+
+/// GET /metrics from `addr`: the response, head and body.
+fn scrape(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The metric names a PromQL expression selects: identifiers outside label matchers, range
+/// selectors, strings and grouping clauses that are neither functions nor keywords. Grafana's
+/// `label_values(metric, label)` selects its first argument.
+fn queried_metrics(expr: &str) -> BTreeSet<String> {
+    // Aggregations may put their grouping clause before the parenthesis (`sum by (le) (x)`).
+    const KEYWORDS: [&str; 25] = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let expr = match expr.strip_prefix("label_values(") {
+        Some(rest) => rest.split(',').next().expect("an argument"),
+        None => expr,
+    };
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // From a quote, the index past its closing quote.
+    let skip_string = |mut i: usize| {
+        let quote = chars[i];
+        i += 1;
+        while i < chars.len() && chars[i] != quote {
+            i += 1 + usize::from(chars[i] == '\\');
+        }
+        i + 1
+    };
+    // From an opening bracket, the index past its closing one, past anything nested or quoted.
+    let skip = |mut i: usize, open: char, close: char| {
+        let mut depth = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '"' | '\'' | '`' => {
+                    i = skip_string(i);
+                    continue;
+                }
+                c if c == open => depth += 1,
+                c if c == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        i
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '{' {
+            i = skip(i, '{', '}');
+        } else if c == '[' {
+            i = skip(i, '[', ']');
+        } else if c == '"' || c == '\'' || c == '`' {
+            i = skip_string(i);
+        } else if c.is_ascii_digit() {
+            // A number, with its fraction, exponent or duration unit.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let called = chars.get(next) == Some(&'(');
+            if GROUPING.contains(&word.as_str()) && called {
+                i = skip(next, '(', ')');
+            } else if !called && !KEYWORDS.contains(&word.as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The dashboard's queries: every panel target and templating variable.
+fn dashboard_queries() -> Vec<String> {
+    let text = fs::read_to_string(Path::new(ROOT).join(DASHBOARD_FILE)).expect(DASHBOARD_FILE);
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let targets = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("every panel queries"))
+        .map(|t| str_at(t, "/expr").to_owned());
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter(|v| v["type"] == "query")
+        .map(|v| str_at(v, "/query/query").to_owned());
+    targets.chain(variables).collect()
+}
+
+#[test]
+fn query_parser_finds_metrics_and_skips_functions_labels_and_clauses() {
+    assert_eq!(
+        queried_metrics(
+            r#"histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="b{c}", y=~"$v"}[$__rate_interval]))) or on (x) b_total offset 5m > bool 1e3"#
+        ),
+        BTreeSet::from(["a_bucket".to_owned(), "b_total".to_owned()])
+    );
+    assert_eq!(
+        queried_metrics("label_values(keysmith_index_tokens, namespace)"),
+        BTreeSet::from(["keysmith_index_tokens".to_owned()])
+    );
+}
+
+#[test]
+fn dashboard_has_the_operator_panels() {
+    let text = fs::read_to_string(Path::new(ROOT).join(DASHBOARD_FILE)).expect(DASHBOARD_FILE);
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels: BTreeMap<&str, Vec<&str>> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .map(|p| {
+            let exprs = p["targets"].as_array().expect("targets");
+            (
+                str_at(p, "/title"),
+                exprs.iter().map(|t| str_at(t, "/expr")).collect(),
+            )
+        })
+        .collect();
+    for (title, metric) in [
+        (
+            "Verification rate by code",
+            "keysmith_verify_requests_total",
+        ),
+        (
+            "Verification latency",
+            "keysmith_verify_duration_seconds_bucket",
+        ),
+        ("Index size", "keysmith_index_tokens"),
+        (
+            "Keys by readiness",
+            "kube_customresource_apikey_status_condition",
+        ),
+        ("Next expiries", "keysmith_token_expiry_timestamp_seconds"),
+        ("Reconcile errors", "keysmith_reconcile_errors_total"),
+    ] {
+        let exprs = panels
+            .get(title)
+            .unwrap_or_else(|| panic!("no panel {title}"));
+        assert!(
+            exprs.iter().any(|e| queried_metrics(e).contains(metric)),
+            "{title} does not query {metric}: {exprs:?}"
+        );
+    }
+    let latency = &panels["Verification latency"];
+    assert!(
+        latency.iter().all(|e| e.starts_with("histogram_quantile(")),
+        "{latency:?}"
+    );
+}
+
+/// A renamed or removed metric fails here rather than leaving an empty panel or an alert that
+/// never fires: every metric the dashboard and the rendered alerts query is one the binary
+/// serves, or one of [`EXTERNAL_METRICS`].
+#[test]
+fn dashboard_and_alerts_query_only_metrics_the_binary_exports() {
+    let (_, objects) = renders()
+        .iter()
+        .find(|(v, _)| v.prometheus_rule)
+        .expect("a PrometheusRule case");
+    let rules = &find(objects, "PrometheusRule", RELEASE)["spec"]["groups"];
+    let alert_queries = rules
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .map(|r| str_at(r, "/expr").to_owned());
+    let queried: BTreeSet<String> = dashboard_queries()
+        .into_iter()
+        .chain(alert_queries)
+        .flat_map(|q| queried_metrics(&q))
+        .collect();
+    let exported = exported_metric_names();
+    assert!(
+        exported.contains("keysmith_verify_requests_total")
+            && exported.contains("keysmith_reconcile_errors_total"),
+        "the verifier's and the controller's metrics are served: {exported:?}"
+    );
+    let external = BTreeSet::from(EXTERNAL_METRICS.map(String::from));
+    let unknown: Vec<_> = queried
+        .difference(&exported)
+        .filter(|m| !external.contains(*m))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "queried but not exported by keysmith: {unknown:?}\nexported: {exported:?}"
+    );
+    let unused: Vec<_> = external.difference(&queried).collect();
+    assert!(
+        unused.is_empty(),
+        "EXTERNAL_METRICS lists unqueried {unused:?}"
+    );
 }

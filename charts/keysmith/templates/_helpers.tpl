@@ -115,32 +115,6 @@ Flags every long-running command takes: scope (--namespace, --selector) and --lo
 {{- end }}
 
 {{/*
-Pod security context (restricted Pod Security Standard).
-*/}}
-{{- define "keysmith.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end }}
-
-{{/*
-Container security context (restricted Pod Security Standard).
-*/}}
-{{- define "keysmith.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
-{{- end }}
-
-{{/*
 Environment every pod gets: its own name and namespace from the downward API. The controller
 holds its Lease in POD_NAMESPACE (the release namespace) under the identity POD_NAME.
 */}}
@@ -171,4 +145,143 @@ readinessProbe:
     port: metrics
   periodSeconds: 5
   failureThreshold: 2
+{{- end }}
+
+{{/*
+Whether the verifier Deployment's replica count belongs to a HorizontalPodAutoscaler: "true" or "".
+*/}}
+{{- define "keysmith.verifierAutoscaled" -}}
+{{- if and (eq .Values.mode "split") .Values.verifier.autoscaling.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+One Keysmith Deployment; the three deployment-*.yaml templates differ only in these arguments (a
+dict): root (the chart's context), component (combined, controller or verifier), command (the
+`keysmith` subcommand), values (the component's values), serviceAccount, api (true when the pods
+serve the verification API on port 8080) and autoscaling (the verifier's autoscaling values when a
+HorizontalPodAutoscaler owns the replica count, else absent).
+*/}}
+{{- define "keysmith.deployment" -}}
+{{- $root := .root }}
+{{- $v := .values }}
+{{- $selector := merge (include "keysmith.selectorLabels" $root | fromYaml) (dict "app.kubernetes.io/component" .component) }}
+{{- /* The most pods there may be: what the default spread across nodes is for. */}}
+{{- $maxReplicas := $v.replicas }}
+{{- with .autoscaling }}{{ $maxReplicas = .maxReplicas }}{{ end }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "keysmith.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  {{- /* Left out under a HorizontalPodAutoscaler, or every upgrade would reset its count. */}}
+  {{- if not .autoscaling }}
+  replicas: {{ $v.replicas }}
+  {{- end }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      # Never drop below the current number of ready pods during a rollout: verifiers keep
+      # answering, and a standby controller stays ready to take over the Lease.
+      maxUnavailable: 0
+      maxSurge: 1
+  selector:
+    matchLabels:
+      {{- toYaml $selector | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- /* merge keeps the selector's labels where podLabels names the same key. */}}
+        {{- merge (deepCopy $selector) $v.podLabels | toYaml | nindent 8 }}
+      {{- with $v.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      serviceAccountName: {{ .serviceAccount }}
+      {{- with $v.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with $v.podSecurityContext }}
+      securityContext:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: keysmith
+          image: {{ include "keysmith.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args:
+            - {{ .command }}
+            {{- include "keysmith.commonArgs" $root | nindent 12 }}
+            {{- /* Only what serves the verifier API sees client addresses. */}}
+            {{- if .api }}
+            {{- with $root.Values.trustedProxies }}
+            - {{ printf "--trusted-proxies=%s" (join "," .) | quote }}
+            {{- end }}
+            {{- end }}
+            {{- range $v.extraArgs }}
+            - {{ . | quote }}
+            {{- end }}
+          env:
+            {{- include "keysmith.env" $root | nindent 12 }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            {{- if .api }}
+            - name: http
+              containerPort: 8080
+              protocol: TCP
+            {{- end }}
+            - name: metrics
+              containerPort: 9090
+              protocol: TCP
+          {{- include "keysmith.probes" $root | nindent 10 }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          {{- with $v.securityContext }}
+          securityContext:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          {{- with $v.extraVolumeMounts }}
+          volumeMounts:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+      {{- with $v.extraVolumes }}
+      volumes:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $v.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml $v.topologySpreadConstraints | nindent 8 }}
+      {{- else if gt (int $maxReplicas) 1 }}
+      # Replicas on different nodes, so one node's loss or drain takes out at most one of them;
+      # ScheduleAnyway still schedules them on a cluster with fewer nodes.
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- toYaml $selector | nindent 14 }}
+      {{- end }}
 {{- end }}
