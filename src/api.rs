@@ -45,6 +45,20 @@ pub const DEFAULT_PREFIX: &str = "ks_";
 pub const DEFAULT_BYTES: u32 = 32;
 /// Most token slots one ApiKey may hold.
 pub const MAX_SLOTS: usize = 8;
+/// Most entries of one slot's `metadata`.
+pub const MAX_METADATA_ENTRIES: usize = 16;
+/// Most labels, and most annotations, a Secret template may add.
+pub const MAX_TEMPLATE_ENTRIES: usize = 32;
+/// Longest label or annotation key: a 253-character DNS prefix, `/` and a 63-character name.
+pub const MAX_LABEL_KEY_LEN: usize = 317;
+/// Longest label value (Kubernetes' own limit).
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
+/// Longest template annotation value, and longest slot metadata value.
+pub const MAX_ANNOTATION_VALUE_LEN: usize = 4096;
+/// Largest spec, serialized as JSON, that the controller and the verifier accept. Each field has
+/// its own bound, but together they would allow tens of megabytes; the verifier holds every key
+/// in memory, so the whole is bounded too.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
 
 /// An API key: one or more token slots written into a Secret, rotated and revoked by Keysmith,
 /// and checked by the Keysmith verifier.
@@ -131,7 +145,7 @@ pub struct ApiKeySpec {
 
     /// Hard end of the whole key (RFC 3339). After it nothing verifies and nothing rotates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(length(max = 64), extend("format" = "date-time"))]
     pub expires_at: Option<String>,
 
     /// When tokens are replaced.
@@ -152,7 +166,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// One token slot.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSlot {
     /// Slot name: a DNS label of at most 56 characters, unique within the key. Used in status,
@@ -163,7 +177,7 @@ pub struct TokenSlot {
     /// Token prefix, `[A-Za-z0-9_]{0,32}` (default `ks_`). End it with `_` so scanners and
     /// `keysmith token inspect` can tell the prefix from the random part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = PREFIX_PATTERN, "default" = DEFAULT_PREFIX))]
+    #[schemars(length(max = 32), extend("pattern" = PREFIX_PATTERN, "default" = DEFAULT_PREFIX))]
     pub prefix: Option<String>,
 
     /// Random bytes in the token, 16 to 64 (default 32, i.e. 256 bits), from the OS CSPRNG.
@@ -192,9 +206,14 @@ pub struct TokenSlot {
     pub expires_after: Option<String>,
 
     /// Free-form strings returned by the verifier with every successful verification of this slot
-    /// (values up to 4096 characters).
+    /// (at most 16 entries, keys up to 253 and values up to 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[schemars(extend(
+        "maxProperties" = MAX_METADATA_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}
+    ))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() >= 1 && k.size() <= 253)")
+        .message("metadata keys must be 1 to 253 characters long"))]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -241,7 +260,7 @@ pub struct Grant {
     /// Fields a create or update may touch. On `allow`: every requested field must be listed. On
     /// `deny`: the grant applies when any requested field is listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
     pub fields: Option<Vec<String>>,
 
     /// Conditions on the request context; all must hold for the grant to match.
@@ -266,12 +285,12 @@ pub enum Effect {
 pub struct GrantConditions {
     /// The request's `context.status` must be one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     pub status: Option<Vec<String>>,
 
     /// The request's `context.locale` must be one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     pub locales: Option<Vec<String>>,
 
     /// true: the request's `context.owner` must be this key's identity (`<namespace>/<name>`).
@@ -418,13 +437,25 @@ pub struct SecretSpec {
 }
 
 /// Labels and annotations copied onto the Secret.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct SecretTemplate {
-    /// Labels added to the Secret.
+    /// Labels added to the Secret (at most 32; values up to 63 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_TEMPLATE_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_LABEL_VALUE_LEN}
+    ))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)")
+        .message("label keys are at most 317 characters long"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret (at most 32; values up to 4096 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_TEMPLATE_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}
+    ))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)")
+        .message("annotation keys are at most 317 characters long"))]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -464,6 +495,7 @@ pub struct ApiKeyStatus {
 
     /// `Ready`, `Expiring`, `Expired` and `Disabled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 
@@ -477,6 +509,7 @@ pub struct ApiKeyStatus {
 
     /// One entry per slot: the current token's public id and hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub tokens: Vec<TokenStatus>,
 }

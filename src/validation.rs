@@ -15,8 +15,9 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use crate::api::{
-    ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_SLOT_NAME_LEN, MAX_SLOTS, RestartTarget,
-    TokenSlot,
+    ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_ANNOTATION_VALUE_LEN, MAX_LABEL_KEY_LEN,
+    MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES, MAX_SLOT_NAME_LEN, MAX_SLOTS, MAX_SPEC_BYTES,
+    MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot,
 };
 use crate::duration;
 use crate::grants::CompiledGrants;
@@ -25,6 +26,9 @@ use crate::token;
 
 /// Overlap when `rotation.overlap` is unset (capped at half the rotation interval).
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
+
+/// Longest duration string (`expiresAfter`, `rotation.every`, `renewBefore`, `overlap`).
+const MAX_DURATION_LEN: usize = 64;
 
 /// Labels Keysmith sets on every Secret it manages; a template may not change them.
 const MANAGED_LABELS: [&str; 2] = ["app.kubernetes.io/managed-by", crate::api::APIKEY_LABEL];
@@ -115,12 +119,16 @@ pub enum Cadence {
 pub fn validate(spec: &ApiKeySpec) -> Result<ValidSpec, InvalidSpec> {
     let mut errors = Errors::default();
 
-    check_len(
-        &mut errors,
-        "spec.description",
-        spec.description.as_deref(),
-        1024,
-    );
+    // The verifier keeps every key in memory: bound the whole, which the field bounds alone
+    // would let grow to tens of megabytes.
+    let size = serde_json::to_vec(spec).map_or(0, |json| json.len());
+    if size > MAX_SPEC_BYTES {
+        errors.push(
+            "spec",
+            format!("is {size} bytes as JSON; at most {MAX_SPEC_BYTES} bytes allowed"),
+        );
+    }
+    errors.fits("spec.description", spec.description.as_deref(), 1024);
     if let Some(env) = &spec.environment {
         check_dns_label(&mut errors, "spec.environment", env, 63);
     }
@@ -128,7 +136,9 @@ pub fn validate(spec: &ApiKeySpec) -> Result<ValidSpec, InvalidSpec> {
         .expires_after
         .as_deref()
         .and_then(|v| errors.period("spec.expiresAfter", v));
-    let expires_at = spec.expires_at.as_deref().and_then(|v| {
+    let expires_at = spec.expires_at.as_deref();
+    let expires_at = expires_at.filter(|v| errors.fits("spec.expiresAt", Some(v), 64));
+    let expires_at = expires_at.and_then(|v| {
         errors.check(
             "spec.expiresAt",
             v.parse::<Timestamp>().map_err(|_| {
@@ -198,8 +208,42 @@ impl Errors {
         result.map_err(|message| self.push(field, message)).ok()
     }
 
+    /// Whether `value` (if any) is at most `max` bytes long; a longer one is reported, and
+    /// callers parse only values that fit, so no message repeats a huge value.
+    fn fits(&mut self, field: &str, value: Option<&str>, max: usize) -> bool {
+        match value.filter(|v| v.len() > max) {
+            Some(v) => {
+                self.push(
+                    field,
+                    format!("is {} characters long; at most {max} allowed", v.len()),
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// A list item: not empty and at most `max` bytes long.
+    fn item(&mut self, field: String, value: &str, max: usize) {
+        if value.is_empty() {
+            self.push(field, "is empty");
+        } else {
+            self.fits(&field, Some(value), max);
+        }
+    }
+
+    /// At most `max` entries in a list or map.
+    fn count(&mut self, field: &str, len: usize, max: usize) {
+        if len > max {
+            self.push(field, format!("has {len} entries; at most {max} allowed"));
+        }
+    }
+
     /// A duration greater than zero.
     fn positive(&mut self, field: &str, value: &str) -> Option<Duration> {
+        if !self.fits(field, Some(value), MAX_DURATION_LEN) {
+            return None;
+        }
         let parsed = duration::parse(value)
             .map_err(|e| e.to_string())
             .and_then(|d| {
@@ -214,17 +258,11 @@ impl Errors {
 
     /// A lifetime or interval: within [`duration::LIFETIME_RANGE`] (1m to 5y).
     fn period(&mut self, field: &str, value: &str) -> Option<Duration> {
+        if !self.fits(field, Some(value), MAX_DURATION_LEN) {
+            return None;
+        }
         let parsed = duration::parse_in_range(value, duration::LIFETIME_RANGE);
         self.check(field, parsed.map_err(|e| e.to_string()))
-    }
-}
-
-fn check_len(errors: &mut Errors, field: &str, value: Option<&str>, max: usize) {
-    if let Some(v) = value.filter(|v| v.len() > max) {
-        errors.push(
-            field,
-            format!("is {} characters long; at most {max} allowed", v.len()),
-        );
     }
 }
 
@@ -264,22 +302,33 @@ fn compile_grants(errors: &mut Errors, field: &str, grants: &[Grant]) -> Compile
             format!("has {} grants; at most 64 allowed", grants.len()),
         );
     }
-    // The schema's list bounds, repeated for API servers that skip them.
+    // The schema's bounds, repeated for API servers that skip them.
     for (i, grant) in grants.iter().enumerate() {
+        let conditions = grant.conditions.as_ref();
         let lists = [
-            ("actions", grant.actions.len(), 64),
+            ("actions", Some(&grant.actions), 64, 256),
+            ("resources", grant.resources.as_ref(), 64, 256),
+            ("fields", grant.fields.as_ref(), 256, 256),
             (
-                "resources",
-                grant.resources.as_ref().map_or(0, Vec::len),
+                "conditions.status",
+                conditions.and_then(|c| c.status.as_ref()),
+                64,
                 64,
             ),
-            ("fields", grant.fields.as_ref().map_or(0, Vec::len), 256),
+            (
+                "conditions.locales",
+                conditions.and_then(|c| c.locales.as_ref()),
+                64,
+                64,
+            ),
         ];
-        for (name, len, max) in lists.into_iter().filter(|(_, len, max)| len > max) {
-            errors.push(
-                format!("{field}[{i}].{name}"),
-                format!("has {len} entries; at most {max} allowed"),
-            );
+        for (name, list, max_len, max_item) in lists {
+            let list = list.map_or(&[][..], Vec::as_slice);
+            let at = format!("{field}[{i}].{name}");
+            errors.count(&at, list.len(), max_len);
+            for (j, item) in list.iter().enumerate() {
+                errors.item(format!("{at}[{j}]"), item, max_item);
+            }
         }
     }
     match CompiledGrants::compile(grants) {
@@ -304,12 +353,17 @@ fn parse_cadence(errors: &mut Errors, rotation: &crate::api::Rotation) -> Option
             "only applies to rotation.schedule; set a schedule or remove timeZone",
         );
     }
+    errors.fits("spec.rotation.trigger", rotation.trigger.as_deref(), 253);
     if let Some(every) = &rotation.every {
         return errors
             .period("spec.rotation.every", every)
             .map(Cadence::Every);
     }
     let schedule = rotation.schedule.as_deref()?;
+    let fits = errors.fits("spec.rotation.schedule", Some(schedule), 256);
+    if !(errors.fits("spec.rotation.timeZone", rotation.time_zone.as_deref(), 64) && fits) {
+        return None;
+    }
     match Schedule::parse(schedule, rotation.time_zone.as_deref()) {
         Ok(s) => Some(Cadence::Schedule(Box::new(s))),
         Err(e) => {
@@ -328,9 +382,13 @@ fn parse_overlap(
         Cadence::Every(d) => *d,
         Cadence::Schedule(s) => s.shortest_interval(),
     });
+    let default = interval.map_or(DEFAULT_OVERLAP, |i| DEFAULT_OVERLAP.min(i / 2));
     let Some(value) = overlap else {
-        return interval.map_or(DEFAULT_OVERLAP, |i| DEFAULT_OVERLAP.min(i / 2));
+        return default;
     };
+    if !errors.fits("spec.rotation.overlap", Some(value), MAX_DURATION_LEN) {
+        return default;
+    }
     let parsed = duration::parse_allow_zero(value).map_err(|e| e.to_string());
     let overlap = errors
         .check("spec.rotation.overlap", parsed)
@@ -456,6 +514,7 @@ fn check_slot_format(errors: &mut Errors, i: usize, slot: &TokenSlot) {
             format!("{key:?} is not a valid Secret key: use at most 253 letters, digits, '-', '_' and '.'"),
         );
     }
+    errors.count(&at("metadata"), slot.metadata.len(), MAX_METADATA_ENTRIES);
     for (k, v) in &slot.metadata {
         if k.is_empty() || k.len() > 253 || v.chars().count() > 4096 {
             errors.push(
@@ -472,15 +531,25 @@ fn validate_restrictions(errors: &mut Errors, spec: &ApiKeySpec) -> Vec<IpNet> {
     let Some(r) = &spec.restrictions else {
         return Vec::new();
     };
+    errors.count("spec.restrictions.ipAllowList", r.ip_allow_list.len(), 256);
+    errors.count(
+        "spec.restrictions.requiredHeaders",
+        r.required_headers.len(),
+        16,
+    );
     let nets = r
         .ip_allow_list
         .iter()
         .enumerate()
         .filter_map(|(i, cidr)| {
+            let field = format!("spec.restrictions.ipAllowList[{i}]");
+            if !errors.fits(&field, Some(cidr), 64) {
+                return None;
+            }
             let parsed = parse_cidr(cidr).ok_or_else(|| {
                 format!("{cidr:?} is not a CIDR: write an address range like 10.0.0.0/8 or 2001:db8::/32")
             });
-            errors.check(&format!("spec.restrictions.ipAllowList[{i}]"), parsed)
+            errors.check(&field, parsed)
         })
         .collect();
     let mut seen = HashSet::new();
@@ -503,6 +572,7 @@ fn validate_restrictions(errors: &mut Errors, spec: &ApiKeySpec) -> Vec<IpNet> {
                 format!("{:?} is required twice; list each header once", h.name),
             );
         }
+        errors.fits(&at("value"), h.value.as_deref(), 4096);
         if h.value.is_some() == h.value_from.is_some() {
             errors.push(
                 format!("spec.restrictions.requiredHeaders[{i}]"),
@@ -547,21 +617,52 @@ fn validate_secret(errors: &mut Errors, spec: &ApiKeySpec) {
                 format!("{ty:?} cannot hold tokens: built-in kubernetes.io/ types require their own keys; use Opaque or a type of your own"),
             );
     }
+    errors.fits("spec.secret.type", secret.type_.as_deref(), 253);
     if let Some(template) = &secret.template {
-        check_template_map(errors, "spec.secret.template.labels", &template.labels);
-        check_template_map(
-            errors,
-            "spec.secret.template.annotations",
-            &template.annotations,
-        );
+        let maps = [
+            ("labels", &template.labels, MAX_LABEL_VALUE_LEN),
+            (
+                "annotations",
+                &template.annotations,
+                MAX_ANNOTATION_VALUE_LEN,
+            ),
+        ];
+        for (name, map, max_value) in maps {
+            check_template_map(
+                errors,
+                &format!("spec.secret.template.{name}"),
+                map,
+                max_value,
+            );
+        }
     }
+    errors.count(
+        "spec.secret.restartTargets",
+        secret.restart_targets.len(),
+        16,
+    );
     for (i, target) in secret.restart_targets.iter().enumerate() {
         check_restart_target(errors, i, target);
     }
 }
 
-fn check_template_map(errors: &mut Errors, field: &str, map: &BTreeMap<String, String>) {
-    for key in map.keys() {
+fn check_template_map(
+    errors: &mut Errors,
+    field: &str,
+    map: &BTreeMap<String, String>,
+    max_value: usize,
+) {
+    errors.count(field, map.len(), MAX_TEMPLATE_ENTRIES);
+    for (key, value) in map {
+        if key.len() > MAX_LABEL_KEY_LEN {
+            let len = key.len();
+            errors.push(
+                field,
+                format!("has a key of {len} characters; at most {MAX_LABEL_KEY_LEN} allowed"),
+            );
+            continue;
+        }
+        errors.fits(&format!("{field}[{key}]"), Some(value), max_value);
         if MANAGED_LABELS.contains(&key.as_str()) || key.starts_with("keysmith.dev/") {
             errors.push(
                 format!("{field}[{key}]"),

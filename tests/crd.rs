@@ -217,3 +217,58 @@ fn every_field_is_documented() {
         "fields without description: {undocumented:#?}"
     );
 }
+
+/// Every list, map and string under `node` that has no upper bound (maxItems, maxProperties,
+/// maxLength, or an enum).
+fn unbounded(node: &Value, path: &str, out: &mut Vec<String>) {
+    let bound = |key: &str| node.get(key).is_some() || node.get("enum").is_some();
+    match node.get("type").and_then(Value::as_str) {
+        Some("string") if !bound("maxLength") => out.push(format!("{path}: string")),
+        Some("array") => {
+            if !bound("maxItems") {
+                out.push(format!("{path}: list"));
+            }
+            unbounded(&node["items"], &format!("{path}[]"), out);
+        }
+        Some("object") => {
+            if let Some(additional) = node.get("additionalProperties").filter(|a| a.is_object()) {
+                if !bound("maxProperties") {
+                    out.push(format!("{path}: map"));
+                }
+                unbounded(additional, &format!("{path}[*]"), out);
+            }
+            for (name, child) in node["properties"].as_object().into_iter().flatten() {
+                unbounded(child, &format!("{path}.{name}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_list_map_and_string_of_the_spec_is_bounded() {
+    let schema = schema();
+    let mut found = Vec::new();
+    unbounded(&schema["properties"]["spec"], "spec", &mut found);
+    for list in ["conditions", "tokens"] {
+        if schema["properties"]["status"]["properties"][list]["maxItems"].is_null() {
+            found.push(format!("status.{list}: list"));
+        }
+    }
+    assert!(found.is_empty(), "unbounded: {found:#?}");
+}
+
+#[test]
+fn map_keys_are_bounded_by_a_rule() {
+    let schema = schema();
+    let spec = &schema["properties"]["spec"]["properties"];
+    let maps = [
+        &spec["tokens"]["items"]["properties"]["metadata"],
+        &spec["secret"]["properties"]["template"]["properties"]["labels"],
+        &spec["secret"]["properties"]["template"]["properties"]["annotations"],
+    ];
+    for map in maps {
+        let rules = map["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("k.size() <="), "{map}");
+    }
+}

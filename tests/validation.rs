@@ -430,3 +430,171 @@ mod properties {
         }
     }
 }
+
+/// A spec from JSON, for the bounds too large to write out.
+fn json_spec(value: serde_json::Value) -> ApiKeySpec {
+    serde_json::from_value(value).expect("a spec")
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i}")).collect()
+}
+
+fn map(n: usize, value: &str) -> serde_json::Map<String, serde_json::Value> {
+    names(n).into_iter().map(|k| (k, value.into())).collect()
+}
+
+#[test]
+fn every_list_map_and_string_is_bounded_naming_the_field() {
+    use serde_json::json;
+    let long = |n: usize| "x".repeat(n);
+    let grant = |extra: serde_json::Value| {
+        let mut g = json!({"effect": "allow", "actions": ["read"]});
+        g.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!([g])
+    };
+    let cases = [
+        (
+            json!({"tokens": [{"name": "a", "metadata": map(17, "v")}]}),
+            "spec.tokens[0].metadata",
+            "has 17 entries; at most 16",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"template": {"labels": map(33, "v")}}}),
+            "spec.secret.template.labels",
+            "has 33 entries; at most 32",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"template": {"annotations": map(33, "v")}}}),
+            "spec.secret.template.annotations",
+            "has 33 entries; at most 32",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"template": {"labels": {"team": long(64)}}}}),
+            "spec.secret.template.labels[team]",
+            "at most 63",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"template": {"annotations": {"note": long(4097)}}}}),
+            "spec.secret.template.annotations[note]",
+            "at most 4096",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"template": {"annotations": {long(318): "v"}}}}),
+            "spec.secret.template.annotations",
+            "at most 317",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "grants": grant(json!({"fields": [long(257)]}))}),
+            "spec.grants[0].fields[0]",
+            "at most 256",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "grants": grant(json!({"fields": [""]}))}),
+            "spec.grants[0].fields[0]",
+            "empty",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "grants": grant(json!({"conditions": {"status": names(65)}}))}),
+            "spec.grants[0].conditions.status",
+            "has 65 entries; at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "grants": grant(json!({"conditions": {"locales": [long(65)]}}))}),
+            "spec.grants[0].conditions.locales[0]",
+            "at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a", "grants": grant(json!({"conditions": {"status": [long(65)]}}))}]}),
+            "spec.tokens[0].grants[0].conditions.status[0]",
+            "at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "restrictions": {"ipAllowList": vec!["10.0.0.1"; 257]}}),
+            "spec.restrictions.ipAllowList",
+            "has 257 entries; at most 256",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "restrictions": {"requiredHeaders": names(17).iter().map(|n| json!({"name": n, "value": "v"})).collect::<Vec<_>>()}}),
+            "spec.restrictions.requiredHeaders",
+            "has 17 entries; at most 16",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "restrictions": {"requiredHeaders": [{"name": "X-A", "value": long(4097)}]}}),
+            "spec.restrictions.requiredHeaders[0].value",
+            "at most 4096",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "secret": {"restartTargets": names(17).iter().map(|n| json!({"kind": "Deployment", "name": n})).collect::<Vec<_>>()}}),
+            "spec.secret.restartTargets",
+            "has 17 entries; at most 16",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "rotation": {"trigger": long(254)}}),
+            "spec.rotation.trigger",
+            "at most 253",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "rotation": {"schedule": long(257)}}),
+            "spec.rotation.schedule",
+            "at most 256",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "rotation": {"schedule": "0 3 * * *", "timeZone": long(65)}}),
+            "spec.rotation.timeZone",
+            "at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "expiresAt": long(65)}),
+            "spec.expiresAt",
+            "at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a", "expiresAfter": "1s".repeat(33)}]}),
+            "spec.tokens[0].expiresAfter",
+            "at most 64",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (value, field, fragment) in cases {
+        match validate(&json_spec(value)) {
+            Ok(_) => failures.push(format!("accepted: {field}")),
+            Err(e)
+                if !e
+                    .0
+                    .iter()
+                    .any(|fe| fe.field == field && fe.message.contains(fragment)) =>
+            {
+                let got: Vec<String> =
+                    e.0.iter()
+                        .map(|fe| fe.to_string().chars().take(160).collect())
+                        .collect();
+                failures.push(format!("wanted {field}: …{fragment}…\n  got {got:?}"));
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_whole_spec_is_bounded() {
+    // Every entry within its own bounds, but 8 slots of 16 entries of 4 KiB are 512 KiB.
+    let slots: Vec<_> = (0..8)
+        .map(|i| serde_json::json!({"name": format!("s{i}"), "metadata": map(16, &"v".repeat(4096))}))
+        .collect();
+    let err = validate(&json_spec(serde_json::json!({"tokens": slots}))).unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|fe| fe.field == "spec" && fe.message.contains("at most 262144 bytes")),
+        "{err}"
+    );
+    // Half of that fits.
+    let slots: Vec<_> = (0..4)
+        .map(|i| serde_json::json!({"name": format!("s{i}"), "metadata": map(15, &"v".repeat(4096))}))
+        .collect();
+    assert!(validate(&json_spec(serde_json::json!({"tokens": slots}))).is_ok());
+}
