@@ -24,6 +24,12 @@ pub const ROTATE_SLOT_ANNOTATION_PREFIX: &str = "keysmith.dev/rotate-";
 pub const TOKEN_IDS_ANNOTATION: &str = "keysmith.dev/token-ids";
 /// Label on the Secret naming its ApiKey.
 pub const APIKEY_LABEL: &str = "keysmith.dev/apikey";
+/// Annotation on an existing Secret consenting to its adoption by the ApiKey it names. It lives on
+/// the Secret, so only someone who may write that Secret can give it.
+pub const ADOPT_ANNOTATION: &str = "keysmith.dev/adopt";
+/// Annotation on a workload (not its pod template) listing, comma-separated, the ApiKeys whose
+/// rotations may restart it even though its pods do not read their Secrets.
+pub const RESTART_ON_ANNOTATION: &str = "keysmith.dev/restart-on";
 /// Pod template annotation that makes a rollout restart happen once per rotation.
 pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
 

@@ -3,13 +3,14 @@
 //! body carries `apiVersion` and `kind`, and the Secret goes into `data`, never `stringData`.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
 use crate::api::{ApiKey, ApiKeyStatus, RESTARTED_FOR_ANNOTATION, WorkloadKind};
 use crate::planner::conditions::{READY, reason};
+use crate::planner::restart::{self, Consent};
 use crate::planner::{DesiredSecret, Restart};
 
 /// Field manager of everything the controller writes.
@@ -93,6 +94,22 @@ pub async fn delete_secret(api: &Api<Secret>, name: &str) -> kube::Result<()> {
     }
 }
 
+/// Release an adopted Secret (revocation): apply it with nothing of Keysmith's, so server-side
+/// apply removes every field only Keysmith set (its data keys, labels, annotations and owner
+/// reference) and keeps what others wrote. The type stays, as a Secret's type is immutable.
+pub async fn release_secret(api: &Api<Secret>, current: &Secret) -> kube::Result<()> {
+    let name = current.metadata.name.as_deref().unwrap_or_default();
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": current.type_,
+    });
+    api.patch(name, &apply_params(FIELD_MANAGER), &Patch::Apply(body))
+        .await
+        .map(drop)
+}
+
 /// What a restart did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restarted {
@@ -102,42 +119,32 @@ pub enum Restarted {
     AlreadyDone,
     /// The workload does not exist.
     Missing,
+    /// The workload neither reads the key's Secret nor opts in: nothing was patched.
+    Refused,
 }
 
 /// Restart a workload by setting its pod template annotation, unless it already carries the
-/// value (a resync or a second controller must not restart twice).
-pub async fn restart(
-    client: &Client,
-    namespace: &str,
-    restart: &Restart,
-) -> kube::Result<Restarted> {
+/// value (a resync or a second controller must not restart twice) or it does not consent to
+/// restarts by `key` ([`restart::consent`]).
+pub async fn restart(client: &Client, key: &ApiKey, restart: &Restart) -> kube::Result<Restarted> {
     match restart.target.kind {
         WorkloadKind::Deployment => {
-            restart_workload::<Deployment>(client, namespace, restart, |d| {
-                d.spec.template.metadata.as_ref()?.annotations.clone()
-            })
-            .await
+            restart_workload::<Deployment>(client, key, restart, |d| &d.spec.template).await
         }
         WorkloadKind::StatefulSet => {
-            restart_workload::<StatefulSet>(client, namespace, restart, |s| {
-                s.spec.template.metadata.as_ref()?.annotations.clone()
-            })
-            .await
+            restart_workload::<StatefulSet>(client, key, restart, |s| &s.spec.template).await
         }
         WorkloadKind::DaemonSet => {
-            restart_workload::<DaemonSet>(client, namespace, restart, |d| {
-                d.spec.template.metadata.as_ref()?.annotations.clone()
-            })
-            .await
+            restart_workload::<DaemonSet>(client, key, restart, |d| &d.spec.template).await
         }
     }
 }
 
 async fn restart_workload<K>(
     client: &Client,
-    namespace: &str,
+    key: &ApiKey,
     restart: &Restart,
-    annotations: impl Fn(&K) -> Option<std::collections::BTreeMap<String, String>>,
+    template: impl Fn(&K) -> &PodTemplateSpec,
 ) -> kube::Result<Restarted>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -145,12 +152,20 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
+    let namespace = key.metadata.namespace.as_deref().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let Some(workload) = api.get_opt(&restart.target.name).await? else {
         return Ok(Restarted::Missing);
     };
-    let current = annotations(&workload).and_then(|a| a.get(RESTARTED_FOR_ANNOTATION).cloned());
-    if current.as_deref() == Some(restart.restarted_for.as_str()) {
+    let template = template(&workload);
+    if restart::consent(workload.meta(), template, key) == Consent::Refused {
+        return Ok(Restarted::Refused);
+    }
+    let current = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref()?.get(RESTARTED_FOR_ANNOTATION));
+    if current == Some(&restart.restarted_for) {
         return Ok(Restarted::AlreadyDone);
     }
     // A merge patch of one annotation: the workload belongs to its owner's manager, and an

@@ -28,8 +28,8 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{ApiKey, FINALIZER};
-use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan};
+use crate::api::{ApiKey, FINALIZER, RESTART_ON_ANNOTATION};
+use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan, Revocation};
 use crate::token::GenerateError;
 use apply::Restarted;
 use metrics::ControllerMetrics;
@@ -427,31 +427,41 @@ impl Context {
                 "{:?} {namespace}/{}",
                 restart.target.kind, restart.target.name
             );
-            let outcome = apply::restart(&self.client, &namespace, restart)
+            let outcome = apply::restart(&self.client, key, restart)
                 .await
                 .map_err(Error::kube(format!("restarting {target}")))?;
-            let (type_, note) = match outcome {
+            let (type_, reason, note) = match outcome {
                 Restarted::Yes => {
                     self.metrics.rollout_restarts.inc();
                     (
                         EventType::Normal,
+                        "RestartTriggered",
                         format!("restarted {target} for tokens {}", restart.restarted_for),
                     )
                 }
                 Restarted::AlreadyDone => continue,
                 Restarted::Missing => (
                     EventType::Warning,
+                    "RestartTriggered",
                     format!(
                         "restart target {target} does not exist; fix spec.secret.restartTargets"
                     ),
                 ),
+                Restarted::Refused => (
+                    EventType::Warning,
+                    "RestartRefused",
+                    format!(
+                        "{target} not restarted: its pods read neither Secret {} (volume, projected volume, env secretKeyRef or envFrom secretRef) nor does it opt in with the annotation {RESTART_ON_ANNOTATION}: {name}",
+                        key.secret_name()
+                    ),
+                ),
             };
-            self.event(key, type_, "RestartTriggered", note).await;
+            self.event(key, type_, reason, note).await;
         }
         Ok(())
     }
 
-    /// Revoke on delete: remove the Secret this key controls and say so.
+    /// Revoke on delete: remove the Secret this key created, or release one it adopted, and say so.
     async fn cleanup(&self, key: &ApiKey) -> Result<Action, Error> {
         let namespace = key.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
@@ -462,8 +472,8 @@ impl Context {
             .map_err(Error::kube(format!(
                 "reading Secret {namespace}/{secret_name}"
             )))?;
-        let note = match secret {
-            Some(secret) if planner::controlled_by(&secret, key) => {
+        let note = match (planner::revocation(key, secret.as_ref()), &secret) {
+            (Revocation::Delete, _) => {
                 apply::delete_secret(&secrets, &secret_name)
                     .await
                     .map_err(Error::kube(format!(
@@ -471,7 +481,19 @@ impl Context {
                     )))?;
                 format!("tokens revoked; Secret {secret_name} deleted")
             }
-            _ => "tokens revoked; no Secret of this key to delete".to_owned(),
+            (Revocation::Release, Some(secret)) => {
+                apply::release_secret(&secrets, secret)
+                    .await
+                    .map_err(Error::kube(format!(
+                        "releasing Secret {namespace}/{secret_name}"
+                    )))?;
+                format!(
+                    "tokens revoked; adopted Secret {secret_name} kept without Keysmith's keys, labels, annotations and owner reference"
+                )
+            }
+            (Revocation::Release | Revocation::Leave, _) => {
+                "tokens revoked; no Secret of this key to delete".to_owned()
+            }
         };
         self.metrics
             .forget(&namespace, &key.name_any(), key.status.as_ref());

@@ -7,6 +7,7 @@
 //! what a resync of a healthy key must produce (SPEC 4.1 step 7).
 
 pub mod conditions;
+pub mod restart;
 pub mod timing;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use kube::Resource;
 use kube::runtime::events::EventType;
 
 use crate::api::{
-    APIKEY_LABEL, ApiKey, ApiKeyStatus, PreviousToken, ROTATE_ANNOTATION,
+    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, ApiKeyStatus, PreviousToken, ROTATE_ANNOTATION,
     ROTATE_SLOT_ANNOTATION_PREFIX, RestartTarget, TOKEN_IDS_ANNOTATION, TokenStatus,
 };
 use crate::token::{GenerateError, Token, sha256_hex};
@@ -197,14 +198,7 @@ pub fn plan(
             return Ok(blocked(key, &observed, ready, now, None));
         }
     };
-    if let Some(secret) = secret
-        && !controlled_by(secret, key)
-        && !key.spec.secret.as_ref().is_some_and(|s| s.adopt)
-    {
-        let message = format!(
-            "Secret {} exists and is not owned by this ApiKey; delete or rename it, or set spec.secret.adopt: true to take it over",
-            key.secret_name()
-        );
+    if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
         let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
         return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
     }
@@ -225,6 +219,68 @@ pub fn controlled_by(secret: &Secret, key: &ApiKey) -> bool {
         .iter()
         .flatten()
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+/// What revoking a key does to the Secret it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key created the Secret: delete it.
+    Delete,
+    /// The key adopted the Secret: remove only what Keysmith wrote, keep the rest.
+    Release,
+    /// The Secret is missing or not this key's.
+    Leave,
+}
+
+/// The revocation of `key` for the Secret it names.
+pub fn revocation(key: &ApiKey, secret: Option<&Secret>) -> Revocation {
+    match secret {
+        Some(s) if controlled_by(s, key) && opted_in(s, key) => Revocation::Release,
+        Some(s) if controlled_by(s, key) => Revocation::Delete,
+        _ => Revocation::Leave,
+    }
+}
+
+/// Why `key` may not write `secret`, if it may not. Writing a Secret the key does not control
+/// acts with the controller's rights, so it takes the Secret's own consent (the adopt
+/// annotation, which only someone who may write the Secret can set) besides `spec.secret.adopt`,
+/// and never happens to a Secret another controller owns.
+fn secret_conflict(key: &ApiKey, secret: &Secret) -> Option<String> {
+    if controlled_by(secret, key) {
+        return None;
+    }
+    let name = key.secret_name();
+    let owners = secret.metadata.owner_references.iter().flatten();
+    if let Some(owner) = owners.into_iter().find(|o| o.controller == Some(true)) {
+        return Some(format!(
+            "Secret {name} is controlled by {} {}, and Keysmith never adopts a Secret another controller owns; set another spec.secret.name",
+            owner.kind, owner.name
+        ));
+    }
+    let opt_in = format!(
+        "{ADOPT_ANNOTATION}={}",
+        key.metadata.name.as_deref().unwrap_or_default()
+    );
+    if !key.spec.secret.as_ref().is_some_and(|s| s.adopt) {
+        return Some(format!(
+            "Secret {name} exists and is not owned by this ApiKey; delete or rename it, or, to take it over, set spec.secret.adopt: true and have someone who may write the Secret annotate it {opt_in}"
+        ));
+    }
+    (!opted_in(secret, key)).then(|| {
+        format!(
+            "spec.secret.adopt is set, but Secret {name} has not consented: annotate it {opt_in} (kubectl annotate secret {name} {opt_in}); it takes someone who may write the Secret"
+        )
+    })
+}
+
+/// Whether the Secret carries the adopt annotation naming `key`.
+fn opted_in(secret: &Secret, key: &ApiKey) -> bool {
+    let consent = secret.metadata.annotations.as_ref();
+    let consent = consent.and_then(|a| a.get(ADOPT_ANNOTATION));
+    key.metadata
+        .name
+        .as_ref()
+        .is_some_and(|n| consent == Some(n))
 }
 
 /// The plan of a key that must not touch its Secret (invalid spec, Secret conflict): only the

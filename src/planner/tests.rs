@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::ApiKey;
+use crate::api::{ADOPT_ANNOTATION, ApiKey, RESTART_ON_ANNOTATION};
 
 const UID: &str = "5b3c8a52-6a39-4f2e-9d1c-0c6f1f5e7a10";
 
@@ -235,16 +235,40 @@ fn invalid_spec_keeps_tokens_and_the_secret() {
     assert_eq!(w.status().tokens, tokens);
 }
 
+/// A Secret someone else created in the key's namespace, holding a key of its own.
+fn foreign_secret(annotations: &[(&str, &str)], owner: Option<&str>) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": "site",
+            "annotations": annotations.iter().copied().collect::<BTreeMap<_, _>>(),
+            "ownerReferences": owner.map(|uid| vec![json!({
+                "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey", "name": "other",
+                "uid": uid, "controller": true,
+            })]),
+        },
+        "data": {"mine": "c2VjcmV0"},
+    }))
+    .unwrap()
+}
+
+fn adopting(w: &mut World) {
+    w.key.spec.secret = Some(crate::api::SecretSpec {
+        adopt: true,
+        ..Default::default()
+    });
+}
+
+fn ready_message(w: &World) -> String {
+    conditions::find(&w.status().conditions, READY)
+        .unwrap()
+        .message
+        .clone()
+}
+
 #[test]
 fn unowned_secret_is_a_conflict_unless_adopted() {
     let mut w = World::new(two_slots());
-    w.secret = Some(Secret {
-        metadata: ObjectMeta {
-            name: Some("site".into()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    });
+    w.secret = Some(foreign_secret(&[(ADOPT_ANNOTATION, "site")], None));
     let p = w.step();
     assert!(p.secret.is_none());
     assert_eq!(
@@ -253,15 +277,78 @@ fn unowned_secret_is_a_conflict_unless_adopted() {
     );
     assert_eq!(p.events[0].reason, "SecretConflict");
     assert_eq!(p.requeue_after, Some(CONFLICT_REQUEUE));
+    assert!(ready_message(&w).contains("spec.secret.adopt: true"));
 
-    w.key.spec.secret = Some(crate::api::SecretSpec {
-        adopt: true,
-        ..Default::default()
-    });
+    adopting(&mut w);
     let p = w.step();
     let secret = p.secret.unwrap();
     assert_eq!(secret.owner.uid, UID);
     assert_eq!(w.condition(READY), ("True".into(), "Minted".into()));
+}
+
+#[test]
+fn adopt_needs_the_secrets_own_opt_in_naming_the_key() {
+    // Only someone who may write the Secret can consent; spec.secret.adopt alone is not enough.
+    for annotations in [vec![], vec![(ADOPT_ANNOTATION, "another-key")]] {
+        let mut w = World::new(two_slots());
+        adopting(&mut w);
+        w.secret = Some(foreign_secret(&annotations, None));
+        let p = w.step();
+        assert!(p.secret.is_none(), "{annotations:?}");
+        assert_eq!(
+            w.condition(READY),
+            ("False".into(), "SecretConflict".into())
+        );
+        let message = ready_message(&w);
+        assert!(
+            message.contains("annotate it keysmith.dev/adopt=site"),
+            "{message}"
+        );
+        assert_eq!(p.events[0].reason, "SecretConflict");
+    }
+}
+
+#[test]
+fn adopt_refuses_a_secret_another_controller_owns_even_with_the_opt_in() {
+    let mut w = World::new(two_slots());
+    adopting(&mut w);
+    let other = "0d7e6b52-0000-4000-8000-000000000001";
+    w.secret = Some(foreign_secret(&[(ADOPT_ANNOTATION, "site")], Some(other)));
+    let p = w.step();
+    assert!(p.secret.is_none());
+    assert_eq!(
+        w.condition(READY),
+        ("False".into(), "SecretConflict".into())
+    );
+    let message = ready_message(&w);
+    assert!(message.contains("ApiKey other"), "{message}");
+}
+
+#[test]
+fn revocation_releases_an_adopted_secret_and_deletes_only_its_own() {
+    let mut w = World::new(two_slots());
+    adopting(&mut w);
+    w.secret = Some(foreign_secret(&[(ADOPT_ANNOTATION, "site")], None));
+    assert_eq!(
+        revocation(&w.key, w.secret.as_ref()),
+        Revocation::Leave,
+        "not adopted yet"
+    );
+    w.step();
+    let mut adopted = w.secret.clone().unwrap();
+    adopted.metadata.annotations = Some(
+        [(ADOPT_ANNOTATION.to_owned(), "site".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(revocation(&w.key, Some(&adopted)), Revocation::Release);
+
+    let mut w = World::new(two_slots());
+    w.step();
+    assert_eq!(revocation(&w.key, w.secret.as_ref()), Revocation::Delete);
+    assert_eq!(revocation(&w.key, None), Revocation::Leave);
+    let other = foreign_secret(&[], Some("0d7e6b52-0000-4000-8000-000000000001"));
+    assert_eq!(revocation(&w.key, Some(&other)), Revocation::Leave);
 }
 
 #[test]
@@ -567,6 +654,103 @@ fn cron_schedule_in_a_time_zone() {
         due >= run && due <= run.checked_add(hours(1)).unwrap(),
         "{due}"
     );
+}
+
+/// A Deployment's metadata and pod template, from the `spec.template.spec` and the workload's
+/// annotations given.
+fn workload(
+    annotations: serde_json::Value,
+    pod: serde_json::Value,
+) -> (ObjectMeta, k8s_openapi::api::core::v1::PodTemplateSpec) {
+    let meta = serde_json::from_value(json!({"name": "web", "annotations": annotations})).unwrap();
+    let template = serde_json::from_value(json!({
+        "metadata": {"annotations": {RESTART_ON_ANNOTATION: "site"}},
+        "spec": pod,
+    }))
+    .unwrap();
+    (meta, template)
+}
+
+fn container(reads: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({"name": "app", "image": "app"});
+    c.as_object_mut()
+        .unwrap()
+        .extend(reads.as_object().unwrap().clone());
+    c
+}
+
+#[test]
+fn restart_consent_follows_what_the_pod_template_reads() {
+    use restart::{Consent, consent};
+    // The key's Secret is `site-tokens`; `site` would be the default and must not be confused.
+    let k = key(json!({"tokens": [{"name": "a"}], "secret": {"name": "site-tokens"}}));
+    let env_ref = json!({"env": [
+        {"name": "PLAIN", "value": "x"},
+        {"name": "T", "valueFrom": {"secretKeyRef": {"name": "site-tokens", "key": "a"}}},
+    ]});
+    let env_from = json!({"envFrom": [
+        {"configMapRef": {"name": "site-tokens"}},
+        {"secretRef": {"name": "site-tokens"}},
+    ]});
+    let consuming = [
+        json!({"containers": [container(json!({}))],
+               "volumes": [{"name": "t", "secret": {"secretName": "site-tokens"}}]}),
+        json!({"containers": [container(json!({}))],
+               "volumes": [{"name": "t", "projected": {"sources": [
+                   {"configMap": {"name": "other"}}, {"secret": {"name": "site-tokens"}}]}}]}),
+        json!({"containers": [container(json!({})), container(env_ref.clone())]}),
+        json!({"containers": [container(json!({}))], "initContainers": [container(env_ref)]}),
+        json!({"containers": [container(env_from.clone())]}),
+        json!({"containers": [container(json!({}))], "initContainers": [container(env_from)]}),
+    ];
+    for pod in consuming {
+        let (meta, template) = workload(json!({}), pod.clone());
+        assert_eq!(
+            consent(&meta, &template, &k),
+            Consent::ConsumesSecret,
+            "{pod}"
+        );
+    }
+    let elsewhere = [
+        json!({"containers": [container(json!({}))]}),
+        json!({"containers": [container(json!({}))],
+               "volumes": [{"name": "t", "secret": {"secretName": "site"}}]}),
+        json!({"containers": [container(json!({}))],
+               "volumes": [{"name": "t", "configMap": {"name": "site-tokens"}}]}),
+        json!({"containers": [container(json!({}))],
+               "volumes": [{"name": "t", "projected": {"sources": [{"configMap": {"name": "site-tokens"}}]}}]}),
+        json!({"containers": [container(json!({"env": [{"name": "T", "valueFrom":
+            {"configMapKeyRef": {"name": "site-tokens", "key": "a"}}}]}))]}),
+        json!({"containers": [container(json!({"env": [{"name": "T", "valueFrom":
+            {"secretKeyRef": {"name": "other", "key": "a"}}}]}))]}),
+        json!({"containers": [container(json!({"envFrom": [{"secretRef": {"name": "other"}}]}))]}),
+    ];
+    for pod in elsewhere {
+        // The pod template's own annotation is no opt-in: it is copied onto every pod.
+        let (meta, template) = workload(json!({}), pod.clone());
+        assert_eq!(consent(&meta, &template, &k), Consent::Refused, "{pod}");
+        for (annotation, expected) in [
+            ("site", Consent::OptedIn),
+            ("other, site", Consent::OptedIn),
+            ("site,other", Consent::OptedIn),
+            ("other", Consent::Refused),
+            ("sit", Consent::Refused),
+            ("site-tokens", Consent::Refused),
+            ("", Consent::Refused),
+        ] {
+            let (meta, template) =
+                workload(json!({RESTART_ON_ANNOTATION: annotation}), pod.clone());
+            assert_eq!(
+                consent(&meta, &template, &k),
+                expected,
+                "{annotation:?} {pod}"
+            );
+        }
+    }
+    // A template without a pod spec reads nothing.
+    let meta = ObjectMeta::default();
+    let template = k8s_openapi::api::core::v1::PodTemplateSpec::default();
+    assert_eq!(consent(&meta, &template, &k), Consent::Refused);
 }
 
 fn spec_strategy() -> impl Strategy<Value = serde_json::Value> {

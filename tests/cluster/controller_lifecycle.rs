@@ -203,18 +203,26 @@ async fn unowned_secret_is_a_conflict_and_stays_untouched_unless_adopted() {
     assert_eq!(h.events("SecretConflict").await.len(), 1);
     assert!(key["status"]["tokens"].is_null());
 
-    // With adopt the key takes the Secret over.
+    // adopt alone is not consent: only someone who may write the Secret can give it.
+    h.apply(ADOPTING).await;
+    let key = h
+        .wait_key("site", "SecretConflict naming the opt-in", |k| {
+            k["status"]["conditions"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("keysmith.dev/adopt=site"))
+        })
+        .await;
+    assert_eq!(condition(&key, "Ready").unwrap().1, "SecretConflict");
+    h.settle().await;
+    assert_eq!(h.secret("site").await.unwrap(), before, "still untouched");
+
+    // With the Secret's opt-in the key takes it over.
     h.apply(
-        r#"
-apiVersion: keysmith.dev/v1alpha1
-kind: ApiKey
-metadata: {name: site, namespace: cms}
-spec:
-  tokens: [{name: delivery, prefix: cms_dt_, secretKey: DELIVERY_TOKEN}]
-  secret: {adopt: true}
-"#,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: site, namespace: cms, annotations: {keysmith.dev/adopt: site}}\ndata: {mine: c2VjcmV0}\n",
     )
     .await;
+    // The Secret is not labelled as Keysmith's, so its change wakes nothing but a resync.
+    h.clock.resync();
     h.wait_key("site", "Ready after adopt", ready).await;
     let secret = eventually("adopted", || async {
         h.secret("site")
@@ -223,6 +231,73 @@ spec:
     })
     .await;
     assert!(secret_value(&secret, "DELIVERY_TOKEN").is_some());
+    h.settle().await;
+
+    // Revocation removes what Keysmith wrote and leaves the Secret with its own keys.
+    let api: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(h.admin.clone(), NS);
+    api.delete("site", &Default::default()).await.unwrap();
+    eventually("ApiKey gone", || async {
+        h.apikey("site").await.is_none().then_some(())
+    })
+    .await;
+    // Revocation ran before the finalizer let the key go.
+    let secret = h.secret("site").await.expect("an adopted Secret survives");
+    let keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["mine"]);
+    assert_eq!(secret_value(&secret, "mine").unwrap(), "secret");
+    let meta = &secret["metadata"];
+    assert!(meta["ownerReferences"].is_null(), "{meta}");
+    assert!(
+        meta["labels"].get("keysmith.dev/apikey").is_none(),
+        "{meta}"
+    );
+    assert!(
+        meta["annotations"].get("keysmith.dev/token-ids").is_none(),
+        "{meta}"
+    );
+    assert_eq!(meta["annotations"]["keysmith.dev/adopt"], "site");
+}
+
+const ADOPTING: &str = r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens: [{name: delivery, prefix: cms_dt_, secretKey: DELIVERY_TOKEN}]
+  secret: {adopt: true}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_refuses_another_apikeys_secret_even_with_the_opt_in() {
+    let h = Harness::start().await;
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: other, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  secret: {name: site}
+"#,
+    )
+    .await;
+    h.wait_key("other", "Ready", ready).await;
+    h.settle().await;
+    // Whoever annotates it, a Secret another ApiKey controls is never taken over.
+    h.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: site, namespace: cms, annotations: {keysmith.dev/adopt: site}}\n")
+        .await;
+    let before = h.secret("site").await.unwrap();
+    h.apply(ADOPTING).await;
+    let key = h
+        .wait_key("site", "SecretConflict", |k| {
+            condition(k, "Ready").is_some_and(|(_, r)| r == "SecretConflict")
+        })
+        .await;
+    let message = key["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("ApiKey other"), "{message}");
+    h.settle().await;
+    assert_eq!(h.secret("site").await.unwrap(), before, "untouched");
+    assert!(key["status"]["tokens"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ spec:
   selector: {matchLabels: {app: web}}
   template:
     metadata: {labels: {app: web}}
-    spec: {containers: [{name: web, image: nginx}]}
+    spec: {containers: [{name: web, image: nginx, envFrom: [{secretRef: {name: site}}]}]}
 "#;
 
 fn rotating_key(trigger: &str) -> String {
@@ -155,6 +155,103 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
         metrics.contains("keysmith_rollout_restarts_total 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_only_workloads_that_read_the_secret() {
+    let h = Harness::start().await;
+    // `web` reads the Secret; `bystander` does not and has not opted in.
+    h.apply(DEPLOYMENT).await;
+    h.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bystander, namespace: cms}
+spec:
+  selector: {matchLabels: {app: bystander}}
+  template:
+    metadata: {labels: {app: bystander}}
+    spec: {containers: [{name: app, image: nginx}]}
+"#,
+    )
+    .await;
+    let key = |trigger: &str| {
+        rotating_key(trigger).replace(
+            "restartTargets: [{kind: Deployment, name: web}]",
+            "restartTargets: [{kind: Deployment, name: bystander}, {kind: Deployment, name: web}]",
+        )
+    };
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let template = || async {
+        let d = h
+            .cluster
+            .get("apps/v1", "Deployment", NS, "bystander")
+            .await;
+        d.unwrap()["spec"]["template"].clone()
+    };
+    let bystander = template().await;
+
+    h.cluster.clear_requests();
+    h.apply(&key("two")).await;
+    h.wait_key("site", "rotated", |k| {
+        token(k, "delivery")["rotationTrigger"] == "two"
+    })
+    .await;
+    let refused = eventually("RestartRefused event", || async {
+        h.events("RestartRefused").await.into_iter().next()
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(refused["type"], "Warning");
+    let note = refused["note"].as_str().unwrap();
+    assert!(
+        note.contains("bystander") && note.contains("keysmith.dev/restart-on: site"),
+        "{note}"
+    );
+    let patched: Vec<String> = h
+        .controller_writes()
+        .iter()
+        .filter(|e| e.resource == "deployments")
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(patched, ["web"], "only the consuming Deployment is patched");
+    assert_eq!(template().await, bystander, "the bystander is untouched");
+    let web = h
+        .cluster
+        .get("apps/v1", "Deployment", NS, "web")
+        .await
+        .unwrap();
+    assert!(
+        web["spec"]["template"]["metadata"]["annotations"]["keysmith.dev/restarted-for"]
+            .is_string()
+    );
+
+    // The workload's own annotation lets a rotation restart it.
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(h.admin.clone(), NS);
+    let opt_in =
+        serde_json::json!({"metadata": {"annotations": {"keysmith.dev/restart-on": "site"}}});
+    deployments
+        .patch(
+            "bystander",
+            &Default::default(),
+            &kube::api::Patch::Merge(opt_in),
+        )
+        .await
+        .unwrap();
+    h.apply(&key("three")).await;
+    eventually("the opted-in bystander restarted", || async {
+        let d = h
+            .cluster
+            .get("apps/v1", "Deployment", NS, "bystander")
+            .await?;
+        d["spec"]["template"]["metadata"]["annotations"]["keysmith.dev/restarted-for"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
