@@ -166,7 +166,9 @@ impl ApiError {
 
     /// 422 for a patch that cannot be applied (e.g. a failed JSON patch `test`).
     pub fn invalid_patch(message: impl Into<String>) -> Self {
-        Self::new(422, "Invalid", message)
+        let mut e = Self::new(422, "Invalid", message);
+        e.details = Some(json!({}));
+        e
     }
 
     /// 400.
@@ -211,6 +213,16 @@ impl ApiError {
             format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
             ),
+        )
+    }
+
+    /// 415 for a strategic merge patch of a custom resource, as the real server words it.
+    pub fn unsupported_patch_type() -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         )
     }
 

@@ -141,7 +141,8 @@ impl<'a> Shape<'a> {
     pub fn atomic_map(&self) -> bool {
         if self.builtin {
             // LabelSelector and similar are atomic structs in the built-in types.
-            return matches!(self.field, "selector" | "matchLabels");
+            // OwnerReference is an atomic struct too (`+structType=atomic`).
+            return matches!(self.field, "selector" | "matchLabels" | "ownerReferences");
         }
         self.schema
             .and_then(|s| s.get("x-kubernetes-map-type"))

@@ -551,7 +551,20 @@ async fn resource(
                 query.get("propagationPolicy").map(String::as_str),
                 opts.dry_run,
             );
-            let deleted = server.state().delete(&rt, ns, &r.name, &options)?;
+            let mut st = server.state();
+            let deleted = st.delete(&rt, ns, &r.name, &options)?;
+            let gone = st.store.get(&rt.group_resource(), ns, &r.name).is_none();
+            drop(st);
+            // The real server answers an immediate delete of a custom resource with a Status
+            // (its registry does not return the deleted object), a pending one with the object.
+            if gone && rt.crd.is_some() {
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": r.name, "group": rt.group, "kind": rt.plural,
+                                "uid": deleted["metadata"]["uid"]},
+                });
+                return Ok(json_response(StatusCode::OK, &status, &[]));
+            }
             Ok(json_response(StatusCode::OK, &deleted, &[]))
         }
         "deletecollection" => {

@@ -139,8 +139,23 @@ pub fn record_update(
             add_path(&mut changed, &path);
         }
     }
+    // A map or list the write adds is owned as such (`"."` in fieldsV1), as structured-merge-diff's
+    // comparison records it; `metadata` itself is the server's.
+    for path in containers(&new_set) {
+        if path != ["f:metadata"] && old.and_then(|o| value_at(o, &path)).is_none() {
+            add_path(&mut changed, &path);
+        }
+    }
     let mut removed = old_set;
     removed.subtract(&new_set);
+    // Owned maps and lists the write removed leave every set too.
+    for e in &entries {
+        for (path, _) in e.fields.members() {
+            if value_at(new, &path).is_none() {
+                add_path(&mut removed, &path);
+            }
+        }
+    }
     for e in &mut entries {
         e.fields.subtract(&removed);
         e.fields.subtract(&changed);
@@ -166,6 +181,23 @@ pub fn record_update(
         }
     }
     write_entries(new, entries);
+}
+
+/// The paths of the maps and lists of `set`: nodes with children that are not members.
+fn containers(set: &FieldSet) -> Vec<Vec<String>> {
+    fn walk(set: &FieldSet, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        for (k, child) in &set.children {
+            prefix.push(k.clone());
+            if !child.member && !child.children.is_empty() {
+                out.push(prefix.clone());
+            }
+            walk(child, prefix, out);
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(set, &mut Vec::new(), &mut out);
+    out
 }
 
 fn add_path(set: &mut FieldSet, path: &[String]) {
@@ -251,15 +283,14 @@ pub fn apply(
             for (path, leaf) in applied_set.intersect(&e.fields).members() {
                 if leaf && value_at(&current, &path) != value_at(applied, &path) {
                     let field = path_string(&path);
-                    lines.push(format!(
-                        "- conflict with \"{}\" using {}: {field}",
-                        e.manager, e.api_version
-                    ));
-                    causes.push(Cause::new(
-                        "FieldManagerConflict",
-                        field.clone(),
-                        format!("conflict with \"{}\" using {}", e.manager, e.api_version),
-                    ));
+                    // The real server names the API version of an Update manager only.
+                    let with = if e.operation == "Apply" {
+                        format!("conflict with \"{}\"", e.manager)
+                    } else {
+                        format!("conflict with \"{}\" using {}", e.manager, e.api_version)
+                    };
+                    lines.push(format!("- {with}: {field}"));
+                    causes.push(Cause::new("FieldManagerConflict", field.clone(), with));
                 }
             }
         }

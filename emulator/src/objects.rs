@@ -356,10 +356,31 @@ impl State {
             }
             *obj = schema::apply_defaults(schema, obj);
             let mut causes = schema::validate(schema, obj);
-            if causes.is_empty() {
+            // As the real server: schema errors of these kinds stop the CEL rules (and say so),
+            // others (a pattern, a minimum) do not.
+            let blocking = causes.iter().any(|c| {
+                matches!(
+                    c.reason.as_str(),
+                    "FieldValueNotSupported"
+                        | "FieldValueRequired"
+                        | "FieldValueTooLong"
+                        | "FieldValueTooMany"
+                        | "FieldValueTypeInvalid"
+                )
+            });
+            if blocking {
+                if rules.any() {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        "<nil>",
+                        "Invalid value: null: some validation rules were not checked because \
+                         the object was invalid; correct the existing errors to complete validation",
+                    ));
+                }
+            } else {
                 let outcome =
                     cel::evaluate(rules, obj, old, (&rt.api_version(), &rt.group, &rt.kind));
-                causes = outcome.causes;
+                causes.extend(outcome.causes);
                 warnings.extend(outcome.skipped.iter().map(|r| {
                     format!("x-kubernetes-validations rule not evaluated by the emulator: {r}")
                 }));
@@ -692,9 +713,7 @@ impl State {
             PatchType::Json => patch::json_patch(&mut doc, body)?,
             PatchType::Strategic => {
                 if !rt.supports_strategic_merge() {
-                    return Err(ApiError::unsupported_media_type(
-                        "application/strategic-merge-patch+json",
-                    ));
+                    return Err(ApiError::unsupported_patch_type());
                 }
                 patch::strategic_merge(&mut doc, body)?;
             }

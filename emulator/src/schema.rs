@@ -263,9 +263,10 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             if let Some(min) = schema["minItems"].as_u64()
                 && n < min
             {
+                // The real server shows the number of items as the invalid value.
                 causes.push(invalid(
                     path,
-                    v,
+                    &Value::from(n),
                     format!("{path} in body should have at least {min} items"),
                 ));
             }
