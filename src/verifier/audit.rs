@@ -1,7 +1,11 @@
 //! One structured audit line per verification, on the `tracing` target `keysmith::audit`
 //! (JSON with `--log-format json`): the line's timestamp, endpoint, code, key, slot, token id,
-//! client address, user agent, action and resource. Never the token: only its public id (prefix
-//! plus six characters), and only when the string was a well-formed token.
+//! client address, end user's address, user agent, action and resource. Never the token: only its
+//! public id (prefix plus six characters), and only when the string was a well-formed token.
+//!
+//! `client` is who sent the request (the TCP peer, or the client a trusted proxy names): the
+//! address that is throttled. `end_user` is the address a `/v1/verify` body names, which the
+//! caller chooses, so it is logged apart and never taken for the client.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -21,6 +25,8 @@ pub struct Request<'a> {
     pub endpoint: &'static str,
     /// Client address (after trusted-proxy handling).
     pub client: Option<IpAddr>,
+    /// End-user address the caller named (`ip` of a verify body).
+    pub end_user: Option<IpAddr>,
     /// `User-Agent` header.
     pub user_agent: Option<&'a str>,
     /// Requested action.
@@ -41,6 +47,7 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
         token = found.map_or("", |f| f.slot_name()),
         token_id = verdict.token_id.unwrap_or(""),
         client = %Client(request.client),
+        end_user = %Client(request.end_user),
         user_agent = &*clean(request.user_agent),
         action = &*clean(request.action),
         resource = &*clean(request.resource),
@@ -48,7 +55,7 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
     );
 }
 
-/// The client address, or nothing.
+/// An address, or nothing.
 struct Client(Option<IpAddr>);
 
 impl std::fmt::Display for Client {

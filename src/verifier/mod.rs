@@ -101,12 +101,11 @@ impl Verifier {
     }
 
     /// Decide a request and do what every verification does: count it, audit it, report
-    /// usage when VALID, and (when `throttled`) delay a failure from an address that keeps failing.
+    /// usage when VALID, and delay a failure from a client (`audit.client`) that keeps failing.
     pub async fn check<'a>(
         &self,
         request: &VerifyRequest<'a>,
         audit: &audit::Request<'_>,
-        throttled: bool,
     ) -> Verdict<'a> {
         let start = Instant::now();
         let now = Timestamp::now();
@@ -115,7 +114,7 @@ impl Verifier {
         audit::record(audit, &verdict);
         match (&verdict.found, verdict.code) {
             (Some(found), Code::Valid) => self.usage.record(found, now),
-            _ if throttled => {
+            _ => {
                 if let Some(client) = audit.client {
                     let delay = self.throttle.on_failure(client, Instant::now());
                     if !delay.is_zero() {
@@ -123,7 +122,6 @@ impl Verifier {
                     }
                 }
             }
-            _ => {}
         }
         verdict
     }

@@ -8,8 +8,10 @@
 //! recovers within that time once it stops.
 //!
 //! IPv6 clients are counted per /64, the smallest block an end site usually gets. Memory is
-//! bounded: past `max_addresses`, addresses whose bucket has refilled are forgotten first, and
-//! if that is not enough the table starts over.
+//! bounded: past `max_addresses`, addresses whose bucket has refilled are forgotten first, then
+//! those not in debt. An address in debt is never forgotten, so a flood of new (or spoofed)
+//! addresses cannot wipe out a penalty; while every tracked address is in debt, a new address is
+//! not tracked and its failures wait the longest delay.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -51,7 +53,14 @@ struct Bucket {
 #[derive(Debug)]
 pub struct Throttle {
     config: ThrottleConfig,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// Every tracked address is in debt until then at least: no need to look for room before.
+    in_debt_until: Option<Instant>,
 }
 
 impl Throttle {
@@ -59,7 +68,7 @@ impl Throttle {
     pub fn new(config: ThrottleConfig) -> Throttle {
         Throttle {
             config,
-            buckets: Mutex::default(),
+            table: Mutex::default(),
         }
     }
 
@@ -67,14 +76,15 @@ impl Throttle {
     pub fn on_failure(&self, ip: IpAddr, now: Instant) -> Duration {
         let c = &self.config;
         let key = address_key(ip);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(&key) && buckets.len() >= c.max_addresses {
-            buckets.retain(|_, b| refilled(c, b, now) < full(c));
-            if buckets.len() >= c.max_addresses {
-                buckets.clear();
-            }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.buckets.contains_key(&key)
+            && table.buckets.len() >= c.max_addresses
+            && !table.make_room(c, now)
+        {
+            // Forgetting an address in debt would let it start over.
+            return c.max_delay;
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
+        let bucket = table.buckets.entry(key).or_insert(Bucket {
             milli: full(c),
             at: now,
         });
@@ -92,7 +102,36 @@ impl Throttle {
 
     /// Addresses currently tracked.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.buckets.len()
+    }
+}
+
+impl Table {
+    /// Forget refilled addresses, then, if still full, those not in debt; false when every
+    /// address is in debt.
+    fn make_room(&mut self, c: &ThrottleConfig, now: Instant) -> bool {
+        if self.in_debt_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        self.buckets.retain(|_, b| refilled(c, b, now) < full(c));
+        if self.buckets.len() >= c.max_addresses {
+            self.buckets.retain(|_, b| refilled(c, b, now) < 0);
+        }
+        if self.buckets.len() < c.max_addresses {
+            self.in_debt_until = None;
+            return true;
+        }
+        // Scanning again before the smallest debt is paid back would free nothing.
+        let rate = u64::from(c.refill_per_sec.max(1));
+        let soonest = self
+            .buckets
+            .values()
+            .map(|b| refilled(c, b, now).unsigned_abs() * 1_000_000 / rate)
+            .min()
+            .unwrap_or(0);
+        self.in_debt_until = Some(now + Duration::from_nanos(soonest));
+        false
     }
 }
 
@@ -213,5 +252,50 @@ mod tests {
         t.on_failure(ip("198.51.100.4"), later);
         assert_eq!(t.tracked(), 2, "the refilled addresses were evicted");
         assert!(t.on_failure(ip("198.51.100.1"), later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn filling_the_table_never_forgets_a_penalty() {
+        let t = Throttle::new(ThrottleConfig {
+            max_addresses: 3,
+            ..ThrottleConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..30 {
+            t.on_failure(ip("198.51.100.1"), start);
+        }
+        // A flood of new addresses, one failure each: they take the free room, then evict one
+        // another, never the address in debt.
+        for i in 0..1000u32 {
+            let spoofed = IpAddr::from(std::net::Ipv4Addr::from(0xCB00_7100 + i));
+            t.on_failure(spoofed, start);
+        }
+        assert!(t.tracked() <= 3);
+        assert_eq!(
+            t.on_failure(ip("198.51.100.1"), start),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_table_full_of_penalties_delays_newcomers_instead() {
+        let t = Throttle::new(ThrottleConfig {
+            max_addresses: 2,
+            ..ThrottleConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..30 {
+            t.on_failure(ip("198.51.100.1"), start);
+            t.on_failure(ip("198.51.100.2"), start);
+        }
+        assert_eq!(
+            t.on_failure(ip("198.51.100.3"), start),
+            Duration::from_secs(1)
+        );
+        assert!(t.on_failure(ip("198.51.100.1"), start) > Duration::ZERO);
+        assert!(t.on_failure(ip("198.51.100.2"), start) > Duration::ZERO);
+        // Once the penalties are paid, newcomers are tracked again.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(t.on_failure(ip("198.51.100.3"), later), Duration::ZERO);
     }
 }

@@ -606,3 +606,27 @@ async fn hostile_http_gets_client_errors_and_the_verifier_keeps_serving() {
         .requests(|e| e.user == verifier_user && e.is_write() && e.name != "good");
     assert!(writes.is_empty(), "hostile requests wrote {writes:?}");
 }
+
+#[tokio::test]
+async fn a_caller_naming_other_addresses_is_still_throttled_and_audited_as_itself() {
+    let h = start(&[]).await;
+    let started = std::time::Instant::now();
+    for i in 0..23 {
+        let end_user = format!("198.51.100.{}", 100 + i);
+        let answer = h
+            .verify(json!({"token": "shop_nope", "ip": end_user}))
+            .await;
+        assert_eq!(answer["code"], "MALFORMED");
+    }
+    // 20 failures at once, then about 0.2 s each: the peer is throttled, not the body's `ip`,
+    // which any caller sets.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    let logs = crate::harness::logs::text();
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["target"] == "keysmith::audit" && l["end_user"] == "198.51.100.122")
+        .expect("an audit line with the body's address as end_user");
+    assert_eq!(line["client"], "127.0.0.1");
+}
