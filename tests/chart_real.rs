@@ -13,13 +13,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::ApiKey;
 use keysmith::components::{self, Components, ControllerPart, VerifierPart};
 use keysmith::controller::{self, Scope, leader::LeaderConfig};
 use keysmith::telemetry::Shutdown;
 use keysmith_emulator::eventually;
 use keysmith_testenv::binaries::binary;
+use keysmith_testenv::rbac::{self, KEY, Permission};
 use keysmith_testenv::{Backend, Cluster, Identity};
 use kube::Api;
 use serde_json::{Value, json};
@@ -39,14 +39,10 @@ const KUBE_VERSION: &str = "v1.25.0";
 const APPS: &str = "apps";
 /// A namespace the scoped install does not watch.
 const OTHER: &str = "other";
-const KEY: &str = "everything";
 /// What the real server warns about the rendered chart. The CRD's `spec.tokens[].bytes` carries
 /// schemars' `format: uint32` for a Rust `u32`, a format Kubernetes does not know and ignores
 /// (`minimum`/`maximum` still bound it); `src/crd.rs` should drop it, then this list empties.
 const KNOWN_WARNINGS: [&str; 1] = [r#"Warning: unrecognized format "uint32""#];
-
-/// (verb, API group, resource or resource/subresource)
-type Permission = (String, String, String);
 
 /// The chart as `helm template` renders it with `sets` (the CRD is one of its templates): the
 /// text and its objects.
@@ -252,17 +248,10 @@ fn service_account_of<'a>(objects: &'a [Value], subcommand: &str) -> &'a str {
 /// Every permission the rendered Roles and ClusterRoles grant, through the rendered bindings,
 /// to the ServiceAccount `account` of the release namespace.
 fn granted(objects: &[Value], account: &str) -> BTreeSet<Permission> {
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| s.as_str().expect("a string").to_owned())
-            .collect()
-    };
-    let mut out = BTreeSet::new();
     let bindings = objects
         .iter()
         .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding");
+    let mut out = BTreeSet::new();
     for binding in bindings {
         let binds_account = binding["subjects"].as_array().is_some_and(|subjects| {
             subjects.iter().any(|s| {
@@ -279,45 +268,17 @@ fn granted(objects: &[Value], account: &str) -> BTreeSet<Permission> {
                     && o["metadata"]["name"] == binding["roleRef"]["name"]
             })
             .expect("the bound role is rendered");
-        for rule in role["rules"].as_array().expect("rules") {
-            for group in strings(&rule["apiGroups"]) {
-                for resource in strings(&rule["resources"]) {
-                    for verb in strings(&rule["verbs"]) {
-                        out.insert((verb, group.clone(), resource.clone()));
-                    }
-                }
-            }
-        }
+        out.extend(rbac::granted(&role["rules"]));
     }
     out
 }
 
 /// What `account` did successfully according to the audit log, and what it was denied.
 fn used(cluster: &Cluster, account: &str) -> (BTreeSet<Permission>, Vec<String>) {
-    let user = format!("system:serviceaccount:{NAMESPACE}:{account}");
-    let entries = cluster.requests(|e| e.user == user);
-    let ok = entries
-        .iter()
-        .filter(|e| (200..300).contains(&e.code) && !e.resource.is_empty())
-        .flat_map(|e| {
-            let resource = if e.subresource.is_empty() {
-                e.resource.clone()
-            } else {
-                format!("{}/{}", e.resource, e.subresource)
-            };
-            // A server-side apply that created its object (201) was authorized as create too.
-            let created = e.verb == "patch" && e.code == 201;
-            std::iter::once(e.verb.clone())
-                .chain(created.then(|| "create".to_owned()))
-                .map(move |verb| (verb, e.group.clone(), resource.clone()))
-        })
-        .collect();
-    let denied = entries
-        .iter()
-        .filter(|e| e.code == 403)
-        .map(|e| format!("{} {}", e.verb, e.path))
-        .collect();
-    (ok, denied)
+    rbac::used(
+        cluster,
+        &format!("system:serviceaccount:{NAMESPACE}:{account}"),
+    )
 }
 
 /// `kubectl auth can-i` as the release's ServiceAccount `account`, against the real server.
@@ -371,66 +332,6 @@ async fn combined_chart_is_accepted_by_a_real_api_server_and_rolls_out() {
 
 /// Restart targets of every kind the controller may patch (one missing), and the Secret a
 /// required header's value comes from, so the scenario needs every granted permission.
-const WORKLOADS: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: apps}
-spec:
-  selector: {matchLabels: {app: web}}
-  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db, namespace: apps}
-spec:
-  serviceName: db
-  selector: {matchLabels: {app: db}}
-  template: {metadata: {labels: {app: db}}, spec: {containers: [{name: db, image: db}]}}
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: agent, namespace: apps}
-spec:
-  selector: {matchLabels: {app: agent}}
-  template: {metadata: {labels: {app: agent}}, spec: {containers: [{name: agent, image: agent}]}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: client-secret, namespace: apps}
-stringData: {value: s3cret}
-"#;
-
-fn key(trigger: &str) -> String {
-    format!(
-        r#"
-apiVersion: keysmith.dev/v1alpha1
-kind: ApiKey
-metadata: {{name: {KEY}, namespace: {APPS}}}
-spec:
-  tokens: [{{name: api, prefix: all_}}]
-  grants: [{{effect: allow, actions: ["*"]}}]
-  rotation: {{trigger: "{trigger}", overlap: 1h}}
-  restrictions:
-    requiredHeaders:
-      - name: X-Client-Secret
-        valueFrom: {{secretKeyRef: {{name: client-secret, key: value}}}}
-  secret:
-    restartTargets:
-      - {{kind: Deployment, name: web}}
-      - {{kind: StatefulSet, name: db}}
-      - {{kind: DaemonSet, name: agent}}
-      - {{kind: Deployment, name: missing}}
-"#
-    )
-}
-
-/// The token in the key's Secret.
-async fn secret_token(cluster: &Cluster) -> Option<String> {
-    let secret: Secret =
-        serde_json::from_value(cluster.get("v1", "Secret", APPS, KEY).await?).ok()?;
-    String::from_utf8(secret.data?.get("api")?.0.clone()).ok()
-}
-
 async fn listener() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -496,7 +397,10 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
         controller_sa, verifier_sa,
         "each component has its own account"
     );
-    cluster.apply_yaml(WORKLOADS).await.expect("workloads");
+    cluster
+        .apply_yaml(&rbac::workloads(APPS))
+        .await
+        .expect("workloads");
 
     // Two processes, as the split Deployments run them, each with its account's real token.
     let verifier_api = listener().await;
@@ -521,7 +425,10 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
     // Mint, then rotate twice: restarts of every kind, and the same missing-target warning
     // twice, which the event recorder sends as a create and then a patch of the series.
     for trigger in ["one", "two", "three"] {
-        cluster.apply_yaml(&key(trigger)).await.expect("ApiKey");
+        cluster
+            .apply_yaml(&rbac::key(APPS, trigger))
+            .await
+            .expect("ApiKey");
         eventually(&format!("Ready with trigger {trigger}"), || async {
             let key = cluster
                 .get("keysmith.dev/v1alpha1", "ApiKey", APPS, KEY)
@@ -531,7 +438,7 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
                 .iter()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
             let slot = &key["status"]["tokens"][0];
-            let token = secret_token(&cluster).await?;
+            let token = rbac::token(&cluster, APPS).await?;
             (ready
                 && slot["rotationTrigger"] == trigger
                 && keysmith::token::sha256_hex(&token) == slot["sha256"])
@@ -542,7 +449,9 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
 
     // The verifier answers for the Secret's token (with the header whose value it reads from a
     // Secret), and writes the use back to status.
-    let token = secret_token(&cluster).await.expect("the Secret's token");
+    let token = rbac::token(&cluster, APPS)
+        .await
+        .expect("the Secret's token");
     let body = json!({"token": token, "action": "read", "headers": {"X-Client-Secret": "s3cret"}})
         .to_string();
     eventually("a VALID verification", || async {

@@ -5,6 +5,7 @@
 
 pub mod binaries;
 mod cluster;
+pub mod rbac;
 pub mod real;
 
 pub use cluster::{BACKEND_VAR, Backend, Cluster, ClusterError};
