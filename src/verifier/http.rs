@@ -439,9 +439,13 @@ fn authz_response(verdict: &Verdict<'_>) -> Answer {
         };
         set("x-keysmith-key", &found.key.identity);
         set("x-keysmith-token", found.slot_name());
-        if let Some(env) = &found.key.environment {
-            set("x-keysmith-environment", env);
-        }
+        // Always set, empty when the key has none: a gateway copying it upstream then replaces
+        // any X-Keysmith-Environment the client sent instead of passing it on.
+        let environment = found.key.environment.as_deref().unwrap_or("");
+        headers.insert(
+            "x-keysmith-environment",
+            HeaderValue::from_str(environment).unwrap_or(HeaderValue::from_static("")),
+        );
     }
     response
 }

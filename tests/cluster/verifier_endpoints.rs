@@ -640,3 +640,33 @@ async fn readyz_waits_for_the_initial_list() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_answers_always_set_the_environment_header() {
+    let h = start(&[]).await;
+    let t = token("ks_");
+    h.create_key(
+        "anywhere",
+        json!({"tokens": [{"name": "main"}]}),
+        &[],
+        vec![status_token("main", &t)],
+    )
+    .await;
+    h.wait_for_code(t.expose_secret(), "VALID").await;
+    let auth = format!("Bearer {}", t.expose_secret());
+    // A gateway copying the answer's X-Keysmith-Environment upstream replaces the client's own
+    // header only if the answer sets it, empty for a key without an environment.
+    let r = request(
+        h.api,
+        "GET",
+        "/v1/authz",
+        &[
+            ("Authorization", &auth),
+            ("X-Keysmith-Environment", "production"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-keysmith-environment"), Some(""));
+}
