@@ -82,6 +82,11 @@ pub struct VerifierApiArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+
+    /// Audiences a TokenReview may ask for (comma-separated); a review asking only others is not
+    /// authenticated. Default: none, so only reviews that ask no audience authenticate.
+    #[arg(long, value_delimiter = ',', value_name = "AUDIENCE,...")]
+    pub token_review_audiences: Vec<String>,
 }
 
 impl VerifierApiArgs {
@@ -100,6 +105,7 @@ impl VerifierApiArgs {
                 max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             },
+            token_review_audiences: self.token_review_audiences.clone(),
         }
     }
 }

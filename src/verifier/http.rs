@@ -481,6 +481,13 @@ where
     let Some(review) = parsed.ok().filter(|r| r.kind == "TokenReview") else {
         return error(StatusCode::BAD_REQUEST, "body is not a TokenReview".into());
     };
+    let requested = review.spec.audiences.as_deref().unwrap_or_default();
+    let Some(audiences) = accepted_audiences(requested, &verifier.token_review_audiences) else {
+        // A token for another audience is not Keysmith's to vouch for, whatever it is.
+        return tokenreview_answer(
+            serde_json::json!({"authenticated": false, "error": "no requested audience is accepted"}),
+        );
+    };
     let token = review.spec.token.as_deref().unwrap_or("");
     let request = VerifyRequest {
         token,
@@ -513,14 +520,28 @@ where
                 user["extra"] = serde_json::json!({"keysmith.dev/environment": [env]});
             }
             let mut status = serde_json::json!({"authenticated": true, "user": user});
-            // Keysmith tokens are not bound to an audience: valid for whichever was asked.
-            if let Some(audiences) = &review.spec.audiences {
+            if !audiences.is_empty() {
                 status["audiences"] = serde_json::json!(audiences);
             }
             status
         }
         (_, code) => serde_json::json!({"authenticated": false, "error": code.as_str()}),
     };
+    tokenreview_answer(status)
+}
+
+/// The audiences to grant a review that asks for `requested`: none when it asks none, else those
+/// of them this verifier serves (`--token-review-audiences`); `None` when it asks only others.
+fn accepted_audiences<'a>(requested: &'a [String], served: &[String]) -> Option<Vec<&'a str>> {
+    let granted: Vec<&str> = requested
+        .iter()
+        .filter(|audience| served.contains(audience))
+        .map(String::as_str)
+        .collect();
+    (requested.is_empty() || !granted.is_empty()).then_some(granted)
+}
+
+fn tokenreview_answer(status: serde_json::Value) -> Answer {
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -638,6 +659,19 @@ mod tests {
         let a = asked(&envoy, &h);
         assert_eq!(a.action.as_deref(), Some("from-header"));
         assert_eq!(a.resource, None);
+    }
+
+    #[test]
+    fn only_served_audiences_are_granted() {
+        let served = vec!["keysmith".to_owned(), "https://api.example".to_owned()];
+        let asked = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(accepted_audiences(&[], &served), Some(vec![]));
+        assert_eq!(accepted_audiences(&[], &[]), Some(vec![]));
+        let both = asked(&["https://kubernetes.default.svc", "keysmith"]);
+        assert_eq!(accepted_audiences(&both, &served), Some(vec!["keysmith"]));
+        let other = asked(&["https://kubernetes.default.svc"]);
+        assert_eq!(accepted_audiences(&other, &served), None);
+        assert_eq!(accepted_audiences(&other, &[]), None);
     }
 
     fn verifier() -> Verifier {

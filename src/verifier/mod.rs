@@ -63,6 +63,9 @@ pub struct Options {
 pub struct Settings {
     /// Timeouts and caps of the verification API's connections.
     pub limits: server::Limits,
+    /// Audiences a TokenReview may ask for (`--token-review-audiences`); none: only reviews that
+    /// ask no audience authenticate.
+    pub token_review_audiences: Vec<String>,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -77,6 +80,8 @@ pub struct Verifier {
     pub trusted_proxies: Vec<IpNet>,
     /// Timeouts and caps of connections.
     pub limits: server::Limits,
+    /// `--token-review-audiences`.
+    pub token_review_audiences: Vec<String>,
     /// Metrics.
     pub metrics: Metrics,
     /// Usage write-back.
@@ -94,6 +99,7 @@ impl Verifier {
             throttle: Throttle::new(ThrottleConfig::default()),
             trusted_proxies: options.trusted_proxies.clone(),
             limits: options.settings.limits,
+            token_review_audiences: options.settings.token_review_audiences.clone(),
             metrics: Metrics::register(registry),
             usage,
             health: Health::default(),

@@ -390,10 +390,25 @@ async fn every_code_through_every_endpoint() {
     )
     .await;
     let answer: Value = serde_json::from_str(&r.body).unwrap();
+    // No --token-review-audiences: only reviews asking no audience authenticate, never one that
+    // asks for an audience this verifier was not told it serves.
     assert_eq!(
-        answer["status"]["audiences"],
-        json!(["https://kubernetes.default.svc"])
+        answer["status"],
+        json!({"authenticated": false, "error": "no requested audience is accepted"})
     );
+    let without_audiences =
+        json!({"kind": "TokenReview", "spec": {"token": f.main, "audiences": []}});
+    let r = request(
+        h.api,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        &[],
+        Some(&without_audiences.to_string()),
+    )
+    .await;
+    let answer: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(answer["status"]["authenticated"], true);
+    assert_eq!(answer["status"].get("audiences"), None);
 
     // The audit log: one line per verification, never a token.
     let logs = crate::harness::logs::text();
