@@ -187,8 +187,12 @@ pub struct TokenSlot {
     pub prefix: Option<String>,
 
     /// Random bytes in the token, 16 to 64 (default 32, i.e. 256 bits), from the OS CSPRNG.
+    // `int32`: schemars writes `uint32` for a u32, a format the API server warns it does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 16, max = 64), extend("default" = DEFAULT_BYTES))]
+    #[schemars(
+        range(min = 16, max = 64),
+        extend("default" = DEFAULT_BYTES, "format" = "int32")
+    )]
     pub bytes: Option<u32>,
 
     /// How the random bytes are written: `base62` (default) or `hex`.
