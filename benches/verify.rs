@@ -13,19 +13,11 @@ use jiff::Timestamp;
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::grants::Context;
 use keysmith::token::Token;
-use keysmith::verifier::decision::{Code, NoHeaders, SecretValues, VerifyRequest};
+use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
 use keysmith::verifier::index::Index;
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
-
-struct NoSecrets;
-
-impl SecretValues for NoSecrets {
-    fn matches(&self, _: &str, _: &str, _: &str, _: &[u8]) -> bool {
-        false
-    }
-}
 
 /// ApiKey `key-<i>` in namespace `tenant-<i % 100>`: one slot, a realistic CMS grant set (the
 /// same for every key, as when keys are stamped from a template), metadata, an environment, and
@@ -134,29 +126,20 @@ fn verify(c: &mut Criterion) {
         locale: None,
         owner: Some("tenant-0/key-50000"),
     };
-    assert_eq!(
-        index.verify(&authorize, now(), &NoSecrets).code,
-        Code::Valid
-    );
+    assert_eq!(index.verify(&authorize, now()).code, Code::Valid);
 
     let mut group = c.benchmark_group("verify_100k_tokens");
     group.bench_function("valid_authenticate", |b| {
-        b.iter(|| index.verify(black_box(&request(&token)), now(), &NoSecrets))
+        b.iter(|| index.verify(black_box(&request(&token)), now()))
     });
     group.bench_function("valid_authorize_grants", |b| {
-        b.iter(|| index.verify(black_box(&authorize), now(), &NoSecrets))
+        b.iter(|| index.verify(black_box(&authorize), now()))
     });
     group.bench_function("not_found", |b| {
-        b.iter(|| {
-            index.verify(
-                black_box(&request(unknown.expose_secret())),
-                now(),
-                &NoSecrets,
-            )
-        })
+        b.iter(|| index.verify(black_box(&request(unknown.expose_secret())), now()))
     });
     group.bench_function("malformed", |b| {
-        b.iter(|| index.verify(black_box(&request(&malformed)), now(), &NoSecrets))
+        b.iter(|| index.verify(black_box(&request(&malformed)), now()))
     });
     group.finish();
 }

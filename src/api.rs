@@ -522,6 +522,29 @@ pub struct ApiKeyStatus {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub tokens: Vec<TokenStatus>,
+
+    /// One entry per `restrictions.requiredHeaders[].valueFrom` whose Secret key the controller
+    /// read: the SHA-256 of the value, never the value. The verifier compares presented headers
+    /// with these, so it needs no access to Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub required_headers: Vec<RequiredHeaderStatus>,
+}
+
+/// The expected value of a required header taken from a Secret, as a hash.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredHeaderStatus {
+    /// Header name, as in the spec.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The Secret key the value was read from; the verifier uses the hash only while the spec
+    /// still names this key.
+    pub secret_key_ref: SecretKeyRef,
+    /// Hex SHA-256 of the value.
+    #[schemars(length(min = 64, max = 64))]
+    pub sha256: String,
 }
 
 /// The current token of one slot.

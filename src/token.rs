@@ -176,7 +176,13 @@ impl fmt::Debug for Token {
 
 /// Lower-case hex SHA-256 of `s`; the verifier hashes presented strings with it.
 pub fn sha256_hex(s: &str) -> String {
-    let digest = Sha256::digest(s.as_bytes());
+    sha256_hex_bytes(s.as_bytes())
+}
+
+/// Lower-case hex SHA-256 of `bytes`, e.g. a required header's value read from a Secret, which
+/// need not be UTF-8.
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     push_hex(&mut out, &digest);
     out

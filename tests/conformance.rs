@@ -955,7 +955,7 @@ async fn kubectl_auth_can_i_for_the_verifier_and_the_administrator() {
         (&["create", "apikeys"], "no"),
         (&["patch", "ak", "--subresource=status"], "yes"),
         (&["update", "ak", "--subresource=status"], "no"),
-        (&["get", "secrets", "-n", "keysmith"], "yes"),
+        (&["get", "secrets", "-n", "keysmith"], "no"),
         (&["list", "secrets"], "no"),
         (&["delete", "secrets", "-A"], "no"),
     ];

@@ -7,18 +7,10 @@ use std::sync::OnceLock;
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::token::Token;
-use keysmith::verifier::decision::{Code, SecretValues};
+use keysmith::verifier::decision::Code;
 use keysmith::verifier::http::parse_verify_body;
 use keysmith::verifier::index::Index;
 use libfuzzer_sys::fuzz_target;
-
-struct Secrets;
-
-impl SecretValues for Secrets {
-    fn matches(&self, _: &str, _: &str, _: &str, presented: &[u8]) -> bool {
-        presented == b"s3cret"
-    }
-}
 
 fn fixture() -> &'static (Index, String) {
     static FIXTURE: OnceLock<(Index, String)> = OnceLock::new();
@@ -36,7 +28,9 @@ fn fixture() -> &'static (Index, String) {
                     {"name": "x-literal", "value": "v"},
                     {"name": "x-secret", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}},
             "status": {"tokens": [{"name": "main", "id": token.id(), "sha256": token.sha256_hex(),
-                "issuedAt": "2026-01-01T00:00:00Z", "expiresAt": "2030-01-01T00:00:00Z"}]},
+                "issuedAt": "2026-01-01T00:00:00Z", "expiresAt": "2030-01-01T00:00:00Z"}],
+                "requiredHeaders": [{"name": "x-secret", "secretKeyRef": {"name": "s", "key": "k"},
+                    "sha256": keysmith::token::sha256_hex("s3cret")}]},
         }))
         .expect("fixture ApiKey");
         let index = Index::default();
@@ -56,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let headers = body.headers();
     let request = body.request(&headers, Some("192.0.2.1".parse().expect("address")));
     let now = "2027-01-01T00:00:00Z".parse().expect("time");
-    let verdict = index.verify(&request, now, &Secrets);
+    let verdict = index.verify(&request, now);
     assert_eq!(
         verdict.found.is_some(),
         !matches!(verdict.code, Code::Malformed | Code::NotFound)

@@ -363,9 +363,11 @@ impl Context {
             .map_err(Error::kube(format!(
                 "reading Secret {namespace}/{secret_name}"
             )))?;
+        let header_secrets = self.header_secrets(&secrets, key).await?;
         let plan = planner::plan(
             key,
             secret.as_ref(),
+            &header_secrets,
             (self.clock)(),
             &mut planner::mint_token,
         )?;
@@ -395,6 +397,24 @@ impl Context {
         Ok(plan
             .requeue_after
             .map_or_else(Action::await_change, Action::requeue))
+    }
+
+    /// The Secrets `key`'s required headers read that exist, so the planner can publish hashes of
+    /// their values. Read on every reconcile: they are the user's Secrets, not watched.
+    async fn header_secrets(
+        &self,
+        secrets: &Api<Secret>,
+        key: &ApiKey,
+    ) -> Result<planner::headers::HeaderSecrets, Error> {
+        let mut found = planner::headers::HeaderSecrets::new();
+        for name in planner::headers::referenced(&key.spec) {
+            let read = secrets.get_opt(&name).await.map_err(Error::kube(format!(
+                "reading Secret {}/{name} named by requiredHeaders",
+                key.namespace().unwrap_or_default()
+            )))?;
+            found.extend(read.map(|secret| (name, secret)));
+        }
+        Ok(found)
     }
 
     /// The plan's writes, in the order that keeps every token in the Secret verifiable.

@@ -30,6 +30,8 @@ pub mod reason {
     pub const EXPIRED: &str = "Expired";
     /// The key is suspended.
     pub const DISABLED: &str = "Disabled";
+    /// A Secret or key that `requiredHeaders[].valueFrom` names does not exist.
+    pub const HEADER_SECRET_MISSING: &str = "HeaderSecretMissing";
     /// A Kubernetes API call failed (set by the shell, not the planner).
     pub const API_ERROR: &str = "ApiError";
     /// Reason of a False `Expiring`/`Expired`/`Disabled` condition.

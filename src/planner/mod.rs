@@ -1,5 +1,5 @@
 //! The reconcile decision as a pure function (SPEC 4.1–4.4): from an `ApiKey`, the Secret it
-//! writes (if it exists) and the time, decide per slot whether to keep, mint, rotate or drop the
+//! writes (if it exists), the Secrets its required headers read and the time, decide per slot whether to keep, mint, rotate or drop the
 //! previous token, and derive the status, the Secret, the restarts, the events and the requeue.
 //!
 //! No I/O happens here, and randomness comes in through the `mint` function, so every decision
@@ -7,6 +7,7 @@
 //! what a resync of a healthy key must produce (SPEC 4.1 step 7).
 
 pub mod conditions;
+pub mod headers;
 pub mod restart;
 pub mod timing;
 
@@ -28,6 +29,7 @@ use crate::api::{
 use crate::token::{GenerateError, Token, sha256_hex};
 use crate::validation::{ValidSlot, ValidSpec, validate};
 use conditions::{DISABLED, Desired, EXPIRED, EXPIRING, READY, reason};
+use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
 use timing::{add, between, sub, whole_seconds};
 
 /// Label every Secret Keysmith writes carries; the controller watches only Secrets with it.
@@ -182,10 +184,12 @@ impl Plan {
 }
 
 /// Decide what one reconcile of `key` does at `now`. `secret` is the Secret named by the key
-/// (owned or not); `mint` creates a token for a slot (production: [`mint_token`]).
+/// (owned or not); `header_secrets` are the Secrets [`headers::referenced`] names that exist;
+/// `mint` creates a token for a slot (production: [`mint_token`]).
 pub fn plan(
     key: &ApiKey,
     secret: Option<&Secret>,
+    header_secrets: &HeaderSecrets,
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
@@ -202,7 +206,8 @@ pub fn plan(
         let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
         return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
     }
-    Planner::new(key, &valid, &observed, secret, now).run(mint)
+    let headers = headers::resolve(&key.spec, header_secrets);
+    Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
 }
 
 /// Mint a token for a slot from the OS CSPRNG.
@@ -388,6 +393,7 @@ impl<'a> Planner<'a> {
 
     fn run(
         self,
+        headers: &Resolved,
         mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
     ) -> Result<Plan, GenerateError> {
         let mut outcomes = Vec::new();
@@ -412,7 +418,7 @@ impl<'a> Planner<'a> {
             Vec::new()
         };
 
-        let desired_conditions = self.conditions(&tokens, minted, rotated);
+        let desired_conditions = self.conditions(&tokens, minted, rotated, &headers.missing);
         let generation = self.key.metadata.generation;
         let conditions = conditions::merge(
             &self.observed.conditions,
@@ -427,18 +433,22 @@ impl<'a> Planner<'a> {
             next_rotation_at: self.next_rotation(&tokens).map(Time),
             expires_at: self.earliest_expiry(&tokens).map(Time),
             tokens,
+            required_headers: headers.hashes.clone(),
         };
 
         let mut events = self.slot_events(&outcomes);
         events.extend(self.condition_events(&desired.conditions));
-        let requeue_after = Some(self.requeue(&desired.tokens));
+        let mut requeue_after = self.requeue(&desired.tokens);
+        if !headers::referenced(&self.key.spec).is_empty() {
+            requeue_after = requeue_after.min(HEADER_RECHECK);
+        }
         let observed = strip_usage(self.observed);
         Ok(Plan {
             status: (desired != observed).then_some(desired),
             secret,
             restarts,
             events,
-            requeue_after,
+            requeue_after: Some(requeue_after),
             slots: outcomes
                 .into_iter()
                 .map(|(slot, o)| (slot.name.clone(), o.action))
@@ -718,7 +728,13 @@ impl<'a> Planner<'a> {
             .collect()
     }
 
-    fn conditions(&self, tokens: &[TokenStatus], minted: bool, rotated: bool) -> Vec<Desired> {
+    fn conditions(
+        &self,
+        tokens: &[TokenStatus],
+        minted: bool,
+        rotated: bool,
+        missing_headers: &[String],
+    ) -> Vec<Desired> {
         let secret_name = self.key.secret_name();
         let expired = self.expired_message(tokens);
         let expiring = self.expiring_message(tokens);
@@ -727,6 +743,12 @@ impl<'a> Planner<'a> {
         } else if self.key.spec.disabled {
             let message = "spec.disabled is true: every verification answers DISABLED";
             Desired::new(READY, false, reason::DISABLED, message)
+        } else if !missing_headers.is_empty() {
+            let message = format!(
+                "{}; requests fail HEADER_MISMATCH until it exists",
+                missing_headers.join("; ")
+            );
+            Desired::new(READY, false, reason::HEADER_SECRET_MISSING, message)
         } else {
             let observed = conditions::find(&self.observed.conditions, READY)
                 .filter(|c| c.status == "True")

@@ -48,6 +48,8 @@ fn mint(slot: &ValidSlot) -> Result<Token, GenerateError> {
 struct World {
     key: ApiKey,
     secret: Option<Secret>,
+    /// The Secrets required headers read, as the shell would hand them in.
+    header_secrets: HeaderSecrets,
     now: Timestamp,
     /// The Secret was edited by hand since the planner last wrote it.
     tampered: bool,
@@ -58,13 +60,21 @@ impl World {
         World {
             key: key(spec),
             secret: None,
+            header_secrets: HeaderSecrets::new(),
             now: t0(),
             tampered: false,
         }
     }
 
     fn plan(&self) -> Plan {
-        plan(&self.key, self.secret.as_ref(), self.now, &mut mint).unwrap()
+        plan(
+            &self.key,
+            self.secret.as_ref(),
+            &self.header_secrets,
+            self.now,
+            &mut mint,
+        )
+        .unwrap()
     }
 
     /// Plan and store what the plan writes, as server-side apply would.
@@ -236,6 +246,104 @@ fn invalid_spec_keeps_tokens_and_the_secret() {
 }
 
 /// A Secret someone else created in the key's namespace, holding a key of its own.
+fn with_secret_header() -> serde_json::Value {
+    json!({
+        "tokens": [{"name": "main"}],
+        "restrictions": {"requiredHeaders": [
+            {"name": "X-Client", "value": "site"},
+            {"name": "X-Client-Secret", "valueFrom": {"secretKeyRef": {"name": "client", "key": "value"}}},
+        ]},
+    })
+}
+
+fn header_secret(data: &[(&str, &str)]) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": "client", "namespace": "cms"},
+        "data": data.iter().map(|(k, v)| (*k, k8s_openapi::ByteString(v.as_bytes().to_vec())))
+            .collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn secret_header_value_is_published_as_a_hash_only_and_a_resync_writes_nothing() {
+    let mut w = World::new(with_secret_header());
+    w.header_secrets
+        .insert("client".into(), header_secret(&[("value", "s3cret")]));
+    let p = w.step();
+    assert!(p.requeue_after.unwrap() <= HEADER_RECHECK);
+    assert_eq!(w.condition(READY), ("True".into(), reason::MINTED.into()));
+    let published = &w.status().required_headers;
+    assert_eq!(published.len(), 1, "literal values stay in the spec");
+    assert_eq!(published[0].name, "X-Client-Secret");
+    assert_eq!(published[0].secret_key_ref.name, "client");
+    assert_eq!(published[0].secret_key_ref.key, "value");
+    assert_eq!(published[0].sha256, sha256_hex("s3cret"));
+    let written = serde_json::to_string(&p.status).unwrap() + &format!("{:?}", p.events);
+    assert!(!written.contains("s3cret"), "{written}");
+
+    let p = w.step();
+    assert!(p.is_quiet(), "{p:?}");
+    assert!(p.requeue_after.unwrap() <= HEADER_RECHECK);
+
+    // A changed value is published at the next reconcile, without touching the tokens.
+    let token = w.token("main").sha256.clone();
+    w.header_secrets
+        .insert("client".into(), header_secret(&[("value", "n3w")]));
+    let p = w.step();
+    assert!(p.secret.is_none());
+    assert_eq!(w.status().required_headers[0].sha256, sha256_hex("n3w"));
+    assert_eq!(w.token("main").sha256, token);
+}
+
+#[test]
+fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
+    let mut w = World::new(with_secret_header());
+    w.header_secrets
+        .insert("client".into(), header_secret(&[("value", "s3cret")]));
+    w.step();
+    let token = w.token("main").sha256.clone();
+
+    w.header_secrets.clear();
+    let p = w.step();
+    assert_eq!(
+        w.condition(READY),
+        ("False".into(), reason::HEADER_SECRET_MISSING.into())
+    );
+    assert!(
+        ready_message(&w).contains("Secret client not found"),
+        "{}",
+        ready_message(&w)
+    );
+    assert!(ready_message(&w).contains("requiredHeaders[1] (X-Client-Secret)"));
+    assert!(w.status().required_headers.is_empty(), "fail closed");
+    assert!(p.secret.is_none(), "the tokens are not the problem");
+    assert_eq!(w.token("main").sha256, token);
+    assert!(w.step().is_quiet(), "a resync with the Secret still missing writes nothing");
+
+    w.header_secrets
+        .insert("client".into(), header_secret(&[("other", "s3cret")]));
+    w.step();
+    assert!(ready_message(&w).contains("Secret client has no key value"));
+    assert!(w.status().required_headers.is_empty());
+
+    w.header_secrets
+        .insert("client".into(), header_secret(&[("value", "s3cret")]));
+    w.step();
+    assert_eq!(w.condition(READY).0, "True");
+    assert_eq!(w.status().required_headers.len(), 1);
+}
+
+#[test]
+fn only_secrets_named_by_value_from_are_read() {
+    let spec: crate::api::ApiKeySpec = serde_json::from_value(with_secret_header()).unwrap();
+    assert_eq!(
+        headers::referenced(&spec).into_iter().collect::<Vec<_>>(),
+        ["client"]
+    );
+    assert!(headers::referenced(&key(two_slots()).spec).is_empty());
+}
+
 fn foreign_secret(annotations: &[(&str, &str)], owner: Option<&str>) -> Secret {
     serde_json::from_value(json!({
         "metadata": {

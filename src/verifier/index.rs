@@ -27,7 +27,7 @@ use crate::api::ApiKey;
 use crate::token;
 use crate::validation::InvalidSpec;
 
-use super::decision::{Code, SecretValues, Validity, VerifyRequest, decide};
+use super::decision::{Code, Validity, VerifyRequest, decide};
 use super::key::{GrantInterner, KeyInfo};
 use super::usage::UsageMark;
 
@@ -320,12 +320,7 @@ impl Index {
 
     /// Decide a request: MALFORMED before any hashing, then the lookup, then
     /// [`decide`](super::decision::decide).
-    pub fn verify<'a>(
-        &self,
-        request: &VerifyRequest<'a>,
-        now: Timestamp,
-        secrets: &dyn SecretValues,
-    ) -> Verdict<'a> {
+    pub fn verify<'a>(&self, request: &VerifyRequest<'a>, now: Timestamp) -> Verdict<'a> {
         let token_id = match token::validate(request.token) {
             Ok(parsed) => parsed.id(),
             Err(_) => {
@@ -353,14 +348,7 @@ impl Index {
         let code = if entry.revoked {
             Code::Revoked
         } else {
-            decide(
-                &entry.key,
-                entry.slot,
-                entry.validity,
-                request,
-                now,
-                secrets,
-            )
+            decide(&entry.key, entry.slot, entry.validity, request, now)
         };
         Verdict {
             code,

@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex, Weak};
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::api::{ApiKey, Grant, RequiredHeader};
+use crate::api::{ApiKey, Grant, RequiredHeader, RequiredHeaderStatus};
 use crate::grants::CompiledGrants;
 use crate::validation::{InvalidSpec, validate};
+
+use super::index::TokenHash;
 
 /// One ApiKey, as the decision reads it.
 #[derive(Debug)]
@@ -129,13 +131,10 @@ pub struct HeaderRule {
 pub enum ExpectedValue {
     /// Written in the ApiKey.
     Literal(String),
-    /// A key of a Secret in the ApiKey's namespace.
-    Secret {
-        /// Secret name.
-        name: String,
-        /// Key in its data.
-        key: String,
-    },
+    /// Taken from a Secret: the SHA-256 of the value, as the controller published it in
+    /// `status.requiredHeaders`. `None` (not published yet, or the Secret or key is missing)
+    /// matches nothing: fail closed.
+    Sha256(Option<[u8; 32]>),
 }
 
 impl KeyInfo {
@@ -153,10 +152,20 @@ impl KeyInfo {
             .as_ref()
             .map(|r| r.ip_allow_list.as_slice())
             .unwrap_or_default();
+        let published = apikey
+            .status
+            .as_ref()
+            .map(|s| s.required_headers.as_slice())
+            .unwrap_or_default();
         let required_headers = spec
             .restrictions
             .as_ref()
-            .map(|r| r.required_headers.iter().map(header_rule).collect())
+            .map(|r| {
+                r.required_headers
+                    .iter()
+                    .map(|h| header_rule(h, published))
+                    .collect()
+            })
             .unwrap_or_default();
         let slot_spec = |slot: &str| spec.tokens.iter().find(|t| t.name == slot);
         let metadata = |slot: &str| slot_spec(slot).map(|t| Metadata::from(&t.metadata));
@@ -216,22 +225,19 @@ impl KeyInfo {
     pub fn slot_index(&self, name: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == name)
     }
-
-    /// Secrets this key's required headers read, as `(name, key)`.
-    pub fn secret_refs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.required_headers.iter().filter_map(|h| match &h.value {
-            ExpectedValue::Secret { name, key } => Some((name.as_str(), key.as_str())),
-            ExpectedValue::Literal(_) => None,
-        })
-    }
 }
 
-fn header_rule(h: &RequiredHeader) -> HeaderRule {
+fn header_rule(h: &RequiredHeader, published: &[RequiredHeaderStatus]) -> HeaderRule {
     let value = match (&h.value, &h.value_from) {
-        (_, Some(from)) => ExpectedValue::Secret {
-            name: from.secret_key_ref.name.clone(),
-            key: from.secret_key_ref.key.clone(),
-        },
+        // Only a hash read from the key the spec names now: after the spec moves to another
+        // Secret, the old value stops matching before the controller has read the new one.
+        (_, Some(from)) => ExpectedValue::Sha256(
+            published
+                .iter()
+                .find(|p| p.name == h.name && p.secret_key_ref == from.secret_key_ref)
+                .and_then(|p| TokenHash::from_hex(&p.sha256))
+                .map(|hash| hash.0),
+        ),
         // Neither is invalid; an empty literal is then required, which is as close to "closed"
         // as a header rule gets without a value to compare.
         (value, None) => ExpectedValue::Literal(value.clone().unwrap_or_default()),

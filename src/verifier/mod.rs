@@ -2,16 +2,14 @@
 //!
 //! Pure core: [`key`] (what one ApiKey means to the verifier), [`decision`] (the decision
 //! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
-//! [`throttle`] (slowing repeated failures). Shell: [`http`] (the endpoints), [`headers`]
-//! (required header values from Secrets), [`usage`] (`lastUsedAt` write-back), [`audit`] (one
-//! line per verification), [`metrics`], and
+//! [`throttle`] (slowing repeated failures). Shell: [`http`] (the endpoints), [`usage`]
+//! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], and
 //! here the watcher that feeds the index and [`run`], which wires it all with the shared
 //! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
 
 pub mod audit;
 pub mod client_ip;
 pub mod decision;
-pub mod headers;
 pub mod http;
 pub mod index;
 pub mod key;
@@ -20,7 +18,7 @@ pub mod server;
 pub mod throttle;
 pub mod usage;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,7 +37,6 @@ use crate::cluster::{self, ClusterError};
 use crate::telemetry::Health;
 
 use self::decision::{Code, VerifyRequest};
-use self::headers::SecretCache;
 use self::index::{Index, Verdict};
 use self::metrics::Metrics;
 use self::throttle::{Throttle, ThrottleConfig};
@@ -72,8 +69,6 @@ pub struct Settings {
 pub struct Verifier {
     /// The token index.
     pub index: Index,
-    /// Required-header values from Secrets.
-    pub secrets: SecretCache,
     /// Failure throttle.
     pub throttle: Throttle,
     /// `--trusted-proxies`.
@@ -95,7 +90,6 @@ impl Verifier {
     pub fn new(options: &Options, usage: UsageReporter, registry: &mut Registry) -> Verifier {
         Verifier {
             index: Index::default(),
-            secrets: SecretCache::default(),
             throttle: Throttle::new(ThrottleConfig::default()),
             trusted_proxies: options.trusted_proxies.clone(),
             limits: options.settings.limits,
@@ -115,7 +109,7 @@ impl Verifier {
     ) -> Verdict<'a> {
         let start = Instant::now();
         let now = Timestamp::now();
-        let verdict = self.index.verify(request, now, &self.secrets);
+        let verdict = self.index.verify(request, now);
         self.metrics.observe(verdict.code, start.elapsed());
         audit::record(audit, &verdict);
         match (&verdict.found, verdict.code) {
@@ -136,12 +130,6 @@ impl Verifier {
     fn apply(&self, apikey: &ApiKey, warned: &mut HashSet<(String, String, i64)>) {
         let applied = self.index.apply(apikey, Timestamp::now());
         let key = &applied.key;
-        let refs: BTreeSet<String> = if apikey.metadata.deletion_timestamp.is_some() {
-            BTreeSet::new()
-        } else {
-            key.secret_refs().map(|(name, _)| name.to_owned()).collect()
-        };
-        self.secrets.set_refs(&key.namespace, &key.name, refs);
         if let Some(invalid) = applied.invalid {
             let generation = apikey.metadata.generation.unwrap_or_default();
             if warned.insert((key.namespace.clone(), key.name.clone(), generation)) {
@@ -154,7 +142,6 @@ impl Verifier {
 
     fn revoke(&self, namespace: &str, name: &str) {
         self.index.revoke(namespace, name, Timestamp::now());
-        self.secrets.set_refs(namespace, name, BTreeSet::new());
         self.metrics.set_index_tokens(self.index.tokens());
     }
 }
@@ -229,8 +216,8 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
     }
 }
 
-/// A verifier whose index is fed by a watch on ApiKeys, with its usage write-back and
-/// required-header refresh running; the tasks stop when it is dropped.
+/// A verifier whose index is fed by a watch on ApiKeys, with its usage write-back running; the
+/// tasks stop when it is dropped.
 pub struct Running {
     /// The verifier the endpoints answer from.
     pub verifier: Arc<Verifier>,
@@ -244,10 +231,6 @@ impl Running {
         let verifier = Arc::new(Verifier::new(options, usage, registry));
         let tasks = vec![
             tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
-            tokio::spawn({
-                let (client, verifier) = (client.clone(), verifier.clone());
-                async move { verifier.secrets.refresh(client).await }
-            }),
             tokio::spawn({
                 let (options, verifier) = (options.clone(), verifier.clone());
                 async move { watch(client, &options, verifier).await }

@@ -25,7 +25,7 @@ use jiff::{SignedDuration, Timestamp};
 use keysmith::api::{ApiKey, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
 use keysmith::grants::Context as GrantContext;
 use keysmith::token::sha256_hex;
-use keysmith::verifier::decision::{Code, NoHeaders, SecretValues, VerifyRequest};
+use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
 use keysmith::verifier::index::Index;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -164,14 +164,6 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-struct NoSecrets;
-
-impl SecretValues for NoSecrets {
-    fn matches(&self, _: &str, _: &str, _: &str, _: &[u8]) -> bool {
-        false
-    }
-}
-
 fn verify(index: &Index, token: &str, now: Timestamp) -> Code {
     let request = VerifyRequest {
         token,
@@ -183,7 +175,7 @@ fn verify(index: &Index, token: &str, now: Timestamp) -> Code {
         headers: &NoHeaders,
         context: GrantContext::default(),
     };
-    index.verify(&request, now, &NoSecrets).code
+    index.verify(&request, now).code
 }
 
 /// The ApiKeys and managed Secrets.

@@ -4,10 +4,10 @@
 //! allow-list with and without trusted proxies, a header required from a Secret, usage
 //! write-back, metrics, body limits, and an audit log that never holds a token.
 
-use crate::harness::verifier::{Harness, NS, eventually, request, start, status_token, token};
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use crate::harness::verifier::{
+    Harness, NS, eventually, request, start, status_header, status_token, token,
+};
+use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 /// Keys for every code. Returns the tokens by name.
@@ -72,15 +72,6 @@ async fn fixture(h: &Harness) -> Fixture {
         vec![status_token("main", &ip)],
     )
     .await;
-    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "site-secret"}, "stringData": {"value": "s3cret"}}),
-    )
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
     h.create_key(
         "header",
         json!({"tokens": [{"name": "main"}], "restrictions": {"requiredHeaders": [
@@ -103,14 +94,27 @@ async fn fixture(h: &Harness) -> Fixture {
         unknown: unknown.expose_secret().into(),
     };
     h.wait_for_code(&f.revoked, "REVOKED").await;
+    // No hash published yet (the controller has not read the Secret): fail closed.
     h.wait_for_code(&f.header, "HEADER_MISMATCH").await;
-    // The Secret value is fetched in the background: wait until it is in.
-    eventually("the required header's Secret to be read", || async {
-        let answer = h
-            .verify(json!({"token": f.header, "headers": {"x-client-secret": "s3cret"}}))
-            .await;
-        (answer["code"] == "VALID").then_some(())
-    })
+    h.set_status_headers(
+        "header",
+        vec![status_header(
+            "X-Client-Secret",
+            "site-secret",
+            "value",
+            "s3cret",
+        )],
+    )
+    .await;
+    eventually(
+        "the published hash of the required header to be indexed",
+        || async {
+            let answer = h
+                .verify(json!({"token": f.header, "headers": {"x-client-secret": "s3cret"}}))
+                .await;
+            (answer["code"] == "VALID").then_some(())
+        },
+    )
     .await;
     f
 }

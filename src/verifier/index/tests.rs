@@ -1,7 +1,7 @@
 //! The index and the decision order: every code, rotation overlap, revocation, fail-closed
 //! indexing of an invalid spec.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use jiff::{SignedDuration, Timestamp};
@@ -42,20 +42,6 @@ fn simple_spec() -> Value {
     json!({"tokens": [{"name": "main"}]})
 }
 
-struct Secrets(BTreeMap<(String, String, String), String>);
-
-impl SecretValues for Secrets {
-    fn matches(&self, namespace: &str, name: &str, key: &str, presented: &[u8]) -> bool {
-        self.0
-            .get(&(namespace.into(), name.into(), key.into()))
-            .is_some_and(|v| v.as_bytes() == presented)
-    }
-}
-
-fn no_secrets() -> Secrets {
-    Secrets(BTreeMap::new())
-}
-
 struct Headers(Vec<(&'static str, &'static str)>);
 
 impl RequestHeaders for Headers {
@@ -81,7 +67,7 @@ fn request(token: &str) -> VerifyRequest<'_> {
 }
 
 fn code(index: &Index, request: &VerifyRequest<'_>) -> Code {
-    index.verify(request, now(), &no_secrets()).code
+    index.verify(request, now()).code
 }
 
 #[test]
@@ -91,7 +77,7 @@ fn valid_token_answers_with_its_key_slot_and_id() {
     let applied = index.apply(&apikey("k", simple_spec(), &[("main", &t)]), now());
     assert_eq!((applied.tokens, applied.skipped), (1, 0));
     assert_eq!(index.tokens(), 1);
-    let verdict = index.verify(&request(t.expose_secret()), now(), &no_secrets());
+    let verdict = index.verify(&request(t.expose_secret()), now());
     assert_eq!(verdict.code, Code::Valid);
     let found = verdict.found.unwrap();
     assert_eq!(found.key.identity, "ns/k");
@@ -109,7 +95,7 @@ fn malformed_before_any_lookup() {
     let last = typo.pop().unwrap();
     typo.push(if last == 'a' { 'b' } else { 'a' });
     for bad in ["", "not a token", &typo, &t.expose_secret()[..20]] {
-        let verdict = index.verify(&request(bad), now(), &no_secrets());
+        let verdict = index.verify(&request(bad), now());
         assert_eq!(verdict.code, Code::Malformed, "{bad:?}");
         assert!(
             verdict.token_id.is_none(),
@@ -122,7 +108,7 @@ fn malformed_before_any_lookup() {
 fn unknown_well_formed_token_is_not_found() {
     let index = Index::default();
     let t = token("ks_");
-    let verdict = index.verify(&request(t.expose_secret()), now(), &no_secrets());
+    let verdict = index.verify(&request(t.expose_secret()), now());
     assert_eq!(verdict.code, Code::NotFound);
     assert_eq!(verdict.token_id, Some(t.id()));
 }
@@ -183,18 +169,18 @@ fn rotation_overlap_keeps_the_previous_token_until_valid_until() {
     });
     index.apply(&key, now());
     assert_eq!(index.tokens(), 2);
-    let verdict = index.verify(&request(old.expose_secret()), now(), &no_secrets());
+    let verdict = index.verify(&request(old.expose_secret()), now());
     assert_eq!(verdict.code, Code::Valid);
     assert_eq!(verdict.found.unwrap().expires_at, Some(valid_until));
     assert_eq!(
         index
-            .verify(&request(old.expose_secret()), valid_until, &no_secrets())
+            .verify(&request(old.expose_secret()), valid_until)
             .code,
         Code::Expired
     );
     assert_eq!(
         index
-            .verify(&request(new.expose_secret()), valid_until, &no_secrets())
+            .verify(&request(new.expose_secret()), valid_until)
             .code,
         Code::Valid
     );
@@ -261,22 +247,23 @@ fn ip_allow_list() {
 }
 
 #[test]
-fn required_headers_literal_and_from_a_secret() {
+fn required_headers_literal_and_from_a_secret_by_its_published_hash() {
     let index = Index::default();
     let t = token("ks_");
     let spec = json!({"tokens": [{"name": "main"}], "restrictions": {"requiredHeaders": [
         {"name": "X-Client", "value": "site"},
         {"name": "X-Client-Secret", "valueFrom": {"secretKeyRef": {"name": "site-secret", "key": "value"}}},
     ]}});
-    let applied = index.apply(&apikey("k", spec, &[("main", &t)]), now());
-    assert_eq!(
-        applied.key.secret_refs().collect::<Vec<_>>(),
-        [("site-secret", "value")]
-    );
-    let secrets = Secrets(BTreeMap::from([(
-        ("ns".into(), "site-secret".into(), "value".into()),
-        "s3cret".into(),
-    )]));
+    let published = |name: &str, key: &str| {
+        json!([{"name": "X-Client-Secret", "secretKeyRef": {"name": name, "key": key},
+            "sha256": crate::token::sha256_hex("s3cret")}])
+    };
+    let mut key = apikey("k", spec, &[("main", &t)]);
+    let with_hash = |key: &mut ApiKey, hashes: Value| {
+        key.status.as_mut().unwrap().required_headers = serde_json::from_value(hashes).unwrap();
+    };
+    with_hash(&mut key, published("site-secret", "value"));
+    index.apply(&key, now());
     let cases = [
         (vec![], Code::HeaderMismatch),
         (vec![("x-client", "site")], Code::HeaderMismatch),
@@ -297,18 +284,22 @@ fn required_headers_literal_and_from_a_secret() {
         let headers = Headers(headers);
         let mut req = request(t.expose_secret());
         req.headers = &headers;
-        assert_eq!(
-            index.verify(&req, now(), &secrets).code,
-            expected,
-            "{:?}",
-            headers.0
-        );
+        assert_eq!(code(&index, &req), expected, "{:?}", headers.0);
     }
-    // A value that was never fetched fails closed.
     let headers = Headers(vec![("x-client", "site"), ("x-client-secret", "s3cret")]);
     let mut req = request(t.expose_secret());
     req.headers = &headers;
-    assert_eq!(code(&index, &req), Code::HeaderMismatch);
+    // Fail closed: no hash published (Secret missing, or not read yet), or a hash read from
+    // another key than the spec names now.
+    for hashes in [
+        json!([]),
+        published("site-secret", "old"),
+        published("other", "value"),
+    ] {
+        with_hash(&mut key, hashes.clone());
+        index.apply(&key, now());
+        assert_eq!(code(&index, &req), Code::HeaderMismatch, "{hashes}");
+    }
 }
 
 fn grants_spec() -> Value {
@@ -422,13 +413,13 @@ fn reapply_replaces_tokens_and_keeps_usage_marks() {
     let (t, u) = (token("ks_"), token("ks_"));
     index.apply(&apikey("k", simple_spec(), &[("main", &t)]), now());
     let first = index
-        .verify(&request(t.expose_secret()), now(), &no_secrets())
+        .verify(&request(t.expose_secret()), now())
         .found
         .unwrap();
     assert!(first.usage.claim(now()));
     index.apply(&apikey("k", simple_spec(), &[("main", &t)]), now());
     let again = index
-        .verify(&request(t.expose_secret()), now(), &no_secrets())
+        .verify(&request(t.expose_secret()), now())
         .found
         .unwrap();
     assert!(

@@ -104,6 +104,13 @@ pub fn status_token(slot: &str, token: &Token) -> Value {
     json!({"name": slot, "id": token.id(), "sha256": token.sha256_hex(), "issuedAt": "2026-01-01T00:00:00Z"})
 }
 
+/// One `status.requiredHeaders` entry: the hash the controller publishes of `value`, read from
+/// key `key` of Secret `secret` for header `header`.
+pub fn status_header(header: &str, secret: &str, key: &str, value: &str) -> Value {
+    json!({"name": header, "secretKeyRef": {"name": secret, "key": key},
+        "sha256": keysmith::token::sha256_hex(value)})
+}
+
 impl Harness {
     pub fn apikeys(&self) -> Api<ApiKey> {
         Api::namespaced(self.admin.clone(), NS)
@@ -137,6 +144,19 @@ impl Harness {
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"status": {"tokens": tokens}})),
+            )
+            .await
+            .expect("status is written");
+    }
+
+    /// Replace the ApiKey's `status.requiredHeaders` (what the controller does when it reads a
+    /// header's Secret).
+    pub async fn set_status_headers(&self, name: &str, headers: Vec<Value>) {
+        self.apikeys()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"requiredHeaders": headers}})),
             )
             .await
             .expect("status is written");

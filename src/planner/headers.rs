@@ -1,0 +1,73 @@
+//! Required headers whose value an ApiKey takes from a Secret
+//! (`restrictions.requiredHeaders[].valueFrom.secretKeyRef`): the controller reads those Secrets
+//! and publishes only SHA-256 hashes of the values in `status.requiredHeaders`, so the verifier
+//! never needs to read a Secret.
+//!
+//! The shell reads the Secrets [`referenced`] names and hands them in as [`HeaderSecrets`];
+//! [`resolve`] is pure. Nothing here keeps, logs or formats a value: errors name the Secret and
+//! the key only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::api::{ApiKeySpec, RequiredHeaderStatus};
+use crate::token::sha256_hex_bytes;
+
+/// The Secrets that required headers name, by name, as the shell read them from the key's
+/// namespace; a name that is absent does not exist.
+pub type HeaderSecrets = BTreeMap<String, Secret>;
+
+/// How often a key with Secret-sourced headers is reconciled again to pick up a changed value:
+/// those Secrets are not Keysmith's, so no watch event announces their changes.
+pub const HEADER_RECHECK: Duration = Duration::from_secs(60);
+
+/// Names of the Secrets `spec`'s required headers read.
+pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
+    spec.restrictions
+        .iter()
+        .flat_map(|r| &r.required_headers)
+        .filter_map(|h| h.value_from.as_ref())
+        .map(|from| from.secret_key_ref.name.clone())
+        .collect()
+}
+
+/// What the Secrets say about the required headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    /// Hashes of every value that was found, in spec order.
+    pub hashes: Vec<RequiredHeaderStatus>,
+    /// One line per value that was not found (Secret or key missing); no values.
+    pub missing: Vec<String>,
+}
+
+/// Hash the value of every Secret-sourced required header of `spec`.
+pub fn resolve(spec: &ApiKeySpec, secrets: &HeaderSecrets) -> Resolved {
+    let mut resolved = Resolved::default();
+    let headers = spec.restrictions.iter().flat_map(|r| &r.required_headers);
+    for (i, header) in headers.enumerate() {
+        let Some(from) = &header.value_from else {
+            continue;
+        };
+        let (name, key) = (&from.secret_key_ref.name, &from.secret_key_ref.key);
+        let field = format!("spec.restrictions.requiredHeaders[{i}] ({})", header.name);
+        let Some(secret) = secrets.get(name.as_str()) else {
+            resolved
+                .missing
+                .push(format!("{field}: Secret {name} not found"));
+            continue;
+        };
+        match secret.data.as_ref().and_then(|d| d.get(key)) {
+            Some(value) => resolved.hashes.push(RequiredHeaderStatus {
+                name: header.name.clone(),
+                secret_key_ref: from.secret_key_ref.clone(),
+                sha256: sha256_hex_bytes(&value.0),
+            }),
+            None => resolved
+                .missing
+                .push(format!("{field}: Secret {name} has no key {key}")),
+        }
+    }
+    resolved
+}
