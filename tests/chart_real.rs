@@ -22,6 +22,7 @@ use keysmith_testenv::binaries::binary;
 use keysmith_testenv::rbac::{self, KEY, Permission};
 use keysmith_testenv::{Backend, Cluster, Identity};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 // The integration harness's HTTP client, shared rather than copied; only `request` is used here.
@@ -33,8 +34,9 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
 const RELEASE: &str = "keysmith";
 /// The release namespace: home of the ServiceAccounts and the leader Lease.
 const NAMESPACE: &str = "keysmith";
-/// What `tests/chart_tools.rs` renders for: the chart's oldest supported Kubernetes.
-const KUBE_VERSION: &str = "v1.25.0";
+/// The real server's version, which `helm install` would render for: the verifier's status
+/// policy needs 1.30 (`tests/chart_tools.rs` renders for the oldest supported, 1.25).
+const KUBE_VERSION: &str = "v1.37.2";
 /// Where the ApiKeys and the workloads they restart live.
 const APPS: &str = "apps";
 /// A namespace the scoped install does not watch.
@@ -446,8 +448,8 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
         .await;
     }
 
-    // The verifier answers for the Secret's token (with the header whose value it reads from a
-    // Secret), and writes the use back to status.
+    // The verifier answers for the Secret's token (with the header whose value the controller
+    // read from a Secret and published as a hash), and writes the use back to status.
     let token = rbac::token(&cluster, APPS)
         .await
         .expect("the Secret's token");
@@ -515,8 +517,8 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
                 &["update", "apikeys.keysmith.dev", "-n", APPS],
                 false,
             ),
-            (verifier_sa, &["get", "secrets", "-n", APPS], true),
-            (verifier_sa, &["list", "secrets", "-n", APPS], false),
+            (verifier_sa, &["get", "secrets", "-n", APPS], false),
+            (verifier_sa, &["list", "secrets", "-A"], false),
             (verifier_sa, &["create", "secrets", "-n", APPS], false),
             (
                 verifier_sa,
@@ -613,9 +615,10 @@ async fn scoped_chart_confines_both_accounts_to_the_watched_namespace() {
     assert_can_i(
         &install.admin,
         &[
-            (verifier_sa, &["get", "secrets", "-n", APPS], true),
+            (verifier_sa, &["get", "secrets", "-n", APPS], false),
             (verifier_sa, &["get", "secrets", "-n", OTHER], false),
             (verifier_sa, &["get", "secrets", "-n", NAMESPACE], false),
+            (controller_sa, &["get", "secrets", "-n", APPS], true),
             (
                 verifier_sa,
                 &["list", "apikeys.keysmith.dev", "-n", APPS],
@@ -641,4 +644,107 @@ async fn scoped_chart_confines_both_accounts_to_the_watched_namespace() {
             ),
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install(&[], dir.path()).await;
+    let verifier_sa = service_account_of(&objects, "verifier");
+    assert_eq!(
+        of_kind(&objects, "ValidatingAdmissionPolicyBinding").count(),
+        1,
+        "the split chart guards the verifier's status writes"
+    );
+    assert_can_i(
+        &admin,
+        &[
+            (verifier_sa, &["get", "secrets", "-A"], false),
+            (verifier_sa, &["list", "secrets", "-A"], false),
+            (verifier_sa, &["watch", "secrets", "-A"], false),
+            (
+                verifier_sa,
+                &[
+                    "patch",
+                    "apikeys.keysmith.dev",
+                    "--subresource=status",
+                    "-n",
+                    APPS,
+                ],
+                true,
+            ),
+        ],
+    );
+
+    // A key with the status the controller would have written (by the administrator, whom the
+    // policy does not restrict), holding a token and a required header's hash.
+    cluster
+        .apply_yaml(&rbac::key(APPS, "one"))
+        .await
+        .expect("ApiKey");
+    let admin_keys = Api::<ApiKey>::namespaced(cluster.client().await.expect("admin"), APPS);
+    let hash = |s: &str| keysmith::token::sha256_hex(s);
+    let status = json!({"status": {
+        "observedGeneration": 1,
+        "secretName": KEY,
+        "tokens": [{"name": "api", "id": "all_AAAAAA", "sha256": hash("the real token"),
+            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z"}],
+        "requiredHeaders": [{"name": "X-Client-Secret",
+            "secretKeyRef": {"name": "client-secret", "key": "value"}, "sha256": hash("s3cret")}],
+    }});
+    admin_keys
+        .patch_status(KEY, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("the administrator writes status");
+
+    // The verifier's own write: lastUsedAt, as the usage write-back sends it.
+    let verifier_keys = Api::<ApiKey>::namespaced(client_of(&cluster, verifier_sa).await, APPS);
+    let as_verifier = PatchParams {
+        field_manager: Some(keysmith::verifier::usage::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let used_at: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
+    let usage = keysmith::verifier::usage::usage_patch(&[((0, "api".to_owned()), used_at)].into());
+    verifier_keys
+        .patch_status(KEY, &as_verifier, &Patch::Json::<()>(usage))
+        .await
+        .expect("the verifier may set lastUsedAt");
+
+    // Anything else it would need to make a token of its own verify, or keep one verifying, is
+    // refused by the policy, whatever RBAC allows.
+    let forged = [
+        json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("forged")}]),
+        json!([{"op": "add", "path": "/status/tokens/-", "value": {"name": "extra",
+            "id": "all_BBBBBB", "sha256": hash("forged"), "issuedAt": "2026-11-01T00:00:00Z"}}]),
+        json!([{"op": "add", "path": "/status/tokens/0/previous", "value": {"id": "all_CCCCCC",
+            "sha256": hash("forged"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "remove", "path": "/status/tokens/0/expiresAt"}]),
+        json!([{"op": "replace", "path": "/status/requiredHeaders/0/sha256", "value": hash("mine")}]),
+        json!([{"op": "remove", "path": "/status/requiredHeaders"}]),
+        json!([{"op": "replace", "path": "/status/observedGeneration", "value": 7}]),
+        json!([{"op": "remove", "path": "/status"}]),
+    ];
+    for patch in forged {
+        let patch: json_patch::Patch = serde_json::from_value(patch.clone()).expect("patch");
+        let refused = verifier_keys
+            .patch_status(KEY, &as_verifier, &Patch::Json::<()>(patch.clone()))
+            .await
+            .expect_err("the policy refuses it");
+        assert!(
+            refused
+                .to_string()
+                .contains("the Keysmith verifier may change only status.tokens[].lastUsedAt"),
+            "{patch:?}: {refused}"
+        );
+    }
+    let stored = admin_keys.get_status(KEY).await.expect("status");
+    let stored = serde_json::to_value(stored.status).expect("JSON");
+    assert_eq!(stored["tokens"][0]["sha256"], hash("the real token"));
+    assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
+    assert_eq!(stored["requiredHeaders"][0]["sha256"], hash("s3cret"));
 }

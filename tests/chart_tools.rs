@@ -1443,3 +1443,104 @@ fn dashboard_and_alerts_query_only_metrics_the_binary_exports() {
         "EXTERNAL_METRICS lists unqueried {unused:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The verifier's status policy
+
+/// What the chart renders for `kube_version` with `sets`: the ValidatingAdmissionPolicy and its
+/// binding, if any.
+fn status_policy(kube_version: &str, sets: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        kube_version,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let text = run("helm", &args);
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("helm template output is YAML")
+        .into_iter()
+        .filter(|o| {
+            o["apiVersion"] == "admissionregistration.k8s.io/v1"
+                && o["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+        })
+        .collect()
+}
+
+#[test]
+fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernetes_1_30() {
+    let rendered = status_policy("v1.30.0", &[]);
+    let policy = find(
+        &rendered,
+        "ValidatingAdmissionPolicy",
+        "keysmith-verifier-status",
+    );
+    let binding = find(
+        &rendered,
+        "ValidatingAdmissionPolicyBinding",
+        "keysmith-verifier-status",
+    );
+    assert_eq!(rendered.len(), 2, "{rendered:#?}");
+    assert_eq!(binding["spec"]["policyName"], "keysmith-verifier-status");
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"],
+        serde_json::json!(["apikeys/status"])
+    );
+    let user = format!("'system:serviceaccount:{NAMESPACE}:keysmith-verifier'");
+    let condition = str_at(policy, "/spec/matchConditions/0/expression");
+    assert!(condition.ends_with(&user), "{condition}");
+    // Every status field but lastUsedAt is held: a field added to status without a check here
+    // would be the verifier's to change.
+    let crd: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(format!("{CHART}/files/apikeys.keysmith.dev.yaml"))
+            .expect("the CRD"),
+    )
+    .expect("the CRD is YAML");
+    let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+    let token = &status["properties"]["tokens"]["items"]["properties"];
+    let checks: String = policy["spec"]["validations"]
+        .as_array()
+        .expect("validations")
+        .iter()
+        .map(|v| str_at(v, "/expression"))
+        .collect();
+    let fields = status["properties"]
+        .as_object()
+        .expect("status fields")
+        .keys();
+    let token_fields = token.as_object().expect("token fields").keys();
+    for field in fields.chain(token_fields) {
+        if field != "tokens" && field != "lastUsedAt" {
+            let held = [format!(".{field} =="), format!(".?{field} ==")];
+            assert!(
+                held.iter().any(|h| checks.contains(h)),
+                "{field} is not held"
+            );
+        }
+    }
+    assert!(!checks.contains("lastUsedAt"));
+
+    for (kube_version, sets) in [
+        ("v1.29.0", &[][..]),
+        ("v1.30.0", &["mode=combined"][..]),
+        ("v1.30.0", &["verifier.statusPolicy=false"][..]),
+    ] {
+        assert!(
+            status_policy(kube_version, sets).is_empty(),
+            "{kube_version} {sets:?}"
+        );
+    }
+}

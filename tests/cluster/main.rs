@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod admission_policy;
 mod controller_cli;
 mod controller_leader;
 mod controller_lifecycle;
