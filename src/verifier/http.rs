@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn only_served_audiences_are_granted() {
-        let served = vec!["keysmith".to_owned(), "https://api.example".to_owned()];
+        let served = ["keysmith".to_owned(), "https://api.example".to_owned()];
         let asked = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(accepted_audiences(&[], &served), Some(vec![]));
         assert_eq!(accepted_audiences(&[], &[]), Some(vec![]));
