@@ -15,9 +15,10 @@ use hyper::body::Bytes;
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::telemetry::LogFormat;
 use keysmith::token::Token;
-use keysmith::verifier::Verifier;
 use keysmith::verifier::http::handle;
+use keysmith::verifier::tenancy::Tenancy;
 use keysmith::verifier::usage::UsageReporter;
+use keysmith::verifier::{Options, Verifier};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
@@ -40,7 +41,12 @@ fn apikey(i: usize, token: &Token) -> ApiKey {
 
 fn http(c: &mut Criterion) {
     let (usage, _usage_rx) = UsageReporter::channel();
-    let verifier = Verifier::new(&Default::default(), usage, &mut Registry::default());
+    // Unscoped routes accepting every namespace: the bench measures the whole decision.
+    let options = Options {
+        tenancy: Tenancy::any(),
+        ..Options::default()
+    };
+    let verifier = Verifier::new(&options, usage, &mut Registry::default());
     let tokens: Vec<Token> = (0..KEYS)
         .map(|_| Token::generate("ks_", 32, Encoding::Base62).expect("token"))
         .collect();
@@ -69,7 +75,9 @@ fn http(c: &mut Criterion) {
             .body(Full::new(Bytes::new()))
             .expect("request")
     };
+    // With a timer: the handler bounds how long a body may take.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     let answer = runtime.block_on(handle(&verifier, peer, verify()));

@@ -13,6 +13,7 @@ use crate::controller::leader::LeaderConfig;
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::{self, Clock, Context, Scope};
 use crate::telemetry::{self, Health, Shutdown};
+use crate::verifier::tenancy::{Accepted, Tenancy};
 use crate::verifier::{self, Running};
 
 /// The controller part of a process.
@@ -33,6 +34,8 @@ pub struct VerifierPart {
     pub api: TcpListener,
     /// Proxies whose forwarded-for headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which namespaces' keys each route accepts.
+    pub tenancy: Tenancy,
 }
 
 /// What one process runs.
@@ -111,6 +114,7 @@ pub async fn serve_with(
             settings,
             ..verifier_options(&part, &scope)
         };
+        log_tenancy(&part.tenancy);
         let running = Running::start(part.client.clone(), &options, &mut registry);
         ready.push(running.verifier.health.clone());
         let stopping = shutdown.clone();
@@ -135,8 +139,30 @@ pub async fn serve_with(
 fn verifier_options(part: &VerifierPart, scope: &Scope) -> verifier::Options {
     verifier::Options {
         trusted_proxies: part.trusted_proxies.clone(),
+        tenancy: part.tenancy.clone(),
         namespace: scope.namespace.clone(),
         selector: scope.selector.clone(),
         settings: verifier::Settings::default(),
+    }
+}
+
+/// Say at start-up whose keys unscoped routes accept: accepting none refuses every key there,
+/// and accepting every namespace lets any namespace's ApiKey authors pass them.
+fn log_tenancy(tenancy: &Tenancy) {
+    let default = &tenancy.default;
+    if default.is_none() {
+        tracing::warn!(
+            "unscoped routes (/v1/verify, /v1/authz, TokenReviews without a mapped audience) \
+             accept no namespace's keys: call /v1/namespaces/<namespace>/verify or /authz, map \
+             TokenReview audiences with --token-review-audience-namespaces, or name namespaces \
+             with --accept-namespaces"
+        );
+    } else if *default == Accepted::Any {
+        tracing::warn!(
+            "--accept-namespaces '*': unscoped routes accept keys from every namespace, so \
+             whoever may create ApiKeys in any namespace can pass them"
+        );
+    } else {
+        tracing::info!(accept_namespaces = %default, "unscoped routes accept these namespaces' keys");
     }
 }

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::components::{Components, ControllerPart, VerifierPart};
 use crate::controller::leader::LeaderConfig;
 use crate::controller::{Clock, Scope};
+use crate::verifier::tenancy::Tenancy;
 
 /// Namespace the chart installs into; home of the ServiceAccounts and the leader Lease.
 pub const SYSTEM_NAMESPACE: &str = "keysmith";
@@ -90,6 +91,8 @@ pub fn components(
             client: clients.verifier,
             api,
             trusted_proxies: Vec::new(),
+            // One developer's cluster: every namespace, as an explicit choice.
+            tenancy: Tenancy::any(),
         }),
         scope: Scope::default(),
         metrics,

@@ -366,6 +366,8 @@ async fn verifier_part(
         client: client_of(cluster, account).await,
         api,
         trusted_proxies: Vec::new(),
+        // What is checked here is the chart's RBAC, in whichever namespace the keys are.
+        tenancy: keysmith::verifier::tenancy::Tenancy::any(),
     }
 }
 

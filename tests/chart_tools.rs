@@ -122,7 +122,8 @@ struct Values {
     prometheus_rule: bool,
     /// `watchNamespace`: Roles in that namespace instead of ClusterRoles.
     watch_namespace: bool,
-    /// `selector`, `trustedProxies`, `image.digest`, `imagePullSecrets`: flags and pod specs only.
+    /// `selector`, `trustedProxies`, `acceptNamespaces`, `image.digest`, `imagePullSecrets`: flags
+    /// and pod specs only.
     flags: bool,
     /// One replica of the combined or the verifier Deployment: no PodDisruptionBudget for it.
     single_replicas: bool,
@@ -238,6 +239,7 @@ impl Values {
             &[
                 &format!("selector={SELECTOR}"),
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
+                "acceptNamespaces={tenant-a,tenant-b}",
                 &format!("image.digest={DIGEST}"),
                 "imagePullSecrets[0].name=regcred",
             ],
@@ -604,6 +606,7 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                 // Only what serves the verifier API sees client addresses.
                 if subcommand != "controller" {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
+                    args.push("--accept-namespaces=tenant-a,tenant-b".to_string());
                 }
             }
             if values.extras {

@@ -15,6 +15,7 @@ use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;
 use crate::verifier::client_ip;
+use crate::verifier::tenancy::Tenancy;
 use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
 
 /// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
@@ -87,6 +88,17 @@ pub struct VerifierApiArgs {
     /// authenticated. Default: none, so only reviews that ask no audience authenticate.
     #[arg(long, value_delimiter = ',', value_name = "AUDIENCE,...")]
     pub token_review_audiences: Vec<String>,
+
+    /// Namespaces whose keys the unscoped routes (`/v1/verify`, `/v1/authz`) and TokenReviews
+    /// without a mapped audience accept (comma-separated), or '*' for every namespace. Default:
+    /// none; routes under `/v1/namespaces/<ns>[,...]/` accept the namespaces they name.
+    #[arg(long, value_name = "NS,...|*", default_value = "")]
+    pub accept_namespaces: String,
+
+    /// `AUDIENCE=NS,...`: the namespaces whose keys a TokenReview asking that audience accepts
+    /// ('*' for every namespace); the audience is then served. Repeat for several audiences.
+    #[arg(long, value_name = "AUDIENCE=NS,...")]
+    pub token_review_audience_namespaces: Vec<String>,
 }
 
 impl VerifierApiArgs {
@@ -94,6 +106,17 @@ impl VerifierApiArgs {
     pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, String> {
         client_ip::parse_trusted(&self.trusted_proxies)
             .map_err(|e| format!("--trusted-proxies: {e}"))
+    }
+
+    /// `--accept-namespaces` and `--token-review-audience-namespaces` parsed; the error names
+    /// the flag.
+    pub fn tenancy(&self) -> Result<Tenancy, String> {
+        let audiences: Vec<&str> = self
+            .token_review_audience_namespaces
+            .iter()
+            .map(String::as_str)
+            .collect();
+        Tenancy::parse(&self.accept_namespaces, &audiences)
     }
 
     /// The verifier's settings from these flags.

@@ -27,6 +27,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> ExitCode {
     serve_components("run", &args.telemetry, args.api.settings(), async move {
         let trusted_proxies = args.api.trusted_proxies()?;
+        let tenancy = args.api.tenancy()?;
         let client = cluster::connect().await.map_err(|e| e.to_string())?;
         let leader = args.leader.config(client.default_namespace());
         Ok(Components {
@@ -39,6 +40,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 client,
                 api: super::bind(args.api.listen, "the verification API").await?,
                 trusted_proxies,
+                tenancy,
             }),
             scope: args.scope.scope(),
             metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,

@@ -29,6 +29,7 @@ pub fn run(args: VerifierArgs) -> ExitCode {
         args.api.settings(),
         async move {
             let trusted_proxies = args.api.trusted_proxies()?;
+            let tenancy = args.api.tenancy()?;
             let client = cluster::connect().await.map_err(|e| e.to_string())?;
             Ok(Components {
                 controller: None,
@@ -36,6 +37,7 @@ pub fn run(args: VerifierArgs) -> ExitCode {
                     client,
                     api: super::bind(args.api.listen, "the verification API").await?,
                     trusted_proxies,
+                    tenancy,
                 }),
                 scope: args.scope.scope(),
                 metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,

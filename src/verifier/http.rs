@@ -15,7 +15,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::grants::Context;
@@ -25,6 +25,7 @@ use super::audit;
 use super::client_ip::client_ip;
 use super::decision::{Code, NoHeaders, RequestHeaders, VerifyRequest};
 use super::index::Verdict;
+use super::tenancy::{self, Endpoint, Namespaces};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -36,32 +37,41 @@ pub type Answer = Response<Full<Bytes>>;
 
 /// Answer one request to the verification API; `peer` is the TCP peer, the client address
 /// unless it is a trusted proxy.
-pub async fn handle<B>(verifier: &Verifier, peer: SocketAddr, request: Request<B>) -> Answer
+pub async fn handle<B>(verifier: &Verifier, peer: SocketAddr, mut request: Request<B>) -> Answer
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let path = request.uri().path();
+    // Taken out (a move, no copy) so the scope the path names can be borrowed while the request
+    // moves on to its endpoint.
+    let uri = std::mem::take(request.uri_mut());
+    let path = uri.path();
     let post = request.method() == Method::POST;
-    if path == "/v1/authz" || path.starts_with("/v1/authz/") {
-        authz(verifier, peer, request).await
-    } else if path == "/v1/verify" {
-        if post {
-            verify(verifier, peer, request).await
-        } else {
-            method_not_allowed()
-        }
-    } else if path == TOKENREVIEW_PATH {
-        if post {
+    if path == TOKENREVIEW_PATH {
+        return if post {
             tokenreview(verifier, peer, request).await
         } else {
             method_not_allowed()
-        }
-    } else {
-        error(
+        };
+    }
+    let Some((endpoint, scope)) = tenancy::route(path) else {
+        return error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: see /v1/verify, /v1/authz and the TokenReview webhook".into(),
-        )
+            "no such endpoint: see /v1/verify, /v1/authz, /v1/namespaces/<namespace,...>/verify \
+             and /authz, and the TokenReview webhook"
+                .into(),
+        );
+    };
+    // The route's own scope, else what the verifier's owner chose for unscoped routes.
+    let namespaces = scope.unwrap_or(verifier.tenancy.default.view());
+    match endpoint {
+        Endpoint::Verify if post => verify(verifier, peer, namespaces, request).await,
+        Endpoint::Verify => method_not_allowed(),
+        Endpoint::Authz => {
+            let query = Some(uri.query().unwrap_or(""));
+            authz(verifier, peer, namespaces, query, request).await
+        }
+        Endpoint::AuthzBelow => authz(verifier, peer, namespaces, None, request).await,
     }
 }
 
@@ -302,7 +312,12 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn verify<B>(verifier: &Verifier, peer: SocketAddr, request: Request<B>) -> Answer
+async fn verify<B>(
+    verifier: &Verifier,
+    peer: SocketAddr,
+    namespaces: Namespaces<'_>,
+    request: Request<B>,
+) -> Answer
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -331,7 +346,7 @@ where
         action: request.action,
         resource: request.resource,
     };
-    let verdict = verifier.check(&request, &audit).await;
+    let verdict = verifier.check(&request, namespaces, &audit).await;
     json(StatusCode::OK, &verify_response(&verdict))
 }
 
@@ -357,13 +372,13 @@ struct Asked {
     environment: Option<String>,
 }
 
-/// What a gateway asks: from the query on `/v1/authz` (ingress-nginx `auth-url`, Traefik
-/// `address`), from `X-Keysmith-*` headers on `/v1/authz/*` (Envoy appends the client's path and
-/// query there, so that query is the client's to choose and must not be believed).
-fn asked(uri: &Uri, headers: &HeaderMap) -> Asked {
-    if uri.path() == "/v1/authz" {
+/// What a gateway asks: from the `query` of an `authz` route exactly (ingress-nginx `auth-url`,
+/// Traefik `address`), from `X-Keysmith-*` headers below it (`None`: Envoy appends the client's
+/// path and query there, so that query is the client's to choose and must not be believed).
+fn asked(query: Option<&str>, headers: &HeaderMap) -> Asked {
+    if let Some(query) = query {
         let mut asked = Asked::default();
-        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             let slot = match &*k {
                 "action" => &mut asked.action,
                 "resource" => &mut asked.resource,
@@ -388,10 +403,16 @@ fn asked(uri: &Uri, headers: &HeaderMap) -> Asked {
     }
 }
 
-async fn authz<B>(verifier: &Verifier, peer: SocketAddr, request: Request<B>) -> Answer {
+async fn authz<B>(
+    verifier: &Verifier,
+    peer: SocketAddr,
+    namespaces: Namespaces<'_>,
+    query: Option<&str>,
+    request: Request<B>,
+) -> Answer {
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
-    let asked = asked(&parts.uri, headers);
+    let asked = asked(query, headers);
     let origin = client_ip(peer.ip(), headers, &verifier.trusted_proxies);
     let request = VerifyRequest {
         token: presented_token(headers),
@@ -411,7 +432,7 @@ async fn authz<B>(verifier: &Verifier, peer: SocketAddr, request: Request<B>) ->
         action: request.action,
         resource: request.resource,
     };
-    let verdict = verifier.check(&request, &audit).await;
+    let verdict = verifier.check(&request, namespaces, &audit).await;
     authz_response(&verdict)
 }
 
@@ -482,7 +503,11 @@ where
         return error(StatusCode::BAD_REQUEST, "body is not a TokenReview".into());
     };
     let requested = review.spec.audiences.as_deref().unwrap_or_default();
-    let Some(audiences) = accepted_audiences(requested, &verifier.token_review_audiences) else {
+    let tenancy = &verifier.tenancy;
+    let served = |audience: &String| {
+        verifier.token_review_audiences.contains(audience) || tenancy.audience(audience).is_some()
+    };
+    let Some(audiences) = accepted_audiences(requested, served) else {
         // A token for another audience is not Keysmith's to vouch for, whatever it is.
         return tokenreview_answer(
             serde_json::json!({"authenticated": false, "error": "no requested audience is accepted"}),
@@ -508,10 +533,17 @@ where
         action: None,
         resource: None,
     };
-    let verdict = verifier.check(&request, &audit).await;
+    // The API server chooses the audiences, not the token's holder: they name the namespaces.
+    let namespaces = tenancy.for_review(&audiences);
+    let verdict = verifier.check(&request, namespaces.view(), &audit).await;
     let status = match (&verdict.found, verdict.code) {
         (Some(found), Code::Valid) => {
             let key = &found.key;
+            // Only the audiences that accept the key's namespace.
+            let audiences: Vec<&str> = audiences
+                .into_iter()
+                .filter(|a| tenancy.of_audience(a).view().accepts(&key.namespace))
+                .collect();
             let mut user = serde_json::json!({
                 "username": format!("keysmith:{}:{}:{}", key.namespace, key.name, found.slot_name()),
                 "groups": [format!("keysmith:{}", key.namespace)],
@@ -531,11 +563,12 @@ where
 }
 
 /// The audiences to grant a review that asks for `requested`: none when it asks none, else those
-/// of them this verifier serves (`--token-review-audiences`); `None` when it asks only others.
-fn accepted_audiences<'a>(requested: &'a [String], served: &[String]) -> Option<Vec<&'a str>> {
+/// of them this verifier serves (`--token-review-audiences`, `--token-review-audience-namespaces`);
+/// `None` when it asks only others.
+fn accepted_audiences(requested: &[String], served: impl Fn(&String) -> bool) -> Option<Vec<&str>> {
     let granted: Vec<&str> = requested
         .iter()
-        .filter(|audience| served.contains(audience))
+        .filter(|audience| served(audience))
         .map(String::as_str)
         .collect();
     (requested.is_empty() || !granted.is_empty()).then_some(granted)
@@ -649,14 +682,11 @@ mod tests {
     fn authz_query_only_on_the_exact_path() {
         let mut h = HeaderMap::new();
         h.insert("x-keysmith-action", HeaderValue::from_static("from-header"));
-        let exact: Uri = "/v1/authz?action=content.read&resource=a%3Ab&x=1"
-            .parse()
-            .unwrap();
-        let a = asked(&exact, &h);
+        let a = asked(Some("action=content.read&resource=a%3Ab&x=1"), &h);
         assert_eq!(a.action.as_deref(), Some("content.read"));
         assert_eq!(a.resource.as_deref(), Some("a:b"));
-        let envoy: Uri = "/v1/authz/api/pages?action=admin".parse().unwrap();
-        let a = asked(&envoy, &h);
+        // Below the route (Envoy), where the query is the client's: only the headers ask.
+        let a = asked(None, &h);
         assert_eq!(a.action.as_deref(), Some("from-header"));
         assert_eq!(a.resource, None);
     }
@@ -665,13 +695,15 @@ mod tests {
     fn only_served_audiences_are_granted() {
         let served = ["keysmith".to_owned(), "https://api.example".to_owned()];
         let asked = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(accepted_audiences(&[], &served), Some(vec![]));
-        assert_eq!(accepted_audiences(&[], &[]), Some(vec![]));
+        let serves = |a: &String| served.contains(a);
+        let none = |_: &String| false;
+        assert_eq!(accepted_audiences(&[], serves), Some(vec![]));
+        assert_eq!(accepted_audiences(&[], none), Some(vec![]));
         let both = asked(&["https://kubernetes.default.svc", "keysmith"]);
-        assert_eq!(accepted_audiences(&both, &served), Some(vec!["keysmith"]));
+        assert_eq!(accepted_audiences(&both, serves), Some(vec!["keysmith"]));
         let other = asked(&["https://kubernetes.default.svc"]);
-        assert_eq!(accepted_audiences(&other, &served), None);
-        assert_eq!(accepted_audiences(&other, &[]), None);
+        assert_eq!(accepted_audiences(&other, serves), None);
+        assert_eq!(accepted_audiences(&other, none), None);
     }
 
     fn verifier() -> Verifier {

@@ -2,7 +2,8 @@
 //!
 //! Pure core: [`key`] (what one ApiKey means to the verifier), [`decision`] (the decision
 //! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
-//! [`throttle`] (slowing repeated failures). Shell: [`http`] (the endpoints), [`usage`]
+//! [`throttle`] (slowing repeated failures), [`tenancy`] (which namespaces a route accepts).
+//! Shell: [`http`] (the endpoints), [`usage`]
 //! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], and
 //! here the watcher that feeds the index and [`run`], which wires it all with the shared
 //! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
@@ -15,6 +16,7 @@ pub mod index;
 pub mod key;
 pub mod metrics;
 pub mod server;
+pub mod tenancy;
 pub mod throttle;
 pub mod usage;
 
@@ -39,6 +41,7 @@ use crate::telemetry::Health;
 use self::decision::{Code, VerifyRequest};
 use self::index::{Index, Verdict};
 use self::metrics::Metrics;
+use self::tenancy::{Namespaces, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};
 use self::usage::UsageReporter;
 
@@ -51,6 +54,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Only ApiKeys whose labels match.
     pub selector: Option<String>,
+    /// Which namespaces' keys each route accepts.
+    pub tenancy: Tenancy,
     /// What the command line tunes.
     pub settings: Settings,
 }
@@ -77,6 +82,8 @@ pub struct Verifier {
     pub limits: server::Limits,
     /// `--token-review-audiences`.
     pub token_review_audiences: Vec<String>,
+    /// Which namespaces' keys each route accepts.
+    pub tenancy: Tenancy,
     /// Metrics.
     pub metrics: Metrics,
     /// Usage write-back.
@@ -94,22 +101,25 @@ impl Verifier {
             trusted_proxies: options.trusted_proxies.clone(),
             limits: options.settings.limits,
             token_review_audiences: options.settings.token_review_audiences.clone(),
+            tenancy: options.tenancy.clone(),
             metrics: Metrics::register(registry),
             usage,
             health: Health::default(),
         }
     }
 
-    /// Decide a request and do what every verification does: count it, audit it, report
-    /// usage when VALID, and delay a failure from a client (`audit.client`) that keeps failing.
+    /// Decide a request for a route accepting `namespaces` and do what every verification does:
+    /// count it, audit it, report usage when VALID, and delay a failure from a client
+    /// (`audit.client`) that keeps failing.
     pub async fn check<'a>(
         &self,
         request: &VerifyRequest<'a>,
+        namespaces: Namespaces<'_>,
         audit: &audit::Request<'_>,
     ) -> Verdict<'a> {
         let start = Instant::now();
         let now = Timestamp::now();
-        let verdict = self.index.verify(request, now);
+        let verdict = tenancy::confine(self.index.verify(request, now), namespaces);
         self.metrics.observe(verdict.code, start.elapsed());
         audit::record(audit, &verdict);
         match (&verdict.found, verdict.code) {

@@ -5,9 +5,15 @@
 //! write-back, metrics, body limits, and an audit log that never holds a token.
 
 use crate::harness::verifier::{
-    Harness, NS, eventually, request, start, status_header, status_token, token,
+    Harness, NS, Response, cluster, eventually, request, start, start_with, status_header,
+    status_token, token,
 };
-use kube::api::DeleteParams;
+use keysmith::api::ApiKey;
+use keysmith::token::Token;
+use keysmith::verifier::http::TOKENREVIEW_PATH as TOKENREVIEW;
+use keysmith::verifier::tenancy::Tenancy;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// Keys for every code. Returns the tokens by name.
@@ -688,4 +694,206 @@ async fn authz_answers_always_set_the_environment_header() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-keysmith-environment"), Some(""));
+}
+
+/// Create namespace `namespace` and ApiKey `name` in it whose status holds `token`.
+async fn tenant_key(h: &Harness, namespace: &str, name: &str, spec: Value, token: &Token) {
+    h.cluster
+        .apply_object(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        )
+        .await
+        .expect("namespace applies");
+    let key: ApiKey = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+    }))
+    .unwrap();
+    let keys: Api<ApiKey> = Api::namespaced(h.admin.clone(), namespace);
+    keys.create(&PostParams::default(), &key).await.unwrap();
+    keys.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"tokens": [status_token("main", token)]}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// What a gateway learns from an `/v1/authz` answer: status, code and authentication challenge.
+fn authz_answer(r: &Response) -> (u16, Option<&str>, Option<&str>, &str) {
+    (
+        r.status,
+        r.header("x-keysmith-code"),
+        r.header("www-authenticate"),
+        &r.body,
+    )
+}
+
+/// Tenant isolation: a key that grants itself everything in `tenant-b` is refused on team A's
+/// routes exactly like an unknown token, whatever the client appends to the route or forwards in
+/// headers; the route of its own team accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_accepted_only_on_routes_naming_its_namespace() {
+    let h = start_with(
+        cluster().await,
+        &[],
+        Tenancy::parse(NS, &["team-a-api=tenant-a"]).unwrap(),
+    )
+    .await;
+    let (mine, evil, unknown) = (token("ks_"), token("ks_"), token("ks_"));
+    let allow_all = json!([{"effect": "allow", "actions": ["*"], "resources": ["*"]}]);
+    tenant_key(
+        &h,
+        "tenant-a",
+        "checkout",
+        json!({"tokens": [{"name": "main"}], "grants": [{"effect": "allow", "actions": ["orders.read"]}]}),
+        &mine,
+    )
+    .await;
+    tenant_key(
+        &h,
+        "tenant-b",
+        "everything",
+        json!({"tokens": [{"name": "main"}], "environment": "production", "grants": allow_all}),
+        &evil,
+    )
+    .await;
+    let (mine, evil, unknown) = (
+        mine.expose_secret(),
+        evil.expose_secret(),
+        unknown.expose_secret(),
+    );
+    let verify_on = |path: &'static str, t: &str| {
+        let body = json!({"token": t, "action": "orders.read"}).to_string();
+        let api = h.api;
+        async move {
+            let r = request(api, "POST", path, &[], Some(&body)).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            serde_json::from_str::<Value>(&r.body).unwrap()
+        }
+    };
+    // Its own team's route accepts it (once the watch has indexed it).
+    eventually("tenant-b's key to verify on tenant-b's route", || async {
+        let answer = verify_on("/v1/namespaces/tenant-b/verify", evil).await;
+        (answer["code"] == "VALID").then_some(())
+    })
+    .await;
+    assert_eq!(
+        verify_on("/v1/namespaces/tenant-a/verify", mine).await["code"],
+        "VALID"
+    );
+    assert_eq!(
+        verify_on("/v1/namespaces/tenant-a,tenant-b/verify", evil).await["code"],
+        "VALID"
+    );
+    // Team A's /v1/verify route: as unknown, body for body.
+    let refused = verify_on("/v1/namespaces/tenant-a/verify", evil).await;
+    assert_eq!(
+        refused,
+        verify_on("/v1/namespaces/tenant-a/verify", unknown).await
+    );
+    assert_eq!(refused["code"], "NOT_FOUND");
+    // The unscoped route accepts only --accept-namespaces (here the harness's own namespace).
+    assert_eq!(verify_on("/v1/verify", evil).await, refused);
+
+    let bearer = |t: &str| format!("Bearer {t}");
+    let authz = |path: &str, t: &str, extra: &[(&str, &str)]| {
+        let auth = bearer(t);
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let (api, path) = (h.api, path.to_owned());
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            request(api, "GET", &path, &headers, None).await
+        }
+    };
+    let team_a = "/v1/namespaces/tenant-a/authz?action=orders.read";
+    let ok = authz(team_a, mine, &[]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-keysmith-key"), Some("tenant-a/checkout"));
+    let as_unknown = authz(team_a, unknown, &[]).await;
+    assert_eq!(
+        authz_answer(&as_unknown),
+        (
+            401,
+            Some("NOT_FOUND"),
+            Some("Bearer error=\"invalid_token\""),
+            ""
+        )
+    );
+    let forged = [
+        (
+            "X-Original-URL",
+            "https://api.example/v1/namespaces/tenant-b/authz",
+        ),
+        ("X-Forwarded-Uri", "/v1/namespaces/tenant-b/authz"),
+        ("X-Forwarded-Prefix", "/v1/namespaces/tenant-b"),
+        ("X-Keysmith-Namespace", "tenant-b"),
+    ];
+    for (path, extra) in [
+        (team_a, &[][..]),
+        (team_a, &forged[..]),
+        // Envoy appends the client's path and query to team A's path prefix.
+        (
+            "/v1/namespaces/tenant-a/authz/../namespaces/tenant-b/authz",
+            &[][..],
+        ),
+        (
+            "/v1/namespaces/tenant-a/authz/../../tenant-b/authz",
+            &[][..],
+        ),
+        (
+            "/v1/namespaces/tenant-a/authz/%2e%2e/%2e%2e/tenant-b/authz",
+            &[][..],
+        ),
+        (
+            "/v1/namespaces/tenant-a/authz/api?namespaces=tenant-b",
+            &forged[..],
+        ),
+        // An unscoped Envoy route: the client's path naming a namespace scopes nothing.
+        ("/v1/authz/namespaces/tenant-b/authz", &[][..]),
+        ("/v1/authz/../namespaces/tenant-b/authz", &[][..]),
+        ("/v1/authz?namespaces=tenant-b", &forged[..]),
+    ] {
+        let r = authz(path, evil, extra).await;
+        assert_eq!(
+            authz_answer(&r),
+            authz_answer(&as_unknown),
+            "{path} {extra:?}"
+        );
+    }
+    // Team B's route accepts its key, and not team A's.
+    let team_b = "/v1/namespaces/tenant-b/authz/api/orders";
+    assert_eq!(authz(team_b, evil, &[]).await.status, 200);
+    assert_eq!(
+        authz_answer(&authz(team_b, mine, &[]).await),
+        authz_answer(&as_unknown)
+    );
+
+    // TokenReview: an audience names its namespaces; no audience means --accept-namespaces.
+    let review = |t: &str, audiences: &[&str]| {
+        let body = json!({"kind": "TokenReview", "spec": {"token": t, "audiences": audiences}});
+        let api = h.api;
+        async move {
+            let r = request(api, "POST", TOKENREVIEW, &[], Some(&body.to_string())).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            serde_json::from_str::<Value>(&r.body).unwrap()["status"].clone()
+        }
+    };
+    let not_found = json!({"authenticated": false, "error": "NOT_FOUND"});
+    assert_eq!(review(evil, &["team-a-api"]).await, not_found);
+    assert_eq!(review(unknown, &["team-a-api"]).await, not_found);
+    assert_eq!(review(evil, &[]).await, not_found);
+    let accepted = review(mine, &["team-a-api", "other"]).await;
+    assert_eq!(accepted["authenticated"], true, "{accepted}");
+    assert_eq!(accepted["audiences"], json!(["team-a-api"]));
+    assert_eq!(review(mine, &[]).await, not_found);
 }

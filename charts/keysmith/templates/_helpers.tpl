@@ -225,6 +225,9 @@ spec:
             {{- with $root.Values.trustedProxies }}
             - {{ printf "--trusted-proxies=%s" (join "," .) | quote }}
             {{- end }}
+            {{- with $root.Values.acceptNamespaces }}
+            - {{ printf "--accept-namespaces=%s" (join "," .) | quote }}
+            {{- end }}
             {{- end }}
             {{- range $v.extraArgs }}
             - {{ . | quote }}

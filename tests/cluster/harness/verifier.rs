@@ -11,6 +11,7 @@ use keysmith::devcluster;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
 use keysmith::verifier::client_ip;
+use keysmith::verifier::tenancy::Tenancy;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -50,8 +51,14 @@ pub async fn cluster() -> Cluster {
 
 /// Start a verifier (as its ServiceAccount) with `trusted` proxies and wait until it is ready.
 pub async fn start(trusted: &[&str]) -> Harness {
+    let own = Tenancy::parse(NS, &[]).expect("NS is a namespace name");
+    start_with(cluster().await, trusted, own).await
+}
+
+/// Like [`start`], on a `cluster` the test prepared first, the verifier accepting keys as
+/// `tenancy` says ([`start`] accepts [`NS`] on unscoped routes).
+pub async fn start_with(cluster: Cluster, trusted: &[&str], tenancy: Tenancy) -> Harness {
     logs::capture("info");
-    let cluster = cluster().await;
     let admin = cluster.client().await.expect("admin client");
     let client = cluster
         .client_as(&verifier_identity())
@@ -67,6 +74,7 @@ pub async fn start(trusted: &[&str]) -> Harness {
             client,
             api,
             trusted_proxies: client_ip::parse_trusted(&trusted).unwrap(),
+            tenancy,
         }),
         scope: Scope::default(),
         metrics: probes,
