@@ -1,6 +1,7 @@
 //! Keysmith: a Kubernetes operator that manages API keys as custom resources.
 //!
-//! The pure core (no I/O): [`api`] (the `ApiKey` types), [`crd`] (the CustomResourceDefinition),
+//! The pure core (no I/O): [`api`] (the `ApiKey` types, read one watched object at a time by
+//! [`apikeys`]), [`crd`] (the CustomResourceDefinition),
 //! [`token`] (token format), [`duration`] and [`schedule`] (time parsing), [`grants`] (the
 //! permission evaluator) and [`validation`] (every rule a spec must satisfy). The command line is
 //! [`cli`].
@@ -14,6 +15,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod apikeys;
 pub mod cli;
 pub mod cluster;
 pub mod components;

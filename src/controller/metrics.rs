@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::ApiKeyStatus;
+use crate::apikeys::Unreadables;
 
 /// Labels `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +42,8 @@ pub struct ControllerMetrics {
     pub token_expiry: Family<TokenLabels, Gauge>,
     /// `keysmith_rollout_restarts_total`.
     pub rollout_restarts: Counter,
+    /// `keysmith_apikeys_unreadable_total`.
+    pub unreadable: Unreadables,
 }
 
 impl ControllerMetrics {
@@ -53,6 +56,7 @@ impl ControllerMetrics {
             tokens_minted: Family::default(),
             token_expiry: Family::default(),
             rollout_restarts: Counter::default(),
+            unreadable: Unreadables::register(registry, "apikeys_unreadable"),
         };
         registry.register_with_unit(
             "reconcile_duration",

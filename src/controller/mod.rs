@@ -12,15 +12,17 @@ pub mod leader;
 pub mod metrics;
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{self, Future};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::channel::mpsc;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PartialObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -28,7 +30,8 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{ApiKey, FINALIZER, RESTART_ON_ANNOTATION};
+use crate::api::{APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, RESTART_ON_ANNOTATION};
+use crate::apikeys::{self, Unreadables, Watched};
 use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan, Revocation};
 use crate::token::GenerateError;
 use apply::Restarted;
@@ -146,12 +149,9 @@ pub async fn run(
     resync: Option<BoxStream<'static, ()>>,
 ) {
     let client = ctx.client.clone();
-    let (keys, secrets): (Api<ApiKey>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+    let secrets: Api<PartialObjectMeta<Secret>> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let mut keys_config = watcher::Config::default();
     if let Some(selector) = &scope.selector {
@@ -163,8 +163,11 @@ pub async fn run(
     // reconciles: keep ApiKeys without their managedFields and last-applied copy, and only the
     // metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
     let (store, writer) = reflector::store();
-    let keys = watcher(keys, keys_config)
+    let (revoke, revocations) = mpsc::unbounded();
+    let unreadable = ctx.metrics.unreadable.clone();
+    let keys = apikeys::watch(client, scope.namespace.as_deref(), keys_config)
         .default_backoff()
+        .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
         .modify(prune_for_cache)
         .reflect(writer)
         .touched_objects();
@@ -179,16 +182,69 @@ pub async fn run(
         controller = controller.reconcile_all_on(resync);
     }
     info!(namespace = ?scope.namespace, selector = ?scope.selector, "controller started");
-    controller
+    let revoking = revocations.for_each_concurrent(usize::from(RECONCILE_CONCURRENCY), {
+        let ctx = ctx.clone();
+        move |meta| {
+            let ctx = ctx.clone();
+            async move { ctx.revoke_unreadable(&meta).await }
+        }
+    });
+    let running = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 debug!(error = %e, "reconcile loop");
             }
-        })
-        .await;
+        });
+    // Revocations end with the controller (a new leader's list brings pending ones back).
+    futures::future::select(Box::pin(running), revoking).await;
     info!("controller stopped");
+}
+
+/// A watch event as the cache takes it: an unreadable key leaves the cache (only its name is
+/// known, which a deletion needs; a stale readable version would be reconciled), and one being
+/// deleted under our finalizer is queued for [`Context::revoke_unreadable`].
+fn readable(
+    event: watcher::Event<DynamicObject>,
+    unreadable: &Unreadables,
+    revoke: &mpsc::UnboundedSender<ObjectMeta>,
+) -> Option<watcher::Event<ApiKey>> {
+    let read = |object| match unreadable.read(object) {
+        Watched::Readable(key) => Ok(*key),
+        Watched::Unreadable(meta) => {
+            if meta.deletion_timestamp.is_some()
+                && meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
+            {
+                // Err: the controller is stopping; a new leader's list brings it back.
+                let _ = revoke.unbounded_send((*meta).clone());
+            }
+            Err(Box::new(evicted(*meta)))
+        }
+    };
+    Some(match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        // Left out of a relist, it leaves the cache at InitDone.
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(read(object).ok()?),
+        watcher::Event::Apply(object) => match read(object) {
+            Ok(key) => watcher::Event::Apply(key),
+            Err(stand_in) => watcher::Event::Delete(*stand_in),
+        },
+        watcher::Event::Delete(object) => {
+            unreadable.deleted(&object.metadata);
+            watcher::Event::Delete(evicted(object.metadata))
+        }
+    })
+}
+
+/// A stand-in carrying only `metadata`, to remove a key from the cache by name.
+fn evicted(metadata: ObjectMeta) -> ApiKey {
+    ApiKey {
+        metadata,
+        spec: ApiKeySpec::default(),
+        status: None,
+    }
 }
 
 /// Drop what a cached object is never read for: managedFields and kubectl's copy of the last
@@ -483,9 +539,100 @@ impl Context {
 
     /// Revoke on delete: remove the Secret this key created, or release one it adopted, and say so.
     async fn cleanup(&self, key: &ApiKey) -> Result<Action, Error> {
+        self.revoke(key, key.secret_name()).await
+    }
+
+    /// Revoke a deleted key that cannot be read, from its metadata alone: its Secret is found by
+    /// the label naming the key (`spec.secret.name` is unknown) and revoked as [`Self::cleanup`]
+    /// would (the ownership checks need only the key's uid), then the finalizer is removed.
+    /// Retried with the reconcile backoff until done or the key is gone.
+    async fn revoke_unreadable(&self, meta: &ObjectMeta) {
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        let span = info_span!("revoke_unreadable", namespace = %namespace, name = %name);
+        let mut backoff = Backoff::default();
+        while let Err(error) = self
+            .try_revoke_unreadable(meta)
+            .instrument(span.clone())
+            .await
+        {
+            let delay = backoff.fail();
+            warn!(namespace = %namespace, name = %name, error = %error, retry_in = ?delay, "revoking an unreadable ApiKey failed");
+            self.metrics.error(error.metric_reason());
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn try_revoke_unreadable(&self, meta: &ObjectMeta) -> Result<(), Error> {
+        let key = evicted(meta.clone());
+        let namespace = key.namespace().unwrap_or_default();
+        let name = key.name_any();
+        let secrets: Api<PartialObjectMeta<Secret>> =
+            Api::namespaced(self.client.clone(), &namespace);
+        let labelled = secrets
+            .list_metadata(&ListParams::default().labels(&format!("{APIKEY_LABEL}={name}")))
+            .await
+            .map_err(Error::kube(format!(
+                "listing Secrets of ApiKey {namespace}/{name}"
+            )))?;
+        let mut names: Vec<String> = labelled.items.iter().map(ResourceExt::name_any).collect();
+        if names.is_empty() {
+            names.push(name.clone());
+        }
+        for secret_name in names {
+            self.revoke(&key, secret_name).await?;
+        }
+        let Some(position) = meta
+            .finalizers
+            .iter()
+            .flatten()
+            .position(|f| f == FINALIZER)
+        else {
+            return Ok(());
+        };
+        // Like kube's finalizer helper: remove it only if the list is still the one seen.
+        let path = format!("/metadata/finalizers/{position}");
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": path, "value": FINALIZER},
+            {"op": "remove", "path": path},
+        ]))
+        .map_err(|e| Error::Kube {
+            action: "building the finalizer patch".to_owned(),
+            source: kube::Error::SerdeError(e),
+        })?;
+        let keys = apikeys::api(self.client.clone(), Some(&namespace));
+        match keys
+            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                debug!("the ApiKey is already gone");
+                Ok(())
+            }
+            // The finalizer list changed (its next watch event decides again), or, as the API
+            // server validates the whole stored object on any write, the spec that made it
+            // unreadable fails the schema too: its tokens are revoked, but it stays until
+            // someone fixes the spec (then it is read and finished as usual) or removes the
+            // finalizer by hand.
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                warn!(
+                    namespace = %namespace, name = %name, message = %status.message,
+                    "tokens revoked, but the finalizer stays: the stored ApiKey fails the schema; \
+                     fix its spec or remove the finalizer {FINALIZER} by hand"
+                );
+                Ok(())
+            }
+            Err(e) => Err(Error::kube(format!(
+                "removing finalizer of ApiKey {namespace}/{name}"
+            ))(e)),
+        }
+    }
+
+    /// Revoke `key`'s tokens held in Secret `secret_name` and say so.
+    async fn revoke(&self, key: &ApiKey, secret_name: String) -> Result<Action, Error> {
         let namespace = key.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let secret_name = key.secret_name();
         let secret = secrets
             .get_opt(&secret_name)
             .await

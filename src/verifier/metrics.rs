@@ -1,5 +1,6 @@
 //! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{code}`,
-//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`, and the connection counts of
+//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`,
+//! `keysmith_index_unreadable_apikeys_total`, and the connection counts of
 //! [`Connections`].
 //!
 //! The per-code counters are created up front and kept in an array, so the hot path indexes it
@@ -16,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use super::decision::Code;
 use super::server::Connections;
+use crate::apikeys::Unreadables;
 
 /// Bucket bounds in seconds: verification takes microseconds, so most buckets are sub-millisecond.
 const BUCKETS: [f64; 12] = [
@@ -30,6 +32,8 @@ pub struct Metrics {
     index_tokens: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Open and rejected connections of the verification API.
     pub connections: Connections,
+    /// ApiKeys the index skips because they cannot be read.
+    pub unreadable: Unreadables,
 }
 
 type Requests = Family<Vec<(String, String)>, Counter<u64, AtomicU64>>;
@@ -61,6 +65,8 @@ impl Metrics {
             duration,
             index_tokens,
             connections: Connections::register(registry),
+            // Its own name: in `keysmith run` the controller's counter shares the registry.
+            unreadable: Unreadables::register(registry, "index_unreadable_apikeys"),
         }
     }
 

@@ -35,6 +35,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::api::ApiKey;
+use crate::apikeys::Watched;
 use crate::cluster::{self, ClusterError};
 use crate::telemetry::Health;
 
@@ -189,15 +190,20 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
     if let Some(selector) = &options.selector {
         config = config.labels(selector);
     }
-    let mut events = watcher(apikeys(client, options.namespace.as_deref()), config)
+    let mut events = crate::apikeys::watch(client, options.namespace.as_deref(), config)
         .default_backoff()
         .boxed();
+    let unreadable = &verifier.metrics.unreadable;
     let mut listed = HashSet::new();
     let mut warned = HashSet::new();
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => listed.clear(),
-            Ok(watcher::Event::InitApply(apikey)) => {
+            Ok(watcher::Event::InitApply(object)) => {
+                // Left out of `listed`, an unreadable key loses its tokens at InitDone.
+                let Watched::Readable(apikey) = unreadable.read(object) else {
+                    continue;
+                };
                 listed.insert((apikey.namespace().unwrap_or_default(), apikey.name_any()));
                 verifier.apply(&apikey, &mut warned);
                 // Listing thousands of keys is a burst of garbage (pages, parsed objects): hand
@@ -217,9 +223,18 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
                     tracing::info!(tokens = verifier.index.tokens(), "index ready");
                 }
             }
-            Ok(watcher::Event::Apply(apikey)) => verifier.apply(&apikey, &mut warned),
-            Ok(watcher::Event::Delete(apikey)) => {
-                verifier.revoke(&apikey.namespace().unwrap_or_default(), &apikey.name_any());
+            Ok(watcher::Event::Apply(object)) => match unreadable.read(object) {
+                Watched::Readable(apikey) => verifier.apply(&apikey, &mut warned),
+                // What its spec now allows is unknown: refuse its tokens until it is fixed.
+                Watched::Unreadable(meta) => verifier.revoke(
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                ),
+            },
+            // Metadata is all a deletion needs, readable or not.
+            Ok(watcher::Event::Delete(object)) => {
+                unreadable.deleted(&object.metadata);
+                verifier.revoke(&object.namespace().unwrap_or_default(), &object.name_any());
             }
             Err(err) => tracing::warn!(error = %err, "ApiKey watch failed; retrying"),
         }

@@ -405,3 +405,98 @@ async fn failed_writes_report_api_error_and_recover() {
             .contains(r#"keysmith_reconcile_errors_total{reason="api"}"#)
     );
 }
+
+fn one_slot(name: &str) -> String {
+    format!(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: cms}}\nspec:\n  tokens: [{{name: main}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_apikey_is_skipped_counted_and_still_revoked() {
+    crate::harness::logs::capture("info");
+    // One key the controller cannot read is there before it starts (its first list), another
+    // turns unreadable while it runs.
+    let cluster = cluster().await;
+    crate::harness::write_unreadable_apikey(&cluster, NS, "broken").await;
+    let h = Harness::start_on(cluster, Default::default()).await;
+    h.apply(TWO_SLOTS).await;
+    h.wait_key("site", "Ready beside an unreadable key", ready)
+        .await;
+    h.apply(&one_slot("flip")).await;
+    h.wait_key("flip", "Ready", ready).await;
+    crate::harness::write_unreadable_apikey(&h.cluster, NS, "flip").await;
+    let counter = "keysmith_apikeys_unreadable_total 2";
+    eventually(counter, || async {
+        h.metrics().contains(counter).then_some(())
+    })
+    .await;
+    let logs = crate::harness::logs::text();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains(r#""namespace":"cms""#)
+            && l.contains(r#""name":"broken""#)
+            && l.contains("tokens")),
+        "{logs}"
+    );
+    // Keys created after the unreadable ones reconcile.
+    h.apply(&one_slot("late")).await;
+    h.wait_key("late", "Ready", ready).await;
+
+    // Deleting the unreadable key still revokes, from its metadata alone. The API server
+    // validates the whole object on any write, so its finalizer cannot be removed while its
+    // spec fails the schema: it stays, with a warning saying what to do, until the spec is
+    // fixed, and then goes as any key does.
+    crate::harness::raw_apikeys(&h.admin, NS)
+        .delete("flip", &Default::default())
+        .await
+        .unwrap();
+    eventually("the Secret of the unreadable key deleted", || async {
+        h.secret("flip").await.is_none().then_some(())
+    })
+    .await;
+    // The event follows the Secret's deletion.
+    eventually("a Revoked event for the unreadable key", || async {
+        let revoked = h.events("Revoked").await;
+        revoked
+            .iter()
+            .any(|e| e["regarding"]["name"] == "flip")
+            .then_some(())
+    })
+    .await;
+    eventually("the warning on the kept finalizer", || async {
+        crate::harness::logs::text()
+            .contains("the finalizer stays: the stored ApiKey fails the schema")
+            .then_some(())
+    })
+    .await;
+    crate::harness::write_raw_apikey(
+        &h.admin,
+        NS,
+        "flip",
+        json!({"spec": {"tokens": [{"name": "main"}]}}),
+    )
+    .await
+    .unwrap();
+    eventually("the fixed, deleted ApiKey to be gone", || async {
+        h.apikey("flip").await.is_none().then_some(())
+    })
+    .await;
+
+    // Fixed, it is picked up.
+    crate::harness::write_raw_apikey(
+        &h.admin,
+        NS,
+        "broken",
+        json!({"spec": {"tokens": [{"name": "main"}]}}),
+    )
+    .await
+    .unwrap();
+    h.wait_key("broken", "Ready once fixed", ready).await;
+    // Once per version: the two unreadable writes and the deletion's, whatever the relists.
+    assert!(
+        h.metrics().contains("keysmith_apikeys_unreadable_total 3"),
+        "{}",
+        h.metrics()
+    );
+}

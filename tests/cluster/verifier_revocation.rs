@@ -184,3 +184,58 @@ async fn without_permissions_start_up_fails_with_one_clear_line() {
     assert!(err.contains("forbidden"), "{err}");
     assert!(!err.contains('\n'), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_apikey_is_skipped_counted_and_loses_its_tokens() {
+    use crate::harness::verifier::{NS, get, logs, start_on};
+    // One key the verifier cannot read is there before it starts (its first list): it still
+    // becomes ready.
+    let cluster = cluster().await;
+    crate::harness::write_unreadable_apikey(&cluster, NS, "broken").await;
+    let h = start_on(cluster, &[]).await;
+    let (good, flip, fixed) = (token("ks_"), token("ks_"), token("ks_"));
+    let spec = json!({"tokens": [{"name": "main"}]});
+    h.create_key("good", spec.clone(), &[], vec![status_token("main", &good)])
+        .await;
+    h.create_key("flip", spec.clone(), &[], vec![status_token("main", &flip)])
+        .await;
+    h.wait_for_code(good.expose_secret(), "VALID").await;
+    h.wait_for_code(flip.expose_secret(), "VALID").await;
+
+    // A key that turns unreadable loses its tokens: what its spec now allows is unknown.
+    crate::harness::write_unreadable_apikey(&h.cluster, NS, "flip").await;
+    h.wait_for_code(flip.expose_secret(), "REVOKED").await;
+    assert_eq!(h.code(good.expose_secret()).await, "VALID");
+    let counter = "keysmith_index_unreadable_apikeys_total 2";
+    crate::harness::verifier::eventually(counter, || async {
+        get(h.probes, "/metrics")
+            .await
+            .body
+            .contains(counter)
+            .then_some(())
+    })
+    .await;
+    let text = logs::text();
+    assert!(
+        text.lines().any(|l| l.contains("WARN")
+            && l.contains(r#""namespace":"shop""#)
+            && l.contains(r#""name":"broken""#)
+            && l.contains("tokens")),
+        "{text}"
+    );
+
+    // Deleting it keeps its tokens refused; fixing the other brings it in.
+    crate::harness::raw_apikeys(&h.admin, NS)
+        .delete("flip", &DeleteParams::default())
+        .await
+        .unwrap();
+    crate::harness::write_raw_apikey(&h.admin, NS, "broken", json!({"spec": spec}))
+        .await
+        .unwrap();
+    h.set_status_tokens("broken", vec![status_token("main", &fixed)])
+        .await;
+    h.wait_for_code(fixed.expose_secret(), "VALID").await;
+    assert_eq!(h.code(flip.expose_secret()).await, "REVOKED");
+    assert_eq!(h.code(good.expose_secret()).await, "VALID");
+    assert!(get(h.probes, "/metrics").await.body.contains(counter));
+}

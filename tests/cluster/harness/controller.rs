@@ -86,7 +86,11 @@ impl Harness {
 
     /// Like [`Harness::start`], reconciling only the ApiKeys in `scope`.
     pub async fn start_scoped(scope: Scope) -> Harness {
-        let cluster = cluster().await;
+        Harness::start_on(cluster().await, scope).await
+    }
+
+    /// Like [`Harness::start_scoped`], on a `cluster` the test prepared first.
+    pub async fn start_on(cluster: Cluster, scope: Scope) -> Harness {
         let admin = cluster.client().await.expect("admin client");
         let (resync, resyncs) = mpsc::unbounded();
         let clock = TestClock {

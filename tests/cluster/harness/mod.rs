@@ -17,7 +17,7 @@ pub mod verifier;
 
 pub use keysmith_emulator::{Config, eventually};
 pub use keysmith_testenv::{Backend, Cluster, Identity};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A cluster prepared like one with the chart installed, plus `namespace`.
 pub async fn cluster(namespace: &str) -> Cluster {
@@ -64,4 +64,61 @@ pub fn emulator_only<'a>(
 /// Whether the suites run against the real API server.
 pub fn real() -> bool {
     Backend::from_env() == Backend::Real
+}
+
+/// The admin's view of ApiKeys as untyped objects: a typed `Api<ApiKey>` cannot read back the
+/// unreadable ones these helpers write.
+pub fn raw_apikeys(admin: &kube::Client, namespace: &str) -> kube::Api<kube::api::DynamicObject> {
+    let resource = kube::api::ApiResource::erase::<keysmith::api::ApiKey>(&());
+    kube::Api::namespaced_with(admin.clone(), namespace, &resource)
+}
+
+/// Merge `patch` into ApiKey `name`, creating it from `patch` when it does not exist.
+pub async fn write_raw_apikey(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+    patch: Value,
+) -> kube::Result<()> {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let api = raw_apikeys(admin, namespace);
+    if api.get_opt(name).await?.is_some() {
+        return api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(drop);
+    }
+    let mut object = json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": name, "namespace": namespace},
+    });
+    json_patch::merge(&mut object, &patch);
+    let object = serde_json::from_value(object).expect("an object");
+    api.create(&PostParams::default(), &object).await.map(drop)
+}
+
+/// Write `spec.tokens: "oops"` into ApiKey `name`, as an object written before a schema change
+/// is: accepted under a CRD variant whose `spec.tokens` may be anything, then the real CRD
+/// applied back (the server does not validate stored objects again). Keysmith cannot read it.
+pub async fn write_unreadable_apikey(cluster: &Cluster, namespace: &str, name: &str) {
+    let admin = cluster.client().await.expect("admin client");
+    let real = serde_json::to_value(keysmith::crd::apikey_crd()).unwrap();
+    let mut loose = real.clone();
+    let spec = &mut loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    spec["properties"]["tokens"] = json!({"x-kubernetes-preserve-unknown-fields": true});
+    // Its rules assume `tokens` is a list.
+    spec.as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-validations");
+    cluster
+        .apply_object(&loose)
+        .await
+        .expect("loose CRD applies");
+    // The server switches to a changed schema a moment after the write.
+    eventually("the loose schema to accept tokens: \"oops\"", || async {
+        let patch = json!({"spec": {"tokens": "oops"}});
+        write_raw_apikey(&admin, namespace, name, patch).await.ok()
+    })
+    .await;
+    cluster.apply_object(&real).await.expect("real CRD applies");
 }

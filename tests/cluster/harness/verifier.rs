@@ -51,12 +51,17 @@ pub async fn cluster() -> Cluster {
 
 /// Start a verifier (as its ServiceAccount) with `trusted` proxies and wait until it is ready.
 pub async fn start(trusted: &[&str]) -> Harness {
-    let own = Tenancy::parse(NS, &[]).expect("NS is a namespace name");
-    start_with(cluster().await, trusted, own).await
+    start_on(cluster().await, trusted).await
 }
 
-/// Like [`start`], on a `cluster` the test prepared first, the verifier accepting keys as
-/// `tenancy` says ([`start`] accepts [`NS`] on unscoped routes).
+/// Like [`start`], on a `cluster` the test prepared first.
+pub async fn start_on(cluster: Cluster, trusted: &[&str]) -> Harness {
+    let own = Tenancy::parse(NS, &[]).expect("NS is a namespace name");
+    start_with(cluster, trusted, own).await
+}
+
+/// Like [`start_on`], the verifier accepting keys as `tenancy` says (the others accept [`NS`] on
+/// unscoped routes).
 pub async fn start_with(cluster: Cluster, trusted: &[&str], tenancy: Tenancy) -> Harness {
     logs::capture("info");
     let admin = cluster.client().await.expect("admin client");
