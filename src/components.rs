@@ -117,8 +117,8 @@ pub async fn serve_with(
         log_tenancy(&part.tenancy);
         let running = Running::start(part.client.clone(), &options, &mut registry);
         ready.push(running.verifier.health.clone());
-        let stopping = shutdown.clone();
-        tokio::spawn(async move { running.serve_api(part.api, stopping.wait()).await })
+        let (stopping, tls) = (shutdown.clone(), options.settings.tls.clone());
+        tokio::spawn(async move { running.serve_api(part.api, tls, stopping.wait()).await })
     });
 
     let endpoints = telemetry::router(Arc::new(registry), &ready);

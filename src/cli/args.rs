@@ -2,6 +2,7 @@
 //! so one flag means the same thing everywhere.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -15,8 +16,9 @@ use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;
 use crate::verifier::client_ip;
-use crate::verifier::tenancy::Tenancy;
 use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
+use crate::verifier::tenancy::Tenancy;
+use crate::verifier::tls::TlsFiles;
 
 /// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
 #[derive(Args, Debug, Clone, Default)]
@@ -95,6 +97,15 @@ pub struct VerifierApiArgs {
     #[arg(long, value_name = "NS,...|*", default_value = "")]
     pub accept_namespaces: String,
 
+    /// PEM certificate chain to serve the verification API over HTTPS (`tls.crt` of a mounted
+    /// `kubernetes.io/tls` Secret); reloaded when it changes. Needs `--tls-key-file`.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert-file` (`tls.key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
     /// `AUDIENCE=NS,...`: the namespaces whose keys a TokenReview asking that audience accepts
     /// ('*' for every namespace); the audience is then served. Repeat for several audiences.
     #[arg(long, value_name = "AUDIENCE=NS,...")]
@@ -129,6 +140,11 @@ impl VerifierApiArgs {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             },
             token_review_audiences: self.token_review_audiences.clone(),
+            tls: self
+                .tls_cert_file
+                .clone()
+                .zip(self.tls_key_file.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Pure core: [`key`] (what one ApiKey means to the verifier), [`decision`] (the decision
 //! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures), [`tenancy`] (which namespaces a route accepts).
-//! Shell: [`http`] (the endpoints), [`usage`]
+//! Shell: [`http`] (the endpoints), [`server`] and [`tls`] (connections, HTTPS), [`usage`]
 //! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], and
 //! here the watcher that feeds the index and [`run`], which wires it all with the shared
 //! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod server;
 pub mod tenancy;
 pub mod throttle;
+pub mod tls;
 pub mod usage;
 
 use std::collections::HashSet;
@@ -69,6 +70,8 @@ pub struct Settings {
     /// Audiences a TokenReview may ask for (`--token-review-audiences`); none: only reviews that
     /// ask no audience authenticate.
     pub token_review_audiences: Vec<String>,
+    /// Serve HTTPS with this certificate (`--tls-cert-file`, `--tls-key-file`); none: HTTP.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -264,13 +267,25 @@ impl Running {
         Running { verifier, tasks }
     }
 
-    /// Serve the verification API on `api` until `shutdown` completes.
+    /// Serve the verification API on `api` (HTTPS when `tls` names a certificate, reloaded when
+    /// it changes) until `shutdown` completes.
     pub async fn serve_api(
         &self,
         api: TcpListener,
+        tls: Option<tls::TlsFiles>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(listen = ?api.local_addr().ok(), "verifier serving");
+        let acceptor = match tls {
+            Some(files) => {
+                let (acceptor, reload) = tls::acceptor(files).map_err(std::io::Error::other)?;
+                // Ends with the runtime, as the server does.
+                tokio::spawn(reload);
+                Some(acceptor)
+            }
+            None => None,
+        };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(listen = ?api.local_addr().ok(), scheme, "verifier serving");
         let verifier = self.verifier.clone();
         let handler = move |peer, request| {
             let verifier = verifier.clone();
@@ -280,6 +295,7 @@ impl Running {
             api,
             handler,
             self.verifier.limits,
+            acceptor,
             self.verifier.metrics.connections.clone(),
             shutdown,
         )

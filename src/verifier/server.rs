@@ -29,8 +29,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// A connection handed to a worker, counted as open until it is dropped.
 type Accepted = (std::net::TcpStream, SocketAddr, Open);
@@ -128,12 +130,13 @@ where
     }
 }
 
-/// Serve `handler` on `listener` within `limits`, counting connections in `connections`, until
-/// `shutdown` completes, then wait for open requests to finish.
+/// Serve `handler` on `listener` within `limits` (over TLS with `tls`), counting connections in
+/// `connections`, until `shutdown` completes, then wait for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     handler: impl Handler,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     connections: Connections,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -146,11 +149,11 @@ pub async fn serve(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (handler, stopped) = (handler.clone(), stopped.clone());
+        let (handler, stopped, tls) = (handler.clone(), stopped.clone(), tls.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("keysmith-api-{n}"))
-                .spawn(move || runtime.block_on(worker(accepted, handler, limits, stopped)))?,
+                .spawn(move || runtime.block_on(worker(accepted, handler, limits, tls, stopped)))?,
         );
         queues.push(queue);
     }
@@ -211,6 +214,7 @@ async fn worker(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
     handler: impl Handler,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -236,15 +240,42 @@ async fn worker(
             let answer = handler.call(peer, request);
             async move { Ok::<_, Infallible>(answer.await) }
         });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (http, watcher) = (http.clone(), graceful.watcher());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // A client hanging up mid-request is its own business.
-            let _ = connection.await;
+            match tls {
+                None => serve_one(&http, watcher, stream, service).await,
+                // The handshake gets the header-read timeout too: a client that opens a
+                // connection and never says hello holds it no longer than a silent one.
+                Some(tls) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_one(&http, watcher, stream, service).await;
+                    }
+                }
+            }
             drop(open);
         });
     }
     graceful.shutdown().await;
+}
+
+/// Serve the requests of one connection until it closes or shutdown ends it.
+async fn serve_one<IO, S>(
+    http: &http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: IO,
+    service: S,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send,
+    S::Future: Send,
+{
+    // A client hanging up mid-request is its own business.
+    let _ = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await;
 }
 
 #[cfg(test)]
@@ -283,6 +314,7 @@ mod tests {
             listener,
             handler,
             Limits::default(),
+            None,
             Connections::default(),
             async {
                 let _ = stopped.await;
@@ -326,6 +358,7 @@ mod tests {
             listener,
             handler,
             limits,
+            None,
             connections,
             std::future::pending(),
         ));
