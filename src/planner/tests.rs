@@ -319,7 +319,10 @@ fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
     assert!(w.status().required_headers.is_empty(), "fail closed");
     assert!(p.secret.is_none(), "the tokens are not the problem");
     assert_eq!(w.token("main").sha256, token);
-    assert!(w.step().is_quiet(), "a resync with the Secret still missing writes nothing");
+    assert!(
+        w.step().is_quiet(),
+        "a resync with the Secret still missing writes nothing"
+    );
 
     w.header_secrets
         .insert("client".into(), header_secret(&[("other", "s3cret")]));
