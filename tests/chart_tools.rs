@@ -21,9 +21,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
 const RELEASE: &str = "keysmith";
 const NAMESPACE: &str = "keysmith";
-/// The oldest Kubernetes Chart.yaml accepts (`kubeVersion: >=1.25.0-0`). Given explicitly: the
-/// pinned helm is built without the version stamp of Helm's Makefile, and its fallback default
-/// (v1.20.0) fails the chart's kubeVersion check.
+/// The oldest Kubernetes Chart.yaml accepts (`kubeVersion: >=1.25.0-0`): every values case must
+/// render there, not only for the Kubernetes version the pinned helm assumes.
 const KUBE_VERSION: &str = "v1.25.0";
 const WATCH_NAMESPACE: &str = "apps";
 const SELECTOR: &str = "shard=a";
