@@ -8,8 +8,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use jiff::Timestamp;
+
 use crate::api::ApiKeyStatus;
 use crate::apikeys::Unreadables;
+use crate::planner::conditions::{self, READY};
+
+/// Values of the `condition` label of `keysmith_apikey_ready_status`, as cert-manager's
+/// `certmanager_certificate_ready_status` has them.
+const READY_VALUES: [&str; 3] = ["True", "False", "Unknown"];
 
 /// Labels `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +36,17 @@ pub struct TokenLabels {
     pub token: String,
 }
 
+/// Labels `{namespace, apikey, condition}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// Namespace of the ApiKey.
+    pub namespace: String,
+    /// ApiKey name.
+    pub apikey: String,
+    /// `True`, `False` or `Unknown`.
+    pub condition: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -40,6 +58,10 @@ pub struct ControllerMetrics {
     pub tokens_minted: Family<ReasonLabel, Counter>,
     /// `keysmith_token_expiry_timestamp_seconds{namespace,apikey,token}`.
     pub token_expiry: Family<TokenLabels, Gauge>,
+    /// `keysmith_token_next_rotation_timestamp_seconds{namespace,apikey,token}`.
+    pub next_rotation: Family<TokenLabels, Gauge>,
+    /// `keysmith_apikey_ready_status{namespace,apikey,condition}`.
+    pub ready: Family<ReadyLabels, Gauge>,
     /// `keysmith_rollout_restarts_total`.
     pub rollout_restarts: Counter,
     /// `keysmith_apikeys_unreadable_total`.
@@ -55,6 +77,8 @@ impl ControllerMetrics {
             reconcile_errors: Family::default(),
             tokens_minted: Family::default(),
             token_expiry: Family::default(),
+            next_rotation: Family::default(),
+            ready: Family::default(),
             rollout_restarts: Counter::default(),
             unreadable: Unreadables::register(registry, "apikeys_unreadable"),
         };
@@ -78,6 +102,16 @@ impl ControllerMetrics {
             "token_expiry_timestamp_seconds",
             "Unix time at which the current token of a slot expires",
             metrics.token_expiry.clone(),
+        );
+        registry.register(
+            "token_next_rotation_timestamp_seconds",
+            "Unix time at which the controller rotates the current token of a slot",
+            metrics.next_rotation.clone(),
+        );
+        registry.register(
+            "apikey_ready_status",
+            "The Ready condition of an ApiKey: 1 for its status (True, False or Unknown), 0 for the others",
+            metrics.ready.clone(),
         );
         registry.register(
             "rollout_restarts",
@@ -114,11 +148,7 @@ impl ControllerMetrics {
         previous: Option<&ApiKeyStatus>,
         current: &ApiKeyStatus,
     ) {
-        let labels = |slot: &str| TokenLabels {
-            namespace: namespace.to_owned(),
-            apikey: apikey.to_owned(),
-            token: slot.to_owned(),
-        };
+        let labels = |slot: &str| token_labels(namespace, apikey, slot);
         for gone in previous.iter().flat_map(|p| &p.tokens) {
             if !current.tokens.iter().any(|t| t.name == gone.name) {
                 self.token_expiry.remove(&labels(&gone.name));
@@ -138,15 +168,71 @@ impl ControllerMetrics {
         }
     }
 
+    /// Publish the next rotation of every slot in `rotations` (the planner's), and drop the
+    /// series of the other slots of `previous` and `current`: they no longer rotate, or are gone.
+    pub fn track_rotations(
+        &self,
+        namespace: &str,
+        apikey: &str,
+        previous: Option<&ApiKeyStatus>,
+        current: &ApiKeyStatus,
+        rotations: &[(String, Timestamp)],
+    ) {
+        let labels = |slot: &str| token_labels(namespace, apikey, slot);
+        for (slot, due) in rotations {
+            self.next_rotation
+                .get_or_create(&labels(slot))
+                .set(due.as_second());
+        }
+        for token in previous
+            .iter()
+            .flat_map(|p| &p.tokens)
+            .chain(&current.tokens)
+        {
+            if !rotations.iter().any(|(slot, _)| *slot == token.name) {
+                self.next_rotation.remove(&labels(&token.name));
+            }
+        }
+    }
+
+    /// Publish the status of the Ready condition in `current` (`Unknown` when it has none), one
+    /// series per possible status so that a change never leaves the old one behind.
+    pub fn track_ready(&self, namespace: &str, apikey: &str, current: &ApiKeyStatus) {
+        let status = conditions::find(&current.conditions, READY).map_or("Unknown", |c| &c.status);
+        for condition in READY_VALUES {
+            self.ready
+                .get_or_create(&ready_labels(namespace, apikey, condition))
+                .set(i64::from(condition == status));
+        }
+    }
+
     /// Forget a deleted key's series.
     pub fn forget(&self, namespace: &str, apikey: &str, status: Option<&ApiKeyStatus>) {
         for token in status.iter().flat_map(|s| &s.tokens) {
-            self.token_expiry.remove(&TokenLabels {
-                namespace: namespace.to_owned(),
-                apikey: apikey.to_owned(),
-                token: token.name.clone(),
-            });
+            let labels = token_labels(namespace, apikey, &token.name);
+            self.token_expiry.remove(&labels);
+            self.next_rotation.remove(&labels);
         }
+        for condition in READY_VALUES {
+            self.ready
+                .remove(&ready_labels(namespace, apikey, condition));
+        }
+    }
+}
+
+fn token_labels(namespace: &str, apikey: &str, slot: &str) -> TokenLabels {
+    TokenLabels {
+        namespace: namespace.to_owned(),
+        apikey: apikey.to_owned(),
+        token: slot.to_owned(),
+    }
+}
+
+fn ready_labels(namespace: &str, apikey: &str, condition: &'static str) -> ReadyLabels {
+    ReadyLabels {
+        namespace: namespace.to_owned(),
+        apikey: apikey.to_owned(),
+        condition,
     }
 }
 
@@ -200,5 +286,67 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(!text.contains(r#"apikey="site""#), "{text}");
+    }
+
+    fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn ready_and_rotation_series_follow_the_key_and_go_with_it() {
+        let mut registry = crate::telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let mut status = ApiKeyStatus {
+            tokens: vec![token("a", None), token("b", None)],
+            ..ApiKeyStatus::default()
+        };
+        let due = |s| jiff::Timestamp::from_second(s).unwrap();
+        metrics.track_ready("cms", "site", &status);
+        let both = [
+            ("a".to_owned(), due(1_700_000_000)),
+            ("b".to_owned(), due(1_800_000_000)),
+        ];
+        metrics.track_rotations("cms", "site", None, &status, &both);
+        let text = encode(&registry);
+        for (condition, value) in [("True", 0), ("False", 0), ("Unknown", 1)] {
+            assert!(text.contains(&format!(
+                r#"keysmith_apikey_ready_status{{namespace="cms",apikey="site",condition="{condition}"}} {value}"#
+            )), "{text}");
+        }
+        assert!(text.contains(
+            r#"keysmith_token_next_rotation_timestamp_seconds{namespace="cms",apikey="site",token="b"} 1800000000"#
+        ), "{text}");
+
+        status.conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: READY.into(),
+            status: "True".into(),
+            reason: "Minted".into(),
+            message: String::new(),
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        }];
+        metrics.track_ready("cms", "site", &status);
+        // Slot b stops rotating (say its renewBefore was removed): its series goes.
+        let previous = status.clone();
+        metrics.track_rotations("cms", "site", Some(&previous), &status, &both[..1]);
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                r#"keysmith_apikey_ready_status{namespace="cms",apikey="site",condition="True"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"keysmith_apikey_ready_status{namespace="cms",apikey="site",condition="Unknown"} 0"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"keysmith_token_next_rotation_timestamp_seconds{namespace="cms",apikey="site",token="a"} 1700000000"#
+        ), "{text}");
+        assert!(!text.contains(r#"token="b""#), "{text}");
+
+        metrics.forget("cms", "site", Some(&status));
+        assert!(!encode(&registry).contains(r#"apikey="site""#));
     }
 }

@@ -444,8 +444,12 @@ impl Context {
         }
         self.publish(key, &plan).await;
         if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
+            let previous = key.status.as_ref();
             self.metrics
-                .track_expiry(&namespace, &name, key.status.as_ref(), status);
+                .track_expiry(&namespace, &name, previous, status);
+            self.metrics
+                .track_rotations(&namespace, &name, previous, status, &plan.rotations);
+            self.metrics.track_ready(&namespace, &name, status);
         }
         if !plan.is_quiet() {
             info!(secret = %secret_name, status = plan.status.is_some(), secret_written = plan.secret.is_some(), restarts = plan.restarts.len(), "reconciled");

@@ -174,6 +174,9 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// The decision per slot, in spec order (for metrics and logs).
     pub slots: Vec<(String, SlotAction)>,
+    /// The next time-based rotation of every slot that has one, in spec order (for metrics;
+    /// `status.nextRotationAt` is the earliest). Empty while the key is blocked or suspended.
+    pub rotations: Vec<(String, Timestamp)>,
 }
 
 impl Plan {
@@ -332,6 +335,7 @@ fn blocked(
         events,
         requeue_after,
         slots: Vec::new(),
+        rotations: Vec::new(),
     }
 }
 
@@ -409,6 +413,7 @@ impl<'a> Planner<'a> {
             .iter()
             .any(|(_, o)| matches!(o.action, SlotAction::Rotate(_)));
         let tokens: Vec<TokenStatus> = outcomes.iter().map(|(_, o)| o.status.clone()).collect();
+        let rotations = self.rotations(&tokens);
 
         let secret = self.desired_secret(&outcomes);
         let secret = secret.filter(|d| minted || !self.secret_matches(d));
@@ -430,7 +435,7 @@ impl<'a> Planner<'a> {
             observed_generation: generation,
             secret_name: Some(self.key.secret_name()),
             conditions,
-            next_rotation_at: self.next_rotation(&tokens).map(Time),
+            next_rotation_at: rotations.iter().map(|(_, due)| *due).min().map(Time),
             expires_at: self.earliest_expiry(&tokens).map(Time),
             tokens,
             required_headers: headers.hashes.clone(),
@@ -453,6 +458,7 @@ impl<'a> Planner<'a> {
                 .into_iter()
                 .map(|(slot, o)| (slot.name.clone(), o.action))
                 .collect(),
+            rotations,
         })
     }
 
@@ -626,19 +632,22 @@ impl<'a> Planner<'a> {
             .map(|(t, r)| (whole_seconds(t), r))
     }
 
-    /// Earliest upcoming rotation of any slot, unless rotations are suspended or the key ends first.
-    fn next_rotation(&self, tokens: &[TokenStatus]) -> Option<Timestamp> {
+    /// The upcoming rotation of each slot that has one, unless rotations are suspended; a slot
+    /// whose rotation would come when or after the key ends has none.
+    fn rotations(&self, tokens: &[TokenStatus]) -> Vec<(String, Timestamp)> {
         if self.suspended {
-            return None;
+            return Vec::new();
         }
         tokens
             .iter()
             .filter_map(|t| {
                 let slot = self.valid.slots.iter().find(|s| s.name == t.name)?;
-                self.next_due(slot, t).map(|(due, _)| due)
+                let (due, _) = self.next_due(slot, t)?;
+                self.key_end
+                    .is_none_or(|end| due < end)
+                    .then(|| (t.name.clone(), due))
             })
-            .min()
-            .filter(|due| self.key_end.is_none_or(|end| *due < end))
+            .collect()
     }
 
     fn earliest_expiry(&self, tokens: &[TokenStatus]) -> Option<Timestamp> {

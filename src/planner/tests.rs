@@ -617,9 +617,10 @@ fn renew_before_rotates_ahead_of_expiry() {
         "tokens": [{"name": "a"}], "expiresAfter": "30d",
         "rotation": {"renewBefore": "10d"},
     }));
-    w.step();
+    let p = w.step();
     let renew_at = t0().checked_add(hours(20 * 24)).unwrap();
     assert_eq!(w.status().next_rotation_at, Some(Time(renew_at)));
+    assert_eq!(p.rotations, vec![("a".to_owned(), renew_at)]);
     w.now = renew_at;
     let p = w.step();
     assert_eq!(p.slots[0].1, SlotAction::Rotate(RotateReason::Renew));
@@ -695,6 +696,7 @@ fn key_expires_at_ends_everything() {
     assert_eq!(w.condition(READY), ("False".into(), "Expired".into()));
     assert!(p.secret.is_none());
     assert_eq!(w.status().next_rotation_at, None);
+    assert!(p.rotations.is_empty());
     w.key.spec.rotation.as_mut().unwrap().trigger = Some("y".into());
     let p = w.step();
     assert!(p.slots.iter().all(|(_, a)| *a == SlotAction::Keep));

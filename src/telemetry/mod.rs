@@ -14,6 +14,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,9 +40,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// A new metrics registry with the `keysmith` prefix.
+/// A new metrics registry with the `keysmith` prefix, holding `keysmith_build_info{version} 1`.
+/// Every command builds its one registry here, so each process exports the build once and
+/// dashboards can join any other series on it to tell which release produced them.
 pub fn registry() -> Registry {
-    Registry::with_prefix(METRICS_PREFIX)
+    let mut registry = Registry::with_prefix(METRICS_PREFIX);
+    let build: Family<[(&str, &str); 1], Gauge> = Family::default();
+    build
+        .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the version of the running keysmith binary",
+        build,
+    );
+    registry
 }
 
 /// Readiness shared between a component and `/readyz`. `/healthz` answers 200 while the
@@ -209,6 +223,11 @@ mod tests {
         let (status, body) = get("/metrics").await;
         assert_eq!(status, 200);
         assert!(body.contains("keysmith_demo_total 1"), "{body}");
+        let build = format!(
+            "keysmith_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(body.contains(&build), "{body}");
         assert_eq!(get("/healthz").await.0, 200);
         assert_eq!(get("/readyz").await.0, 503);
         controller.set_ready(true);

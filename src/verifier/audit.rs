@@ -18,11 +18,42 @@ pub const TARGET: &str = "keysmith::audit";
 /// Longest caller-supplied value logged.
 const MAX_FIELD: usize = 256;
 
+/// The API a verification came through: the audit line's `endpoint` and the `endpoint` label of
+/// `keysmith_verify_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/verify` (any scope).
+    Verify,
+    /// `/v1/authz` and below it (any scope).
+    Authz,
+    /// The TokenReview webhook.
+    TokenReview,
+}
+
+impl Endpoint {
+    /// Every endpoint, in [`Endpoint::index`] order.
+    pub const ALL: [Endpoint; 3] = [Endpoint::Verify, Endpoint::Authz, Endpoint::TokenReview];
+
+    /// The name logged and used as label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Verify => "verify",
+            Endpoint::Authz => "authz",
+            Endpoint::TokenReview => "tokenreview",
+        }
+    }
+
+    /// Position in [`Endpoint::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a verification was about, besides the verdict.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// `verify`, `authz` or `tokenreview`.
-    pub endpoint: &'static str,
+    /// Which API was asked.
+    pub endpoint: Endpoint,
     /// Client address (after trusted-proxy handling).
     pub client: Option<IpAddr>,
     /// End-user address the caller named (`ip` of a verify body).
@@ -41,7 +72,7 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
     let code: Code = verdict.code;
     tracing::info!(
         target: TARGET,
-        endpoint = request.endpoint,
+        endpoint = request.endpoint.as_str(),
         code = code.as_str(),
         key = found.map_or("", |f| f.key.identity.as_str()),
         token = found.map_or("", |f| f.slot_name()),

@@ -339,7 +339,7 @@ where
     let body_headers = body.headers();
     let request = body.request(&body_headers, origin.client);
     let audit = audit::Request {
-        endpoint: "verify",
+        endpoint: audit::Endpoint::Verify,
         client: Some(origin.nearest),
         end_user: body.ip,
         user_agent: user_agent(&headers),
@@ -425,7 +425,7 @@ async fn authz<B>(
         context: Context::default(),
     };
     let audit = audit::Request {
-        endpoint: "authz",
+        endpoint: audit::Endpoint::Authz,
         client: Some(origin.nearest),
         end_user: None,
         user_agent: user_agent(headers),
@@ -526,7 +526,7 @@ where
     };
     let origin = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
     let audit = audit::Request {
-        endpoint: "tokenreview",
+        endpoint: audit::Endpoint::TokenReview,
         client: Some(origin.nearest),
         end_user: None,
         user_agent: user_agent(&headers),

@@ -1,10 +1,11 @@
-//! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{code}`,
+//! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{endpoint, code}`,
 //! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`,
 //! `keysmith_index_unreadable_apikeys_total`, and the connection counts of
 //! [`Connections`].
 //!
-//! The per-code counters are created up front and kept in an array, so the hot path indexes it
-//! instead of hashing a label set behind the family's lock.
+//! The counters of every endpoint and code are created up front and kept in a 2-D array, so the
+//! hot path indexes it instead of hashing a label set behind the family's lock (and allocating
+//! the label set first).
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::audit::Endpoint;
 use super::decision::Code;
 use super::server::Connections;
 use crate::apikeys::Unreadables;
@@ -27,7 +29,7 @@ const BUCKETS: [f64; 12] = [
 
 /// The verifier's metrics.
 pub struct Metrics {
-    requests: [Counter; Code::ALL.len()],
+    requests: [[Counter; Code::ALL.len()]; Endpoint::ALL.len()],
     duration: Histogram,
     index_tokens: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Open and rejected connections of the verification API.
@@ -42,12 +44,21 @@ impl Metrics {
     /// Create the metrics and register them in `registry` (whose prefix should be `keysmith`).
     pub fn register(registry: &mut Registry) -> Metrics {
         let family = Requests::default();
-        let requests = Code::ALL.map(|c| {
-            family
-                .get_or_create(&vec![("code".into(), c.as_str().into())])
-                .clone()
+        let requests = Endpoint::ALL.map(|e| {
+            Code::ALL.map(|c| {
+                family
+                    .get_or_create(&vec![
+                        ("endpoint".into(), e.as_str().into()),
+                        ("code".into(), c.as_str().into()),
+                    ])
+                    .clone()
+            })
         });
-        registry.register("verify_requests", "Verifications answered, by code", family);
+        registry.register(
+            "verify_requests",
+            "Verifications answered, by endpoint and code",
+            family,
+        );
         let duration = Histogram::new(BUCKETS);
         registry.register(
             "verify_duration_seconds",
@@ -71,8 +82,8 @@ impl Metrics {
     }
 
     /// Count one verification.
-    pub fn observe(&self, code: Code, took: Duration) {
-        self.requests[code.index()].inc();
+    pub fn observe(&self, endpoint: Endpoint, code: Code, took: Duration) {
+        self.requests[endpoint.index()][code.index()].inc();
         self.duration.observe(took.as_secs_f64());
     }
 
@@ -91,16 +102,32 @@ mod tests {
     fn names_and_labels_are_the_specified_ones() {
         let mut registry = Registry::with_prefix("keysmith");
         let metrics = Metrics::register(&mut registry);
-        metrics.observe(Code::NotFound, Duration::from_micros(3));
+        metrics.observe(Endpoint::Authz, Code::NotFound, Duration::from_micros(3));
         metrics.set_index_tokens(7);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
-            text.contains("keysmith_verify_requests_total{code=\"NOT_FOUND\"} 1"),
+            text.contains(
+                "keysmith_verify_requests_total{endpoint=\"authz\",code=\"NOT_FOUND\"} 1"
+            ),
+            "{text}"
+        );
+        // Every endpoint and code is exported from the start, so rates never start from absent.
+        assert_eq!(
+            text.matches("keysmith_verify_requests_total{").count(),
+            Endpoint::ALL.len() * Code::ALL.len(),
             "{text}"
         );
         assert!(
-            text.contains("keysmith_verify_requests_total{code=\"VALID\"} 0"),
+            text.contains(
+                "keysmith_verify_requests_total{endpoint=\"tokenreview\",code=\"VALID\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "keysmith_verify_requests_total{endpoint=\"verify\",code=\"NOT_FOUND\"} 0"
+            ),
             "{text}"
         );
         assert!(

@@ -124,7 +124,8 @@ impl Verifier {
         let start = Instant::now();
         let now = Timestamp::now();
         let verdict = tenancy::confine(self.index.verify(request, now), namespaces);
-        self.metrics.observe(verdict.code, start.elapsed());
+        self.metrics
+            .observe(audit.endpoint, verdict.code, start.elapsed());
         audit::record(audit, &verdict);
         match (&verdict.found, verdict.code) {
             (Some(found), Code::Valid) => self.usage.record(found, now),

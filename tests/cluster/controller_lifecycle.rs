@@ -89,6 +89,16 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
         metrics.contains(r#"keysmith_tokens_minted_total{reason="initial"} 2"#),
         "{metrics}"
     );
+    for (condition, value) in [("True", 1), ("False", 0), ("Unknown", 0)] {
+        let series = format!(
+            r#"keysmith_apikey_ready_status{{namespace="{NS}",apikey="site",condition="{condition}"}} {value}"#
+        );
+        assert!(metrics.contains(&series), "{series}\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("keysmith_token_next_rotation_timestamp_seconds{"),
+        "no rotation cadence, no rotation series: {metrics}"
+    );
 
     // Delete = revoke: Secret gone, event, finalizer released (the ApiKey disappears).
     let api: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(h.admin.clone(), NS);
@@ -104,7 +114,7 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
     assert_eq!(h.events("Revoked").await.len(), 1);
     assert!(
         !h.metrics().contains("apikey=\"site\""),
-        "expiry series forgotten"
+        "expiry and ready series forgotten"
     );
     // A pass queued by the Secret's deletion may still see the deleted key; finding its
     // finalizer already removed is no error (the shipped alert fires on this counter).

@@ -629,7 +629,8 @@ async fn bad_bodies_metrics_and_probes() {
         .await
         .body;
     assert!(
-        metrics.contains("keysmith_verify_requests_total{code=\"MALFORMED\"} 1"),
+        metrics
+            .contains("keysmith_verify_requests_total{endpoint=\"verify\",code=\"MALFORMED\"} 1"),
         "{metrics}"
     );
     assert!(
