@@ -12,6 +12,10 @@ use crate::telemetry::Shutdown;
 
 pub mod args;
 pub mod controller;
+#[cfg(feature = "dev")]
+pub mod dev;
+#[cfg(not(feature = "dev"))]
+#[path = "cli/dev_unavailable.rs"]
 pub mod dev;
 pub mod rotate;
 pub mod run;

@@ -3,6 +3,7 @@
 //! as `helm install` would grant them. `keysmith dev` runs on it, and so do the end-to-end tests,
 //! so a permission missing from the chart fails both.
 
+#[cfg(feature = "dev")]
 use keysmith_emulator::{Config, Emulator, Identity};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -51,6 +52,7 @@ pub const EXAMPLES: [(&str, &str); 5] = [
 pub enum DevClusterError {
     /// The emulator refused to start or an object.
     #[error("Kubernetes API emulator: {0}")]
+    #[cfg(feature = "dev")]
     Emulator(#[from] keysmith_emulator::Error),
     /// A bundled manifest (the CRD or a chart RBAC file) does not parse.
     #[error("bundled manifest {file}: {message}")]
@@ -63,11 +65,13 @@ pub enum DevClusterError {
 }
 
 /// The controller's identity in the development cluster.
+#[cfg(feature = "dev")]
 pub fn controller_identity() -> Identity {
     Identity::service_account(SYSTEM_NAMESPACE, CONTROLLER_SA)
 }
 
 /// The verifier's identity in the development cluster.
+#[cfg(feature = "dev")]
 pub fn verifier_identity() -> Identity {
     Identity::service_account(SYSTEM_NAMESPACE, VERIFIER_SA)
 }
@@ -107,6 +111,7 @@ pub struct ChartClients {
     pub verifier: kube::Client,
 }
 
+#[cfg(feature = "dev")]
 impl ChartClients {
     /// Clients of the emulator acting as the chart's ServiceAccounts.
     pub async fn of(emu: &Emulator) -> Result<ChartClients, DevClusterError> {
@@ -118,6 +123,7 @@ impl ChartClients {
 }
 
 /// Start the emulator with RBAC enforced and [`bootstrap`] applied. `config.rbac` is forced on.
+#[cfg(feature = "dev")]
 pub async fn start(config: Config) -> Result<Emulator, DevClusterError> {
     let emu = Emulator::start(Config {
         rbac: true,
