@@ -19,6 +19,12 @@ use crate::token::sha256_hex_bytes;
 /// namespace; a name that is absent does not exist.
 pub type HeaderSecrets = BTreeMap<String, Secret>;
 
+/// The annotation by which a Secret lets ApiKeys (its value: their names, comma-separated)
+/// publish hashes of its values. Without it a namespace editor who may create ApiKeys but not
+/// read Secrets could name any Secret and read the SHA-256 of its values from status, an
+/// offline oracle for guessable ones; only someone who may write the Secret can set it.
+pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
+
 /// How often a key with Secret-sourced headers is reconciled again to pick up a changed value:
 /// those Secrets are not Keysmith's, so no watch event announces their changes.
 pub const HEADER_RECHECK: Duration = Duration::from_secs(60);
@@ -42,15 +48,25 @@ pub struct Resolved {
     pub missing: Vec<String>,
 }
 
-/// Hash the value of every Secret-sourced required header of `spec`.
-pub fn resolve(spec: &ApiKeySpec, secrets: &HeaderSecrets) -> Resolved {
+/// Whether `secret` lets ApiKey `key` read it (see [`HEADER_SOURCE_ANNOTATION`]).
+fn opts_in(secret: &Secret, key: &str) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HEADER_SOURCE_ANNOTATION))
+        .is_some_and(|names| names.split(',').any(|n| n.trim() == key))
+}
+
+/// Hash the value of every Secret-sourced required header of `spec`, the spec of ApiKey `key`.
+pub fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> Resolved {
     let mut resolved = Resolved::default();
     let headers = spec.restrictions.iter().flat_map(|r| &r.required_headers);
     for (i, header) in headers.enumerate() {
         let Some(from) = &header.value_from else {
             continue;
         };
-        let (name, key) = (&from.secret_key_ref.name, &from.secret_key_ref.key);
+        let name = &from.secret_key_ref.name;
         let field = format!("spec.restrictions.requiredHeaders[{i}] ({})", header.name);
         let Some(secret) = secrets.get(name.as_str()) else {
             resolved
@@ -58,7 +74,15 @@ pub fn resolve(spec: &ApiKeySpec, secrets: &HeaderSecrets) -> Resolved {
                 .push(format!("{field}: Secret {name} not found"));
             continue;
         };
-        match secret.data.as_ref().and_then(|d| d.get(key)) {
+        if !opts_in(secret, key) {
+            resolved.missing.push(format!(
+                "{field}: Secret {name} does not let this key read it; someone who may edit it \
+                 annotates it {HEADER_SOURCE_ANNOTATION}={key}"
+            ));
+            continue;
+        }
+        let data_key = &from.secret_key_ref.key;
+        match secret.data.as_ref().and_then(|d| d.get(data_key)) {
             Some(value) => resolved.hashes.push(RequiredHeaderStatus {
                 name: header.name.clone(),
                 secret_key_ref: from.secret_key_ref.clone(),
@@ -66,7 +90,7 @@ pub fn resolve(spec: &ApiKeySpec, secrets: &HeaderSecrets) -> Resolved {
             }),
             None => resolved
                 .missing
-                .push(format!("{field}: Secret {name} has no key {key}")),
+                .push(format!("{field}: Secret {name} has no key {data_key}")),
         }
     }
     resolved

@@ -209,7 +209,8 @@ pub fn plan(
         let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
         return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
     }
-    let headers = headers::resolve(&key.spec, header_secrets);
+    let name = key.metadata.name.as_deref().unwrap_or_default();
+    let headers = headers::resolve(&key.spec, name, header_secrets);
     Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
 }
 

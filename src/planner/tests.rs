@@ -258,7 +258,8 @@ fn with_secret_header() -> serde_json::Value {
 
 fn header_secret(data: &[(&str, &str)]) -> Secret {
     serde_json::from_value(json!({
-        "metadata": {"name": "client", "namespace": "cms"},
+        "metadata": {"name": "client", "namespace": "cms",
+            "annotations": {"keysmith.dev/header-source": "other-key, site"}},
         "data": data.iter().map(|(k, v)| (*k, k8s_openapi::ByteString(v.as_bytes().to_vec())))
             .collect::<BTreeMap<_, _>>(),
     }))
@@ -294,6 +295,31 @@ fn secret_header_value_is_published_as_a_hash_only_and_a_resync_writes_nothing()
     assert!(p.secret.is_none());
     assert_eq!(w.status().required_headers[0].sha256, sha256_hex("n3w"));
     assert_eq!(w.token("main").sha256, token);
+}
+
+#[test]
+fn a_header_secret_that_does_not_name_the_key_publishes_no_hash() {
+    // A namespace editor may create ApiKeys without reading Secrets: naming a Secret must not
+    // publish the hash of its value unless the Secret lets this key read it.
+    let mut w = World::new(with_secret_header());
+    let mut secret = header_secret(&[("value", "s3cret")]);
+    for names in [None, Some("other-key"), Some("sites")] {
+        secret.metadata.annotations =
+            names.map(|n| [("keysmith.dev/header-source".to_owned(), n.to_owned())].into());
+        w.header_secrets.insert("client".into(), secret.clone());
+        w.step();
+        assert_eq!(
+            w.condition(READY),
+            ("False".into(), reason::HEADER_SECRET_MISSING.into()),
+            "{names:?}"
+        );
+        assert!(
+            ready_message(&w).contains("annotates it keysmith.dev/header-source=site"),
+            "{}",
+            ready_message(&w)
+        );
+        assert!(w.status().required_headers.is_empty(), "{names:?}");
+    }
 }
 
 #[test]

@@ -33,8 +33,8 @@ pub fn workloads(namespace: &str) -> String {
         workload("StatefulSet", "db", "serviceName: db\n  "),
         workload("DaemonSet", "agent", ""),
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: client-secret, namespace: {namespace}}}\n\
-             stringData: {{value: s3cret}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: client-secret, namespace: {namespace}, \
+             annotations: {{keysmith.dev/header-source: {KEY}}}}}\nstringData: {{value: s3cret}}\n"
         ),
     ]
     .join("---\n")
