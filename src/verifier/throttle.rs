@@ -232,23 +232,31 @@ mod tests {
         assert!(t.on_failure(ip("198.51.100.1"), start) > Duration::ZERO);
     }
 
+    /// A throttle tracking at most `max_addresses`.
+    fn bounded(max_addresses: usize) -> Throttle {
+        Throttle::new(ThrottleConfig {
+            max_addresses,
+            ..ThrottleConfig::default()
+        })
+    }
+
+    /// Thirty failures from `addr` at `at`: deep in debt.
+    fn hammer(t: &Throttle, addr: &str, at: Instant) {
+        for _ in 0..30 {
+            t.on_failure(ip(addr), at);
+        }
+    }
+
     #[test]
     fn memory_is_bounded_and_idle_addresses_go_first() {
-        let t = Throttle::new(ThrottleConfig {
-            max_addresses: 3,
-            ..ThrottleConfig::default()
-        });
+        let t = bounded(3);
         let start = Instant::now();
-        for _ in 0..30 {
-            t.on_failure(ip("198.51.100.1"), start);
-        }
+        hammer(&t, "198.51.100.1", start);
         t.on_failure(ip("198.51.100.2"), start);
         t.on_failure(ip("198.51.100.3"), start);
         // Much later, .2 and .3 have refilled; .1 keeps failing and stays in debt.
         let later = start + Duration::from_secs(60);
-        for _ in 0..30 {
-            t.on_failure(ip("198.51.100.1"), later);
-        }
+        hammer(&t, "198.51.100.1", later);
         t.on_failure(ip("198.51.100.4"), later);
         assert_eq!(t.tracked(), 2, "the refilled addresses were evicted");
         assert!(t.on_failure(ip("198.51.100.1"), later) > Duration::ZERO);
@@ -256,14 +264,9 @@ mod tests {
 
     #[test]
     fn filling_the_table_never_forgets_a_penalty() {
-        let t = Throttle::new(ThrottleConfig {
-            max_addresses: 3,
-            ..ThrottleConfig::default()
-        });
+        let t = bounded(3);
         let start = Instant::now();
-        for _ in 0..30 {
-            t.on_failure(ip("198.51.100.1"), start);
-        }
+        hammer(&t, "198.51.100.1", start);
         // A flood of new addresses, one failure each: they take the free room, then evict one
         // another, never the address in debt.
         for i in 0..1000u32 {
@@ -279,15 +282,10 @@ mod tests {
 
     #[test]
     fn a_table_full_of_penalties_delays_newcomers_instead() {
-        let t = Throttle::new(ThrottleConfig {
-            max_addresses: 2,
-            ..ThrottleConfig::default()
-        });
+        let t = bounded(2);
         let start = Instant::now();
-        for _ in 0..30 {
-            t.on_failure(ip("198.51.100.1"), start);
-            t.on_failure(ip("198.51.100.2"), start);
-        }
+        hammer(&t, "198.51.100.1", start);
+        hammer(&t, "198.51.100.2", start);
         assert_eq!(
             t.on_failure(ip("198.51.100.3"), start),
             Duration::from_secs(1)
