@@ -28,7 +28,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::{APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, RESTART_ON_ANNOTATION};
 use crate::apikeys::{self, Unreadables, Watched};
@@ -51,6 +51,8 @@ pub const REPORTER: &str = "keysmith-controller";
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// Longest retry delay, so a key recovers within minutes once the API server does.
 const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Consecutive failures of one key (about 75 s of retries) from which each is logged as an error.
+const PERSISTENT_FAILURES: u32 = 5;
 /// Reconciles in flight at once. Unbounded, a start-up with 10,000 keys held 10,000 reconciles
 /// (requests, buffers, spans) in memory at the same time and burst them at the API server; a
 /// reconcile takes a few API round trips, so 32 keep a fleet moving at hundreds of keys a second.
@@ -193,8 +195,14 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "reconcile loop");
+            match result {
+                // error_policy already logged it, once per attempt, with the key's backoff.
+                Err(controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                // A deleted key's queued reconcile: nothing failed.
+                Err(e @ controller::Error::ObjectNotFound(_)) => {
+                    debug!(error = %e, "reconcile skipped")
+                }
+                Err(e) => warn!(category = "queue", error = %e, "controller queue failed"),
             }
         });
     // Revocations end with the controller (a new leader's list brings pending ones back).
@@ -347,13 +355,22 @@ fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
 /// as a missing permission or a rejected write, never becomes a hot loop.
 fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
     let namespace = key.namespace().unwrap_or_default();
-    let delay = ctx
-        .failures()
-        .entry(object_key(&namespace, &key.name_any()))
-        .or_default()
-        .fail();
-    warn!(namespace = %namespace, name = %key.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-    ctx.metrics.error(error.metric_reason());
+    let (delay, failures) = {
+        let mut failures = ctx.failures();
+        let backoff = failures
+            .entry(object_key(&namespace, &key.name_any()))
+            .or_default();
+        (backoff.fail(), backoff.failures)
+    };
+    let category = error.metric_reason();
+    // Each attempt is logged once and attempts are spaced by the backoff, so a persistent
+    // failure cannot flood the log; one that outlasts a few retries is an error, not a blip.
+    if failures >= PERSISTENT_FAILURES {
+        error!(namespace = %namespace, name = %key.name_any(), category, failures, error = %error, retry_in = ?delay, "reconcile failed");
+    } else {
+        warn!(namespace = %namespace, name = %key.name_any(), category, failures, error = %error, retry_in = ?delay, "reconcile failed");
+    }
+    ctx.metrics.error(category);
     Action::requeue(delay)
 }
 
