@@ -97,8 +97,12 @@ fn serve_components(
     let _logs = crate::telemetry::init_tracing(telemetry.log_format);
     block_on(command, async {
         let components = setup.await?;
-        components::preflight(&components).await?;
-        components::serve_with(components, settings, Shutdown::on_signal()).await
+        components::preflight(&components)
+            .await
+            .map_err(|e| e.to_string())?;
+        components::serve_with(components, settings, Shutdown::on_signal())
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 

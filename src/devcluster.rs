@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::components::{Components, ControllerPart, VerifierPart};
 use crate::controller::leader::LeaderConfig;
-use crate::controller::{Clock, Scope};
+use crate::controller::Clock;
+use crate::scope::Scope;
 use crate::verifier::tenancy::Tenancy;
 
 /// Namespace the chart installs into; home of the ServiceAccounts and the leader Lease.

@@ -26,6 +26,7 @@ pub mod duration;
 pub mod grants;
 pub mod planner;
 pub mod schedule;
+pub mod scope;
 pub mod telemetry;
 pub mod token;
 pub mod validation;

@@ -11,7 +11,7 @@ use kube::Api;
 
 use crate::api::ApiKey;
 use crate::cluster;
-use crate::controller::Scope;
+use crate::scope::Scope;
 use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;

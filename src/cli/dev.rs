@@ -90,7 +90,10 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     let keys = settle(&admin).await;
     print_summary(&admin, &keys, &args, &listening).await;
 
-    running.await.map_err(|e| format!("stopping: {e}"))?
+    running
+        .await
+        .map_err(|e| format!("stopping: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Wait until every ApiKey's status describes its current generation and, when Ready, its Secret

@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::api::{APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, RESTART_ON_ANNOTATION};
 use crate::apikeys::{self, Unreadables, Watched};
 use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan, Revocation};
+use crate::scope::Scope;
 use crate::token::GenerateError;
 use apply::Restarted;
 use metrics::ControllerMetrics;
@@ -59,15 +60,6 @@ const PERSISTENT_FAILURES: u32 = 5;
 const RECONCILE_CONCURRENCY: u16 = 32;
 /// When to look again after the finalizer patch raced a newer version.
 const FINALIZER_RACE_RECHECK: Duration = Duration::from_secs(2);
-
-/// Which ApiKeys this controller reconciles (SPEC 2's sharding flags).
-#[derive(Debug, Clone, Default)]
-pub struct Scope {
-    /// Only this namespace; `None`: all.
-    pub namespace: Option<String>,
-    /// Only ApiKeys matching this label selector.
-    pub selector: Option<String>,
-}
 
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
@@ -151,14 +143,7 @@ pub async fn run(
     resync: Option<BoxStream<'static, ()>>,
 ) {
     let client = ctx.client.clone();
-    let secrets: Api<PartialObjectMeta<Secret>> = match &scope.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut keys_config = watcher::Config::default();
-    if let Some(selector) = &scope.selector {
-        keys_config = keys_config.labels(selector);
-    }
+    let secrets: Api<PartialObjectMeta<Secret>> = scope.api(client.clone());
     let secrets_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // Reconcile reads the ApiKey and its Secret fresh, so the caches only trigger and route
@@ -167,7 +152,7 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let (revoke, revocations) = mpsc::unbounded();
     let unreadable = ctx.metrics.unreadable.clone();
-    let keys = apikeys::watch(client, scope.namespace.as_deref(), keys_config)
+    let keys = apikeys::watch(client, scope)
         .default_backoff()
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
         .modify(prune_for_cache)
@@ -621,7 +606,7 @@ impl Context {
             action: "building the finalizer patch".to_owned(),
             source: kube::Error::SerdeError(e),
         })?;
-        let keys = apikeys::api(self.client.clone(), Some(&namespace));
+        let keys = apikeys::api(self.client.clone(), &Scope::namespace(&namespace));
         match keys
             .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await

@@ -17,8 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use super::LogFormat;
-use super::audit_lines::AuditLines;
-use crate::verifier::audit::TARGET as AUDIT;
+use super::audit_lines::{AuditLines, TARGET as AUDIT};
 
 /// Install the global `tracing` subscriber (filter from `RUST_LOG`, default `info`), writing to
 /// stderr from a background thread. Keep the guard until exit: dropping it flushes.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
-use keysmith::controller::Scope;
+use keysmith::scope::Scope;
 use keysmith::devcluster;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
