@@ -1,8 +1,8 @@
 //! The release machinery, without publishing anything: `scripts/release-notes` prints exactly the
 //! CHANGELOG section of a version and refuses one the changelog does not describe; the pinned
 //! actionlint (`testenv/install actionlint`) accepts the workflows and rejects broken copies of
-//! them; the Dockerfile's base images and the workflows' actions are pinned; the README installs
-//! the published chart of this version.
+//! them; the Dockerfile's base images and the workflows' actions are pinned; the install docs
+//! install the published chart of this version.
 
 use std::fs;
 use std::path::Path;
@@ -360,10 +360,11 @@ fn every_action_of_the_workflows_is_pinned_by_commit() {
 }
 
 #[test]
-fn the_readme_installs_the_published_chart_of_this_version() {
-    let readme = read("README.md");
+fn the_install_docs_install_the_published_chart_of_this_version() {
     let install = format!(
         "helm install keysmith oci://ghcr.io/keysmith-dev/charts/keysmith --version {VERSION}"
     );
-    assert!(readme.contains(&install), "README.md: {install}");
+    for doc in ["README.md", "docs/operations.md"] {
+        assert!(read(doc).contains(&install), "{doc}: {install}");
+    }
 }
