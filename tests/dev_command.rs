@@ -277,6 +277,25 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     let described = kubectl(&kubeconfig, &["describe", "apikey", "acme-cms"]);
     assert!(described.contains("acme-cms"), "{described}");
     assert!(described.contains("Ready"), "{described}");
+    // ...with the controller's events, which `kubectl get events` lists too.
+    let events = described
+        .split_once("\nEvents:\n")
+        .map(|(_, events)| events)
+        .unwrap_or_else(|| panic!("an Events section in {described}"));
+    assert!(
+        events.lines().any(|l| {
+            l.split_whitespace().take(2).eq(["Normal", "Minted"])
+                && l.contains("keysmith-controller")
+        }),
+        "{described}"
+    );
+    let events = kubectl(&kubeconfig, &["get", "events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("Minted") && l.contains("apikey/acme-cms")),
+        "{events}"
+    );
 
     // Deleting the ApiKey revokes its tokens.
     kubectl(&kubeconfig, &["delete", "apikey", "acme-cms"]);
