@@ -16,6 +16,8 @@ mod examples;
 mod fault_soak;
 mod hostile_input;
 mod kubectl_plugin;
+mod openapi;
+mod printer_columns;
 mod rbac_minimal;
 mod verifier_endpoints;
 mod verifier_revocation;
