@@ -105,10 +105,9 @@ fn violations(
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if !types.is_empty()
-        && !types.contains(&actual)
-        && !(actual == "integer" && types.contains(&"number"))
-    {
+    // An integer is a number too.
+    let documented = |t: &str| types.contains(&t) || (t == "integer" && types.contains(&"number"));
+    if !types.is_empty() && !documented(actual) {
         found.push(format!("{at}: a {actual}, documented as {types:?}"));
         return found;
     }
