@@ -19,5 +19,6 @@ mod kubectl_plugin;
 mod openapi;
 mod printer_columns;
 mod rbac_minimal;
+mod usage;
 mod verifier_endpoints;
 mod verifier_revocation;
