@@ -16,6 +16,7 @@
 # Needs: cargo, and wrk + nginx (Debian packages; installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 PIN_SERVER=()
 PIN_CLIENT=()
@@ -23,24 +24,10 @@ THREADS=2
 NGINX_WORKERS=auto
 if [ "${1:-}" = --pinned ]; then
     shift
-    # The CPUs this script may use (it may itself run under taskset), split in two halves.
-    CPUS=()
-    IFS=, read -ra ranges <<<"$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status)"
-    for range in "${ranges[@]}"; do
-        for ((cpu = ${range%-*}; cpu <= ${range#*-}; cpu++)); do CPUS+=("$cpu"); done
-    done
-    if [ ${#CPUS[@]} -lt 2 ]; then
-        echo "bench/load.sh --pinned needs 2 CPUs (one for the servers, one for wrk); run it without --pinned" >&2
-        exit 2
-    fi
-    HALF=$((${#CPUS[@]} / 2))
-    SERVER_CPUS=$(IFS=,; echo "${CPUS[*]:0:HALF}")
-    CLIENT_CPUS=$(IFS=,; echo "${CPUS[*]:HALF}")
-    PIN_SERVER=(taskset -c "$SERVER_CPUS")
-    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
-    THREADS=$((${#CPUS[@]} - HALF))
+    split_cpus wrk || { echo "run bench/load.sh without --pinned" >&2; exit 2; }
+    THREADS=$CLIENT_CPU_COUNT
     # The verifier runs one worker per CPU it may use; nginx gets as many.
-    NGINX_WORKERS=$HALF
+    NGINX_WORKERS=$SERVER_CPU_COUNT
 fi
 KEYS=${1:-10000}
 DURATION=${2:-10s}
@@ -49,82 +36,27 @@ API_PORT=18080
 METRICS_PORT=19090
 NGINX_PORT=18081
 
-missing=0
-command -v wrk >/dev/null || missing=1
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing=1
-if [ "$missing" = 1 ]; then
+if ! command -v wrk >/dev/null || ! find_nginx; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx curl >/dev/null
+    find_nginx
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked --bin keysmith --example load_fixture
-TARGET=${CARGO_TARGET_DIR:-target}/release
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# 1. The emulator with KEYS ApiKeys; it serves until its stdin closes.
-mkfifo "$WORK/fixture.in"
-"$TARGET/examples/load_fixture" "$WORK" "$KEYS" <"$WORK/fixture.in" >"$WORK/fixture.out" 2>&1 &
-PIDS+=($!)
-exec 3>"$WORK/fixture.in"
-until grep -q '^ready' "$WORK/fixture.out"; do
-    if ! kill -0 "${PIDS[0]}" 2>/dev/null; then cat "$WORK/fixture.out"; exit 1; fi
-    sleep 0.2
-done
-TOKEN=$(cat "$WORK/token")
-
+build_verifier
+bench_workdir
+# 1. The emulator with KEYS ApiKeys.
+start_fixture "$KEYS"
 # 2. The verifier.
-START=$(date +%s%N)
-KUBECONFIG="$WORK/kubeconfig" "${PIN_SERVER[@]}" "$TARGET/keysmith" verifier \
-    --listen 127.0.0.1:$API_PORT --metrics-listen 127.0.0.1:$METRICS_PORT \
-    --log-format json 2>"$WORK/verifier.log" &
-VERIFIER=$!
-PIDS+=($VERIFIER)
-until curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/readyz" 2>/dev/null; do
-    if ! kill -0 "$VERIFIER" 2>/dev/null; then cat "$WORK/verifier.log"; exit 1; fi
-    sleep 0.01
-done
-READY_MS=$((($(date +%s%N) - START) / 1000000))
-RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$VERIFIER/status")
-INDEXED=$(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '/^keysmith_index_tokens / {print $2}')
-
+start_verifier $API_PORT $METRICS_PORT
 # 3. nginx: `return 200`, no access log.
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes $NGINX_WORKERS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx;
-    proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx;
-    uwsgi_temp_path $WORK/nginx;
-    scgi_temp_path $WORK/nginx;
-    server { listen 127.0.0.1:$NGINX_PORT; location / { return 200; } }
-}
-CONF
-"${PIN_SERVER[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
-PIDS+=($NGINX_PID)
-until curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null; do sleep 0.05; done
+start_nginx $NGINX_PORT "$NGINX_WORKERS"
 
 # 4. wrk. The same POST (a verification asking for an action on a resource) goes to both.
 cat >"$WORK/verify.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"token":"$TOKEN","action":"content.read","resource":"content:pages:home"}'
+wrk.body = '$(verify_body)'
 LUA
-answer=$(curl -fsS -X POST -H 'Content-Type: application/json' --data "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/verify.lua")" "http://127.0.0.1:$API_PORT/v1/verify")
-echo "$answer" | grep -q '"code":"VALID"' || { echo "unexpected answer: $answer"; exit 1; }
+check_verify $API_PORT
 
 # CPU time (user + system, in clock ticks) used so far by processes and their child processes.
 cpu_ticks() {
@@ -149,7 +81,7 @@ p99_us() {
 }
 
 run verify "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/verify" -s "$WORK/verify.lua"
-run authz "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/authz?action=content.read&resource=content:pages:home" -H "Authorization: Bearer $TOKEN"
+run authz "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/authz?$AUTHZ_QUERY" -H "Authorization: Bearer $TOKEN"
 run nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
 
 NGINX_RPS=$(rps nginx)

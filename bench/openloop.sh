@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Latency of the verifier at fixed request rates (open loop), against nginx in the same run:
+#   1. the API emulator with KEYS ApiKeys and `keysmith verifier` watching it (release build),
+#      nginx answering `return 200` with one worker per server CPU (bench/lib.sh, shared with
+#      bench/load.sh);
+#   2. servers on the first half of the CPUs this script may use, vegeta on the other half;
+#   3. at each rate, vegeta sends requests at that constant rate to nginx, GET /v1/authz and
+#      POST /v1/verify in turn, for DURATION each: it sends on schedule whether or not earlier
+#      answers came back, so a slow server shows as latency instead of a lower rate (a closed
+#      loop such as wrk waits, and hides it);
+# then prints one table: the rate vegeta achieved, errors, p50 / p99 / p99.9 / max, and each
+# p99 against nginx's at the same rate, with the targets (at 20,000 req/s the verifier's p99
+# under 1 ms; at every rate within 1.2x nginx's p99). Nothing here is asserted by a test.
+#
+# Usage: bench/openloop.sh [--rates R1,R2,...] [--duration D] [--keys N]
+#   --rates     requests per second, comma-separated (default 5000,20000,50000)
+#   --duration  per endpoint and rate, as vegeta reads it: 500ms, 30s, 2m (default 30s)
+#   --keys      ApiKeys the verifier indexes (default 10000)
+# Needs: cargo, curl, python3, taskset, nginx (`apt-get install nginx`), 2 CPUs, and vegeta,
+# which `testenv/install vegeta` builds from its pinned Go module (Go 1.26 or newer, once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+usage() { sed -n '/^# Usage:/,/^# Needs:/s/^# \{0,1\}//p' bench/openloop.sh; }
+# die CODE MESSAGE: 2 for a wrong argument, 1 for a missing tool.
+die() { echo "bench/openloop.sh: $2" >&2; exit "$1"; }
+
+RATES=5000,20000,50000
+DURATION=30s
+KEYS=10000
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rates) RATES=${2:-} ;;
+        --duration) DURATION=${2:-} ;;
+        --keys) KEYS=${2:-} ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die 2 "unknown argument '$1'" ;;
+    esac
+    shift 2 || die 2 "$1 needs a value"
+done
+[[ $RATES =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] ||
+    die 2 "--rates '$RATES': give requests per second as whole numbers, comma-separated (e.g. 5000,20000)"
+[[ $DURATION =~ ^[1-9][0-9]*(ms|s|m)$ ]] || die 2 "--duration '$DURATION': give a duration like 500ms, 30s or 2m"
+[[ $KEYS =~ ^[1-9][0-9]*$ ]] || die 2 "--keys '$KEYS': give a whole number of ApiKeys, at least 1"
+
+API_PORT=18280
+METRICS_PORT=19290
+NGINX_PORT=18281
+
+VEGETA=$(testenv/install vegeta)/vegeta ||
+    die 1 "vegeta is missing and could not be built (above): install Go 1.26 or newer, then run testenv/install vegeta"
+find_nginx || die 1 "nginx is missing: install it with 'apt-get install nginx' (Debian, Ubuntu) or your system's package manager"
+for tool in curl python3 taskset; do
+    command -v $tool >/dev/null || die 1 "$tool is missing: install it (Debian, Ubuntu: apt-get install ${tool/taskset/util-linux})"
+done
+split_cpus vegeta || exit 2
+
+build_verifier
+bench_workdir
+start_fixture "$KEYS"
+start_verifier $API_PORT $METRICS_PORT
+start_nginx $NGINX_PORT "$SERVER_CPU_COUNT"
+check_verify $API_PORT
+
+# vegeta's targets: nginx gets the same POST as /v1/verify (`return 200` ignores it).
+verify_body >"$WORK/verify.json"
+printf 'POST http://127.0.0.1:%s/\nContent-Type: application/json\n@%s\n' \
+    $NGINX_PORT "$WORK/verify.json" >"$WORK/nginx.targets"
+printf 'GET http://127.0.0.1:%s/v1/authz?%s\nAuthorization: Bearer %s\n' \
+    $API_PORT "$AUTHZ_QUERY" "$TOKEN" >"$WORK/authz.targets"
+printf 'POST http://127.0.0.1:%s/v1/verify\nContent-Type: application/json\n@%s\n' \
+    $API_PORT "$WORK/verify.json" >"$WORK/verify.targets"
+
+# attack RATE NAME: one constant-rate run, kept as vegeta's JSON report (rate achieved, status
+# codes, errors) and every request's latency in ns (the third CSV column): vegeta's report
+# estimates quantiles (a t-digest) and has no p99.9, so the table takes them from all latencies.
+attack() {
+    local out=$WORK/$2.$1
+    echo "bench/openloop.sh: $2 at $1 req/s for $DURATION ($(date +%T))" >&2
+    "${PIN_CLIENT[@]}" "$VEGETA" attack -targets="$WORK/$2.targets" -rate="$1/1s" \
+        -duration="$DURATION" -timeout=5s -max-body=0 -name="$2" >"$out.bin"
+    "${PIN_CLIENT[@]}" "$VEGETA" report -type=json "$out.bin" >"$out.json"
+    "${PIN_CLIENT[@]}" "$VEGETA" encode -to=csv "$out.bin" | cut -d, -f3 >"$out.ns"
+    rm "$out.bin"
+}
+IFS=, read -ra rates <<<"$RATES"
+for rate in "${rates[@]}"; do
+    for name in nginx authz verify; do attack "$rate" $name; done
+done
+
+echo
+echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); $(date -u '+%F %H:%M UTC')"
+echo "layout:  nginx and the verifier on CPUs $SERVER_CPUS (one worker per CPU each), vegeta on CPUs $CLIENT_CPUS; loopback, keep-alive"
+echo "index:   $INDEXED tokens from $KEYS ApiKeys; verifier /readyz ${READY_MS} ms after start, RSS ${RSS_KB} KiB"
+python3 - "$WORK" "$RATES" "$DURATION" <<'PY'
+import json, math, sys
+
+work, rates, duration = sys.argv[1], [int(r) for r in sys.argv[2].split(",")], sys.argv[3]
+names = ["nginx", "authz", "verify"]
+
+rows = {}
+for rate in rates:
+    for name in names:
+        r = json.load(open(f"{work}/{name}.{rate}.json"))
+        ms = sorted(int(line) / 1e6 for line in open(f"{work}/{name}.{rate}.ns"))
+        # The nearest-rank quantile: the smallest latency at least q of the requests did not exceed.
+        q = lambda q: ms[max(math.ceil(q * len(ms)), 1) - 1]
+        rows[rate, name] = {
+            "achieved": r["rate"],
+            "requests": r["requests"],
+            "errors": r["requests"] - r["status_codes"].get("200", 0),
+            "messages": r.get("errors") or [],
+            "p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": ms[-1],
+        }
+
+print(f"\nopen loop, {duration} per endpoint and rate; latencies in ms; errors = answers other than 200")
+head = ("rate/s", "endpoint", "sent/s", "requests", "errors", "p50", "p99", "p99.9", "max", "p99/nginx")
+fmt = "{:>7} {:<9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}"
+print(fmt.format(*head))
+for rate in rates:
+    base = rows[rate, "nginx"]["p99"]
+    for name in names:
+        x = rows[rate, name]
+        ratio = "-" if name == "nginx" else f"{x['p99'] / base:.2f}"
+        endpoint = {"nginx": "nginx", "authz": "/v1/authz", "verify": "/v1/verify"}[name]
+        print(fmt.format(rate, endpoint, f"{x['achieved']:.0f}", x["requests"], x["errors"],
+                         f"{x['p50']:.3f}", f"{x['p99']:.3f}", f"{x['p999']:.3f}",
+                         f"{x['max']:.2f}", ratio))
+
+print("\ntargets (the verifier's p99):")
+verdict = lambda ok: "met" if ok else "MISSED"
+if 20000 in rates:
+    for name in ("authz", "verify"):
+        p99 = rows[20000, name]["p99"]
+        print(f"  at 20000 req/s under 1 ms: /v1/{name} {p99:.3f} ms, {verdict(p99 < 1)}")
+else:
+    print("  at 20000 req/s under 1 ms: not measured (20000 is not among --rates)")
+for rate in rates:
+    base = rows[rate, "nginx"]["p99"]
+    parts = [f"/v1/{n} {rows[rate, n]['p99'] / base:.2f}x, {verdict(rows[rate, n]['p99'] <= 1.2 * base)}"
+             for n in ("authz", "verify")]
+    print(f"  at {rate} req/s within 1.2x nginx's p99 ({base:.3f} ms): " + "; ".join(parts))
+
+# A run is only open loop if vegeta kept the schedule; errors make latencies moot.
+for (rate, name), x in rows.items():
+    if x["achieved"] < 0.99 * rate:
+        print(f"note: vegeta sent {name} {x['achieved']:.0f} req/s of {rate}: it fell behind "
+              "(its CPUs are saturated), so this row is not at the fixed rate")
+    if x["errors"]:
+        print(f"note: {name} at {rate} req/s: {x['errors']} errors: " + "; ".join(x["messages"][:3]))
+PY
