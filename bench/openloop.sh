@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-usage() { sed -n '/^# Usage:/,/^# Needs:/s/^# \{0,1\}//p' bench/openloop.sh; }
+usage() { sed -n '/^# Usage:/,/^set /s/^# \{0,1\}//p' bench/openloop.sh; }
 # die CODE MESSAGE: 2 for a wrong argument, 1 for a missing tool.
 die() { echo "bench/openloop.sh: $2" >&2; exit "$1"; }
 

@@ -1,0 +1,102 @@
+//! `bench/openloop.sh` refuses wrong arguments and a machine without its load generator before
+//! it builds or starts anything, and says what to do. Its timings are never asserted: it is run
+//! by hand (docs/BENCHMARKS.md), not here.
+
+use std::env;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn openloop(args: &[&str]) -> Command {
+    let mut command = Command::new(Path::new(ROOT).join("bench/openloop.sh"));
+    command.args(args);
+    command
+}
+
+fn run(mut command: Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run bench/openloop.sh");
+    let code = status.code().expect("bench/openloop.sh exits by itself");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (code, text(stdout), text(stderr))
+}
+
+#[test]
+fn help_names_every_flag_and_its_default() {
+    let (code, stdout, stderr) = run(openloop(&["--help"]));
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "Usage: bench/openloop.sh",
+        "--rates",
+        "5000,20000,50000",
+        "--duration",
+        "30s",
+        "--keys",
+        "apt-get install nginx",
+        "testenv/install vegeta",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn wrong_arguments_exit_2_naming_the_flag() {
+    for (args, expected) in [
+        (&["--rates", "5k"][..], "--rates '5k'"),
+        (&["--rates", "5000,,20000"], "--rates '5000,,20000'"),
+        (&["--duration", "3"], "--duration '3'"),
+        (&["--keys", "0"], "--keys '0'"),
+        (&["--duration"], "--duration needs a value"),
+        (&["--rate", "5000"], "unknown argument '--rate'"),
+    ] {
+        let (code, _, stderr) = run(openloop(args));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: {expected:?} missing from:\n{stderr}"
+        );
+    }
+}
+
+/// `name` on this process's PATH.
+fn on_path(name: &str) -> PathBuf {
+    env::split_paths(&env::var_os("PATH").expect("PATH is set"))
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
+}
+
+#[test]
+fn without_vegeta_or_go_it_stops_saying_how_to_get_vegeta() {
+    // A machine without Go: a PATH holding only what the script and testenv/install run before
+    // they would build vegeta, and an empty folder for the pinned tools.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("path");
+    std::fs::create_dir(&path).unwrap();
+    for tool in ["bash", "dirname", "mkdir", "awk", "cat", "sha256sum", "cut"] {
+        symlink(on_path(tool), path.join(tool)).unwrap();
+    }
+    let mut command = openloop(&["--rates", "2000", "--duration", "3s"]);
+    command
+        .env("PATH", &path)
+        .env("KEYSMITH_TESTENV_BIN", dir.path().join("bin"));
+    let (code, stdout, stderr) = run(command);
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("Go 1.26 or newer is needed to build vegeta"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("vegeta is missing and could not be built")
+            && stderr.contains("then run testenv/install vegeta"),
+        "{stderr}"
+    );
+}
