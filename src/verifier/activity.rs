@@ -67,9 +67,27 @@ impl<const N: usize> Text<N> {
     };
 
     fn new(value: Option<&str>) -> Text<N> {
+        let value = value.unwrap_or("");
+        let mut cut = value.len().min(N).min(u8::MAX as usize);
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let head = &value.as_bytes()[..cut];
+        // C0 controls and DEL are single bytes; C1 controls (U+0080..U+009F) start with 0xC2.
+        if head.iter().any(|&b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return Text::replacing_controls(value);
+        }
+        let mut text = Text::EMPTY;
+        text.bytes[..cut].copy_from_slice(head);
+        text.len = cut as u8;
+        text
+    }
+
+    /// [`Text::new`] character by character, for text that holds a control character.
+    fn replacing_controls(value: &str) -> Text<N> {
         let mut text = Text::EMPTY;
         let mut len = 0;
-        for c in value.unwrap_or("").chars() {
+        for c in value.chars() {
             let c = if c.is_control() { '?' } else { c };
             if len + c.len_utf8() > N.min(u8::MAX as usize) {
                 break;
@@ -463,6 +481,8 @@ mod tests {
         assert_eq!(Text::<8>::new(Some("ééééé")).as_str(), "éééé");
         assert_eq!(Text::<7>::new(Some("ééééé")).as_str(), "ééé");
         assert_eq!(Text::<8>::new(None).as_str(), "");
+        assert_eq!(Text::<8>::new(Some("a\u{85}bcdefgh")).as_str(), "a?bcdefg");
+        assert_eq!(Text::<8>::new(Some("\u{7f}")).as_str(), "?");
     }
 
     #[test]
