@@ -1,7 +1,8 @@
 //! `keysmith verifier`: the verification API of SPEC section 5.
 //!
-//! Pure core: [`key`] (what one ApiKey means to the verifier), [`decision`] (the decision
-//! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
+//! From the core crate (`keysmith_core::verifier`, re-exported here): [`key`] (what one ApiKey
+//! means to the verifier), [`decision`] (the decision order), [`index`] (hash → token map with
+//! tombstones). Pure, but the server's alone: [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures), [`tenancy`] (which namespaces a route accepts).
 //! Shell: [`http`] (the endpoints), [`server`] and [`tls`] (connections, HTTPS), [`usage`]
 //! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], and
@@ -10,16 +11,15 @@
 
 pub mod audit;
 pub mod client_ip;
-pub mod decision;
 pub mod http;
-pub mod index;
-pub mod key;
 pub mod metrics;
 pub mod server;
 pub mod tenancy;
 pub mod throttle;
 pub mod tls;
 pub mod usage;
+
+pub use keysmith_core::verifier::{decision, index, key};
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -109,19 +109,6 @@ pub trait RequestHeaders: Sync {
     }
 }
 
-impl RequestHeaders for hyper::HeaderMap {
-    fn get(&self, name: &str) -> Option<&[u8]> {
-        hyper::HeaderMap::get(self, name).map(hyper::header::HeaderValue::as_bytes)
-    }
-
-    fn get_all(&self, name: &str) -> Vec<&[u8]> {
-        hyper::HeaderMap::get_all(self, name)
-            .iter()
-            .map(hyper::header::HeaderValue::as_bytes)
-            .collect()
-    }
-}
-
 /// No headers at all (e.g. a TokenReview, which carries none of the end user's).
 pub struct NoHeaders;
 

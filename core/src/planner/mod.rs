@@ -20,11 +20,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
-use kube::runtime::events::EventType;
 
 use crate::api::{
-    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, ApiKeyStatus, PreviousToken, ROTATE_ANNOTATION,
-    ROTATE_SLOT_ANNOTATION_PREFIX, RestartTarget, TOKEN_IDS_ANNOTATION, TokenStatus,
+    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, ApiKeyStatus, MANAGED_BY, MANAGED_BY_LABEL,
+    PreviousToken, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX, RestartTarget,
+    TOKEN_IDS_ANNOTATION, TokenStatus,
 };
 use crate::token::{GenerateError, Token, sha256_hex};
 use crate::validation::{ValidSlot, ValidSpec, validate};
@@ -32,10 +32,6 @@ use conditions::{DISABLED, Desired, EXPIRED, EXPIRING, READY, reason};
 use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
 use timing::{add, between, sub, whole_seconds};
 
-/// Label every Secret Keysmith writes carries; the controller watches only Secrets with it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY: &str = "keysmith";
 /// Longest wait between two reconciles of a healthy key.
 pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// Retry interval while a Secret of the same name blocks the key: the conflicting Secret is not
@@ -148,11 +144,20 @@ pub struct Restart {
     pub restarted_for: String,
 }
 
+/// The type of a Kubernetes Event; the shell maps it to its client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Something went as it should (a token minted or rotated).
+    Normal,
+    /// Something needs a person (an invalid spec, a conflict, an expiry).
+    Warning,
+}
+
 /// An event to publish on the ApiKey.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedEvent {
     /// Normal or Warning.
-    pub type_: EventType,
+    pub type_: EventKind,
     /// CamelCase reason (SPEC 4.4).
     pub reason: &'static str,
     /// What happened; ids and hashes only, never a token.
@@ -318,7 +323,7 @@ fn blocked(
     });
     let events = if changed {
         vec![PlannedEvent {
-            type_: EventType::Warning,
+            type_: EventKind::Warning,
             reason: if ready.reason == reason::INVALID_SPEC {
                 reason::INVALID_SPEC
             } else {
@@ -872,7 +877,7 @@ impl<'a> Planner<'a> {
             }
         }
         let event = |reason, notes: Vec<String>| PlannedEvent {
-            type_: EventType::Normal,
+            type_: EventKind::Normal,
             reason,
             note: notes.join("; "),
         };
@@ -898,7 +903,7 @@ impl<'a> Planner<'a> {
                     && !conditions::is_true(&self.observed.conditions, type_)
             })
             .map(|(type_, reason)| PlannedEvent {
-                type_: EventType::Warning,
+                type_: EventKind::Warning,
                 reason,
                 note: conditions::find(desired, type_)
                     .map(|c| c.message.clone())

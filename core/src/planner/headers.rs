@@ -12,18 +12,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::api::{ApiKeySpec, RequiredHeaderStatus};
+use crate::api::{ApiKeySpec, HEADER_SOURCE_ANNOTATION, RequiredHeaderStatus};
 use crate::token::sha256_hex_bytes;
 
 /// The Secrets that required headers name, by name, as the shell read them from the key's
 /// namespace; a name that is absent does not exist.
 pub type HeaderSecrets = BTreeMap<String, Secret>;
-
-/// The annotation by which a Secret lets ApiKeys (its value: their names, comma-separated)
-/// publish hashes of its values. Without it a namespace editor who may create ApiKeys but not
-/// read Secrets could name any Secret and read the SHA-256 of its values from status, an
-/// offline oracle for guessable ones; only someone who may write the Secret can set it.
-pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
 
 /// How often a key with Secret-sourced headers is reconciled again to pick up a changed value:
 /// those Secrets are not Keysmith's, so no watch event announces their changes.

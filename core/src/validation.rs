@@ -31,7 +31,7 @@ pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
 const MAX_DURATION_LEN: usize = 64;
 
 /// Labels Keysmith sets on every Secret it manages; a template may not change them.
-const MANAGED_LABELS: [&str; 2] = ["app.kubernetes.io/managed-by", crate::api::APIKEY_LABEL];
+const MANAGED_LABELS: [&str; 2] = [crate::api::MANAGED_BY_LABEL, crate::api::APIKEY_LABEL];
 
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
