@@ -40,7 +40,7 @@ use thiserror::Error;
 use crate::api::{Effect, Grant, GrantConditions};
 
 /// Longest action or resource pattern, in characters.
-pub const MAX_PATTERN_LEN: usize = 256;
+pub(crate) const MAX_PATTERN_LEN: usize = 256;
 
 /// Why a pattern was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -109,7 +109,7 @@ impl Pattern {
     }
 
     /// Whether the pattern matches every string (it is made of stars only).
-    pub fn matches_everything(&self) -> bool {
+    pub(crate) fn matches_everything(&self) -> bool {
         matches!(self.matcher, Matcher::Any)
     }
 
@@ -270,7 +270,7 @@ pub enum Decision {
 
 impl Decision {
     /// Whether the verifier must answer `FORBIDDEN`.
-    pub fn is_denied(&self) -> bool {
+    pub(crate) fn is_denied(&self) -> bool {
         matches!(self, Self::Denied(_))
     }
 }

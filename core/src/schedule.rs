@@ -27,12 +27,12 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 /// Path of the cron expression in an ApiKey, for validation messages.
-pub const SCHEDULE_FIELD: &str = "spec.rotation.schedule";
+pub(crate) const SCHEDULE_FIELD: &str = "spec.rotation.schedule";
 /// Path of the time zone in an ApiKey, for validation messages.
-pub const TIME_ZONE_FIELD: &str = "spec.rotation.timeZone";
+pub(crate) const TIME_ZONE_FIELD: &str = "spec.rotation.timeZone";
 
 /// Runs sampled by [`Schedule::shortest_interval`]: over a year of a weekly schedule.
-pub const INTERVAL_SAMPLES: usize = 64;
+pub(crate) const INTERVAL_SAMPLES: usize = 64;
 /// 2001-01-01T00:00:00Z, a Monday: where [`Schedule::shortest_interval`] starts sampling.
 const INTERVAL_REFERENCE: Timestamp = Timestamp::constant(978_307_200, 0);
 
@@ -120,7 +120,7 @@ impl Schedule {
     /// The gap between the first two runs after `after`: the schedule's interval around that
     /// time, which the planner bounds jitter by. Calendar schedules vary (a monthly run is 28 to
     /// 31 days apart, a daily one 23 or 25 hours across a DST change), hence "after".
-    pub fn interval_after(&self, after: Timestamp) -> Option<Duration> {
+    pub(crate) fn interval_after(&self, after: Timestamp) -> Option<Duration> {
         let first = self.next_after(after)?;
         let second = self.next_after(first)?;
         Duration::try_from(second.duration_since(first)).ok()

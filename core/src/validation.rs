@@ -25,7 +25,7 @@ use crate::schedule::Schedule;
 use crate::token;
 
 /// Overlap when `rotation.overlap` is unset (capped at half the rotation interval).
-pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
 
 /// Longest duration string (`expiresAfter`, `rotation.every`, `renewBefore`, `overlap`).
 const MAX_DURATION_LEN: usize = 64;

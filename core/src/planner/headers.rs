@@ -21,7 +21,7 @@ pub type HeaderSecrets = BTreeMap<String, Secret>;
 
 /// How often a key with Secret-sourced headers is reconciled again to pick up a changed value:
 /// those Secrets are not Keysmith's, so no watch event announces their changes.
-pub const HEADER_RECHECK: Duration = Duration::from_secs(60);
+pub(crate) const HEADER_RECHECK: Duration = Duration::from_secs(60);
 
 /// Names of the Secrets `spec`'s required headers read.
 pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
@@ -35,7 +35,7 @@ pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
 
 /// What the Secrets say about the required headers.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Hashes of every value that was found, in spec order.
     pub hashes: Vec<RequiredHeaderStatus>,
     /// One line per value that was not found (Secret or key missing); no values.
@@ -53,7 +53,7 @@ fn opts_in(secret: &Secret, key: &str) -> bool {
 }
 
 /// Hash the value of every Secret-sourced required header of `spec`, the spec of ApiKey `key`.
-pub fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> Resolved {
+pub(crate) fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> Resolved {
     let mut resolved = Resolved::default();
     let headers = spec.restrictions.iter().flat_map(|r| &r.required_headers);
     for (i, header) in headers.enumerate() {

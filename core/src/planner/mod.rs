@@ -9,7 +9,7 @@
 pub mod conditions;
 pub mod headers;
 pub mod restart;
-pub mod timing;
+pub(crate) mod timing;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,10 +33,10 @@ use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
 use timing::{add, between, sub, whole_seconds};
 
 /// Longest wait between two reconciles of a healthy key.
-pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// Retry interval while a Secret of the same name blocks the key: the conflicting Secret is not
 /// labelled as ours, so its deletion does not wake the controller.
-pub const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
+pub(crate) const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
 /// Shortest requeue, so a due time a fraction of a second away is not busy-polled.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 
@@ -225,7 +225,7 @@ pub fn mint_token(slot: &ValidSlot) -> Result<Token, GenerateError> {
 }
 
 /// Whether `secret` names `key` (by UID) as its controller.
-pub fn controlled_by(secret: &Secret, key: &ApiKey) -> bool {
+pub(crate) fn controlled_by(secret: &Secret, key: &ApiKey) -> bool {
     let uid = key.metadata.uid.as_deref();
     secret
         .metadata

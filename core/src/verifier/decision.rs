@@ -156,7 +156,7 @@ pub enum Validity {
 
 impl Validity {
     /// When the token stops verifying, taking the key's `expiresAt` into account.
-    pub fn ends_at(self, key: &KeyInfo) -> Option<Timestamp> {
+    pub(crate) fn ends_at(self, key: &KeyInfo) -> Option<Timestamp> {
         let own = match self {
             Validity::Current { expires_at } => expires_at,
             Validity::Previous { valid_until } => Some(valid_until),
@@ -228,6 +228,6 @@ pub fn decide(
 }
 
 /// Compare secrets without an early exit, so timing does not reveal how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

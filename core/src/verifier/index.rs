@@ -32,11 +32,11 @@ use super::key::{GrantInterner, KeyInfo};
 use super::usage::UsageMark;
 
 /// Number of independently locked parts of the map.
-pub const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 /// How long a deleted key's tokens answer REVOKED before they become NOT_FOUND.
-pub const TOMBSTONE_TTL: SignedDuration = SignedDuration::from_hours(24);
+pub(crate) const TOMBSTONE_TTL: SignedDuration = SignedDuration::from_hours(24);
 /// Most tombstones kept; the oldest go first.
-pub const MAX_TOMBSTONES: usize = 100_000;
+pub(crate) const MAX_TOMBSTONES: usize = 100_000;
 
 /// SHA-256 of a token.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -49,7 +49,7 @@ impl TokenHash {
     }
 
     /// Read the lower-case (or upper-case) hex form written in status.
-    pub fn from_hex(hex: &str) -> Option<TokenHash> {
+    pub(crate) fn from_hex(hex: &str) -> Option<TokenHash> {
         let bytes = hex.as_bytes();
         if bytes.len() != 64 {
             return None;

@@ -82,7 +82,7 @@ impl From<&BTreeMap<String, String>> for Metadata {
 /// template carry one copy instead of one per key. Sets are found by a hash of their source and
 /// confirmed by comparing the compiled form, so the table holds no copy of the source.
 #[derive(Default)]
-pub struct GrantInterner {
+pub(crate) struct GrantInterner {
     sets: Mutex<HashMap<u64, Vec<Weak<CompiledGrants>>>>,
 }
 
@@ -140,7 +140,7 @@ pub enum ExpectedValue {
 impl KeyInfo {
     /// Read an ApiKey, sharing grant sets through `interner`. The second value is the validation
     /// error when the spec is invalid and was indexed fail closed (see the module documentation).
-    pub fn from_apikey(
+    pub(crate) fn from_apikey(
         apikey: &ApiKey,
         interner: &GrantInterner,
     ) -> (KeyInfo, Option<InvalidSpec>) {
@@ -222,7 +222,7 @@ impl KeyInfo {
     }
 
     /// Position of the slot named `name`.
-    pub fn slot_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn slot_index(&self, name: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == name)
     }
 }
