@@ -29,19 +29,19 @@ use std::time::Instant;
 use futures::StreamExt;
 use ipnet::IpNet;
 use jiff::Timestamp;
+use keysmith_core::api::ApiKey;
+use keysmith_core::verifier::decision::{Code, VerifyRequest};
+use keysmith_core::verifier::index::{Index, Verdict};
 use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::api::ApiKey;
 use crate::apikeys::Watched;
 use crate::cluster::{self, ClusterError};
 use crate::telemetry::Health;
 
-use self::decision::{Code, VerifyRequest};
-use self::index::{Index, Verdict};
 use self::metrics::Metrics;
 use self::tenancy::{Namespaces, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};
