@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark of the verifier (SPEC section 10), reproducible on one machine:
+# Load benchmark of the verifier (targets in docs/BENCHMARKS.md), reproducible on one machine:
 #   1. the API emulator with 10,000 ApiKeys (examples/load_fixture.rs),
 #   2. `keysmith verifier` watching it as its ServiceAccount (time to /readyz = list + index
 #      of every key; resident memory once ready),

@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiKey;
+use crate::scope::Scope;
 
 /// A watched ApiKey, read.
 #[derive(Debug)]
@@ -26,23 +27,17 @@ pub enum Watched {
     Unreadable(Box<ObjectMeta>),
 }
 
-/// Watch the ApiKeys in `namespace` (all when `None`) matching `config`, as untyped objects.
+/// Watch the ApiKeys in `scope`, as untyped objects.
 pub fn watch(
     client: Client,
-    namespace: Option<&str>,
-    config: watcher::Config,
+    scope: &Scope,
 ) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<> {
-    watcher(api(client, namespace), config)
+    watcher(api(client, scope), scope.watcher_config())
 }
 
-/// The ApiKeys in `namespace` (all when `None`) as untyped objects, which read back whatever
-/// their spec holds.
-pub fn api(client: Client, namespace: Option<&str>) -> Api<DynamicObject> {
-    let resource = ApiResource::erase::<ApiKey>(&());
-    match namespace {
-        Some(ns) => Api::namespaced_with(client, ns, &resource),
-        None => Api::all_with(client, &resource),
-    }
+/// The ApiKeys in `scope` as untyped objects, which read back whatever their spec holds.
+pub fn api(client: Client, scope: &Scope) -> Api<DynamicObject> {
+    scope.dynamic_api(client, &ApiResource::erase::<ApiKey>(&()))
 }
 
 /// The unreadable ApiKeys reported so far, by `namespace/name` with the resourceVersion

@@ -22,6 +22,7 @@ pub mod run;
 pub mod status;
 pub mod token;
 pub mod verifier;
+pub mod wait;
 
 /// Keysmith: API keys as Kubernetes custom resources.
 #[derive(Parser, Debug)]
@@ -47,9 +48,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// The embedded default: API emulator, controller and verifier with the examples applied.
     Dev(dev::DevArgs),
-    /// Rotate an ApiKey's tokens (every slot, or one with --token) in the current cluster.
+    /// Rotate an ApiKey's tokens (every slot, or one with --token); --wait returns once the
+    /// Secret holds the new ones.
     Rotate(rotate::RotateArgs),
-    /// Show an ApiKey's conditions and tokens in the current cluster.
+    /// Show an ApiKey's conditions and tokens, or without NAME a table of the namespace's
+    /// ApiKeys (-A: of every namespace).
     Status(status::StatusArgs),
 }
 
@@ -97,8 +100,12 @@ fn serve_components(
     let _logs = crate::telemetry::init_tracing(telemetry.log_format);
     block_on(command, async {
         let components = setup.await?;
-        components::preflight(&components).await?;
-        components::serve_with(components, settings, Shutdown::on_signal()).await
+        components::preflight(&components)
+            .await
+            .map_err(|e| e.to_string())?;
+        components::serve_with(components, settings, Shutdown::on_signal())
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 

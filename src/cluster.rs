@@ -2,17 +2,35 @@
 //! what to do (SPEC 2: "exits non-zero with one clear line when it cannot reach the API server or
 //! lacks permissions").
 
-use kube::api::ListParams;
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
-use std::fmt::Debug;
+use std::path::PathBuf;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, Resource};
 
 /// Why a command cannot work with the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// No kubeconfig and not in a pod.
-    #[error("cannot load a Kubernetes client configuration (set KUBECONFIG or run in a pod): {0}")]
-    Config(#[source] kube::Error),
+    /// Neither a kubeconfig nor a pod's ServiceAccount is there to use.
+    #[error(
+        "no Kubernetes cluster configured: {looked}. Point keysmith at a cluster with \
+         KUBECONFIG=PATH (`status` and `rotate` also take --kubeconfig PATH and --context NAME), \
+         or run it in a pod, where it uses the pod's ServiceAccount"
+    )]
+    NotFound {
+        /// What was looked for, and why none of it is there.
+        looked: String,
+    },
+    /// A configuration is there but does not load.
+    #[error("cannot load the Kubernetes client configuration: {0}")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `--context` names a context the kubeconfig does not have.
+    #[error("the kubeconfig has no context {context:?} (its contexts: {available})")]
+    NoContext {
+        /// The context asked for.
+        context: String,
+        /// The kubeconfig's contexts, comma-separated.
+        available: String,
+    },
     /// The API server did not answer.
     #[error("cannot reach the Kubernetes API server at {url}: {source}")]
     Unreachable {
@@ -47,64 +65,125 @@ pub enum ClusterError {
     },
 }
 
-/// A client from the kubeconfig or the in-cluster environment, checked to reach the server.
-pub async fn connect() -> Result<Client, ClusterError> {
-    let client = Client::try_default().await.map_err(ClusterError::Config)?;
-    check_reachable(&client).await?;
-    Ok(client)
+/// Where a command finds its cluster, as kubectl does: `--kubeconfig` and `--context` when given,
+/// else `KUBECONFIG`, else `~/.kube/config`, else the ServiceAccount of the pod it runs in.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// This kubeconfig file instead of `KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This context of the kubeconfig instead of its current context.
+    pub context: Option<String>,
 }
 
-/// Ask the server for its version: the cheapest request that proves it answers.
-pub async fn check_reachable(client: &Client) -> Result<(), ClusterError> {
+impl Source {
+    /// The client configuration this source names.
+    async fn config(&self) -> Result<Config, ClusterError> {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| ClusterError::Config(e);
+        if self.kubeconfig.is_none() && self.context.is_none() {
+            return Config::infer()
+                .await
+                .map_err(|e| nothing_configured(true).unwrap_or_else(|| failed(e.into())));
+        }
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) if !path.exists() => {
+                let message = format!("--kubeconfig {}: no such file", path.display());
+                return Err(failed(message.into()));
+            }
+            Some(path) => Kubeconfig::read_from(path).map_err(|e| failed(e.into()))?,
+            // A context of the default kubeconfig: there is no pod to fall back to.
+            None => Kubeconfig::read()
+                .map_err(|e| nothing_configured(false).unwrap_or_else(|| failed(e.into())))?,
+        };
+        if let Some(context) = &self.context
+            && !kubeconfig.contexts.iter().any(|c| &c.name == context)
+        {
+            let available: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(ClusterError::NoContext {
+                context: context.clone(),
+                available: available.join(", "),
+            });
+        }
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| failed(e.into()))
+    }
+}
+
+/// [`ClusterError::NotFound`] when there is nothing to load at all, saying what was looked for;
+/// `None` when something is there, whose own load error then says what is wrong with it.
+/// `with_pod`: whether a pod's ServiceAccount would do.
+fn nothing_configured(with_pod: bool) -> Option<ClusterError> {
+    let mut looked = Vec::new();
+    let listed: Vec<PathBuf> = std::env::var_os("KUBECONFIG")
+        .map(|value| {
+            std::env::split_paths(&value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        // kube reads ~/.kube/config only when KUBECONFIG names no file.
+        match std::env::home_dir() {
+            Some(home) => {
+                let path = home.join(".kube").join("config");
+                if path.exists() {
+                    return None;
+                }
+                looked.push(format!(
+                    "KUBECONFIG is not set and {} does not exist",
+                    path.display()
+                ));
+            }
+            None => looked.push("KUBECONFIG is not set and there is no home directory".into()),
+        }
+    } else {
+        if listed.iter().any(|p| p.exists()) {
+            return None;
+        }
+        let names: Vec<String> = listed.iter().map(|p| p.display().to_string()).collect();
+        looked.push(format!(
+            "KUBECONFIG names no existing file ({})",
+            names.join(", ")
+        ));
+    }
+    if with_pod {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty()) {
+            return None;
+        }
+        looked.push("KUBERNETES_SERVICE_HOST is not set, so this is not a pod".into());
+    }
+    Some(ClusterError::NotFound {
+        looked: looked.join("; "),
+    })
+}
+
+/// A client from the kubeconfig or the pod's ServiceAccount, checked to reach the server.
+pub async fn connect() -> Result<Client, ClusterError> {
+    connect_to(&Source::default()).await
+}
+
+/// A client from `source`, checked to reach the server.
+pub async fn connect_to(source: &Source) -> Result<Client, ClusterError> {
+    let config = source.config().await?;
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.into()))?;
+    // Ask the server for its version: the cheapest request that proves it answers.
     client
         .apiserver_version()
         .await
-        .map(drop)
         .map_err(|source| ClusterError::Unreachable {
-            url: server_url(),
+            url: url.trim_end_matches('/').to_owned(),
             source,
-        })
-}
-
-/// The server URL of the current kubeconfig context, for messages.
-fn server_url() -> String {
-    kube::config::Kubeconfig::read()
-        .ok()
-        .and_then(|kc| {
-            let context = kc.current_context.clone()?;
-            let cluster = kc
-                .contexts
-                .iter()
-                .find(|c| c.name == context)?
-                .context
-                .as_ref()?
-                .cluster
-                .clone();
-            kc.clusters
-                .iter()
-                .find(|c| c.name == cluster)?
-                .cluster
-                .as_ref()?
-                .server
-                .clone()
-        })
-        .or_else(|| {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-            Some(format!("https://{host}:{port}"))
-        })
-        .unwrap_or_else(|| "(unknown server)".to_owned())
-}
-
-/// Check that `api` may be listed, turning a 403 into a message naming the resource.
-pub async fn check_list<K>(api: &Api<K>, namespace: Option<&str>) -> Result<(), ClusterError>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    api.list_metadata(&ListParams::default().limit(1))
-        .await
-        .map(drop)
-        .map_err(|e| classify::<K>(e, "list", namespace))
+        })?;
+    Ok(client)
 }
 
 /// A kube error as a [`ClusterError`], naming the resource when RBAC refused.

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use kube::Api;
 use tokio::net::TcpListener;
+use tokio::task::JoinError;
 
-use crate::api::ApiKey;
-use crate::cluster;
-use crate::controller::leader::LeaderConfig;
+use crate::cluster::ClusterError;
+use crate::controller::leader::{LeaderConfig, LeaderError};
 use crate::controller::metrics::ControllerMetrics;
-use crate::controller::{self, Clock, Context, Scope};
+use crate::controller::{self, Clock, Context};
+use crate::scope::Scope;
 use crate::telemetry::{self, Health, Shutdown};
 use crate::verifier::tenancy::{Accepted, Tenancy};
 use crate::verifier::{self, Running};
@@ -50,30 +50,45 @@ pub struct Components {
     pub metrics: TcpListener,
 }
 
-/// Check that each part may list the ApiKeys of its scope, so a missing permission is one clear
-/// line at start-up rather than a retry loop.
-pub async fn preflight(components: &Components) -> Result<(), String> {
-    let scope = &components.scope;
-    if let Some(part) = &components.controller {
-        let keys: Api<ApiKey> = match &scope.namespace {
-            Some(ns) => Api::namespaced(part.client.clone(), ns),
-            None => Api::all(part.client.clone()),
-        };
-        cluster::check_list(&keys, scope.namespace.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(part) = &components.verifier {
-        verifier::preflight(part.client.clone(), &verifier_options(part, scope))
-            .await
-            .map_err(|e| e.to_string())?;
+/// Why a process's parts could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentsError {
+    /// A start-up check against the API server failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The controller's task panicked or was cancelled.
+    #[error("controller task: {0}")]
+    ControllerTask(#[source] JoinError),
+    /// Leader election stopped with an error.
+    #[error("leader election: {0}")]
+    Leader(#[from] LeaderError),
+    /// The verifier's task panicked or was cancelled.
+    #[error("verifier task: {0}")]
+    VerifierTask(#[source] JoinError),
+    /// The verification API's listener failed.
+    #[error("verification API: {0}")]
+    VerificationApi(#[source] std::io::Error),
+    /// The `/metrics`, `/healthz` and `/readyz` listener failed.
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[source] std::io::Error),
+}
+
+/// Check that each part may list the ApiKeys of its scope (with its selector), so a missing
+/// permission is one clear line at start-up rather than a retry loop.
+pub async fn preflight(components: &Components) -> Result<(), ComponentsError> {
+    let parts = [
+        components.controller.as_ref().map(|part| &part.client),
+        components.verifier.as_ref().map(|part| &part.client),
+    ];
+    for client in parts.into_iter().flatten() {
+        components.scope.check_list(client.clone()).await?;
     }
     Ok(())
 }
 
 /// Run every part until `shutdown` fires, the verifier with its default settings; `/readyz` is
 /// ready once every part is.
-pub async fn serve(components: Components, shutdown: Shutdown) -> Result<(), String> {
+pub async fn serve(components: Components, shutdown: Shutdown) -> Result<(), ComponentsError> {
     serve_with(components, verifier::Settings::default(), shutdown).await
 }
 
@@ -82,7 +97,7 @@ pub async fn serve_with(
     components: Components,
     settings: verifier::Settings,
     shutdown: Shutdown,
-) -> Result<(), String> {
+) -> Result<(), ComponentsError> {
     let Components {
         controller,
         verifier,
@@ -124,24 +139,21 @@ pub async fn serve_with(
     let endpoints = telemetry::router(Arc::new(registry), &ready);
     let metrics_result = telemetry::serve(metrics, endpoints, shutdown.wait()).await;
     if let Some(task) = controller_task {
-        task.await
-            .map_err(|e| format!("controller task: {e}"))?
-            .map_err(|e| format!("leader election: {e}"))?;
+        task.await.map_err(ComponentsError::ControllerTask)??;
     }
     if let Some(task) = verifier_task {
         task.await
-            .map_err(|e| format!("verifier task: {e}"))?
-            .map_err(|e| format!("verification API: {e}"))?;
+            .map_err(ComponentsError::VerifierTask)?
+            .map_err(ComponentsError::VerificationApi)?;
     }
-    metrics_result.map_err(|e| format!("metrics endpoint: {e}"))
+    metrics_result.map_err(ComponentsError::Metrics)
 }
 
 fn verifier_options(part: &VerifierPart, scope: &Scope) -> verifier::Options {
     verifier::Options {
         trusted_proxies: part.trusted_proxies.clone(),
         tenancy: part.tenancy.clone(),
-        namespace: scope.namespace.clone(),
-        selector: scope.selector.clone(),
+        scope: scope.clone(),
         settings: verifier::Settings::default(),
     }
 }

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::components::{Components, ControllerPart, VerifierPart};
+use crate::controller::Clock;
 use crate::controller::leader::LeaderConfig;
-use crate::controller::{Clock, Scope};
+use crate::scope::Scope;
 use crate::verifier::tenancy::Tenancy;
 
 /// Namespace the chart installs into; home of the ServiceAccounts and the leader Lease.
@@ -54,6 +55,14 @@ pub enum DevClusterError {
     #[error("Kubernetes API emulator: {0}")]
     #[cfg(feature = "dev")]
     Emulator(#[from] keysmith_emulator::Error),
+    /// A seed example does not parse or was refused.
+    #[error("examples/{file}: {message}")]
+    Example {
+        /// Which example.
+        file: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// A bundled manifest (the CRD or a chart RBAC file) does not parse.
     #[error("bundled manifest {file}: {message}")]
     Rules {
@@ -136,6 +145,61 @@ pub async fn start(config: Config) -> Result<Emulator, DevClusterError> {
     Ok(emu)
 }
 
+/// Apply the seed examples as the administrator, each object as `kubectl apply -f examples/`
+/// leaves it (see [`as_kubectl_applies`]).
+#[cfg(feature = "dev")]
+pub fn apply_examples(emu: &Emulator) -> Result<(), DevClusterError> {
+    for (file, yaml) in EXAMPLES {
+        let failed = |message: String| DevClusterError::Example { file, message };
+        for object in as_kubectl_applies(yaml).map_err(failed)? {
+            emu.apply_object(&object)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// kubectl's record of what `kubectl apply` last applied, the base of its three-way merge.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The objects of a manifest as `kubectl apply` stores them: each carries the last-applied
+/// annotation kubectl would write. A later `kubectl apply -f` of the same file then merges
+/// against it (and finds nothing to change) instead of warning that the annotation is missing.
+pub fn as_kubectl_applies(yaml: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| e.to_string())?;
+    Ok(docs
+        .into_iter()
+        .filter(Value::is_object)
+        .map(with_last_applied)
+        .collect())
+}
+
+/// `object` with the annotation kubectl computes: the object without that annotation (and with
+/// `annotations: {}` when it has no other, as kubectl leaves it), as Go's `encoding/json`
+/// writes it: keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped, a newline at the end.
+fn with_last_applied(mut object: Value) -> Value {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        match annotations.as_object_mut() {
+            Some(annotations) => drop(annotations.remove(LAST_APPLIED_ANNOTATION)),
+            None => *annotations = json!({}),
+        }
+    }
+    // serde_json's maps are sorted by key, as Go sorts a map's keys.
+    let mut applied = String::new();
+    for c in object.to_string().chars() {
+        match c {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                applied.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => applied.push(c),
+        }
+    }
+    applied.push('\n');
+    object["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] = Value::String(applied);
+    object
+}
+
 /// What a cluster with the chart installed holds, in the order to apply it: the CRD, the
 /// `default` and `keysmith` namespaces, the two ServiceAccounts and the chart's roles bound to
 /// them. Both test backends (and `keysmith dev`) start from this.
@@ -201,4 +265,34 @@ fn bound_cluster_role(account: &str, rules: Value) -> [Value; 3] {
             "subjects": [service_account(account)],
         }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_carry_the_last_applied_configuration_kubectl_would_write() {
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: default\n\
+                    data:\n  z: \"<a&b>\"\n  a: '1'\n---\napiVersion: v1\nkind: ConfigMap\n\
+                    metadata:\n  name: d\n  annotations:\n    keep: x\n    \
+                    kubectl.kubernetes.io/last-applied-configuration: stale\n";
+        let objects = as_kubectl_applies(yaml).unwrap();
+        assert_eq!(objects.len(), 2);
+        // Keys sorted, `annotations: {}` for none, HTML characters escaped, a final newline.
+        assert_eq!(
+            objects[0]["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+            "{\"apiVersion\":\"v1\",\"data\":{\"a\":\"1\",\"z\":\"\\u003ca\\u0026b\\u003e\"},\
+             \"kind\":\"ConfigMap\",\"metadata\":{\"annotations\":{},\"name\":\"c\",\
+             \"namespace\":\"default\"}}\n"
+        );
+        assert_eq!(objects[0]["data"]["z"], "<a&b>");
+        // A stale record is replaced, other annotations kept and recorded.
+        assert_eq!(objects[1]["metadata"]["annotations"]["keep"], "x");
+        assert_eq!(
+            objects[1]["metadata"]["annotations"][LAST_APPLIED_ANNOTATION],
+            "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"annotations\":\
+             {\"keep\":\"x\"},\"name\":\"d\"}}\n"
+        );
+    }
 }

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod components;
 pub mod controller;
 pub mod devcluster;
+pub mod scope;
 pub mod telemetry;
 pub mod verifier;
 

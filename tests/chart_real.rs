@@ -15,7 +15,8 @@ use std::process::Command;
 
 use keysmith::api::ApiKey;
 use keysmith::components::{self, Components, ControllerPart, VerifierPart};
-use keysmith::controller::{self, Scope, leader::LeaderConfig};
+use keysmith::controller::{self, leader::LeaderConfig};
+use keysmith::scope::Scope;
 use keysmith::telemetry::Shutdown;
 use keysmith_emulator::eventually;
 use keysmith_testenv::binaries::binary;

@@ -188,7 +188,27 @@ fn crd_names_and_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Tokens", "Expires", "Next Rotation", "Age"]
+        [
+            "Ready",
+            "Reason",
+            "Tokens",
+            "Expires",
+            "Next Rotation",
+            "Age",
+            "Message"
+        ]
+    );
+    let wide_only: Vec<_> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority.unwrap_or(0) > 0)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        wide_only,
+        ["Message"],
+        "only the long message waits for -o wide"
     );
 }
 
@@ -270,5 +290,111 @@ fn map_keys_are_bounded_by_a_rule() {
     for map in maps {
         let rules = map["x-kubernetes-validations"].to_string();
         assert!(rules.contains("k.size() <="), "{map}");
+    }
+}
+
+/// Every description in the CRD, with its path.
+fn descriptions(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    if let Some(d) = node.get("description").and_then(Value::as_str) {
+        out.push((path.to_owned(), d.to_owned()));
+    }
+    for (name, child) in node["properties"].as_object().into_iter().flatten() {
+        descriptions(child, &format!("{path}.{name}"), out);
+    }
+    descriptions_below(&node["items"], &format!("{path}[]"), out);
+    descriptions_below(&node["additionalProperties"], &format!("{path}[*]"), out);
+}
+
+fn descriptions_below(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    if node.is_object() {
+        descriptions(node, path, out);
+    }
+}
+
+/// `kubectl explain` prints descriptions verbatim: a line break inside a paragraph shows as a
+/// break in mid-sentence. Paragraph breaks and the breaks before list items are meant.
+#[test]
+fn no_description_breaks_a_line_in_mid_paragraph() {
+    let mut found = Vec::new();
+    descriptions(&schema(), "", &mut found);
+    assert!(found.len() > 80, "the walk reached the whole schema");
+    let broken: Vec<_> = found
+        .iter()
+        .filter(|(_, d)| {
+            d.split("\n\n").any(|paragraph| {
+                paragraph
+                    .lines()
+                    .skip(1)
+                    .any(|line| !keysmith::crd::is_list_item(line))
+            })
+        })
+        .collect();
+    assert!(broken.is_empty(), "hard line breaks: {broken:#?}");
+}
+
+/// The reason constants of `core/src/planner/conditions.rs`, read from the source so that a reason
+/// added there without documentation fails this test.
+fn reason_constants() -> Vec<String> {
+    let source = include_str!("../core/src/planner/conditions.rs");
+    let module = source
+        .split_once("pub mod reason {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .expect("conditions.rs has a `pub mod reason` block")
+        .0;
+    module
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("pub const "))
+        .filter_map(|decl| decl.split('"').nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn condition_reason_lists_every_reason_keysmith_writes() {
+    let s = schema();
+    let condition = &at(&s, &["status", "conditions"])["items"];
+    let description = at(condition, &["reason"])["description"]
+        .as_str()
+        .expect("reason has a description");
+    let reasons = reason_constants();
+    assert!(reasons.len() >= 10, "found the constants: {reasons:?}");
+    let undocumented: Vec<_> = reasons
+        .iter()
+        .filter(|r| !description.contains(&format!("`{r}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "reasons missing from status.conditions[].reason: {undocumented:?}"
+    );
+    let types = at(condition, &["type"])["description"].as_str().unwrap();
+    for type_ in ["Ready", "Expiring", "Expired", "Disabled"] {
+        assert!(types.contains(&format!("`{type_}`")), "{types}");
+    }
+}
+
+/// The planner and the controller write reasons only through the constants the test above reads,
+/// never as string literals.
+#[test]
+fn reasons_are_written_through_the_constants() {
+    let sources = [
+        include_str!("../core/src/planner/mod.rs"),
+        include_str!("../core/src/planner/readiness.rs"),
+        include_str!("../src/controller/apply.rs"),
+        include_str!("../src/controller/mod.rs"),
+    ];
+    for source in sources {
+        for call in source.split("Desired::new(").skip(1) {
+            let reason = call.split(',').nth(2).unwrap_or_default().trim();
+            assert!(
+                !reason.starts_with('"'),
+                "a literal reason: Desired::new({call:.80}"
+            );
+        }
+        for write in source.split("\"reason\":").skip(1) {
+            assert!(
+                !write.trim_start().starts_with('"'),
+                "a literal reason: {write:.80}"
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `keysmith dev` as a user runs it: the real binary in a child process, kubectl against the
-//! kubeconfig it writes, a token from the Secret verified over HTTP, deletion revoking it, and a
-//! clean exit on SIGTERM.
+//! kubeconfig it writes (and `kubectl apply -f examples/` on top of dev's own apply), a token from
+//! the Secret verified over HTTP, deletion revoking it, plain-text logs into a pipe, and a clean
+//! exit on SIGTERM that takes the kubeconfig along. A start that fails leaves no kubeconfig
+//! pointing at a server that is not there.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -88,6 +90,25 @@ fn verify(addr: SocketAddr, body: &Value) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// kubectl's record of the last `kubectl apply`, as a jsonpath output.
+const LAST_APPLIED_JSONPATH: &str =
+    "jsonpath={.metadata.annotations.kubectl\\.kubernetes\\.io/last-applied-configuration}";
+
+/// Collect a pipe's lines in the background.
+fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, thread::JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut out = sink.lock().unwrap();
+            out.push_str(&line);
+            out.push('\n');
+        }
+    });
+    (text, reader)
+}
+
 fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -112,22 +133,12 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
         .args(["--metrics-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("keysmith dev starts");
     let mut child = Guard(child);
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let (pipe, stdout) = (child.0.stdout.take().unwrap(), stdout.clone());
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut out = stdout.lock().unwrap();
-                out.push_str(&line);
-                out.push('\n');
-            }
-        })
-    };
+    let (stdout, reader) = collect(child.0.stdout.take().unwrap());
+    let (stderr, stderr_reader) = collect(child.0.stderr.take().unwrap());
 
     // The summary ends with the metrics line.
     poll("the summary on stdout", Duration::from_secs(90), || {
@@ -157,6 +168,43 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
             .find(|r| r.split_whitespace().nth(1) == Some(name))
             .unwrap_or_else(|| panic!("{name} missing from\n{table}"));
         assert_eq!(row.split_whitespace().nth(2), Some("True"), "{row}");
+    }
+
+    // `kubectl apply -f examples/` over dev's own apply: kubectl finds the record of what was
+    // last applied (no warning that it is missing), and that record is byte for byte what
+    // kubectl itself writes.
+    let last_applied = |name: &str| {
+        kubectl(
+            &kubeconfig,
+            &["get", "apikey", name, "-o", LAST_APPLIED_JSONPATH],
+        )
+    };
+    let dev_applied: Vec<String> = EXAMPLE_KEYS.iter().map(|k| last_applied(k)).collect();
+    assert!(
+        dev_applied.iter().all(|a| a.starts_with('{')),
+        "{dev_applied:?}"
+    );
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/");
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "-f", examples])
+        .output()
+        .unwrap();
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !warnings.contains("last-applied-configuration"),
+        "{warnings}"
+    );
+    let applied = String::from_utf8_lossy(&out.stdout);
+    for name in EXAMPLE_KEYS {
+        assert!(
+            applied.contains(&format!("apikey.keysmith.dev/{name} ")),
+            "{applied}"
+        );
+        let index = EXAMPLE_KEYS.iter().position(|k| *k == name).unwrap();
+        assert_eq!(last_applied(name), dev_applied[index], "{name}");
     }
 
     // The management token, straight from the Secret, verifies.
@@ -229,6 +277,25 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     let described = kubectl(&kubeconfig, &["describe", "apikey", "acme-cms"]);
     assert!(described.contains("acme-cms"), "{described}");
     assert!(described.contains("Ready"), "{described}");
+    // ...with the controller's events, which `kubectl get events` lists too.
+    let events = described
+        .split_once("\nEvents:\n")
+        .map(|(_, events)| events)
+        .unwrap_or_else(|| panic!("an Events section in {described}"));
+    assert!(
+        events.lines().any(|l| {
+            l.split_whitespace().take(2).eq(["Normal", "Minted"])
+                && l.contains("keysmith-controller")
+        }),
+        "{described}"
+    );
+    let events = kubectl(&kubeconfig, &["get", "events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("Minted") && l.contains("apikey/acme-cms")),
+        "{events}"
+    );
 
     // Deleting the ApiKey revokes its tokens.
     kubectl(&kubeconfig, &["delete", "apikey", "acme-cms"]);
@@ -250,9 +317,110 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     });
     assert!(status.success(), "exit status {status}");
     reader.join().unwrap();
+    stderr_reader.join().unwrap();
+    // Stopped, dev takes its kubeconfig along: it would point at nothing.
+    assert!(!kubeconfig.exists(), "the kubeconfig outlived keysmith dev");
+
+    // Logs into a pipe are plain text: no colour codes.
+    let stderr = stderr.lock().unwrap();
+    assert!(stderr.contains("verifier serving"), "{stderr}");
+    assert!(
+        !stderr.contains("\x1b["),
+        "colour codes in piped logs:\n{stderr}"
+    );
 
     // The token never reached the terminal: the summary shows masked ids only.
     let stdout = stdout.lock().unwrap();
     assert!(!stdout.contains(&token), "token plaintext on stdout");
     assert!(!stdout.contains(&token[..token.len() - 6]), "{stdout}");
+}
+
+/// Run `keysmith dev` expecting it to fail at once; its one-line error.
+fn dev_fails(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("dev")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("keysmith dev: "))
+        .unwrap_or_else(|| panic!("an error line in {stderr}"));
+    error.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_no_kubeconfig_pointing_at_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kc");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let free = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+
+    // The verification API's port is in use: an error naming it, and no kubeconfig.
+    let error = dev_fails(
+        &kubeconfig,
+        &["--listen", &taken_addr, "--metrics-listen", "127.0.0.1:0"],
+    );
+    assert!(
+        error.contains(&format!(
+            "cannot listen on {taken_addr} for the verification API"
+        )),
+        "{error}"
+    );
+    assert!(!kubeconfig.exists());
+
+    // A kubeconfig an earlier dev left behind, its server gone; the emulated API's port is in
+    // use this time: the stale kubeconfig goes too.
+    let emu = keysmith_emulator::Emulator::start(keysmith_emulator::Config {
+        tls: true,
+        ..keysmith_emulator::Config::default()
+    })
+    .await
+    .unwrap();
+    let live = emu.kubeconfig(&keysmith_emulator::Identity::Admin);
+    let url = emu.url();
+    let (_, live_port) = url.rsplit_once(':').unwrap();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stale = live.replace(
+        &format!("127.0.0.1:{live_port}"),
+        &format!("127.0.0.1:{dead_port}"),
+    );
+    assert_ne!(stale, live);
+    std::fs::write(&kubeconfig, &stale).unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut args = vec!["--api-port", &port];
+    args.extend(free);
+    let error = dev_fails(&kubeconfig, &args);
+    assert!(
+        error.contains(&format!(
+            "cannot serve the emulated Kubernetes API on 127.0.0.1:{port} (--api-port)"
+        )),
+        "{error}"
+    );
+    assert!(
+        !kubeconfig.exists(),
+        "a kubeconfig pointing at nothing is left"
+    );
+
+    // Another dev's kubeconfig whose server answers stays as it is.
+    std::fs::write(&kubeconfig, &live).unwrap();
+    let _ = dev_fails(&kubeconfig, &args);
+    assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), live);
+
+    // A file dev did not write is never overwritten, even by a start that would succeed.
+    let foreign = "apiVersion: v1\nkind: Config\ncurrent-context: prod\nclusters: []\n";
+    std::fs::write(&kubeconfig, foreign).unwrap();
+    let error = dev_fails(&kubeconfig, &free);
+    assert!(error.contains("refusing to overwrite"), "{error}");
+    assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), foreign);
 }

@@ -1,4 +1,4 @@
-//! The `ApiKey` custom resource (`keysmith.dev/v1alpha1`), spec and status, exactly as SPEC section 3.
+//! The `ApiKey` custom resource (`keysmith.dev/v1alpha1`), spec and status.
 //!
 //! Durations, cron schedules, CIDRs and timestamps are kept as strings here and parsed by
 //! [`crate::validation`]: a value the schema cannot express as invalid (a `5y1m` lifetime, a cron
@@ -96,6 +96,12 @@ pub const MAX_SPEC_BYTES: usize = 256 * 1024;
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
+    // Why a key is (not) ready at a glance, as cert-manager's `kubectl get certificate` shows it.
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
     printcolumn(name = "Tokens", type_ = "string", json_path = ".status.tokens[*].id"),
     // Future times as a `date` column print as `<invalid>` (kubectl ages only the past): strings.
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
@@ -108,6 +114,12 @@ pub const MAX_SPEC_BYTES: usize = 256 * 1024;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
+        priority = "1"
     )
 )]
 #[x_kube(
@@ -501,7 +513,8 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 
-    /// `Ready`, `Expiring`, `Expired` and `Disabled`.
+    /// `Ready` (the current tokens are issued; when False, its reason says why), `Expiring`,
+    /// `Expired` and `Disabled`; all four are present once the controller has reconciled the key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

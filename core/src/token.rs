@@ -181,7 +181,7 @@ pub fn sha256_hex(s: &str) -> String {
 
 /// Lower-case hex SHA-256 of `bytes`, e.g. a required header's value read from a Secret, which
 /// need not be UTF-8.
-pub(crate) fn sha256_hex_bytes(bytes: &[u8]) -> String {
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     push_hex(&mut out, &digest);

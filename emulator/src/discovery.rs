@@ -2,24 +2,36 @@
 //! resource lists, and `/version`. Only the legacy (unaggregated) forms are
 //! served; clients asking for aggregated discovery fall back to them on the
 //! `application/json` content type, as they do with older servers.
+//!
+//! `/version` and the resource lists use k8s-openapi's types; the group lists
+//! and `/api` stay JSON built here, because those types always write
+//! `apiVersion`/`kind` where the API server writes none (on `/api`, and on
+//! each group of `/apis`).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIResource, APIResourceList};
+use k8s_openapi::apimachinery::pkg::version::Info;
 use serde_json::{Value, json};
 
 use crate::registry::{Registry, ResourceType};
 
 /// `/version`.
 pub fn version() -> Value {
-    json!({
-        "major": "1",
-        "minor": "32",
-        "gitVersion": "v1.32.0-keysmith-emulator",
-        "gitCommit": "0000000000000000000000000000000000000000",
-        "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z",
-        "goVersion": "go1.23.0",
-        "compiler": "gc",
-        "platform": "linux/amd64",
+    to_value(Info {
+        major: "1".into(),
+        minor: "32".into(),
+        git_version: "v1.32.0-keysmith-emulator".into(),
+        git_commit: "0000000000000000000000000000000000000000".into(),
+        git_tree_state: "clean".into(),
+        build_date: "2026-01-01T00:00:00Z".into(),
+        go_version: "go1.23.0".into(),
+        compiler: "gc".into(),
+        platform: "linux/amd64".into(),
+        ..Default::default()
     })
+}
+
+fn to_value(document: impl serde::Serialize) -> Value {
+    serde_json::to_value(document).expect("discovery documents serialize")
 }
 
 /// `/api`.
@@ -62,21 +74,18 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
         })
 }
 
-fn resource_json(rt: &ResourceType) -> Value {
-    let mut r = json!({
-        "name": rt.plural,
-        "singularName": rt.singular,
-        "namespaced": rt.namespaced,
-        "kind": rt.kind,
-        "verbs": rt.verbs(),
-    });
-    if !rt.short_names.is_empty() {
-        r["shortNames"] = json!(rt.short_names);
+fn resource(rt: &ResourceType) -> APIResource {
+    let given = |names: &Vec<String>| Some(names.clone()).filter(|n| !n.is_empty());
+    APIResource {
+        name: rt.plural.clone(),
+        singular_name: rt.singular.clone(),
+        namespaced: rt.namespaced,
+        kind: rt.kind.clone(),
+        verbs: rt.verbs().into_iter().map(String::from).collect(),
+        short_names: given(&rt.short_names),
+        categories: given(&rt.categories),
+        ..Default::default()
     }
-    if !rt.categories.is_empty() {
-        r["categories"] = json!(rt.categories);
-    }
-    r
 }
 
 /// `/api/v1` or `/apis/GROUP/VERSION`.
@@ -87,23 +96,24 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     }
     let mut resources = Vec::new();
     for rt in types {
-        resources.push(resource_json(rt));
+        resources.push(resource(rt));
         if rt.status_subresource {
-            resources.push(json!({
-                "name": format!("{}/status", rt.plural),
-                "singularName": "",
-                "namespaced": rt.namespaced,
-                "kind": rt.kind,
-                "verbs": ["get", "patch", "update"],
-            }));
+            resources.push(APIResource {
+                name: format!("{}/status", rt.plural),
+                namespaced: rt.namespaced,
+                kind: rt.kind.clone(),
+                verbs: ["get", "patch", "update"].map(String::from).to_vec(),
+                ..Default::default()
+            });
         }
     }
-    let gv = if group.is_empty() {
+    let group_version = if group.is_empty() {
         version.to_string()
     } else {
         format!("{group}/{version}")
     };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
+    Some(to_value(APIResourceList {
+        group_version,
+        resources,
+    }))
 }

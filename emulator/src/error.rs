@@ -5,7 +5,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+use serde_json::Value;
 
 /// One field-level cause of an `Invalid` error (`details.causes[]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +29,14 @@ impl Cause {
         }
     }
 
+    fn to_status_cause(&self) -> StatusCause {
+        StatusCause {
+            reason: Some(self.reason.clone()),
+            message: Some(self.message.clone()),
+            field: Some(self.field.clone()),
+        }
+    }
+
     fn render(&self) -> String {
         if self.field.is_empty() {
             self.message.clone()
@@ -47,8 +56,9 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message, worded like Kubernetes'.
     pub message: String,
-    /// `Status.details`, when Kubernetes would fill it.
-    pub details: Option<Value>,
+    /// `Status.details`, when Kubernetes would fill it (boxed: most errors have none, and
+    /// every `ApiResult` carries the error's size).
+    pub details: Option<Box<StatusDetails>>,
     /// Seconds for a `Retry-After` header (429 answers).
     pub retry_after: Option<u64>,
 }
@@ -66,15 +76,18 @@ pub fn qualified(group: &str, plural: &str) -> String {
     }
 }
 
-fn details(group: &str, kind: &str, name: &str) -> Value {
-    let mut d = json!({ "kind": kind });
-    if !name.is_empty() {
-        d["name"] = json!(name);
+fn details(group: &str, kind: &str, name: &str) -> StatusDetails {
+    let given = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+    StatusDetails {
+        kind: Some(kind.to_string()),
+        name: given(name),
+        group: given(group),
+        ..Default::default()
     }
-    if !group.is_empty() {
-        d["group"] = json!(group);
-    }
-    d
+}
+
+fn status_causes(causes: &[Cause]) -> Option<Vec<StatusCause>> {
+    Some(causes.iter().map(Cause::to_status_cause).collect())
 }
 
 impl ApiError {
@@ -95,7 +108,7 @@ impl ApiError {
             "NotFound",
             format!("{} \"{name}\" not found", qualified(group, plural)),
         );
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
@@ -115,7 +128,7 @@ impl ApiError {
             "AlreadyExists",
             format!("{} \"{name}\" already exists", qualified(group, plural)),
         );
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
@@ -129,14 +142,17 @@ impl ApiError {
                 qualified(group, plural)
             ),
         );
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
     /// 409 for a server-side apply field ownership conflict.
     pub fn apply_conflict(message: String, causes: Vec<Cause>) -> Self {
         let mut e = Self::new(409, "Conflict", message);
-        e.details = Some(json!({ "causes": causes_json(&causes) }));
+        e.details = Some(Box::new(StatusDetails {
+            causes: status_causes(&causes),
+            ..Default::default()
+        }));
         e
     }
 
@@ -158,16 +174,17 @@ impl ApiError {
             "Invalid",
             format!("{what} \"{name}\" is invalid: {list}"),
         );
-        let mut d = details(group, kind, name);
-        d["causes"] = causes_json(&causes);
-        e.details = Some(d);
+        e.details = Some(Box::new(StatusDetails {
+            causes: status_causes(&causes),
+            ..details(group, kind, name)
+        }));
         e
     }
 
     /// 422 for a patch that cannot be applied (e.g. a failed JSON patch `test`).
     pub fn invalid_patch(message: impl Into<String>) -> Self {
         let mut e = Self::new(422, "Invalid", message);
-        e.details = Some(json!({}));
+        e.details = Some(Box::default());
         e
     }
 
@@ -234,7 +251,10 @@ impl ApiError {
             "the server has received too many requests and has asked us to try again later",
         );
         e.retry_after = Some(retry_after);
-        e.details = Some(json!({ "retryAfterSeconds": retry_after }));
+        e.details = Some(Box::new(StatusDetails {
+            retry_after_seconds: i32::try_from(retry_after).ok(),
+            ..Default::default()
+        }));
         e
     }
 
@@ -245,29 +265,16 @@ impl ApiError {
 
     /// The `meta/v1 Status` body.
     pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
+        let status = Status {
+            status: Some("Failure".into()),
+            message: Some(self.message.clone()),
+            reason: Some(self.reason.into()),
+            code: Some(i32::from(self.code)),
+            details: self.details.as_deref().cloned(),
+            ..Default::default()
+        };
+        serde_json::to_value(status).expect("a Status serializes")
     }
-}
-
-fn causes_json(causes: &[Cause]) -> Value {
-    Value::Array(
-        causes
-            .iter()
-            .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
-            .collect(),
-    )
 }
 
 impl IntoResponse for ApiError {

@@ -14,8 +14,8 @@
 
 use serde_json::{Value, json};
 
-use crate::objects::{State, finalizers, now};
 use crate::registry::GroupResource;
+use crate::state::{State, finalizers, now};
 use crate::store::{Location, ObjectKey, owner_uids};
 
 /// The finalizer of foreground deletion.

@@ -159,7 +159,7 @@ pub fn acting_user(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::State;
+    use crate::state::State;
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

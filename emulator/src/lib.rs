@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod cel;
 mod discovery;
 pub mod error;
@@ -26,11 +27,10 @@ mod eventually;
 pub mod faults;
 mod fields;
 mod gc;
-mod handlers;
+mod http;
 mod impersonation;
 mod kubeconfig;
 mod managed;
-mod objects;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -39,9 +39,11 @@ mod registry;
 mod schema;
 mod selector;
 mod server;
+mod state;
 mod store;
 mod table;
 mod tls;
+mod verbs;
 mod watch;
 
 use std::net::SocketAddr;
@@ -59,9 +61,10 @@ pub use faults::{Faults, Target};
 pub use rbac::UserInfo;
 pub use server::{LogEntry, RequestLog};
 
-use crate::objects::{State, WriteOptions};
 use crate::patch::PatchType;
 use crate::server::{Auth, Server};
+use crate::state::{ObjectRef, State};
+use crate::verbs::WriteOptions;
 
 /// Errors of the library API.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +227,7 @@ impl Emulator {
             server::RequestLog::new(config.request_log_limit),
         ));
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
-        let router = handlers::router(server.clone());
+        let router = http::router(server.clone());
         let task = tokio::spawn(server::serve(listener, router, tls));
         Ok(Emulator {
             server,
@@ -389,16 +392,13 @@ impl Emulator {
             force: true,
             ..Default::default()
         };
-        Ok(st.patch(
-            &rt,
-            &ns,
-            &name,
-            false,
+        let applied = st.patch(
+            ObjectRef::new(&rt, &ns, &name),
             PatchType::Apply,
             obj,
             &opts,
-            &mut Vec::new(),
-        )?)
+        )?;
+        Ok(applied.object)
     }
 
     /// Read a stored object (`namespace` is ignored for cluster-scoped kinds).
@@ -406,7 +406,7 @@ impl Emulator {
         let st = self.server.state();
         let rt = st.registry.lookup_kind(api_version, kind)?.clone();
         let ns = if rt.namespaced { namespace } else { "" };
-        st.get(&rt, ns, name).ok()
+        st.get(ObjectRef::new(&rt, ns, name)).ok()
     }
 
     /// Every stored object of a kind, optionally in one namespace.
@@ -417,7 +417,7 @@ impl Emulator {
         };
         st.store
             .list(&rt.group_resource(), namespace)
-            .map(|(_, o)| objects::present(&rt, o))
+            .map(|(_, o)| state::present(&rt, o))
             .collect()
     }
 
@@ -453,7 +453,7 @@ impl Emulator {
             namespace: namespace.into(),
             name: String::new(),
         };
-        !self.server.auth.rbac || rbac::authorize(&self.server.state(), &user, &attrs)
+        self.server.permits(&user, &attrs)
     }
 
     /// The fault-injection settings.

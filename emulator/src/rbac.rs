@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::objects::State;
 use crate::registry::GroupResource;
+use crate::state::State;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -158,175 +158,112 @@ struct Builtin {
     generation: bool,
 }
 
-// A positional constructor keeps the table below readable, one kind a line.
-#[allow(clippy::too_many_arguments)]
-const fn b(
+/// A namespaced built-in kind with no short names, status subresource or generation; the
+/// methods below add those, so the table reads one kind a line.
+const fn kind(
     group: &'static str,
     version: &'static str,
     plural: &'static str,
     kind: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    status: bool,
-    generation: bool,
 ) -> Builtin {
     Builtin {
         group,
         version,
         plural,
         kind,
-        namespaced,
-        short_names,
-        status,
-        generation,
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        generation: false,
+    }
+}
+
+impl Builtin {
+    const fn cluster_scoped(mut self) -> Self {
+        self.namespaced = false;
+        self
+    }
+
+    const fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.short_names = names;
+        self
+    }
+
+    /// A `/status` subresource: spec and status are written separately.
+    const fn status(mut self) -> Self {
+        self.status = true;
+        self
+    }
+
+    /// `metadata.generation` is maintained.
+    const fn generation(mut self) -> Self {
+        self.generation = true;
+        self
     }
 }
 
 const BUILTINS: &[Builtin] = &[
-    b(
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        false,
-        &["ns"],
-        true,
-        false,
-    ),
-    b("", "v1", "secrets", "Secret", true, &[], false, false),
-    b(
-        "",
-        "v1",
-        "configmaps",
-        "ConfigMap",
-        true,
-        &["cm"],
-        false,
-        false,
-    ),
-    b("", "v1", "events", "Event", true, &["ev"], false, false),
-    b(
-        "",
-        "v1",
-        "serviceaccounts",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        false,
-        false,
-    ),
-    b("", "v1", "pods", "Pod", true, &["po"], true, false),
-    b("", "v1", "services", "Service", true, &["svc"], true, false),
-    b(
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        true,
-        &["deploy"],
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "statefulsets",
-        "StatefulSet",
-        true,
-        &["sts"],
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "daemonsets",
-        "DaemonSet",
-        true,
-        &["ds"],
-        true,
-        true,
-    ),
-    b(
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        true,
-        true,
-    ),
-    b(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "Lease",
-        true,
-        &[],
-        false,
-        false,
-    ),
-    b(
-        "events.k8s.io",
-        "v1",
-        "events",
-        "Event",
-        true,
-        &["ev"],
-        false,
-        false,
-    ),
-    b(
+    kind("", "v1", "namespaces", "Namespace")
+        .cluster_scoped()
+        .short(&["ns"])
+        .status(),
+    kind("", "v1", "secrets", "Secret"),
+    kind("", "v1", "configmaps", "ConfigMap").short(&["cm"]),
+    kind("", "v1", "events", "Event").short(&["ev"]),
+    kind("", "v1", "serviceaccounts", "ServiceAccount").short(&["sa"]),
+    kind("", "v1", "pods", "Pod").short(&["po"]).status(),
+    kind("", "v1", "services", "Service")
+        .short(&["svc"])
+        .status(),
+    kind("apps", "v1", "deployments", "Deployment")
+        .short(&["deploy"])
+        .status()
+        .generation(),
+    kind("apps", "v1", "statefulsets", "StatefulSet")
+        .short(&["sts"])
+        .status()
+        .generation(),
+    kind("apps", "v1", "daemonsets", "DaemonSet")
+        .short(&["ds"])
+        .status()
+        .generation(),
+    kind("apps", "v1", "replicasets", "ReplicaSet")
+        .short(&["rs"])
+        .status()
+        .generation(),
+    kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    kind("events.k8s.io", "v1", "events", "Event").short(&["ev"]),
+    kind(
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",
         "CustomResourceDefinition",
-        false,
-        &["crd", "crds"],
-        true,
-        true,
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "roles",
-        "Role",
-        true,
-        &[],
-        false,
-        false,
-    ),
-    b(
+    )
+    .cluster_scoped()
+    .short(&["crd", "crds"])
+    .status()
+    .generation(),
+    kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    kind(
         "rbac.authorization.k8s.io",
         "v1",
         "clusterroles",
         "ClusterRole",
-        false,
-        &[],
-        false,
-        false,
-    ),
-    b(
+    )
+    .cluster_scoped(),
+    kind(
         "rbac.authorization.k8s.io",
         "v1",
         "rolebindings",
         "RoleBinding",
-        true,
-        &[],
-        false,
-        false,
     ),
-    b(
+    kind(
         "rbac.authorization.k8s.io",
         "v1",
         "clusterrolebindings",
         "ClusterRoleBinding",
-        false,
-        &[],
-        false,
-        false,
-    ),
+    )
+    .cluster_scoped(),
 ];
 
 /// Review kinds: POST-only, answered from the request and never stored.

@@ -11,9 +11,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::error::{ApiError, ApiResult};
 use crate::faults::Faults;
-use crate::objects::State;
-use crate::rbac::UserInfo;
+use crate::rbac::{self, Attributes, UserInfo};
+use crate::state::State;
 use crate::tls::TlsMaterial;
 
 /// One served request, as tests read it back.
@@ -205,6 +206,20 @@ impl Server {
     /// Lock the state. Handlers never hold it across an await.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `user` may do what `attrs` describe (always, with RBAC off).
+    pub fn permits(&self, user: &UserInfo, attrs: &Attributes) -> bool {
+        !self.auth.rbac || rbac::authorize(&self.state(), user, attrs)
+    }
+
+    /// [`Server::permits`], as the 403 the API server answers when it says no.
+    pub fn require(&self, user: &UserInfo, attrs: &Attributes) -> ApiResult<()> {
+        if self.permits(user, attrs) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(rbac::forbidden_message(user, attrs)))
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 
-use crate::objects::present;
 use crate::registry::{GroupResource, PrinterColumn, ResourceType};
+use crate::state::present;
 use crate::watch::partial_metadata;
 
 #[derive(Debug, Clone, PartialEq)]

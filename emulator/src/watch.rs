@@ -20,9 +20,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{ApiError, ApiResult};
 use crate::faults::WatchLimits;
-use crate::objects::{Presented, State};
 use crate::registry::{GroupResource, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::state::{Presented, State};
 use crate::store::{Change, EventType};
 
 /// A parsed watch request.

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
-use kube::Api;
+use kube::{Api, Client};
 
 use crate::api::ApiKey;
 use crate::cluster;
-use crate::controller::Scope;
 use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
+use crate::scope::Scope;
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;
 use crate::verifier::client_ip;
@@ -204,15 +204,56 @@ fn default_identity() -> String {
         .unwrap_or_else(|| format!("keysmith-{}", std::process::id()))
 }
 
-/// `NAME [-n NS]`: one ApiKey in the cluster of the current kubeconfig (`rotate`, `status`).
+/// `--kubeconfig` and `--context`, as kubectl takes them: which cluster `status` and `rotate`
+/// talk to.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the pod's ServiceAccount).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// `[-n NS] [--kubeconfig PATH] [--context NAME]`: a namespace of a cluster.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NamespaceArgs {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl NamespaceArgs {
+    /// Connect; the namespace is `-n`, else the context's. Failures are one line.
+    pub async fn connect(&self) -> Result<(Client, String), String> {
+        let source = cluster::Source {
+            kubeconfig: self.cluster.kubeconfig.clone(),
+            context: self.cluster.context.clone(),
+        };
+        let client = cluster::connect_to(&source)
+            .await
+            .map_err(|e| e.to_string())?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        Ok((client, namespace))
+    }
+}
+
+/// `NAME [-n NS] [--kubeconfig PATH] [--context NAME]`: one ApiKey of a cluster (`rotate`).
 #[derive(Args, Debug)]
 pub struct ApiKeyRef {
     /// ApiKey name.
     pub name: String,
 
-    /// Namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long, value_name = "NS")]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub at: NamespaceArgs,
 }
 
 /// An ApiKey read from the cluster, with the API it came from.
@@ -228,26 +269,28 @@ pub struct FetchedApiKey {
 impl ApiKeyRef {
     /// Connect and read the ApiKey; every failure is one line naming what was refused.
     pub async fn fetch(&self) -> Result<FetchedApiKey, String> {
-        let client = cluster::connect().await.map_err(|e| e.to_string())?;
-        let namespace = self
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let api: Api<ApiKey> = Api::namespaced(client, &namespace);
-        let key = api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| describe_error(e, "get", &namespace))?
-            .ok_or_else(|| format!("ApiKey {namespace}/{} not found", self.name))?;
-        Ok(FetchedApiKey {
-            api,
-            namespace,
-            key,
-        })
+        let (client, namespace) = self.at.connect().await?;
+        fetch(client, namespace, &self.name).await
     }
 }
 
-/// An API error on ApiKeys as one line (permission denied, unreachable, …).
-pub fn describe_error(error: kube::Error, verb: &str, namespace: &str) -> String {
-    cluster::classify::<ApiKey>(error, verb, Some(namespace)).to_string()
+/// Read ApiKey `namespace/name`; a missing key or a refusal is one line.
+pub async fn fetch(client: Client, namespace: String, name: &str) -> Result<FetchedApiKey, String> {
+    let api: Api<ApiKey> = Api::namespaced(client, &namespace);
+    let key = api
+        .get_opt(name)
+        .await
+        .map_err(|e| describe_error(e, "get", Some(&namespace)))?
+        .ok_or_else(|| format!("ApiKey {namespace}/{name} not found"))?;
+    Ok(FetchedApiKey {
+        api,
+        namespace,
+        key,
+    })
+}
+
+/// An API error on ApiKeys as one line (permission denied, unreachable, …); `namespace` is
+/// `None` for a request across all namespaces.
+pub fn describe_error(error: kube::Error, verb: &str, namespace: Option<&str>) -> String {
+    cluster::classify::<ApiKey>(error, verb, namespace).to_string()
 }

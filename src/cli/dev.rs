@@ -11,18 +11,21 @@ use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use keysmith_emulator::Identity;
-
 use crate::api::{ApiKey, TokenStatus};
 use crate::components;
 use crate::controller;
 use crate::devcluster;
 use crate::telemetry::{self, LogFormat, Shutdown};
 
+mod kubeconfig;
+
+use kubeconfig::DevKubeconfig;
+
 /// Arguments of `keysmith dev`.
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Where to write the kubeconfig for kubectl.
+    /// Where to write the kubeconfig for kubectl (once the emulated API server listens; removed
+    /// when dev stops).
     #[arg(long, default_value = "keysmith-dev.kubeconfig")]
     kubeconfig: PathBuf,
     /// Address of the verification API.
@@ -49,6 +52,23 @@ pub fn run(args: DevArgs) -> ExitCode {
 }
 
 async fn dev(args: DevArgs) -> Result<(), String> {
+    let mut kubeconfig = DevKubeconfig::claim(&args.kubeconfig)?;
+    let outcome = serve(&args, &mut kubeconfig).await;
+    // Whether dev stopped or never started, no kubeconfig is left pointing at it.
+    kubeconfig.release();
+    outcome
+}
+
+/// Start everything, print the summary and serve until Ctrl-C or SIGTERM.
+async fn serve(args: &DevArgs, kubeconfig: &mut DevKubeconfig) -> Result<(), String> {
+    // Every port first: a port in use fails the start before anything is written.
+    let api = super::bind(args.listen, "the verification API").await?;
+    let metrics = super::bind(args.metrics_listen, "metrics").await?;
+    // Print where they really listen: a port of 0 picks a free one.
+    let listening = Listening {
+        api: api.local_addr().unwrap_or(args.listen),
+        metrics: metrics.local_addr().unwrap_or(args.metrics_listen),
+    };
     let config = keysmith_emulator::Config {
         port: args.api_port,
         // kubectl only sends bearer tokens over TLS.
@@ -59,16 +79,12 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         naming_tokens: false,
         ..keysmith_emulator::Config::default()
     };
-    let emu = devcluster::start(config).await.map_err(|e| e.to_string())?;
-    emu.write_kubeconfig(&args.kubeconfig, &Identity::Admin)
-        .map_err(|e| format!("writing {}: {e}", args.kubeconfig.display()))?;
-    let api = super::bind(args.listen, "the verification API").await?;
-    let metrics = super::bind(args.metrics_listen, "metrics").await?;
-    // Print where they really listen: a port of 0 picks a free one.
-    let listening = Listening {
-        api: api.local_addr().unwrap_or(args.listen),
-        metrics: metrics.local_addr().unwrap_or(args.metrics_listen),
-    };
+    let emu = devcluster::start(config).await.map_err(|e| {
+        format!(
+            "cannot serve the emulated Kubernetes API on 127.0.0.1:{} (--api-port): {e}",
+            args.api_port
+        )
+    })?;
     let clients = devcluster::ChartClients::of(&emu)
         .await
         .map_err(|e| e.to_string())?;
@@ -81,16 +97,18 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     );
     let shutdown = Shutdown::on_signal();
     let running = tokio::spawn(components::serve(components, shutdown.clone()));
+    // The emulated API server listens: kubectl may be pointed at it now.
+    kubeconfig.write(&emu)?;
 
-    for (file, yaml) in devcluster::EXAMPLES {
-        emu.apply_yaml(yaml)
-            .map_err(|e| format!("applying examples/{file}: {e}"))?;
-    }
+    devcluster::apply_examples(&emu).map_err(|e| e.to_string())?;
     let admin = emu.client().await.map_err(|e| e.to_string())?;
     let keys = settle(&admin).await;
-    print_summary(&admin, &keys, &args, &listening).await;
+    print_summary(&admin, &keys, args, &listening).await;
 
-    running.await.map_err(|e| format!("stopping: {e}"))?
+    running
+        .await
+        .map_err(|e| format!("stopping: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Wait until every ApiKey's status describes its current generation and, when Ready, its Secret

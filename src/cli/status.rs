@@ -1,18 +1,29 @@
-//! `keysmith status NAME [-n NS]`: an ApiKey's conditions and tokens (ids and times only).
+//! `keysmith status NAME [-n NS]`: an ApiKey's conditions and tokens (ids and times only);
+//! without a NAME, a table of the namespace's ApiKeys, or with `-A` of every namespace's.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 
-use super::args::ApiKeyRef;
+use super::args::{NamespaceArgs, describe_error, fetch};
 use crate::api::ApiKey;
 
 /// Arguments of `keysmith status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// ApiKey name; without it, a table of the namespace's ApiKeys.
+    name: Option<String>,
+
+    /// A table of the ApiKeys of every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["name", "namespace"])]
+    all_namespaces: bool,
+
     #[command(flatten)]
-    key: ApiKeyRef,
+    at: NamespaceArgs,
 }
 
 /// Run `keysmith status`.
@@ -21,9 +32,83 @@ pub fn run(args: StatusArgs) -> ExitCode {
 }
 
 async fn status(args: StatusArgs) -> Result<(), String> {
-    let key = args.key.fetch().await?.key;
-    print!("{}", render(&key));
+    let (client, namespace) = args.at.connect().await?;
+    if let Some(name) = &args.name {
+        print!("{}", render(&fetch(client, namespace, name).await?.key));
+        return Ok(());
+    }
+    let (api, scope) = if args.all_namespaces {
+        (Api::<ApiKey>::all(client), None)
+    } else {
+        (
+            Api::namespaced(client, &namespace),
+            Some(namespace.as_str()),
+        )
+    };
+    let mut keys = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| describe_error(e, "list", scope))?
+        .items;
+    if keys.is_empty() {
+        // On stderr, as kubectl says it: stdout stays a (here empty) table for scripts.
+        match scope {
+            Some(ns) => eprintln!("No ApiKeys found in namespace {ns}."),
+            None => eprintln!("No ApiKeys found."),
+        }
+        return Ok(());
+    }
+    keys.sort_by_key(|k| (k.namespace(), k.name_any()));
+    print!("{}", table(&keys, args.all_namespaces));
     Ok(())
+}
+
+/// A time as status writes it, `-` when unset.
+fn time(t: Option<&Time>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
+}
+
+/// One line per key, aligned like `kubectl get`: whether it is ready and why, how many slots
+/// hold a token, and when it next rotates and first expires.
+pub fn table(keys: &[ApiKey], with_namespace: bool) -> String {
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "REASON",
+        "TOKENS",
+        "NEXT ROTATION",
+        "EXPIRES",
+    ];
+    let skip = usize::from(!with_namespace);
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for key in keys {
+        let status = key.status.as_ref();
+        let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let minted = status.map_or(0, |s| s.tokens.len());
+        rows.push(vec![
+            key.namespace().unwrap_or_default(),
+            key.name_any(),
+            ready.map_or_else(|| "-".to_owned(), |c| c.status.clone()),
+            ready.map_or_else(|| "-".to_owned(), |c| c.reason.clone()),
+            format!("{minted}/{}", key.spec.tokens.len()),
+            time(status.and_then(|s| s.next_rotation_at.as_ref())),
+            time(status.and_then(|s| s.expires_at.as_ref())),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths).skip(skip) {
+            let _ = write!(line, "{cell:<width$}   ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The human-readable report.
@@ -38,9 +123,6 @@ pub fn render(key: &ApiKey) -> String {
             "  not reconciled yet (is the Keysmith controller running?)"
         );
         return out;
-    };
-    let time = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
     };
     let _ = writeln!(
         out,
@@ -108,5 +190,77 @@ mod tests {
         assert!(text.contains("Ready     True  Rotated: 1 token(s) current in Secret site"));
         assert!(text.contains("delivery: ks_abcdef issued 2026-11-22T10:00:00Z"));
         assert!(text.contains("previous ks_123456 valid until 2026-11-22T11:00:00Z"));
+    }
+
+    #[test]
+    fn table_aligns_a_row_per_key_with_the_namespace_only_across_namespaces() {
+        let ready: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "storefront-web", "namespace": "shop"},
+            "spec": {"tokens": [{"name": "a"}, {"name": "b"}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "reason": "SecretConflict",
+                    "message": "", "lastTransitionTime": "2026-11-22T10:00:00Z"}],
+                "nextRotationAt": "2026-12-01T00:00:00Z",
+                "tokens": [{"name": "a", "id": "ks_abcdef", "sha256": "00",
+                    "issuedAt": "2026-11-22T10:00:00Z"}],
+            },
+        }))
+        .unwrap();
+        let fresh: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "new", "namespace": "default"},
+            "spec": {"tokens": [{"name": "a"}]},
+        }))
+        .unwrap();
+        let keys = [fresh, ready];
+        let text = table(&keys, true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let cells: Vec<Vec<&str>> = lines
+            .iter()
+            .map(|l| {
+                l.split("   ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            cells[0],
+            [
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "REASON",
+                "TOKENS",
+                "NEXT ROTATION",
+                "EXPIRES"
+            ]
+        );
+        assert_eq!(cells[1], ["default", "new", "-", "-", "0/1", "-", "-"]);
+        assert_eq!(
+            cells[2],
+            [
+                "shop",
+                "storefront-web",
+                "False",
+                "SecretConflict",
+                "1/2",
+                "2026-12-01T00:00:00Z",
+                "-"
+            ]
+        );
+        // Every column starts where its header does.
+        for header in ["NAME", "READY", "REASON", "TOKENS", "NEXT ROTATION"] {
+            let column = lines[0].find(&format!("   {header}")).unwrap() + 3;
+            assert!(
+                lines[1..].iter().all(|l| l[column - 3..column] == *"   "),
+                "{text}"
+            );
+        }
+        let one_namespace = table(&keys, false);
+        assert!(one_namespace.starts_with("NAME "), "{one_namespace}");
+        assert!(!one_namespace.contains("shop"), "{one_namespace}");
     }
 }

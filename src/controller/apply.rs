@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
@@ -29,13 +30,24 @@ fn apply_params(manager: &str) -> PatchParams {
 /// A slot whose overlap window ended is applied without `previous`, and server-side apply removes
 /// the whole object, as the controller is its only manager.
 pub async fn status(api: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> kube::Result<()> {
+    apply_status(api, name, FIELD_MANAGER, status).await
+}
+
+/// Apply `status` as `manager`. The body is the partial object server-side apply takes (no
+/// spec, which the status subresource would not own), so it is built here rather than typed.
+async fn apply_status(
+    api: &Api<ApiKey>,
+    name: &str,
+    manager: &str,
+    status: &ApiKeyStatus,
+) -> kube::Result<()> {
     let body = json!({
         "apiVersion": ApiKey::api_version(&()),
         "kind": ApiKey::kind(&()),
         "metadata": {"name": name},
         "status": status,
     });
-    api.patch_status(name, &apply_params(FIELD_MANAGER), &Patch::Apply(body))
+    api.patch_status(name, &apply_params(manager), &Patch::Apply(body))
         .await
         .map(drop)
 }
@@ -48,29 +60,20 @@ pub async fn api_error(
     since: jiff::Timestamp,
 ) -> kube::Result<()> {
     let name = key.metadata.name.as_deref().unwrap_or_default();
-    let body = json!({
-        "apiVersion": ApiKey::api_version(&()),
-        "kind": ApiKey::kind(&()),
-        "metadata": {"name": name},
-        "status": { "conditions": [{
-            "type": READY,
-            "status": "False",
-            "reason": reason::API_ERROR,
-            "message": message,
-            "observedGeneration": key.metadata.generation,
-            "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                jiff::Timestamp::from_second(since.as_second()).unwrap_or(since)
+    let status = ApiKeyStatus {
+        conditions: vec![Condition {
+            type_: READY.to_owned(),
+            status: "False".to_owned(),
+            reason: reason::API_ERROR.to_owned(),
+            message: message.to_owned(),
+            observed_generation: key.metadata.generation,
+            last_transition_time: Time(
+                jiff::Timestamp::from_second(since.as_second()).unwrap_or(since),
             ),
-        }]},
-    });
-    let name = key.metadata.name.as_deref().unwrap_or_default();
-    api.patch_status(
-        name,
-        &apply_params(ERROR_FIELD_MANAGER),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(drop)
+        }],
+        ..ApiKeyStatus::default()
+    };
+    apply_status(api, name, ERROR_FIELD_MANAGER, &status).await
 }
 
 /// Apply the Secret: labels, annotations, owner reference, type and one data key per slot.
@@ -99,13 +102,15 @@ pub async fn delete_secret(api: &Api<Secret>, name: &str) -> kube::Result<()> {
 /// reference) and keeps what others wrote. The type stays, as a Secret's type is immutable.
 pub async fn release_secret(api: &Api<Secret>, current: &Secret) -> kube::Result<()> {
     let name = current.metadata.name.as_deref().unwrap_or_default();
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": current.type_,
-    });
-    api.patch(name, &apply_params(FIELD_MANAGER), &Patch::Apply(body))
+    let body = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        type_: current.type_.clone(),
+        ..Secret::default()
+    };
+    api.patch(name, &apply_params(FIELD_MANAGER), &Patch::Apply(&body))
         .await
         .map(drop)
 }

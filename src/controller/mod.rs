@@ -28,7 +28,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use keysmith_core::api::{
     APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL,
@@ -38,6 +38,7 @@ use keysmith_core::planner::{self, EventKind, Plan, Revocation};
 use keysmith_core::token::GenerateError;
 
 use crate::apikeys::{self, Unreadables, Watched};
+use crate::scope::Scope;
 use apply::Restarted;
 use metrics::ControllerMetrics;
 
@@ -55,21 +56,14 @@ pub const REPORTER: &str = "keysmith-controller";
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// Longest retry delay, so a key recovers within minutes once the API server does.
 const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Consecutive failures of one key (about 75 s of retries) from which each is logged as an error.
+const PERSISTENT_FAILURES: u32 = 5;
 /// Reconciles in flight at once. Unbounded, a start-up with 10,000 keys held 10,000 reconciles
 /// (requests, buffers, spans) in memory at the same time and burst them at the API server; a
 /// reconcile takes a few API round trips, so 32 keep a fleet moving at hundreds of keys a second.
 const RECONCILE_CONCURRENCY: u16 = 32;
 /// When to look again after the finalizer patch raced a newer version.
 const FINALIZER_RACE_RECHECK: Duration = Duration::from_secs(2);
-
-/// Which ApiKeys this controller reconciles (SPEC 2's sharding flags).
-#[derive(Debug, Clone, Default)]
-pub struct Scope {
-    /// Only this namespace; `None`: all.
-    pub namespace: Option<String>,
-    /// Only ApiKeys matching this label selector.
-    pub selector: Option<String>,
-}
 
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
@@ -153,14 +147,7 @@ pub async fn run(
     resync: Option<BoxStream<'static, ()>>,
 ) {
     let client = ctx.client.clone();
-    let secrets: Api<PartialObjectMeta<Secret>> = match &scope.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut keys_config = watcher::Config::default();
-    if let Some(selector) = &scope.selector {
-        keys_config = keys_config.labels(selector);
-    }
+    let secrets: Api<PartialObjectMeta<Secret>> = scope.api(client.clone());
     let secrets_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // Reconcile reads the ApiKey and its Secret fresh, so the caches only trigger and route
@@ -169,7 +156,7 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let (revoke, revocations) = mpsc::unbounded();
     let unreadable = ctx.metrics.unreadable.clone();
-    let keys = apikeys::watch(client, scope.namespace.as_deref(), keys_config)
+    let keys = apikeys::watch(client, scope)
         .default_backoff()
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
         .modify(prune_for_cache)
@@ -197,8 +184,14 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "reconcile loop");
+            match result {
+                // error_policy already logged it, once per attempt, with the key's backoff.
+                Err(controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                // A deleted key's queued reconcile: nothing failed.
+                Err(e @ controller::Error::ObjectNotFound(_)) => {
+                    debug!(error = %e, "reconcile skipped")
+                }
+                Err(e) => warn!(category = "queue", error = %e, "controller queue failed"),
             }
         });
     // Revocations end with the controller (a new leader's list brings pending ones back).
@@ -351,13 +344,22 @@ fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
 /// as a missing permission or a rejected write, never becomes a hot loop.
 fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
     let namespace = key.namespace().unwrap_or_default();
-    let delay = ctx
-        .failures()
-        .entry(object_key(&namespace, &key.name_any()))
-        .or_default()
-        .fail();
-    warn!(namespace = %namespace, name = %key.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-    ctx.metrics.error(error.metric_reason());
+    let (delay, failures) = {
+        let mut failures = ctx.failures();
+        let backoff = failures
+            .entry(object_key(&namespace, &key.name_any()))
+            .or_default();
+        (backoff.fail(), backoff.failures)
+    };
+    let category = error.metric_reason();
+    // Each attempt is logged once and attempts are spaced by the backoff, so a persistent
+    // failure cannot flood the log; one that outlasts a few retries is an error, not a blip.
+    if failures >= PERSISTENT_FAILURES {
+        error!(namespace = %namespace, name = %key.name_any(), category, failures, error = %error, retry_in = ?delay, "reconcile failed");
+    } else {
+        warn!(namespace = %namespace, name = %key.name_any(), category, failures, error = %error, retry_in = ?delay, "reconcile failed");
+    }
+    ctx.metrics.error(category);
     Action::requeue(delay)
 }
 
@@ -608,7 +610,7 @@ impl Context {
             action: "building the finalizer patch".to_owned(),
             source: kube::Error::SerdeError(e),
         })?;
-        let keys = apikeys::api(self.client.clone(), Some(&namespace));
+        let keys = apikeys::api(self.client.clone(), &Scope::namespace(&namespace));
         match keys
             .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await

@@ -17,6 +17,10 @@ use tracing_subscriber::layer::{Context, Layer};
 
 use super::LogFormat;
 
+/// The `tracing` target of audit lines, for filtering (`RUST_LOG=keysmith::audit=off`): events on
+/// it are written by [`AuditLines`] and by no other layer.
+pub const TARGET: &str = "keysmith::audit";
+
 /// A layer writing the events of `target` as audit lines through `writer`. Filter it to that
 /// target (and the fmt layer away from it) so each event is written once.
 pub struct AuditLines<W> {

@@ -6,7 +6,7 @@
 //! writer thread batches lines into few large writes (`bench/load.sh`: 36k → 60k verifications a
 //! second with audit lines). Every long-running command logs through it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,8 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use super::LogFormat;
-use super::audit_lines::AuditLines;
-use crate::verifier::audit::TARGET as AUDIT;
+use super::audit_lines::{AuditLines, TARGET as AUDIT};
 
 /// Install the global `tracing` subscriber (filter from `RUST_LOG`, default `info`), writing to
 /// stderr from a background thread. Keep the guard until exit: dropping it flushes.
@@ -26,19 +25,31 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (writer, guard) = background_stderr();
+    // Colour only for a person at a terminal: a pipe, a file or a log collector gets plain text.
+    let ansi = std::io::stderr().is_terminal();
     // Err only means a subscriber is already installed, which is fine.
-    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, writer));
+    let _ = tracing::subscriber::set_global_default(styled(format, filter, writer, ansi));
     guard
 }
 
-/// Keysmith's log lines in `format` through `writer`: the verifier's audit lines by
-/// [`AuditLines`], everything else by tracing-subscriber's formatter (JSON with the fields at the
-/// top level, like the audit lines).
+/// Keysmith's log lines in `format` through `writer`, without colour codes: the verifier's audit
+/// lines by [`AuditLines`], everything else by tracing-subscriber's formatter (JSON with the
+/// fields at the top level, like the audit lines).
 pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> impl Subscriber
 where
     W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    let lines = tracing_subscriber::fmt::layer().with_writer(writer.clone());
+    styled(format, filter, writer, false)
+}
+
+/// [`subscriber`], with colour codes in text lines when `ansi`.
+fn styled<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -> impl Subscriber
+where
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer.clone());
     let lines = match format {
         LogFormat::Json => lines.json().flatten_event(true).boxed(),
         LogFormat::Text => lines.boxed(),

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 mod audit_lines;
 mod log_writer;
 
+pub use audit_lines::TARGET as AUDIT_TARGET;
 pub use log_writer::{LogGuard, init_tracing, subscriber};
 
 /// Prefix of every Keysmith metric name.

@@ -13,8 +13,6 @@ use std::net::IpAddr;
 use super::decision::Code;
 use super::index::Verdict;
 
-/// The `tracing` target of audit lines, for filtering (`RUST_LOG=keysmith::audit=off`).
-pub const TARGET: &str = "keysmith::audit";
 /// Longest caller-supplied value logged.
 const MAX_FIELD: usize = 256;
 
@@ -71,7 +69,7 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
     let found = verdict.found.as_ref();
     let code: Code = verdict.code;
     tracing::info!(
-        target: TARGET,
+        target: crate::telemetry::AUDIT_TARGET,
         endpoint = request.endpoint.as_str(),
         code = code.as_str(),
         key = found.map_or("", |f| f.key.identity.as_str()),

@@ -32,14 +32,13 @@ use jiff::Timestamp;
 use keysmith_core::api::ApiKey;
 use keysmith_core::verifier::decision::{Code, VerifyRequest};
 use keysmith_core::verifier::index::{Index, Verdict};
-use kube::api::ListParams;
+use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::apikeys::Watched;
-use crate::cluster::{self, ClusterError};
+use crate::scope::Scope;
 use crate::telemetry::Health;
 
 use self::metrics::Metrics;
@@ -52,10 +51,8 @@ use self::usage::UsageReporter;
 pub struct Options {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// Watch one namespace instead of all.
-    pub namespace: Option<String>,
-    /// Only ApiKeys whose labels match.
-    pub selector: Option<String>,
+    /// Which ApiKeys to watch.
+    pub scope: Scope,
     /// Which namespaces' keys each route accepts.
     pub tenancy: Tenancy,
     /// What the command line tunes.
@@ -161,40 +158,13 @@ impl Verifier {
     }
 }
 
-/// The ApiKeys in scope.
-fn apikeys(client: kube::Client, namespace: Option<&str>) -> Api<ApiKey> {
-    match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    }
-}
-
-/// Check that the ApiKeys in scope can be listed, so a missing CRD, a wrong kubeconfig or a
-/// missing permission is one clear line at start-up rather than a retry loop.
-pub async fn preflight(client: kube::Client, options: &Options) -> Result<(), ClusterError> {
-    let mut params = ListParams::default().limit(1);
-    if let Some(selector) = &options.selector {
-        params = params.labels(selector);
-    }
-    let namespace = options.namespace.as_deref();
-    apikeys(client, namespace)
-        .list_metadata(&params)
-        .await
-        .map(drop)
-        .map_err(|e| cluster::classify::<ApiKey>(e, "list", namespace))
-}
-
 /// Listed ApiKeys between two hand-backs of freed memory (two list pages).
 const RELEASE_EVERY: usize = 1_000;
 
 /// Feed the index from a watch on ApiKeys until the stream ends. Sets `ready` once the first
 /// complete list is in; on every relist, keys that vanished meanwhile are revoked.
 pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifier>) {
-    let mut config = watcher::Config::default();
-    if let Some(selector) = &options.selector {
-        config = config.labels(selector);
-    }
-    let mut events = crate::apikeys::watch(client, options.namespace.as_deref(), config)
+    let mut events = crate::apikeys::watch(client, &options.scope)
         .default_backoff()
         .boxed();
     let unreadable = &verifier.metrics.unreadable;

@@ -91,12 +91,18 @@ pub fn usage_patch(uses: &BTreeMap<(usize, String), Timestamp>) -> json_patch::P
                 }),
                 PatchOperation::Add(AddOperation {
                     path: field(*position, "lastUsedAt"),
-                    value: at.to_string().into(),
+                    value: whole_seconds(*at).to_string().into(),
                 }),
             ]
         })
         .collect();
     json_patch::Patch(ops)
+}
+
+/// `at` without its fraction of a second: every time in status has whole seconds, like the
+/// controller's (and `metav1.Time`'s own precision).
+fn whole_seconds(at: Timestamp) -> Timestamp {
+    Timestamp::from_second(at.as_second()).expect("a valid timestamp truncated stays valid")
 }
 
 /// Write reports from `rx` back to status until the channel closes.
@@ -136,8 +142,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_guards_each_slot_by_name_and_sets_only_last_used_at() {
-        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+    fn patch_guards_each_slot_by_name_and_sets_only_last_used_at_in_whole_seconds() {
+        let at: Timestamp = "2026-11-23T10:00:00.987654321Z".parse().unwrap();
         let uses = BTreeMap::from([((1, "delivery".to_owned()), at)]);
         let patch = serde_json::to_value(usage_patch(&uses)).unwrap();
         assert_eq!(

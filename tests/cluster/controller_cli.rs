@@ -1,11 +1,14 @@
 //! The `keysmith controller` binary: serves health and metrics, reconciles as the chart's
 //! ServiceAccount, stops cleanly on SIGTERM, and fails with one clear line without a cluster or
-//! without permissions.
+//! without permissions. `keysmith status` and `keysmith rotate` against the cluster of a
+//! kubeconfig and context given on the command line: the table of every key, `rotate --wait`
+//! returning once the Secret holds the new token, and what each says when it cannot go on.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::controller::*;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
@@ -172,5 +175,305 @@ async fn controller_binary_fails_with_one_line_without_a_cluster_or_permissions(
             "cannot reach the Kubernetes API server at {scheme}://127.0.0.1:{port}"
         )),
         "{stderr}"
+    );
+}
+
+/// One kubeconfig file with a context per `(name, identity)` of `cluster`, the first current,
+/// each defaulting to namespace [`NS`]: what a platform team's kubeconfig with several clusters
+/// or users looks like.
+async fn kubeconfig_with_contexts(
+    cluster: &Cluster,
+    contexts: &[(&str, &Identity)],
+) -> tempfile::TempDir {
+    let mut merged = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": contexts[0].0,
+        "clusters": [], "users": [], "contexts": [],
+    });
+    for (name, identity) in contexts {
+        let one: Value = serde_saphyr::from_str(&cluster.kubeconfig(identity).await.unwrap())
+            .expect("a kubeconfig");
+        let (mut server, mut user) = (one["clusters"][0].clone(), one["users"][0].clone());
+        server["name"] = json!(name);
+        user["name"] = json!(name);
+        let context =
+            json!({"name": name, "context": {"cluster": name, "user": name, "namespace": NS}});
+        for (list, entry) in [("clusters", server), ("users", user), ("contexts", context)] {
+            merged[list].as_array_mut().unwrap().push(entry);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML: kubectl and kube-rs read it alike.
+    std::fs::write(dir.path().join("kubeconfig"), merged.to_string()).unwrap();
+    dir
+}
+
+/// `keysmith ARGS` with no cluster in the environment: only the flags can name one.
+async fn keysmith(args: &[&str]) -> std::process::Output {
+    let nowhere = tempfile::tempdir().unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(args)
+        .env("KUBECONFIG", nowhere.path().join("no-kubeconfig"))
+        .env("HOME", nowhere.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Stdout of a run that must succeed.
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The one-line error of a run that must fail.
+fn failed(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    stderr
+}
+
+/// The cells of a `status` table row (columns are 3 or more spaces apart; cells have none).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_rotate_use_the_kubeconfig_and_context_given() {
+    let h = Harness::start().await;
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: site, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  rotation: {every: 720h}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: paused, namespace: cms}
+spec:
+  tokens: [{name: a}, {name: b}]
+  disabled: true
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: elsewhere, namespace: default}
+spec:
+  tokens: [{name: a}]
+"#,
+    )
+    .await;
+    let site = h.wait_key("site", "site Ready", ready).await;
+    h.wait_key("paused", "paused reconciled", |k| {
+        condition(k, "Ready").is_some_and(|(_, reason)| reason == "Disabled")
+    })
+    .await;
+    let elsewhere = eventually("elsewhere Ready", || async {
+        h.cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", "default", "elsewhere")
+            .await
+            .filter(ready)
+    })
+    .await;
+
+    // The current context may do nothing; `--context admin` picks the one that may.
+    let dir = kubeconfig_with_contexts(
+        &h.cluster,
+        &[
+            ("nobody", &Identity::user("nobody", &[])),
+            ("admin", &Identity::Admin),
+        ],
+    )
+    .await;
+    let path = dir.path().join("kubeconfig");
+    let file = path.to_str().unwrap();
+    let denied = failed(&keysmith(&["status", "-A", "--kubeconfig", file]).await);
+    assert!(
+        denied.contains("permission denied: cannot list apikeys.keysmith.dev;"),
+        "{denied}"
+    );
+    let as_admin = ["--kubeconfig", file, "--context", "admin"];
+
+    // -A: every key of every namespace, sorted, with why it is (not) ready.
+    let table = succeeded(&keysmith(&[&["status", "-A"][..], &as_admin].concat()).await);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "REASON",
+            "TOKENS",
+            "NEXT ROTATION",
+            "EXPIRES"
+        ],
+        "{table}"
+    );
+    let next_rotation = site["status"]["nextRotationAt"].as_str().unwrap();
+    let elsewhere_reason = condition(&elsewhere, "Ready").unwrap().1;
+    let site_reason = condition(&site, "Ready").unwrap().1;
+    assert_eq!(
+        rows[1..],
+        [
+            vec!["cms", "paused", "False", "Disabled", "2/2", "-", "-"],
+            vec![
+                "cms",
+                "site",
+                "True",
+                &site_reason,
+                "1/1",
+                next_rotation,
+                "-"
+            ],
+            vec![
+                "default",
+                "elsewhere",
+                "True",
+                &elsewhere_reason,
+                "1/1",
+                "-",
+                "-"
+            ],
+        ],
+        "{table}"
+    );
+
+    // No NAME: the context's namespace only, without the NAMESPACE column.
+    let table = succeeded(&keysmith(&[&["status"][..], &as_admin].concat()).await);
+    let names: Vec<&str> = table.lines().skip(1).map(|l| cells(l)[0]).collect();
+    assert_eq!(names, ["paused", "site"], "{table}");
+    assert!(table.starts_with("NAME "), "{table}");
+
+    // A NAME: the key's report, in the context's namespace.
+    let report = succeeded(&keysmith(&[&["status", "site"][..], &as_admin].concat()).await);
+    assert!(report.contains("ApiKey cms/site"), "{report}");
+
+    // A context the file does not have: said, with the ones it has.
+    let unknown = failed(&keysmith(&["status", "--kubeconfig", file, "--context", "prod"]).await);
+    assert!(
+        unknown.contains(r#"the kubeconfig has no context "prod" (its contexts: nobody, admin)"#),
+        "{unknown}"
+    );
+
+    // rotate --wait returns once the Secret holds the new token: read right after, it does.
+    let before = secret_value(&h.secret("site").await.unwrap(), "a").unwrap();
+    let out = succeeded(&keysmith(&[&["rotate", "site", "--wait"][..], &as_admin].concat()).await);
+    let secret = h.secret("site").await.unwrap();
+    let after = secret_value(&secret, "a").unwrap();
+    assert_ne!(
+        after, before,
+        "rotate --wait returned before the Secret changed"
+    );
+    let key = h.apikey("site").await.unwrap();
+    let current = token(&key, "a");
+    assert_eq!(
+        current["sha256"].as_str().unwrap(),
+        keysmith::token::sha256_hex(&after),
+        "the Secret holds the token status reports"
+    );
+    let id = current["id"].as_str().unwrap();
+    assert!(
+        out.contains(&format!("a: new token {id} in Secret cms/site")),
+        "{out}"
+    );
+    assert!(!out.contains(&after), "token plaintext on stdout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_gives_up_after_its_timeout_saying_what_the_key_reports() {
+    // No controller: nothing will answer the rotation.
+    let cluster = cluster().await;
+    cluster
+        .apply_yaml(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
+        )
+        .await
+        .unwrap();
+    let dir = kubeconfig(&cluster, &Identity::Admin).await;
+    let path = dir.path().join("kubeconfig");
+    let out = keysmith(&[
+        "rotate",
+        "site",
+        "-n",
+        NS,
+        "--wait",
+        "--timeout",
+        "2s",
+        "--kubeconfig",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    let error = failed(&out);
+    assert!(
+        error.contains(
+            "keysmith rotate: timed out after 2s waiting for the controller to rotate every \
+             slot of ApiKey cms/site: it has no status: no controller has reconciled it"
+        ),
+        "{error}"
+    );
+    // The request itself stands: a controller that comes later performs it.
+    let key = cluster
+        .get("keysmith.dev/v1alpha1", "ApiKey", NS, "site")
+        .await
+        .unwrap();
+    assert!(
+        key["metadata"]["annotations"]["keysmith.dev/rotate"].is_string(),
+        "{key}"
+    );
+}
+
+#[tokio::test]
+async fn status_without_a_cluster_says_where_it_looked_and_how_to_point_it_at_one() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["status", "site"])
+        .env("HOME", home.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    let error = failed(&out);
+    let default_path = home.path().join(".kube").join("config");
+    for expected in [
+        format!(
+            "KUBECONFIG is not set and {} does not exist",
+            default_path.display()
+        ),
+        "KUBERNETES_SERVICE_HOST is not set, so this is not a pod".to_owned(),
+        "--kubeconfig PATH and --context NAME".to_owned(),
+    ] {
+        assert!(error.contains(&expected), "{expected} in {error}");
+    }
+
+    // KUBECONFIG naming files that are not there: named back.
+    let listed = format!(
+        "{}:{}",
+        home.path().join("a").display(),
+        home.path().join("b").display()
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["rotate", "site"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", &listed)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    let error = failed(&out);
+    assert!(
+        error.contains(&format!(
+            "KUBECONFIG names no existing file ({}, {})",
+            home.path().join("a").display(),
+            home.path().join("b").display()
+        )),
+        "{error}"
     );
 }

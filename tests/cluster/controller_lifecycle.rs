@@ -345,7 +345,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selector_and_namespace_shard_the_keys() {
-    let h = Harness::start_scoped(keysmith::controller::Scope {
+    let h = Harness::start_scoped(keysmith::scope::Scope {
         namespace: Some(NS.into()),
         selector: Some("shard=a".into()),
     })

@@ -73,6 +73,14 @@ async fn no_token_plaintext_in_logs_events_status_or_metrics() {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     if emu.is_some() {
         assert!(logs.contains("reconcile failed"), "the failure is logged");
+        let line = logs
+            .lines()
+            .find(|l| l.contains("reconcile failed"))
+            .unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("category=\"api\""),
+            "a failed reconcile is a warning carrying its metric category: {line}"
+        );
     }
     let events =
         serde_json::to_string(&h.cluster.list("events.k8s.io/v1", "Event", Some(NS)).await)

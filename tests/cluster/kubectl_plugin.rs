@@ -140,12 +140,32 @@ async fn kubectl_keysmith_status_and_rotate() {
         crate::harness::controller::secret_value(&secret, "ACME_CMS_MANAGEMENT_TOKEN").unwrap();
     assert!(!status.contains(&management));
 
-    // rotate one slot: the slot annotation, and only that token changes.
+    // The flags kubectl's own commands take pass through to the plugin.
+    let nowhere = dir.path().join("no-kubeconfig");
+    let kubeconfig_flag = kubeconfig.to_str().unwrap();
+    let table = stdout(
+        &plugin(
+            &bin,
+            &nowhere,
+            &["status", "-A", "--kubeconfig", kubeconfig_flag],
+        )
+        .await,
+    );
+    assert!(
+        table.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq(["default", "acme-cms", "True"])),
+        "{table}"
+    );
+
+    // rotate one slot and wait: the slot annotation, and once the command returns the Secret
+    // holds the slot's new token while the other two are untouched.
     let out = stdout(
         &plugin(
             &bin,
             &kubeconfig,
-            &["rotate", "acme-cms", "--token", "preview"],
+            &["rotate", "acme-cms", "--token", "preview", "--wait"],
         )
         .await,
     );
@@ -155,12 +175,26 @@ async fn kubectl_keysmith_status_and_rotate() {
         key["metadata"]["annotations"]["keysmith.dev/rotate-preview"].is_string(),
         "{key}"
     );
-    let key = eventually("the preview token to rotate", || async {
-        get().await.filter(|k| ids(k)[2] != before[2] && ready(k))
-    })
-    .await;
     let after_slot = ids(&key);
+    assert_ne!(after_slot[2], before[2], "{key}");
     assert_eq!(after_slot[..2], before[..2]);
+    assert!(
+        out.contains(&format!(
+            "preview: new token {} in Secret default/acme-cms-tokens",
+            after_slot[2]
+        )),
+        "{out}"
+    );
+    let secret = cluster
+        .get("v1", "Secret", "default", "acme-cms-tokens")
+        .await
+        .unwrap();
+    let preview =
+        crate::harness::controller::secret_value(&secret, "ACME_CMS_PREVIEW_TOKEN").unwrap();
+    assert_eq!(
+        keysmith::token::sha256_hex(&preview),
+        token(&key, "preview")["sha256"].as_str().unwrap()
+    );
 
     // rotate every slot.
     let out = stdout(&plugin(&bin, &kubeconfig, &["rotate", "acme-cms"]).await);

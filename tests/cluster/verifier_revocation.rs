@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::harness::verifier::{Identity, cluster, start, status_token, token};
-use keysmith::verifier::{self, Options};
+use keysmith::scope::Scope;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -169,11 +169,8 @@ async fn without_permissions_start_up_fails_with_one_clear_line() {
         .client_as(&Identity::service_account("keysmith", "nobody"))
         .await
         .unwrap();
-    let options = Options {
-        namespace: Some("shop".into()),
-        ..Options::default()
-    };
-    let err = verifier::preflight(stranger, &options)
+    let err = Scope::namespace("shop")
+        .check_list(stranger)
         .await
         .unwrap_err()
         .to_string();
@@ -183,6 +180,30 @@ async fn without_permissions_start_up_fails_with_one_clear_line() {
     );
     assert!(err.contains("forbidden"), "{err}");
     assert!(!err.contains('\n'), "{err}");
+}
+
+/// The start-up check lists with the selector the watch will use (the controller's once ignored
+/// it), so a selector the API server rejects stops the process at start instead of a watch that
+/// retries forever.
+#[tokio::test]
+async fn a_selector_the_server_rejects_fails_the_start_up_check() {
+    let cluster = cluster().await;
+    let admin = cluster.client_as(&Identity::Admin).await.unwrap();
+    let scope = Scope {
+        namespace: Some("shop".into()),
+        selector: Some("tier in (".into()),
+    };
+    let err = scope
+        .check_list(admin.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("list apikeys.keysmith.dev: "), "{err}");
+    let valid = Scope {
+        selector: Some("tier in (web)".into()),
+        ..scope
+    };
+    valid.check_list(admin).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

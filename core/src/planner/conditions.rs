@@ -34,6 +34,8 @@ pub mod reason {
     pub const HEADER_SECRET_MISSING: &str = "HeaderSecretMissing";
     /// A Kubernetes API call failed (set by the shell, not the planner).
     pub const API_ERROR: &str = "ApiError";
+    /// Reason of a True `Expiring` condition.
+    pub const EXPIRY_APPROACHING: &str = "ExpiryApproaching";
     /// Reason of a False `Expiring`/`Expired`/`Disabled` condition.
     pub const NONE: &str = "None";
 }

@@ -63,7 +63,7 @@ impl Planner<'_> {
             ready,
             expiring.map_or_else(
                 || Desired::off(EXPIRING),
-                |m| Desired::new(EXPIRING, true, "ExpiryApproaching", m),
+                |m| Desired::new(EXPIRING, true, reason::EXPIRY_APPROACHING, m),
             ),
             expired.map_or_else(
                 || Desired::off(EXPIRED),
