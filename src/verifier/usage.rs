@@ -21,6 +21,7 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::mpsc;
 
 use keysmith_core::api::ApiKey;
+use keysmith_core::planner::timing::whole_seconds;
 use keysmith_core::verifier::index::Found;
 
 /// Field manager of every write the verifier makes.
@@ -91,18 +92,13 @@ pub fn usage_patch(uses: &BTreeMap<(usize, String), Timestamp>) -> json_patch::P
                 }),
                 PatchOperation::Add(AddOperation {
                     path: field(*position, "lastUsedAt"),
+                    // Whole seconds, as every time in status (and `metav1.Time`'s own precision).
                     value: whole_seconds(*at).to_string().into(),
                 }),
             ]
         })
         .collect();
     json_patch::Patch(ops)
-}
-
-/// `at` without its fraction of a second: every time in status has whole seconds, like the
-/// controller's (and `metav1.Time`'s own precision).
-fn whole_seconds(at: Timestamp) -> Timestamp {
-    Timestamp::from_second(at.as_second()).expect("a valid timestamp truncated stays valid")
 }
 
 /// Write reports from `rx` back to status until the channel closes.

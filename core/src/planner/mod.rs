@@ -16,7 +16,7 @@
 pub mod conditions;
 pub mod headers;
 pub mod restart;
-pub(crate) mod timing;
+pub mod timing;
 
 mod events;
 mod readiness;
