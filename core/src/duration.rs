@@ -17,7 +17,7 @@ use std::time::Duration;
 /// One minute: the shortest lifetime or rotation interval.
 pub(crate) const ONE_MINUTE: Duration = Duration::from_secs(60);
 /// Five years of 8760h (365 days) each, i.e. 43800h: the longest lifetime or interval.
-pub(crate) const FIVE_YEARS: Duration = Duration::from_secs(5 * 8760 * 3600);
+pub const FIVE_YEARS: Duration = Duration::from_secs(5 * 8760 * 3600);
 /// The range `expiresAfter` and `rotation.every` must fall in.
 pub const LIFETIME_RANGE: RangeInclusive<Duration> = ONE_MINUTE..=FIVE_YEARS;
 

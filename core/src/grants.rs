@@ -40,7 +40,7 @@ use thiserror::Error;
 use crate::api::{Effect, Grant, GrantConditions};
 
 /// Longest action or resource pattern, in characters.
-pub(crate) const MAX_PATTERN_LEN: usize = 256;
+pub const MAX_PATTERN_LEN: usize = 256;
 
 /// Why a pattern was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

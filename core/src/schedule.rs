@@ -27,12 +27,12 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 /// Path of the cron expression in an ApiKey, for validation messages.
-pub(crate) const SCHEDULE_FIELD: &str = "spec.rotation.schedule";
+pub const SCHEDULE_FIELD: &str = "spec.rotation.schedule";
 /// Path of the time zone in an ApiKey, for validation messages.
-pub(crate) const TIME_ZONE_FIELD: &str = "spec.rotation.timeZone";
+pub const TIME_ZONE_FIELD: &str = "spec.rotation.timeZone";
 
 /// Runs sampled by [`Schedule::shortest_interval`]: over a year of a weekly schedule.
-pub(crate) const INTERVAL_SAMPLES: usize = 64;
+pub const INTERVAL_SAMPLES: usize = 64;
 /// 2001-01-01T00:00:00Z, a Monday: where [`Schedule::shortest_interval`] starts sampling.
 const INTERVAL_REFERENCE: Timestamp = Timestamp::constant(978_307_200, 0);
 

@@ -4,7 +4,7 @@
 //! never needs to read a Secret.
 //!
 //! The shell reads the Secrets [`referenced`] names and hands them in as [`HeaderSecrets`];
-//! [`resolve`] is pure. Nothing here keeps, logs or formats a value: errors name the Secret and
+//! `resolve` is pure. Nothing here keeps, logs or formats a value: errors name the Secret and
 //! the key only.
 
 use std::collections::{BTreeMap, BTreeSet};

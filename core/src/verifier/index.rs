@@ -32,11 +32,11 @@ use super::key::{GrantInterner, KeyInfo};
 use super::usage::UsageMark;
 
 /// Number of independently locked parts of the map.
-pub(crate) const SHARDS: usize = 64;
+pub const SHARDS: usize = 64;
 /// How long a deleted key's tokens answer REVOKED before they become NOT_FOUND.
-pub(crate) const TOMBSTONE_TTL: SignedDuration = SignedDuration::from_hours(24);
+pub const TOMBSTONE_TTL: SignedDuration = SignedDuration::from_hours(24);
 /// Most tombstones kept; the oldest go first.
-pub(crate) const MAX_TOMBSTONES: usize = 100_000;
+pub const MAX_TOMBSTONES: usize = 100_000;
 
 /// SHA-256 of a token.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use jiff::Timestamp;
 
 /// Least time between two reports of one token.
-pub(crate) const REPORT_EVERY_SECS: i64 = 60;
+pub const REPORT_EVERY_SECS: i64 = 60;
 
 /// When a token was last reported, shared by every index entry of that token.
 #[derive(Debug)]
