@@ -21,6 +21,7 @@ pub mod rotate;
 pub mod run;
 pub mod status;
 pub mod token;
+pub mod usage;
 pub mod verifier;
 pub mod wait;
 
@@ -54,6 +55,10 @@ pub enum Command {
     /// Show an ApiKey's conditions and tokens, or without NAME a table of the namespace's
     /// ApiKeys (-A: of every namespace).
     Status(status::StatusArgs),
+    /// Show what the verifiers saw of an ApiKey's tokens: counts by answer code for the last
+    /// hour and day and the recent requests (needs `get` on apikeyusages.usage.keysmith.dev, in the
+    /// edit role).
+    Usage(usage::UsageArgs),
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -71,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Rotate(args) => rotate::run(args),
         Command::Status(args) => status::run(args),
+        Command::Usage(args) => usage::run(args),
     }
 }
 

@@ -68,6 +68,9 @@ pub enum ComponentsError {
     /// The verification API's listener failed.
     #[error("verification API: {0}")]
     VerificationApi(#[source] std::io::Error),
+    /// The usage API could not start or stopped with an error.
+    #[error("usage API: {0}")]
+    UsageApi(#[from] verifier::usage_api::UsageApiError),
     /// The `/metrics`, `/healthz` and `/readyz` listener failed.
     #[error("metrics endpoint: {0}")]
     Metrics(#[source] std::io::Error),
@@ -124,6 +127,7 @@ pub async fn serve_with(
             controller::run_elected(ctx, scope, &part.leader, stopping.wait()).await
         })
     });
+    let mut usage_task = None;
     let verifier_task = verifier.map(|part| {
         let options = verifier::Options {
             settings,
@@ -132,6 +136,22 @@ pub async fn serve_with(
         log_tenancy(&part.tenancy);
         let running = Running::start(part.client.clone(), &options, &mut registry);
         ready.push(running.verifier.health.clone());
+        if let Some(listen) = options.settings.usage.listen {
+            let usage = options.settings.usage.clone();
+            let (verifier, client) = (running.verifier.clone(), part.client.clone());
+            let stopping = shutdown.clone();
+            usage_task = Some(tokio::spawn(async move {
+                let listener = TcpListener::bind(listen).await?;
+                let served =
+                    verifier::usage_api::serve(verifier, client, usage, listener, stopping.wait())
+                        .await;
+                if let Err(err) = &served {
+                    // Said now: the process keeps verifying, and reports it again at exit.
+                    tracing::error!(error = %err, "usage API stopped");
+                }
+                served
+            }));
+        }
         let (stopping, tls) = (shutdown.clone(), options.settings.tls.clone());
         tokio::spawn(async move { running.serve_api(part.api, tls, stopping.wait()).await })
     });
@@ -145,6 +165,9 @@ pub async fn serve_with(
         task.await
             .map_err(ComponentsError::VerifierTask)?
             .map_err(ComponentsError::VerificationApi)?;
+    }
+    if let Some(task) = usage_task {
+        task.await.map_err(ComponentsError::VerifierTask)??;
     }
     metrics_result.map_err(ComponentsError::Metrics)
 }

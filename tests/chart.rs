@@ -654,3 +654,52 @@ fn examples_cover_what_the_spec_lists() {
         "some example uses restartTargets"
     );
 }
+
+#[test]
+fn the_usage_api_is_opt_in_and_grants_only_what_docs_security_lists() {
+    let values = yaml_document("charts/keysmith/values.yaml");
+    assert_eq!(
+        values["usage"]["enabled"], false,
+        "the usage API's cluster-wide review rights and APIService are opted into"
+    );
+    let text = read("charts/keysmith/templates/usage-api.yaml");
+    let body = text
+        .split_once("*/}}\n")
+        .expect("the template opens with its comment")
+        .1;
+    assert!(
+        body.starts_with("{{- if .Values.usage.enabled }}\n")
+            && body.trim_end().ends_with("{{- end }}"),
+        "every usage object is behind usage.enabled"
+    );
+    let verbs: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("verbs: "))
+        .collect();
+    assert_eq!(verbs, [r#"["get"]"#, r#"["list", "watch"]"#]);
+    for resource in [
+        r#"resources: ["apikeyusages"]"#,
+        r#"resources: ["endpointslices"]"#,
+    ] {
+        assert!(body.contains(resource), "{resource}");
+    }
+    let mut bound: Vec<&str> = body
+        .split("roleRef:")
+        .skip(1)
+        .filter_map(|r| r.lines().find_map(|l| l.trim().strip_prefix("name: ")))
+        .collect();
+    bound.sort();
+    assert_eq!(
+        bound,
+        [
+            "extension-apiserver-authentication-reader",
+            "keysmith-usage-reader",
+            "system:auth-delegator",
+            r#"{{ include "keysmith.fullname" . }}-usage-peers"#,
+        ]
+    );
+    // Readers join admin and edit, not view: usage shows client addresses and user agents.
+    assert!(body.contains(r#"rbac.authorization.k8s.io/aggregate-to-edit: "true""#));
+    assert!(body.contains(r#"rbac.authorization.k8s.io/aggregate-to-admin: "true""#));
+    assert!(!body.contains("aggregate-to-view"));
+}

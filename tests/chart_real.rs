@@ -751,3 +751,124 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
     assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
     assert_eq!(stored["requiredHeaders"][0]["sha256"], hash("s3cret"));
 }
+
+/// Whether `user` may get the usage of ApiKeys in `namespace`, by a SubjectAccessReview (kubectl
+/// auth can-i needs discovery, which an aggregated API without a running backend lacks).
+async fn may_read_usage(cluster: &Cluster, user: &str, groups: &[&str], namespace: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("usage.keysmith.dev".into()),
+                resource: Some("apikeyusages".into()),
+                verb: Some("get".into()),
+                namespace: Some(namespace.into()),
+                name: Some("any".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(cluster.client().await.expect("admin"));
+    api.create(&Default::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_api_objects_are_accepted_and_grant_what_docs_security_lists() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let install = install(&["usage.enabled=true"], dir.path()).await;
+    let objects = &install.objects;
+    // The APIService trusts the CA of the certificate the verifier serves.
+    let service = of_kind(objects, "APIService")
+        .next()
+        .expect("the APIService is rendered");
+    let secret = of_kind(objects, "Secret")
+        .find(|s| str_at(s, "/metadata/name").ends_with("-usage-tls"))
+        .expect("the usage certificate is rendered");
+    assert_eq!(
+        str_at(service, "/spec/caBundle"),
+        str_at(secret, "/data/ca.crt")
+    );
+    assert_eq!(str_at(service, "/spec/service/name"), "keysmith-verifier");
+    let verifier = service_account_of(objects, "verifier");
+    let controller = service_account_of(objects, "controller");
+    assert_can_i(
+        &install.admin,
+        &[
+            (
+                verifier,
+                &["create", "tokenreviews.authentication.k8s.io"],
+                true,
+            ),
+            (
+                verifier,
+                &["create", "subjectaccessreviews.authorization.k8s.io"],
+                true,
+            ),
+            (
+                verifier,
+                &[
+                    "get",
+                    "configmap/extension-apiserver-authentication",
+                    "-n",
+                    "kube-system",
+                ],
+                true,
+            ),
+            (
+                verifier,
+                &["get", "configmap/other", "-n", "kube-system"],
+                false,
+            ),
+            (
+                verifier,
+                &["list", "endpointslices.discovery.k8s.io", "-n", NAMESPACE],
+                true,
+            ),
+            (
+                verifier,
+                &["list", "endpointslices.discovery.k8s.io", "-n", APPS],
+                false,
+            ),
+            (
+                controller,
+                &["create", "tokenreviews.authentication.k8s.io"],
+                false,
+            ),
+        ],
+    );
+    let account = |name: &str| format!("system:serviceaccount:{NAMESPACE}:{name}");
+    let groups = ["system:serviceaccounts", "system:authenticated"];
+    // A replica reads the others' usage with its own token.
+    assert!(may_read_usage(&install.cluster, &account(verifier), &groups, APPS).await);
+    assert!(!may_read_usage(&install.cluster, &account(controller), &groups, APPS).await);
+    // The reader joins the built-in edit role: a namespace's developer may read its keys'
+    // usage, and no other namespace's.
+    install
+        .cluster
+        .apply_object(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "dev-edit", "namespace": APPS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}],
+        }))
+        .await
+        .expect("binding");
+    eventually("edit to include the usage reader", || async {
+        may_read_usage(&install.cluster, "dev", &[], APPS)
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(!may_read_usage(&install.cluster, "dev", &[], OTHER).await);
+}

@@ -390,11 +390,14 @@ fn reasons_are_written_through_the_constants() {
                 "a literal reason: Desired::new({call:.80}"
             );
         }
-        for write in source.split("\"reason\":").skip(1) {
-            assert!(
-                !write.trim_start().starts_with('"'),
-                "a literal reason: {write:.80}"
-            );
+        // A JSON body (`"reason": ...`) or a typed Condition (`reason: ...`).
+        for field in ["\"reason\":", "reason:"] {
+            for write in source.split(field).skip(1) {
+                assert!(
+                    !write.trim_start().starts_with('"'),
+                    "a literal reason: {write:.80}"
+                );
+            }
         }
     }
 }

@@ -15,10 +15,12 @@ use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
 use crate::scope::Scope;
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;
+use crate::verifier::activity::DEFAULT_MAX_TOKENS;
 use crate::verifier::client_ip;
 use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
 use crate::verifier::tenancy::Tenancy;
 use crate::verifier::tls::TlsFiles;
+use crate::verifier::usage_api::{self, UsageSettings};
 
 /// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
 #[derive(Args, Debug, Clone, Default)]
@@ -110,7 +112,52 @@ pub struct VerifierApiArgs {
     /// ('*' for every namespace); the audience is then served. Repeat for several audiences.
     #[arg(long, value_name = "AUDIENCE=NS,...")]
     pub token_review_audience_namespaces: Vec<String>,
+
+    /// Most tokens whose recent requests and counts are kept for `keysmith usage` (the least
+    /// recently used is forgotten beyond); 0 keeps none. Nothing is kept without
+    /// `--usage-listen`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOKENS)]
+    pub usage_max_tokens: usize,
+
+    /// Address of the usage API (HTTPS, the aggregated API `usage.keysmith.dev`); default: not
+    /// served. Needs `--usage-tls-cert-file` and `--usage-tls-key-file`.
+    #[arg(long, value_name = "ADDR", requires_all = ["usage_tls_cert_file", "usage_tls_key_file"])]
+    pub usage_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the usage API; reloaded when it changes.
+    #[arg(long, value_name = "FILE", requires = "usage_tls_key_file")]
+    pub usage_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `--usage-tls-cert-file`.
+    #[arg(long, value_name = "FILE", requires = "usage_tls_cert_file")]
+    pub usage_tls_key_file: Option<PathBuf>,
+
+    /// Service whose EndpointSlices list the verifier replicas the usage API gathers from
+    /// (default: none, each replica answers alone). Needs `--usage-peer-ca-file`.
+    #[arg(long, value_name = "NAME", requires = "usage_peer_ca_file")]
+    pub usage_service: Option<String>,
+
+    /// Namespace of `--usage-service` (default: the pod's).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    pub usage_service_namespace: Option<String>,
+
+    /// PEM CA bundle the replicas' usage API certificates chain to; they are checked under the
+    /// name `<usage-service>.<namespace>.svc`.
+    #[arg(long, value_name = "FILE")]
+    pub usage_peer_ca_file: Option<PathBuf>,
+
+    /// Bearer token this replica shows the others (its ServiceAccount token, re-read as it
+    /// rotates).
+    #[arg(long, value_name = "FILE", default_value = SERVICE_ACCOUNT_TOKEN)]
+    pub usage_peer_token_file: PathBuf,
+
+    /// This replica's name in usage answers (default: the pod name, else the host name).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pub usage_replica_name: Option<String>,
 }
+
+/// Where a pod's ServiceAccount token is mounted.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 impl VerifierApiArgs {
     /// `--trusted-proxies` parsed; the error names the flag.
@@ -145,6 +192,30 @@ impl VerifierApiArgs {
                 .clone()
                 .zip(self.tls_key_file.clone())
                 .map(|(cert, key)| TlsFiles { cert, key }),
+            usage: UsageSettings {
+                // Kept only while someone can read it.
+                max_tokens: if self.usage_listen.is_some() {
+                    self.usage_max_tokens
+                } else {
+                    0
+                },
+                listen: self.usage_listen,
+                tls: self
+                    .usage_tls_cert_file
+                    .clone()
+                    .zip(self.usage_tls_key_file.clone())
+                    .map(|(cert, key)| TlsFiles { cert, key }),
+                replica: self
+                    .usage_replica_name
+                    .clone()
+                    .unwrap_or_else(default_identity),
+                peers: usage_api::peer_settings(
+                    self.usage_service_namespace.clone(),
+                    self.usage_service.clone(),
+                    self.usage_peer_ca_file.clone(),
+                    self.usage_peer_token_file.clone(),
+                ),
+            },
         }
     }
 }

@@ -5,10 +5,12 @@
 //! tombstones). Pure, but the server's alone: [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures), [`tenancy`] (which namespaces a route accepts).
 //! Shell: [`http`] (the endpoints), [`server`] and [`tls`] (connections, HTTPS), [`usage`]
-//! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], and
+//! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], [`activity`]
+//! and [`token_metrics`] (per-token usage, served to key owners by [`usage_api`]), and
 //! here the watcher that feeds the index and [`run`], which wires it all with the shared
 //! [`crate::telemetry`] (`/metrics`, `/healthz`, `/readyz`) and [`crate::cluster`] errors.
 
+pub mod activity;
 pub mod audit;
 pub mod client_ip;
 pub mod http;
@@ -17,7 +19,9 @@ pub mod server;
 pub mod tenancy;
 pub mod throttle;
 pub mod tls;
+pub mod token_metrics;
 pub mod usage;
+pub mod usage_api;
 
 pub use keysmith_core::verifier::{decision, index, key};
 
@@ -41,9 +45,11 @@ use crate::apikeys::Watched;
 use crate::scope::Scope;
 use crate::telemetry::Health;
 
+use self::activity::Activity;
 use self::metrics::Metrics;
 use self::tenancy::{Namespaces, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};
+use self::token_metrics::TokenMetrics;
 use self::usage::UsageReporter;
 
 /// What to watch, whom to believe and how much a client may hold.
@@ -69,6 +75,8 @@ pub struct Settings {
     pub token_review_audiences: Vec<String>,
     /// Serve HTTPS with this certificate (`--tls-cert-file`, `--tls-key-file`); none: HTTP.
     pub tls: Option<tls::TlsFiles>,
+    /// Per-token activity and the usage API (`--usage-*`).
+    pub usage: usage_api::UsageSettings,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -89,6 +97,10 @@ pub struct Verifier {
     pub metrics: Metrics,
     /// Usage write-back.
     pub usage: UsageReporter,
+    /// Recent requests and counts per token, for the usage API.
+    pub activity: Activity,
+    /// Per-token series of the keys that opt in.
+    pub token_metrics: TokenMetrics,
     /// Ready once the initial list is indexed (`/readyz`).
     pub health: Health,
 }
@@ -105,6 +117,8 @@ impl Verifier {
             tenancy: options.tenancy.clone(),
             metrics: Metrics::register(registry),
             usage,
+            activity: Activity::new(options.settings.usage.max_tokens),
+            token_metrics: TokenMetrics::register(registry),
             health: Health::default(),
         }
     }
@@ -124,6 +138,10 @@ impl Verifier {
         self.metrics
             .observe(audit.endpoint, verdict.code, start.elapsed());
         audit::record(audit, &verdict);
+        if let Some(found) = &verdict.found {
+            self.activity.record(found, verdict.code, audit, now);
+            self.token_metrics.record(found, verdict.code);
+        }
         match (&verdict.found, verdict.code) {
             (Some(found), Code::Valid) => self.usage.record(found, now),
             _ => {
@@ -141,6 +159,7 @@ impl Verifier {
     /// Apply one watched ApiKey.
     fn apply(&self, apikey: &ApiKey, warned: &mut HashSet<(String, String, i64)>) {
         let applied = self.index.apply(apikey, Timestamp::now());
+        self.token_metrics.apply(apikey);
         let key = &applied.key;
         if let Some(invalid) = applied.invalid {
             let generation = apikey.metadata.generation.unwrap_or_default();
@@ -154,6 +173,7 @@ impl Verifier {
 
     fn revoke(&self, namespace: &str, name: &str) {
         self.index.revoke(namespace, name, Timestamp::now());
+        self.token_metrics.forget(namespace, name);
         self.metrics.set_index_tokens(self.index.tokens());
     }
 }
@@ -187,6 +207,7 @@ pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifi
                 }
             }
             Ok(watcher::Event::InitDone) => {
+                verifier.token_metrics.retain(&listed);
                 verifier
                     .index
                     .retain(&std::mem::take(&mut listed), Timestamp::now());

@@ -11,6 +11,7 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
@@ -107,25 +108,38 @@ impl ResolvesServerCert for Reloading {
 pub fn acceptor(
     files: TlsFiles,
 ) -> Result<(TlsAcceptor, impl Future<Output = ()> + Send + 'static), TlsError> {
-    reloading_acceptor(files, RELOAD_INTERVAL)
+    reloading_acceptor(files, None, RELOAD_INTERVAL)
+}
+
+/// [`acceptor`], asking clients for a certificate that `clients` verifies (the usage API's
+/// front-proxy certificates; a verifier that allows unauthenticated clients lets others in).
+pub fn acceptor_verifying_clients(
+    files: TlsFiles,
+    clients: Arc<dyn ClientCertVerifier>,
+) -> Result<(TlsAcceptor, impl Future<Output = ()> + Send + 'static), TlsError> {
+    reloading_acceptor(files, Some(clients), RELOAD_INTERVAL)
 }
 
 fn reloading_acceptor(
     files: TlsFiles,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
     interval: Duration,
 ) -> Result<(TlsAcceptor, impl Future<Output = ()> + Send + 'static), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = Arc::new(Reloading {
         current: RwLock::new(files.load(&provider)?),
     });
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Certificate {
             path: files.cert.clone(),
             message: e.to_string(),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+        })?;
+    let builder = match clients {
+        Some(clients) => builder.with_client_cert_verifier(clients),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let reload = async move {
         let mut seen = files.modified();
@@ -256,7 +270,7 @@ mod tests {
         let first = write_pair(dir.path(), "verifier.keysmith.svc");
         let first_cert = pem_cert(&first);
         let (acceptor, reload) =
-            reloading_acceptor(first.clone(), Duration::from_millis(20)).unwrap();
+            reloading_acceptor(first.clone(), None, Duration::from_millis(20)).unwrap();
         let reloads = tokio::spawn(reload);
         assert_eq!(
             served_certificate(&acceptor, std::slice::from_ref(&first_cert)).await,

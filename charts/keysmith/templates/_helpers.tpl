@@ -168,6 +168,8 @@ HorizontalPodAutoscaler owns the replica count, else absent).
 {{- /* The most pods there may be: what the default spread across nodes is for. */}}
 {{- $maxReplicas := $v.replicas }}
 {{- with .autoscaling }}{{ $maxReplicas = .maxReplicas }}{{ end }}
+{{- /* The usage API is served where the verification API is (templates/usage-api.yaml). */}}
+{{- $usage := and .api $root.Values.usage.enabled }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -229,6 +231,14 @@ spec:
             - {{ printf "--accept-namespaces=%s" (join "," .) | quote }}
             {{- end }}
             {{- end }}
+            {{- if $usage }}
+            - --usage-listen=0.0.0.0:8443
+            - --usage-tls-cert-file=/etc/keysmith/usage/tls.crt
+            - --usage-tls-key-file=/etc/keysmith/usage/tls.key
+            - --usage-peer-ca-file=/etc/keysmith/usage/ca.crt
+            - {{ printf "--usage-service=%s-verifier" (include "keysmith.fullname" $root) }}
+            - {{ printf "--usage-max-tokens=%d" (int $root.Values.usage.maxTokens) }}
+            {{- end }}
             {{- range $v.extraArgs }}
             - {{ . | quote }}
             {{- end }}
@@ -243,6 +253,11 @@ spec:
               containerPort: 8080
               protocol: TCP
             {{- end }}
+            {{- if $usage }}
+            - name: usage
+              containerPort: 8443
+              protocol: TCP
+            {{- end }}
             - name: metrics
               containerPort: 9090
               protocol: TCP
@@ -253,13 +268,27 @@ spec:
           securityContext:
             {{- toYaml . | nindent 12 }}
           {{- end }}
-          {{- with $v.extraVolumeMounts }}
+          {{- if or $v.extraVolumeMounts $usage }}
           volumeMounts:
+            {{- if $usage }}
+            - name: usage-tls
+              mountPath: /etc/keysmith/usage
+              readOnly: true
+            {{- end }}
+            {{- with $v.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- end }}
-      {{- with $v.extraVolumes }}
+      {{- if or $v.extraVolumes $usage }}
       volumes:
+        {{- if $usage }}
+        - name: usage-tls
+          secret:
+            secretName: {{ include "keysmith.fullname" $root }}-usage-tls
+        {{- end }}
+        {{- with $v.extraVolumes }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:

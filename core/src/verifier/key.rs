@@ -82,7 +82,7 @@ impl From<&BTreeMap<String, String>> for Metadata {
 /// template carry one copy instead of one per key. Sets are found by a hash of their source and
 /// confirmed by comparing the compiled form, so the table holds no copy of the source.
 #[derive(Default)]
-pub(crate) struct GrantInterner {
+pub struct GrantInterner {
     sets: Mutex<HashMap<u64, Vec<Weak<CompiledGrants>>>>,
 }
 
@@ -140,7 +140,7 @@ pub enum ExpectedValue {
 impl KeyInfo {
     /// Read an ApiKey, sharing grant sets through `interner`. The second value is the validation
     /// error when the spec is invalid and was indexed fail closed (see the module documentation).
-    pub(crate) fn from_apikey(
+    pub fn from_apikey(
         apikey: &ApiKey,
         interner: &GrantInterner,
     ) -> (KeyInfo, Option<InvalidSpec>) {

@@ -3,10 +3,11 @@
 //! decides, then a review is answered or the verb runs (see `verbs/`).
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::Value;
 
+use crate::admission::FieldValidation;
 use crate::error::{ApiError, ApiResult};
 use crate::http::negotiate::{self, Presentation, json_response};
 use crate::http::route::{Query, ResourceRequest};
@@ -103,16 +104,14 @@ impl ResourceCall<'_> {
     pub fn write_options(&self) -> WriteOptions {
         let agent = self
             .headers
-            .get(axum::http::header::USER_AGENT)
+            .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|ua| ua.split('/').next())
             .filter(|s| !s.is_empty())
             .unwrap_or("unknown");
         WriteOptions {
             manager: self.param("fieldManager").unwrap_or(agent).to_string(),
-            field_validation: crate::admission::FieldValidation::parse(
-                self.param("fieldValidation"),
-            ),
+            field_validation: FieldValidation::parse(self.param("fieldValidation")),
             dry_run: self.param("dryRun") == Some("All"),
             force: self.flag("force"),
         }

@@ -33,10 +33,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The controllers of kube-controller-manager that Keysmith's behaviour depends on: owned
 /// Secrets are garbage-collected, namespaces are emptied on delete, a patched pod template rolls
-/// out a new ReplicaSet, and ServiceAccounts exist in every namespace.
+/// out a new ReplicaSet, ServiceAccounts exist in every namespace, and ClusterRoles labelled
+/// `aggregate-to-edit` (the chart's usage reader) join the built-in roles.
 const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,\
 deployment-controller,replicaset-controller,serviceaccount-controller,\
-serviceaccount-token-controller";
+serviceaccount-token-controller,clusterrole-aggregation-controller";
+
+/// The Common Name of the aggregator's front-proxy client certificate, the one name aggregated API
+/// servers accept it under (`--requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
 /// The administrator's client-certificate identity.
 const ADMIN: &str = "keysmith-testenv:admin";
@@ -128,6 +133,25 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// This machine's address on its default route: what an Endpoints or EndpointSlice object may
+/// name for a server the API server should call (loopback addresses are refused). Connecting a
+/// UDP socket sends nothing; it only picks the route. `None` without a non-loopback route.
+pub fn host_ip() -> Option<std::net::IpAddr> {
+    ["192.0.2.1:9", "[2001:db8::1]:9"]
+        .into_iter()
+        .find_map(|target| {
+            let bind = if target.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = std::net::UdpSocket::bind(bind).ok()?;
+            socket.connect(target).ok()?;
+            let ip = socket.local_addr().ok()?.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+}
+
 fn free_port() -> Result<u16, RealError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(listener
@@ -171,7 +195,12 @@ impl RealCluster {
         let sa = pki::service_account_keys()?;
         let admin = authority.client(ADMIN, Some("system:masters"))?;
         let manager = authority.client(CONTROLLER_MANAGER, Some("system:masters"))?;
+        let front_proxy = Authority::named("keysmith-testenv-front-proxy-ca")?;
+        let proxy_client = front_proxy.client(FRONT_PROXY_CLIENT, None)?;
         write("ca.crt", &authority.ca_pem)?;
+        write("front-proxy-ca.crt", &front_proxy.ca_pem)?;
+        write("front-proxy-client.crt", &proxy_client.cert)?;
+        write("front-proxy-client.key", &proxy_client.key)?;
         write("serving.crt", &serving.cert)?;
         write("serving.key", &serving.key)?;
         write("sa.pub", &sa.cert)?;
@@ -231,6 +260,24 @@ impl RealCluster {
                 // the harness reads it from the start.
                 "--audit-log-maxsize=100000".into(),
                 "--profiling=false".into(),
+                // API aggregation, as kubeadm configures it: the aggregator authenticates to
+                // aggregated API servers with the front-proxy client certificate and names the
+                // user in these headers, and calls the endpoints of their Service directly (no
+                // kube-proxy here to route a Service's cluster IP).
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    path("front-proxy-ca.crt")
+                ),
+                format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                format!(
+                    "--proxy-client-cert-file={}",
+                    path("front-proxy-client.crt")
+                ),
+                format!("--proxy-client-key-file={}", path("front-proxy-client.key")),
+                "--enable-aggregator-routing=true".into(),
             ],
         )?);
         let mut cluster = RealCluster {

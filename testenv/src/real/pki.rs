@@ -1,7 +1,8 @@
 //! The certificates of a throwaway control plane: one CA that signs the API server's serving
 //! certificate and the client certificates people and components authenticate with (the real
 //! server's x509 authenticator maps CN to the user name and O to groups), plus the key pair that
-//! signs ServiceAccount tokens.
+//! signs ServiceAccount tokens. A second CA, the front proxy's, signs the client certificate the
+//! API server's aggregator presents to aggregated API servers.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -27,11 +28,14 @@ pub struct Authority {
 impl Authority {
     /// A fresh CA.
     pub fn new() -> Result<Authority, rcgen::Error> {
+        Authority::named("keysmith-testenv-ca")
+    }
+
+    /// A fresh CA with Common Name `name`.
+    pub fn named(name: &str) -> Result<Authority, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "keysmith-testenv-ca");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

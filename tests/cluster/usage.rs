@@ -1,0 +1,427 @@
+//! Per-key usage through Kubernetes API aggregation, on the real API server only (the emulator
+//! has no aggregator): two verifier replicas serve the usage API on this machine's non-loopback
+//! address, published as two EndpointSlices (and the Endpoints the aggregator routes by) of one
+//! Service, behind the chart's own APIService, certificate and RBAC. A namespace developer with
+//! only the built-in `edit` role reads a key's usage with `keysmith usage` and `kubectl get --raw`
+//! and sees both replicas' requests; a user without the permission, or one of another namespace,
+//! gets a clear 403.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+
+use keysmith::components::{self, Components, VerifierPart};
+use keysmith::devcluster::{SYSTEM_NAMESPACE, verifier_identity};
+use keysmith::scope::Scope;
+use keysmith::telemetry::{Shutdown, ShutdownTrigger};
+use keysmith::verifier::tenancy::Tenancy;
+use keysmith::verifier::tls::TlsFiles;
+use keysmith::verifier::usage_api::UsageSettings;
+use keysmith::verifier::usage_api::peers::PeerSettings;
+use keysmith_testenv::binaries::binary;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::harness::verifier::{NS, cluster, request, status_token, token};
+use crate::harness::{Cluster, Identity, eventually, real};
+
+/// The chart's verifier Service, which the APIService names.
+const SERVICE: &str = "keysmith-verifier";
+/// Another team's namespace.
+const OTHER: &str = "other";
+
+/// The chart's usage objects (Secret with the generated certificate, APIService, RBAC), as
+/// `helm template keysmith --namespace keysmith --set usage.enabled=true` renders them.
+fn chart_usage_objects() -> Vec<Value> {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
+    let output = std::process::Command::new(binary("helm"))
+        .args([
+            "template",
+            "keysmith",
+            chart,
+            "--namespace",
+            SYSTEM_NAMESPACE,
+        ])
+        .args(["--set", "usage.enabled=true"])
+        .args(["--show-only", "templates/usage-api.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_saphyr::from_multiple::<Value>(&String::from_utf8(output.stdout).unwrap())
+        .expect("YAML")
+        .into_iter()
+        .filter(Value::is_object)
+        .collect()
+}
+
+/// Write the chart Secret's certificate, key and CA to `dir`.
+fn write_certificates(secret: &Value, dir: &Path) -> TlsFiles {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(secret.clone()).expect("a Secret");
+    let data = secret.data.expect("the chart Secret has data");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(dir.join(key), &data[key].0).unwrap();
+    }
+    TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    }
+}
+
+/// One verifier replica with its usage API on `usage`; stops when the trigger drops.
+struct Replica {
+    api: SocketAddr,
+    _stop: ShutdownTrigger,
+}
+
+async fn start_replica(cluster: &Cluster, usage: SocketAddr, settings: UsageSettings) -> Replica {
+    let client = cluster
+        .client_as(&verifier_identity())
+        .await
+        .expect("verifier client");
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let components = Components {
+        controller: None,
+        verifier: Some(VerifierPart {
+            client,
+            api,
+            trusted_proxies: vec![],
+            tenancy: Tenancy::parse(NS, &[]).unwrap(),
+        }),
+        scope: Scope::default(),
+        metrics: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let settings = keysmith::verifier::Settings {
+        usage: UsageSettings {
+            listen: Some(usage),
+            ..settings
+        },
+        ..Default::default()
+    };
+    let (stop, stopped) = Shutdown::new();
+    tokio::spawn(async move {
+        components::serve_with(components, settings, stopped)
+            .await
+            .expect("verifier serves");
+    });
+    Replica {
+        api: api_addr,
+        _stop: stop,
+    }
+}
+
+/// A free port on `ip`.
+fn free_port(ip: std::net::IpAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The Service the APIService names, and the replicas as its endpoints: one EndpointSlice per
+/// replica (ports are per slice) and the Endpoints object, one subset each.
+fn service_and_endpoints(replicas: &[(&str, SocketAddr)]) -> Vec<Value> {
+    let mut objects = vec![json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": SERVICE, "namespace": SYSTEM_NAMESPACE},
+        "spec": {"ports": [{"name": "usage", "port": 443, "protocol": "TCP"}]},
+    })];
+    let subsets: Vec<Value> = replicas
+        .iter()
+        .map(|(name, addr)| {
+            json!({"addresses": [{"ip": addr.ip().to_string(), "hostname": name}],
+                   "ports": [{"name": "usage", "port": addr.port(), "protocol": "TCP"}]})
+        })
+        .collect();
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": SERVICE, "namespace": SYSTEM_NAMESPACE},
+        "subsets": subsets,
+    }));
+    for (name, addr) in replicas {
+        objects.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{SERVICE}-{name}"), "namespace": SYSTEM_NAMESPACE,
+                "labels": {"kubernetes.io/service-name": SERVICE}},
+            "addressType": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+            "ports": [{"name": "usage", "port": addr.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": [addr.ip().to_string()], "hostname": name,
+                "conditions": {"ready": true}}],
+        }));
+    }
+    objects
+}
+
+/// Run the real `keysmith` binary.
+async fn keysmith(kubeconfig: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .await
+        .expect("keysmith runs")
+}
+
+async fn kubeconfig_for(cluster: &Cluster, dir: &Path, user: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{user}.kubeconfig"));
+    cluster
+        .write_kubeconfig(&path, &Identity::user(user, &[]))
+        .await
+        .expect("kubeconfig");
+    path
+}
+
+fn edit_binding(user: &str, namespace: &str) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": format!("{user}-edit"), "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_owners_read_usage_from_every_replica_through_the_aggregator() {
+    if !real() {
+        println!("skipped on the emulator: it has no API aggregation");
+        return;
+    }
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keysmith_testenv::real::host_ip().expect("a non-loopback address for endpoints");
+
+    // The chart's usage objects; the replicas serve the certificate its Secret holds.
+    let objects = chart_usage_objects();
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .expect("the chart renders the usage certificate");
+    let tls = write_certificates(secret, dir.path());
+    for object in &objects {
+        cluster.apply_object(object).await.expect("chart object");
+    }
+    cluster
+        .apply_object(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER}}),
+        )
+        .await
+        .unwrap();
+
+    // The replicas show the others their ServiceAccount token, as a pod's mounted one.
+    let verifier_kubeconfig: Value =
+        serde_saphyr::from_str(&cluster.kubeconfig(&verifier_identity()).await.unwrap()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        verifier_kubeconfig["users"][0]["user"]["token"]
+            .as_str()
+            .expect("a ServiceAccount kubeconfig holds a token"),
+    )
+    .unwrap();
+    let settings = UsageSettings {
+        tls: Some(tls),
+        peers: Some(PeerSettings {
+            namespace: SYSTEM_NAMESPACE.into(),
+            service: SERVICE.into(),
+            ca_file: dir.path().join("ca.crt"),
+            token_file,
+        }),
+        ..UsageSettings::default()
+    };
+    let (usage_a, usage_b) = (free_port(host), free_port(host));
+    let a = start_replica(
+        &cluster,
+        usage_a,
+        UsageSettings {
+            replica: "replica-a".into(),
+            ..settings.clone()
+        },
+    )
+    .await;
+    let b = start_replica(
+        &cluster,
+        usage_b,
+        UsageSettings {
+            replica: "replica-b".into(),
+            ..settings
+        },
+    )
+    .await;
+    for object in service_and_endpoints(&[("replica-a", usage_a), ("replica-b", usage_b)]) {
+        cluster.apply_object(&object).await.expect("endpoints");
+    }
+
+    // An ApiKey in NS whose token is used through both replicas.
+    let admin = cluster.client().await.unwrap();
+    let keys = kube::Api::<keysmith::api::ApiKey>::namespaced(admin, NS);
+    let key: keysmith::api::ApiKey = serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": "billing", "namespace": NS},
+        "spec": {"tokens": [{"name": "primary", "prefix": "ks_"}],
+            "grants": [{"effect": "allow", "actions": ["invoices.read"]}]},
+    }))
+    .unwrap();
+    keys.create(&Default::default(), &key).await.unwrap();
+    let minted = token("ks_");
+    keys.patch_status(
+        "billing",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"status": {"tokens": [status_token("primary", &minted)]}})),
+    )
+    .await
+    .unwrap();
+    let verify = |replica: SocketAddr, agent: &'static str, action: &'static str| {
+        let body = json!({"token": minted.expose_secret(), "action": action}).to_string();
+        async move {
+            let answer = request(
+                replica,
+                "POST",
+                "/v1/verify",
+                &[("user-agent", agent), ("content-type", "application/json")],
+                Some(&body),
+            )
+            .await;
+            let answer: Value = serde_json::from_str(&answer.body).unwrap();
+            answer["code"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    // Each replica indexes the key from its own watch.
+    eventually("replica a to know the key", || async {
+        (verify(a.api, "agent-a", "invoices.read").await == "VALID").then_some(())
+    })
+    .await;
+    eventually("replica b to know the key", || async {
+        (verify(b.api, "agent-b", "invoices.read").await == "VALID").then_some(())
+    })
+    .await;
+    assert_eq!(
+        verify(b.api, "agent-b", "invoices.delete").await,
+        "FORBIDDEN"
+    );
+
+    // The developer of NS holds only the built-in edit role; the chart aggregates the usage
+    // reader into it.
+    cluster
+        .apply_object(&edit_binding("dev", NS))
+        .await
+        .unwrap();
+    cluster
+        .apply_object(&edit_binding("stranger", OTHER))
+        .await
+        .unwrap();
+    let dev = kubeconfig_for(&cluster, dir.path(), "dev").await;
+    let stranger = kubeconfig_for(&cluster, dir.path(), "stranger").await;
+    let nobody = kubeconfig_for(&cluster, dir.path(), "nobody").await;
+
+    let usage: Value = eventually("the developer to read the key's usage", || async {
+        let out = keysmith(&dev, &["usage", "billing", "-n", NS, "-o", "json"]).await;
+        out.status.success().then_some(())?;
+        serde_json::from_slice(&out.stdout).ok()
+    })
+    .await;
+    assert_eq!(usage["kind"], "ApiKeyUsage");
+    let replicas: Vec<(&str, bool)> = usage["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["answered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        replicas,
+        [("replica-a", true), ("replica-b", true)],
+        "{usage}"
+    );
+    let primary = &usage["tokens"][0];
+    assert_eq!(primary["token"], "primary");
+    assert_eq!(primary["id"], minted.id());
+    assert_eq!(primary["lastHour"]["FORBIDDEN"], 1, "{usage}");
+    let valid = primary["lastHour"]["VALID"].as_u64().unwrap();
+    let recent = primary["recent"].as_array().unwrap();
+    assert_eq!(
+        recent.iter().filter(|r| r["code"] == "VALID").count() as u64,
+        valid,
+        "every VALID verification is among the recent requests: {usage}"
+    );
+    for (replica, agent) in [("replica-a", "agent-a"), ("replica-b", "agent-b")] {
+        assert!(
+            recent
+                .iter()
+                .any(|r| r["replica"] == replica && r["userAgent"] == agent),
+            "{replica}'s requests are shown: {usage}"
+        );
+    }
+    assert!(!usage.to_string().contains(minted.expose_secret()));
+
+    // The table names both replicas' requests.
+    let table = keysmith(&dev, &["usage", "billing", "-n", NS]).await;
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("primary") && table.contains("FORBIDDEN=1"),
+        "{table}"
+    );
+    assert!(
+        table.contains("agent-a") && table.contains("agent-b"),
+        "{table}"
+    );
+    assert!(table.contains("Replicas: replica-a, replica-b"), "{table}");
+
+    // kubectl reaches it through the aggregator with the same rights.
+    let path = format!("/apis/usage.keysmith.dev/v1alpha1/namespaces/{NS}/apikeyusages/billing");
+    let raw = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&dev)
+        .args(["get", "--raw", &path])
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let raw: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(raw["metadata"]["name"], "billing");
+    assert_eq!(raw["tokens"][0]["id"], minted.id());
+
+    // Without the permission: a 403 that names it, from the CLI and from kubectl.
+    for (user, kubeconfig) in [("nobody", &nobody), ("stranger", &stranger)] {
+        let out = keysmith(kubeconfig, &["usage", "billing", "-n", NS]).await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("forbidden")
+                && stderr.contains("`get` on apikeyusages.usage.keysmith.dev")
+                && stderr.contains(&format!("User \"{user}\"")),
+            "{user}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let denied = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&stranger)
+        .args(["get", "--raw", &path])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && stderr.contains("Forbidden"),
+        "{stderr}"
+    );
+    // The stranger reads their own namespace's usage, where they hold edit.
+    let own = keysmith(&stranger, &["usage", "billing", "-n", OTHER, "-o", "json"]).await;
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let own: Value = serde_json::from_slice(&own.stdout).unwrap();
+    assert_eq!(own["tokens"], json!([]));
+}
