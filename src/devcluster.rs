@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::components::{Components, ControllerPart, VerifierPart};
-use crate::controller::leader::LeaderConfig;
 use crate::controller::Clock;
+use crate::controller::leader::LeaderConfig;
 use crate::scope::Scope;
 use crate::verifier::tenancy::Tenancy;
 

@@ -1,10 +1,11 @@
 //! Keysmith: a Kubernetes operator that manages API keys as custom resources.
 //!
-//! The pure core (no I/O): [`api`] (the `ApiKey` types, read one watched object at a time by
-//! [`apikeys`]), [`crd`] (the CustomResourceDefinition),
-//! [`token`] (token format), [`duration`] and [`schedule`] (time parsing), [`grants`] (the
-//! permission evaluator) and [`validation`] (every rule a spec must satisfy). The command line is
-//! [`cli`].
+//! This crate is the shell around the pure core, the `keysmith_core` crate: [`api`] (the `ApiKey`
+//! types, read one watched object at a time by [`apikeys`]), [`crd`] (the
+//! CustomResourceDefinition), [`token`] (token format), [`duration`] and [`schedule`] (time
+//! parsing), [`grants`] (the permission evaluator) and [`validation`] (every rule a spec must
+//! satisfy) are re-exported from it under the paths they had before it became its own crate. The
+//! command line is [`cli`].
 //!
 //! The pure reconcile decision is [`planner`]; [`controller`] is the shell that applies it
 //! against the API server. [`verifier`] answers whether a token is valid for a request.
@@ -14,20 +15,14 @@
 //! [`allocator`] hands memory freed after a burst of work back to the operating system.
 
 pub mod allocator;
-pub mod api;
 pub mod apikeys;
 pub mod cli;
 pub mod cluster;
 pub mod components;
 pub mod controller;
-pub mod crd;
 pub mod devcluster;
-pub mod duration;
-pub mod grants;
-pub mod planner;
-pub mod schedule;
 pub mod scope;
 pub mod telemetry;
-pub mod token;
-pub mod validation;
 pub mod verifier;
+
+pub use keysmith_core::{api, crd, duration, grants, planner, schedule, token, validation};

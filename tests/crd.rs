@@ -332,10 +332,10 @@ fn no_description_breaks_a_line_in_mid_paragraph() {
     assert!(broken.is_empty(), "hard line breaks: {broken:#?}");
 }
 
-/// The reason constants of `src/planner/conditions.rs`, read from the source so that a reason
+/// The reason constants of `core/src/planner/conditions.rs`, read from the source so that a reason
 /// added there without documentation fails this test.
 fn reason_constants() -> Vec<String> {
-    let source = include_str!("../src/planner/conditions.rs");
+    let source = include_str!("../core/src/planner/conditions.rs");
     let module = source
         .split_once("pub mod reason {")
         .and_then(|(_, rest)| rest.split_once("\n}"))
@@ -377,7 +377,8 @@ fn condition_reason_lists_every_reason_keysmith_writes() {
 #[test]
 fn reasons_are_written_through_the_constants() {
     let sources = [
-        include_str!("../src/planner/mod.rs"),
+        include_str!("../core/src/planner/mod.rs"),
+        include_str!("../core/src/planner/readiness.rs"),
         include_str!("../src/controller/apply.rs"),
         include_str!("../src/controller/mod.rs"),
     ];

@@ -30,11 +30,15 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::api::{APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, RESTART_ON_ANNOTATION};
+use keysmith_core::api::{
+    APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL,
+    RESTART_ON_ANNOTATION,
+};
+use keysmith_core::planner::{self, EventKind, Plan, Revocation};
+use keysmith_core::token::GenerateError;
+
 use crate::apikeys::{self, Unreadables, Watched};
-use crate::planner::{self, MANAGED_BY, MANAGED_BY_LABEL, Plan, Revocation};
 use crate::scope::Scope;
-use crate::token::GenerateError;
 use apply::Restarted;
 use metrics::ControllerMetrics;
 
@@ -677,8 +681,13 @@ impl Context {
 
     async fn publish(&self, key: &ApiKey, plan: &Plan) {
         for event in &plan.events {
-            self.event(key, event.type_, event.reason, event.note.clone())
-                .await;
+            self.event(
+                key,
+                event_type(event.type_),
+                event.reason,
+                event.note.clone(),
+            )
+            .await;
         }
     }
 
@@ -694,6 +703,14 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &key.object_ref(&())).await {
             warn!(reason, error = %e, "could not publish event");
         }
+    }
+}
+
+/// The client's type of a planned event.
+fn event_type(kind: EventKind) -> EventType {
+    match kind {
+        EventKind::Normal => EventType::Normal,
+        EventKind::Warning => EventType::Warning,
     }
 }
 

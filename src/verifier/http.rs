@@ -18,19 +18,36 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::grants::Context;
+use keysmith_core::grants::Context;
+use keysmith_core::verifier::decision::{Code, NoHeaders, RequestHeaders, VerifyRequest};
+use keysmith_core::verifier::index::Verdict;
 
 use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
-use super::decision::{Code, NoHeaders, RequestHeaders, VerifyRequest};
-use super::index::Verdict;
 use super::tenancy::{self, Endpoint, Namespaces};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
 /// Path of the TokenReview webhook.
 pub const TOKENREVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The request's HTTP headers as the decision reads them (the core knows no HTTP types).
+struct HttpHeaders<'a>(&'a HeaderMap);
+
+impl RequestHeaders for HttpHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.0
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    }
+}
 
 /// An answer of the verification API.
 pub type Answer = Response<Full<Bytes>>;
@@ -335,7 +352,7 @@ where
             );
         }
     };
-    let origin = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
+    let origin = client_ip(peer.ip(), &HttpHeaders(&headers), &verifier.trusted_proxies);
     let body_headers = body.headers();
     let request = body.request(&body_headers, origin.client);
     let audit = audit::Request {
@@ -413,7 +430,7 @@ async fn authz<B>(
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
     let asked = asked(query, headers);
-    let origin = client_ip(peer.ip(), headers, &verifier.trusted_proxies);
+    let origin = client_ip(peer.ip(), &HttpHeaders(headers), &verifier.trusted_proxies);
     let request = VerifyRequest {
         token: presented_token(headers),
         action: asked.action.as_deref(),
@@ -421,7 +438,7 @@ async fn authz<B>(
         fields: &[],
         environment: asked.environment.as_deref(),
         ip: origin.client,
-        headers,
+        headers: &HttpHeaders(headers),
         context: Context::default(),
     };
     let audit = audit::Request {
@@ -524,7 +541,7 @@ where
         headers: &NoHeaders,
         context: Context::default(),
     };
-    let origin = client_ip(peer.ip(), &headers, &verifier.trusted_proxies);
+    let origin = client_ip(peer.ip(), &HttpHeaders(&headers), &verifier.trusted_proxies);
     let audit = audit::Request {
         endpoint: audit::Endpoint::TokenReview,
         client: Some(origin.nearest),

@@ -1,7 +1,8 @@
 //! `keysmith verifier`: the verification API of SPEC section 5.
 //!
-//! Pure core: [`key`] (what one ApiKey means to the verifier), [`decision`] (the decision
-//! order), [`index`] (hash → token map with tombstones), [`client_ip`] (trusted proxies),
+//! From the core crate (`keysmith_core::verifier`, re-exported here): [`key`] (what one ApiKey
+//! means to the verifier), [`decision`] (the decision order), [`index`] (hash → token map with
+//! tombstones). Pure, but the server's alone: [`client_ip`] (trusted proxies),
 //! [`throttle`] (slowing repeated failures), [`tenancy`] (which namespaces a route accepts).
 //! Shell: [`http`] (the endpoints), [`server`] and [`tls`] (connections, HTTPS), [`usage`]
 //! (`lastUsedAt` write-back), [`audit`] (one line per verification), [`metrics`], [`activity`]
@@ -12,10 +13,7 @@
 pub mod activity;
 pub mod audit;
 pub mod client_ip;
-pub mod decision;
 pub mod http;
-pub mod index;
-pub mod key;
 pub mod metrics;
 pub mod server;
 pub mod tenancy;
@@ -25,6 +23,8 @@ pub mod token_metrics;
 pub mod usage;
 pub mod usage_api;
 
+pub use keysmith_core::verifier::{decision, index, key};
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -33,19 +33,19 @@ use std::time::Instant;
 use futures::StreamExt;
 use ipnet::IpNet;
 use jiff::Timestamp;
+use keysmith_core::api::ApiKey;
+use keysmith_core::verifier::decision::{Code, VerifyRequest};
+use keysmith_core::verifier::index::{Index, Verdict};
 use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::api::ApiKey;
 use crate::apikeys::Watched;
 use crate::scope::Scope;
 use crate::telemetry::Health;
 
 use self::activity::Activity;
-use self::decision::{Code, VerifyRequest};
-use self::index::{Index, Verdict};
 use self::metrics::Metrics;
 use self::tenancy::{Namespaces, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};

@@ -1,6 +1,7 @@
 //! Usage write-back: `status.tokens[].lastUsedAt`, at most once a minute per token.
 //!
-//! The hot path only does an atomic compare-and-swap ([`UsageMark::claim`]) and, once a minute per
+//! The hot path only does an atomic compare-and-swap
+//! ([`UsageMark::claim`](keysmith_core::verifier::usage::UsageMark::claim)) and, once a minute per
 //! token, a non-blocking channel send. A background task batches what arrives for a second and
 //! writes one patch per ApiKey.
 //!
@@ -12,7 +13,6 @@
 //! fights the controller. Usage is best effort: a full channel or a failed patch drops a report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -20,46 +20,16 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::sync::mpsc;
 
-use crate::api::ApiKey;
-
-use super::index::Found;
+use keysmith_core::api::ApiKey;
+use keysmith_core::planner::timing::whole_seconds;
+use keysmith_core::verifier::index::Found;
 
 /// Field manager of every write the verifier makes.
 pub const FIELD_MANAGER: &str = "keysmith-verifier";
-/// Least time between two reports of one token.
-pub const REPORT_EVERY_SECS: i64 = 60;
 /// How long reports are batched before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Reports that may wait for the writer; beyond this they are dropped.
 pub const QUEUE: usize = 4096;
-
-/// When a token was last reported, shared by every index entry of that token.
-#[derive(Debug)]
-pub struct UsageMark {
-    last_reported: AtomicI64,
-}
-
-impl Default for UsageMark {
-    fn default() -> Self {
-        UsageMark {
-            last_reported: AtomicI64::new(i64::MIN),
-        }
-    }
-}
-
-impl UsageMark {
-    /// Whether this use should be reported: true at most once per [`REPORT_EVERY_SECS`], and to
-    /// exactly one of several concurrent callers.
-    pub fn claim(&self, now: Timestamp) -> bool {
-        let now = now.as_second();
-        let last = self.last_reported.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= REPORT_EVERY_SECS
-            && self
-                .last_reported
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
 
 /// One token used at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,18 +92,13 @@ pub fn usage_patch(uses: &BTreeMap<(usize, String), Timestamp>) -> json_patch::P
                 }),
                 PatchOperation::Add(AddOperation {
                     path: field(*position, "lastUsedAt"),
+                    // Whole seconds, as every time in status (and `metav1.Time`'s own precision).
                     value: whole_seconds(*at).to_string().into(),
                 }),
             ]
         })
         .collect();
     json_patch::Patch(ops)
-}
-
-/// `at` without its fraction of a second: every time in status has whole seconds, like the
-/// controller's (and `metav1.Time`'s own precision).
-fn whole_seconds(at: Timestamp) -> Timestamp {
-    Timestamp::from_second(at.as_second()).expect("a valid timestamp truncated stays valid")
 }
 
 /// Write reports from `rx` back to status until the channel closes.
@@ -171,16 +136,6 @@ pub async fn write_usage(client: kube::Client, mut rx: mpsc::Receiver<Use>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn claims_once_a_minute_per_token() {
-        let mark = UsageMark::default();
-        let t0: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
-        assert!(mark.claim(t0));
-        assert!(!mark.claim(t0));
-        assert!(!mark.claim(t0 + jiff::SignedDuration::from_secs(59)));
-        assert!(mark.claim(t0 + jiff::SignedDuration::from_secs(60)));
-    }
 
     #[test]
     fn patch_guards_each_slot_by_name_and_sets_only_last_used_at_in_whole_seconds() {

@@ -137,13 +137,19 @@ fn tail(path: &Path, lines: usize) -> String {
 /// name for a server the API server should call (loopback addresses are refused). Connecting a
 /// UDP socket sends nothing; it only picks the route. `None` without a non-loopback route.
 pub fn host_ip() -> Option<std::net::IpAddr> {
-    ["192.0.2.1:9", "[2001:db8::1]:9"].into_iter().find_map(|target| {
-        let bind = if target.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
-        let socket = std::net::UdpSocket::bind(bind).ok()?;
-        socket.connect(target).ok()?;
-        let ip = socket.local_addr().ok()?.ip();
-        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-    })
+    ["192.0.2.1:9", "[2001:db8::1]:9"]
+        .into_iter()
+        .find_map(|target| {
+            let bind = if target.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = std::net::UdpSocket::bind(bind).ok()?;
+            socket.connect(target).ok()?;
+            let ip = socket.local_addr().ok()?.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
 }
 
 fn free_port() -> Result<u16, RealError> {
@@ -258,12 +264,18 @@ impl RealCluster {
                 // aggregated API servers with the front-proxy client certificate and names the
                 // user in these headers, and calls the endpoints of their Service directly (no
                 // kube-proxy here to route a Service's cluster IP).
-                format!("--requestheader-client-ca-file={}", path("front-proxy-ca.crt")),
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    path("front-proxy-ca.crt")
+                ),
                 format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
                 "--requestheader-username-headers=X-Remote-User".into(),
                 "--requestheader-group-headers=X-Remote-Group".into(),
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                format!("--proxy-client-cert-file={}", path("front-proxy-client.crt")),
+                format!(
+                    "--proxy-client-cert-file={}",
+                    path("front-proxy-client.crt")
+                ),
                 format!("--proxy-client-key-file={}", path("front-proxy-client.key")),
                 "--enable-aggregator-routing=true".into(),
             ],

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
-use keysmith::scope::Scope;
 use keysmith::devcluster;
+use keysmith::scope::Scope;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
 use keysmith::verifier::client_ip;

@@ -1,4 +1,4 @@
-//! Whether a rotation may restart a workload. Keysmith patches workloads with its own rights, so
+//! The rollout restarts a rotation asks for, and whether it may restart a workload. Keysmith patches workloads with its own rights, so
 //! an ApiKey may only restart a workload that reads the key's Secret (and so needs the restart)
 //! or that opts in by naming the key in its `keysmith.dev/restart-on` annotation; naming a
 //! workload in `restartTargets` is not enough.
@@ -6,7 +6,42 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::api::{ApiKey, RESTART_ON_ANNOTATION};
+use crate::api::{ApiKey, RESTART_ON_ANNOTATION, RestartTarget, TokenStatus};
+
+use super::Planner;
+
+/// A rollout restart: set the pod template annotation `keysmith.dev/restarted-for`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// The workload.
+    pub target: RestartTarget,
+    /// The sorted ids of the current tokens, joined by `,`: the same value for the same tokens,
+    /// so a second patch for one rotation changes nothing and restarts nothing.
+    pub restarted_for: String,
+}
+
+impl Planner<'_> {
+    /// One restart per `spec.secret.restartTargets` entry, marked with the current tokens' ids.
+    pub(super) fn restarts(&self, tokens: &[TokenStatus]) -> Vec<Restart> {
+        let mut ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        let restarted_for = ids.join(",");
+        let targets = self
+            .key
+            .spec
+            .secret
+            .as_ref()
+            .map(|s| s.restart_targets.clone())
+            .unwrap_or_default();
+        targets
+            .into_iter()
+            .map(|target| Restart {
+                target,
+                restarted_for: restarted_for.clone(),
+            })
+            .collect()
+    }
+}
 
 /// Why a workload may or may not be restarted for a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -120,7 +120,7 @@ impl Schedule {
     /// The gap between the first two runs after `after`: the schedule's interval around that
     /// time, which the planner bounds jitter by. Calendar schedules vary (a monthly run is 28 to
     /// 31 days apart, a daily one 23 or 25 hours across a DST change), hence "after".
-    pub fn interval_after(&self, after: Timestamp) -> Option<Duration> {
+    pub(crate) fn interval_after(&self, after: Timestamp) -> Option<Duration> {
         let first = self.next_after(after)?;
         let second = self.next_after(first)?;
         Duration::try_from(second.duration_since(first)).ok()

@@ -24,6 +24,10 @@ pub const ROTATE_SLOT_ANNOTATION_PREFIX: &str = "keysmith.dev/rotate-";
 pub const TOKEN_IDS_ANNOTATION: &str = "keysmith.dev/token-ids";
 /// Label on the Secret naming its ApiKey.
 pub const APIKEY_LABEL: &str = "keysmith.dev/apikey";
+/// Label every Secret Keysmith writes carries; the controller watches only Secrets with it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "keysmith";
 /// Annotation on an existing Secret consenting to its adoption by the ApiKey it names. It lives on
 /// the Secret, so only someone who may write that Secret can give it.
 pub const ADOPT_ANNOTATION: &str = "keysmith.dev/adopt";
@@ -32,6 +36,11 @@ pub const ADOPT_ANNOTATION: &str = "keysmith.dev/adopt";
 pub const RESTART_ON_ANNOTATION: &str = "keysmith.dev/restart-on";
 /// Pod template annotation that makes a rollout restart happen once per rotation.
 pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
+/// The annotation by which a Secret lets ApiKeys (its value: their names, comma-separated)
+/// publish hashes of its values. Without it a namespace editor who may create ApiKeys but not
+/// read Secrets could name any Secret and read the SHA-256 of its values from status, an
+/// offline oracle for guessable ones; only someone who may write the Secret can set it.
+pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
 
 /// Duration in Go syntax plus `d` (24h) and `w` (7d), e.g. `90d`, `1h30m`, `8760h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|w))+$";
@@ -240,19 +249,8 @@ pub struct TokenSlot {
 }
 
 /// How a token's random bytes are encoded.
-#[derive(
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    JsonSchema,
-    clap::ValueEnum,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// `[0-9A-Za-z]`, the shortest form that needs no quoting anywhere (default).

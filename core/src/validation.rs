@@ -25,13 +25,13 @@ use crate::schedule::Schedule;
 use crate::token;
 
 /// Overlap when `rotation.overlap` is unset (capped at half the rotation interval).
-pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
 
 /// Longest duration string (`expiresAfter`, `rotation.every`, `renewBefore`, `overlap`).
 const MAX_DURATION_LEN: usize = 64;
 
 /// Labels Keysmith sets on every Secret it manages; a template may not change them.
-const MANAGED_LABELS: [&str; 2] = ["app.kubernetes.io/managed-by", crate::api::APIKEY_LABEL];
+const MANAGED_LABELS: [&str; 2] = [crate::api::MANAGED_BY_LABEL, crate::api::APIKEY_LABEL];
 
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,13 +4,21 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use proptest::prelude::*;
 use serde_json::json;
 
+use super::conditions::{DISABLED, EXPIRED, EXPIRING};
+use super::requeue::{MAX_REQUEUE, MIN_REQUEUE};
+use super::timing::between;
 use super::*;
-use crate::api::{ADOPT_ANNOTATION, ApiKey, RESTART_ON_ANNOTATION};
+use crate::api::{
+    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, MANAGED_BY_LABEL, RESTART_ON_ANNOTATION,
+    ROTATE_ANNOTATION, TOKEN_IDS_ANNOTATION,
+};
+use crate::token::sha256_hex;
 
 const UID: &str = "5b3c8a52-6a39-4f2e-9d1c-0c6f1f5e7a10";
 

@@ -4,7 +4,7 @@
 //! never needs to read a Secret.
 //!
 //! The shell reads the Secrets [`referenced`] names and hands them in as [`HeaderSecrets`];
-//! [`resolve`] is pure. Nothing here keeps, logs or formats a value: errors name the Secret and
+//! `resolve` is pure. Nothing here keeps, logs or formats a value: errors name the Secret and
 //! the key only.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,22 +12,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::api::{ApiKeySpec, RequiredHeaderStatus};
+use crate::api::{ApiKeySpec, HEADER_SOURCE_ANNOTATION, RequiredHeaderStatus};
 use crate::token::sha256_hex_bytes;
 
 /// The Secrets that required headers name, by name, as the shell read them from the key's
 /// namespace; a name that is absent does not exist.
 pub type HeaderSecrets = BTreeMap<String, Secret>;
 
-/// The annotation by which a Secret lets ApiKeys (its value: their names, comma-separated)
-/// publish hashes of its values. Without it a namespace editor who may create ApiKeys but not
-/// read Secrets could name any Secret and read the SHA-256 of its values from status, an
-/// offline oracle for guessable ones; only someone who may write the Secret can set it.
-pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
-
 /// How often a key with Secret-sourced headers is reconciled again to pick up a changed value:
 /// those Secrets are not Keysmith's, so no watch event announces their changes.
-pub const HEADER_RECHECK: Duration = Duration::from_secs(60);
+pub(crate) const HEADER_RECHECK: Duration = Duration::from_secs(60);
 
 /// Names of the Secrets `spec`'s required headers read.
 pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
@@ -41,7 +35,7 @@ pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
 
 /// What the Secrets say about the required headers.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Hashes of every value that was found, in spec order.
     pub hashes: Vec<RequiredHeaderStatus>,
     /// One line per value that was not found (Secret or key missing); no values.
@@ -59,7 +53,7 @@ fn opts_in(secret: &Secret, key: &str) -> bool {
 }
 
 /// Hash the value of every Secret-sourced required header of `spec`, the spec of ApiKey `key`.
-pub fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> Resolved {
+pub(crate) fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> Resolved {
     let mut resolved = Resolved::default();
     let headers = spec.restrictions.iter().flat_map(|r| &r.required_headers);
     for (i, header) in headers.enumerate() {

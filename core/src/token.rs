@@ -22,9 +22,9 @@ use crate::api::Encoding;
 
 /// Longest string [`parse`] looks at. The longest token Keysmith mints is 168 characters (a
 /// 32-character prefix, 64 bytes in hex and an 8-character checksum).
-pub const MAX_TOKEN_LEN: usize = 256;
+pub(crate) const MAX_TOKEN_LEN: usize = 256;
 /// Longest prefix, as in [`crate::api::PREFIX_PATTERN`].
-pub const MAX_PREFIX_LEN: usize = 32;
+pub(crate) const MAX_PREFIX_LEN: usize = 32;
 /// Fewest random bytes a slot may ask for.
 pub const MIN_BYTES: u32 = 16;
 /// Most random bytes a slot may ask for.
@@ -194,7 +194,7 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
 }
 
 /// Length of the random part for `bytes` random bytes.
-pub fn encoded_len(bytes: usize, encoding: Encoding) -> usize {
+pub(crate) fn encoded_len(bytes: usize, encoding: Encoding) -> usize {
     match encoding {
         // The smallest width w with 62^w >= 256^bytes. log2(62) is irrational, so the quotient is
         // never an integer and f64 rounding cannot land on the wrong side of it for these sizes.

@@ -49,7 +49,7 @@ impl TokenHash {
     }
 
     /// Read the lower-case (or upper-case) hex form written in status.
-    pub fn from_hex(hex: &str) -> Option<TokenHash> {
+    pub(crate) fn from_hex(hex: &str) -> Option<TokenHash> {
         let bytes = hex.as_bytes();
         if bytes.len() != 64 {
             return None;

@@ -42,7 +42,7 @@ pub mod reason {
 
 /// What one condition should say; [`merge`] turns it into a `Condition`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
+pub(crate) struct Desired {
     /// Condition type.
     pub type_: &'static str,
     /// True or False.
@@ -78,7 +78,7 @@ impl Desired {
 /// The conditions to write: `desired` merged over `observed`, keeping `lastTransitionTime` of
 /// every condition whose status did not change. Conditions of other types (written by someone
 /// else) are not ours to keep or drop, so they are left out of what Keysmith applies.
-pub fn merge(
+pub(crate) fn merge(
     observed: &[Condition],
     desired: &[Desired],
     generation: Option<i64>,
@@ -109,7 +109,7 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 }
 
 /// Whether a condition of `type_` is True in `conditions`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub(crate) fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 

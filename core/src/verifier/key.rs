@@ -222,7 +222,7 @@ impl KeyInfo {
     }
 
     /// Position of the slot named `name`.
-    pub fn slot_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn slot_index(&self, name: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == name)
     }
 }

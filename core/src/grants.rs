@@ -109,7 +109,7 @@ impl Pattern {
     }
 
     /// Whether the pattern matches every string (it is made of stars only).
-    pub fn matches_everything(&self) -> bool {
+    pub(crate) fn matches_everything(&self) -> bool {
         matches!(self.matcher, Matcher::Any)
     }
 
@@ -270,7 +270,7 @@ pub enum Decision {
 
 impl Decision {
     /// Whether the verifier must answer `FORBIDDEN`.
-    pub fn is_denied(&self) -> bool {
+    pub(crate) fn is_denied(&self) -> bool {
         matches!(self, Self::Denied(_))
     }
 }

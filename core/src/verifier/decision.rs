@@ -109,19 +109,6 @@ pub trait RequestHeaders: Sync {
     }
 }
 
-impl RequestHeaders for hyper::HeaderMap {
-    fn get(&self, name: &str) -> Option<&[u8]> {
-        hyper::HeaderMap::get(self, name).map(hyper::header::HeaderValue::as_bytes)
-    }
-
-    fn get_all(&self, name: &str) -> Vec<&[u8]> {
-        hyper::HeaderMap::get_all(self, name)
-            .iter()
-            .map(hyper::header::HeaderValue::as_bytes)
-            .collect()
-    }
-}
-
 /// No headers at all (e.g. a TokenReview, which carries none of the end user's).
 pub struct NoHeaders;
 
@@ -169,7 +156,7 @@ pub enum Validity {
 
 impl Validity {
     /// When the token stops verifying, taking the key's `expiresAt` into account.
-    pub fn ends_at(self, key: &KeyInfo) -> Option<Timestamp> {
+    pub(crate) fn ends_at(self, key: &KeyInfo) -> Option<Timestamp> {
         let own = match self {
             Validity::Current { expires_at } => expires_at,
             Validity::Previous { valid_until } => Some(valid_until),
@@ -241,6 +228,6 @@ pub fn decide(
 }
 
 /// Compare secrets without an early exit, so timing does not reveal how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

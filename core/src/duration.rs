@@ -15,7 +15,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// One minute: the shortest lifetime or rotation interval.
-pub const ONE_MINUTE: Duration = Duration::from_secs(60);
+pub(crate) const ONE_MINUTE: Duration = Duration::from_secs(60);
 /// Five years of 8760h (365 days) each, i.e. 43800h: the longest lifetime or interval.
 pub const FIVE_YEARS: Duration = Duration::from_secs(5 * 8760 * 3600);
 /// The range `expiresAfter` and `rotation.every` must fall in.

@@ -1,0 +1,89 @@
+//! The Events a plan publishes on the ApiKey: one per kind of token change, and a warning when
+//! `Expiring` or `Expired` turns true.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::validation::ValidSlot;
+
+use super::Planner;
+use super::conditions::{self, EXPIRED, EXPIRING};
+use super::slot::{SlotAction, SlotOutcome};
+
+/// The type of a Kubernetes Event; the shell maps it to its client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Something went as it should (a token minted or rotated).
+    Normal,
+    /// Something needs a person (an invalid spec, a conflict, an expiry).
+    Warning,
+}
+
+/// An event to publish on the ApiKey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Normal or Warning.
+    pub type_: EventKind,
+    /// CamelCase reason (SPEC 4.4).
+    pub reason: &'static str,
+    /// What happened; ids and hashes only, never a token.
+    pub note: String,
+}
+
+impl Planner<'_> {
+    /// One `Minted` and one `Rotated` event, each listing the slots it concerns.
+    pub(super) fn slot_events(&self, outcomes: &[(&ValidSlot, SlotOutcome)]) -> Vec<PlannedEvent> {
+        let mut minted = Vec::new();
+        let mut rotated = Vec::new();
+        for (slot, o) in outcomes {
+            let label = o.action.mint_label().unwrap_or_default();
+            match o.action {
+                SlotAction::Mint(_) => minted.push(format!(
+                    "slot {} ({label}): token {}",
+                    slot.name, o.status.id
+                )),
+                SlotAction::Rotate(_) => rotated.push(match &o.status.previous {
+                    Some(p) => format!(
+                        "slot {} ({label}): token {} replaces {} (valid until {})",
+                        slot.name, o.status.id, p.id, p.valid_until.0
+                    ),
+                    None => format!(
+                        "slot {} ({label}): token {} replaces the previous one at once",
+                        slot.name, o.status.id
+                    ),
+                }),
+                SlotAction::Keep | SlotAction::DropPrevious => {}
+            }
+        }
+        let event = |reason, notes: Vec<String>| PlannedEvent {
+            type_: EventKind::Normal,
+            reason,
+            note: notes.join("; "),
+        };
+        let mut events = Vec::new();
+        if !minted.is_empty() {
+            events.push(event("Minted", minted));
+        }
+        if !rotated.is_empty() {
+            events.push(event("Rotated", rotated));
+        }
+        events
+    }
+
+    /// `Expiring` and `Expired` events, on the transition to True only.
+    pub(super) fn condition_events(&self, desired: &[Condition]) -> Vec<PlannedEvent> {
+        [(EXPIRING, "Expiring"), (EXPIRED, "Expired")]
+            .into_iter()
+            .filter(|(type_, _)| {
+                conditions::is_true(desired, type_)
+                    && !conditions::is_true(&self.observed.conditions, type_)
+            })
+            .map(|(type_, reason)| PlannedEvent {
+                type_: EventKind::Warning,
+                reason,
+                note: conditions::find(desired, type_)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}

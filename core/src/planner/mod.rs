@@ -1,0 +1,273 @@
+//! The reconcile decision as a pure function (SPEC 4.1–4.4): from an `ApiKey`, the Secret it
+//! writes (if it exists), the Secrets its required headers read and the time, decide per slot
+//! whether to keep, mint, rotate or drop the previous token, and derive the status, the Secret,
+//! the restarts, the events and the requeue.
+//!
+//! No I/O happens here, and randomness comes in through the `mint` function, so every decision
+//! is reproducible in tests. A plan with `status: None` and `secret: None` writes nothing: that is
+//! what a resync of a healthy key must produce (SPEC 4.1 step 7).
+//!
+//! Here: the [`Plan`], its entry point [`plan`] and the pass that assembles it. The parts:
+//! `slot` (the per-slot decision), `secret` (the Secret and whose it is), [`restart`] (rollout
+//! restarts and whether a workload consents), `readiness` (the conditions a valid key carries),
+//! `events`, `requeue`, with [`conditions`] (how conditions carry over), [`headers`]
+//! (Secret-sourced required headers) and `timing` (jitter, cadences, warning windows).
+
+pub mod conditions;
+pub mod headers;
+pub mod restart;
+pub mod timing;
+
+mod events;
+mod readiness;
+mod requeue;
+mod secret;
+mod slot;
+
+pub use events::{EventKind, PlannedEvent};
+pub use restart::Restart;
+pub use secret::{DesiredSecret, Revocation, revocation};
+pub use slot::{MintReason, RotateReason, SlotAction};
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{ApiKey, ApiKeyStatus, TokenStatus};
+use crate::token::{GenerateError, Token};
+use crate::validation::{ValidSlot, ValidSpec, validate};
+use conditions::{Desired, READY, reason};
+use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
+use requeue::CONFLICT_REQUEUE;
+use secret::secret_conflict;
+use timing::whole_seconds;
+
+/// Everything one reconcile should do, in the order the shell does it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The status to apply; `None`: the observed status is already right.
+    pub status: Option<ApiKeyStatus>,
+    /// The Secret to apply; `None`: leave it as it is.
+    pub secret: Option<DesiredSecret>,
+    /// Workloads to restart after the Secret is written.
+    pub restarts: Vec<Restart>,
+    /// Events to publish after the writes.
+    pub events: Vec<PlannedEvent>,
+    /// When to look again; `None`: only when something changes.
+    pub requeue_after: Option<Duration>,
+    /// The decision per slot, in spec order (for metrics and logs).
+    pub slots: Vec<(String, SlotAction)>,
+    /// The next time-based rotation of every slot that has one, in spec order (for metrics;
+    /// `status.nextRotationAt` is the earliest). Empty while the key is blocked or suspended.
+    pub rotations: Vec<(String, Timestamp)>,
+}
+
+impl Plan {
+    /// Whether the plan writes nothing at all.
+    pub fn is_quiet(&self) -> bool {
+        self.status.is_none() && self.secret.is_none() && self.restarts.is_empty()
+    }
+}
+
+/// Decide what one reconcile of `key` does at `now`. `secret` is the Secret named by the key
+/// (owned or not); `header_secrets` are the Secrets [`headers::referenced`] names that exist;
+/// `mint` creates a token for a slot (production: [`mint_token`]).
+pub fn plan(
+    key: &ApiKey,
+    secret: Option<&Secret>,
+    header_secrets: &HeaderSecrets,
+    now: Timestamp,
+    mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
+) -> Result<Plan, GenerateError> {
+    let now = whole_seconds(now);
+    let observed = key.status.clone().unwrap_or_default();
+    let valid = match validate(&key.spec) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            let ready = Desired::new(READY, false, reason::INVALID_SPEC, invalid.to_string());
+            return Ok(blocked(key, &observed, ready, now, None));
+        }
+    };
+    if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
+        let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
+        return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
+    }
+    let name = key.metadata.name.as_deref().unwrap_or_default();
+    let headers = headers::resolve(&key.spec, name, header_secrets);
+    Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
+}
+
+/// Mint a token for a slot from the OS CSPRNG.
+pub fn mint_token(slot: &ValidSlot) -> Result<Token, GenerateError> {
+    Token::generate(&slot.prefix, slot.bytes, slot.encoding)
+}
+
+/// The plan of a key that must not touch its Secret (invalid spec, Secret conflict): only the
+/// `Ready` condition changes, tokens and the other conditions stay as observed.
+fn blocked(
+    key: &ApiKey,
+    observed: &ApiKeyStatus,
+    ready: Desired,
+    now: Timestamp,
+    requeue_after: Option<Duration>,
+) -> Plan {
+    let generation = key.metadata.generation;
+    let mut desired = strip_usage(observed);
+    desired.observed_generation = generation;
+    let mut merged = conditions::merge(
+        &observed.conditions,
+        std::slice::from_ref(&ready),
+        generation,
+        now,
+    );
+    desired.conditions.retain(|c| c.type_ != READY);
+    desired.conditions.insert(0, merged.remove(0));
+    let was = conditions::find(&observed.conditions, READY);
+    let changed = was.is_none_or(|c| {
+        c.status != "False" || c.reason != ready.reason || c.message != ready.message
+    });
+    let events = if changed {
+        vec![PlannedEvent {
+            type_: EventKind::Warning,
+            reason: if ready.reason == reason::INVALID_SPEC {
+                reason::INVALID_SPEC
+            } else {
+                reason::SECRET_CONFLICT
+            },
+            note: ready.message.clone(),
+        }]
+    } else {
+        Vec::new()
+    };
+    Plan {
+        status: (desired != strip_usage(observed)).then_some(desired),
+        secret: None,
+        restarts: Vec::new(),
+        events,
+        requeue_after,
+        slots: Vec::new(),
+        rotations: Vec::new(),
+    }
+}
+
+/// The observed status without what the verifier owns (`lastUsedAt`), which the controller
+/// neither writes nor compares.
+fn strip_usage(status: &ApiKeyStatus) -> ApiKeyStatus {
+    let mut status = status.clone();
+    for token in &mut status.tokens {
+        token.last_used_at = None;
+    }
+    status
+}
+
+/// State of one planning pass over a valid key.
+struct Planner<'a> {
+    key: &'a ApiKey,
+    valid: &'a ValidSpec,
+    observed: &'a ApiKeyStatus,
+    secret: Option<&'a Secret>,
+    now: Timestamp,
+    jitter: f64,
+    /// The key's `expiresAt` in whole seconds, like every other time the planner compares.
+    key_end: Option<Timestamp>,
+    /// Past the key's `expiresAt`: nothing verifies, nothing rotates, the Secret is left alone.
+    key_expired: bool,
+    /// Rotations are suspended (disabled or expired key).
+    suspended: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        key: &'a ApiKey,
+        valid: &'a ValidSpec,
+        observed: &'a ApiKeyStatus,
+        secret: Option<&'a Secret>,
+        now: Timestamp,
+    ) -> Self {
+        let key_end = valid.expires_at.map(whole_seconds);
+        let key_expired = key_end.is_some_and(|end| now >= end);
+        Planner {
+            key,
+            valid,
+            observed,
+            secret,
+            now,
+            jitter: timing::jitter_fraction(key.metadata.uid.as_deref()),
+            key_end,
+            key_expired,
+            suspended: key_expired || key.spec.disabled,
+        }
+    }
+
+    fn run(
+        self,
+        headers: &Resolved,
+        mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
+    ) -> Result<Plan, GenerateError> {
+        let mut outcomes = Vec::new();
+        for slot in &self.valid.slots {
+            if let Some(outcome) = self.slot(slot, mint)? {
+                outcomes.push((slot, outcome));
+            }
+        }
+        let minted = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o.action, SlotAction::Mint(_) | SlotAction::Rotate(_)));
+        let rotated = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o.action, SlotAction::Rotate(_)));
+        let tokens: Vec<TokenStatus> = outcomes.iter().map(|(_, o)| o.status.clone()).collect();
+        let rotations = self.rotations(&tokens);
+
+        let secret = self.desired_secret(&outcomes);
+        let secret = secret.filter(|d| minted || !self.secret_matches(d));
+        let restarts = if secret.is_some() && minted && !self.observed.tokens.is_empty() {
+            self.restarts(&tokens)
+        } else {
+            Vec::new()
+        };
+
+        let desired_conditions = self.conditions(&tokens, minted, rotated, &headers.missing);
+        let generation = self.key.metadata.generation;
+        let conditions = conditions::merge(
+            &self.observed.conditions,
+            &desired_conditions,
+            generation,
+            self.now,
+        );
+        let desired = ApiKeyStatus {
+            observed_generation: generation,
+            secret_name: Some(self.key.secret_name()),
+            conditions,
+            next_rotation_at: rotations.iter().map(|(_, due)| *due).min().map(Time),
+            expires_at: self.earliest_expiry(&tokens).map(Time),
+            tokens,
+            required_headers: headers.hashes.clone(),
+        };
+
+        let mut events = self.slot_events(&outcomes);
+        events.extend(self.condition_events(&desired.conditions));
+        let mut requeue_after = self.requeue(&desired.tokens);
+        if !headers::referenced(&self.key.spec).is_empty() {
+            requeue_after = requeue_after.min(HEADER_RECHECK);
+        }
+        let observed = strip_usage(self.observed);
+        Ok(Plan {
+            status: (desired != observed).then_some(desired),
+            secret,
+            restarts,
+            events,
+            requeue_after: Some(requeue_after),
+            slots: outcomes
+                .into_iter()
+                .map(|(slot, o)| (slot.name.clone(), o.action))
+                .collect(),
+            rotations,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
