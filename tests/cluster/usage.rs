@@ -20,6 +20,7 @@ use keysmith::verifier::usage_api::UsageSettings;
 use keysmith::verifier::usage_api::peers::PeerSettings;
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::harness::verifier::{NS, cluster, request, status_token, token};
@@ -29,6 +30,9 @@ use crate::harness::{Cluster, Identity, eventually, real};
 const SERVICE: &str = "keysmith-verifier";
 /// Another team's namespace.
 const OTHER: &str = "other";
+/// Longest `keysmith usage --follow` may stay silent when it has something to print (it asks
+/// every 2 seconds).
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The chart's usage objects (Secret with the generated certificate, APIService, RBAC), as
 /// `helm template keysmith --namespace keysmith --set usage.enabled=true` renders them.
@@ -373,6 +377,39 @@ async fn key_owners_read_usage_from_every_replica_through_the_aggregator() {
         "{table}"
     );
     assert!(table.contains("Replicas: replica-a, replica-b"), "{table}");
+
+    // --follow prints a request made after its first answer, once.
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["usage", "billing", "-n", NS, "--follow", "--kubeconfig"])
+        .arg(&dev)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("keysmith usage --follow starts");
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(FOLLOW_WAIT, lines.next_line())
+            .await
+            .expect("keysmith usage --follow keeps printing")
+            .unwrap()
+            .expect("keysmith usage --follow is still running")
+    };
+    while !next_line().await.starts_with("Replicas:") {}
+    assert_eq!(
+        verify(a.api, "agent-follow", "invoices.read").await,
+        "VALID"
+    );
+    let new = loop {
+        let line = next_line().await;
+        if !line.trim().is_empty() {
+            break line;
+        }
+    };
+    assert!(
+        new.contains("replica-a") && new.contains("agent-follow") && new.contains("VALID"),
+        "{new}"
+    );
+    follow.kill().await.unwrap();
 
     // kubectl reaches it through the aggregator with the same rights.
     let path = format!("/apis/usage.keysmith.dev/v1alpha1/namespaces/{NS}/apikeyusages/billing");
