@@ -10,20 +10,20 @@ use tokio::net::TcpListener;
 use crate::components::{self, Components};
 use crate::telemetry::Shutdown;
 
-pub mod args;
-pub mod controller;
+pub(crate) mod args;
+pub(crate) mod controller;
 #[cfg(feature = "dev")]
-pub mod dev;
+pub(crate) mod dev;
 #[cfg(not(feature = "dev"))]
 #[path = "cli/dev_unavailable.rs"]
-pub mod dev;
-pub mod rotate;
-pub mod run;
-pub mod status;
-pub mod token;
-pub mod usage;
-pub mod verifier;
-pub mod wait;
+pub(crate) mod dev;
+pub(crate) mod rotate;
+pub(crate) mod run;
+pub(crate) mod status;
+pub(crate) mod token;
+pub(crate) mod usage;
+pub(crate) mod verifier;
+pub(crate) mod wait;
 
 /// Keysmith: API keys as Kubernetes custom resources.
 #[derive(Parser, Debug)]

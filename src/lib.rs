@@ -14,10 +14,10 @@
 //! `/readyz`, SIGTERM). [`devcluster`] is the emulated cluster of `keysmith dev` and the tests.
 //! [`allocator`] hands memory freed after a burst of work back to the operating system.
 
-pub mod allocator;
-pub mod apikeys;
+pub(crate) mod allocator;
+pub(crate) mod apikeys;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod components;
 pub mod controller;
 pub mod devcluster;

@@ -7,7 +7,7 @@
 //! metadata of the Secrets it owns, scoped by the `app.kubernetes.io/managed-by=keysmith` label so
 //! it neither caches nor wakes on every Secret in the cluster.
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod leader;
 pub mod metrics;
 

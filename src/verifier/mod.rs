@@ -14,12 +14,12 @@ pub mod activity;
 pub mod audit;
 pub mod client_ip;
 pub mod http;
-pub mod metrics;
-pub mod server;
+pub(crate) mod metrics;
+pub(crate) mod server;
 pub mod tenancy;
-pub mod throttle;
+pub(crate) mod throttle;
 pub mod tls;
-pub mod token_metrics;
+pub(crate) mod token_metrics;
 pub mod usage;
 pub mod usage_api;
 
