@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use serde::{Deserialize, Serialize};
 
 use keysmith_core::grants::Context;
@@ -526,9 +527,7 @@ where
     };
     let Some(audiences) = accepted_audiences(requested, served) else {
         // A token for another audience is not Keysmith's to vouch for, whatever it is.
-        return tokenreview_answer(
-            serde_json::json!({"authenticated": false, "error": "no requested audience is accepted"}),
-        );
+        return tokenreview_answer(refused("no requested audience is accepted"));
     };
     let token = review.spec.token.as_deref().unwrap_or("");
     let request = VerifyRequest {
@@ -561,20 +560,28 @@ where
                 .into_iter()
                 .filter(|a| tenancy.of_audience(a).view().accepts(&key.namespace))
                 .collect();
-            let mut user = serde_json::json!({
-                "username": format!("keysmith:{}:{}:{}", key.namespace, key.name, found.slot_name()),
-                "groups": [format!("keysmith:{}", key.namespace)],
-            });
-            if let Some(env) = &key.environment {
-                user["extra"] = serde_json::json!({"keysmith.dev/environment": [env]});
+            let user = UserInfo {
+                username: Some(format!(
+                    "keysmith:{}:{}:{}",
+                    key.namespace,
+                    key.name,
+                    found.slot_name()
+                )),
+                groups: Some(vec![format!("keysmith:{}", key.namespace)]),
+                extra: key.environment.as_ref().map(|env| {
+                    BTreeMap::from([("keysmith.dev/environment".to_owned(), vec![env.clone()])])
+                }),
+                uid: None,
+            };
+            TokenReviewStatus {
+                authenticated: Some(true),
+                user: Some(user),
+                audiences: (!audiences.is_empty())
+                    .then(|| audiences.into_iter().map(str::to_owned).collect()),
+                error: None,
             }
-            let mut status = serde_json::json!({"authenticated": true, "user": user});
-            if !audiences.is_empty() {
-                status["audiences"] = serde_json::json!(audiences);
-            }
-            status
         }
-        (_, code) => serde_json::json!({"authenticated": false, "error": code.as_str()}),
+        (_, code) => refused(code.as_str()),
     };
     tokenreview_answer(status)
 }
@@ -591,7 +598,18 @@ fn accepted_audiences(requested: &[String], served: impl Fn(&String) -> bool) ->
     (requested.is_empty() || !granted.is_empty()).then_some(granted)
 }
 
-fn tokenreview_answer(status: serde_json::Value) -> Answer {
+/// A review that does not authenticate, and why.
+fn refused(error: &str) -> TokenReviewStatus {
+    TokenReviewStatus {
+        authenticated: Some(false),
+        error: Some(error.to_owned()),
+        ..TokenReviewStatus::default()
+    }
+}
+
+/// The answer to a review: only `apiVersion`, `kind` and `status`, which is all the API server
+/// reads (a typed `TokenReview` would echo an empty `metadata` and `spec`).
+fn tokenreview_answer(status: TokenReviewStatus) -> Answer {
     json(
         StatusCode::OK,
         &serde_json::json!({
