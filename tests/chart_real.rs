@@ -717,6 +717,39 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         .await
         .expect("the verifier may set lastUsedAt");
 
+    // The server enforces a policy once it has loaded it, some time after the install: wait
+    // until a forged write to a throwaway key is refused, so no forged write below lands first.
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: policy-probe, \
+             namespace: {APPS}}}\nspec: {{tokens: [{{name: api}}]}}\n"
+        ))
+        .await
+        .expect("probe ApiKey");
+    admin_keys
+        .patch_status(
+            "policy-probe",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("the administrator writes the probe's status");
+    eventually(
+        "the policy to refuse the verifier's forged write",
+        || async {
+            let forged =
+                json!([{"op": "replace", "path": "/status/observedGeneration", "value": 9}]);
+            let forged: json_patch::Patch = serde_json::from_value(forged).expect("patch");
+            verifier_keys
+                .patch_status("policy-probe", &as_verifier, &Patch::Json::<()>(forged))
+                .await
+                .err()
+                .filter(|e| e.to_string().contains("may change only"))
+                .map(drop)
+        },
+    )
+    .await;
+
     // Anything else it would need to make a token of its own verify, or keep one verifying, is
     // refused by the policy, whatever RBAC allows.
     let forged = [
