@@ -182,7 +182,7 @@ fn request_lines(requests: &[(&str, &RecentRequest)], header: bool) -> String {
         .iter()
         .map(|(token, r)| {
             vec![
-                r.time.to_string(),
+                shown(r.time),
                 or_dash(&r.replica),
                 (*token).to_owned(),
                 r.code.clone(),
@@ -217,6 +217,12 @@ fn request_lines(requests: &[(&str, &RecentRequest)], header: bool) -> String {
     }
 }
 
+/// A time as the tables show it: whole seconds, like every time in an ApiKey's status (the JSON
+/// output keeps the verifier's precision).
+fn shown(at: jiff::Timestamp) -> String {
+    keysmith_core::planner::timing::whole_seconds(at).to_string()
+}
+
 /// The table `keysmith usage` prints: counts per token, the recent requests newest first, and
 /// which replicas answered.
 pub fn render(usage: &ApiKeyUsage) -> String {
@@ -227,7 +233,7 @@ pub fn render(usage: &ApiKeyUsage) -> String {
             vec![
                 t.token.clone(),
                 t.id.clone(),
-                t.last_used_at.map_or("-".into(), |at| at.to_string()),
+                t.last_used_at.map_or("-".into(), shown),
                 counts(&t.last_hour),
                 counts(&t.last_day),
             ]
@@ -269,6 +275,14 @@ mod tests {
     use super::*;
     use crate::verifier::activity::TokenActivity;
     use crate::verifier::usage_api::object::ReplicaAnswer;
+
+    #[test]
+    fn times_in_the_table_have_whole_seconds() {
+        assert_eq!(
+            shown("2026-11-26T09:59:00.123456789Z".parse().unwrap()),
+            "2026-11-26T09:59:00Z"
+        );
+    }
 
     #[test]
     fn the_table_shows_counts_requests_and_replicas() {
