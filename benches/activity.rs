@@ -11,7 +11,7 @@ use keysmith::api::{ApiKey, Encoding};
 use keysmith::token::Token;
 use keysmith::verifier::activity::Activity;
 use keysmith::verifier::audit::{Endpoint, Request};
-use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
+use keysmith::verifier::decision::{Code, VerifyRequest};
 use keysmith::verifier::index::{Found, Index};
 
 const KEYS: usize = 10_000;
@@ -31,16 +31,7 @@ fn found(n: usize) -> Vec<Found> {
             }))
             .expect("ApiKey");
             index.apply(&apikey, now);
-            let request = VerifyRequest {
-                token: token.expose_secret(),
-                action: None,
-                resource: None,
-                fields: &[],
-                environment: None,
-                ip: None,
-                headers: &NoHeaders,
-                context: Default::default(),
-            };
+            let request = VerifyRequest::token(token.expose_secret());
             index.verify(&request, now).found.expect("indexed")
         })
         .collect()

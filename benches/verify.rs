@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::grants::Context;
 use keysmith::token::Token;
-use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
+use keysmith::verifier::decision::{Code, VerifyRequest};
 use keysmith::verifier::index::Index;
 
 #[path = "support/counting_alloc.rs"]
@@ -107,14 +107,8 @@ fn verify(c: &mut Criterion) {
     let unknown = Token::generate("cms_dt_", 32, Encoding::Base62).expect("token");
     let malformed = format!("{}x", &token[..token.len() - 1]);
     let request = |token| VerifyRequest {
-        token,
-        action: None,
-        resource: None,
-        fields: &[],
         environment: Some("production"),
-        ip: None,
-        headers: &NoHeaders,
-        context: Context::default(),
+        ..VerifyRequest::token(token)
     };
     let fields = vec!["title".to_string()];
     let mut authorize = request(&token);

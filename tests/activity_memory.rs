@@ -11,7 +11,7 @@ use keysmith::verifier::activity::{
     Activity, MAX_ACTION, MAX_RESOURCE, MAX_USER_AGENT, RING, TOKEN_BYTES,
 };
 use keysmith::verifier::audit::{Endpoint, Request};
-use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
+use keysmith::verifier::decision::{Code, VerifyRequest};
 use keysmith::verifier::index::{Found, Index};
 
 const KEYS: usize = 10_000;
@@ -35,16 +35,7 @@ fn ten_thousand_full_rings_stay_within_the_stated_bound() {
         .map(|i| {
             let token = Token::generate("ks_", 32, Encoding::Base62).expect("token");
             index.apply(&apikey(i, &token), now);
-            let request = VerifyRequest {
-                token: token.expose_secret(),
-                action: None,
-                resource: None,
-                fields: &[],
-                environment: None,
-                ip: None,
-                headers: &NoHeaders,
-                context: Default::default(),
-            };
+            let request = VerifyRequest::token(token.expose_secret());
             index.verify(&request, now).found.expect("indexed")
         })
         .collect();

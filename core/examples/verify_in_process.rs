@@ -11,9 +11,8 @@ use std::error::Error;
 
 use jiff::Timestamp;
 use keysmith_core::api::ApiKey;
-use keysmith_core::grants::Context;
 use keysmith_core::planner::{self, headers::HeaderSecrets};
-use keysmith_core::verifier::decision::{Code, NoHeaders, VerifyRequest};
+use keysmith_core::verifier::decision::{Code, VerifyRequest};
 use keysmith_core::verifier::index::Index;
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -54,14 +53,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let data = secret.data.ok_or("the Secret has data")?;
     let presented = String::from_utf8(data["DELIVERY"].0.clone())?;
     let request = |action| VerifyRequest {
-        token: &presented,
         action: Some(action),
         resource: Some("content:pages:home"),
-        fields: &[],
-        environment: None,
-        ip: None,
-        headers: &NoHeaders,
-        context: Context::default(),
+        ..VerifyRequest::token(&presented)
     };
 
     for (action, expected) in [

@@ -443,16 +443,7 @@ mod tests {
         index.apply(&apikey, now);
         index
             .verify(
-                &crate::verifier::decision::VerifyRequest {
-                    token: token.expose_secret(),
-                    action: None,
-                    resource: None,
-                    fields: &[],
-                    environment: None,
-                    ip: None,
-                    headers: &crate::verifier::decision::NoHeaders,
-                    context: Default::default(),
-                },
+                &crate::verifier::decision::VerifyRequest::token(token.expose_secret()),
                 now,
             )
             .found

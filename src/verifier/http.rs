@@ -20,7 +20,7 @@ use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use serde::{Deserialize, Serialize};
 
 use keysmith_core::grants::Context;
-use keysmith_core::verifier::decision::{Code, NoHeaders, RequestHeaders, VerifyRequest};
+use keysmith_core::verifier::decision::{Code, RequestHeaders, VerifyRequest};
 use keysmith_core::verifier::index::Verdict;
 
 use super::Verifier;
@@ -530,16 +530,7 @@ where
         return tokenreview_answer(refused("no requested audience is accepted"));
     };
     let token = review.spec.token.as_deref().unwrap_or("");
-    let request = VerifyRequest {
-        token,
-        action: None,
-        resource: None,
-        fields: &[],
-        environment: None,
-        ip: None,
-        headers: &NoHeaders,
-        context: Context::default(),
-    };
+    let request = VerifyRequest::token(token);
     let origin = client_ip(peer.ip(), &HttpHeaders(&headers), &verifier.trusted_proxies);
     let audit = audit::Request {
         endpoint: audit::Endpoint::TokenReview,

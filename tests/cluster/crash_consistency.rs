@@ -23,9 +23,8 @@ use std::time::Duration;
 use crate::harness::controller::*;
 use jiff::{SignedDuration, Timestamp};
 use keysmith::api::{ApiKey, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
-use keysmith::grants::Context as GrantContext;
 use keysmith::token::sha256_hex;
-use keysmith::verifier::decision::{Code, NoHeaders, VerifyRequest};
+use keysmith::verifier::decision::{Code, VerifyRequest};
 use keysmith::verifier::index::Index;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -165,16 +164,7 @@ fn tail(path: &Path) -> String {
 }
 
 fn verify(index: &Index, token: &str, now: Timestamp) -> Code {
-    let request = VerifyRequest {
-        token,
-        action: None,
-        resource: None,
-        fields: &[],
-        environment: None,
-        ip: None,
-        headers: &NoHeaders,
-        context: GrantContext::default(),
-    };
+    let request = VerifyRequest::token(token);
     index.verify(&request, now).code
 }
 

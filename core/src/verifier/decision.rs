@@ -139,6 +139,23 @@ pub struct VerifyRequest<'a> {
     pub context: Context<'a>,
 }
 
+impl<'a> VerifyRequest<'a> {
+    /// A bare token: authenticate it, with nothing to authorize and nothing known of the caller
+    /// (what a TokenReview carries). Set the other fields with struct update syntax.
+    pub fn token(token: &'a str) -> VerifyRequest<'a> {
+        VerifyRequest {
+            token,
+            action: None,
+            resource: None,
+            fields: &[],
+            environment: None,
+            ip: None,
+            headers: &NoHeaders,
+            context: Context::default(),
+        }
+    }
+}
+
 /// How long an indexed token verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Validity {

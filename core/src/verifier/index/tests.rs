@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::{ApiKey, Encoding};
-use crate::grants::Context;
 use crate::token::Token;
-use crate::verifier::decision::{NoHeaders, RequestHeaders};
+use crate::verifier::decision::RequestHeaders;
 
 fn now() -> Timestamp {
     "2026-11-23T10:00:00Z".parse().unwrap()
@@ -54,16 +53,7 @@ impl RequestHeaders for Headers {
 }
 
 fn request(token: &str) -> VerifyRequest<'_> {
-    VerifyRequest {
-        token,
-        action: None,
-        resource: None,
-        fields: &[],
-        environment: None,
-        ip: None,
-        headers: &NoHeaders,
-        context: Context::default(),
-    }
+    VerifyRequest::token(token)
 }
 
 fn code(index: &Index, request: &VerifyRequest<'_>) -> Code {
