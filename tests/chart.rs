@@ -308,6 +308,15 @@ fn controller_rules_are_least_privilege() {
             ("apps", "daemonsets", &["get", "patch"]),
         ])
     );
+    // Only with gateways.kong.enabled: a consenting KongConsumer's credential list.
+    assert_eq!(
+        rules("charts/keysmith/files/controller-kong-rules.yaml"),
+        expect(&[(
+            "configuration.konghq.com",
+            "kongconsumers",
+            &["get", "patch"]
+        )])
+    );
     assert_eq!(
         rules("charts/keysmith/files/controller-leader-election-rules.yaml"),
         expect(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])

@@ -41,6 +41,28 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
 /// read Secrets could name any Secret and read the SHA-256 of its values from status, an
 /// offline oracle for guessable ones; only someone who may write the Secret can set it.
 pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
+/// Label on every Secret Keysmith publishes for a gateway (`spec.publish`), saying for which:
+/// [`PUBLISHED_FOR_ENVOY_GATEWAY`] or [`PUBLISHED_FOR_KONG`]. The controller finds the
+/// published Secrets of a key by it (with [`APIKEY_LABEL`]) to remove the ones no longer wanted.
+pub const PUBLISHED_FOR_LABEL: &str = "keysmith.dev/published-for";
+/// [`PUBLISHED_FOR_LABEL`] of the Envoy Gateway Secret.
+pub const PUBLISHED_FOR_ENVOY_GATEWAY: &str = "envoy-gateway";
+/// [`PUBLISHED_FOR_LABEL`] of a Kong credential Secret.
+pub const PUBLISHED_FOR_KONG: &str = "kong";
+/// The label by which Kong's ingress controller recognises a credential Secret, and its value
+/// for key authentication (the Secret's `key` field holds the key).
+pub const KONG_CREDENTIAL_LABEL: &str = "konghq.com/credential";
+/// Value of [`KONG_CREDENTIAL_LABEL`] for key-auth credentials.
+pub const KONG_KEY_AUTH: &str = "key-auth";
+/// The annotation by which a KongConsumer lets ApiKeys (its value: their names,
+/// comma-separated) keep their credentials in its `credentials` list. It lives on the consumer,
+/// so only someone who may write the consumer can give it: an ApiKey alone cannot attach its
+/// tokens to a consumer another team's gateway configuration uses.
+pub const KONG_CONSUMER_ANNOTATION: &str = "keysmith.dev/kong-credentials-from";
+/// Suffix of the Envoy Gateway Secret's default name (`<apikey>-envoy-gateway`).
+pub const ENVOY_GATEWAY_SECRET_SUFFIX: &str = "-envoy-gateway";
+/// Most entries of `spec.publish`: one per gateway kind.
+pub const MAX_PUBLISH: usize = 2;
 
 /// Duration in Go syntax plus `d` (24h) and `w` (7d), e.g. `90d`, `1h30m`, `8760h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|w))+$";
@@ -186,6 +208,19 @@ pub struct ApiKeySpec {
     /// The Secret the tokens are written into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
+
+    /// Gateways that check this key's tokens themselves, from Secrets in the shape each reads:
+    /// at most one `envoyGateway` and one `kong` entry. Published Secrets belong to the ApiKey
+    /// and follow its tokens: a rotation adds the new token and keeps the replaced one for the
+    /// overlap window, expiry, `disabled` and deletion remove them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(
+        merge_strategy = ListMerge::Atomic,
+        validation = Rule::new("self.all(p, self.exists_one(q, has(q.envoyGateway) == has(p.envoyGateway)))")
+            .message("publish to each gateway kind at most once (one envoyGateway and one kong entry)")
+    )]
+    pub publish: Vec<Publish>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -456,6 +491,55 @@ pub struct SecretSpec {
     pub restart_targets: Vec<RestartTarget>,
 }
 
+/// One gateway that reads this key's tokens: set exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.envoyGateway) != has(self.kong)")
+        .message("set exactly one of envoyGateway and kong")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Publish {
+    /// An Opaque Secret for Envoy Gateway's `SecurityPolicy.apiKeyAuth`: one entry per token,
+    /// `<namespace>.<apikey>.<slot>` (the client id) to the token, and
+    /// `<namespace>.<apikey>.<slot>.previous` for a replaced token during its overlap window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_gateway: Option<EnvoyGatewayPublish>,
+
+    /// Kong key-auth credentials: one Secret per token (`<apikey>-<slot>-kong`, and
+    /// `<apikey>-<slot>-kong-previous` during an overlap window) listed in a KongConsumer's
+    /// `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kong: Option<KongPublish>,
+}
+
+/// Where the Envoy Gateway Secret goes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyGatewayPublish {
+    /// Name of the Secret in the ApiKey's namespace. Default: `<apikey>-envoy-gateway`. It must
+    /// not be the name of the key's own Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret_name: Option<String>,
+}
+
+/// The KongConsumer whose credentials are this key's tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KongPublish {
+    /// Name of a KongConsumer (`configuration.konghq.com/v1`) in the ApiKey's namespace. Keysmith
+    /// lists its credential Secrets there only if the consumer carries the annotation
+    /// `keysmith.dev/kong-credentials-from` naming this ApiKey.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub consumer: String,
+}
+
 /// Labels and annotations copied onto the Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct SecretTemplate {
@@ -610,6 +694,19 @@ impl ApiKey {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+impl Publish {
+    /// The Envoy Gateway Secret's name for key `apikey`, with its default applied.
+    pub fn envoy_gateway_secret(&self, apikey: &str) -> Option<String> {
+        let envoy = self.envoy_gateway.as_ref()?;
+        Some(
+            envoy
+                .secret_name
+                .clone()
+                .unwrap_or_else(|| format!("{apikey}{ENVOY_GATEWAY_SECRET_SUFFIX}")),
+        )
     }
 }
 

@@ -16,8 +16,8 @@ use jiff::Timestamp;
 
 use crate::api::{
     ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_ANNOTATION_VALUE_LEN, MAX_LABEL_KEY_LEN,
-    MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES, MAX_SLOT_NAME_LEN, MAX_SLOTS, MAX_SPEC_BYTES,
-    MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot,
+    MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES, MAX_PUBLISH, MAX_SLOT_NAME_LEN, MAX_SLOTS,
+    MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot,
 };
 use crate::duration;
 use crate::grants::CompiledGrants;
@@ -176,6 +176,7 @@ pub fn validate(spec: &ApiKeySpec) -> Result<ValidSpec, InvalidSpec> {
     }
     let ip_allow_list = validate_restrictions(&mut errors, spec);
     validate_secret(&mut errors, spec);
+    validate_publish(&mut errors, spec);
 
     if errors.0.is_empty() {
         Ok(ValidSpec {
@@ -643,6 +644,59 @@ fn validate_secret(errors: &mut Errors, spec: &ApiKeySpec) {
     );
     for (i, target) in secret.restart_targets.iter().enumerate() {
         check_restart_target(errors, i, target);
+    }
+}
+
+/// `spec.publish`: one entry per gateway kind, each naming valid objects, none the key's own
+/// Secret. (Names derived from the ApiKey's name, which the spec does not know, are checked by
+/// the planner.)
+fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
+    errors.count("spec.publish", spec.publish.len(), MAX_PUBLISH);
+    let own_secret = spec.secret.as_ref().and_then(|s| s.name.as_deref());
+    let (mut envoy, mut kong) = (false, false);
+    for (i, entry) in spec.publish.iter().enumerate() {
+        let at = |field: &str| format!("spec.publish[{i}]{field}");
+        match (&entry.envoy_gateway, &entry.kong) {
+            (Some(envoy_gateway), None) => {
+                if std::mem::replace(&mut envoy, true) {
+                    errors.push(
+                        at(".envoyGateway"),
+                        "publishes to Envoy Gateway a second time; keep one envoyGateway entry (one Secret holds every token)",
+                    );
+                }
+                if let Some(name) = &envoy_gateway.secret_name {
+                    if !is_dns_subdomain(name) {
+                        errors.push(
+                            at(".envoyGateway.secretName"),
+                            format!("{name:?} is not a valid Secret name (a DNS subdomain)"),
+                        );
+                    } else if Some(name.as_str()) == own_secret {
+                        errors.push(
+                            at(".envoyGateway.secretName"),
+                            format!("{name:?} is the key's own Secret (spec.secret.name); choose another name"),
+                        );
+                    }
+                }
+            }
+            (None, Some(consumer)) => {
+                if std::mem::replace(&mut kong, true) {
+                    errors.push(
+                        at(".kong"),
+                        "publishes to Kong a second time; Kong requires a key to be unique across consumers, so a key's tokens can belong to one KongConsumer only",
+                    );
+                }
+                if !is_dns_subdomain(&consumer.consumer) {
+                    errors.push(
+                        at(".kong.consumer"),
+                        format!(
+                            "{:?} is not a valid KongConsumer name (a DNS subdomain)",
+                            consumer.consumer
+                        ),
+                    );
+                }
+            }
+            _ => errors.push(at(""), "set exactly one of envoyGateway and kong"),
+        }
     }
 }
 

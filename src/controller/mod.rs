@@ -10,6 +10,7 @@
 pub(crate) mod apply;
 pub mod leader;
 pub mod metrics;
+mod publish;
 
 use std::collections::HashMap;
 use std::future::{self, Future};
@@ -112,6 +113,9 @@ pub enum Error {
     /// The OS random number generator failed.
     #[error("minting a token failed: {0}")]
     Mint(#[from] GenerateError),
+    /// `spec.publish` names something the key may not write (see [`planner::publish`]).
+    #[error("{0}")]
+    Publish(String),
     /// Adding or removing the finalizer failed, or the ApiKey has no name.
     #[error("finalizer {FINALIZER}: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
@@ -128,6 +132,7 @@ impl Error {
         match self {
             Error::Kube { .. } => "api",
             Error::Mint(_) => "mint",
+            Error::Publish(_) => "publish",
             Error::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
                     inner.metric_reason()
@@ -436,7 +441,19 @@ impl Context {
         for (slot, action) in &plan.slots {
             debug!(slot = %slot, action = %action, "slot decision");
         }
-        if let Err(e) = self.write(api, key, &secrets, &plan).await {
+        let mut written = self.write(api, key, &secrets, &plan).await;
+        if written.is_ok() {
+            written = publish::publish(
+                &self.client,
+                &secrets,
+                key,
+                &plan,
+                secret.as_ref(),
+                (self.clock)(),
+            )
+            .await;
+        }
+        if let Err(e) = written {
             // Best effort: the write failed, so this one may too; the retry repairs it anyway.
             let message = e.to_string();
             if let Err(report) = apply::api_error(api, key, &message, (self.clock)()).await {
@@ -549,6 +566,10 @@ impl Context {
 
     /// Revoke on delete: remove the Secret this key created, or release one it adopted, and say so.
     async fn cleanup(&self, key: &ApiKey) -> Result<Action, Error> {
+        let unpublished = publish::unpublish(&self.client, key).await?;
+        if !unpublished.is_empty() {
+            info!(secrets = ?unpublished, "published Secrets deleted");
+        }
         self.revoke(key, key.secret_name()).await
     }
 

@@ -14,6 +14,7 @@ mod controller_rotation;
 mod crash_consistency;
 mod examples;
 mod fault_soak;
+mod gateway_publish;
 mod hostile_input;
 mod kubectl_plugin;
 mod openapi;

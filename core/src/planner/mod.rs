@@ -15,6 +15,7 @@
 
 pub mod conditions;
 pub mod headers;
+pub mod publish;
 pub mod restart;
 pub mod timing;
 

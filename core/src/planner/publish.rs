@@ -1,0 +1,396 @@
+//! Publishing a key's tokens for gateways that check keys themselves (`spec.publish`): the
+//! Secrets in the shape each gateway reads, which of the key's earlier ones to delete, and the
+//! KongConsumer credential list to keep in step.
+//!
+//! Published values follow the key's status, not the other way round: every current token that
+//! still verifies, and every previous token inside its overlap window, is published; nothing is
+//! once the key is disabled or past its `expiresAt`. Token plaintext is found by its SHA-256
+//! (the status holds the hashes) among the values Keysmith already holds: the Secret the plan
+//! writes, the key's Secret as observed, and the key's published Secrets. That is also how a
+//! replaced token stays published through its overlap window after it left the key's Secret.
+//!
+//! Keysmith writes only Secrets this key controls (a name taken by any other Secret is a
+//! conflict, never overwritten), and a KongConsumer only when its annotation
+//! [`KONG_CONSUMER_ANNOTATION`] names the key, all in the key's namespace.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+
+use crate::api::{
+    APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH,
+    MANAGED_BY, MANAGED_BY_LABEL, PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG,
+    PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION, TokenStatus,
+};
+use crate::token::{Token, sha256_hex};
+use crate::validation::validate;
+
+use super::Plan;
+use super::secret::{DesiredSecret, controlled_by, secret_conflict};
+use super::timing::whole_seconds;
+
+/// The field of a Kong key-auth credential Secret that holds the key.
+pub const KONG_KEY_FIELD: &str = "key";
+/// Suffix of an Envoy Gateway client id (and of a Kong credential Secret's name) for a replaced
+/// token during its overlap window.
+pub const PREVIOUS_SUFFIX: &str = "previous";
+/// Longest object name Kubernetes accepts.
+const MAX_NAME_LEN: usize = 253;
+
+/// What publishing a key's tokens writes.
+#[derive(Debug, Clone, Default)]
+pub struct Publication {
+    /// Published Secrets to server-side apply: those missing or not yet as desired. A Secret the
+    /// key has not published before is created only if no Secret of that name exists.
+    pub secrets: Vec<DesiredSecret>,
+    /// Names of this key's published Secrets that are no longer wanted (a slot's previous token
+    /// left its overlap window, a slot or a gateway left the spec): delete them after the
+    /// consumer's list no longer names them.
+    pub delete: Vec<String>,
+    /// The KongConsumer to keep in step, if the key publishes to Kong.
+    pub kong: Option<KongCredentials>,
+    /// Names the key may not publish under, each with what to do about it.
+    pub conflicts: Vec<String>,
+}
+
+/// This key's part of a KongConsumer's `credentials` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KongCredentials {
+    /// KongConsumer name, in the key's namespace.
+    pub consumer: String,
+    /// The credential Secrets of this key the consumer should list, in slot order.
+    pub wanted: Vec<String>,
+    /// Every credential name this key wrote or may write, so stale ones leave the list.
+    pub ours: BTreeSet<String>,
+}
+
+impl KongCredentials {
+    /// The consumer's list with this key's part brought up to date: entries of other writers
+    /// stay where they are, this key's stale ones go, its wanted ones follow.
+    pub fn merged(&self, current: &[String]) -> Vec<String> {
+        let mut merged: Vec<String> = current
+            .iter()
+            .filter(|c| !self.ours.contains(*c))
+            .cloned()
+            .collect();
+        merged.extend(self.wanted.iter().cloned());
+        merged
+    }
+
+    /// The consumer's list without any of this key's entries (revocation).
+    pub fn removed(&self, current: &[String]) -> Vec<String> {
+        current
+            .iter()
+            .filter(|c| !self.ours.contains(*c))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether a KongConsumer consents to hold `key`'s credentials: its annotation
+/// [`KONG_CONSUMER_ANNOTATION`] lists the key's name.
+pub fn consents(consumer: &ObjectMeta, key: &str) -> bool {
+    consumer
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(KONG_CONSUMER_ANNOTATION))
+        .is_some_and(|names| names.split(',').any(|n| n.trim() == key))
+}
+
+/// The Envoy Gateway client id of a slot's current token.
+pub fn envoy_client_id(namespace: &str, apikey: &str, slot: &str) -> String {
+    format!("{namespace}.{apikey}.{slot}")
+}
+
+/// The name of a Kong credential Secret of a slot's current token.
+pub fn kong_secret_name(apikey: &str, slot: &str) -> String {
+    format!("{apikey}-{slot}-kong")
+}
+
+/// The KongConsumer `key` publishes to, with the credential Secrets this key already has among
+/// `published` as its own entries; `None` when it publishes to no Kong consumer. Revocation uses
+/// it to take the key's entries out.
+pub fn kong_part(key: &ApiKey, published: &[Secret]) -> Option<KongCredentials> {
+    let consumer = key.spec.publish.iter().find_map(|p| p.kong.as_ref())?;
+    let ours = published
+        .iter()
+        .filter(|s| is_published_for(s, PUBLISHED_FOR_KONG) && controlled_by(s, key))
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    Some(KongCredentials {
+        consumer: consumer.consumer.clone(),
+        wanted: Vec::new(),
+        ours,
+    })
+}
+
+/// The names of the key's published Secrets among `published` (revocation deletes them).
+pub fn owned(key: &ApiKey, published: &[Secret]) -> Vec<String> {
+    published
+        .iter()
+        .filter(|s| {
+            controlled_by(s, key)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(PUBLISHED_FOR_LABEL))
+        })
+        .filter_map(|s| s.metadata.name.clone())
+        .collect()
+}
+
+/// What publishing `key`'s tokens writes after `plan`. `secret` is the key's Secret as observed,
+/// `published` its published Secrets as observed (those labelled with the key's name and
+/// [`PUBLISHED_FOR_LABEL`]). A key whose spec is invalid or whose Secret is not its own changes
+/// nothing: its plan writes nothing either.
+pub fn publication(
+    key: &ApiKey,
+    plan: &Plan,
+    secret: Option<&Secret>,
+    published: &[Secret],
+    now: Timestamp,
+) -> Publication {
+    let Ok(valid) = validate(&key.spec) else {
+        return Publication::default();
+    };
+    if secret.is_some_and(|s| secret_conflict(key, s).is_some()) {
+        return Publication::default();
+    }
+    let now = whole_seconds(now);
+    let name = key.metadata.name.clone().unwrap_or_default();
+    let namespace = key.metadata.namespace.clone().unwrap_or_default();
+    let Some(owner) = key.controller_owner_ref(&()) else {
+        return Publication::default();
+    };
+    let expired = valid
+        .expires_at
+        .is_some_and(|end| now >= whole_seconds(end));
+    let active = !key.spec.disabled && !expired;
+    let pool = Pool::new(key, plan, secret, published);
+    let tokens = plan
+        .status
+        .as_ref()
+        .or(key.status.as_ref())
+        .map(|s| s.tokens.as_slice())
+        .unwrap_or_default();
+    // (slot, is previous, token) for every token a gateway should accept now.
+    let live: Vec<(&str, bool, Token)> = if active {
+        tokens
+            .iter()
+            .flat_map(|t| live_tokens(t, &pool, now))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut desired = Vec::new();
+    for entry in &key.spec.publish {
+        if let Some(secret_name) = entry.envoy_gateway_secret(&name) {
+            let data = live
+                .iter()
+                .map(|(slot, previous, token)| {
+                    let mut id = envoy_client_id(&namespace, &name, slot);
+                    if *previous {
+                        id = format!("{id}.{PREVIOUS_SUFFIX}");
+                    }
+                    (id, token.clone())
+                })
+                .collect();
+            desired.push(published_secret(
+                key,
+                &owner,
+                secret_name,
+                PUBLISHED_FOR_ENVOY_GATEWAY,
+                data,
+            ));
+        }
+    }
+    let mut kong = kong_part(key, published);
+    if let Some(kong) = &mut kong {
+        for (slot, previous, token) in &live {
+            let mut secret_name = kong_secret_name(&name, slot);
+            if *previous {
+                secret_name = format!("{secret_name}-{PREVIOUS_SUFFIX}");
+            }
+            let data = BTreeMap::from([(KONG_KEY_FIELD.to_owned(), token.clone())]);
+            let mut secret = published_secret(key, &owner, secret_name, PUBLISHED_FOR_KONG, data);
+            secret
+                .labels
+                .insert(KONG_CREDENTIAL_LABEL.to_owned(), KONG_KEY_AUTH.to_owned());
+            kong.wanted.push(secret.name.clone());
+            desired.push(secret);
+        }
+    }
+
+    let mut conflicts = Vec::new();
+    let mut names = BTreeSet::from([key.secret_name()]);
+    desired.retain(|d| {
+        let problem = if d.name.len() > MAX_NAME_LEN {
+            Some(format!(
+                "spec.publish: the Secret name {} is longer than {MAX_NAME_LEN} characters; shorten the ApiKey or slot name, or set envoyGateway.secretName",
+                d.name
+            ))
+        } else if !names.insert(d.name.clone()) {
+            Some(format!(
+                "spec.publish: the Secret name {} is already the key's own Secret or another published Secret; set another envoyGateway.secretName or spec.secret.name",
+                d.name
+            ))
+        } else {
+            published
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(d.name.as_str()))
+                .filter(|s| !controlled_by(s, key))
+                .map(|_| {
+                    format!(
+                        "spec.publish: Secret {} exists and is not owned by this ApiKey; Keysmith never overwrites it: delete it or publish under another name",
+                        d.name
+                    )
+                })
+        };
+        if let Some(problem) = &problem {
+            conflicts.push(problem.clone());
+            if let Some(kong) = &mut kong {
+                kong.wanted.retain(|w| *w != d.name);
+            }
+        }
+        problem.is_none()
+    });
+    if let Some(kong) = &mut kong {
+        kong.ours.extend(kong.wanted.iter().cloned());
+    }
+
+    let delete = owned(key, published)
+        .into_iter()
+        .filter(|n| !desired.iter().any(|d| d.name == *n))
+        .collect();
+    let secrets = desired
+        .into_iter()
+        .filter(|d| !published.iter().any(|s| matches(s, d)))
+        .collect();
+    Publication {
+        secrets,
+        delete,
+        kong,
+        conflicts,
+    }
+}
+
+/// The tokens of one slot a gateway should accept at `now`: the current one until it expires,
+/// and the previous one inside its overlap window, if their values are known.
+fn live_tokens<'a>(
+    status: &'a TokenStatus,
+    pool: &Pool,
+    now: Timestamp,
+) -> Vec<(&'a str, bool, Token)> {
+    let current_valid = status.expires_at.as_ref().is_none_or(|e| e.0 > now);
+    let current = pool
+        .find(&status.sha256)
+        .filter(|_| current_valid)
+        .map(|t| (status.name.as_str(), false, t));
+    let previous = status
+        .previous
+        .as_ref()
+        .filter(|p| p.valid_until.0 > now)
+        .and_then(|p| pool.find(&p.sha256))
+        .map(|t| (status.name.as_str(), true, t));
+    current.into_iter().chain(previous).collect()
+}
+
+/// Token values Keysmith holds for a key, by SHA-256.
+struct Pool(HashMap<String, Token>);
+
+impl Pool {
+    fn new(key: &ApiKey, plan: &Plan, secret: Option<&Secret>, published: &[Secret]) -> Pool {
+        let mut pool = HashMap::new();
+        let held = secret
+            .into_iter()
+            .chain(published)
+            .filter(|s| controlled_by(s, key))
+            .flat_map(|s| s.data.iter().flatten())
+            .filter_map(|(_, v)| Token::try_from(String::from_utf8(v.0.clone()).ok()?).ok());
+        for token in held {
+            pool.insert(sha256_hex(token.expose_secret()), token);
+        }
+        for token in plan.secret.iter().flat_map(|s| s.data.values()) {
+            pool.insert(token.sha256_hex(), token.clone());
+        }
+        Pool(pool)
+    }
+
+    fn find(&self, sha256: &str) -> Option<Token> {
+        self.0.get(sha256).cloned()
+    }
+}
+
+fn published_secret(
+    key: &ApiKey,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    name: String,
+    published_for: &str,
+    data: BTreeMap<String, Token>,
+) -> DesiredSecret {
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (
+            APIKEY_LABEL.to_owned(),
+            key.metadata.name.clone().unwrap_or_default(),
+        ),
+        (PUBLISHED_FOR_LABEL.to_owned(), published_for.to_owned()),
+    ]);
+    let ids: Vec<&str> = data.values().map(Token::id).collect();
+    let annotations = BTreeMap::from([(TOKEN_IDS_ANNOTATION.to_owned(), ids.join(","))]);
+    DesiredSecret {
+        name,
+        namespace: key.metadata.namespace.clone().unwrap_or_default(),
+        type_: "Opaque".to_owned(),
+        labels,
+        annotations,
+        owner: owner.clone(),
+        data,
+    }
+}
+
+fn is_published_for(secret: &Secret, gateway: &str) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(PUBLISHED_FOR_LABEL))
+        .is_some_and(|v| v == gateway)
+}
+
+/// Whether `observed` already is `desired`: the same name, this key's, Keysmith's labels and
+/// annotations, and exactly the desired data (an entry that should be gone is a difference).
+fn matches(observed: &Secret, desired: &DesiredSecret) -> bool {
+    let meta = &observed.metadata;
+    let contains = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
+        want.iter()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let data: BTreeMap<&str, &[u8]> = observed
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+        .collect();
+    let want: BTreeMap<&str, &[u8]> = desired
+        .data
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.expose_secret().as_bytes()))
+        .collect();
+    meta.name.as_deref() == Some(desired.name.as_str())
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| *o == desired.owner)
+        && contains(&meta.labels, &desired.labels)
+        && contains(&meta.annotations, &desired.annotations)
+        && data == want
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,513 @@
+//! Publishing for gateways: the Envoy Gateway Secret and the Kong credentials through creation,
+//! rotation with overlap, the end of the overlap, disabling, expiry and conflicts, with a
+//! simulated API server that stores what the plans write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::api::{ApiKeySpec, KONG_CONSUMER_ANNOTATION};
+use crate::planner::headers::HeaderSecrets;
+use crate::planner::{mint_token, plan};
+use crate::validation::validate;
+
+const UID: &str = "0f6a0c1e-3c55-4c8e-9b7e-2d6a41f1c0aa";
+
+fn t0() -> Timestamp {
+    "2026-11-22T10:00:00Z".parse().unwrap()
+}
+
+fn hours(h: i64) -> SignedDuration {
+    SignedDuration::from_hours(h)
+}
+
+fn publishing(publish: serde_json::Value) -> serde_json::Value {
+    json!({
+        "tokens": [{"name": "delivery", "prefix": "cms_dt_"}, {"name": "preview", "prefix": "cms_pt_"}],
+        "rotation": {"overlap": "2h"},
+        "publish": publish,
+    })
+}
+
+/// The API server as far as planning and publishing are concerned.
+struct World {
+    key: ApiKey,
+    secret: Option<Secret>,
+    /// Every Secret besides the key's own, by name (published ones and others').
+    others: BTreeMap<String, Secret>,
+    /// The KongConsumer's `credentials`.
+    consumer: Vec<String>,
+    now: Timestamp,
+}
+
+impl World {
+    fn new(spec: serde_json::Value) -> World {
+        let key = serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "site", "namespace": "cms", "uid": UID, "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap();
+        World {
+            key,
+            secret: None,
+            others: BTreeMap::new(),
+            consumer: vec!["hand-made".to_owned()],
+            now: t0(),
+        }
+    }
+
+    /// Plan, publish, and store what both write, as the controller would; the publication.
+    fn step(&mut self) -> Publication {
+        let plan = plan(
+            &self.key,
+            self.secret.as_ref(),
+            &HeaderSecrets::new(),
+            self.now,
+            &mut mint_token,
+        )
+        .unwrap();
+        let observed: Vec<Secret> = self.others.values().cloned().collect();
+        let publication = publication(&self.key, &plan, self.secret.as_ref(), &observed, self.now);
+        if let Some(status) = &plan.status {
+            self.key.status = Some(status.clone());
+        }
+        if let Some(secret) = &plan.secret {
+            self.secret = Some(secret.to_secret());
+        }
+        for desired in &publication.secrets {
+            self.others
+                .insert(desired.name.clone(), desired.to_secret());
+        }
+        if let Some(kong) = &publication.kong {
+            self.consumer = kong.merged(&self.consumer);
+        }
+        for name in &publication.delete {
+            self.others.remove(name);
+        }
+        publication
+    }
+
+    /// Step until nothing is published any more; that last publication must write nothing.
+    fn settle(&mut self) {
+        self.step();
+        let quiet = self.step();
+        assert!(
+            quiet.secrets.is_empty() && quiet.delete.is_empty(),
+            "{quiet:?}"
+        );
+    }
+
+    fn entries(&self, name: &str) -> BTreeMap<String, String> {
+        self.others[name]
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
+            .collect()
+    }
+
+    fn current(&self, key: &str) -> String {
+        let data = self.secret.as_ref().unwrap().data.as_ref().unwrap();
+        String::from_utf8(data[key].0.clone()).unwrap()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.others.keys().cloned().collect()
+    }
+
+    fn rotate(&mut self, trigger: &str) {
+        self.key.spec.rotation.get_or_insert_default().trigger = Some(trigger.to_owned());
+    }
+}
+
+#[test]
+fn envoy_gateway_gets_one_entry_per_token_and_the_previous_one_for_the_overlap() {
+    let mut w = World::new(publishing(json!([{"envoyGateway": {}}])));
+    w.settle();
+    let secret = &w.others["site-envoy-gateway"];
+    let labels = secret.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[PUBLISHED_FOR_LABEL], PUBLISHED_FOR_ENVOY_GATEWAY);
+    assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.uid.as_str(), owner.controller), (UID, Some(true)));
+    let first = (w.current("delivery"), w.current("preview"));
+    assert_eq!(
+        w.entries("site-envoy-gateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), first.0.clone()),
+            ("cms.site.preview".to_owned(), first.1.clone()),
+        ])
+    );
+
+    w.rotate("one");
+    w.advance_and_settle(hours(0));
+    let second = (w.current("delivery"), w.current("preview"));
+    assert_ne!(first.0, second.0);
+    assert_eq!(
+        w.entries("site-envoy-gateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), second.0.clone()),
+            ("cms.site.delivery.previous".to_owned(), first.0.clone()),
+            ("cms.site.preview".to_owned(), second.1.clone()),
+            ("cms.site.preview.previous".to_owned(), first.1.clone()),
+        ])
+    );
+    // Still inside the window, then past it: only the previous entries go.
+    w.advance_and_settle(hours(1));
+    assert_eq!(w.entries("site-envoy-gateway").len(), 4);
+    w.advance_and_settle(hours(1));
+    assert_eq!(
+        w.entries("site-envoy-gateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), second.0),
+            ("cms.site.preview".to_owned(), second.1),
+        ])
+    );
+    assert_eq!(w.names(), BTreeSet::from(["site-envoy-gateway".to_owned()]));
+}
+
+impl World {
+    fn advance_and_settle(&mut self, d: SignedDuration) {
+        self.now = self.now.checked_add(d).unwrap();
+        self.settle();
+    }
+}
+
+#[test]
+fn a_crash_after_the_rotation_keeps_the_previous_token_published_from_the_gateway_secret() {
+    let mut w = World::new(publishing(json!([{"envoyGateway": {"secretName": "gw"}}])));
+    w.settle();
+    let old = w.current("delivery");
+    w.rotate("one");
+    // The status and the key's Secret were written, the publication was lost.
+    let plan = plan(
+        &w.key,
+        w.secret.as_ref(),
+        &HeaderSecrets::new(),
+        w.now,
+        &mut mint_token,
+    )
+    .unwrap();
+    w.key.status = plan.status.clone();
+    w.secret = plan.secret.as_ref().map(DesiredSecret::to_secret);
+    w.settle();
+    assert_eq!(w.entries("gw")["cms.site.delivery.previous"], old);
+    assert_eq!(w.entries("gw")["cms.site.delivery"], w.current("delivery"));
+}
+
+#[test]
+fn kong_gets_a_credential_secret_per_token_and_the_consumer_list_follows() {
+    let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
+    w.settle();
+    let delivery = &w.others["site-delivery-kong"];
+    let labels = delivery.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[KONG_CREDENTIAL_LABEL], KONG_KEY_AUTH);
+    assert_eq!(labels[PUBLISHED_FOR_LABEL], PUBLISHED_FOR_KONG);
+    assert_eq!(
+        w.entries("site-delivery-kong"),
+        BTreeMap::from([(KONG_KEY_FIELD.to_owned(), w.current("delivery"))])
+    );
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site-delivery-kong", "site-preview-kong"]
+    );
+
+    let old = w.current("delivery");
+    w.rotate("one");
+    w.advance_and_settle(hours(0));
+    assert_eq!(
+        w.entries("site-delivery-kong-previous")[KONG_KEY_FIELD],
+        old
+    );
+    assert_eq!(
+        w.entries("site-delivery-kong")[KONG_KEY_FIELD],
+        w.current("delivery")
+    );
+    assert_eq!(
+        w.consumer,
+        [
+            "hand-made",
+            "site-delivery-kong",
+            "site-delivery-kong-previous",
+            "site-preview-kong",
+            "site-preview-kong-previous",
+        ]
+    );
+    w.advance_and_settle(hours(2));
+    assert_eq!(
+        w.names(),
+        BTreeSet::from([
+            "site-delivery-kong".to_owned(),
+            "site-preview-kong".to_owned()
+        ])
+    );
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site-delivery-kong", "site-preview-kong"]
+    );
+}
+
+#[test]
+fn disabled_or_expired_keys_publish_nothing_and_revocation_removes_everything() {
+    let spec = publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]));
+    let mut w = World::new(spec);
+    w.settle();
+    assert_eq!(w.names().len(), 3);
+    w.key.spec.disabled = true;
+    w.settle();
+    assert_eq!(w.names(), BTreeSet::from(["site-envoy-gateway".to_owned()]));
+    assert!(w.entries("site-envoy-gateway").is_empty());
+    assert_eq!(w.consumer, ["hand-made"]);
+
+    w.key.spec.disabled = false;
+    w.settle();
+    assert_eq!(w.names().len(), 3);
+    w.key.spec.expires_at = Some("2026-11-23T00:00:00Z".to_owned());
+    w.advance_and_settle(hours(24));
+    assert!(w.entries("site-envoy-gateway").is_empty());
+    assert_eq!(w.consumer, ["hand-made"]);
+
+    // Revocation: every published Secret of the key goes, and its consumer entries.
+    w.key.spec.expires_at = None;
+    w.settle();
+    let observed: Vec<Secret> = w.others.values().cloned().collect();
+    assert_eq!(owned(&w.key, &observed).len(), 3);
+    let kong = kong_part(&w.key, &observed).unwrap();
+    assert_eq!(kong.removed(&w.consumer), ["hand-made"]);
+}
+
+#[test]
+fn removing_a_gateway_from_the_spec_deletes_what_was_published_for_it() {
+    let mut w = World::new(publishing(
+        json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]),
+    ));
+    w.settle();
+    w.key.spec.publish.retain(|p| p.kong.is_some());
+    w.settle();
+    assert_eq!(
+        w.names(),
+        BTreeSet::from([
+            "site-delivery-kong".to_owned(),
+            "site-preview-kong".to_owned()
+        ])
+    );
+    w.key.spec.publish.clear();
+    w.settle();
+    assert!(w.names().is_empty());
+}
+
+fn foreign(name: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("cms".to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    }
+}
+
+#[test]
+fn a_name_taken_by_a_secret_the_key_does_not_own_is_a_conflict_and_stays_untouched() {
+    let mut w = World::new(publishing(
+        json!([{"envoyGateway": {"secretName": "team-b-keys"}}, {"kong": {"consumer": "shop"}}]),
+    ));
+    w.others
+        .insert("team-b-keys".to_owned(), foreign("team-b-keys"));
+    w.others
+        .insert("site-preview-kong".to_owned(), foreign("site-preview-kong"));
+    let publication = w.step();
+    assert_eq!(
+        publication.conflicts.len(),
+        2,
+        "{:?}",
+        publication.conflicts
+    );
+    assert!(publication.conflicts[0].contains("team-b-keys"));
+    assert!(
+        publication
+            .conflicts
+            .iter()
+            .all(|c| c.starts_with("spec.publish"))
+    );
+    let written: Vec<&str> = publication
+        .secrets
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(written, ["site-delivery-kong"]);
+    assert_eq!(w.others["team-b-keys"], foreign("team-b-keys"));
+    // The consumer never lists a credential of someone else's under this key.
+    assert_eq!(w.consumer, ["hand-made", "site-delivery-kong"]);
+}
+
+#[test]
+fn the_key_own_secret_name_is_never_published_over() {
+    // The envoy Secret's name defaults from the ApiKey's name; here it meets the key's Secret.
+    let mut w = World::new(json!({
+        "tokens": [{"name": "delivery"}],
+        "secret": {"name": "site-envoy-gateway"},
+        "publish": [{"envoyGateway": {}}],
+    }));
+    let publication = w.step();
+    assert!(publication.secrets.is_empty());
+    assert!(publication.conflicts[0].contains("already the key's own Secret"));
+}
+
+#[test]
+fn an_invalid_spec_publishes_and_deletes_nothing() {
+    let mut w = World::new(publishing(json!([{"envoyGateway": {}}])));
+    w.settle();
+    w.key.spec.tokens[0].bytes = Some(1);
+    let publication = w.step();
+    assert!(publication.secrets.is_empty() && publication.delete.is_empty());
+    assert!(publication.kong.is_none());
+}
+
+#[test]
+fn a_consumer_consents_only_by_naming_the_key() {
+    let meta = |value: &str| ObjectMeta {
+        annotations: Some(BTreeMap::from([(
+            KONG_CONSUMER_ANNOTATION.to_owned(),
+            value.to_owned(),
+        )])),
+        ..ObjectMeta::default()
+    };
+    assert!(consents(&meta("site"), "site"));
+    assert!(consents(&meta("other, site"), "site"));
+    assert!(!consents(&meta("sites,other"), "site"));
+    assert!(!consents(&ObjectMeta::default(), "site"));
+}
+
+fn errors(publish: serde_json::Value, secret: serde_json::Value) -> Vec<String> {
+    let spec: ApiKeySpec = serde_json::from_value(json!({
+        "tokens": [{"name": "delivery"}], "secret": secret, "publish": publish,
+    }))
+    .unwrap();
+    match validate(&spec) {
+        Ok(_) => Vec::new(),
+        Err(invalid) => invalid.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn publish_entries_are_validated_naming_the_field() {
+    assert!(
+        errors(
+            json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]),
+            json!({})
+        )
+        .is_empty()
+    );
+    let cases = [
+        (
+            json!([{}]),
+            "spec.publish[0]: set exactly one of envoyGateway and kong",
+        ),
+        (
+            json!([{"envoyGateway": {}, "kong": {"consumer": "shop"}}]),
+            "spec.publish[0]: set exactly one",
+        ),
+        (
+            json!([{"envoyGateway": {}}, {"envoyGateway": {"secretName": "b"}}]),
+            "spec.publish[1].envoyGateway: publishes to Envoy Gateway a second time",
+        ),
+        (
+            json!([{"kong": {"consumer": "a"}}, {"kong": {"consumer": "b"}}]),
+            "spec.publish[1].kong: publishes to Kong a second time",
+        ),
+        (
+            json!([{"envoyGateway": {"secretName": "Not_A_Name"}}]),
+            "spec.publish[0].envoyGateway.secretName: \"Not_A_Name\" is not a valid Secret name",
+        ),
+        (
+            json!([{"envoyGateway": {"secretName": "tokens"}}]),
+            "spec.publish[0].envoyGateway.secretName: \"tokens\" is the key's own Secret",
+        ),
+        (
+            json!([{"kong": {"consumer": "a/b"}}]),
+            "spec.publish[0].kong.consumer: \"a/b\" is not a valid KongConsumer name",
+        ),
+    ];
+    for (publish, expected) in cases {
+        let found = errors(publish.clone(), json!({"name": "tokens"}));
+        assert!(
+            found.iter().any(|e| e.starts_with(expected)),
+            "{publish}: {found:?}"
+        );
+    }
+    let three = json!([{"envoyGateway": {}}, {"kong": {"consumer": "a"}}, {"envoyGateway": {"secretName": "c"}}]);
+    assert!(
+        errors(three, json!({}))
+            .iter()
+            .any(|e| e.starts_with("spec.publish: has 3 entries"))
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(i64),
+    Rotate,
+    Toggle,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0i64..180).prop_map(Op::Advance),
+        Just(Op::Rotate),
+        Just(Op::Toggle),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, the gateway Secret and the Kong credentials hold exactly the tokens
+    /// the key's status says verify now: each current token of an enabled key, and each
+    /// previous token inside its window, unless the key was disabled since its rotation:
+    /// disabling removes every published value, and a replaced token's value is kept nowhere
+    /// else, so its overlap ends at the gateways.
+    #[test]
+    fn published_tokens_are_exactly_the_verifying_ones(ops in prop::collection::vec(op(), 1..24)) {
+        let mut w = World::new(publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}])));
+        w.settle();
+        let mut lost = BTreeSet::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Advance(minutes) => w.now = w.now.checked_add(SignedDuration::from_mins(minutes)).unwrap(),
+                Op::Rotate => w.rotate(&i.to_string()),
+                Op::Toggle => {
+                    w.key.spec.disabled = !w.key.spec.disabled;
+                    let status = w.key.status.clone().unwrap();
+                    lost.extend(status.tokens.iter().filter_map(|t| Some(t.previous.as_ref()?.sha256.clone())));
+                }
+            }
+            w.settle();
+            let status = w.key.status.clone().unwrap();
+            let mut verifying = BTreeSet::new();
+            if !w.key.spec.disabled {
+                for t in &status.tokens {
+                    verifying.insert(t.sha256.clone());
+                    if let Some(p) = t.previous.as_ref().filter(|p| p.valid_until.0 > w.now && !lost.contains(&p.sha256)) {
+                        verifying.insert(p.sha256.clone());
+                    }
+                }
+            }
+            let envoy: BTreeSet<String> = w.entries("site-envoy-gateway").values().map(|v| sha256_hex(v)).collect();
+            prop_assert_eq!(&envoy, &verifying);
+            let kong: BTreeSet<String> = w.others.iter()
+                .filter(|(n, _)| n.ends_with("-kong") || n.ends_with("-kong-previous"))
+                .map(|(n, _)| sha256_hex(&w.entries(n)[KONG_KEY_FIELD]))
+                .collect();
+            prop_assert_eq!(&kong, &verifying);
+            let listed: BTreeSet<&str> = w.consumer.iter().map(String::as_str).filter(|c| *c != "hand-made").collect();
+            let credentials: BTreeSet<&str> = w.others.keys().map(String::as_str).filter(|n| n.contains("-kong")).collect();
+            prop_assert_eq!(listed, credentials);
+        }
+    }
+}

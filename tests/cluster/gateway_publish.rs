@@ -1,0 +1,498 @@
+//! `spec.publish` end to end: the Envoy Gateway Secret and the Kong credential Secrets plus the
+//! KongConsumer's `credentials`, golden through a rotation with overlap, the end of the overlap
+//! and a revocation; the chart's Kong rules suffice and are all used; and an ApiKey cannot make
+//! Keysmith write a Secret or a consumer that is not its own.
+
+use std::collections::BTreeMap;
+
+use crate::harness::controller::*;
+use crate::harness::eventually;
+use jiff::SignedDuration;
+use serde_json::{Value, json};
+
+/// KongConsumer as Kong's ingress controller defines it (configuration.konghq.com/v1), reduced
+/// to the fields that matter here but of the same shape: `credentials` is a plain list of
+/// strings with no list type, so server-side apply treats it as atomic.
+const KONG_CONSUMER_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: kongconsumers.configuration.konghq.com}
+spec:
+  group: configuration.konghq.com
+  scope: Namespaced
+  names: {kind: KongConsumer, listKind: KongConsumerList, plural: kongconsumers, singular: kongconsumer, shortNames: [kc]}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            apiVersion: {type: string}
+            kind: {type: string}
+            metadata: {type: object}
+            username: {type: string}
+            custom_id: {type: string}
+            credentials: {type: array, items: {type: string}}
+            consumerGroups: {type: array, items: {type: string}}
+"#;
+
+const CONSUMERS: &str = r#"
+apiVersion: configuration.konghq.com/v1
+kind: KongConsumer
+metadata:
+  name: shop
+  namespace: cms
+  annotations: {kubernetes.io/ingress.class: kong, keysmith.dev/kong-credentials-from: site}
+username: shop
+credentials: [hand-made]
+---
+apiVersion: configuration.konghq.com/v1
+kind: KongConsumer
+metadata:
+  name: payments
+  namespace: cms
+  annotations: {kubernetes.io/ingress.class: kong}
+username: payments
+credentials: [payments-key]
+"#;
+
+fn key(trigger: &str) -> String {
+    format!(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: site, namespace: cms}}
+spec:
+  tokens: [{{name: delivery, prefix: cms_dt_}}]
+  rotation: {{trigger: "{trigger}", overlap: 1h}}
+  publish: [{{envoyGateway: {{}}}}, {{kong: {{consumer: shop}}}}]
+"#
+    )
+}
+
+/// A cluster with Kong's consumer kind, the chart's Kong rules granted to the controller (as
+/// `gateways.kong.enabled` does), and the two consumers; then the controller.
+async fn start() -> Harness {
+    let cluster = cluster().await;
+    let rules: Value = serde_saphyr::from_str(include_str!(
+        "../../charts/keysmith/files/controller-kong-rules.yaml"
+    ))
+    .expect("rules parse");
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "keysmith-controller-kong"}, "rules": rules,
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "keysmith-controller-kong"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keysmith-controller-kong"},
+        "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": CONTROLLER_NS}],
+    });
+    for object in [role, binding] {
+        cluster
+            .apply_object(&object)
+            .await
+            .expect("Kong rules apply");
+    }
+    cluster
+        .apply_yaml(KONG_CONSUMER_CRD)
+        .await
+        .expect("CRD applies");
+    eventually("KongConsumers to be served", || async {
+        cluster.apply_yaml(CONSUMERS).await.ok()
+    })
+    .await;
+    Harness::start_on(cluster, Default::default()).await
+}
+
+fn data(secret: &Value) -> BTreeMap<String, String> {
+    secret["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| Some((k.clone(), secret_value(secret, k)?)))
+        .collect()
+}
+
+fn credentials(consumer: &Value) -> Vec<String> {
+    serde_json::from_value(consumer["credentials"].clone()).unwrap_or_default()
+}
+
+async fn consumer(h: &Harness, name: &str) -> Value {
+    h.cluster
+        .get("configuration.konghq.com/v1", "KongConsumer", NS, name)
+        .await
+        .expect("the consumer exists")
+}
+
+/// Wait for the published Secrets and the consumer to show `delivery` (current) and `previous`.
+async fn wait_published(h: &Harness, current: &str, previous: Option<&str>) {
+    let mut envoy = BTreeMap::from([("cms.site.delivery".to_owned(), current.to_owned())]);
+    let mut listed = vec!["hand-made".to_owned(), "site-delivery-kong".to_owned()];
+    if let Some(previous) = previous {
+        envoy.insert("cms.site.delivery.previous".to_owned(), previous.to_owned());
+        listed.push("site-delivery-kong-previous".to_owned());
+    }
+    eventually("the published Secrets and the consumer list", || async {
+        let gateway = h.secret("site-envoy-gateway").await?;
+        (data(&gateway) == envoy).then_some(())?;
+        let kong = h.secret("site-delivery-kong").await?;
+        (secret_value(&kong, "key")? == current).then_some(())?;
+        let kong_previous = h.secret("site-delivery-kong-previous").await;
+        match (previous, &kong_previous) {
+            (Some(p), Some(s)) => (secret_value(s, "key")? == p).then_some(())?,
+            (None, None) => {}
+            _ => return None,
+        }
+        (credentials(&consumer(h, "shop").await) == listed).then_some(())
+    })
+    .await;
+}
+
+fn token_value(secret: &Value) -> String {
+    secret_value(secret, "delivery").expect("the key's Secret holds the token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_secrets_follow_rotation_overlap_and_revocation() {
+    let h = start().await;
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let first = token_value(&h.secret("site").await.unwrap());
+    wait_published(&h, &first, None).await;
+
+    // Golden shapes: what Envoy Gateway and Kong's ingress controller read.
+    let gateway = h.secret("site-envoy-gateway").await.unwrap();
+    let apikey = h.apikey("site").await.unwrap();
+    assert_eq!(gateway["type"], "Opaque");
+    assert_eq!(
+        gateway["metadata"]["labels"],
+        json!({"app.kubernetes.io/managed-by": "keysmith", "keysmith.dev/apikey": "site", "keysmith.dev/published-for": "envoy-gateway"})
+    );
+    let owner = &gateway["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["uid"], &owner["controller"]),
+        (&json!("ApiKey"), &apikey["metadata"]["uid"], &json!(true))
+    );
+    let kong = h.secret("site-delivery-kong").await.unwrap();
+    assert_eq!(
+        kong["metadata"]["labels"]["konghq.com/credential"],
+        "key-auth"
+    );
+    assert_eq!(
+        data(&kong),
+        BTreeMap::from([("key".to_owned(), first.clone())])
+    );
+    let shop = consumer(&h, "shop").await;
+    let managers: Vec<&str> = shop["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["fieldsV1"]["f:credentials"].is_object())
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(
+        managers,
+        ["keysmith-kong"],
+        "Keysmith applies credentials under its own manager"
+    );
+
+    // A healthy resync writes nothing.
+    h.cluster.clear_requests();
+    h.settle().await;
+    assert_eq!(
+        h.controller_writes().len(),
+        0,
+        "{:?}",
+        h.controller_writes()
+    );
+
+    // Rotation with overlap: the old token stays published beside the new one.
+    h.apply(&key("two")).await;
+    h.wait_key("site", "rotation", |k| {
+        token(k, "delivery")["rotationTrigger"] == "two"
+    })
+    .await;
+    h.settle().await;
+    let second = token_value(&h.secret("site").await.unwrap());
+    assert_ne!(first, second);
+    wait_published(&h, &second, Some(&first)).await;
+
+    // The overlap ends: only entries change, the old token leaves every gateway Secret.
+    h.clock.advance(SignedDuration::from_mins(61));
+    h.settle().await;
+    wait_published(&h, &second, None).await;
+
+    // Revocation: every published credential goes, the consumer keeps what others listed.
+    kube::Api::<keysmith::api::ApiKey>::namespaced(h.admin.clone(), NS)
+        .delete("site", &Default::default())
+        .await
+        .expect("delete");
+    eventually("every published Secret to be deleted", || async {
+        for name in ["site", "site-envoy-gateway", "site-delivery-kong"] {
+            h.secret(name).await.is_none().then_some(())?;
+        }
+        (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
+    })
+    .await;
+
+    // The chart's Kong rules were enough, and both verbs were used.
+    let user = controller_user();
+    let kong_requests = h
+        .cluster
+        .requests(|e| e.user == user && e.resource == "kongconsumers");
+    assert!(
+        kong_requests.iter().all(|e| e.code != 403),
+        "{kong_requests:?}"
+    );
+    for verb in ["get", "patch"] {
+        assert!(
+            kong_requests
+                .iter()
+                .any(|e| e.verb == verb && (200..300).contains(&e.code)),
+            "{verb} kongconsumers unused: {kong_requests:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apikey_cannot_publish_into_objects_that_are_not_its_own() {
+    let h = start().await;
+    // Another team's Secret (the one its gateway reads) and its consumer, which does not opt in.
+    h.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: payments-keys, namespace: cms}
+stringData: {cms.payments.api: their-key}
+"#,
+    )
+    .await;
+    h.cluster.clear_requests();
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: intruder, namespace: cms}
+spec:
+  tokens: [{name: api}]
+  publish: [{envoyGateway: {secretName: payments-keys}}, {kong: {consumer: payments}}]
+"#,
+    )
+    .await;
+    let refused = h
+        .wait_key("intruder", "Ready=False naming spec.publish", |k| {
+            k["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Ready"
+                        && c["reason"] == "ApiError"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("spec.publish"))
+                })
+        })
+        .await;
+    println!("{}", refused["status"]["conditions"]);
+    // The shop consumer opts in for `site` only.
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: intruder2, namespace: cms}
+spec:
+  tokens: [{name: api}]
+  publish: [{kong: {consumer: shop}}]
+"#,
+    )
+    .await;
+    h.wait_key("intruder2", "Ready=False naming the consent", |k| {
+        k["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["reason"] == "ApiError"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("keysmith.dev/kong-credentials-from=intruder2"))
+            })
+    })
+    .await;
+
+    let secret = h.secret("payments-keys").await.unwrap();
+    assert_eq!(
+        data(&secret),
+        BTreeMap::from([("cms.payments.api".to_owned(), "their-key".to_owned())])
+    );
+    assert!(secret["metadata"]["ownerReferences"].is_null());
+    assert_eq!(
+        credentials(&consumer(&h, "payments").await),
+        ["payments-key"]
+    );
+    assert_eq!(credentials(&consumer(&h, "shop").await), ["hand-made"]);
+    let user = controller_user();
+    let writes = h.cluster.requests(|e| {
+        e.user == user
+            && e.is_write()
+            && (e.resource == "kongconsumers" || e.name == "payments-keys")
+    });
+    assert!(
+        writes.is_empty(),
+        "wrote into objects not its own: {writes:?}"
+    );
+}
+
+/// A Gateway, an HTTPRoute and a SecurityPolicy whose `apiKeyAuth` reads the Secret Keysmith
+/// publishes, as docs/gateways.md shows them.
+const ENVOY_GATEWAY_CONFIG: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: eg}
+spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: eg, namespace: cms}
+spec:
+  gatewayClassName: eg
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: content, namespace: cms}
+spec:
+  parentRefs: [{name: eg}]
+  rules: [{backendRefs: [{name: content, port: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: content, namespace: cms}
+spec: {clusterIP: 10.0.0.10, ports: [{port: 8080}]}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: content-keys, namespace: cms}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: content}]
+  apiKeyAuth:
+    credentialRefs: [{kind: Secret, name: site-envoy-gateway}]
+    extractFrom: [{headers: [x-api-key]}]
+    forwardClientIDHeader: x-client-id
+    sanitize: true
+"#;
+
+/// What Envoy Gateway's own translator makes of the configuration plus `secret`: the api_key_auth
+/// filter's credentials (client id to key), and its forwarding settings.
+fn translate(secret: &Value) -> (BTreeMap<String, String>, Value) {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": secret["type"],
+        "metadata": {"name": secret["metadata"]["name"], "namespace": NS},
+        "data": secret["data"],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("config.yaml");
+    let secret = serde_json::to_string(&secret).unwrap();
+    std::fs::write(&input, format!("{ENVOY_GATEWAY_CONFIG}---\n{secret}\n")).unwrap();
+    let out = std::process::Command::new(keysmith_testenv::binaries::binary("egctl"))
+        .args([
+            "x",
+            "translate",
+            "--from",
+            "gateway-api",
+            "--to",
+            "xds",
+            "-t",
+            "listener",
+        ])
+        .args(["-o", "json", "-n", NS, "-f"])
+        .arg(&input)
+        .output()
+        .expect("egctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_json::from_slice(&out.stdout).expect("egctl prints JSON");
+    let mut filters = Vec::new();
+    collect_filters(&config, "envoy.filters.http.api_key_auth", &mut filters);
+    assert_eq!(filters.len(), 1, "one api_key_auth filter: {config}");
+    let auth = &filters[0]["typedConfig"];
+    let credentials = auth["credentials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["client"].as_str().unwrap().to_owned(),
+                c["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (credentials, auth["forwarding"].clone())
+}
+
+fn collect_filters(value: &Value, name: &str, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some(name) {
+                out.push(value.clone());
+            }
+            map.values().for_each(|v| collect_filters(v, name, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_filters(v, name, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs egctl, built only on demand (about 20 minutes cold): run `testenv/install egctl`, then `cargo test --test cluster egctl -- --ignored`"]
+async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
+    let h = start().await;
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let first = token_value(&h.secret("site").await.unwrap());
+    wait_published(&h, &first, None).await;
+    let (credentials, forwarding) = translate(&h.secret("site-envoy-gateway").await.unwrap());
+    assert_eq!(
+        credentials,
+        BTreeMap::from([("cms.site.delivery".to_owned(), first.clone())])
+    );
+    assert_eq!(
+        forwarding,
+        json!({"header": "x-client-id", "hideCredentials": true})
+    );
+
+    h.apply(&key("two")).await;
+    h.wait_key("site", "rotation", |k| {
+        token(k, "delivery")["rotationTrigger"] == "two"
+    })
+    .await;
+    h.settle().await;
+    let second = token_value(&h.secret("site").await.unwrap());
+    wait_published(&h, &second, Some(&first)).await;
+    let (credentials, _) = translate(&h.secret("site-envoy-gateway").await.unwrap());
+    assert_eq!(
+        credentials,
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), second.clone()),
+            ("cms.site.delivery.previous".to_owned(), first),
+        ])
+    );
+
+    h.clock.advance(SignedDuration::from_mins(61));
+    h.settle().await;
+    wait_published(&h, &second, None).await;
+    let (credentials, _) = translate(&h.secret("site-envoy-gateway").await.unwrap());
+    assert_eq!(
+        credentials,
+        BTreeMap::from([("cms.site.delivery".to_owned(), second)])
+    );
+}
