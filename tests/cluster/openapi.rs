@@ -8,13 +8,13 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use crate::harness::http::exchange;
 use crate::harness::verifier::{
     Harness, NS, Response, cluster, request, start_with, status_token, token,
 };
 use keysmith::verifier::http::MAX_BODY;
 use keysmith::verifier::tenancy::Tenancy;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOCUMENT: &str = include_str!("../../docs/verifier-api.openapi.yaml");
 /// The audience the verifier maps to [`NS`] for TokenReviews.
@@ -248,29 +248,11 @@ fn check(doc: &Document, case: &Case) -> Vec<String> {
 
 /// A request whose body stops after its first byte: the verifier gives up at its body timeout.
 async fn stalled_body(addr: SocketAddr, path: &str) -> Response {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: 64\r\n\r\n{{"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok());
-    Response {
-        status: status.unwrap_or(0),
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect(),
-        body: body.to_owned(),
-    }
+    exchange(addr, head.as_bytes()).await
 }
 
 async fn post(h: &Harness, path: &str, body: &Value) -> Response {
