@@ -79,10 +79,7 @@ start_verifier() {
         --log-format json 2>"$WORK/verifier.log" &
     VERIFIER=$!
     PIDS+=("$VERIFIER")
-    until curl -fsS -o /dev/null "http://127.0.0.1:$2/readyz" 2>/dev/null; do
-        if ! kill -0 "$VERIFIER" 2>/dev/null; then cat "$WORK/verifier.log" >&2; return 1; fi
-        sleep 0.01
-    done
+    wait_answering "http://127.0.0.1:$2/readyz" "$VERIFIER" "$WORK/verifier.log" || return 1
     READY_MS=$((($(date +%s%N) - start) / 1000000))
     RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$VERIFIER/status")
     INDEXED=$(curl -fsS "http://127.0.0.1:$2/metrics" | awk '/^keysmith_index_tokens / {print $2}')
@@ -113,9 +110,14 @@ CONF
     "${PIN_SERVER[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
     NGINX_PID=$!
     PIDS+=("$NGINX_PID")
-    until curl -fsS -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null; do
-        if ! kill -0 "$NGINX_PID" 2>/dev/null; then cat "$WORK/nginx/error.log" >&2; return 1; fi
-        sleep 0.05
+    wait_answering "http://127.0.0.1:$1/" "$NGINX_PID" "$WORK/nginx/error.log"
+}
+
+# wait_answering URL PID LOG: until URL answers 2xx; if PID exits first, print LOG and fail.
+wait_answering() {
+    until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+        if ! kill -0 "$2" 2>/dev/null; then cat "$3" >&2; return 1; fi
+        sleep 0.01
     done
 }
 
