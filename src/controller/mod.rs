@@ -8,6 +8,7 @@
 //! it neither caches nor wakes on every Secret in the cluster.
 
 pub(crate) mod apply;
+mod events;
 pub mod leader;
 pub mod metrics;
 mod publish;
@@ -25,7 +26,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -41,6 +41,7 @@ use keysmith_core::token::GenerateError;
 use crate::apikeys::{self, Unreadables, Watched};
 use crate::scope::Scope;
 use apply::Restarted;
+use events::EventWriter;
 use metrics::ControllerMetrics;
 
 /// The time source; tests inject one they can move.
@@ -69,7 +70,7 @@ const FINALIZER_RACE_RECHECK: Duration = Duration::from_secs(2);
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    events: EventWriter,
     metrics: ControllerMetrics,
     clock: Clock,
     /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
@@ -84,12 +85,8 @@ impl Context {
         clock: Clock,
         instance: Option<String>,
     ) -> Arc<Context> {
-        let reporter = Reporter {
-            controller: REPORTER.to_owned(),
-            instance,
-        };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventWriter::new(client.clone(), REPORTER, instance),
             client,
             metrics,
             clock,
@@ -537,21 +534,21 @@ impl Context {
                 Restarted::Yes => {
                     self.metrics.rollout_restarts.inc();
                     (
-                        EventType::Normal,
+                        EventKind::Normal,
                         "RestartTriggered",
                         format!("restarted {target} for tokens {}", restart.restarted_for),
                     )
                 }
                 Restarted::AlreadyDone => continue,
                 Restarted::Missing => (
-                    EventType::Warning,
+                    EventKind::Warning,
                     "RestartTriggered",
                     format!(
                         "restart target {target} does not exist; fix spec.secret.restartTargets"
                     ),
                 ),
                 Restarted::Refused => (
-                    EventType::Warning,
+                    EventKind::Warning,
                     "RestartRefused",
                     format!(
                         "{target} not restarted: its pods read neither Secret {} (volume, projected volume, env secretKeyRef or envFrom secretRef) nor does it opt in with the annotation {RESTART_ON_ANNOTATION}: {name}",
@@ -695,43 +692,23 @@ impl Context {
         };
         self.metrics
             .forget(&namespace, &key.name_any(), key.status.as_ref());
-        self.event(key, EventType::Normal, "Revoked", note).await;
+        self.event(key, EventKind::Normal, "Revoked", note).await;
         info!(secret = %secret_name, "revoked");
         Ok(Action::await_change())
     }
 
     async fn publish(&self, key: &ApiKey, plan: &Plan) {
         for event in &plan.events {
-            self.event(
-                key,
-                event_type(event.type_),
-                event.reason,
-                event.note.clone(),
-            )
-            .await;
+            self.event(key, event.type_, event.reason, event.note.clone())
+                .await;
         }
     }
 
     /// Publish an event; a failure is logged, not retried (events are best effort).
-    async fn event(&self, key: &ApiKey, type_: EventType, reason: &str, note: String) {
-        let event = KubeEvent {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &key.object_ref(&())).await {
+    async fn event(&self, key: &ApiKey, type_: EventKind, reason: &str, note: String) {
+        if let Err(e) = self.events.publish(key, type_, reason, note).await {
             warn!(reason, error = %e, "could not publish event");
         }
-    }
-}
-
-/// The client's type of a planned event.
-fn event_type(kind: EventKind) -> EventType {
-    match kind {
-        EventKind::Normal => EventType::Normal,
-        EventKind::Warning => EventType::Warning,
     }
 }
 
