@@ -112,7 +112,8 @@ pub async fn unpublish(client: &Client, key: &ApiKey) -> Result<Vec<String>, Err
     let observed = published(&secrets, key).await?;
     if let Some(kong) = publish::kong_part(key, &observed) {
         match kong_credentials(client, key, &kong, |current| kong.removed(current)).await {
-            // The consumer is gone or never consented: it lists nothing of this key's.
+            // The consumer is gone, never consented or may not be read: the Secrets below are
+            // what revokes the keys.
             Ok(()) | Err(Error::Publish(_)) => {}
             Err(e) => return Err(e),
         }
@@ -142,6 +143,14 @@ async fn kong_credentials(
         Ok(consumer) => consumer,
         // No KongConsumer kind at all: Kong's CRDs are not installed.
         Err(kube::Error::Api(s)) if s.is_not_found() => None,
+        // Without the chart's Kong rules: an error naming the fix. Revocation skips it, as the
+        // credential Secrets are deleted anyway and a consumer naming a missing Secret accepts
+        // nothing.
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            return Err(Error::Publish(format!(
+                "spec.publish: the controller may not read {what}; install Keysmith with gateways.kong.enabled=true"
+            )));
+        }
         Err(e) => return Err(Error::kube(format!("reading {what}"))(e)),
     };
     let Some(consumer) = consumer else {
