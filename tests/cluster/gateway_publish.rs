@@ -496,3 +496,40 @@ async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
         BTreeMap::from([("cms.site.delivery".to_owned(), second)])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
+    let cluster = cluster().await;
+    for (publish, message) in [
+        ("[{}]", "set exactly one of envoyGateway and kong"),
+        (
+            "[{envoyGateway: {}, kong: {consumer: shop}}]",
+            "set exactly one of envoyGateway and kong",
+        ),
+        (
+            "[{envoyGateway: {}}, {envoyGateway: {secretName: other}}]",
+            "publish to each gateway kind at most once",
+        ),
+        (
+            "[{envoyGateway: {secretName: Not_A_Name}}]",
+            "spec.publish[0].envoyGateway.secretName",
+        ),
+        (
+            "[{envoyGateway: {}}, {kong: {consumer: a}}, {kong: {consumer: b}}]",
+            "spec.publish",
+        ),
+    ] {
+        let manifest = format!(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: bad, namespace: {NS}}}\n\
+             spec: {{tokens: [{{name: a}}], publish: {publish}}}\n"
+        );
+        let refused = cluster
+            .apply_yaml(&manifest)
+            .await
+            .expect_err(&format!("{publish} is refused"));
+        assert!(
+            refused.to_string().contains(message),
+            "{publish}: {refused}"
+        );
+    }
+}
