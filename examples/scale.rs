@@ -386,6 +386,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n,
     );
     print_server_writes(&cluster, "resync", &server_before, n, 0).await?;
+    let (cpu, peak, rss) = usage(controller.id());
+    println!(
+        "restarted controller after the resync: {cpu:.2} CPU s, peak RSS {peak:.1} MiB, RSS \
+         {rss:.1} MiB"
+    );
 
     ceiling(&cluster, n, mint_writes, minting).await?;
 

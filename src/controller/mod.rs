@@ -152,16 +152,16 @@ pub async fn run(
     let secrets: Api<PartialObjectMeta<Secret>> = scope.api(client.clone());
     let secrets_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    // Reconcile reads the ApiKey and its Secret fresh, so the caches only trigger and route
-    // reconciles: keep ApiKeys without their managedFields and last-applied copy, and only the
-    // metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
+    // Reconcile and cleanup read the ApiKey and its Secret fresh, so the caches only trigger and
+    // route reconciles: keep ApiKeys' metadata without managedFields and last-applied copy, and
+    // only the metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
     let (store, writer) = reflector::store();
     let (revoke, revocations) = mpsc::unbounded();
     let unreadable = ctx.metrics.unreadable.clone();
     let keys = apikeys::watch(client, scope)
         .default_backoff()
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
-        .modify(prune_for_cache)
+        .modify(prune_apikey_for_cache)
         .reflect(writer)
         .touched_objects();
     let secrets = watcher(secrets, secrets_config)
@@ -256,6 +256,14 @@ fn prune_for_cache(object: &mut impl Resource) {
     }
 }
 
+/// What the ApiKey cache keeps: the metadata the finalizer helper reads. Spec and status, a
+/// kilobyte or more per key, are read fresh by whatever needs them.
+fn prune_apikey_for_cache(key: &mut ApiKey) {
+    prune_for_cache(key);
+    key.spec = ApiKeySpec::default();
+    key.status = None;
+}
+
 /// kubectl's client-side apply record.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -300,7 +308,7 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
         let result = finalizer::finalizer(&api, FINALIZER, key, |event| async {
             match event {
                 Finalizer::Apply(key) => ctx.apply(&api, &key).await,
-                Finalizer::Cleanup(key) => ctx.cleanup(&key).await,
+                Finalizer::Cleanup(key) => ctx.cleanup(&api, &key).await,
             }
         })
         .await
@@ -562,7 +570,19 @@ impl Context {
     }
 
     /// Revoke on delete: remove the Secret this key created, or release one it adopted, and say so.
-    async fn cleanup(&self, key: &ApiKey) -> Result<Action, Error> {
+    /// The key is read fresh (the cache keeps no spec or status); gone, or replaced by a new key
+    /// of the same name, it was revoked and released already.
+    async fn cleanup(&self, api: &Api<ApiKey>, cached: &ApiKey) -> Result<Action, Error> {
+        let namespace = cached.namespace().unwrap_or_default();
+        let name = cached.name_any();
+        let fresh = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("reading ApiKey {namespace}/{name}")))?;
+        let Some(key) = fresh.filter(|key| key.uid() == cached.uid()) else {
+            return Ok(Action::await_change());
+        };
+        let key = &key;
         let unpublished = publish::unpublish(&self.client, key).await?;
         if !unpublished.is_empty() {
             info!(secrets = ?unpublished, "published Secrets deleted");
