@@ -147,7 +147,12 @@ fn apikey(i: usize, schedule: Option<&str>) -> Value {
 }
 
 /// A `keysmith` child process with its output in `log`.
-fn spawn(keysmith: &Path, args: &[&str], kubeconfig: &Path, log: &Path) -> std::io::Result<Child> {
+fn spawn(
+    keysmith: &Path,
+    args: &[&str],
+    kubeconfig: &Path,
+    log: &Path,
+) -> std::io::Result<Process> {
     let log = std::fs::File::create(log)?;
     Command::new(keysmith)
         .args(args)
@@ -157,6 +162,24 @@ fn spawn(keysmith: &Path, args: &[&str], kubeconfig: &Path, log: &Path) -> std::
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
+        .map(Process)
+}
+
+/// A child process stopped when dropped, so that a benchmark ending in an error leaves no
+/// controller or verifier running against a server that is gone.
+struct Process(Child);
+
+impl Process {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// (CPU seconds, peak RSS MiB, current RSS MiB) of a process.
@@ -332,7 +355,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let applied = start.elapsed();
     cluster.clear_requests();
-    let mut controller = start_controller()?;
+    let controller = start_controller()?;
     let lease_deadline = Instant::now() + Duration::from_secs(60);
     while cluster
         .get(
@@ -368,11 +391,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("controller process: {cpu:.2} CPU s so far, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB");
 
     // A healthy resync: a restarted controller reconciles every key from its initial list.
-    let _ = controller.kill();
-    let _ = controller.wait();
+    drop(controller);
     cluster.clear_requests();
     let server_before = server_writes(&cluster).await?;
-    controller = start_controller()?;
+    let controller = start_controller()?;
     let resync_deadline = Instant::now() + Duration::from_secs(600);
     while reconciles(controller_metrics).await < n as u64 {
         if Instant::now() > resync_deadline {
@@ -406,7 +428,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The verifier process: list + index, memory.
     let (api, probes) = (free_port(), free_port());
     let verifier_start = Instant::now();
-    let mut verifier = spawn(
+    let verifier = spawn(
         &args.keysmith,
         &[
             "verifier",
@@ -470,10 +492,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "controller process at the end: {cpu:.2} CPU s, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB"
     );
-    for child in [&mut controller, &mut verifier] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop((controller, verifier));
     Ok(())
 }
 
