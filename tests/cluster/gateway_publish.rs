@@ -74,6 +74,18 @@ spec:
 
 /// A cluster with Kong's consumer kind, the chart's Kong rules granted to the controller (as
 /// `gateways.kong.enabled` does), and the two consumers; then the controller.
+/// The key published for both gateways, Ready with its first token out: the harness and that
+/// token.
+async fn published_key() -> (Harness, String) {
+    let h = start().await;
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let first = token_value(&h.secret("site").await.unwrap());
+    wait_published(&h, &first, None).await;
+    (h, first)
+}
+
 async fn start() -> Harness {
     let cluster = cluster().await;
     let rules: Value = serde_saphyr::from_str(include_str!(
@@ -157,12 +169,7 @@ fn token_value(secret: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_secrets_follow_rotation_overlap_and_revocation() {
-    let h = start().await;
-    h.apply(&key("one")).await;
-    h.wait_key("site", "Ready", ready).await;
-    h.settle().await;
-    let first = token_value(&h.secret("site").await.unwrap());
-    wait_published(&h, &first, None).await;
+    let (h, first) = published_key().await;
 
     // Golden shapes: what Envoy Gateway and Kong's ingress controller read.
     let gateway = h.secret("site-envoy-gateway").await.unwrap();
@@ -454,12 +461,7 @@ fn collect_filters(value: &Value, name: &str, out: &mut Vec<Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs egctl, built only on demand (about 20 minutes cold): run `testenv/install egctl`, then `cargo test --test cluster egctl -- --ignored`"]
 async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
-    let h = start().await;
-    h.apply(&key("one")).await;
-    h.wait_key("site", "Ready", ready).await;
-    h.settle().await;
-    let first = token_value(&h.secret("site").await.unwrap());
-    wait_published(&h, &first, None).await;
+    let (h, first) = published_key().await;
     let (credentials, forwarding) = translate(&h.secret("site-envoy-gateway").await.unwrap());
     assert_eq!(
         credentials,
