@@ -436,6 +436,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &api.to_string(),
             "--metrics-listen",
             &probes.to_string(),
+            // Unscoped /v1/verify accepts no namespace by default (tenant isolation); the
+            // benchmark's keys live in many namespaces.
+            "--accept-namespaces",
+            "*",
         ],
         &verifier_kubeconfig,
         &dir.path().join("verifier.log"),
