@@ -473,8 +473,8 @@ fn selected_deployments<'a>(objects: &'a [Value], selector: &Value) -> Vec<&'a s
         .collect()
 }
 
-fn render(values: &Values) -> Vec<Value> {
-    let sets = values.set_args();
+/// What `helm template` prints for the release in `kube_version` with these extra arguments.
+fn helm_template<'a>(kube_version: &'a str, extra: impl IntoIterator<Item = &'a str>) -> String {
     let mut args = vec![
         "template",
         RELEASE,
@@ -482,10 +482,15 @@ fn render(values: &Values) -> Vec<Value> {
         "--namespace",
         NAMESPACE,
         "--kube-version",
-        KUBE_VERSION,
+        kube_version,
     ];
-    args.extend(sets.iter().map(String::as_str));
-    let text = run("helm", &args);
+    args.extend(extra);
+    run("helm", &args)
+}
+
+fn render(values: &Values) -> Vec<Value> {
+    let sets = values.set_args();
+    let text = helm_template(KUBE_VERSION, sets.iter().map(String::as_str));
     serde_saphyr::from_multiple::<Value>(&text)
         .unwrap_or_else(|e| panic!("{values:?}: helm template output is not YAML: {e}\n{text}"))
 }
@@ -1452,19 +1457,7 @@ fn dashboard_and_alerts_query_only_metrics_the_binary_exports() {
 /// What the chart renders for `kube_version` with `sets`: the ValidatingAdmissionPolicy and its
 /// binding, if any.
 fn status_policy(kube_version: &str, sets: &[&str]) -> Vec<Value> {
-    let mut args = vec![
-        "template",
-        RELEASE,
-        CHART,
-        "--namespace",
-        NAMESPACE,
-        "--kube-version",
-        kube_version,
-    ];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let text = run("helm", &args);
+    let text = helm_template(kube_version, sets.iter().flat_map(|set| ["--set", set]));
     serde_saphyr::from_multiple::<Value>(&text)
         .expect("helm template output is YAML")
         .into_iter()
