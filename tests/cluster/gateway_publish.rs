@@ -86,6 +86,20 @@ async fn published_key() -> (Harness, String) {
     (h, first)
 }
 
+/// Rotate the published key (trigger `two`) and wait until the gateways' Secrets hold the new
+/// token beside `first` (the overlap): the new token.
+async fn rotate_published(h: &Harness, first: &str) -> String {
+    h.apply(&key("two")).await;
+    h.wait_key("site", "rotation", |k| {
+        token(k, "delivery")["rotationTrigger"] == "two"
+    })
+    .await;
+    h.settle().await;
+    let second = token_value(&h.secret("site").await.unwrap());
+    wait_published(h, &second, Some(first)).await;
+    second
+}
+
 async fn start() -> Harness {
     let cluster = cluster().await;
     let rules: Value = serde_saphyr::from_str(include_str!(
@@ -218,15 +232,8 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
     );
 
     // Rotation with overlap: the old token stays published beside the new one.
-    h.apply(&key("two")).await;
-    h.wait_key("site", "rotation", |k| {
-        token(k, "delivery")["rotationTrigger"] == "two"
-    })
-    .await;
-    h.settle().await;
-    let second = token_value(&h.secret("site").await.unwrap());
+    let second = rotate_published(&h, &first).await;
     assert_ne!(first, second);
-    wait_published(&h, &second, Some(&first)).await;
 
     // The overlap ends: only entries change, the old token leaves every gateway Secret.
     h.clock.advance(SignedDuration::from_mins(61));
@@ -472,14 +479,7 @@ async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
         json!({"header": "x-client-id", "hideCredentials": true})
     );
 
-    h.apply(&key("two")).await;
-    h.wait_key("site", "rotation", |k| {
-        token(k, "delivery")["rotationTrigger"] == "two"
-    })
-    .await;
-    h.settle().await;
-    let second = token_value(&h.secret("site").await.unwrap());
-    wait_published(&h, &second, Some(&first)).await;
+    let second = rotate_published(&h, &first).await;
     let (credentials, _) = translate(&h.secret("site-envoy-gateway").await.unwrap());
     assert_eq!(
         credentials,
