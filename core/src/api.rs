@@ -59,6 +59,10 @@ pub const KONG_KEY_AUTH: &str = "key-auth";
 /// so only someone who may write the consumer can give it: an ApiKey alone cannot attach its
 /// tokens to a consumer another team's gateway configuration uses.
 pub const KONG_CONSUMER_ANNOTATION: &str = "keysmith.dev/kong-credentials-from";
+/// On a Kong credential Secret Keysmith published: the KongConsumer whose `credentials` list
+/// names it. A consumer that left `spec.publish` is known only from here, so its entries can
+/// still be taken out of its list.
+pub const KONG_CONSUMER_OF_SECRET_ANNOTATION: &str = "keysmith.dev/kong-consumer";
 /// Suffix of the Envoy Gateway Secret's default name (`<apikey>-envoy-gateway`).
 pub const ENVOY_GATEWAY_SECRET_SUFFIX: &str = "-envoy-gateway";
 /// Most entries of `spec.publish`: one per gateway kind.

@@ -73,6 +73,7 @@ pub struct Context {
     events: EventWriter,
     metrics: ControllerMetrics,
     clock: Clock,
+    published: publish::Published,
     /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
     failures: Mutex<HashMap<String, Backoff>>,
 }
@@ -93,6 +94,7 @@ impl Context {
             client,
             metrics,
             clock,
+            published: publish::Published::default(),
             failures: Mutex::default(),
         })
     }
@@ -170,6 +172,10 @@ pub async fn run(
     let secrets = watcher(secrets, secrets_config)
         .default_backoff()
         .modify(prune_for_cache)
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |event| ctx.published.observe(event)
+        })
         .touched_objects();
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
@@ -454,6 +460,7 @@ impl Context {
             written = publish::publish(
                 &self.client,
                 &secrets,
+                &self.published,
                 key,
                 &plan,
                 secret.as_ref(),

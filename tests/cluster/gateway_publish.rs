@@ -272,6 +272,58 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
     }
 }
 
+/// The controller's `list secrets` requests since the last [`Cluster::clear_requests`]: only
+/// publishing reads its published Secrets by list.
+fn secret_lists(h: &Harness) -> usize {
+    let user = controller_user();
+    h.cluster
+        .requests(|e| e.user == user && e.verb == "list" && e.resource == "secrets")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_publishing_nothing_costs_no_list_and_withdrawing_publication_cleans_up() {
+    let h = start().await;
+    // A key that never published: its reconciles read its Secret, and list nothing.
+    h.apply(&key("one").replace(
+        "  publish: [{envoyGateway: {}}, {kong: {consumer: shop}}]\n",
+        "",
+    ))
+    .await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    h.cluster.clear_requests();
+    h.settle().await;
+    assert_eq!(
+        secret_lists(&h),
+        0,
+        "a resync of a key that publishes nothing"
+    );
+
+    // Published, then withdrawn: the spec names no gateway, yet what was published goes.
+    h.apply(&key("one")).await;
+    let first = token_value(&h.secret("site").await.unwrap());
+    wait_published(&h, &first, None).await;
+    h.apply(&key("one").replace("[{envoyGateway: {}}, {kong: {consumer: shop}}]", "[]"))
+        .await;
+    eventually("the published Secrets to be withdrawn", || async {
+        for name in ["site-envoy-gateway", "site-delivery-kong"] {
+            h.secret(name).await.is_none().then_some(())?;
+        }
+        (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        token_value(&h.secret("site").await.unwrap()),
+        first,
+        "withdrawing publication leaves the key's own Secret alone"
+    );
+    h.settle().await;
+    h.cluster.clear_requests();
+    h.settle().await;
+    assert_eq!(secret_lists(&h), 0, "once nothing is published any more");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apikey_cannot_publish_into_objects_that_are_not_its_own() {
     let h = start().await;

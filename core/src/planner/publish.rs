@@ -21,9 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
 use crate::api::{
-    APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH,
-    MANAGED_BY, MANAGED_BY_LABEL, PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG,
-    PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION, TokenStatus,
+    APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, KONG_CONSUMER_OF_SECRET_ANNOTATION,
+    KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH, MANAGED_BY, MANAGED_BY_LABEL,
+    PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG, PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION,
+    TokenStatus,
 };
 use crate::token::{Token, sha256_hex};
 use crate::validation::validate;
@@ -50,8 +51,9 @@ pub struct Publication {
     /// left its overlap window, a slot or a gateway left the spec): delete them after the
     /// consumer's list no longer names them.
     pub delete: Vec<String>,
-    /// The KongConsumer to keep in step, if the key publishes to Kong.
-    pub kong: Option<KongCredentials>,
+    /// The KongConsumers to keep in step: the one `spec.publish` names first, then any the key's
+    /// credential Secrets were published to before (withdrawn: their entries leave the list).
+    pub kong: Vec<KongCredentials>,
     /// Names the key may not publish under, each with what to do about it.
     pub conflicts: Vec<String>,
 }
@@ -65,6 +67,9 @@ pub struct KongCredentials {
     pub wanted: Vec<String>,
     /// Every credential name this key wrote or may write, so stale ones leave the list.
     pub ours: BTreeSet<String>,
+    /// The key no longer publishes to this consumer: its entries only leave the list, and a
+    /// consumer that is gone or no longer consents has nothing of the key's left to remove.
+    pub withdrawn: bool,
 }
 
 impl KongCredentials {
@@ -110,21 +115,44 @@ pub fn kong_secret_name(apikey: &str, slot: &str) -> String {
     format!("{apikey}-{slot}-kong")
 }
 
-/// The KongConsumer `key` publishes to, with the credential Secrets this key already has among
-/// `published` as its own entries; `None` when it publishes to no Kong consumer. Revocation uses
-/// it to take the key's entries out.
-pub fn kong_part(key: &ApiKey, published: &[Secret]) -> Option<KongCredentials> {
-    let consumer = key.spec.publish.iter().find_map(|p| p.kong.as_ref())?;
-    let ours = published
+/// The KongConsumers of `key`: the one `spec.publish` names, then those its credential Secrets
+/// among `published` record ([`KONG_CONSUMER_OF_SECRET_ANNOTATION`]), each with every credential
+/// Secret of the key as its own entries and nothing wanted yet. Revocation uses them to take the
+/// key's entries out.
+pub fn kong_parts(key: &ApiKey, published: &[Secret]) -> Vec<KongCredentials> {
+    let credentials: Vec<&Secret> = published
         .iter()
         .filter(|s| is_published_for(s, PUBLISHED_FOR_KONG) && controlled_by(s, key))
+        .collect();
+    let ours: BTreeSet<String> = credentials
+        .iter()
         .filter_map(|s| s.metadata.name.clone())
         .collect();
-    Some(KongCredentials {
-        consumer: consumer.consumer.clone(),
-        wanted: Vec::new(),
-        ours,
-    })
+    let named = key
+        .spec
+        .publish
+        .iter()
+        .find_map(|p| p.kong.as_ref())
+        .map(|k| k.consumer.clone());
+    let recorded = credentials.iter().filter_map(|s| {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(KONG_CONSUMER_OF_SECRET_ANNOTATION)
+            .cloned()
+    });
+    let mut parts: Vec<KongCredentials> = Vec::new();
+    for consumer in named.iter().cloned().chain(recorded) {
+        if parts.iter().all(|p| p.consumer != consumer) {
+            parts.push(KongCredentials {
+                withdrawn: named.as_ref() != Some(&consumer),
+                consumer,
+                wanted: Vec::new(),
+                ours: ours.clone(),
+            });
+        }
+    }
+    parts
 }
 
 /// The names of the key's published Secrets among `published` (revocation deletes them).
@@ -208,8 +236,8 @@ pub fn publication(
             ));
         }
     }
-    let mut kong = kong_part(key, published);
-    if let Some(kong) = &mut kong {
+    let mut kong = kong_parts(key, published);
+    if let Some(kong) = kong.iter_mut().find(|k| !k.withdrawn) {
         for (slot, previous, token) in &live {
             let mut secret_name = kong_secret_name(&name, slot);
             if *previous {
@@ -220,6 +248,10 @@ pub fn publication(
             secret
                 .labels
                 .insert(KONG_CREDENTIAL_LABEL.to_owned(), KONG_KEY_AUTH.to_owned());
+            secret.annotations.insert(
+                KONG_CONSUMER_OF_SECRET_ANNOTATION.to_owned(),
+                kong.consumer.clone(),
+            );
             kong.wanted.push(secret.name.clone());
             desired.push(secret);
         }
@@ -252,14 +284,15 @@ pub fn publication(
         };
         if let Some(problem) = &problem {
             conflicts.push(problem.clone());
-            if let Some(kong) = &mut kong {
+            for kong in &mut kong {
                 kong.wanted.retain(|w| *w != d.name);
             }
         }
         problem.is_none()
     });
-    if let Some(kong) = &mut kong {
-        kong.ours.extend(kong.wanted.iter().cloned());
+    let wanted: Vec<String> = kong.iter().flat_map(|k| k.wanted.clone()).collect();
+    for kong in &mut kong {
+        kong.ours.extend(wanted.iter().cloned());
     }
 
     let delete = owned(key, published)

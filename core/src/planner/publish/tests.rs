@@ -84,7 +84,8 @@ impl World {
             self.others
                 .insert(desired.name.clone(), desired.to_secret());
         }
-        if let Some(kong) = &publication.kong {
+        // One consumer list stands for every consumer: tests publish to one at a time.
+        for kong in &publication.kong {
             self.consumer = kong.merged(&self.consumer);
         }
         for name in &publication.delete {
@@ -279,7 +280,9 @@ fn disabled_or_expired_keys_publish_nothing_and_revocation_removes_everything() 
     w.settle();
     let observed: Vec<Secret> = w.others.values().cloned().collect();
     assert_eq!(owned(&w.key, &observed).len(), 3);
-    let kong = kong_part(&w.key, &observed).unwrap();
+    let [kong] = &kong_parts(&w.key, &observed)[..] else {
+        panic!("one consumer")
+    };
     assert_eq!(kong.removed(&w.consumer), ["hand-made"]);
 }
 
@@ -301,6 +304,61 @@ fn removing_a_gateway_from_the_spec_deletes_what_was_published_for_it() {
     w.key.spec.publish.clear();
     w.settle();
     assert!(w.names().is_empty());
+    assert_eq!(
+        w.consumer,
+        ["hand-made"],
+        "the withdrawn consumer's entries go"
+    );
+}
+
+#[test]
+fn moving_to_another_consumer_takes_the_entries_out_of_the_first() {
+    let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
+    w.settle();
+    assert_eq!(
+        w.others["site-delivery-kong"]
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()[KONG_CONSUMER_OF_SECRET_ANNOTATION],
+        "shop"
+    );
+    w.key.spec.publish = serde_json::from_value(json!([{"kong": {"consumer": "outlet"}}])).unwrap();
+    let observed: Vec<Secret> = w.others.values().cloned().collect();
+    let plan = plan(
+        &w.key,
+        w.secret.as_ref(),
+        &HeaderSecrets::new(),
+        w.now,
+        &mut mint_token,
+    )
+    .unwrap();
+    let publication = publication(&w.key, &plan, w.secret.as_ref(), &observed, w.now);
+    let parts: Vec<(&str, bool, &[String])> = publication
+        .kong
+        .iter()
+        .map(|k| (k.consumer.as_str(), k.withdrawn, k.wanted.as_slice()))
+        .collect();
+    let wanted = [
+        "site-delivery-kong".to_owned(),
+        "site-preview-kong".to_owned(),
+    ];
+    assert_eq!(
+        parts,
+        [("outlet", false, &wanted[..]), ("shop", true, &[][..])]
+    );
+    let shop = &publication.kong[1];
+    assert_eq!(shop.merged(&w.consumer), ["hand-made"]);
+    let relabelled: Vec<&str> = publication
+        .secrets
+        .iter()
+        .map(|d| d.annotations[KONG_CONSUMER_OF_SECRET_ANNOTATION].as_str())
+        .collect();
+    assert_eq!(
+        relabelled,
+        ["outlet", "outlet"],
+        "the Secrets now record the new consumer"
+    );
 }
 
 fn foreign(name: &str) -> Secret {
@@ -368,7 +426,7 @@ fn an_invalid_spec_publishes_and_deletes_nothing() {
     w.key.spec.tokens[0].bytes = Some(1);
     let publication = w.step();
     assert!(publication.secrets.is_empty() && publication.delete.is_empty());
-    assert!(publication.kong.is_none());
+    assert!(publication.kong.is_empty());
 }
 
 #[test]
