@@ -518,7 +518,7 @@ fn collect_filters(value: &Value, name: &str, out: &mut Vec<Value>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs egctl, built only on demand (about 20 minutes cold): run `testenv/install egctl`, then `cargo test --test cluster egctl -- --ignored`"]
+#[ignore = "needs egctl, built only on demand (about 20 minutes cold; CI runs it in the gateways job): run `testenv/install egctl`, then `cargo test --test cluster egctl -- --ignored`"]
 async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
     let (h, first) = published_key().await;
     let (credentials, forwarding) = translate(&h.secret("site-envoy-gateway").await.unwrap());
