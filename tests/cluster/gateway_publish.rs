@@ -414,9 +414,8 @@ spec:
     );
 }
 
-/// A Gateway, an HTTPRoute and a SecurityPolicy whose `apiKeyAuth` reads the Secret Keysmith
-/// publishes, as docs/gateways.md shows them.
-const ENVOY_GATEWAY_CONFIG: &str = r#"
+/// A Gateway (and its class) of Envoy Gateway in the test namespace.
+const GATEWAY: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: eg}
@@ -428,19 +427,30 @@ metadata: {name: eg, namespace: cms}
 spec:
   gatewayClassName: eg
   listeners: [{name: http, protocol: HTTP, port: 80}]
----
+"#;
+
+/// An HTTPRoute `name` on [`GATEWAY`] to a Service of the same name.
+fn route(name: &str) -> String {
+    format!(
+        r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: content, namespace: cms}
+metadata: {{name: {name}, namespace: cms}}
 spec:
-  parentRefs: [{name: eg}]
-  rules: [{backendRefs: [{name: content, port: 8080}]}]
+  parentRefs: [{{name: eg}}]
+  rules: [{{backendRefs: [{{name: {name}, port: 8080}}]}}]
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: content, namespace: cms}
-spec: {clusterIP: 10.0.0.10, ports: [{port: 8080}]}
----
+metadata: {{name: {name}, namespace: cms}}
+spec: {{clusterIP: 10.0.0.10, ports: [{{port: 8080}}]}}
+"#
+    )
+}
+
+/// A SecurityPolicy whose `apiKeyAuth` reads the Secret Keysmith publishes, as
+/// docs/gateways.md shows it, on the route `content`.
+const API_KEY_POLICY: &str = r#"
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: SecurityPolicy
 metadata: {name: content-keys, namespace: cms}
@@ -453,18 +463,21 @@ spec:
     sanitize: true
 "#;
 
-/// What Envoy Gateway's own translator makes of the configuration plus `secret`: the api_key_auth
-/// filter's credentials (client id to key), and its forwarding settings.
-fn translate(secret: &Value) -> (BTreeMap<String, String>, Value) {
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret", "type": secret["type"],
-        "metadata": {"name": secret["metadata"]["name"], "namespace": NS},
-        "data": secret["data"],
-    });
+/// The Envoy listener configuration Envoy Gateway's own translator makes of `documents` (YAML
+/// documents, each starting with a newline) behind [`GATEWAY`].
+fn egctl_translate(documents: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("config.yaml");
-    let secret = serde_json::to_string(&secret).unwrap();
-    std::fs::write(&input, format!("{ENVOY_GATEWAY_CONFIG}---\n{secret}\n")).unwrap();
+    std::fs::write(
+        &input,
+        [GATEWAY]
+            .iter()
+            .chain(documents)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("---"),
+    )
+    .unwrap();
     let out = std::process::Command::new(keysmith_testenv::binaries::binary("egctl"))
         .args([
             "x",
@@ -474,7 +487,7 @@ fn translate(secret: &Value) -> (BTreeMap<String, String>, Value) {
             "--to",
             "xds",
             "-t",
-            "listener",
+            "all",
         ])
         .args(["-o", "json", "-n", NS, "-f"])
         .arg(&input)
@@ -485,7 +498,19 @@ fn translate(secret: &Value) -> (BTreeMap<String, String>, Value) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config: Value = serde_json::from_slice(&out.stdout).expect("egctl prints JSON");
+    serde_json::from_slice(&out.stdout).expect("egctl prints JSON")
+}
+
+/// What Envoy Gateway makes of [`API_KEY_POLICY`] plus `secret`: the api_key_auth filter's
+/// credentials (client id to key), and its forwarding settings.
+fn translate(secret: &Value) -> (BTreeMap<String, String>, Value) {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": secret["type"],
+        "metadata": {"name": secret["metadata"]["name"], "namespace": NS},
+        "data": secret["data"],
+    });
+    let secret = format!("\n{}\n", serde_json::to_string(&secret).unwrap());
+    let config = egctl_translate(&[&route("content"), API_KEY_POLICY, &secret]);
     let mut filters = Vec::new();
     collect_filters(&config, "envoy.filters.http.api_key_auth", &mut filters);
     assert_eq!(filters.len(), 1, "one api_key_auth filter: {config}");
@@ -548,6 +573,74 @@ async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
     assert_eq!(
         credentials,
         BTreeMap::from([("cms.site.delivery".to_owned(), second)])
+    );
+}
+
+/// The first YAML block after `heading` in docs/gateways.md.
+fn documented_yaml(heading: &str) -> &'static str {
+    let doc = include_str!("../../docs/gateways.md");
+    let section = &doc[doc
+        .find(heading)
+        .expect("the heading is in docs/gateways.md")..];
+    let block = section.split_once("```yaml\n").expect("a YAML block").1;
+    block.split_once("```").expect("the block ends").0
+}
+
+#[test]
+#[ignore = "needs egctl, built only on demand (about 20 minutes cold; CI runs it in the gateways job): run `testenv/install egctl`, then `cargo test --test cluster egctl -- --ignored`"]
+fn egctl_translates_the_documented_ext_auth_policy() {
+    let documented = documented_yaml("### Gateway API: Envoy Gateway `SecurityPolicy.extAuth`");
+    let verifier = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: keysmith-verifier, namespace: keysmith}
+spec: {clusterIP: 10.0.0.20, ports: [{port: 80}]}
+"#;
+    let config = egctl_translate(&[&route("cms-api"), verifier, &format!("\n{documented}")]);
+    let name = "envoy.filters.http.ext_authz/securitypolicy/cms/cms-api-keys";
+    let mut filters = Vec::new();
+    collect_filters(&config, name, &mut filters);
+    assert_eq!(filters.len(), 1, "one ext_authz filter: {config}");
+    let authz = &filters[0]["typedConfig"];
+    let service = &authz["httpService"];
+    assert_eq!(
+        service["serverUri"]["uri"],
+        "http://keysmith-verifier.keysmith:80/v1/namespaces/cms/authz"
+    );
+    assert_eq!(service["pathPrefix"], "/v1/namespaces/cms/authz");
+    assert_ne!(authz["failureModeAllow"], true, "fails closed: {authz}");
+    let exact = |patterns: &Value| -> Vec<String> {
+        patterns["patterns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["exact"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        exact(&authz["allowedHeaders"]),
+        ["x-api-key", "x-forwarded-for", "x-client-secret"]
+    );
+    assert_eq!(
+        exact(&service["authorizationResponse"]["allowedUpstreamHeaders"]),
+        [
+            "x-keysmith-key",
+            "x-keysmith-token",
+            "x-keysmith-environment"
+        ]
+    );
+    // The listener carries the filter switched off; the route of the policy switches it on.
+    let mut routes = Vec::new();
+    collect_filters(
+        &config,
+        "httproute/cms/cms-api/rule/0/match/0/*",
+        &mut routes,
+    );
+    assert_eq!(routes.len(), 1, "the route: {config}");
+    assert!(
+        routes[0]["typedPerFilterConfig"][name].is_object(),
+        "the route enables the check: {}",
+        routes[0]
     );
 }
 
