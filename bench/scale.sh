@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Scale benchmark of the controller and the verifier, one command:
 #   bench/scale.sh [--cluster emulator|real] [--keys N] [--schedule CRON] [--revocations M]
+#                  [--distinct-grants]
 # Builds the release `keysmith` binary and examples/scale.rs, then runs the benchmark: the API
 # emulator in the benchmark process (or, with --cluster real, a real kube-apiserver, etcd and
 # kube-controller-manager built by testenv/install), `keysmith controller` and `keysmith
-# verifier` as child processes, N ApiKeys (10,000 by default). See docs/BENCHMARKS.md for what
-# it prints.
+# verifier` as child processes, N ApiKeys (10,000 by default; with --distinct-grants each has
+# grants of its own, so no two keys share a grant set). See docs/BENCHMARKS.md for what it
+# prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " == *" --cluster real "* ]]; then
