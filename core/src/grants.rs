@@ -34,6 +34,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -67,30 +68,29 @@ pub enum PatternError {
 }
 
 /// An action or resource pattern: `*` matches any run of characters, the rest is literal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
     source: Box<str>,
     matcher: Matcher,
 }
 
 /// How a pattern is matched, chosen at parse time so the common shapes skip the general loop.
-/// Offsets are byte offsets into [`Pattern::source`], which saves copying the literal parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Offsets are byte offsets into [`Pattern::source`], which saves copying the literal parts; they
+/// fit in a `u16` because a pattern has at most [`MAX_PATTERN_LEN`] characters of at most four
+/// bytes, which keeps a pattern at 24 bytes beside its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Matcher {
     /// Only stars: matches everything.
     Any,
     /// No star: the input must equal the source.
     Exact,
     /// `lit*`: the input must start with `source[..end]`.
-    Prefix { end: usize },
+    Prefix { end: u16 },
     /// `*lit`: the input must end with `source[start..]`.
-    Suffix { start: usize },
-    /// `head*mid*...*tail`: anchored head and tail, then the middle literals in order.
-    Glob {
-        head_end: usize,
-        tail_start: usize,
-        middle: Box<[Box<str>]>,
-    },
+    Suffix { start: u16 },
+    /// `head*mid*...*tail`: anchored head and tail, then the literals between the stars of
+    /// `source[head_end..tail_start]` in order.
+    Glob { head_end: u16, tail_start: u16 },
 }
 
 impl Pattern {
@@ -116,16 +116,23 @@ impl Pattern {
     /// Whether `input` matches the pattern. Linear in `input`: stars never backtrack.
     pub fn matches(&self, input: &str) -> bool {
         let src = &*self.source;
-        match &self.matcher {
+        match self.matcher {
             Matcher::Any => true,
             Matcher::Exact => input == src,
-            Matcher::Prefix { end } => input.starts_with(&src[..*end]),
-            Matcher::Suffix { start } => input.ends_with(&src[*start..]),
+            Matcher::Prefix { end } => input.starts_with(&src[..usize::from(end)]),
+            Matcher::Suffix { start } => input.ends_with(&src[usize::from(start)..]),
             Matcher::Glob {
                 head_end,
                 tail_start,
-                middle,
-            } => glob_matches(input, &src[..*head_end], middle, &src[*tail_start..]),
+            } => {
+                let (head_end, tail_start) = (usize::from(head_end), usize::from(tail_start));
+                glob_matches(
+                    input,
+                    &src[..head_end],
+                    &src[head_end..tail_start],
+                    &src[tail_start..],
+                )
+            }
         }
     }
 }
@@ -154,39 +161,33 @@ fn validate(source: &str) -> Result<(), PatternError> {
 }
 
 impl Matcher {
+    /// The matcher of a [`validate`]d source.
     fn for_source(source: &str) -> Self {
         // `*` is ASCII, so byte offsets of stars are always char boundaries.
         let (Some(first), Some(last)) = (source.find('*'), source.rfind('*')) else {
             return Self::Exact;
         };
-        let inner = &source[first..=last];
-        let one_run = inner.bytes().all(|b| b == b'*');
+        let one_run = source[first..=last].bytes().all(|b| b == b'*');
+        // A validated source has at most 4 * MAX_PATTERN_LEN bytes.
+        let offset = |at: usize| u16::try_from(at).expect("pattern length is validated");
         match (one_run, first == 0, last + 1 == source.len()) {
             (true, true, true) => Self::Any,
-            (true, false, true) => Self::Prefix { end: first },
-            (true, true, false) => Self::Suffix { start: last + 1 },
-            _ => Self::glob(first, last + 1, inner),
-        }
-    }
-
-    fn glob(head_end: usize, tail_start: usize, inner: &str) -> Self {
-        // Consecutive stars collapse: empty pieces between them constrain nothing.
-        let middle = inner
-            .split('*')
-            .filter(|piece| !piece.is_empty())
-            .map(Box::from)
-            .collect();
-        Self::Glob {
-            head_end,
-            tail_start,
-            middle,
+            (true, false, true) => Self::Prefix { end: offset(first) },
+            (true, true, false) => Self::Suffix {
+                start: offset(last + 1),
+            },
+            _ => Self::Glob {
+                head_end: offset(first),
+                tail_start: offset(last + 1),
+            },
         }
     }
 }
 
-/// Greedy glob match. Taking each middle literal at its leftmost occurrence is optimal: a later
-/// occurrence only leaves less room for the literals after it, so no backtracking is needed.
-fn glob_matches(input: &str, head: &str, middle: &[Box<str>], tail: &str) -> bool {
+/// Greedy glob match, `inner` being the source from its first star to its last. Taking each
+/// middle literal at its leftmost occurrence is optimal: a later occurrence only leaves less room
+/// for the literals after it, so no backtracking is needed.
+fn glob_matches(input: &str, head: &str, inner: &str, tail: &str) -> bool {
     // Strip head then tail from what remains, so the two can never overlap (`a*a` vs `a`).
     let Some(rest) = input.strip_prefix(head) else {
         return false;
@@ -194,8 +195,9 @@ fn glob_matches(input: &str, head: &str, middle: &[Box<str>], tail: &str) -> boo
     let Some(mut rest) = rest.strip_suffix(tail) else {
         return false;
     };
-    for literal in middle {
-        match rest.find(&**literal) {
+    // Consecutive stars collapse: empty pieces between them constrain nothing.
+    for literal in inner.split('*').filter(|piece| !piece.is_empty()) {
+        match rest.find(literal) {
             Some(at) => rest = &rest[at + literal.len()..],
             None => return false,
         }
@@ -312,7 +314,7 @@ pub struct Request<'a> {
 }
 
 /// A sorted set of literals: binary search keeps 256-entry field lists cheap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct StrSet(Box<[Box<str>]>);
 
 impl StrSet {
@@ -328,11 +330,12 @@ impl StrSet {
     }
 }
 
-/// One grant, ready to evaluate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CompiledGrant {
-    /// Position in the source list, reported in decisions.
-    index: usize,
+/// One grant of a [`CompiledGrants`], ready to evaluate. Opaque; public so that equal grants of
+/// different sets can be one shared copy ([`CompiledGrants::share_grants`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CompiledGrant {
+    /// Position in the source list, reported in decisions (validation allows 64 grants).
+    index: u32,
     actions: Box<[Pattern]>,
     resources: Option<Box<[Pattern]>>,
     fields: Option<StrSet>,
@@ -343,6 +346,7 @@ struct CompiledGrant {
 
 impl CompiledGrant {
     fn compile(index: usize, grant: &Grant) -> Result<Self, GrantError> {
+        let position = u32::try_from(index).expect("fewer than 2^32 grants");
         let parse_list = |list: PatternList, patterns: &[String]| {
             patterns
                 .iter()
@@ -362,7 +366,7 @@ impl CompiledGrant {
             conditions.and_then(pick).map(|v| StrSet::new(v))
         };
         Ok(Self {
-            index,
+            index: position,
             actions: parse_list(PatternList::Actions, &grant.actions)?,
             resources: grant
                 .resources
@@ -416,11 +420,12 @@ fn condition(set: Option<&StrSet>, value: Option<&str>, deny: bool) -> bool {
 }
 
 /// The grants of one token slot, compiled for evaluation.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct CompiledGrants {
-    // Split by effect so a request scans each kind once and stops at the first match.
-    allows: Box<[CompiledGrant]>,
-    denies: Box<[CompiledGrant]>,
+    // Split by effect so a request scans each kind once and stops at the first match. Each
+    // grant is behind an `Arc` so sets that differ in one grant can share the others.
+    allows: Box<[Arc<CompiledGrant>]>,
+    denies: Box<[Arc<CompiledGrant>]>,
     permissions: Box<[Box<str>]>,
 }
 
@@ -433,8 +438,8 @@ impl CompiledGrants {
         for (index, grant) in grants.iter().enumerate() {
             let compiled = CompiledGrant::compile(index, grant)?;
             match grant.effect {
-                Effect::Allow => allows.push(compiled),
-                Effect::Deny => denies.push(compiled),
+                Effect::Allow => allows.push(Arc::new(compiled)),
+                Effect::Deny => denies.push(Arc::new(compiled)),
             }
         }
         let mut seen = HashSet::new();
@@ -465,14 +470,16 @@ impl CompiledGrants {
             .iter()
             .find(|g| g.matches(action, request, identity, true))
         {
-            return Decision::Denied(DenyReason::DeniedBy(deny.index));
+            return Decision::Denied(DenyReason::DeniedBy(deny.index as usize));
         }
         match self
             .allows
             .iter()
             .find(|g| g.matches(action, request, identity, false))
         {
-            Some(allow) => Decision::Allowed { grant: allow.index },
+            Some(allow) => Decision::Allowed {
+                grant: allow.index as usize,
+            },
             None => Decision::Denied(DenyReason::NoMatchingAllow),
         }
     }
@@ -482,6 +489,21 @@ impl CompiledGrants {
     /// narrow it, and [`evaluate`](Self::evaluate) is the authority.
     pub fn permissions(&self) -> &[Box<str>] {
         &self.permissions
+    }
+
+    /// The same set with each grant replaced by `shared(grant)`, which must return an equal
+    /// grant: how an interner makes equal grants of different sets one copy.
+    pub fn share_grants(
+        self,
+        mut shared: impl FnMut(Arc<CompiledGrant>) -> Arc<CompiledGrant>,
+    ) -> Self {
+        let mut share =
+            |list: Box<[Arc<CompiledGrant>]>| list.into_iter().map(&mut shared).collect();
+        Self {
+            allows: share(self.allows),
+            denies: share(self.denies),
+            permissions: self.permissions,
+        }
     }
 }
 
