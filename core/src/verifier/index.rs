@@ -15,6 +15,7 @@
 //! [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`] of them), which tells an operator chasing a 401
 //! what happened.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,16 +97,19 @@ impl Hasher for PassThrough {
 
 type Shard = HashMap<TokenHash, Entry, BuildHasherDefault<PassThrough>>;
 
-/// One indexed token.
+/// One indexed token, a hash-map value beside its 32-byte hash in every shard: kept small
+/// because there is one per token.
 #[derive(Debug, Clone)]
 struct Entry {
     key: Arc<KeyInfo>,
-    slot: usize,
-    status_position: usize,
     id: Arc<str>,
     validity: Validity,
     /// Shared across re-indexing of the same token so usage reports stay once a minute.
     usage: Arc<UsageMark>,
+    /// Position in `key.slots` (at most `MAX_SLOTS`).
+    slot: u16,
+    /// Position in `status.tokens`.
+    status_position: u32,
     revoked: bool,
 }
 
@@ -129,10 +133,7 @@ pub struct Found {
 impl Found {
     /// Its slot's name.
     pub fn slot_name(&self) -> &str {
-        self.key
-            .slots
-            .get(self.slot)
-            .map_or("", |s| s.name.as_str())
+        self.key.slots.get(self.slot).map_or("", |s| &s.name)
     }
 }
 
@@ -162,9 +163,38 @@ pub struct Applied {
 
 #[derive(Default)]
 struct Writer {
-    by_key: HashMap<(String, String), Vec<TokenHash>>,
+    /// The tokens each indexed key has in the shards, found by the key's identity.
+    by_key: HashSet<Indexed>,
     tombstones: VecDeque<(TokenHash, Timestamp)>,
 }
+
+/// An indexed key and the hashes of its tokens, so that re-indexing or revoking it finds them.
+/// Looked up by `<namespace>/<name>` (neither may contain a `/`), so the key's own identity
+/// string is the map key and no copy of the name is kept.
+struct Indexed {
+    key: Arc<KeyInfo>,
+    hashes: Box<[TokenHash]>,
+}
+
+impl Borrow<str> for Indexed {
+    fn borrow(&self) -> &str {
+        &self.key.identity
+    }
+}
+
+impl Hash for Indexed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.identity.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Indexed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key.identity == other.key.identity
+    }
+}
+
+impl Eq for Indexed {}
 
 /// The token index. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Index {
@@ -200,6 +230,11 @@ impl Index {
                 skipped += 1;
                 continue;
             };
+            // Status positions past u32 cannot occur: the API server limits an object's size.
+            let (Ok(slot), Ok(position)) = (u16::try_from(slot), u32::try_from(position)) else {
+                skipped += 1;
+                continue;
+            };
             let mut add = |hex: &str, id: &str, validity| match TokenHash::from_hex(hex) {
                 Some(hash) => fresh.push((hash, slot, position, Arc::<str>::from(id), validity)),
                 None => skipped += 1,
@@ -223,9 +258,12 @@ impl Index {
         }
 
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let name = (key.namespace.clone(), key.name.clone());
-        let old = writer.by_key.remove(&name).unwrap_or_default();
-        let hashes: Vec<TokenHash> = fresh.iter().map(|f| f.0).collect();
+        let old = writer
+            .by_key
+            .take(key.identity.as_str())
+            .map(|indexed| indexed.hashes)
+            .unwrap_or_default();
+        let hashes: Box<[TokenHash]> = fresh.iter().map(|f| f.0).collect();
         for (hash, slot, status_position, id, validity) in fresh {
             let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
             let usage = shard
@@ -258,7 +296,10 @@ impl Index {
         self.live.fetch_add(tokens, Ordering::Relaxed);
         self.live.fetch_sub(old.len(), Ordering::Relaxed);
         if !hashes.is_empty() {
-            writer.by_key.insert(name, hashes);
+            writer.by_key.insert(Indexed {
+                key: key.clone(),
+                hashes,
+            });
         }
         drop(writer);
         let tokens = if apikey.metadata.deletion_timestamp.is_some() {
@@ -279,9 +320,8 @@ impl Index {
     /// answer REVOKED until their tombstone expires.
     pub fn revoke(&self, namespace: &str, name: &str, now: Timestamp) {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(hashes) = writer
-            .by_key
-            .remove(&(namespace.to_owned(), name.to_owned()))
+        let Some(Indexed { hashes, .. }) =
+            writer.by_key.take(format!("{namespace}/{name}").as_str())
         else {
             return;
         };
@@ -303,9 +343,9 @@ impl Index {
             let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             writer
                 .by_key
-                .keys()
-                .filter(|k| !present.contains(*k))
-                .cloned()
+                .iter()
+                .map(|indexed| (indexed.key.namespace.clone(), indexed.key.name.clone()))
+                .filter(|name| !present.contains(name))
                 .collect()
         };
         for (namespace, name) in gone {
@@ -348,7 +388,7 @@ impl Index {
         let code = if entry.revoked {
             Code::Revoked
         } else {
-            decide(&entry.key, entry.slot, entry.validity, request, now)
+            decide(&entry.key, entry.slot.into(), entry.validity, request, now)
         };
         Verdict {
             code,
@@ -356,8 +396,8 @@ impl Index {
             found: Some(Found {
                 expires_at: entry.validity.ends_at(&entry.key),
                 key: entry.key,
-                slot: entry.slot,
-                status_position: entry.status_position,
+                slot: usize::from(entry.slot),
+                status_position: entry.status_position as usize,
                 id: entry.id,
                 usage: entry.usage,
             }),

@@ -7,19 +7,19 @@
 //! are left out while the list still restricts (an all-bad list admits nobody), and an
 //! unparsable `expiresAt` counts as already passed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::api::{ApiKey, Grant, RequiredHeader, RequiredHeaderStatus};
-use crate::grants::CompiledGrants;
+use crate::api::{ApiKey, RequiredHeader, RequiredHeaderStatus};
+use crate::grants::{CompiledGrant, CompiledGrants};
 use crate::validation::{InvalidSpec, validate};
 
 use super::index::TokenHash;
+use super::intern::Interner;
 
 /// One ApiKey, as the decision reads it.
 #[derive(Debug)]
@@ -37,18 +37,18 @@ pub struct KeyInfo {
     /// `spec.expiresAt`: nothing verifies from this instant on.
     pub expires_at: Option<Timestamp>,
     /// `None`: any client address. `Some`: the address must fall in one of these (none: nobody).
-    pub ip_allow_list: Option<Vec<IpNet>>,
+    pub ip_allow_list: Option<Box<[IpNet]>>,
     /// Headers the request must carry.
-    pub required_headers: Vec<HeaderRule>,
+    pub required_headers: Box<[HeaderRule]>,
     /// Token slots in spec order; index entries refer to them by position.
-    pub slots: Vec<SlotInfo>,
+    pub slots: Box<[SlotInfo]>,
 }
 
 /// One token slot.
 #[derive(Debug)]
 pub struct SlotInfo {
     /// Slot name (`key.token` in answers, `X-Keysmith-Token`).
-    pub name: String,
+    pub name: Box<str>,
     /// Returned with every VALID answer.
     pub metadata: Metadata,
     /// The slot's effective grants (shared by every slot with the same grants); empty for an
@@ -78,42 +78,20 @@ impl From<&BTreeMap<String, String>> for Metadata {
     }
 }
 
-/// Compiled grant sets shared between slots whose grants are the same: fleets stamped from one
-/// template carry one copy instead of one per key. Sets are found by a hash of their source and
-/// confirmed by comparing the compiled form, so the table holds no copy of the source.
+/// Compiled grant sets shared between slots whose grants are the same, and grants shared between
+/// sets that differ in others: fleets stamped from one template carry one copy instead of one per
+/// key, and keys with a grant of their own share the rest.
 #[derive(Default)]
 pub struct GrantInterner {
-    sets: Mutex<HashMap<u64, Vec<Weak<CompiledGrants>>>>,
+    grants: Interner<CompiledGrant>,
+    sets: Interner<CompiledGrants>,
 }
 
 impl GrantInterner {
-    /// The shared copy of `compiled`, the compiled form of `source`.
-    fn intern(&self, source: &[Grant], compiled: CompiledGrants) -> Arc<CompiledGrants> {
-        let Ok(text) = serde_json::to_string(source) else {
-            return Arc::new(compiled);
-        };
-        let mut hasher = std::hash::DefaultHasher::new();
-        text.hash(&mut hasher);
-        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget sets no key uses any more whenever the table doubles, so it stays bounded by
-        // about twice the live distinct sets.
-        if sets.len() >= 64 && sets.len().is_power_of_two() {
-            sets.retain(|_, same| {
-                same.retain(|set| set.strong_count() > 0);
-                !same.is_empty()
-            });
-        }
-        let same = sets.entry(hasher.finish()).or_default();
-        if let Some(shared) = same
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|set| **set == compiled)
-        {
-            return shared;
-        }
-        let shared = Arc::new(compiled);
-        same.push(Arc::downgrade(&shared));
-        shared
+    /// The shared copy of `compiled`.
+    fn intern(&self, compiled: CompiledGrants) -> Arc<CompiledGrants> {
+        let compiled = compiled.share_grants(|grant| self.grants.share(grant));
+        self.sets.share(Arc::new(compiled))
     }
 }
 
@@ -169,11 +147,6 @@ impl KeyInfo {
             .unwrap_or_default();
         let slot_spec = |slot: &str| spec.tokens.iter().find(|t| t.name == slot);
         let metadata = |slot: &str| slot_spec(slot).map(|t| Metadata::from(&t.metadata));
-        let source = |slot: &str| {
-            slot_spec(slot)
-                .and_then(|t| t.grants.as_deref())
-                .unwrap_or(&spec.grants)
-        };
         let (slots, ip_allow_list, expires_at, error) = match validate(spec) {
             Ok(valid) => {
                 let slots = valid
@@ -181,11 +154,11 @@ impl KeyInfo {
                     .into_iter()
                     .map(|s| SlotInfo {
                         metadata: metadata(&s.name).unwrap_or_default(),
-                        grants: interner.intern(source(&s.name), s.grants),
-                        name: s.name,
+                        grants: interner.intern(s.grants),
+                        name: s.name.into(),
                     })
                     .collect();
-                let ips = (!listed.is_empty()).then_some(valid.ip_allow_list);
+                let ips = (!listed.is_empty()).then(|| valid.ip_allow_list.into());
                 (slots, ips, valid.expires_at, None)
             }
             Err(invalid) => {
@@ -193,7 +166,7 @@ impl KeyInfo {
                     .tokens
                     .iter()
                     .map(|t| SlotInfo {
-                        name: t.name.clone(),
+                        name: t.name.as_str().into(),
                         metadata: Metadata::from(&t.metadata),
                         grants: Arc::default(),
                     })
@@ -223,7 +196,7 @@ impl KeyInfo {
 
     /// Position of the slot named `name`.
     pub(crate) fn slot_index(&self, name: &str) -> Option<usize> {
-        self.slots.iter().position(|s| s.name == name)
+        self.slots.iter().position(|s| &*s.name == name)
     }
 }
 
