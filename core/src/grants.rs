@@ -491,6 +491,12 @@ impl CompiledGrants {
         &self.permissions
     }
 
+    /// Every grant, allows first: what a test of sharing compares.
+    #[cfg(test)]
+    pub(crate) fn grants(&self) -> impl Iterator<Item = &Arc<CompiledGrant>> {
+        self.allows.iter().chain(&self.denies)
+    }
+
     /// The same set with each grant replaced by `shared(grant)`, which must return an equal
     /// grant: how an interner makes equal grants of different sets one copy.
     pub fn share_grants(

@@ -532,3 +532,35 @@ fn identical_grant_sets_are_compiled_once() {
         .key;
     assert!(!Arc::ptr_eq(&ka.slots[0].grants, &kc.slots[0].grants));
 }
+
+#[test]
+fn sets_that_differ_in_one_grant_share_the_others() {
+    let index = Index::default();
+    let (a, b) = (token("ks_"), token("ks_"));
+    let spec = |site: &str| {
+        let mut spec = grants_spec();
+        spec["grants"][0]["resources"] = json!([format!("content:{site}:*")]);
+        spec
+    };
+    let grants = |name, token| {
+        let applied = index.apply(&apikey(name, spec(name), &[("main", token)]), now());
+        applied.key.slots[0].grants.clone()
+    };
+    let (ga, gb) = (grants("a", &a), grants("b", &b));
+    assert!(!Arc::ptr_eq(&ga, &gb), "the sets differ");
+    let shared: Vec<bool> = ga
+        .grants()
+        .zip(gb.grants())
+        .map(|(x, y)| Arc::ptr_eq(x, y))
+        .collect();
+    // allows (grants 0 and 2), then the deny (grant 1)
+    assert_eq!(shared, [false, true, true]);
+
+    // Sharing changes no decision: each key reads its own first grant.
+    let mut ask = request(a.expose_secret());
+    ask.action = Some("content.read");
+    ask.resource = Some("content:a:home");
+    assert_eq!(code(&index, &ask), Code::Valid);
+    ask.token = b.expose_secret();
+    assert_eq!(code(&index, &ask), Code::Forbidden);
+}
