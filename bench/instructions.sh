@@ -14,7 +14,7 @@
 #
 # Usage: bench/instructions.sh [KEYS] [REQUESTS] [OUTDIR]    (defaults: 1000 2000)
 #   OUTDIR  keep the callgrind files there (callgrind.idle, .authz, .verify) for
-#           `callgrind_annotate --inclusive=yes OUTDIR/callgrind.verify`
+#           `callgrind_annotate --inclusive=yes OUTDIR/callgrind.verify`, and the verifier's log
 # Needs: cargo, curl, python3, valgrind (Debian, Ubuntu: apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -137,6 +137,6 @@ for name in authz verify; do
 done
 if [ -n "$OUTDIR" ]; then
     mkdir -p "$OUTDIR"
-    cp "$WORK/callgrind.authz" "$WORK/callgrind.verify" "$WORK/callgrind.idle" "$OUTDIR/"
+    cp "$WORK/callgrind.idle" "$WORK/callgrind.authz" "$WORK/callgrind.verify" "$WORK/verifier.log" "$OUTDIR/"
     echo "callgrind files in $OUTDIR (callgrind_annotate --inclusive=yes $OUTDIR/callgrind.verify)"
 fi

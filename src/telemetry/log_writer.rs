@@ -11,13 +11,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use tracing::Subscriber;
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use super::LogFormat;
-use super::audit_lines::{AuditLines, TARGET as AUDIT};
+use super::audit_lines::{AuditLines, LineWriter, MakeWriterLines};
 
 /// Install the global `tracing` subscriber (filter from `RUST_LOG`, default `info`), writing to
 /// stderr from a background thread. Keep the guard until exit: dropping it flushes.
@@ -27,8 +26,10 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     let (writer, guard) = background_stderr();
     // Colour only for a person at a terminal: a pipe, a file or a log collector gets plain text.
     let ansi = std::io::stderr().is_terminal();
+    // Audit lines go to the writer thread as they are built, without a copy.
+    let subscriber = styled(format, filter, writer.clone(), writer, ansi);
     // Err only means a subscriber is already installed, which is fine.
-    let _ = tracing::subscriber::set_global_default(styled(format, filter, writer, ansi));
+    let _ = tracing::subscriber::set_global_default(subscriber);
     guard
 }
 
@@ -39,25 +40,37 @@ pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> impl Su
 where
     W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    styled(format, filter, writer, false)
+    styled(
+        format,
+        filter,
+        writer.clone(),
+        MakeWriterLines(writer),
+        false,
+    )
 }
 
-/// [`subscriber`], with colour codes in text lines when `ansi`.
-fn styled<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -> impl Subscriber
+/// [`subscriber`], audit lines through `audit`, with colour codes in text lines when `ansi`.
+fn styled<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    audit: impl LineWriter,
+    ansi: bool,
+) -> impl Subscriber
 where
-    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(writer.clone());
+        .with_writer(writer);
     let lines = match format {
         LogFormat::Json => lines.json().flatten_event(true).boxed(),
         LogFormat::Text => lines.boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(lines.with_filter(filter_fn(|meta| meta.target() != AUDIT)))
-        .with(AuditLines::new(format, writer).with_filter(filter_fn(|meta| meta.target() == AUDIT)))
+        .with(lines)
+        .with(AuditLines::new(format, audit))
 }
 
 /// `info`, except kube's client logging each failed request at ERROR: that error is also returned
@@ -162,6 +175,12 @@ impl Drop for EventWriter {
                 .tx
                 .send(LogMessage::Line(std::mem::take(&mut self.line)));
         }
+    }
+}
+
+impl LineWriter for BackgroundWriter {
+    fn write_line(&self, line: Vec<u8>) {
+        let _ = self.tx.send(LogMessage::Line(line));
     }
 }
 

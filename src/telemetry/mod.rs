@@ -23,7 +23,7 @@ use tokio::sync::watch;
 mod audit_lines;
 mod log_writer;
 
-pub use audit_lines::TARGET as AUDIT_TARGET;
+pub use audit_lines::{Line as AuditLine, TARGET as AUDIT_TARGET, write as write_audit_line};
 pub use log_writer::{LogGuard, init_tracing, subscriber};
 
 /// Prefix of every Keysmith metric name.

@@ -1,6 +1,7 @@
-//! One structured audit line per verification, on the `tracing` target `keysmith::audit`
-//! (JSON with `--log-format json`): the line's timestamp, endpoint, code, key, slot, token id,
-//! client address, end user's address, user agent, action and resource. Never the token: only its
+//! One structured audit line per verification, on the log target `keysmith::audit` (JSON with
+//! `--log-format json`; written by [`crate::telemetry::write_audit_line`]): the line's timestamp,
+//! endpoint, code, key, slot, token id, client address, end user's address, user agent, action
+//! and resource. Never the token: only its
 //! public id (prefix plus six characters), and only when the string was a well-formed token.
 //!
 //! `client` is who sent the request (the TCP peer, or the client a trusted proxy names): the
@@ -68,32 +69,18 @@ pub struct Request<'a> {
 pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
     let found = verdict.found.as_ref();
     let code: Code = verdict.code;
-    tracing::info!(
-        target: crate::telemetry::AUDIT_TARGET,
-        endpoint = request.endpoint.as_str(),
-        code = code.as_str(),
-        key = found.map_or("", |f| f.key.identity.as_str()),
-        token = found.map_or("", |f| f.slot_name()),
-        token_id = verdict.token_id.unwrap_or(""),
-        client = %Client(request.client),
-        end_user = %Client(request.end_user),
-        user_agent = &*clean(request.user_agent),
-        action = &*clean(request.action),
-        resource = &*clean(request.resource),
-        "verification"
-    );
-}
-
-/// An address, or nothing.
-struct Client(Option<IpAddr>);
-
-impl std::fmt::Display for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(ip) => ip.fmt(f),
-            None => Ok(()),
-        }
-    }
+    crate::telemetry::write_audit_line("verification", |line| {
+        line.str("endpoint", request.endpoint.as_str());
+        line.str("code", code.as_str());
+        line.str("key", found.map_or("", |f| f.key.identity.as_str()));
+        line.str("token", found.map_or("", |f| f.slot_name()));
+        line.str("token_id", verdict.token_id.unwrap_or(""));
+        line.ip("client", request.client);
+        line.ip("end_user", request.end_user);
+        line.str("user_agent", &clean(request.user_agent));
+        line.str("action", &clean(request.action));
+        line.str("resource", &clean(request.resource));
+    });
 }
 
 /// Caller-supplied text, bounded and without control characters, so one request stays one line
