@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,16 @@ use super::tenancy::{self, Endpoint, Namespaces};
 pub const MAX_BODY: usize = 16 * 1024;
 /// Path of the TokenReview webhook.
 pub const TOKENREVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+// Header names the endpoints read and write, parsed at compile time: a name given as a string is
+// parsed and validated at every lookup or insert.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_KEYSMITH_ACTION: HeaderName = HeaderName::from_static("x-keysmith-action");
+const X_KEYSMITH_RESOURCE: HeaderName = HeaderName::from_static("x-keysmith-resource");
+const X_KEYSMITH_ENVIRONMENT: HeaderName = HeaderName::from_static("x-keysmith-environment");
+const X_KEYSMITH_CODE: HeaderName = HeaderName::from_static("x-keysmith-code");
+const X_KEYSMITH_KEY: HeaderName = HeaderName::from_static("x-keysmith-key");
+const X_KEYSMITH_TOKEN: HeaderName = HeaderName::from_static("x-keysmith-token");
 
 /// The request's HTTP headers as the decision reads them (the core knows no HTTP types).
 struct HttpHeaders<'a>(&'a HeaderMap);
@@ -379,7 +389,7 @@ fn presented_token(headers: &HeaderMap) -> &str {
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     bearer
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get(X_API_KEY).and_then(|v| v.to_str().ok()))
         .unwrap_or("")
 }
 
@@ -407,16 +417,16 @@ fn asked(query: Option<&str>, headers: &HeaderMap) -> Asked {
         }
         asked
     } else {
-        let get = |name: &str| {
+        let get = |name: HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
         Asked {
-            action: get("x-keysmith-action"),
-            resource: get("x-keysmith-resource"),
-            environment: get("x-keysmith-environment"),
+            action: get(X_KEYSMITH_ACTION),
+            resource: get(X_KEYSMITH_RESOURCE),
+            environment: get(X_KEYSMITH_ENVIRONMENT),
         }
     }
 }
@@ -463,7 +473,7 @@ fn authz_response(verdict: &Verdict<'_>) -> Answer {
     };
     let mut response = answer(status, None, Bytes::new());
     let headers = response.headers_mut();
-    headers.insert("x-keysmith-code", HeaderValue::from_static(code.as_str()));
+    headers.insert(X_KEYSMITH_CODE, HeaderValue::from_static(code.as_str()));
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(
             header::WWW_AUTHENTICATE,
@@ -471,18 +481,18 @@ fn authz_response(verdict: &Verdict<'_>) -> Answer {
         );
     }
     if let (Code::Valid, Some(found)) = (code, &verdict.found) {
-        let mut set = |name: &'static str, value: &str| {
+        let mut set = |name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
             }
         };
-        set("x-keysmith-key", &found.key.identity);
-        set("x-keysmith-token", found.slot_name());
+        set(X_KEYSMITH_KEY, &found.key.identity);
+        set(X_KEYSMITH_TOKEN, found.slot_name());
         // Always set, empty when the key has none: a gateway copying it upstream then replaces
         // any X-Keysmith-Environment the client sent instead of passing it on.
         let environment = found.key.environment.as_deref().unwrap_or("");
         headers.insert(
-            "x-keysmith-environment",
+            X_KEYSMITH_ENVIRONMENT,
             HeaderValue::from_str(environment).unwrap_or(HeaderValue::from_static("")),
         );
     }
