@@ -17,6 +17,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Layer;
 
 use super::LogFormat;
+use super::timestamp::write_rfc3339;
 
 /// The `tracing` target of audit lines, for filtering (`RUST_LOG=keysmith::audit=off`).
 pub const TARGET: &str = "keysmith::audit";
@@ -89,14 +90,14 @@ impl Line {
         let now = jiff::Timestamp::now();
         match format {
             LogFormat::Json => {
-                let _ = write!(
-                    bytes,
-                    "{{\"timestamp\":\"{now}\",\"level\":\"INFO\",\"message\":"
-                );
+                bytes.extend_from_slice(b"{\"timestamp\":\"");
+                write_rfc3339(&mut bytes, now);
+                bytes.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
                 json_str(&mut bytes, message);
             }
             LogFormat::Text => {
-                let _ = write!(bytes, "{now}  INFO {TARGET}: {message}");
+                write_rfc3339(&mut bytes, now);
+                let _ = write!(bytes, "  INFO {TARGET}: {message}");
             }
         }
         Line { format, bytes }
@@ -170,9 +171,32 @@ impl Line {
 
 /// Printable ASCII other than `"` and `\`: text that JSON and Rust's `Debug` both quote as is.
 fn plain(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    // Eight bytes at a time: a byte under 0x20, at or over 0x7f, `"` or `\` sets its high bit in
+    // `flags` (where one does, bytes above it may too, which changes nothing). The tail is padded
+    // with a plain byte.
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
+    let clean = |x: u64| {
+        let flags = (x.wrapping_sub(ONES * 0x20) & !x)
+            | ((x & !HIGH) + ONES)
+            | x
+            | zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')));
+        flags & HIGH == 0
+    };
+    let mut chunks = value.as_bytes().chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        if !clean(u64::from_ne_bytes(word)) {
+            return false;
+        }
+    }
+    let tail = chunks.remainder();
+    let mut word = [b'a'; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    clean(u64::from_ne_bytes(word))
 }
 
 fn quoted(bytes: &mut Vec<u8>, value: &str) {
@@ -288,6 +312,25 @@ mod tests {
         assert_eq!(emit(LogFormat::Json, "info,keysmith::audit=off"), "");
         assert_eq!(emit(LogFormat::Json, "warn"), "");
         assert_ne!(emit(LogFormat::Json, "warn,keysmith::audit=info"), "");
+    }
+
+    #[test]
+    fn plain_is_printable_ascii_without_quote_or_backslash_at_any_position() {
+        let reference = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+        for len in 0..20 {
+            assert!(plain(&"x".repeat(len)));
+            for at in 0..len {
+                for b in 0..=0x7f_u8 {
+                    let mut text = vec![b'x'; len];
+                    text[at] = b;
+                    let text = String::from_utf8(text).unwrap();
+                    assert_eq!(plain(&text), reference(b), "{text:?}");
+                }
+                let mut text = "x".repeat(len);
+                text.replace_range(at..at + 1, "\u{e9}");
+                assert!(!plain(&text), "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
 /// in the text format too.
 fn clean(value: Option<&str>) -> Cow<'_, str> {
     let value = value.unwrap_or("");
+    // Short ASCII without control characters, as nearly every value is: nothing to do.
+    if value.len() <= MAX_FIELD && value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(value);
+    }
     let cut = value
         .char_indices()
         .nth(MAX_FIELD)
@@ -111,6 +115,10 @@ mod tests {
         assert_eq!(clean(Some("curl/8")), "curl/8");
         assert_eq!(clean(Some("a\nb\r")), "a?b?");
         assert_eq!(clean(Some(&"x".repeat(1000))).len(), MAX_FIELD);
+        assert_eq!(clean(Some(&"x".repeat(MAX_FIELD))).len(), MAX_FIELD);
+        let long = "\u{e9}".repeat(MAX_FIELD + 1);
+        assert_eq!(clean(Some(&long)).chars().count(), MAX_FIELD);
+        assert_eq!(clean(Some("caf\u{e9}\u{85}\x7f")), "caf\u{e9}??");
         assert_eq!(clean(None), "");
     }
 }
