@@ -394,26 +394,26 @@ fn presented_token(headers: &HeaderMap) -> &str {
 }
 
 #[derive(Default)]
-struct Asked {
-    action: Option<String>,
-    resource: Option<String>,
-    environment: Option<String>,
+struct Asked<'a> {
+    action: Option<Cow<'a, str>>,
+    resource: Option<Cow<'a, str>>,
+    environment: Option<Cow<'a, str>>,
 }
 
 /// What a gateway asks: from the `query` of an `authz` route exactly (ingress-nginx `auth-url`,
 /// Traefik `address`), from `X-Keysmith-*` headers below it (`None`: Envoy appends the client's
 /// path and query there, so that query is the client's to choose and must not be believed).
-fn asked(query: Option<&str>, headers: &HeaderMap) -> Asked {
+fn asked<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Asked<'a> {
     if let Some(query) = query {
         let mut asked = Asked::default();
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        for (k, v) in query_pairs(query) {
             let slot = match &*k {
                 "action" => &mut asked.action,
                 "resource" => &mut asked.resource,
                 "environment" => &mut asked.environment,
                 _ => continue,
             };
-            *slot = Some(v.into_owned());
+            *slot = Some(v);
         }
         asked
     } else {
@@ -421,7 +421,7 @@ fn asked(query: Option<&str>, headers: &HeaderMap) -> Asked {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+                .map(Cow::Borrowed)
         };
         Asked {
             action: get(X_KEYSMITH_ACTION),
@@ -429,6 +429,22 @@ fn asked(query: Option<&str>, headers: &HeaderMap) -> Asked {
             environment: get(X_KEYSMITH_ENVIRONMENT),
         }
     }
+}
+
+/// The name-value pairs of a form-encoded query, decoded as `form_urlencoded::parse` decodes
+/// them; a pair with nothing to decode (no `%`, no `+`), as gateways send them, is borrowed.
+fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            if pair.contains(['%', '+']) {
+                form_urlencoded::parse(pair.as_bytes()).next()
+            } else {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+            }
+        })
 }
 
 async fn authz<B>(
@@ -725,6 +741,21 @@ mod tests {
         let a = asked(None, &h);
         assert_eq!(a.action.as_deref(), Some("from-header"));
         assert_eq!(a.resource, None);
+    }
+
+    #[test]
+    fn query_pairs_decode_as_form_urlencoded_does() {
+        for query in [
+            "",
+            "action=content.read&resource=content:pages:home",
+            "a=1&&b&=c&d=e=f&",
+            "act%69on=x+y&resource=%F0%9F%A6%80%zz%ff&+=+",
+            "&&x%3Dy=1",
+        ] {
+            let ours: Vec<_> = query_pairs(query).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+            assert_eq!(ours, theirs, "{query:?}");
+        }
     }
 
     #[test]
