@@ -12,7 +12,8 @@
 //! [`components`] runs either or both in one process; [`cluster`] connects to the API server and
 //! [`telemetry`] holds what every long-running command shares (logs, `/metrics`, `/healthz`,
 //! `/readyz`, SIGTERM). [`devcluster`] is the emulated cluster of `keysmith dev` and the tests.
-//! [`allocator`] hands memory freed after a burst of work back to the operating system.
+//! [`allocator`] hands memory freed after a burst of work back to the operating system, and
+//! [`text`] writes the verifier's per-request text (answers, audit lines) without `fmt`.
 
 pub(crate) mod allocator;
 pub(crate) mod apikeys;
@@ -23,6 +24,7 @@ pub mod controller;
 pub mod devcluster;
 pub mod scope;
 pub mod telemetry;
+pub(crate) mod text;
 pub mod verifier;
 
 pub use keysmith_core::{api, crd, duration, grants, planner, schedule, token, validation};

@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Layer;
 
 use super::LogFormat;
-use super::timestamp::write_rfc3339;
+use crate::text::{json_str, plain, quoted, write_rfc3339};
 
 /// The `tracing` target of audit lines, for filtering (`RUST_LOG=keysmith::audit=off`).
 pub const TARGET: &str = "keysmith::audit";
@@ -169,52 +169,6 @@ impl Line {
     }
 }
 
-/// Printable ASCII other than `"` and `\`: text that JSON and Rust's `Debug` both quote as is.
-fn plain(value: &str) -> bool {
-    // Eight bytes at a time: a byte under 0x20, at or over 0x7f, `"` or `\` sets its high bit in
-    // `flags` (where one does, bytes above it may too, which changes nothing). The tail is padded
-    // with a plain byte.
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
-    let clean = |x: u64| {
-        let flags = (x.wrapping_sub(ONES * 0x20) & !x)
-            | ((x & !HIGH) + ONES)
-            | x
-            | zero_byte(x ^ (ONES * u64::from(b'"')))
-            | zero_byte(x ^ (ONES * u64::from(b'\\')));
-        flags & HIGH == 0
-    };
-    let mut chunks = value.as_bytes().chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        if !clean(u64::from_ne_bytes(word)) {
-            return false;
-        }
-    }
-    let tail = chunks.remainder();
-    let mut word = [b'a'; 8];
-    word[..tail.len()].copy_from_slice(tail);
-    clean(u64::from_ne_bytes(word))
-}
-
-fn quoted(bytes: &mut Vec<u8>, value: &str) {
-    bytes.push(b'"');
-    bytes.extend_from_slice(value.as_bytes());
-    bytes.push(b'"');
-}
-
-/// `value` as a JSON string, escaped as serde_json escapes it.
-fn json_str(bytes: &mut Vec<u8>, value: &str) {
-    if plain(value) {
-        quoted(bytes, value);
-    } else {
-        // Writing to a Vec cannot fail, and a str always serializes.
-        let _ = serde_json::to_writer(&mut *bytes, value);
-    }
-}
-
 fn decimal(bytes: &mut Vec<u8>, n: u8) {
     if n >= 100 {
         bytes.push(b'0' + n / 100);
@@ -312,25 +266,6 @@ mod tests {
         assert_eq!(emit(LogFormat::Json, "info,keysmith::audit=off"), "");
         assert_eq!(emit(LogFormat::Json, "warn"), "");
         assert_ne!(emit(LogFormat::Json, "warn,keysmith::audit=info"), "");
-    }
-
-    #[test]
-    fn plain_is_printable_ascii_without_quote_or_backslash_at_any_position() {
-        let reference = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
-        for len in 0..20 {
-            assert!(plain(&"x".repeat(len)));
-            for at in 0..len {
-                for b in 0..=0x7f_u8 {
-                    let mut text = vec![b'x'; len];
-                    text[at] = b;
-                    let text = String::from_utf8(text).unwrap();
-                    assert_eq!(plain(&text), reference(b), "{text:?}");
-                }
-                let mut text = "x".repeat(len);
-                text.replace_range(at..at + 1, "\u{e9}");
-                assert!(!plain(&text), "{text:?}");
-            }
-        }
     }
 
     #[test]

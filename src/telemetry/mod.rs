@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 mod audit_lines;
 mod log_writer;
-mod timestamp;
 
 pub use audit_lines::{Line as AuditLine, TARGET as AUDIT_TARGET, write as write_audit_line};
 pub use log_writer::{LogGuard, init_tracing, subscriber};

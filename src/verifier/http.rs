@@ -27,6 +27,7 @@ use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
 use super::tenancy::{self, Endpoint, Namespaces};
+use crate::text::{json_str, write_rfc3339};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -115,8 +116,7 @@ fn answer(status: StatusCode, content_type: Option<&'static str>, body: Bytes) -
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
-    // Sized for a verify answer, so it is written without growing.
-    let mut body = Vec::with_capacity(512);
+    let mut body = Vec::with_capacity(128);
     // Serializing these types to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut body, value);
     answer(status, Some("application/json"), body.into())
@@ -270,68 +270,79 @@ impl RequestHeaders for BodyHeaders {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct VerifyResponse<'a> {
-    valid: bool,
-    code: &'static str,
-    key: Option<KeyRef<'a>>,
-    environment: Option<&'a str>,
-    expires_at: Option<Rfc3339>,
-    metadata: MetadataView<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    permissions: Option<&'a [Box<str>]>,
-}
-
-#[derive(Serialize)]
-struct KeyRef<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    token: &'a str,
-    id: &'a str,
-}
-
-/// A time as RFC 3339 text, formatted straight into the answer.
-struct Rfc3339(jiff::Timestamp);
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-/// A slot's metadata as a JSON object.
-struct MetadataView<'a>(&'a [(Box<str>, Box<str>)]);
-
-impl Serialize for MetadataView<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            map.serialize_entry(&**k, &**v)?;
-        }
-        map.end()
-    }
-}
-
-fn verify_response<'a>(verdict: &'a Verdict<'_>) -> VerifyResponse<'a> {
+/// The answer to `POST /v1/verify`, as JSON: `valid`, `code`, `key` (namespace, name, token,
+/// id; `null` when no key holds the token), `environment`, `expiresAt` (`null` when none),
+/// `metadata` and, when valid, `permissions`. Written field by field: a serde-derived answer
+/// escaped every key and value byte by byte (`bench/instructions.sh`).
+fn verify_response(verdict: &Verdict<'_>) -> Vec<u8> {
     let found = verdict.found.as_ref();
     let valid = verdict.code == Code::Valid;
-    let slot = found.and_then(|f| f.key.slots.get(f.slot));
-    VerifyResponse {
-        valid,
-        code: verdict.code.as_str(),
-        key: found.map(|f| KeyRef {
-            namespace: &f.key.namespace,
-            name: &f.key.name,
-            token: f.slot_name(),
-            id: &f.id,
-        }),
-        environment: found.and_then(|f| f.key.environment.as_deref()),
-        expires_at: found.and_then(|f| f.expires_at).map(Rfc3339),
-        metadata: MetadataView(slot.filter(|_| valid).map_or(&[], |s| s.metadata.entries())),
-        permissions: slot.filter(|_| valid).map(|s| s.grants.permissions()),
+    let slot = found
+        .and_then(|f| f.key.slots.get(f.slot))
+        .filter(|_| valid);
+    // Sized for a verify answer, so it is written without growing.
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(if valid {
+        b"{\"valid\":true,\"code\":"
+    } else {
+        b"{\"valid\":false,\"code\":"
+    });
+    json_str(&mut out, verdict.code.as_str());
+    out.extend_from_slice(b",\"key\":");
+    match found {
+        Some(found) => {
+            out.extend_from_slice(b"{\"namespace\":");
+            json_str(&mut out, &found.key.namespace);
+            out.extend_from_slice(b",\"name\":");
+            json_str(&mut out, &found.key.name);
+            out.extend_from_slice(b",\"token\":");
+            json_str(&mut out, found.slot_name());
+            out.extend_from_slice(b",\"id\":");
+            json_str(&mut out, &found.id);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"environment\":");
+    match found.and_then(|f| f.key.environment.as_deref()) {
+        Some(environment) => json_str(&mut out, environment),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"expiresAt\":");
+    match found.and_then(|f| f.expires_at) {
+        Some(at) => {
+            out.push(b'"');
+            write_rfc3339(&mut out, at);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"metadata\":{");
+    for (i, (name, value)) in slot
+        .map_or(&[][..], |s| s.metadata.entries())
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, name);
+        out.push(b':');
+        json_str(&mut out, value);
+    }
+    out.push(b'}');
+    if let Some(slot) = slot {
+        out.extend_from_slice(b",\"permissions\":[");
+        for (i, permission) in slot.grants.permissions().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(&mut out, permission);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<&str> {
@@ -375,7 +386,11 @@ where
         resource: request.resource,
     };
     let verdict = verifier.check(&request, namespaces, &audit).await;
-    json(StatusCode::OK, &verify_response(&verdict))
+    answer(
+        StatusCode::OK,
+        Some("application/json"),
+        verify_response(&verdict).into(),
+    )
 }
 
 /// The token of a gateway request: `Authorization: Bearer <token>`, else `X-API-Key`.
@@ -741,6 +756,58 @@ mod tests {
         let a = asked(None, &h);
         assert_eq!(a.action.as_deref(), Some("from-header"));
         assert_eq!(a.resource, None);
+    }
+
+    /// A verdict of `code` for the token of a key with metadata, grants and an expiry.
+    fn verdict(code: Code) -> Verdict<'static> {
+        let apikey: keysmith_core::api::ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "site", "namespace": "web"},
+            "spec": {
+                "environment": "production",
+                "tokens": [{"name": "delivery", "prefix": "cms_",
+                    "metadata": {"content": "published", "note": "say \"hi\"\n"}}],
+                "grants": [{"effect": "allow", "actions": ["content.read", "content.list"]}],
+            },
+        }))
+        .unwrap();
+        let (key, _) = super::super::key::KeyInfo::from_apikey(&apikey, &Default::default());
+        let found = keysmith_core::verifier::index::Found {
+            key: std::sync::Arc::new(key),
+            slot: 0,
+            status_position: 0,
+            id: "cms_abcdef".into(),
+            expires_at: Some("2027-01-02T03:04:05.5Z".parse().unwrap()),
+            usage: Default::default(),
+        };
+        Verdict {
+            code,
+            found: Some(found),
+            token_id: Some("cms_abcdef"),
+        }
+    }
+
+    #[test]
+    fn verify_answers_carry_every_field_in_order() {
+        let answer = |verdict: &Verdict<'_>| String::from_utf8(verify_response(verdict)).unwrap();
+        assert_eq!(
+            answer(&verdict(Code::Valid)),
+            r#"{"valid":true,"code":"VALID","key":{"namespace":"web","name":"site","token":"delivery","id":"cms_abcdef"},"environment":"production","expiresAt":"2027-01-02T03:04:05.5Z","metadata":{"content":"published","note":"say \"hi\"\n"},"permissions":["content.read","content.list"]}"#
+        );
+        // Metadata and permissions only for a valid token.
+        assert_eq!(
+            answer(&verdict(Code::Forbidden)),
+            r#"{"valid":false,"code":"FORBIDDEN","key":{"namespace":"web","name":"site","token":"delivery","id":"cms_abcdef"},"environment":"production","expiresAt":"2027-01-02T03:04:05.5Z","metadata":{}}"#
+        );
+        let not_found = Verdict {
+            code: Code::NotFound,
+            found: None,
+            token_id: Some("cms_abcdef"),
+        };
+        assert_eq!(
+            answer(&not_found),
+            r#"{"valid":false,"code":"NOT_FOUND","key":null,"environment":null,"expiresAt":null,"metadata":{}}"#
+        );
     }
 
     #[test]
