@@ -453,12 +453,16 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)
         .split('&')
         .filter(|pair| !pair.is_empty())
         .filter_map(|pair| {
-            if pair.contains(['%', '+']) {
-                form_urlencoded::parse(pair.as_bytes()).next()
-            } else {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+            // Byte scans: char patterns walk characters, at several times the cost.
+            let bytes = pair.as_bytes();
+            if bytes.iter().any(|&b| b == b'%' || b == b'+') {
+                return form_urlencoded::parse(bytes).next();
             }
+            let (name, value) = match bytes.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, ""),
+            };
+            Some((Cow::Borrowed(name), Cow::Borrowed(value)))
         })
 }
 
