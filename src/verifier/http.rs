@@ -216,9 +216,12 @@ pub struct BodyContext<'a> {
     pub owner: Option<Cow<'a, str>>,
 }
 
-/// Parse a `/v1/verify` body; an error means 400. Never panics, whatever the bytes.
+/// Parse a `/v1/verify` body; an error means 400 (so does any byte that is not UTF-8, as JSON
+/// text must be). Never panics, whatever the bytes.
 pub fn parse_verify_body(body: &[u8]) -> Result<VerifyBody<'_>, serde_json::Error> {
-    serde_json::from_slice(body)
+    // One check of the whole body: parsed from bytes, every string is checked again on its own.
+    let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
+    serde_json::from_str(text)
 }
 
 impl VerifyBody<'_> {
@@ -677,6 +680,7 @@ mod tests {
             br#"{"token":"t","ip":"nope"}"#,
             br#"{"token":"t","fields":"x"}"#,
             b"\xff",
+            b"{\"token\":\"t\",\"extra\":\"\xff\"}",
         ] {
             assert!(parse_verify_body(bad).is_err(), "{bad:?}");
         }
