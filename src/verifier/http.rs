@@ -23,11 +23,12 @@ use keysmith_core::grants::Context;
 use keysmith_core::verifier::decision::{Code, RequestHeaders, VerifyRequest};
 use keysmith_core::verifier::index::Verdict;
 
+use crate::text::{json_str, write_rfc3339};
+
 use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
 use super::tenancy::{self, Endpoint, Namespaces};
-use crate::text::{json_str, write_rfc3339};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -155,7 +156,7 @@ where
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await
+    let Ok(collected) = tokio::time::timeout(timeout, collect(Limited::new(body, MAX_BODY))).await
     else {
         return Err(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -163,13 +164,34 @@ where
         ));
     };
     match collected {
-        Ok(collected) => Ok((parts.headers, collected.to_bytes())),
+        Ok(collected) => Ok((parts.headers, collected)),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(err) => Err(error(
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body: {err}"),
         )),
     }
+}
+
+/// The data of `body`. A body that comes in one frame, as a small one does, is taken as it came
+/// (http-body-util's `collect` queues every frame, then copies them out); more frames are joined.
+async fn collect<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                joined = Some([earlier, data].concat());
+            }
+        }
+    }
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), Bytes::from))
 }
 
 /// The body of `POST /v1/verify`. Unknown fields are ignored; `null` is the same as absent.
@@ -719,6 +741,20 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from(MAX_BODY + 1));
         let refused = read_body(declared, LONG).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn bodies_in_several_frames_are_joined_in_order() {
+        for parts in [&[][..], &["{}"], &["{\"to", "ken\":", "\"t\"}"]] {
+            let frames = parts
+                .iter()
+                .map(|p| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(*p))));
+            let request = Request::new(http_body_util::StreamBody::new(futures::stream::iter(
+                frames,
+            )));
+            let (_, body) = read_body(request, LONG).await.unwrap();
+            assert_eq!(body, parts.concat());
+        }
     }
 
     #[tokio::test]
