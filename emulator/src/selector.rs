@@ -88,6 +88,11 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// Whether it has no requirement (every object matches).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether an object's labels satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
@@ -138,6 +143,11 @@ impl FieldSelector {
                 .map(|(path, eq, value)| (rename(&path).unwrap_or(path), eq, value))
                 .collect(),
         )
+    }
+
+    /// Whether it has no term (every object matches).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether the object satisfies every term (a missing field reads as "").

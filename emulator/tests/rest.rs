@@ -298,6 +298,21 @@ async fn list_paging_and_selectors() {
         .await
         .unwrap();
     assert_eq!(even.items.len(), 3);
+
+    // With a selector, pages continue through the matches, and (as the API server does) say
+    // nothing of how many are left.
+    let mut even_pages = Vec::new();
+    let mut lp = ListParams::default().labels("tier=even").limit(2);
+    loop {
+        let page = secrets.list(&lp).await.unwrap();
+        assert_eq!(page.metadata.remaining_item_count, None);
+        even_pages.push(page.items.iter().map(|s| s.name_any()).collect::<Vec<_>>());
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(even_pages, [vec!["s0", "s2"], vec!["s4"]]);
     let odd = secrets
         .list(&ListParams::default().labels("tier in (odd),tier!=even"))
         .await

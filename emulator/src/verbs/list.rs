@@ -52,21 +52,25 @@ impl State {
             Some(t) => decode_continue(t, self.store.compacted_rv())?,
             None => (self.store.current_rv(), None),
         };
-        let matching: Vec<_> = self
+        let unfiltered = q.labels.is_empty() && q.fields.is_empty();
+        let mut matching = self
             .store
-            .list(&rt.group_resource(), q.namespace)
-            .filter(|(key, _)| start_after.as_ref().is_none_or(|s| *key > s))
-            .filter(|(_, o)| q.labels.matches(o) && q.fields.matches(o))
-            .collect();
-        let take = q
-            .limit
-            .filter(|l| *l > 0)
-            .map_or(matching.len(), |l| l.min(matching.len()));
-        let items = matching[..take].iter().map(|(_, o)| *o).collect();
-        let (continue_token, remaining) = match take.checked_sub(1).map(|i| matching[i].0) {
-            Some((ns, name)) if take < matching.len() => (
+            .list_after(&rt.group_resource(), q.namespace, start_after.as_ref())
+            .filter(|(_, o)| unfiltered || (q.labels.matches(o) && q.fields.matches(o)));
+        let limit = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let page: Vec<_> = matching.by_ref().take(limit).collect();
+        // As the API server does, the count of what is left is given only for a list without
+        // selectors: counting matches would test every remaining object on every page.
+        let left = if unfiltered {
+            matching.count()
+        } else {
+            usize::from(matching.next().is_some())
+        };
+        let items = page.iter().map(|(_, o)| *o).collect();
+        let (continue_token, remaining) = match page.last() {
+            Some(((ns, name), _)) if left > 0 => (
                 Some(encode_continue(list_rv, ns, name)),
-                Some(matching.len() - take),
+                Some(left).filter(|_| unfiltered),
             ),
             _ => (None, None),
         };
