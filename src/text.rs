@@ -147,7 +147,12 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_as_serde_json_escapes_them() {
-        for value in ["", "content:pages:home", "say \"hi\"\\", "a\nb\u{7f}\u{e9}\u{1f980}"] {
+        for value in [
+            "",
+            "content:pages:home",
+            "say \"hi\"\\",
+            "a\nb\u{7f}\u{e9}\u{1f980}",
+        ] {
             let mut bytes = Vec::new();
             json_str(&mut bytes, value);
             assert_eq!(bytes, serde_json::to_vec(value).unwrap(), "{value:?}");
