@@ -62,8 +62,8 @@ impl World {
         }
     }
 
-    /// Plan, publish, and store what both write, as the controller would; the publication.
-    fn step(&mut self) -> Publication {
+    /// What the controller would plan and publish now, stored nowhere.
+    fn plan_and_publication(&self) -> (Plan, Publication) {
         let plan = plan(
             &self.key,
             self.secret.as_ref(),
@@ -74,6 +74,12 @@ impl World {
         .unwrap();
         let observed: Vec<Secret> = self.others.values().cloned().collect();
         let publication = publication(&self.key, &plan, self.secret.as_ref(), &observed, self.now);
+        (plan, publication)
+    }
+
+    /// Plan, publish, and store what both write, as the controller would; the publication.
+    fn step(&mut self) -> Publication {
+        let (plan, publication) = self.plan_and_publication();
         if let Some(status) = &plan.status {
             self.key.status = Some(status.clone());
         }
@@ -324,16 +330,7 @@ fn moving_to_another_consumer_takes_the_entries_out_of_the_first() {
         "shop"
     );
     w.key.spec.publish = serde_json::from_value(json!([{"kong": {"consumer": "outlet"}}])).unwrap();
-    let observed: Vec<Secret> = w.others.values().cloned().collect();
-    let plan = plan(
-        &w.key,
-        w.secret.as_ref(),
-        &HeaderSecrets::new(),
-        w.now,
-        &mut mint_token,
-    )
-    .unwrap();
-    let publication = publication(&w.key, &plan, w.secret.as_ref(), &observed, w.now);
+    let (_, publication) = w.plan_and_publication();
     let parts: Vec<(&str, bool, &[String])> = publication
         .kong
         .iter()
