@@ -734,11 +734,15 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         )
         .await
         .expect("the administrator writes the probe's status");
+    // A new value on every attempt: one that got through before the policy was active would
+    // make the next identical write a no-op, which the policy has no reason to refuse.
+    let attempts = std::sync::atomic::AtomicI64::new(9);
     eventually(
         "the policy to refuse the verifier's forged write",
         || async {
+            let value = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let forged =
-                json!([{"op": "replace", "path": "/status/observedGeneration", "value": 9}]);
+                json!([{"op": "replace", "path": "/status/observedGeneration", "value": value}]);
             let forged: json_patch::Patch = serde_json::from_value(forged).expect("patch");
             verifier_keys
                 .patch_status("policy-probe", &as_verifier, &Patch::Json::<()>(forged))
