@@ -893,52 +893,87 @@ async fn list_pages_with_limit_and_continue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_with_a_label_selector_and_continue() {
     let pair = Pair::start().await;
-    // Matches interleaved with objects the selector skips, and an unmatched object after the
-    // last match: each page must end at its own last match, not at the end of the collection.
-    let gold = [true, false, true, true, false];
-    let pages = pair
-        .same("list tier=gold in pages of two", |c| async move {
-            for (i, labelled) in gold.into_iter().enumerate() {
+    // Matches interleaved with objects the selectors skip. A page cut at its limit continues
+    // whenever any object follows its last item in the store, matched or not (so a page can be
+    // empty); a page short of its limit, or one ending at the last stored object, is the last.
+    const TIERS: [Option<&str>; 6] = [
+        Some("gold"),
+        None,
+        Some("gold"),
+        Some("gold"),
+        Some("gold"),
+        Some("silver"),
+    ];
+    const QUERIES: [(&str, u32); 3] = [("tier=gold", 2), ("tier=gold", 3), ("tier!=gold", 2)];
+    let answers = pair
+        .same("list with a label selector in pages", |c| async move {
+            for (i, tier) in TIERS.into_iter().enumerate() {
                 let mut key = apikey(&format!("sel-{i}"), one_slot());
-                if labelled {
-                    key["metadata"]["labels"] = json!({"tier": "gold"});
+                if let Some(tier) = tier {
+                    key["metadata"]["labels"] = json!({ "tier": tier });
                 }
                 create(c.clone(), key).await;
             }
             let api = apikeys(c);
-            let mut pages = Vec::new();
-            let mut params = ListParams::default().labels("tier=gold").limit(2);
-            loop {
-                let mut page = api.list(&params).await.expect("list");
-                // The real server ends with an empty continue token, the emulator with none: what
-                // is compared is whether there is a next page.
-                let next = page.metadata.continue_.take().filter(|c| !c.is_empty());
-                pages.push(json!({
-                    "names": page.items.iter().map(|o| o.metadata.name.clone()).collect::<Vec<_>>(),
-                    "continues": next.is_some(),
-                    "metadata": page.metadata,
-                }));
-                match next {
-                    Some(token) => params = params.continue_token(&token),
-                    None => break,
-                }
+            let mut answers = Vec::new();
+            for (selector, limit) in QUERIES {
+                let params = ListParams::default().labels(selector).limit(limit);
+                answers.push(all_pages(&api, params).await);
             }
-            Value::Array(pages)
+            Value::Array(answers)
         })
         .await;
-    let names: Vec<_> = pages
+    let names = |query: usize| -> Vec<Value> {
+        let pages = answers[query].as_array().expect("pages");
+        pages.iter().map(|p| p["names"].clone()).collect()
+    };
+    // sel-5 follows sel-4 and does not match: the second page still continues, to an empty one.
+    assert_eq!(
+        names(0),
+        [
+            json!(["sel-0", "sel-2"]),
+            json!(["sel-3", "sel-4"]),
+            json!([])
+        ]
+    );
+    // The second page is short of its limit: it is the last, though sel-5 follows it.
+    assert_eq!(
+        names(1),
+        [json!(["sel-0", "sel-2", "sel-3"]), json!(["sel-4"])]
+    );
+    // The page is full, but its last item is the last stored object: nothing follows.
+    assert_eq!(names(2), [json!(["sel-1", "sel-5"])]);
+    for page in answers
         .as_array()
-        .expect("pages")
+        .expect("queries")
         .iter()
-        .map(|p| p["names"].clone())
-        .collect();
-    assert_eq!(names, [json!(["sel-0", "sel-2"]), json!(["sel-3"])]);
-    for page in pages.as_array().expect("pages") {
+        .flat_map(|q| q.as_array().expect("pages"))
+    {
         assert_eq!(
             page["metadata"].get("remainingItemCount"),
             None,
             "a list with a selector does not count what is left: {page}"
         );
+    }
+}
+
+/// Every page of a paged list, each as its names, whether it continues, and its metadata.
+async fn all_pages(api: &Api<DynamicObject>, mut params: ListParams) -> Value {
+    let mut pages = Vec::new();
+    loop {
+        let mut page = api.list(&params).await.expect("list");
+        // The real server ends with an empty continue token, the emulator with none: what is
+        // compared is whether there is a next page.
+        let next = page.metadata.continue_.take().filter(|c| !c.is_empty());
+        pages.push(json!({
+            "names": page.items.iter().map(|o| o.metadata.name.clone()).collect::<Vec<_>>(),
+            "continues": next.is_some(),
+            "metadata": page.metadata,
+        }));
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Value::Array(pages),
+        }
     }
 }
 

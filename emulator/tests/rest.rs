@@ -300,19 +300,17 @@ async fn list_paging_and_selectors() {
     assert_eq!(even.items.len(), 3);
 
     // With a selector, pages continue through the matches, and (as the API server does) say
-    // nothing of how many are left.
-    let mut even_pages = Vec::new();
-    let mut lp = ListParams::default().labels("tier=even").limit(2);
-    loop {
-        let page = secrets.list(&lp).await.unwrap();
-        assert_eq!(page.metadata.remaining_item_count, None);
-        even_pages.push(page.items.iter().map(|s| s.name_any()).collect::<Vec<_>>());
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
-            _ => break,
-        }
-    }
-    assert_eq!(even_pages, [vec!["s0", "s2"], vec!["s4"]]);
+    // nothing of how many are left. s4 ends the store: the page that holds it is the last.
+    assert_eq!(
+        selected_pages(&secrets, "tier=even").await,
+        [vec!["s0", "s2"], vec!["s4"]]
+    );
+    // A page cut at its limit continues while any object follows it, matched or not, as on the
+    // API server: s4 does not match, so the last page is empty.
+    assert_eq!(
+        selected_pages(&secrets, "tier=odd").await,
+        [vec!["s1", "s3"], vec![]]
+    );
     let odd = secrets
         .list(&ListParams::default().labels("tier in (odd),tier!=even"))
         .await
@@ -342,6 +340,21 @@ async fn list_paging_and_selectors() {
             .unwrap_err(),
     );
     assert_eq!(err.code, 410);
+}
+
+/// The names on each page of a list of `secrets` selected by `labels`, in pages of two.
+async fn selected_pages(secrets: &Api<Secret>, labels: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut lp = ListParams::default().labels(labels).limit(2);
+    loop {
+        let page = secrets.list(&lp).await.unwrap();
+        assert_eq!(page.metadata.remaining_item_count, None);
+        pages.push(page.items.iter().map(|s| s.name_any()).collect());
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => return pages,
+        }
+    }
 }
 
 #[tokio::test]

@@ -53,18 +53,23 @@ impl State {
             None => (self.store.current_rv(), None),
         };
         let unfiltered = q.labels.is_empty() && q.fields.is_empty();
-        let mut matching = self
-            .store
-            .list_after(&rt.group_resource(), q.namespace, start_after.as_ref())
-            .filter(|(_, o)| unfiltered || (q.labels.matches(o) && q.fields.matches(o)));
+        let mut stored =
+            self.store
+                .list_after(&rt.group_resource(), q.namespace, start_after.as_ref());
         let limit = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        let page: Vec<_> = matching.by_ref().take(limit).collect();
-        // As the API server does, the count of what is left is given only for a list without
-        // selectors: counting matches would test every remaining object on every page.
+        // The filter stops at the page's last match, so `stored` resumes right after it.
+        let page: Vec<_> = stored
+            .by_ref()
+            .filter(|(_, o)| unfiltered || (q.labels.matches(o) && q.fields.matches(o)))
+            .take(limit)
+            .collect();
+        // As the API server does, a page cut at its limit continues whenever any object follows
+        // it, matched or not (the next page may be empty), and the count of what is left is given
+        // only for a list without selectors: neither tests the selectors beyond the page.
         let left = if unfiltered {
-            matching.count()
+            stored.count()
         } else {
-            usize::from(matching.next().is_some())
+            usize::from(stored.next().is_some())
         };
         let items = page.iter().map(|(_, o)| *o).collect();
         let (continue_token, remaining) = match page.last() {
