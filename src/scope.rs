@@ -3,7 +3,7 @@
 //! listed, shared by the controller and the verifier.
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
@@ -36,14 +36,6 @@ impl Scope {
         match &self.namespace {
             Some(ns) => Api::namespaced(client, ns),
             None => Api::all(client),
-        }
-    }
-
-    /// Untyped objects of `resource` in the scope's namespace, or in all namespaces.
-    pub fn dynamic_api(&self, client: Client, resource: &ApiResource) -> Api<DynamicObject> {
-        match &self.namespace {
-            Some(ns) => Api::namespaced_with(client, ns, resource),
-            None => Api::all_with(client, resource),
         }
     }
 

@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -214,7 +214,7 @@ pub async fn run(
 /// known, which a deletion needs; a stale readable version would be reconciled), and one being
 /// deleted under our finalizer is queued for [`Context::revoke_unreadable`].
 fn readable(
-    event: watcher::Event<DynamicObject>,
+    event: watcher::Event<apikeys::ListedApiKey>,
     unreadable: &Unreadables,
     revoke: &mpsc::UnboundedSender<ObjectMeta>,
 ) -> Option<watcher::Event<ApiKey>> {
