@@ -179,14 +179,14 @@ fn typed(object: ListedApiKey) -> Result<Box<ApiKey>, (Box<ObjectMeta>, String)>
 }
 
 /// Deserialize the part `name` of an object (absent reads as `null`), naming the field that
-/// failed.
+/// failed. Tracking the path slows every parse, so only a failed one is parsed again with it.
 fn field<T: DeserializeOwned>(name: &str, raw: Option<Box<RawValue>>) -> Result<T, String> {
     let json = raw.as_deref().map_or("null", RawValue::get);
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        match e.path().to_string().as_str() {
-            "." => format!("{name}: {}", e.inner()),
-            path => format!("{name}.{path}: {}", e.inner()),
+    serde_json::from_str(json).map_err(|error| {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+            Err(e) if e.path().to_string() != "." => format!("{name}.{}: {}", e.path(), e.inner()),
+            _ => format!("{name}: {error}"),
         }
     })
 }
