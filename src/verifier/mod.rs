@@ -40,8 +40,9 @@ use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
-use crate::apikeys::Watched;
+use crate::apikeys::{ListedApiKey, Watched};
 use crate::scope::Scope;
 use crate::telemetry::Health;
 
@@ -181,16 +182,31 @@ impl Verifier {
 /// Listed ApiKeys between two hand-backs of freed memory (two list pages).
 const RELEASE_EVERY: usize = 1_000;
 
-/// Feed the index from a watch on ApiKeys until the stream ends. Sets `ready` once the first
-/// complete list is in; on every relist, keys that vanished meanwhile are revoked.
-pub async fn watch(client: kube::Client, options: &Options, verifier: Arc<Verifier>) {
-    let mut events = crate::apikeys::watch(client, &options.scope)
+/// Watch events in flight between the watch and the index: more than a list page (500), so
+/// that the index takes one page while the watch fetches and parses the next, on another thread.
+const WATCH_QUEUE: usize = 1_024;
+
+type WatchEvent = Result<watcher::Event<ListedApiKey>, watcher::Error>;
+
+/// Watch the ApiKeys in scope and queue every event for [`feed_index`], until the index is gone.
+async fn fetch(client: kube::Client, scope: Scope, queue: mpsc::Sender<WatchEvent>) {
+    let mut events = crate::apikeys::watch(client, &scope)
         .default_backoff()
         .boxed();
+    while let Some(event) = events.next().await {
+        if queue.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Feed the index from the queued watch events until the queue ends. Sets `ready` once the
+/// first complete list is in; on every relist, keys that vanished meanwhile are revoked.
+async fn feed_index(mut events: mpsc::Receiver<WatchEvent>, verifier: Arc<Verifier>) {
     let unreadable = &verifier.metrics.unreadable;
     let mut listed = HashSet::new();
     let mut warned = HashSet::new();
-    while let Some(event) = events.next().await {
+    while let Some(event) = events.recv().await {
         match event {
             Ok(watcher::Event::Init) => listed.clear(),
             Ok(watcher::Event::InitApply(object)) => {
@@ -249,12 +265,11 @@ impl Running {
     pub fn start(client: kube::Client, options: &Options, registry: &mut Registry) -> Running {
         let (usage, usage_rx) = UsageReporter::channel();
         let verifier = Arc::new(Verifier::new(options, usage, registry));
+        let (queue, events) = mpsc::channel(WATCH_QUEUE);
         let tasks = vec![
             tokio::spawn(usage::write_usage(client.clone(), usage_rx)),
-            tokio::spawn({
-                let (options, verifier) = (options.clone(), verifier.clone());
-                async move { watch(client, &options, verifier).await }
-            }),
+            tokio::spawn(fetch(client, options.scope.clone(), queue)),
+            tokio::spawn(feed_index(events, verifier.clone())),
         ];
         Running { verifier, tasks }
     }
