@@ -32,36 +32,41 @@ find_nginx() {
     [ -n "$NGINX" ]
 }
 
-# build_verifier: the release `keysmith` binary and the emulator fixture; sets TARGET.
+# build_verifier: the release `keysmith` binary and the fixture; sets TARGET.
 build_verifier() {
     cargo build --release --locked --bin keysmith --example load_fixture
     TARGET=${CARGO_TARGET_DIR:-target}/release
 }
 
-# bench_workdir: a temporary folder WORK, removed on exit with every process listed in PIDS.
+# bench_workdir: a temporary folder WORK, removed on exit with every process listed in PIDS and
+# the fixture, which is stopped by closing its stdin so that a real control plane stops with it.
 bench_workdir() {
     WORK=$(mktemp -d)
     PIDS=()
     trap bench_cleanup EXIT
 }
 bench_cleanup() {
+    exec 3>&-
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # A fixture still creating its keys only reads its stdin at the end: give it 5 s.
+    for _ in $(seq 50); do kill -0 "${FIXTURE:-}" 2>/dev/null || break; sleep 0.1; done
+    kill "${FIXTURE:-}" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 
-# start_fixture KEYS: the API emulator with KEYS ApiKeys (examples/load_fixture.rs), on the
+# start_fixture KEYS: an API server with KEYS ApiKeys (examples/load_fixture.rs: the emulator,
+# or with KEYSMITH_TEST_CLUSTER=real a real control plane built by `testenv/install`), on the
 # server CPUs when pinned; it serves until its stdin (fd 3 here) closes. Sets TOKEN (one valid
-# token) and writes WORK/kubeconfig (the verifier's ServiceAccount).
+# token) and FIXTURE (its pid) and writes WORK/kubeconfig (the verifier's ServiceAccount).
 start_fixture() {
     mkfifo "$WORK/fixture.in"
     "${PIN_SERVER[@]}" "$TARGET/examples/load_fixture" "$WORK" "$1" \
         <"$WORK/fixture.in" >"$WORK/fixture.out" 2>&1 &
-    local fixture=$!
-    PIDS+=("$fixture")
+    FIXTURE=$!
     exec 3>"$WORK/fixture.in"
     until grep -q '^ready' "$WORK/fixture.out"; do
-        if ! kill -0 "$fixture" 2>/dev/null; then cat "$WORK/fixture.out" >&2; return 1; fi
+        if ! kill -0 "$FIXTURE" 2>/dev/null; then cat "$WORK/fixture.out" >&2; return 1; fi
         sleep 0.2
     done
     TOKEN=$(cat "$WORK/token")
@@ -69,8 +74,9 @@ start_fixture() {
 
 # start_verifier API_PORT METRICS_PORT: `keysmith verifier` watching the fixture, accepting keys
 # of every namespace on /v1/verify and /v1/authz, its log in WORK/verifier.log; waits for
-# /readyz. Sets VERIFIER (its pid), READY_MS (process start to /readyz), RSS_KB (once ready) and
-# INDEXED (tokens in its index).
+# /readyz. Sets VERIFIER (its pid), READY_MS (process start to /readyz), READY_CPU (its CPU
+# seconds by then: what listing and indexing cost it, apart from the API server's share),
+# RSS_KB (once ready) and INDEXED (tokens in its index).
 start_verifier() {
     local start
     start=$(date +%s%N)
@@ -81,6 +87,7 @@ start_verifier() {
     PIDS+=("$VERIFIER")
     wait_answering "http://127.0.0.1:$2/readyz" "$VERIFIER" "$WORK/verifier.log" || return 1
     READY_MS=$((($(date +%s%N) - start) / 1000000))
+    READY_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$VERIFIER/stat")
     RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$VERIFIER/status")
     INDEXED=$(curl -fsS "http://127.0.0.1:$2/metrics" | awk '/^keysmith_index_tokens / {print $2}')
 }

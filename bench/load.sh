@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark of the verifier (targets in docs/BENCHMARKS.md), reproducible on one machine:
-#   1. the API emulator with 10,000 ApiKeys (examples/load_fixture.rs),
+#   1. the API emulator with 10,000 ApiKeys (examples/load_fixture.rs), or with
+#      KEYSMITH_TEST_CLUSTER=real a real kube-apiserver, etcd and kube-controller-manager built
+#      by testenv/install (creating the keys there takes minutes at 100,000),
 #   2. `keysmith verifier` watching it as its ServiceAccount (time to /readyz = list + index
 #      of every key; resident memory once ready),
 #   3. nginx answering `return 200` on another loopback port, in the same run,
@@ -41,6 +43,7 @@ if ! command -v wrk >/dev/null || ! find_nginx; then
     find_nginx
 fi
 
+[ "${KEYSMITH_TEST_CLUSTER:-}" != real ] || testenv/install kube etcd >/dev/null
 build_verifier
 bench_workdir
 # 1. The emulator with KEYS ApiKeys.
@@ -89,7 +92,7 @@ echo
 LAYOUT="servers and wrk share the CPUs"
 [ ${#PIN_SERVER[@]} = 0 ] || LAYOUT="servers pinned to CPUs $SERVER_CPUS, wrk to CPUs $CLIENT_CPUS"
 echo "machine: $(nproc) CPUs, $(uname -r); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback; $LAYOUT"
-echo "index:   $INDEXED tokens from $KEYS ApiKeys; start to /readyz ${READY_MS} ms (process start, list, index)"
+echo "index:   $INDEXED tokens from $KEYS ApiKeys; start to /readyz ${READY_MS} ms (process start, list, index), verifier CPU ${READY_CPU} s"
 echo "memory:  verifier RSS ${RSS_KB} KiB once ready = $((RSS_KB * 1024 / KEYS)) bytes per token (whole process)"
 # Server CPU per request: wrk shares the CPUs, so this is the cost the rate ratio comes from.
 cpu_us() {

@@ -75,11 +75,19 @@ printf 'POST http://127.0.0.1:%s/v1/verify\nContent-Type: application/json\n@%s\
 # attack RATE NAME: one constant-rate run, kept as vegeta's JSON report (rate achieved, status
 # codes, errors) and every request's latency in ns (the third CSV column): vegeta's report
 # estimates quantiles (a t-digest) and has no p99.9, so the table takes them from all latencies.
+# vegeta opens at most MAX_CONNECTIONS connections, well under both servers' cap of 1,024: past it a
+# request waits for a connection inside vegeta, and that wait counts in its latency. Unbounded,
+# a stall of vegeta's own CPU made it open connections until both servers refused them, and every
+# later request of the run failed (measured: 5,000 req/s, vegeta at 100% of its CPU, the server
+# idle with 1,024 connections open). Near its cap nginx also closes idle connections, which a
+# client sending on one at that moment counts as an error: hence half the cap.
+MAX_CONNECTIONS=500
 attack() {
     local out=$WORK/$2.$1
     echo "bench/openloop.sh: $2 at $1 req/s for $DURATION ($(date +%T))" >&2
     "${PIN_CLIENT[@]}" "$VEGETA" attack -targets="$WORK/$2.targets" -rate="$1/1s" \
-        -duration="$DURATION" -timeout=5s -max-body=0 -name="$2" >"$out.bin"
+        -duration="$DURATION" -timeout=5s -max-body=0 -max-connections=$MAX_CONNECTIONS \
+        -name="$2" >"$out.bin"
     "${PIN_CLIENT[@]}" "$VEGETA" report -type=json "$out.bin" >"$out.json"
     "${PIN_CLIENT[@]}" "$VEGETA" encode -to=csv "$out.bin" | cut -d, -f3 >"$out.ns"
     rm "$out.bin"
@@ -92,7 +100,7 @@ done
 echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); $(date -u '+%F %H:%M UTC')"
 echo "layout:  nginx and the verifier on CPUs $SERVER_CPUS (one worker per CPU each), vegeta on CPUs $CLIENT_CPUS; loopback, keep-alive"
-echo "index:   $INDEXED tokens from $KEYS ApiKeys; verifier /readyz ${READY_MS} ms after start, RSS ${RSS_KB} KiB"
+echo "index:   $INDEXED tokens from $KEYS ApiKeys; verifier /readyz ${READY_MS} ms after start (${READY_CPU} CPU s), RSS ${RSS_KB} KiB"
 python3 - "$WORK" "$RATES" "$DURATION" <<'PY'
 import json, math, sys
 

@@ -1,22 +1,24 @@
-//! Load-benchmark fixture (used by `bench/load.sh`): an API emulator with RBAC on, the chart's
-//! verifier rules, and N ApiKeys whose status holds the hashes of freshly minted tokens.
+//! Load-benchmark fixture (used by `bench/load.sh` and `bench/openloop.sh`): an API server with
+//! RBAC on and the chart's ServiceAccounts and rules, and N ApiKeys whose status holds the hashes
+//! of freshly minted tokens. The API emulator, or with `KEYSMITH_TEST_CLUSTER=real` a real
+//! kube-apiserver, etcd and kube-controller-manager built by `testenv/install`.
 //!
 //! `cargo run --release --example load_fixture -- DIR [N]` writes `DIR/kubeconfig` (the verifier
 //! ServiceAccount) and `DIR/token` (one valid token), prints `ready`, and serves until stdin
-//! closes or it is killed.
+//! closes (a real control plane stops with it) or it is killed.
 
 use std::path::PathBuf;
 
 use futures::{StreamExt, TryStreamExt};
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::token::Token;
-use keysmith_emulator::{Config, Emulator, Identity};
+use keysmith_emulator::{Config, Identity};
+use keysmith_testenv::{Backend, Cluster};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-const RULES: &str = include_str!("../charts/keysmith/files/verifier-rules.yaml");
 const NAMESPACES: usize = 100;
 
 #[tokio::main]
@@ -29,26 +31,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(10_000);
 
-    let emu = Emulator::start(Config {
-        rbac: true,
-        ..Config::default()
-    })
-    .await?;
-    emu.apply_yaml(&keysmith::crd::apikey_crd_yaml())?;
+    let cluster = Cluster::with_chart(Backend::from_env(), Config::default()).await?;
     for i in 0..NAMESPACES {
-        emu.apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("tenant-{i}")}}))?;
+        cluster
+            .apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("tenant-{i}")}}))
+            .await?;
     }
-    let rules: Value = serde_saphyr::from_str(RULES)?;
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "keysmith-verifier"}, "rules": rules}))?;
-    emu.apply_object(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "keysmith-verifier"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "keysmith-verifier"},
-        "subjects": [{"kind": "ServiceAccount", "name": "keysmith-verifier", "namespace": "keysmith"}]}))?;
 
-    let admin = emu.client().await?;
+    let admin = cluster.client().await?;
     let tokens: Vec<Token> = (0..n)
         .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62))
         .collect::<Result<_, _>>()?;
@@ -59,12 +49,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     std::fs::create_dir_all(&dir)?;
-    emu.write_kubeconfig(
-        dir.join("kubeconfig"),
-        &Identity::service_account("keysmith", "keysmith-verifier"),
-    )?;
+    cluster
+        .write_kubeconfig(
+            dir.join("kubeconfig"),
+            &Identity::service_account("keysmith", "keysmith-verifier"),
+        )
+        .await?;
     std::fs::write(dir.join("token"), tokens[n / 2].expose_secret())?;
-    println!("ready: {n} ApiKeys at {}", emu.url());
+    println!("ready: {n} ApiKeys at {}", cluster.url());
 
     // Serve until the script closes our stdin (or kills us).
     let mut sink = Vec::new();
