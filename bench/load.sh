@@ -9,12 +9,15 @@
 #   4. wrk, 50 connections, against POST /v1/verify, GET /v1/authz and nginx;
 # then prints both request rates, their ratio and the verifier's p99.
 #
-# Usage: bench/load.sh [--pinned] [KEYS] [DURATION]    (defaults: 10000 10s; DURATION in seconds)
+# Usage: bench/load.sh [--pinned] [--runs N] [KEYS] [DURATION]
+#                                       (defaults: 1 run, 10000 keys, 10s; DURATION in seconds)
 #   --pinned  servers (verifier, nginx) on the first half of the CPUs with one worker per CPU,
 #             wrk on the other half with one thread per CPU (2 CPUs: servers on CPU 0, wrk on
 #             CPU 1). Unpinned, wrk and the server take turns on the same CPUs, and the p99 wrk
 #             reports is mostly its own time off the CPU (nginx's `return 200` shows it too);
 #             pinned, the p99 is the server's.
+#   --runs N  the three wrk runs N times on the same servers, then the median ratio of each
+#             endpoint against its target (/v1/authz 0.95 of nginx's rate, /v1/verify 0.90).
 # Needs: cargo, and wrk + nginx (Debian packages; installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +27,22 @@ PIN_SERVER=()
 PIN_CLIENT=()
 THREADS=2
 NGINX_WORKERS=auto
-if [ "${1:-}" = --pinned ]; then
-    shift
-    split_cpus wrk || { echo "run bench/load.sh without --pinned" >&2; exit 2; }
-    THREADS=$CLIENT_CPU_COUNT
-    # The verifier runs one worker per CPU it may use; nginx gets as many.
-    NGINX_WORKERS=$SERVER_CPU_COUNT
-fi
+RUNS=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --pinned)
+            split_cpus wrk || { echo "run bench/load.sh without --pinned" >&2; exit 2; }
+            THREADS=$CLIENT_CPU_COUNT
+            # The verifier runs one worker per CPU it may use; nginx gets as many.
+            NGINX_WORKERS=$SERVER_CPU_COUNT
+            shift ;;
+        --runs)
+            [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "bench/load.sh: --runs needs a whole number, at least 1" >&2; exit 2; }
+            RUNS=$2
+            shift 2 ;;
+        *) break ;;
+    esac
+done
 KEYS=${1:-10000}
 DURATION=${2:-10s}
 CONNECTIONS=50
@@ -83,11 +95,6 @@ p99_us() {
         else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }' "$WORK/$1.wrk"
 }
 
-run verify "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/verify" -s "$WORK/verify.lua"
-run authz "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/authz?$AUTHZ_QUERY" -H "Authorization: Bearer $TOKEN"
-run nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
-
-NGINX_RPS=$(rps nginx)
 echo
 LAYOUT="servers and wrk share the CPUs"
 [ ${#PIN_SERVER[@]} = 0 ] || LAYOUT="servers pinned to CPUs $SERVER_CPUS, wrk to CPUs $CLIENT_CPUS"
@@ -99,12 +106,31 @@ cpu_us() {
     awk -v t="$(cat "$WORK/$1.ticks")" -v hz="$(getconf CLK_TCK)" -v r="$(rps "$1")" \
         -v d="${DURATION%s}" 'BEGIN {printf "%.1f", t / hz * 1e6 / (r * d)}'
 }
-printf '%-10s %12s %9s %12s %14s\n' endpoint "requests/s" "vs nginx" "p99" "CPU/request"
-for name in verify authz nginx; do
-    r=$(rps $name)
-    printf '%-10s %12s %9s %9s µs %11s µs\n' "$name" "$r" \
-        "$(awk -v a="$r" -v b="$NGINX_RPS" 'BEGIN {printf "%.2f", a/b}')" "$(p99_us $name)" "$(cpu_us $name)"
+ratio() { awk -v a="$(rps "$1")" -v b="$(rps "$2")" 'BEGIN {printf "%.2f", a/b}'; }
+for ((i = 1; i <= RUNS; i++)); do
+    run "verify$i" "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/verify" -s "$WORK/verify.lua"
+    run "authz$i" "$VERIFIER" "http://127.0.0.1:$API_PORT/v1/authz?$AUTHZ_QUERY" -H "Authorization: Bearer $TOKEN"
+    run "nginx$i" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" -s "$WORK/verify.lua"
+    [ "$RUNS" = 1 ] || echo "run $i of $RUNS"
+    printf '%-10s %12s %9s %12s %14s\n' endpoint "requests/s" "vs nginx" "p99" "CPU/request"
+    for name in verify authz nginx; do
+        printf '%-10s %12s %9s %9s µs %11s µs\n' "$name" "$(rps "$name$i")" "$(ratio "$name$i" "nginx$i")" \
+            "$(p99_us "$name$i")" "$(cpu_us "$name$i")"
+    done
 done
+if [ "$RUNS" -gt 1 ]; then
+    # The median of the runs' ratios (the middle one, or the mean of the middle two).
+    median() {
+        for ((i = 1; i <= RUNS; i++)); do ratio "$1$i" "nginx$i"; echo; done | sort -n |
+            awk '{v[NR] = $1} END {printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+    }
+    verdict() { awk -v m="$1" -v t="$2" 'BEGIN {print (m >= t ? "met" : "MISSED")}'; }
+    for target in "authz 0.95" "verify 0.90"; do
+        read -r name want <<<"$target"
+        m=$(median "$name")
+        echo "median of $RUNS runs: /v1/$name at $m of nginx's rate (target $want): $(verdict "$m" "$want")"
+    done
+fi
 ERRORS=$(grep -h 'Non-2xx\|Socket errors' "$WORK"/*.wrk || true)
 [ -z "$ERRORS" ] || echo "wrk reported: $ERRORS"
 # The verifier's own view: time to decide (index lookup, grants, restrictions), from its

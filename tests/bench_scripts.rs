@@ -1,6 +1,6 @@
-//! `bench/openloop.sh` refuses wrong arguments and a machine without its load generator before
-//! it builds or starts anything, and says what to do. Its timings are never asserted: it is run
-//! by hand (docs/BENCHMARKS.md), not here.
+//! `bench/openloop.sh` and `bench/load.sh` refuse wrong arguments (and the former a machine
+//! without its load generator) before they build or start anything, and say what to do. Their
+//! timings are never asserted: they are run by hand (docs/BENCHMARKS.md), not here.
 
 use std::env;
 use std::os::unix::fs::symlink;
@@ -20,8 +20,8 @@ fn run(mut command: Command) -> (i32, String, String) {
         status,
         stdout,
         stderr,
-    } = command.output().expect("run bench/openloop.sh");
-    let code = status.code().expect("bench/openloop.sh exits by itself");
+    } = command.output().expect("run the script");
+    let code = status.code().expect("the script exits by itself");
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     (code, text(stdout), text(stderr))
 }
@@ -62,6 +62,20 @@ fn wrong_arguments_exit_2_naming_the_flag() {
         assert!(
             stderr.contains(expected),
             "{args:?}: {expected:?} missing from:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn load_refuses_a_run_count_that_is_not_a_whole_number() {
+    for args in [&["--runs", "0"][..], &["--runs", "five"], &["--runs"]] {
+        let mut command = Command::new(Path::new(ROOT).join("bench/load.sh"));
+        command.args(args);
+        let (code, _, stderr) = run(command);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--runs needs a whole number, at least 1"),
+            "{args:?}: {stderr}"
         );
     }
 }
