@@ -154,7 +154,7 @@ impl Store {
     }
 
     /// [`Store::list`] from the first key after `after` (a list page's continue point): a range
-    /// of the map, so paging through N objects costs N steps, not N per page.
+    /// of the map, so a page starts where it continues instead of walking the objects before it.
     pub fn list_after<'a>(
         &'a self,
         gr: &GroupResource,

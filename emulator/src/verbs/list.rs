@@ -65,7 +65,9 @@ impl State {
             .collect();
         // As the API server does, a page cut at its limit continues whenever any object follows
         // it, matched or not (the next page may be empty), and the count of what is left is given
-        // only for a list without selectors: neither tests the selectors beyond the page.
+        // only for a list without selectors: neither tests the selectors beyond the page. That
+        // count walks every object after the page: paging through N objects unfiltered in pages
+        // of P takes about N²/2P steps (about 0.8 s of CPU for 100,000 objects in pages of 500).
         let left = if unfiltered {
             stored.count()
         } else {
