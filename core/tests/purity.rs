@@ -29,13 +29,7 @@ fn linked_crates() -> BTreeSet<String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args([
-            "tree",
-            "--locked",
-            "--offline",
-            "--edges",
-            "normal",
-        ])
+        .args(["tree", "--locked", "--offline", "--edges", "normal"])
         .args([
             "--prefix",
             "none",
