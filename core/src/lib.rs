@@ -7,7 +7,7 @@
 //! controller and [`verifier`] the verification decision with its token index.
 //!
 //! This crate depends on no async runtime, HTTP stack or Kubernetes client (a test,
-//! `tests/purity.rs`, keeps it so): the `keysmith` binary is the shell that feeds it from the
+//! `tests/contract/purity.rs`, keeps it so): the `keysmith` binary is the shell that feeds it from the
 //! API server, and a Rust service can embed it to verify tokens in process (see
 //! `examples/verify_in_process.rs`).
 

@@ -2,7 +2,7 @@
 //! error naming the entry, never a panic.
 #![no_main]
 
-use keysmith::api::{ApiKeySpec, Restrictions, TokenSlot};
+use keysmith_core::api::{ApiKeySpec, Restrictions, TokenSlot};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|cidr: String| {
@@ -11,7 +11,7 @@ fuzz_target!(|cidr: String| {
         restrictions: Some(Restrictions { ip_allow_list: vec![cidr], ..Default::default() }),
         ..Default::default()
     };
-    match keysmith::validation::validate(&spec) {
+    match keysmith_core::validation::validate(&spec) {
         Ok(valid) => assert_eq!(valid.ip_allow_list.len(), 1),
         Err(invalid) => assert_eq!(invalid.0[0].field, "spec.restrictions.ipAllowList[0]"),
     }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use jiff::Timestamp;
-use keysmith::schedule::Schedule;
+use keysmith_core::schedule::Schedule;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

@@ -2,7 +2,7 @@
 
 #![no_main]
 
-use keysmith::duration;
+use keysmith_core::duration;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

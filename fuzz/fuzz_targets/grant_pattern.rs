@@ -2,7 +2,7 @@
 //! and a pattern without `*` matches exactly itself.
 #![no_main]
 
-use keysmith::grants::Pattern;
+use keysmith_core::grants::Pattern;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: (&str, &str)| {

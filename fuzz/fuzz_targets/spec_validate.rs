@@ -2,7 +2,7 @@
 //! validate or be rejected with field errors, never panic.
 #![no_main]
 
-use keysmith::api::ApiKeySpec;
+use keysmith_core::api::ApiKeySpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         .ok()
         .or_else(|| serde_saphyr::from_str::<ApiKeySpec>(text).ok());
     if let Some(spec) = spec {
-        if let Err(invalid) = keysmith::validation::validate(&spec) {
+        if let Err(invalid) = keysmith_core::validation::validate(&spec) {
             assert!(invalid.0.iter().all(|e| e.field.starts_with("spec")));
         }
     }

@@ -2,7 +2,7 @@
 
 #![no_main]
 
-use keysmith::token;
+use keysmith_core::token;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

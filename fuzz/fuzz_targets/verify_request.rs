@@ -5,11 +5,11 @@
 
 use std::sync::OnceLock;
 
-use keysmith::api::{ApiKey, Encoding};
-use keysmith::token::Token;
-use keysmith::verifier::decision::Code;
+use keysmith_core::api::{ApiKey, Encoding};
+use keysmith_core::token::Token;
+use keysmith_core::verifier::decision::Code;
 use keysmith::verifier::http::parse_verify_body;
-use keysmith::verifier::index::Index;
+use keysmith_core::verifier::index::Index;
 use libfuzzer_sys::fuzz_target;
 
 fn fixture() -> &'static (Index, String) {
@@ -30,7 +30,7 @@ fn fixture() -> &'static (Index, String) {
             "status": {"tokens": [{"name": "main", "id": token.id(), "sha256": token.sha256_hex(),
                 "issuedAt": "2026-01-01T00:00:00Z", "expiresAt": "2030-01-01T00:00:00Z"}],
                 "requiredHeaders": [{"name": "x-secret", "secretKeyRef": {"name": "s", "key": "k"},
-                    "sha256": keysmith::token::sha256_hex("s3cret")}]},
+                    "sha256": keysmith_core::token::sha256_hex("s3cret")}]},
         }))
         .expect("fixture ApiKey");
         let index = Index::default();

@@ -1,7 +1,7 @@
 //! ValidatingAdmissionPolicies, which the chart uses to let the verifier change only
 //! `lastUsedAt` in ApiKey status: the real API server enforces them, the emulator does not serve
 //! `admissionregistration.k8s.io` at all (docs/emulator.md). What the chart's own policy allows
-//! and refuses is `tests/chart_real.rs`'s business; this test pins the difference, so it fails
+//! and refuses is `tests/shipped/chart_real.rs`'s business; this test pins the difference, so it fails
 //! when the emulator starts implementing policies and the list in docs/emulator.md must change.
 
 use crate::harness::verifier::{NS, cluster, eventually, status_token, token, verifier_identity};

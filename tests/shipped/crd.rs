@@ -3,7 +3,7 @@
 use keysmith::crd::{apikey_crd, apikey_crd_yaml};
 use serde_json::Value;
 
-const COMMITTED: &str = include_str!("../crds/apikeys.keysmith.dev.yaml");
+const COMMITTED: &str = include_str!("../../crds/apikeys.keysmith.dev.yaml");
 
 #[test]
 fn committed_crd_equals_generated() {
@@ -335,7 +335,7 @@ fn no_description_breaks_a_line_in_mid_paragraph() {
 /// The reason constants of `core/src/planner/conditions.rs`, read from the source so that a reason
 /// added there without documentation fails this test.
 fn reason_constants() -> Vec<String> {
-    let source = include_str!("../core/src/planner/conditions.rs");
+    let source = include_str!("../../core/src/planner/conditions.rs");
     let module = source
         .split_once("pub mod reason {")
         .and_then(|(_, rest)| rest.split_once("\n}"))
@@ -377,10 +377,10 @@ fn condition_reason_lists_every_reason_keysmith_writes() {
 #[test]
 fn reasons_are_written_through_the_constants() {
     let sources = [
-        include_str!("../core/src/planner/mod.rs"),
-        include_str!("../core/src/planner/readiness.rs"),
-        include_str!("../src/controller/apply.rs"),
-        include_str!("../src/controller/mod.rs"),
+        include_str!("../../core/src/planner/mod.rs"),
+        include_str!("../../core/src/planner/readiness.rs"),
+        include_str!("../../src/controller/apply.rs"),
+        include_str!("../../src/controller/mod.rs"),
     ];
     for source in sources {
         for call in source.split("Desired::new(").skip(1) {

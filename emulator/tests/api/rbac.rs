@@ -1,9 +1,7 @@
 //! RBAC: requests made as a ServiceAccount are checked against Roles,
 //! ClusterRoles and bindings loaded from YAML, with Kubernetes' 403 wording.
 
-mod common;
-
-use common::{emulator, gadget, gadgets};
+use crate::common::{emulator, gadget, gadgets};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith_emulator::{Config, Identity};
 use kube::Api;
@@ -55,7 +53,7 @@ async fn service_account_is_held_to_its_roles() {
     })
     .await;
     emu.apply_yaml(CHART_RBAC).unwrap();
-    emu.apply_yaml(common::GADGET).unwrap();
+    emu.apply_yaml(crate::common::GADGET).unwrap();
     let sa = Identity::service_account("keysmith", "keysmith-controller");
     let client = emu.client_as(&sa).await.unwrap();
 
@@ -217,7 +215,7 @@ async fn apply_that_creates_needs_create_as_well_as_patch() {
     })
     .await;
     emu.apply_yaml(CHART_RBAC).unwrap();
-    emu.apply_yaml(common::GADGET).unwrap();
+    emu.apply_yaml(crate::common::GADGET).unwrap();
     let sa = Identity::service_account("keysmith", "keysmith-controller");
     let gadgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
         emu.client_as(&sa).await.unwrap(),

@@ -1,18 +1,17 @@
-//! Every example ApiKey passes `keysmith::validation::validate`: the semantic rules the CRD
+//! Every example ApiKey passes `keysmith_core::validation::validate`: the semantic rules the CRD
 //! schema cannot express (duration ranges, overlap shorter than the interval, grant patterns,
-//! CIDRs, Secret names and types). Kept apart from tests/chart.rs so the chart checks build even
-//! while the validation module is still landing.
+//! CIDRs, Secret names and types).
 
 use std::fs;
 use std::path::Path;
 
-use keysmith::api::ApiKey;
-use keysmith::validation::validate;
+use keysmith_core::api::ApiKey;
+use keysmith_core::validation::validate;
 use serde_json::Value;
 
 #[test]
 fn every_example_apikey_is_a_valid_spec() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
     let mut problems = Vec::new();
     let mut files: Vec<_> = fs::read_dir(&dir)

@@ -2,11 +2,9 @@
 //! survive dropped connections and a `410 Gone`, bookmarks, resuming from a
 //! resourceVersion, and selector transitions.
 
-mod common;
-
 use std::time::Duration;
 
-use common::eventually;
+use crate::common::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use keysmith_emulator::{Config, Emulator, Target};

@@ -2,9 +2,7 @@
 //! generation, the status subresource, schema and CEL validation, paging,
 //! selectors, finalizers, garbage collection, patches and server-side apply.
 
-mod common;
-
-use common::{emulator, eventually, gadget, gadgets, get};
+use crate::common::{emulator, eventually, gadget, gadgets, get};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use keysmith_emulator::Config;
@@ -714,7 +712,7 @@ async fn https_and_crd_lifecycle_in_discovery() {
             .any(|(s, _)| s.plural == "gadgets/status" || s.plural == "status")
     );
 
-    emu.apply_yaml(common::GADGET).unwrap();
+    emu.apply_yaml(crate::common::GADGET).unwrap();
     let api = gadgets(&client, "default");
     assert_eq!(
         api.get("sprocket").await.unwrap().data["spec"]["slots"][1]["bytes"],
@@ -831,7 +829,7 @@ async fn names_in_bodies_follow_check_name() {
     assert_eq!(err.code, 400);
 }
 
-/// What differential runs against a real kube-apiserver (tests/conformance.rs) showed and the
+/// What differential runs against a real kube-apiserver (tests/shipped/conformance.rs) showed and the
 /// emulator now does the same way: an Update owns the maps and lists it adds (`"."`), an
 /// ownerReference is owned as a whole, an immediate delete of a custom resource answers a
 /// Status, a strategic merge patch of one answers the real server's 415, and a failed JSON

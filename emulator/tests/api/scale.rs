@@ -4,17 +4,15 @@
 //! flight. Ignored by default (it measures, it does not assert timings); run
 //!
 //! ```text
-//! cargo test -p keysmith-emulator --release --test scale -- --ignored scale_10k --nocapture
+//! cargo test -p keysmith-emulator --release --test api -- --ignored scale_10k --nocapture
 //! ```
 //!
 //! `KEYSMITH_SCALE_N` overrides the number of keys.
 
-mod common;
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::get;
+use crate::common::get;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith_emulator::{Config, Emulator};
@@ -25,7 +23,7 @@ use kube::api::{
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-const CRD: &str = include_str!("../../crds/apikeys.keysmith.dev.yaml");
+const CRD: &str = include_str!("../../../crds/apikeys.keysmith.dev.yaml");
 const IN_FLIGHT: usize = 32;
 
 /// Run `op` for 0..n with `IN_FLIGHT` concurrent requests; print and return the elapsed time.

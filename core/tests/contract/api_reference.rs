@@ -1,10 +1,10 @@
 //! `docs/api-reference.md` is the CRD's schema as Markdown: the committed file must equal what
-//! [`keysmith::crd::api_reference_markdown`] generates, so the reference cannot drift from the CRD.
+//! [`keysmith_core::crd::api_reference_markdown`] generates, so the reference cannot drift from the CRD.
 
-use keysmith::crd::{API_REFERENCE_COMMAND, api_reference_markdown, apikey_crd};
+use keysmith_core::crd::{API_REFERENCE_COMMAND, api_reference_markdown, apikey_crd};
 use serde_json::Value;
 
-const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api-reference.md");
+const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api-reference.md");
 
 #[test]
 fn committed_api_reference_equals_generated() {

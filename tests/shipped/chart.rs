@@ -2,7 +2,7 @@
 //! committed one, its values match their JSON Schema, its RBAC rules are exactly the reviewed
 //! least-privilege set, and every example is an `ApiKey` the CRD schema and the types accept.
 //!
-//! `keysmith::validation::validate` on the examples lives in `tests/examples_validate.rs`.
+//! `keysmith::validation::validate` on the examples lives in `core/tests/contract/examples.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

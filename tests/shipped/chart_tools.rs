@@ -3,7 +3,7 @@
 //! own and all together, asserting what each renders; the rendered PrometheusRule through
 //! `promtool check rules` and the unit tests in `tests/alerts/alerts.test.yaml`.
 //!
-//! `tests/chart.rs` checks the chart's files without Helm.
+//! `tests/shipped/chart.rs` checks the chart's files without Helm.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -3,11 +3,9 @@
 //! Leases for leader election, rollout restarts of StatefulSets and
 //! DaemonSets, and the emulator running as a separate process.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{emulator, eventually, gadgets};
+use crate::common::{emulator, eventually, gadgets};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -21,7 +19,7 @@ use serde_json::json;
 #[tokio::test]
 async fn recorder_events_create_then_patch_a_series() {
     let emu = emulator(Config::default()).await;
-    emu.apply_yaml(common::GADGET).unwrap();
+    emu.apply_yaml(crate::common::GADGET).unwrap();
     let client = emu.client().await.unwrap();
     let g = gadgets(&client, "default").get("sprocket").await.unwrap();
     let recorder = Recorder::new(
@@ -38,7 +36,7 @@ async fn recorder_events_create_then_patch_a_series() {
         action: "Reconcile".into(),
         secondary: None,
     };
-    let reference = g.object_ref(&common::gadget_resource());
+    let reference = g.object_ref(&crate::common::gadget_resource());
     recorder.publish(&event, &reference).await.unwrap();
     recorder.publish(&event, &reference).await.unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), "default");

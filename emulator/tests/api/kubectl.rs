@@ -4,11 +4,9 @@
 //! and `auth can-i` under RBAC; Events written through either API seen through
 //! the other (`describe`, `get events`); impersonation (`--as`, `--as-group`).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{emulator, gadget_resource, gadgets};
+use crate::common::{emulator, gadget_resource, gadgets};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::events::v1::Event as EventsV1;
@@ -459,7 +457,7 @@ async fn recorder_events_show_in_describe_and_get_events() {
         ..Config::default()
     })
     .await;
-    emu.apply_yaml(common::GADGET).unwrap();
+    emu.apply_yaml(crate::common::GADGET).unwrap();
     let client = emu.client().await.unwrap();
     let gadget = gadgets(&client, "default").get("sprocket").await.unwrap();
     let reference = gadget.object_ref(&gadget_resource());

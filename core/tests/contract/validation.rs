@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use keysmith::api::ApiKeySpec;
-use keysmith::validation::{Cadence, validate};
+use keysmith_core::api::ApiKeySpec;
+use keysmith_core::validation::{Cadence, validate};
 
 fn spec(yaml: &str) -> ApiKeySpec {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("test spec does not parse: {e}\n{yaml}"))
@@ -367,8 +367,8 @@ fn overlap_zero_means_at_once() {
 }
 
 mod properties {
-    use keysmith::api::{ApiKeySpec, Restrictions, Rotation, TokenSlot};
-    use keysmith::validation::{Cadence, validate};
+    use keysmith_core::api::{ApiKeySpec, Restrictions, Rotation, TokenSlot};
+    use keysmith_core::validation::{Cadence, validate};
     use proptest::prelude::*;
 
     fn duration_like() -> impl Strategy<Value = Option<String>> {

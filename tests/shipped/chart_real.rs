@@ -6,7 +6,7 @@
 //! every permission the rendered roles grant, and `kubectl auth can-i` shows what they do not
 //! grant.
 //!
-//! `tests/chart_tools.rs` checks the render itself; `tests/cluster/rbac_minimal.rs` the rules in
+//! `tests/shipped/chart_tools.rs` checks the render itself; `tests/cluster/rbac_minimal.rs` the rules in
 //! `charts/keysmith/files/` on either test backend.
 
 use std::collections::BTreeSet;
@@ -26,17 +26,14 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-// The integration harness's HTTP client, shared rather than copied; only `request` is used here.
-#[allow(dead_code)]
-#[path = "cluster/harness/http.rs"]
-mod http;
+use crate::http;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
 const RELEASE: &str = "keysmith";
 /// The release namespace: home of the ServiceAccounts and the leader Lease.
 const NAMESPACE: &str = "keysmith";
 /// The real server's version, which `helm install` would render for: the verifier's status
-/// policy needs 1.30 (`tests/chart_tools.rs` renders for the oldest supported, 1.25).
+/// policy needs 1.30 (`tests/shipped/chart_tools.rs` renders for the oldest supported, 1.25).
 const KUBE_VERSION: &str = "v1.37.2";
 /// Where the ApiKeys and the workloads they restart live.
 const APPS: &str = "apps";

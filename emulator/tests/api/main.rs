@@ -1,0 +1,12 @@
+//! The emulator's integration tests, in one test binary: the REST semantics, watches, RBAC,
+//! built-in kinds, fault injection, the real `kubectl` against it, and the (ignored) scale run.
+
+mod common;
+
+mod faults;
+mod kinds;
+mod kubectl;
+mod rbac;
+mod rest;
+mod scale;
+mod watch;
