@@ -41,9 +41,7 @@ pub enum ClusterError {
         source: kube::Error,
     },
     /// RBAC denied a request this command needs.
-    #[error(
-        "permission denied: cannot {verb} {resource}{scope}; grant the RBAC rules of the Keysmith chart ({message})"
-    )]
+    #[error("permission denied: cannot {verb} {resource}{scope}; {remedy} ({message})")]
     Forbidden {
         /// The verb.
         verb: String,
@@ -51,6 +49,8 @@ pub enum ClusterError {
         resource: String,
         /// ` in namespace NS` or empty.
         scope: String,
+        /// What to get granted, for whoever ran the command.
+        remedy: String,
         /// The API server's message.
         message: String,
     },
@@ -186,11 +186,15 @@ pub async fn connect_to(source: &Source) -> Result<Client, ClusterError> {
     Ok(client)
 }
 
-/// A kube error as a [`ClusterError`], naming the resource when RBAC refused.
+/// What a Keysmith component refused by RBAC needs: the chart binds its rules to it.
+pub const CHART_RULES: &str = "grant the RBAC rules of the Keysmith chart";
+
+/// A kube error as a [`ClusterError`], naming the resource and `remedy` when RBAC refused.
 pub fn classify<K: Resource<DynamicType = ()>>(
     error: kube::Error,
     verb: &str,
     namespace: Option<&str>,
+    remedy: &str,
 ) -> ClusterError {
     let resource = match K::group(&()).as_ref() {
         "" => K::plural(&()).into_owned(),
@@ -201,6 +205,7 @@ pub fn classify<K: Resource<DynamicType = ()>>(
             verb: verb.to_owned(),
             resource,
             scope: namespace.map_or_else(String::new, |ns| format!(" in namespace {ns}")),
+            remedy: remedy.to_owned(),
             message: status.message,
         },
         source => ClusterError::Api {

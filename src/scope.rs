@@ -60,6 +60,9 @@ impl Scope {
             .list_metadata(&params)
             .await
             .map(drop)
-            .map_err(|e| cluster::classify::<ApiKey>(e, "list", self.namespace.as_deref()))
+            .map_err(|e| {
+                let namespace = self.namespace.as_deref();
+                cluster::classify::<ApiKey>(e, "list", namespace, cluster::CHART_RULES)
+            })
     }
 }

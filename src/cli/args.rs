@@ -363,5 +363,23 @@ pub async fn fetch(client: Client, namespace: String, name: &str) -> Result<Fetc
 /// An API error on ApiKeys as one line (permission denied, unreachable, …); `namespace` is
 /// `None` for a request across all namespaces.
 pub fn describe_error(error: kube::Error, verb: &str, namespace: Option<&str>) -> String {
-    cluster::classify::<ApiKey>(error, verb, namespace).to_string()
+    cluster::classify::<ApiKey>(error, verb, namespace, &user_role(verb, namespace)).to_string()
+}
+
+/// Which of the chart's user ClusterRoles (templates/rbac-users.yaml) grants `verb` on ApiKeys,
+/// and how to bind it: the person running the command is not a Keysmith component, so the
+/// controller's and verifier's rules are not what they need.
+fn user_role(verb: &str, namespace: Option<&str>) -> String {
+    let role = match verb {
+        "get" | "list" | "watch" => "apikeys-view",
+        _ => "apikeys-edit",
+    };
+    let binding = namespace.map_or_else(
+        || "a ClusterRoleBinding".to_owned(),
+        |ns| format!("a RoleBinding in namespace {ns}"),
+    );
+    format!(
+        "ask for the ClusterRole keysmith-{role} that the Keysmith chart creates \
+         (<release>-{role} under another release name), bound to you by {binding}"
+    )
 }

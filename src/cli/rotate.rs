@@ -194,7 +194,12 @@ async fn wait_for_secret(
         ),
         WaitError::Refused(e) => format!(
             "rotated, but --wait cannot watch Secret {namespace}/{secret}: {}",
-            cluster::classify::<Secret>(e, "watch", Some(namespace))
+            cluster::classify::<Secret>(
+                e,
+                "watch",
+                Some(namespace),
+                "ask for list and watch on Secrets there (the built-in edit role has them)"
+            )
         ),
     })?;
     Ok((secret, tokens))

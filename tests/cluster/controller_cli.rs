@@ -477,3 +477,80 @@ async fn status_without_a_cluster_says_where_it_looked_and_how_to_point_it_at_on
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_read_access_names_the_chart_role_that_grants_it() {
+    let cluster = cluster().await;
+    cluster
+        .apply_yaml(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\n\
+             metadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
+        )
+        .await
+        .unwrap();
+    let dir = kubeconfig(&cluster, &Identity::user("viewer", &[])).await;
+    let path = dir.path().join("kubeconfig");
+    let file = path.to_str().unwrap();
+
+    // One key: the view role, bound in the key's namespace.
+    let denied = failed(&keysmith(&["status", "site", "-n", NS, "--kubeconfig", file]).await);
+    assert!(
+        denied.contains(
+            "permission denied: cannot get apikeys.keysmith.dev in namespace cms; ask for the \
+             ClusterRole keysmith-apikeys-view that the Keysmith chart creates \
+             (<release>-apikeys-view under another release name), bound to you by a \
+             RoleBinding in namespace cms ("
+        ),
+        "{denied}"
+    );
+    assert!(
+        !denied.contains("RBAC rules of the Keysmith chart"),
+        "{denied}"
+    );
+    // Every namespace: the same role, bound cluster-wide.
+    let denied = failed(&keysmith(&["status", "-A", "--kubeconfig", file]).await);
+    assert!(
+        denied.contains(
+            "cannot list apikeys.keysmith.dev; ask for the ClusterRole keysmith-apikeys-view"
+        ) && denied.contains("bound to you by a ClusterRoleBinding ("),
+        "{denied}"
+    );
+
+    // Doing what the line says is enough: the chart's role (rules of
+    // charts/keysmith/templates/rbac-users.yaml) bound in cms lets the key and the namespace's
+    // table be read, and nothing cluster-wide.
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: keysmith-apikeys-view}
+rules:
+  - apiGroups: ["keysmith.dev"]
+    resources: ["apikeys", "apikeys/status"]
+    verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: viewer, namespace: cms}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keysmith-apikeys-view}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: viewer}]
+"#,
+        )
+        .await
+        .unwrap();
+    let report = eventually("the RoleBinding to take effect", || async {
+        let out = keysmith(&["status", "site", "-n", NS, "--kubeconfig", file]).await;
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    })
+    .await;
+    assert!(report.starts_with("ApiKey cms/site"), "{report}");
+    let table = succeeded(&keysmith(&["status", "-n", NS, "--kubeconfig", file]).await);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.starts_with("site ")),
+        "{table}"
+    );
+    failed(&keysmith(&["status", "-A", "--kubeconfig", file]).await);
+}
