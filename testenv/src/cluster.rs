@@ -7,7 +7,7 @@ use keysmith_emulator::{Config, Emulator, Identity, LogEntry};
 use kube::Client;
 use serde_json::Value;
 
-use crate::real::{RealCluster, RealError};
+use crate::real::{RealCluster, RealError, RealOptions};
 
 /// The environment variable choosing the backend.
 pub const BACKEND_VAR: &str = "KEYSMITH_TEST_CLUSTER";
@@ -47,6 +47,9 @@ pub enum ClusterError {
     /// The bundled CRD or chart RBAC did not parse.
     #[error(transparent)]
     Bundle(#[from] keysmith::devcluster::DevClusterError),
+    /// An option only a real control plane has, asked of the emulator.
+    #[error("the API emulator cannot {0}; run with {BACKEND_VAR}=real")]
+    Unsupported(&'static str),
     /// Writing a file.
     #[error("writing {path}: {source}")]
     Write {
@@ -68,6 +71,21 @@ pub enum Cluster {
 impl Cluster {
     /// Start a bare cluster of `backend` (the emulator with `config` and RBAC on).
     pub async fn start(backend: Backend, config: Config) -> Result<Cluster, ClusterError> {
+        Cluster::start_with(backend, config, &RealOptions::default()).await
+    }
+
+    /// Like [`Cluster::start`], a real control plane started with `real`; the emulator refuses
+    /// any option it cannot honour (it has no webhook token authenticator).
+    pub async fn start_with(
+        backend: Backend,
+        config: Config,
+        real: &RealOptions,
+    ) -> Result<Cluster, ClusterError> {
+        if backend == Backend::Emulator && real.token_webhook.is_some() {
+            return Err(ClusterError::Unsupported(
+                "authenticate tokens through a TokenReview webhook",
+            ));
+        }
         Ok(match backend {
             Backend::Emulator => Cluster::Emulator(
                 Emulator::start(Config {
@@ -76,14 +94,23 @@ impl Cluster {
                 })
                 .await?,
             ),
-            Backend::Real => Cluster::Real(Box::new(RealCluster::start().await?)),
+            Backend::Real => Cluster::Real(Box::new(RealCluster::start_with(real).await?)),
         })
     }
 
     /// Start `backend` prepared like a cluster with the chart installed: the CRD, the
     /// namespaces, and the chart's ServiceAccounts and roles (`keysmith::devcluster::bootstrap`).
     pub async fn with_chart(backend: Backend, config: Config) -> Result<Cluster, ClusterError> {
-        let cluster = Cluster::start(backend, config).await?;
+        Cluster::with_chart_and(backend, config, &RealOptions::default()).await
+    }
+
+    /// Like [`Cluster::with_chart`], started as [`Cluster::start_with`] does.
+    pub async fn with_chart_and(
+        backend: Backend,
+        config: Config,
+        real: &RealOptions,
+    ) -> Result<Cluster, ClusterError> {
+        let cluster = Cluster::start_with(backend, config, real).await?;
         for object in keysmith::devcluster::bootstrap()? {
             cluster.apply_object(&object).await?;
         }

@@ -10,3 +10,4 @@ pub mod real;
 
 pub use cluster::{BACKEND_VAR, Backend, Cluster, ClusterError};
 pub use keysmith_emulator::{Identity, LogEntry};
+pub use real::RealOptions;

@@ -1,6 +1,7 @@
 //! End to end: revocation (delete the ApiKey → the verifier stops accepting its tokens, with the
-//! delay measured and printed, not asserted), rotation overlap, live spec changes, and the
-//! one-line start-up failure without permissions.
+//! delay measured and printed, not asserted; on a real kube-apiserver, also through its webhook
+//! token authenticator), rotation overlap, live spec changes, and the one-line start-up failure
+//! without permissions.
 
 use std::time::Instant;
 
@@ -259,4 +260,160 @@ async fn an_unreadable_apikey_is_skipped_counted_and_loses_its_tokens() {
     assert_eq!(h.code(flip.expose_secret()).await, "REVOKED");
     assert_eq!(h.code(good.expose_secret()).await, "VALID");
     assert!(get(h.probes, "/metrics").await.body.contains(counter));
+}
+
+/// What the API server answers `client`: the user it authenticated, or the API error.
+async fn who_am_i(
+    client: &kube::Client,
+) -> Result<k8s_openapi::api::authentication::v1::UserInfo, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = reviews
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await?;
+    Ok(review.status.and_then(|s| s.user_info).unwrap_or_default())
+}
+
+/// Revocation through the Kubernetes API server's webhook token authenticator, on a real
+/// kube-apiserver configured as docs/gateways.md says (`--authentication-token-webhook-config-file`
+/// naming the verifier's TokenReview endpoint, `--authentication-token-webhook-cache-ttl=0s`): the
+/// verifier refuses a deleted key's token at once, while the API server keeps authenticating it
+/// from the token cache it keeps in front of every token authenticator (successes for 10 s,
+/// whatever the webhook's TTL) without asking the verifier. The delay until the API server
+/// refuses is measured and printed (`--nocapture`); only a 30 s bound is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_webhook_authentication_ends_within_its_token_cache() {
+    use crate::harness::verifier::{NS, get, request, start_listening};
+    use crate::harness::{Backend, Config, real};
+    use keysmith::verifier::http::TOKENREVIEW_PATH;
+    use keysmith::verifier::tenancy::Tenancy;
+    use keysmith_testenv::{Cluster, RealOptions};
+    use std::time::Duration;
+
+    if !real() {
+        println!(
+            "skipped on the API emulator: it has no webhook token authenticator, so only a real \
+             kube-apiserver can show what its token cache does (KEYSMITH_TEST_CLUSTER=real)"
+        );
+        return;
+    }
+    // The audience kube-apiserver asks (`--api-audiences` defaults to the issuer).
+    const AUDIENCE: &str = "https://kubernetes.default.svc";
+    const BOUND: Duration = Duration::from_secs(30);
+
+    // The verifier's port is chosen first: the API server reads the webhook's URL at start.
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!("http://{}{TOKENREVIEW_PATH}", api.local_addr().unwrap());
+    let options = RealOptions {
+        token_webhook: Some(webhook),
+    };
+    let cluster = Cluster::with_chart_and(Backend::Real, Config::default(), &options)
+        .await
+        .expect("the real API server starts with the token webhook");
+    cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .await
+        .unwrap();
+    // As docs/gateways.md sets it up: the API server's audience accepts the keys of NS.
+    let tenancy = Tenancy::parse(NS, &[&format!("{AUDIENCE}={NS}")]).unwrap();
+    let h = start_listening(cluster, &[], tenancy, api).await;
+
+    let t = token("ks_");
+    h.create_key(
+        "login",
+        json!({"tokens": [{"name": "main"}]}),
+        &[],
+        vec![status_token("main", &t)],
+    )
+    .await;
+    h.wait_for_code(t.expose_secret(), "VALID").await;
+
+    // A client of the real API server holding nothing but the key's token.
+    let mut kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&h.cluster.kubeconfig(&Identity::Admin).await.unwrap())
+            .unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(serde_json::from_value(json!({"token": t.expose_secret()})).unwrap());
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let as_key = kube::Client::try_from(config).unwrap();
+
+    let user = who_am_i(&as_key)
+        .await
+        .expect("the API server authenticates the key through the verifier");
+    let authenticated = Instant::now();
+    assert_eq!(user.username.as_deref(), Some("keysmith:shop:login:main"));
+    assert!(
+        user.groups
+            .iter()
+            .flatten()
+            .any(|g| g == &format!("keysmith:{NS}")),
+        "{user:?}"
+    );
+
+    h.apikeys()
+        .delete("login", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+
+    // The verifier refuses at once, on its own API and as the webhook.
+    h.wait_for_code(t.expose_secret(), "REVOKED").await;
+    let verifier_delay = deleted.elapsed();
+    let review = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": t.expose_secret(), "audiences": [AUDIENCE]},
+    });
+    let answer = request(
+        h.api,
+        "POST",
+        TOKENREVIEW_PATH,
+        &[],
+        Some(&review.to_string()),
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(answer["status"]["authenticated"], false, "{answer}");
+    assert_eq!(answer["status"]["error"], "REVOKED", "{answer}");
+
+    // The API server goes on authenticating the token until its cache entry ages out.
+    let mut served_from_cache = 0;
+    let refused = loop {
+        match who_am_i(&as_key).await {
+            Ok(user) => {
+                assert_eq!(user.username.as_deref(), Some("keysmith:shop:login:main"));
+                served_from_cache += 1;
+            }
+            Err(kube::Error::Api(status)) if status.code == 401 => break Instant::now(),
+            Err(e) => panic!("the API server answered neither the user nor 401: {e}"),
+        }
+        assert!(
+            deleted.elapsed() < BOUND,
+            "the API server still authenticated the deleted key's token {BOUND:?} after the delete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Every success after the first came from the API server's cache: the verifier said VALID
+    // to one review only.
+    let metrics = get(h.probes, "/metrics").await.body;
+    let valid_reviews = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"keysmith_verify_requests_total{endpoint="tokenreview",code="VALID"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no count of VALID TokenReviews in\n{metrics}"));
+    assert_eq!(valid_reviews.trim(), "1", "{metrics}");
+    println!(
+        "API server webhook revocation: the verifier answered REVOKED {verifier_delay:?} after the \
+         delete; kube-apiserver (webhook cache TTL 0s) went on authenticating the token for \
+         {:?} after the delete ({:?} after its first authentication; {served_from_cache} \
+         requests answered from its token cache without a TokenReview), then answered 401",
+        refused - deleted,
+        refused - authenticated,
+    );
 }

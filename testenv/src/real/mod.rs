@@ -160,6 +160,18 @@ fn free_port() -> Result<u16, RealError> {
         .port())
 }
 
+/// What a test asks of the control plane beyond the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RealOptions {
+    /// Authenticate bearer tokens the API server does not know itself through this TokenReview
+    /// webhook, as docs/gateways.md configures kube-apiserver for the verifier: a kubeconfig
+    /// naming the URL (`http://` on loopback, or `https://` with a certificate the system trusts)
+    /// in `--authentication-token-webhook-config-file`, `--authentication-token-webhook-version=v1`
+    /// and `--authentication-token-webhook-cache-ttl=0s`. The webhook is first called when a
+    /// token arrives, so it may start after the control plane.
+    pub token_webhook: Option<String>,
+}
+
 /// A running control plane.
 pub struct RealCluster {
     url: String,
@@ -180,6 +192,11 @@ impl RealCluster {
     /// Start etcd, kube-apiserver and kube-controller-manager and wait until the API server is
     /// ready.
     pub async fn start() -> Result<RealCluster, RealError> {
+        RealCluster::start_with(&RealOptions::default()).await
+    }
+
+    /// Like [`RealCluster::start`], with `options`.
+    pub async fn start_with(options: &RealOptions) -> Result<RealCluster, RealError> {
         let dir = tempfile::Builder::new()
             .prefix("keysmith-testenv-")
             .tempdir()
@@ -232,54 +249,62 @@ impl RealCluster {
                 "--log-level=warn".into(),
             ],
         )?];
-        processes.push(Process::spawn(
-            "kube-apiserver",
-            &root,
-            &[
-                format!("--etcd-servers={client_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // A loopback address cannot back the `kubernetes` Service's endpoints, and no
-                // pod here would use them.
-                "--endpoint-reconciler-type=none".into(),
-                format!("--cert-dir={}", path("apiserver")),
-                format!("--tls-cert-file={}", path("serving.crt")),
-                format!("--tls-private-key-file={}", path("serving.key")),
-                format!("--client-ca-file={}", path("ca.crt")),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", path("sa.pub")),
-                format!("--service-account-signing-key-file={}", path("sa.key")),
-                format!("--audit-policy-file={}", path("audit-policy.yaml")),
-                format!("--audit-log-path={}", path("audit.log")),
-                "--audit-log-format=json".into(),
-                // The default rotates the file at 100 MB, which a 10,000-key benchmark passes;
-                // the harness reads it from the start.
-                "--audit-log-maxsize=100000".into(),
-                "--profiling=false".into(),
-                // API aggregation, as kubeadm configures it: the aggregator authenticates to
-                // aggregated API servers with the front-proxy client certificate and names the
-                // user in these headers, and calls the endpoints of their Service directly (no
-                // kube-proxy here to route a Service's cluster IP).
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={client_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            // A loopback address cannot back the `kubernetes` Service's endpoints, and no
+            // pod here would use them.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", path("apiserver")),
+            format!("--tls-cert-file={}", path("serving.crt")),
+            format!("--tls-private-key-file={}", path("serving.key")),
+            format!("--client-ca-file={}", path("ca.crt")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", path("sa.pub")),
+            format!("--service-account-signing-key-file={}", path("sa.key")),
+            format!("--audit-policy-file={}", path("audit-policy.yaml")),
+            format!("--audit-log-path={}", path("audit.log")),
+            "--audit-log-format=json".into(),
+            // The default rotates the file at 100 MB, which a 10,000-key benchmark passes;
+            // the harness reads it from the start.
+            "--audit-log-maxsize=100000".into(),
+            "--profiling=false".into(),
+            // API aggregation, as kubeadm configures it: the aggregator authenticates to
+            // aggregated API servers with the front-proxy client certificate and names the
+            // user in these headers, and calls the endpoints of their Service directly (no
+            // kube-proxy here to route a Service's cluster IP).
+            format!(
+                "--requestheader-client-ca-file={}",
+                path("front-proxy-ca.crt")
+            ),
+            format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!(
+                "--proxy-client-cert-file={}",
+                path("front-proxy-client.crt")
+            ),
+            format!("--proxy-client-key-file={}", path("front-proxy-client.key")),
+            "--enable-aggregator-routing=true".into(),
+        ];
+        if let Some(url) = &options.token_webhook {
+            write("token-webhook.kubeconfig", &webhook_kubeconfig(url))?;
+            apiserver_args.extend([
                 format!(
-                    "--requestheader-client-ca-file={}",
-                    path("front-proxy-ca.crt")
+                    "--authentication-token-webhook-config-file={}",
+                    path("token-webhook.kubeconfig")
                 ),
-                format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
-                "--requestheader-username-headers=X-Remote-User".into(),
-                "--requestheader-group-headers=X-Remote-Group".into(),
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                format!(
-                    "--proxy-client-cert-file={}",
-                    path("front-proxy-client.crt")
-                ),
-                format!("--proxy-client-key-file={}", path("front-proxy-client.key")),
-                "--enable-aggregator-routing=true".into(),
-            ],
-        )?);
+                "--authentication-token-webhook-version=v1".into(),
+                "--authentication-token-webhook-cache-ttl=0s".into(),
+            ]);
+        }
+        processes.push(Process::spawn("kube-apiserver", &root, &apiserver_args)?);
         let mut cluster = RealCluster {
             url,
             authority,
@@ -452,6 +477,27 @@ async fn client(kubeconfig: &str) -> Result<kube::Client, RealError> {
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// The kubeconfig kube-apiserver reads its TokenReview webhook from: the server only, the API
+/// server presenting no credentials of its own.
+fn webhook_kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: token-webhook
+  cluster:
+    server: {url}
+users:
+- name: kube-apiserver
+  user: {{}}
+contexts:
+- name: token-webhook
+  context: {{cluster: token-webhook, user: kube-apiserver}}
+current-context: token-webhook
+"
+    )
 }
 
 enum Credentials<'a> {

@@ -63,6 +63,18 @@ pub async fn start_on(cluster: Cluster, trusted: &[&str]) -> Harness {
 /// Like [`start_on`], the verifier accepting keys as `tenancy` says (the others accept [`NS`] on
 /// unscoped routes).
 pub async fn start_with(cluster: Cluster, trusted: &[&str], tenancy: Tenancy) -> Harness {
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_listening(cluster, trusted, tenancy, api).await
+}
+
+/// Like [`start_with`], the verification API served on `api`, bound before the cluster started
+/// (so the API server's TokenReview webhook could name its address).
+pub async fn start_listening(
+    cluster: Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    api: TcpListener,
+) -> Harness {
     logs::capture("info");
     let admin = cluster.client().await.expect("admin client");
     let client = cluster
@@ -70,7 +82,6 @@ pub async fn start_with(cluster: Cluster, trusted: &[&str], tenancy: Tenancy) ->
         .await
         .expect("verifier client");
     let trusted: Vec<String> = trusted.iter().map(|s| s.to_string()).collect();
-    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let probes = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (api_addr, probes_addr) = (api.local_addr().unwrap(), probes.local_addr().unwrap());
     let components = Components {
