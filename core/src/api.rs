@@ -34,7 +34,8 @@ pub const ADOPT_ANNOTATION: &str = "keysmith.dev/adopt";
 /// Annotation on a workload (not its pod template) listing, comma-separated, the ApiKeys whose
 /// rotations may restart it even though its pods do not read their Secrets.
 pub const RESTART_ON_ANNOTATION: &str = "keysmith.dev/restart-on";
-/// Pod template annotation that makes a rollout restart happen once per rotation.
+/// The token ids a workload was last restarted for (on the pod template of an apps/v1 workload,
+/// on an Argo Rollout itself), which makes a restart happen once per rotation.
 pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
 /// The annotation by which a Secret lets ApiKeys (its value: their names, comma-separated)
 /// publish hashes of its values. Without it a namespace editor who may create ApiKeys but not
@@ -570,7 +571,7 @@ pub struct SecretTemplate {
 /// A workload in the ApiKey's namespace to restart after a rotation.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct RestartTarget {
-    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    /// `Deployment`, `StatefulSet`, `DaemonSet` or `Rollout` (Argo Rollouts).
     pub kind: WorkloadKind,
     /// Workload name.
     #[schemars(length(min = 1, max = 253))]
@@ -587,6 +588,30 @@ pub enum WorkloadKind {
     StatefulSet,
     /// apps/v1 DaemonSet.
     DaemonSet,
+    /// argoproj.io/v1alpha1 Rollout (Argo Rollouts), restarted through its `spec.restartAt`.
+    Rollout,
+}
+
+impl WorkloadKind {
+    /// The API group and version of its objects.
+    pub fn group_version(self) -> (&'static str, &'static str) {
+        match self {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
+                ("apps", "v1")
+            }
+            WorkloadKind::Rollout => ("argoproj.io", "v1alpha1"),
+        }
+    }
+
+    /// Its resource, as URLs and RBAC rules name it.
+    pub fn plural(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::Rollout => "rollouts",
+        }
+    }
 }
 
 /// What Keysmith observed and did. Never holds token plaintext: only ids and SHA-256 hashes.

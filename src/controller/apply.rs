@@ -2,14 +2,13 @@
 //! `keysmith`, the rollout-restart patch, and the Secret's deletion on revocation. Every apply
 //! body carries `apiVersion` and `kind`, and the Secret goes into `data`, never `stringData`.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
-use crate::api::{ApiKey, ApiKeyStatus, RESTARTED_FOR_ANNOTATION, WorkloadKind};
+use crate::api::{ApiKey, ApiKeyStatus};
 use crate::planner::conditions::{READY, reason};
 use crate::planner::restart::{self, Consent};
 use crate::planner::{DesiredSecret, Restart};
@@ -128,61 +127,41 @@ pub enum Restarted {
     Refused,
 }
 
-/// Restart a workload by setting its pod template annotation, unless it already carries the
-/// value (a resync or a second controller must not restart twice) or it does not consent to
-/// restarts by `key` ([`restart::consent`]).
+/// Restart a workload ([`Restart::patch`]), unless it already carries this restart's marker (a
+/// resync or a second controller must not restart twice) or it does not consent to restarts by
+/// `key` ([`restart::consent`]). A kind the cluster does not serve (Argo Rollouts not installed)
+/// is a missing workload.
 pub async fn restart(client: &Client, key: &ApiKey, restart: &Restart) -> kube::Result<Restarted> {
-    match restart.target.kind {
-        WorkloadKind::Deployment => {
-            restart_workload::<Deployment>(client, key, restart, |d| &d.spec.template).await
-        }
-        WorkloadKind::StatefulSet => {
-            restart_workload::<StatefulSet>(client, key, restart, |s| &s.spec.template).await
-        }
-        WorkloadKind::DaemonSet => {
-            restart_workload::<DaemonSet>(client, key, restart, |d| &d.spec.template).await
-        }
-    }
-}
-
-async fn restart_workload<K>(
-    client: &Client,
-    key: &ApiKey,
-    restart: &Restart,
-    template: impl Fn(&K) -> &PodTemplateSpec,
-) -> kube::Result<Restarted>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+    let kind = restart.target.kind;
+    let (group, version) = kind.group_version();
+    // The variants are named after their Kubernetes kinds.
+    let gvk = GroupVersionKind::gvk(group, version, &format!("{kind:?}"));
+    let resource = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
     let namespace = key.metadata.namespace.as_deref().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let Some(workload) = api.get_opt(&restart.target.name).await? else {
-        return Ok(Restarted::Missing);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let workload = match api.get(&restart.target.name).await {
+        Ok(workload) => serde_json::to_value(&workload).map_err(kube::Error::SerdeError)?,
+        // A kind the API server does not serve answers a bare 404, not a NotFound Status.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Restarted::Missing),
+        Err(e) => return Err(e),
     };
-    let template = template(&workload);
-    if restart::consent(workload.meta(), template, key) == Consent::Refused {
+    let metadata: ObjectMeta =
+        serde_json::from_value(workload["metadata"].clone()).map_err(kube::Error::SerdeError)?;
+    if restart::consent(&metadata, &restart::template(&workload), key) == Consent::Refused {
         return Ok(Restarted::Refused);
     }
-    let current = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref()?.get(RESTARTED_FOR_ANNOTATION));
-    if current == Some(&restart.restarted_for) {
+    if restart.done(&workload) {
         return Ok(Restarted::AlreadyDone);
     }
-    // A merge patch of one annotation: the workload belongs to its owner's manager, and an
-    // apply would make Keysmith co-own its template.
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTARTED_FOR_ANNOTATION: restart.restarted_for,
-    }}}}});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch(&restart.target.name, &params, &Patch::Merge(patch))
-        .await?;
+    api.patch(
+        &restart.target.name,
+        &params,
+        &Patch::Merge(restart.patch()),
+    )
+    .await?;
     Ok(Restarted::Yes)
 }

@@ -3,6 +3,7 @@
 //! (`real`: etcd, kube-apiserver and kube-controller-manager built from pinned Go modules by
 //! `testenv/install`), behind one interface, [`Cluster`].
 
+pub mod argo;
 pub mod binaries;
 mod cluster;
 pub mod rbac;

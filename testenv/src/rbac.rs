@@ -17,8 +17,9 @@ pub type Permission = (String, String, String);
 /// The scenario's ApiKey (and its Secret).
 pub const KEY: &str = "everything";
 
-/// A Deployment, a StatefulSet and a DaemonSet that read the key's Secret (so a rotation may
-/// restart them), and the Secret the key's required header is read from.
+/// A Deployment, a StatefulSet, a DaemonSet and an Argo Rollout (with its CRD) that read the
+/// key's Secret (so a rotation may restart them), and the Secret the key's required header is
+/// read from.
 pub fn workloads(namespace: &str) -> String {
     let workload = |kind: &str, name: &str, extra: &str| {
         format!(
@@ -32,6 +33,8 @@ pub fn workloads(namespace: &str) -> String {
         workload("Deployment", "web", ""),
         workload("StatefulSet", "db", "serviceName: db\n  "),
         workload("DaemonSet", "agent", ""),
+        crate::argo::ROLLOUT_CRD.to_owned(),
+        crate::argo::rollout(namespace, "shop", KEY),
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: client-secret, namespace: {namespace}, \
              annotations: {{keysmith.dev/header-source: {KEY}}}}}\nstringData: {{value: s3cret}}\n"
@@ -60,6 +63,7 @@ spec:
       - {{kind: Deployment, name: web}}
       - {{kind: StatefulSet, name: db}}
       - {{kind: DaemonSet, name: agent}}
+      - {{kind: Rollout, name: shop}}
       - {{kind: Deployment, name: missing}}
 "#
     )

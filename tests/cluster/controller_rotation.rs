@@ -527,3 +527,94 @@ spec:
     assert!(warning["note"].as_str().unwrap().contains("does not exist"));
     h.settle().await;
 }
+
+/// [`rotating_key`] restarting Argo Rollout `shop` instead of Deployment `web`.
+fn rollout_key(trigger: &str) -> String {
+    rotating_key(trigger).replace(
+        "{kind: Deployment, name: web}",
+        "{kind: Rollout, name: shop}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_rollouts_restart_through_restart_at_once_per_rotation() {
+    use keysmith_testenv::argo;
+    let h = Harness::start().await;
+    // Without Argo Rollouts installed a Rollout target is missing: a warning, no error loop.
+    h.apply(&rollout_key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.apply(&rollout_key("two")).await;
+    h.wait_key("site", "rotation two", |k| {
+        token(k, "delivery")["rotationTrigger"] == "two"
+    })
+    .await;
+    let missing = eventually("the missing Rollout's event", || async {
+        h.events("RestartTriggered").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(missing["type"], "Warning");
+    let note = missing["note"].as_str().unwrap();
+    assert!(note.contains("Rollout cms/shop does not exist"), "{note}");
+    h.settle().await;
+
+    // Installed, with a Rollout whose pods read the Secret.
+    h.apply(argo::ROLLOUT_CRD).await;
+    h.apply(&argo::rollout(NS, "shop", "site")).await;
+    let rollout = || async {
+        h.cluster
+            .get("argoproj.io/v1alpha1", "Rollout", NS, "shop")
+            .await
+            .expect("the Rollout")
+    };
+    let before = rollout().await;
+    h.cluster.clear_requests();
+    h.apply(&rollout_key("three")).await;
+    let key = h
+        .wait_key("site", "rotation three", |k| {
+            token(k, "delivery")["rotationTrigger"] == "three"
+        })
+        .await;
+    h.settle().await;
+    assert_eq!(writes_of(&h, "rollouts"), 1, "one restart per rotation");
+    let shop = rollout().await;
+    let mut ids = [id(&key, "delivery"), id(&key, "preview")];
+    ids.sort();
+    assert_eq!(
+        shop["metadata"]["annotations"]["keysmith.dev/restarted-for"],
+        ids.join(",")
+    );
+    // Argo restarts the pods created before restartAt: the rotation's time.
+    assert_eq!(
+        time(&shop["spec"]["restartAt"]),
+        time(&token(&key, "delivery")["issuedAt"])
+    );
+    // The pod template is untouched: no new revision to roll through the canary steps.
+    assert_eq!(shop["spec"]["template"], before["spec"]["template"]);
+    let restarted = h.events("RestartTriggered").await;
+    assert!(
+        restarted
+            .iter()
+            .any(|e| e["type"] == "Normal"
+                && e["note"].as_str().unwrap().contains("Rollout cms/shop")),
+        "{restarted:?}"
+    );
+
+    // The overlap ends, resyncs pass: no second restart.
+    h.cluster.clear_requests();
+    h.clock.advance(SignedDuration::from_mins(61));
+    h.wait_key("site", "overlap over", |k| {
+        token(k, "delivery")["previous"].is_null()
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(writes_of(&h, "rollouts"), 0, "no second restart");
+    assert_eq!(
+        rollout().await["spec"]["restartAt"],
+        shop["spec"]["restartAt"]
+    );
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains("keysmith_rollout_restarts_total 1"),
+        "{metrics}"
+    );
+}

@@ -1,10 +1,10 @@
 //! The chart's RBAC is sufficient and minimal: the controller and the verifier run as their
 //! ServiceAccounts under exactly the rules in `charts/keysmith/files/`, through a scenario that
-//! uses every feature (mint, rotation with restarts of all three workload kinds and a missing
-//! target, required headers from a Secret, usage write-back, revocation, leader election). No
-//! request is denied, and every verb on every resource the rules grant is used, so removing any
-//! one of them fails this test (or, for a verb the code stops needing, makes the test ask for
-//! its removal). On the real backend the witness is the API server's audit log and the judge
+//! uses every feature (mint, rotation with restarts of every workload kind, an Argo Rollout
+//! among them, and a missing target, required headers from a Secret, usage write-back,
+//! revocation, leader election). No request is denied, and every verb on every resource the
+//! rules grant is used, so removing any one of them fails this test (or, for a verb the code
+//! stops needing, makes the test ask for its removal). On the real backend the witness is the API server's audit log and the judge
 //! its RBAC authorizer, with real ServiceAccount tokens.
 
 use std::collections::BTreeSet;

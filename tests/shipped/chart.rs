@@ -306,6 +306,7 @@ fn controller_rules_are_least_privilege() {
             ("apps", "deployments", &["get", "patch"]),
             ("apps", "statefulsets", &["get", "patch"]),
             ("apps", "daemonsets", &["get", "patch"]),
+            ("argoproj.io", "rollouts", &["get", "patch"]),
         ])
     );
     // Only with gateways.kong.enabled: a consenting KongConsumer's credential list.

@@ -154,7 +154,7 @@ fn schema_carries_the_spec_constraints() {
     );
     assert_eq!(
         at(&s, &["spec", "secret", "restartTargets"])["items"]["properties"]["kind"]["enum"],
-        serde_json::json!(["Deployment", "StatefulSet", "DaemonSet"])
+        serde_json::json!(["Deployment", "StatefulSet", "DaemonSet", "Rollout"])
     );
     let rules =
         serde_json::to_string(&at(&s, &["spec", "rotation"])["x-kubernetes-validations"]).unwrap();

@@ -1,16 +1,22 @@
-//! The rollout restarts a rotation asks for, and whether it may restart a workload. Keysmith patches workloads with its own rights, so
-//! an ApiKey may only restart a workload that reads the key's Secret (and so needs the restart)
-//! or that opts in by naming the key in its `keysmith.dev/restart-on` annotation; naming a
-//! workload in `restartTargets` is not enough.
+//! The rollout restarts a rotation asks for, what each writes, and whether it may restart a
+//! workload. Keysmith patches workloads with its own rights, so an ApiKey may only restart a
+//! workload that reads the key's Secret (and so needs the restart) or that opts in by naming the
+//! key in its `keysmith.dev/restart-on` annotation; naming a workload in `restartTargets` is not
+//! enough.
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
 
-use crate::api::{ApiKey, RESTART_ON_ANNOTATION, RestartTarget, TokenStatus};
+use crate::api::{
+    ApiKey, RESTART_ON_ANNOTATION, RESTARTED_FOR_ANNOTATION, RestartTarget, TokenStatus,
+    WorkloadKind,
+};
 
 use super::Planner;
 
-/// A rollout restart: set the pod template annotation `keysmith.dev/restarted-for`.
+/// A rollout restart, marked with `keysmith.dev/restarted-for`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
     /// The workload.
@@ -18,6 +24,50 @@ pub struct Restart {
     /// The sorted ids of the current tokens, joined by `,`: the same value for the same tokens,
     /// so a second patch for one rotation changes nothing and restarts nothing.
     pub restarted_for: String,
+    /// When the rotation asked for it: an Argo Rollout restarts the pods created before it.
+    pub at: Timestamp,
+}
+
+impl Restart {
+    /// The JSON merge patch that restarts the target (a merge patch: the workload is its
+    /// owner's, and a server-side apply would make Keysmith co-own its fields).
+    ///
+    /// apps/v1 workloads: the marker on the pod template, whose change rolls their pods. Argo
+    /// Rollouts: Argo's own restart, `spec.restartAt`, with the marker on the Rollout itself, in
+    /// the same write; a pod template change would start a new revision through every canary or
+    /// blue-green step instead of restarting the pods.
+    pub fn patch(&self) -> Value {
+        let marker = json!({"annotations": {RESTARTED_FOR_ANNOTATION: self.restarted_for}});
+        match self.target.kind {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
+                json!({"spec": {"template": {"metadata": marker}}})
+            }
+            WorkloadKind::Rollout => json!({
+                "metadata": marker,
+                "spec": {"restartAt": self.at.to_string()},
+            }),
+        }
+    }
+
+    /// Whether `workload`, as the API server returns it, already carries this restart's
+    /// marker: this rotation restarted it (a resync, a second controller or a restarted one
+    /// must not restart it again).
+    pub fn done(&self, workload: &Value) -> bool {
+        let metadata = match self.target.kind {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
+                &workload["spec"]["template"]["metadata"]
+            }
+            WorkloadKind::Rollout => &workload["metadata"],
+        };
+        metadata["annotations"][RESTARTED_FOR_ANNOTATION] == self.restarted_for.as_str()
+    }
+}
+
+/// The pod template of a workload as the API server returns it: its `spec.template` (empty for
+/// a Rollout that takes its pods from a Deployment through `workloadRef`, which then restarts
+/// only when it opts in).
+pub fn template(workload: &Value) -> PodTemplateSpec {
+    serde_json::from_value(workload["spec"]["template"].clone()).unwrap_or_default()
 }
 
 impl Planner<'_> {
@@ -38,6 +88,7 @@ impl Planner<'_> {
             .map(|target| Restart {
                 target,
                 restarted_for: restarted_for.clone(),
+                at: self.now,
             })
             .collect()
     }

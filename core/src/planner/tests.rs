@@ -900,6 +900,88 @@ fn restart_consent_follows_what_the_pod_template_reads() {
     assert_eq!(consent(&meta, &template, &k), Consent::Refused);
 }
 
+#[test]
+fn a_rotation_restarts_an_argo_rollout_through_restart_at_once() {
+    use crate::api::{RESTARTED_FOR_ANNOTATION, WorkloadKind};
+    use restart::{Consent, consent, template};
+    let mut w = World::new(json!({
+        "tokens": [{"name": "a"}],
+        "rotation": {"trigger": "one"},
+        "secret": {"restartTargets": [
+            {"kind": "Rollout", "name": "shop"}, {"kind": "Deployment", "name": "web"}]},
+    }));
+    w.step();
+    w.advance(hours(2));
+    w.key.spec.rotation.as_mut().unwrap().trigger = Some("two".into());
+    let p = w.step();
+    let [rollout, deployment] = p.restarts.as_slice() else {
+        panic!("two restarts: {:?}", p.restarts);
+    };
+    assert_eq!(rollout.target.kind, WorkloadKind::Rollout);
+    assert_eq!(rollout.at, w.now, "restartAt is the rotation's time");
+    let ids = w.token("a").id.clone();
+
+    // Argo's own restart: restartAt, and the marker on the Rollout, not on its pod template
+    // (whose change would roll out a new revision through every canary step).
+    assert_eq!(
+        rollout.patch(),
+        json!({
+            "metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: ids}},
+            "spec": {"restartAt": "2026-11-22T12:00:00Z"},
+        })
+    );
+    assert_eq!(
+        deployment.patch(),
+        json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: ids}}}}})
+    );
+
+    // What the API server returns after the patch counts as done; before it, or for earlier
+    // tokens, it does not. A Rollout's pod template marker (written by hand) is not its own.
+    let reads_secret = json!({"spec": {"containers": [container(json!({
+        "envFrom": [{"secretRef": {"name": "site"}}]}))]}});
+    let mut shop = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "shop", "namespace": "cms"},
+        "spec": {"restartAt": "2026-01-01T00:00:00Z", "template": reads_secret},
+    });
+    assert!(!rollout.done(&shop));
+    shop["spec"]["template"]["metadata"] = json!({"annotations": {RESTARTED_FOR_ANNOTATION: ids}});
+    assert!(!rollout.done(&shop));
+    shop["spec"]["template"]["metadata"] = json!({});
+    // As the merge patch leaves it.
+    let patch = rollout.patch();
+    shop["metadata"]["annotations"] = patch["metadata"]["annotations"].clone();
+    shop["spec"]["restartAt"] = patch["spec"]["restartAt"].clone();
+    assert!(rollout.done(&shop));
+    assert!(!deployment.done(&shop));
+    let earlier = restart::Restart {
+        restarted_for: "old".into(),
+        ..rollout.clone()
+    };
+    assert!(!earlier.done(&shop));
+
+    // The same consent as a Deployment, read from the Rollout's template; a Rollout whose pods
+    // come from a Deployment (workloadRef) has no template and restarts only when it opts in.
+    let meta: ObjectMeta = serde_json::from_value(shop["metadata"].clone()).unwrap();
+    assert_eq!(
+        consent(&meta, &template(&shop), &w.key),
+        Consent::ConsumesSecret
+    );
+    let by_ref = json!({"metadata": {"name": "shop"}, "spec": {
+        "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "shop"}}});
+    assert_eq!(consent(&meta, &template(&by_ref), &w.key), Consent::Refused);
+    let opted: ObjectMeta = serde_json::from_value(
+        json!({"name": "shop", "annotations": {RESTART_ON_ANNOTATION: "site"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        consent(&opted, &template(&by_ref), &w.key),
+        Consent::OptedIn
+    );
+
+    assert!(w.step().is_quiet(), "one restart per rotation");
+}
+
 fn spec_strategy() -> impl Strategy<Value = serde_json::Value> {
     let lifetime = prop::option::of(prop::sample::select(vec!["2h", "36h", "30d", "400d"]));
     let cadence = prop::sample::select(vec![
