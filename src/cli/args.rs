@@ -11,7 +11,7 @@ use kube::{Api, Client};
 
 use crate::api::ApiKey;
 use crate::cluster;
-use crate::controller::leader::{DEFAULT_LEASE_NAME, LeaderConfig};
+use crate::controller::leader::{LeaderConfig, default_lease_name};
 use crate::scope::Scope;
 use crate::telemetry::LogFormat;
 use crate::verifier::Settings;
@@ -228,9 +228,10 @@ pub struct LeaderArgs {
     #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 
-    /// Name of the leader-election Lease.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_LEASE_NAME)]
-    pub lease_name: String,
+    /// Name of the leader-election Lease (default: keysmith-controller; with --selector,
+    /// keysmith-controller-<hash of the selector>, so shards in one namespace never share one).
+    #[arg(long, value_name = "NAME")]
+    pub lease_name: Option<String>,
 
     /// This replica's identity in the Lease (default: the pod name, else the host name).
     #[arg(long, value_name = "ID", env = "POD_NAME")]
@@ -246,10 +247,14 @@ pub struct LeaderArgs {
 }
 
 impl LeaderArgs {
-    /// The election settings; `default_namespace` is the client's when no flag or pod says.
-    pub fn config(&self, default_namespace: &str) -> LeaderConfig {
+    /// The election settings; `default_namespace` is the client's when no flag or pod says, and
+    /// `selector` (`--selector`) names the default Lease.
+    pub fn config(&self, default_namespace: &str, selector: Option<&str>) -> LeaderConfig {
         LeaderConfig {
-            lease_name: self.lease_name.clone(),
+            lease_name: self
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| default_lease_name(selector)),
             namespace: self
                 .leader_election_namespace
                 .clone()

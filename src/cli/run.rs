@@ -29,7 +29,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         let trusted_proxies = args.api.trusted_proxies()?;
         let tenancy = args.api.tenancy()?;
         let client = cluster::connect().await.map_err(|e| e.to_string())?;
-        let leader = args.leader.config(client.default_namespace());
+        let leader = args
+            .leader
+            .config(client.default_namespace(), args.scope.selector.as_deref());
         Ok(Components {
             controller: Some(ControllerPart {
                 client: client.clone(),

@@ -13,6 +13,87 @@ use tracing::{info, warn};
 /// Default name of the Lease the controllers compete for.
 pub const DEFAULT_LEASE_NAME: &str = "keysmith-controller";
 
+/// Hex digits of the selector's hash in a derived Lease name: 40 bits, so a namespace's handful
+/// of shards never collide, in a name of 30 characters.
+const SELECTOR_HASH_DIGITS: usize = 10;
+
+/// The Lease name when none is given: [`DEFAULT_LEASE_NAME`], or with a label selector (a shard)
+/// that name followed by a short hash of the normalized selector, so controllers of different
+/// shards in one namespace never share a Lease (and never wait for each other), while every
+/// replica of one shard, however it spells the selector, derives the same name.
+pub fn default_lease_name(selector: Option<&str>) -> String {
+    match selector.map(normalize_selector).filter(|s| !s.is_empty()) {
+        None => DEFAULT_LEASE_NAME.to_owned(),
+        Some(normalized) => {
+            let hash = crate::token::sha256_hex(&normalized);
+            format!("{DEFAULT_LEASE_NAME}-{}", &hash[..SELECTOR_HASH_DIGITS])
+        }
+    }
+}
+
+/// A label selector in one spelling per meaning: its requirements sorted and deduplicated, each
+/// as its words and operators joined by single spaces, `==` as `=`, and the values of `in` and
+/// `notin` sorted and deduplicated. `shard = a,tier in (y, x)` and `tier in (x,y),shard==a` are
+/// the same selector; `keynot in (a)` and `key notin (a)` are not.
+fn normalize_selector(selector: &str) -> String {
+    let mut requirements = Vec::new();
+    // The current requirement's words, and the values of its open `(` list.
+    let mut words: Vec<String> = Vec::new();
+    let mut values: Option<Vec<String>> = None;
+    for token in selector_tokens(selector) {
+        match (token.as_str(), &mut values) {
+            ("(", _) => values = Some(Vec::new()),
+            (")", open) => {
+                let mut list = open.take().unwrap_or_default();
+                list.sort();
+                list.dedup();
+                words.push(format!("({})", list.join(",")));
+            }
+            (",", Some(_)) => {}
+            (",", None) => requirements.push(std::mem::take(&mut words).join(" ")),
+            (_, Some(list)) => list.push(token),
+            (_, None) => words.push(token),
+        }
+    }
+    requirements.push(words.join(" "));
+    requirements.retain(|r| !r.is_empty());
+    requirements.sort();
+    requirements.dedup();
+    requirements.join(",")
+}
+
+/// The words and operators of a selector: `(`, `)`, `,`, `=` (also for `==`), `!=`, `!`, and the
+/// runs of other characters between them and whitespace.
+fn selector_tokens(selector: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    let mut chars = selector.chars().peekable();
+    while let Some(c) = chars.next() {
+        let operator = match c {
+            '(' | ')' | ',' => Some(c.to_string()),
+            '=' => {
+                chars.next_if_eq(&'=');
+                Some("=".to_owned())
+            }
+            '!' if chars.next_if_eq(&'=').is_some() => Some("!=".to_owned()),
+            '!' => Some("!".to_owned()),
+            c if c.is_whitespace() => None,
+            c => {
+                word.push(c);
+                continue;
+            }
+        };
+        if !word.is_empty() {
+            tokens.push(std::mem::take(&mut word));
+        }
+        tokens.extend(operator);
+    }
+    if !word.is_empty() {
+        tokens.push(word);
+    }
+    tokens
+}
+
 /// Who competes for which Lease, and how long a holder's claim lasts.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -154,5 +235,61 @@ impl Running {
         if let Err(e) = self.task.await {
             warn!(error = %e, "the controller task failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_selector_the_lease_is_the_default() {
+        assert_eq!(default_lease_name(None), DEFAULT_LEASE_NAME);
+        assert_eq!(default_lease_name(Some(" ")), DEFAULT_LEASE_NAME);
+    }
+
+    #[test]
+    fn each_shard_gets_its_own_lease_whatever_the_spelling() {
+        let a = default_lease_name(Some("shard=a"));
+        let b = default_lease_name(Some("shard=b"));
+        assert_ne!(a, b);
+        assert_ne!(a, DEFAULT_LEASE_NAME);
+        for spelling in ["shard = a", "shard==a", " shard=a,shard=a "] {
+            assert_eq!(default_lease_name(Some(spelling)), a, "{spelling}");
+        }
+        assert_eq!(
+            default_lease_name(Some("tier in (y, x),shard=a,!canary")),
+            default_lease_name(Some("!canary, shard==a, tier in (x,y,x)"))
+        );
+        // Different meanings stay apart, even where whitespace is all that separates them.
+        for (one, other) in [
+            ("key notin (a)", "keynot in (a)"),
+            ("shard!=a", "shard=a"),
+            ("tier in (x)", "tier in (x,y)"),
+            ("a=b,c=d", "a=b"),
+        ] {
+            assert_ne!(
+                default_lease_name(Some(one)),
+                default_lease_name(Some(other)),
+                "{one} / {other}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_derived_name_is_a_short_dns_label() {
+        let name = default_lease_name(Some("shard=a"));
+        assert_eq!(
+            name.len(),
+            DEFAULT_LEASE_NAME.len() + 1 + SELECTOR_HASH_DIGITS
+        );
+        assert!(name.len() <= 63, "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
+        // Stable across releases: a changed derivation would move every shard to a new Lease.
+        assert_eq!(name, "keysmith-controller-682003e72a");
     }
 }
