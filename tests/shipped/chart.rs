@@ -200,6 +200,14 @@ fn chart_metadata_names_the_app_version() {
         env!("CARGO_PKG_VERSION"),
         "appVersion follows Cargo.toml"
     );
+    // The repository is where the alerts' runbooks are read.
+    let home = chart["home"].as_str().expect("home");
+    assert_eq!(chart["sources"], serde_json::json!([home]));
+    let values = yaml_document("charts/keysmith/values.yaml");
+    assert_eq!(
+        values["prometheusRule"]["runbookBaseUrl"],
+        format!("{home}/blob/main/docs/operations.md")
+    );
 }
 
 #[test]
@@ -395,14 +403,20 @@ fn deployments_run_restricted() {
             serde_json::json!(["ALL"]),
             "{component}"
         );
+        // Liveness and readiness on the metrics port every command serves.
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(
+                values[component][probe]["httpGet"],
+                serde_json::json!({"path": path, "port": "metrics"}),
+                "{component} {probe}"
+            );
+        }
     }
     let helpers = read("charts/keysmith/templates/_helpers.tpl");
     for needle in [
-        "path: /healthz",
-        "path: /readyz",
         "{{- with $v.podSecurityContext }}",
         "{{- with $v.securityContext }}",
-        "{{- include \"keysmith.probes\" $root",
+        "{{- range $probe := list \"livenessProbe\" \"readinessProbe\" \"startupProbe\" }}",
     ] {
         assert!(helpers.contains(needle), "_helpers.tpl has {needle}");
     }

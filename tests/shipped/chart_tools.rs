@@ -29,6 +29,10 @@ const SELECTOR: &str = "shard=a";
 const TRUSTED_PROXY: &str = "10.244.0.0/16";
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const IMAGE: &str = "ghcr.io/keysmith-dev/keysmith";
+/// What the `flags` case pulls the image from instead: a mirror's registry and path.
+const REGISTRY: &str = "registry.example.com";
+const MIRRORED: &str = "mirror/keysmith";
+const LOG_LEVEL: &str = "info,keysmith::verifier=debug";
 const ALERTS: [&str; 3] = [
     "KeysmithReconcileErrors",
     "KeysmithTokenExpiringWithoutRotation",
@@ -112,6 +116,42 @@ fn service_account_annotations() -> Value {
     json!({"iam.example.com/role": "keysmith"})
 }
 
+/// The `labels` case's commonLabels; the monitors and the rule repeat one of them in their own.
+fn common_labels() -> Value {
+    json!({"team": "platform", "release": "prometheus"})
+}
+
+/// What the `labels` case puts on the Services; the component label cannot change theirs.
+fn service_labels() -> Value {
+    json!({"exposure": "internal", "app.kubernetes.io/component": "other"})
+}
+
+fn service_annotations() -> Value {
+    json!({"service.example.com/internal": "true"})
+}
+
+/// The `rollout` case's probe overrides (merged over the chart's) and startup probe, per
+/// component.
+fn probe_overrides() -> [(&'static str, Value); 2] {
+    [
+        ("livenessProbe", json!({"timeoutSeconds": 5})),
+        (
+            "startupProbe",
+            json!({"httpGet": {"path": "/healthz", "port": "metrics"}, "failureThreshold": 30}),
+        ),
+    ]
+}
+
+/// The `extra_objects` case: an object and a YAML string, both using the chart's context.
+fn extra_objects() -> Value {
+    json!([
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "{{ .Release.Name }}-extra", "namespace": "{{ .Release.Namespace }}"},
+         "data": {"verifier": "{{ include \"keysmith.fullname\" . }}-verifier"}},
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extra-text\n",
+    ])
+}
+
 /// One set of chart values: the mode and which optional values differ from their defaults.
 #[derive(Clone, Copy, Debug, Default)]
 struct Values {
@@ -146,6 +186,19 @@ struct Values {
     network_peers: bool,
     /// `grafanaDashboard.enabled`.
     dashboard: bool,
+    /// `rbac.create: false`: no Role, ClusterRole or binding for Keysmith's own accounts.
+    no_rbac: bool,
+    /// Every component's `serviceAccount.create: false`, running as `existing-<component>`.
+    existing_accounts: bool,
+    /// `podMonitor.enabled` in [`MONITORING_NAMESPACE`], with every scrape option.
+    pod_monitor: bool,
+    /// [`common_labels`], and the Services' [`service_labels`] and [`service_annotations`].
+    labels: bool,
+    /// Every component's `strategy: Recreate` and [`probe_overrides`], `revisionHistoryLimit: 3`
+    /// and the PodDisruptionBudgets' `maxUnavailable: 1`.
+    rollout: bool,
+    /// [`extra_objects`].
+    extra_objects: bool,
 }
 
 /// A Deployment the chart should render.
@@ -153,7 +206,7 @@ struct Workload {
     name: &'static str,
     component: &'static str,
     subcommand: &'static str,
-    account: &'static str,
+    account: String,
     /// `spec.replicas`; None when a HorizontalPodAutoscaler owns it.
     replicas: Option<u64>,
     /// The fewest and the most pods there may be.
@@ -165,7 +218,7 @@ impl Values {
     /// For each mode: the defaults, each optional value on its own (or off, for those on by
     /// default), and every optional value on together.
     fn cases() -> Vec<Values> {
-        let toggles: [fn(&mut Values); 16] = [
+        let toggles: [fn(&mut Values); 22] = [
             |v| v.service_monitor = true,
             |v| v.prometheus_rule = true,
             |v| v.watch_namespace = true,
@@ -182,6 +235,12 @@ impl Values {
             |v| v.autoscaling = true,
             |v| v.no_network_policy = true,
             |v| v.network_peers = true,
+            |v| v.no_rbac = true,
+            |v| v.existing_accounts = true,
+            |v| v.pod_monitor = true,
+            |v| v.labels = true,
+            |v| v.rollout = true,
+            |v| v.extra_objects = true,
         ];
         let mut cases = Vec::new();
         for combined in [false, true] {
@@ -193,7 +252,10 @@ impl Values {
             for toggle in toggles {
                 let mut values = defaults;
                 toggle(&mut values);
-                cases.push(values);
+                // The schema refuses the verifier's autoscaler in mode combined (below).
+                if !(values.combined && values.autoscaling) {
+                    cases.push(values);
+                }
             }
             cases.push(Values {
                 service_monitor: true,
@@ -203,9 +265,13 @@ impl Values {
                 aggregation: true,
                 extras: true,
                 openshift: true,
-                autoscaling: true,
+                autoscaling: !combined,
                 network_peers: true,
                 dashboard: true,
+                existing_accounts: true,
+                labels: true,
+                rollout: true,
+                extra_objects: true,
                 ..defaults
             });
         }
@@ -240,7 +306,25 @@ impl Values {
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
                 "acceptNamespaces={tenant-a,tenant-b}",
                 &format!("image.digest={DIGEST}"),
+                &format!("image.registry={REGISTRY}"),
+                &format!("image.repository={MIRRORED}"),
                 "imagePullSecrets[0].name=regcred",
+            ],
+        );
+        set(self.no_rbac, &["rbac.create=false"]);
+        set(
+            self.pod_monitor,
+            &[
+                "podMonitor.enabled=true",
+                &format!("podMonitor.namespace={MONITORING_NAMESPACE}"),
+                "podMonitor.scrapeTimeout=10s",
+            ],
+        );
+        set(
+            self.rollout,
+            &[
+                "revisionHistoryLimit=3",
+                "podDisruptionBudget.maxUnavailable=1",
             ],
         );
         set(
@@ -285,6 +369,20 @@ impl Values {
                     service_account_annotations(),
                 ));
             }
+            if self.existing_accounts {
+                json_sets.push((
+                    format!("{component}.serviceAccount"),
+                    json!({"create": false, "name": format!("existing-{component}")}),
+                ));
+            }
+            if self.rollout {
+                json_sets.push((format!("{component}.strategy"), json!({"type": "Recreate"})));
+                json_sets.extend(
+                    probe_overrides()
+                        .into_iter()
+                        .map(|(probe, v)| (format!("{component}.{probe}"), v)),
+                );
+            }
             if self.custom_spread {
                 json_sets.push((
                     format!("{component}.topologySpreadConstraints"),
@@ -308,6 +406,45 @@ impl Values {
                 ),
             ]);
         }
+        if self.flags {
+            // A filter with a comma, which `--set` would split.
+            json_sets.push(("logLevel".to_string(), json!(LOG_LEVEL)));
+        }
+        if self.pod_monitor {
+            json_sets.extend([
+                (
+                    "podMonitor.relabelings".to_string(),
+                    json!([{"action": "labeldrop", "regex": "pod_template_hash"}]),
+                ),
+                (
+                    "podMonitor.metricRelabelings".to_string(),
+                    json!([{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}]),
+                ),
+                (
+                    "podMonitor.labels".to_string(),
+                    json!({"release": "prometheus"}),
+                ),
+            ]);
+        }
+        if self.labels {
+            json_sets.extend([
+                ("commonLabels".to_string(), common_labels()),
+                ("service.labels".to_string(), service_labels()),
+                ("service.annotations".to_string(), service_annotations()),
+                // Repeating a common label must not render a duplicate key.
+                (
+                    "serviceMonitor.labels".to_string(),
+                    json!({"release": "prometheus"}),
+                ),
+                (
+                    "prometheusRule.labels".to_string(),
+                    json!({"release": "prometheus"}),
+                ),
+            ]);
+        }
+        if self.extra_objects {
+            json_sets.push(("extraObjects".to_string(), extra_objects()));
+        }
         for (key, value) in json_sets {
             sets.extend(["--set-json".to_string(), format!("{key}={value}")]);
         }
@@ -317,12 +454,19 @@ impl Values {
     /// The Deployments the chart should render.
     fn deployments(&self) -> Vec<Workload> {
         let verifier_replicas = if self.single_replicas { 1 } else { 2 };
+        let account = |component: &str, default: &str| {
+            if self.existing_accounts {
+                format!("existing-{component}")
+            } else {
+                default.to_string()
+            }
+        };
         if self.combined {
             return vec![Workload {
                 name: "keysmith",
                 component: "combined",
                 subcommand: "run",
-                account: "keysmith",
+                account: account("combined", "keysmith"),
                 replicas: Some(verifier_replicas),
                 min: verifier_replicas,
                 max: verifier_replicas,
@@ -332,7 +476,7 @@ impl Values {
             name: "keysmith-controller",
             component: "controller",
             subcommand: "controller",
-            account: "keysmith-controller",
+            account: account("controller", "keysmith-controller"),
             replicas: Some(2),
             min: 2,
             max: 2,
@@ -341,7 +485,7 @@ impl Values {
             name: "keysmith-verifier",
             component: "verifier",
             subcommand: "verifier",
-            account: "keysmith-verifier",
+            account: account("verifier", "keysmith-verifier"),
             replicas: Some(verifier_replicas),
             min: verifier_replicas,
             max: verifier_replicas,
@@ -373,7 +517,9 @@ impl Values {
         };
         for workload in self.deployments() {
             add("Deployment", NAMESPACE, workload.name);
-            add("ServiceAccount", NAMESPACE, workload.account);
+            if !self.existing_accounts {
+                add("ServiceAccount", NAMESPACE, &workload.account);
+            }
             if !self.no_pdb && workload.min > 1 {
                 add("PodDisruptionBudget", NAMESPACE, workload.name);
             }
@@ -382,17 +528,19 @@ impl Values {
         if self.split() {
             add("Service", NAMESPACE, "keysmith-controller-metrics");
         }
-        for name in ["keysmith-controller", "keysmith-verifier"] {
-            if self.watch_namespace {
-                add("Role", WATCH_NAMESPACE, name);
-                add("RoleBinding", WATCH_NAMESPACE, name);
-            } else {
-                add("ClusterRole", "", name);
-                add("ClusterRoleBinding", "", name);
+        if !self.no_rbac {
+            for name in ["keysmith-controller", "keysmith-verifier"] {
+                if self.watch_namespace {
+                    add("Role", WATCH_NAMESPACE, name);
+                    add("RoleBinding", WATCH_NAMESPACE, name);
+                } else {
+                    add("ClusterRole", "", name);
+                    add("ClusterRoleBinding", "", name);
+                }
             }
+            add("Role", NAMESPACE, "keysmith-leader-election");
+            add("RoleBinding", NAMESPACE, "keysmith-leader-election");
         }
-        add("Role", NAMESPACE, "keysmith-leader-election");
-        add("RoleBinding", NAMESPACE, "keysmith-leader-election");
         if !self.no_user_roles {
             add("ClusterRole", "", "keysmith-apikeys-edit");
             add("ClusterRole", "", "keysmith-apikeys-view");
@@ -414,6 +562,14 @@ impl Values {
         }
         if self.dashboard {
             add("ConfigMap", NAMESPACE, "keysmith-dashboard");
+        }
+        if self.pod_monitor {
+            add("PodMonitor", MONITORING_NAMESPACE, RELEASE);
+        }
+        if self.extra_objects {
+            add("ConfigMap", NAMESPACE, "keysmith-extra");
+            // A manifest without a namespace goes to the release namespace on install.
+            add("ConfigMap", "", "keysmith-extra-text");
         }
         objects
     }
@@ -531,7 +687,8 @@ fn helm_lint_strict_passes_for_every_values_case() {
     }
 }
 
-/// The lint above is only worth something if lint checks the values: the schema makes it fail.
+/// The lint above is only worth something if lint checks the values: the schema makes it fail,
+/// naming the value at fault, also where values only conflict with each other.
 #[test]
 fn helm_lint_rejects_values_the_schema_forbids() {
     for (set, complaint) in [
@@ -543,6 +700,36 @@ fn helm_lint_rejects_values_the_schema_forbids() {
             "verifier.autoscaling.maxReplicas=0",
             "at '/verifier/autoscaling/maxReplicas'",
         ),
+        // Ignored until now: every combined pod also runs the controller.
+        (
+            "mode=combined,verifier.autoscaling.enabled=true",
+            "at '/verifier/autoscaling/enabled': value must be false",
+        ),
+        (
+            "podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+            "at '/podDisruptionBudget/minAvailable': got number, want null",
+        ),
+        (
+            "podDisruptionBudget.maxUnavailable=1/2",
+            "at '/podDisruptionBudget/maxUnavailable'",
+        ),
+        (
+            "controller.serviceAccount.create=false",
+            "at '/controller/serviceAccount/name': minLength",
+        ),
+        (
+            "usage.certManager.enabled=true",
+            "at '/usage/certManager/issuerRef/name': minLength",
+        ),
+        (
+            "podMonitor.enabled=true,serviceMonitor.enabled=true",
+            "at '/serviceMonitor/enabled': value must be false",
+        ),
+        (
+            "commonLabels.app\\.kubernetes\\.io/component=other",
+            "at '/commonLabels/app.kubernetes.io~1component': false schema",
+        ),
+        ("logLevel=info debug", "at '/logLevel'"),
     ] {
         let output = Command::new(binary("helm"))
             .args(["lint", CHART, "--strict", "--kube-version", KUBE_VERSION])
@@ -578,6 +765,16 @@ fn helm_template_renders_exactly_the_objects_each_values_case_asks_for() {
     }
 }
 
+/// The Lease the chart gives the controllers of `release` (with [`SELECTOR`] when `sharded`):
+/// `<fullname>-controller`, then the first 10 hex digits of the selector's SHA-256.
+fn lease_name(release: &str, sharded: bool) -> String {
+    let mut name = format!("{release}-controller");
+    if sharded {
+        name = format!("{name}-{}", &keysmith::token::sha256_hex(SELECTOR)[..10]);
+    }
+    name
+}
+
 #[test]
 fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
     for (values, objects) in renders() {
@@ -607,6 +804,15 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
             }
             if values.flags {
                 args.push(format!("--selector={SELECTOR}"));
+            }
+            // Controllers elect their leader on a Lease of the release's, and of the shard's.
+            if subcommand != "verifier" {
+                args.push(format!(
+                    "--lease-name={}",
+                    lease_name(RELEASE, values.flags)
+                ));
+            }
+            if values.flags {
                 // Only what serves the verifier API sees client addresses.
                 if subcommand != "controller" {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
@@ -619,7 +825,7 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
             assert_eq!(container["args"], json!(args), "{values:?} {name}");
 
             let image = if values.flags {
-                format!("{IMAGE}@{DIGEST}")
+                format!("{REGISTRY}/{MIRRORED}@{DIGEST}")
             } else {
                 format!("{IMAGE}:{}", env!("CARGO_PKG_VERSION"))
             };
@@ -637,7 +843,15 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
 #[test]
 fn every_referenced_service_account_role_and_binding_is_rendered_and_bound_as_designed() {
     for (values, objects) in renders() {
-        let rendered: BTreeSet<Object> = objects.iter().map(identity).collect();
+        let mut rendered: BTreeSet<Object> = objects.iter().map(identity).collect();
+        // Accounts the chart is told exist already count as there.
+        rendered.extend(values.deployments().into_iter().map(|w| {
+            (
+                "ServiceAccount".to_string(),
+                NAMESPACE.to_string(),
+                w.account,
+            )
+        }));
         let mut bound: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for binding in objects
             .iter()
@@ -681,28 +895,29 @@ fn every_referenced_service_account_role_and_binding_is_rendered_and_bound_as_de
             }
         }
 
-        // Each ServiceAccount gets the roles of what its pods run, and nothing else.
+        // Each ServiceAccount gets the roles of what its pods run, and nothing else; none with
+        // rbac.create=false.
         let roles =
             |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
         let controller = ["keysmith-controller", "keysmith-leader-election"];
-        let expected: BTreeMap<String, BTreeSet<String>> = if values.split() {
+        let workloads = values.deployments();
+        let expected: BTreeMap<String, BTreeSet<String>> = if values.no_rbac {
+            BTreeMap::new()
+        } else if values.split() {
             BTreeMap::from([
-                ("keysmith-controller".to_string(), roles(&controller)),
-                (
-                    "keysmith-verifier".to_string(),
-                    roles(&["keysmith-verifier"]),
-                ),
+                (workloads[0].account.clone(), roles(&controller)),
+                (workloads[1].account.clone(), roles(&["keysmith-verifier"])),
             ])
         } else {
             let all = [controller[0], controller[1], "keysmith-verifier"];
-            BTreeMap::from([("keysmith".to_string(), roles(&all))])
+            BTreeMap::from([(workloads[0].account.clone(), roles(&all))])
         };
         assert_eq!(bound, expected, "{values:?}");
     }
 }
 
 #[test]
-fn services_pdbs_and_the_service_monitor_select_the_pods_they_are_for() {
+fn services_pdbs_and_the_monitors_select_the_pods_they_are_for() {
     for (values, objects) in renders() {
         for deployment in of_kind(objects, "Deployment") {
             assert!(
@@ -752,7 +967,54 @@ fn services_pdbs_and_the_service_monitor_select_the_pods_they_are_for() {
                 [name],
                 "{values:?}"
             );
-            assert_eq!(pdb["spec"]["minAvailable"], 1, "{values:?} {name}");
+            let budget = if values.rollout {
+                json!({"maxUnavailable": 1})
+            } else {
+                json!({"minAvailable": 1})
+            };
+            let mut spec = pdb["spec"].clone();
+            spec.as_object_mut().expect("spec").remove("selector");
+            assert_eq!(spec, budget, "{values:?} {name}");
+        }
+
+        // The PodMonitor scrapes every pod's metrics port directly, in the release namespace.
+        for monitor in of_kind(objects, "PodMonitor") {
+            assert_eq!(
+                monitor["spec"]["namespaceSelector"]["matchNames"],
+                json!([NAMESPACE]),
+                "{values:?}"
+            );
+            let mut selected =
+                selected_deployments(objects, &monitor["spec"]["selector"]["matchLabels"]);
+            let mut all: Vec<&str> = values.deployments().iter().map(|w| w.name).collect();
+            selected.sort();
+            all.sort();
+            assert_eq!(selected, all, "{values:?}");
+            assert_eq!(
+                monitor["spec"]["podMetricsEndpoints"],
+                json!([{
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": "30s",
+                    "scrapeTimeout": "10s",
+                    "honorLabels": true,
+                    "relabelings": [{"action": "labeldrop", "regex": "pod_template_hash"}],
+                    "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}],
+                }]),
+                "{values:?}"
+            );
+            for deployment in of_kind(objects, "Deployment") {
+                let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+                assert!(
+                    ports
+                        .as_array()
+                        .expect("ports")
+                        .iter()
+                        .any(|p| p["name"] == "metrics"),
+                    "{values:?}: {} has no metrics port to scrape",
+                    deployment["metadata"]["name"]
+                );
+            }
         }
 
         for monitor in of_kind(objects, "ServiceMonitor") {
@@ -761,7 +1023,11 @@ fn services_pdbs_and_the_service_monitor_select_the_pods_they_are_for() {
                 json!([NAMESPACE]),
                 "{values:?}"
             );
-            assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+            assert_eq!(
+                monitor["spec"]["endpoints"],
+                json!([{"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": true}]),
+                "{values:?}"
+            );
             for service in of_kind(objects, "Service") {
                 assert!(
                     selects(
@@ -830,6 +1096,14 @@ fn deployments_carry_the_pod_options_of_their_component() {
                 .map(|e| str_at(e, "/name"))
                 .collect();
             let mut expected_env = vec!["POD_NAME", "POD_NAMESPACE"];
+            if values.flags {
+                expected_env.push("RUST_LOG");
+                assert_eq!(
+                    container["env"][2],
+                    json!({"name": "RUST_LOG", "value": LOG_LEVEL}),
+                    "{values:?} {name}"
+                );
+            }
             let mut labels = selector.clone();
             if values.extras {
                 let extras: BTreeMap<_, _> = extras().into_iter().collect();
@@ -866,20 +1140,63 @@ fn deployments_carry_the_pod_options_of_their_component() {
                 assert!(template["metadata"].get("annotations").is_none());
             }
             assert_eq!(env, expected_env, "{values:?} {name}");
-            // podLabels add to the selector's labels but cannot change them (the Deployment
-            // would no longer select its own pods).
+            if values.labels {
+                for (key, value) in common_labels().as_object().expect("labels") {
+                    labels[key] = value.clone();
+                }
+            }
+            // podLabels and commonLabels add to the selector's labels but cannot change them
+            // (the Deployment would no longer select its own pods).
             assert_eq!(template["metadata"]["labels"], labels, "{values:?} {name}");
 
-            let account = find(objects, "ServiceAccount", workload.account);
-            let annotations = values
-                .extras
-                .then(service_account_annotations)
-                .unwrap_or(Value::Null);
+            if !values.existing_accounts {
+                let account = find(objects, "ServiceAccount", &workload.account);
+                let annotations = values
+                    .extras
+                    .then(service_account_annotations)
+                    .unwrap_or(Value::Null);
+                assert_eq!(
+                    account["metadata"]["annotations"], annotations,
+                    "{values:?} {}",
+                    workload.account
+                );
+            }
+
+            // Rollouts never drop below the ready pods there are, unless told otherwise.
+            let (strategy, history) = if values.rollout {
+                (json!({"type": "Recreate"}), 3)
+            } else {
+                (
+                    json!({"type": "RollingUpdate",
+                        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}),
+                    10,
+                )
+            };
             assert_eq!(
-                account["metadata"]["annotations"], annotations,
-                "{values:?} {}",
-                workload.account
+                deployment["spec"]["strategy"], strategy,
+                "{values:?} {name}"
             );
+            assert_eq!(
+                deployment["spec"]["revisionHistoryLimit"], history,
+                "{values:?} {name}"
+            );
+            // Probe values are merged over the chart's probes.
+            let mut liveness = json!({"httpGet": {"path": "/healthz", "port": "metrics"},
+                "periodSeconds": 10, "failureThreshold": 3});
+            let mut startup = Value::Null;
+            if values.rollout {
+                let [(_, live), (_, start)] = probe_overrides();
+                liveness["timeoutSeconds"] = live["timeoutSeconds"].clone();
+                startup = start;
+            }
+            assert_eq!(container["livenessProbe"], liveness, "{values:?} {name}");
+            assert_eq!(
+                container["readinessProbe"],
+                json!({"httpGet": {"path": "/readyz", "port": "metrics"},
+                    "periodSeconds": 5, "failureThreshold": 2}),
+                "{values:?} {name}"
+            );
+            assert_eq!(container["startupProbe"], startup, "{values:?} {name}");
 
             // restricted by default; on OpenShift the platform picks the user and group.
             for (context, restricted) in [
@@ -1051,6 +1368,192 @@ fn the_dashboard_config_map_carries_the_sidecar_label_and_the_dashboard() {
     }
 }
 
+#[test]
+fn common_labels_and_the_service_values_reach_their_objects() {
+    for (values, objects) in renders().iter().filter(|(v, _)| v.labels) {
+        for object in objects {
+            let (kind, _, name) = identity(object);
+            // Extra objects are the user's own, labelled as they are written.
+            if name.starts_with("keysmith-extra") {
+                continue;
+            }
+            let labels = &object["metadata"]["labels"];
+            for (key, value) in common_labels().as_object().expect("labels") {
+                assert_eq!(&labels[key], value, "{values:?}: {kind} {name} {key}");
+            }
+            assert_eq!(
+                labels["app.kubernetes.io/instance"], RELEASE,
+                "{values:?}: {kind} {name}"
+            );
+        }
+        for service in of_kind(objects, "Service") {
+            let labels = &service["metadata"]["labels"];
+            assert_eq!(labels["exposure"], "internal", "{values:?}");
+            // The chart's component label wins over service.labels'.
+            assert_eq!(
+                labels["app.kubernetes.io/component"],
+                service["spec"]["selector"]["app.kubernetes.io/component"],
+                "{values:?}"
+            );
+            assert_eq!(
+                service["metadata"]["annotations"],
+                service_annotations(),
+                "{values:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn extra_objects_are_rendered_with_the_chart_context() {
+    for (values, objects) in renders().iter().filter(|(v, _)| v.extra_objects) {
+        let object = find(objects, "ConfigMap", "keysmith-extra");
+        assert_eq!(object["metadata"]["namespace"], NAMESPACE, "{values:?}");
+        assert_eq!(
+            object["data"]["verifier"], "keysmith-verifier",
+            "{values:?}"
+        );
+        find(objects, "ConfigMap", "keysmith-extra-text");
+    }
+}
+
+/// The `--lease-name` of the controller Deployment the chart renders for `release` with `sets`.
+fn lease_flag(release: &str, sets: &[&str]) -> String {
+    let mut args = vec!["template", release, CHART, "--namespace", NAMESPACE];
+    args.extend(sets.iter().flat_map(|set| ["--set", set]));
+    let text = run("helm", &args);
+    let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
+    let controller = of_kind(&objects, "Deployment")
+        .find(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-controller"))
+        })
+        .expect("a controller Deployment");
+    controller["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--lease-name="))
+        .expect("--lease-name")
+        .to_owned()
+}
+
+/// Two releases, or two shards, in one namespace never compete for one Lease.
+#[test]
+fn each_release_and_each_shard_elects_its_leader_on_its_own_lease() {
+    let shard_a = format!("selector={SELECTOR}");
+    let names = [
+        lease_flag("one", &[]),
+        lease_flag("two", &[]),
+        lease_flag("one", &[&shard_a]),
+        lease_flag("one", &["selector=shard=b"]),
+    ];
+    assert_eq!(names[0], "one-keysmith-controller");
+    assert_eq!(names[2], lease_name("one-keysmith", true));
+    let distinct: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "{names:?}");
+    // Lease names are DNS subdomains.
+    for name in &names {
+        assert!(
+            name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        lease_flag("one", &[&shard_a, "leaderElection.leaseName=shared"]),
+        "shared"
+    );
+}
+
+/// A controller and a verifier under one account would give the verifier the controller's
+/// rights (and the status policy would refuse the controller's writes): the render refuses it.
+#[test]
+fn split_mode_refuses_one_account_for_controller_and_verifier() {
+    let output = Command::new(binary("helm"))
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--set", "controller.serviceAccount.name=keysmith"])
+        .args(["--set", "verifier.serviceAccount.name=keysmith"])
+        .output()
+        .expect("helm");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "rendered:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains("name the same ServiceAccount") && stderr.contains("mode combined"),
+        "{stderr}"
+    );
+}
+
+/// The usage API's serving certificate: generated by the chart (`helm template` has no cluster to
+/// reuse one from; tests/shipped/chart_real.rs renders against one), or a cert-manager
+/// Certificate whose CA the cainjector puts in the APIService.
+#[test]
+fn the_usage_certificate_is_generated_or_taken_from_cert_manager() {
+    let usage = |sets: &[&str]| -> Vec<Value> {
+        let sets: Vec<&str> = ["usage.enabled=true"].iter().chain(sets).copied().collect();
+        let text = helm_template(KUBE_VERSION, sets.iter().flat_map(|set| ["--set", *set]));
+        serde_saphyr::from_multiple::<Value>(&text).expect("YAML")
+    };
+    let secret_name = "keysmith-usage-tls";
+    let generated = usage(&[]);
+    let secret = find(&generated, "Secret", secret_name);
+    let service = find(&generated, "APIService", "v1alpha1.usage.keysmith.dev");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            secret["data"][key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key}"
+        );
+    }
+    assert_eq!(service["spec"]["caBundle"], secret["data"]["ca.crt"]);
+    assert!(of_kind(&generated, "Certificate").next().is_none());
+
+    let issued = usage(&[
+        "usage.certManager.enabled=true",
+        "usage.certManager.issuerRef.name=cluster-ca",
+        "usage.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    assert!(
+        of_kind(&issued, "Secret").next().is_none(),
+        "no generated certificate beside cert-manager's"
+    );
+    let certificate = find(&issued, "Certificate", secret_name);
+    assert_eq!(certificate["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(
+        certificate["spec"],
+        json!({
+            "secretName": secret_name,
+            "dnsNames": [
+                format!("keysmith-verifier.{NAMESPACE}.svc"),
+                format!("keysmith-verifier.{NAMESPACE}.svc.cluster.local"),
+            ],
+            "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        })
+    );
+    let service = find(&issued, "APIService", "v1alpha1.usage.keysmith.dev");
+    assert_eq!(
+        service["metadata"]["annotations"],
+        json!({"cert-manager.io/inject-ca-from": format!("{NAMESPACE}/{secret_name}")})
+    );
+    assert!(
+        service["spec"].get("caBundle").is_none(),
+        "the cainjector's to fill"
+    );
+    // The verifier serves what cert-manager writes into the same Secret.
+    let volumes =
+        &find(&issued, "Deployment", "keysmith-verifier")["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes,
+        &json!([{"name": "usage-tls", "secret": {"secretName": secret_name}}])
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // promtool
 
@@ -1118,6 +1621,81 @@ fn rendered_alert_rules_pass_their_promtool_unit_tests() {
         &["test", "rules", tests.to_str().expect("UTF-8")],
     );
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// The anchors GitHub gives the headings of a Markdown file (outside code blocks): lower case,
+/// spaces as hyphens, punctuation other than hyphens and underscores dropped.
+fn heading_anchors(markdown: &str) -> BTreeSet<String> {
+    let mut in_code = false;
+    let mut anchors = BTreeSet::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            let heading = line.trim_start_matches('#').trim();
+            anchors.insert(
+                heading
+                    .chars()
+                    .filter_map(|c| match c {
+                        ' ' => Some('-'),
+                        '-' | '_' => Some(c),
+                        c => c.is_alphanumeric().then(|| c.to_ascii_lowercase()),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    anchors
+}
+
+/// Every alert links its runbook: prometheusRule.runbookBaseUrl (by default the repository's
+/// docs/operations.md, Chart.yaml's `home`) and an anchor docs/operations.md has.
+#[test]
+fn every_alert_links_its_runbook_in_docs_operations() {
+    let chart: Value = serde_saphyr::from_str(
+        &fs::read_to_string(Path::new(CHART).join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml is YAML");
+    let default_base = format!("{}/blob/main/docs/operations.md", str_at(&chart, "/home"));
+    let docs = fs::read_to_string(Path::new(ROOT).join("docs/operations.md")).expect("docs");
+    let anchors = heading_anchors(&docs);
+    assert!(anchors.contains("alert-runbooks"), "{anchors:?}");
+    let own_base = "https://wiki.example.com/keysmith";
+    for (base, sets) in [
+        (
+            default_base.as_str(),
+            vec!["prometheusRule.enabled=true".to_owned()],
+        ),
+        (
+            own_base,
+            vec![
+                "prometheusRule.enabled=true".to_owned(),
+                format!("prometheusRule.runbookBaseUrl={own_base}"),
+            ],
+        ),
+    ] {
+        let text = helm_template(
+            KUBE_VERSION,
+            sets.iter().flat_map(|s| ["--set", s.as_str()]),
+        );
+        let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
+        let (_, alerts) = rule_file(&objects);
+        assert_eq!(alerts, BTreeSet::from(ALERTS.map(String::from)));
+        let rules = &find(&objects, "PrometheusRule", RELEASE)["spec"]["groups"][0]["rules"];
+        for rule in rules.as_array().expect("rules") {
+            let alert = str_at(rule, "/alert");
+            let url = str_at(rule, "/annotations/runbook_url");
+            let anchor = url
+                .strip_prefix(base)
+                .and_then(|rest| rest.strip_prefix('#'))
+                .unwrap_or_else(|| panic!("{alert}: {url} is not under {base}"));
+            assert_eq!(anchor, alert.to_lowercase(), "{alert}");
+            assert!(
+                anchors.contains(anchor),
+                "{alert}: docs/operations.md has no heading for #{anchor}"
+            );
+        }
+    }
 }
 
 #[test]

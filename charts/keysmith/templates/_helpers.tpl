@@ -31,14 +31,30 @@ Chart label value.
 {{- end }}
 
 {{/*
-Labels on every object of the release.
+Labels on every object of the release: the chart's own and commonLabels.
 */}}
 {{- define "keysmith.labels" -}}
-helm.sh/chart: {{ include "keysmith.chart" . }}
-{{ include "keysmith.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: keysmith
+{{- include "keysmith.objectLabels" (dict "root" .) }}
+{{- end }}
+
+{{/*
+Labels of one object: the chart's own (with app.kubernetes.io/component when "component" is
+given), then "extra" (an object's own labels value such as serviceMonitor.labels), then
+commonLabels; where they share a key the first wins, so a value's labels may repeat commonLabels
+without rendering a duplicate key. Argument: dict "root" (the chart's context), optional
+"component" and "extra".
+*/}}
+{{- define "keysmith.objectLabels" -}}
+{{- $root := .root }}
+{{- $own := include "keysmith.selectorLabels" $root | fromYaml }}
+{{- with .component }}
+{{- $_ := set $own "app.kubernetes.io/component" . }}
+{{- end }}
+{{- $_ := set $own "helm.sh/chart" (include "keysmith.chart" $root) }}
+{{- $_ = set $own "app.kubernetes.io/version" $root.Chart.AppVersion }}
+{{- $_ = set $own "app.kubernetes.io/managed-by" $root.Release.Service }}
+{{- $_ = set $own "app.kubernetes.io/part-of" "keysmith" }}
+{{- merge $own (.extra | default dict) $root.Values.commonLabels | toYaml }}
 {{- end }}
 
 {{/*
@@ -50,26 +66,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+ServiceAccount of one component (combined, controller or verifier): its serviceAccount.name, else
+<fullname>-<component> (<fullname> for combined). Argument: list of the chart's context and the
+component.
+*/}}
+{{- define "keysmith.serviceAccountName" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- with (index $root.Values $component).serviceAccount.name }}
+{{- . }}
+{{- else }}
+{{- include "keysmith.fullname" $root }}{{ if ne $component "combined" }}-{{ $component }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
 ServiceAccount of the controller. With mode=combined one ServiceAccount runs `keysmith run`, so
 both names resolve to it and it is bound to the controller's and the verifier's roles.
 */}}
 {{- define "keysmith.controllerServiceAccountName" -}}
-{{- if eq .Values.mode "combined" }}
-{{- include "keysmith.fullname" . }}
-{{- else }}
-{{- include "keysmith.fullname" . }}-controller
-{{- end }}
+{{- include "keysmith.serviceAccountName" (list . (ternary "combined" "controller" (eq .Values.mode "combined"))) }}
 {{- end }}
 
 {{/*
 ServiceAccount of the verifier (see keysmith.controllerServiceAccountName).
 */}}
 {{- define "keysmith.verifierServiceAccountName" -}}
-{{- if eq .Values.mode "combined" }}
-{{- include "keysmith.fullname" . }}
-{{- else }}
-{{- include "keysmith.fullname" . }}-verifier
-{{- end }}
+{{- include "keysmith.serviceAccountName" (list . (include "keysmith.verifierComponent" .)) }}
 {{- end }}
 
 {{/*
@@ -91,13 +114,31 @@ Component label of the pods that serve the verifier API.
 {{- end }}
 
 {{/*
-Container image reference; the tag defaults to the chart's appVersion.
+Container image reference: [registry/]repository, then @digest or :tag (default: appVersion).
 */}}
 {{- define "keysmith.image" -}}
+{{- $name := .Values.image.repository }}
+{{- with .Values.image.registry }}
+{{- $name = printf "%s/%s" . $name }}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $name .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $name (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The controllers' Lease: leaderElection.leaseName, else <fullname>-controller, with a hash of the
+selector when there is one, so no two releases or shards in one namespace compete for one Lease.
+*/}}
+{{- define "keysmith.leaseName" -}}
+{{- if .Values.leaderElection.leaseName }}
+{{- .Values.leaderElection.leaseName }}
+{{- else if .Values.selector }}
+{{- printf "%s-controller-%s" (include "keysmith.fullname" .) (sha256sum .Values.selector | trunc 10) }}
+{{- else }}
+{{- include "keysmith.fullname" . }}-controller
 {{- end }}
 {{- end }}
 
@@ -115,8 +156,9 @@ Flags every long-running command takes: scope (--namespace, --selector) and --lo
 {{- end }}
 
 {{/*
-Environment every pod gets: its own name and namespace from the downward API. The controller
-holds its Lease in POD_NAMESPACE (the release namespace) under the identity POD_NAME.
+Environment every pod gets: its own name and namespace from the downward API, and RUST_LOG with
+logLevel. The controller holds its Lease in POD_NAMESPACE (the release namespace) under the
+identity POD_NAME.
 */}}
 {{- define "keysmith.env" -}}
 - name: POD_NAME
@@ -127,24 +169,10 @@ holds its Lease in POD_NAMESPACE (the release namespace) under the identity POD_
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- with .Values.logLevel }}
+- name: RUST_LOG
+  value: {{ . | quote }}
 {{- end }}
-
-{{/*
-Liveness and readiness probes on the metrics port (9090), which every command serves.
-*/}}
-{{- define "keysmith.probes" -}}
-livenessProbe:
-  httpGet:
-    path: /healthz
-    port: metrics
-  periodSeconds: 10
-  failureThreshold: 3
-readinessProbe:
-  httpGet:
-    path: /readyz
-    port: metrics
-  periodSeconds: 5
-  failureThreshold: 2
 {{- end }}
 
 {{/*
@@ -158,8 +186,9 @@ Whether the verifier Deployment's replica count belongs to a HorizontalPodAutosc
 One Keysmith Deployment; the three deployment-*.yaml templates differ only in these arguments (a
 dict): root (the chart's context), component (combined, controller or verifier), command (the
 `keysmith` subcommand), values (the component's values), serviceAccount, api (true when the pods
-serve the verification API on port 8080) and autoscaling (the verifier's autoscaling values when a
-HorizontalPodAutoscaler owns the replica count, else absent).
+serve the verification API on port 8080), leader (true when they elect a leader) and autoscaling
+(the verifier's autoscaling values when a HorizontalPodAutoscaler owns the replica count, else
+absent).
 */}}
 {{- define "keysmith.deployment" -}}
 {{- $root := .root }}
@@ -183,21 +212,26 @@ spec:
   {{- if not .autoscaling }}
   replicas: {{ $v.replicas }}
   {{- end }}
+  revisionHistoryLimit: {{ $root.Values.revisionHistoryLimit }}
   strategy:
+    {{- with $v.strategy }}
+    {{- toYaml . | nindent 4 }}
+    {{- else }}
     type: RollingUpdate
     rollingUpdate:
       # Never drop below the current number of ready pods during a rollout: verifiers keep
       # answering, and a standby controller stays ready to take over the Lease.
       maxUnavailable: 0
       maxSurge: 1
+    {{- end }}
   selector:
     matchLabels:
       {{- toYaml $selector | nindent 6 }}
   template:
     metadata:
       labels:
-        {{- /* merge keeps the selector's labels where podLabels names the same key. */}}
-        {{- merge (deepCopy $selector) $v.podLabels | toYaml | nindent 8 }}
+        {{- /* merge keeps the selector's labels where podLabels or commonLabels name the same key. */}}
+        {{- merge (deepCopy $selector) $v.podLabels $root.Values.commonLabels | toYaml | nindent 8 }}
       {{- with $v.podAnnotations }}
       annotations:
         {{- toYaml . | nindent 8 }}
@@ -222,6 +256,9 @@ spec:
           args:
             - {{ .command }}
             {{- include "keysmith.commonArgs" $root | nindent 12 }}
+            {{- if .leader }}
+            - {{ printf "--lease-name=%s" (include "keysmith.leaseName" $root) | quote }}
+            {{- end }}
             {{- /* Only what serves the verifier API sees client addresses. */}}
             {{- if .api }}
             {{- with $root.Values.trustedProxies }}
@@ -261,7 +298,12 @@ spec:
             - name: metrics
               containerPort: 9090
               protocol: TCP
-          {{- include "keysmith.probes" $root | nindent 10 }}
+          {{- range $probe := list "livenessProbe" "readinessProbe" "startupProbe" }}
+          {{- with index $v $probe }}
+          {{ $probe }}:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          {{- end }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           {{- with $v.securityContext }}
@@ -316,4 +358,26 @@ spec:
             matchLabels:
               {{- toYaml $selector | nindent 14 }}
       {{- end }}
+{{- end }}
+
+{{/*
+What a ServiceMonitor endpoint and a PodMonitor endpoint share, from serviceMonitor or podMonitor.
+*/}}
+{{- define "keysmith.scrapeEndpoint" -}}
+path: /metrics
+interval: {{ .interval }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+# keysmith_token_expiry_timestamp_seconds carries the ApiKey's `namespace` label; keep it
+# instead of renaming it to exported_namespace in favour of the pod's namespace.
+honorLabels: true
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
