@@ -46,6 +46,12 @@ const KNOWN_WARNINGS: [&str; 0] = [];
 /// The chart as `helm template` renders it with `sets` (the CRD is one of its templates): the
 /// text and its objects.
 fn render(sets: &[&str]) -> (String, Vec<Value>) {
+    render_with(sets, None)
+}
+
+/// [`render`], reading the cluster of the kubeconfig `cluster` when given, as `helm upgrade`
+/// does (`lookup` sees what is installed).
+fn render_with(sets: &[&str], cluster: Option<&Path>) -> (String, Vec<Value>) {
     let mut args = vec![
         "template",
         RELEASE,
@@ -55,6 +61,10 @@ fn render(sets: &[&str]) -> (String, Vec<Value>) {
         "--kube-version",
         KUBE_VERSION,
     ];
+    let kubeconfig = cluster.map(|path| path.to_str().expect("UTF-8 path"));
+    if let Some(kubeconfig) = kubeconfig {
+        args.extend(["--dry-run=server", "--kubeconfig", kubeconfig]);
+    }
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -605,10 +615,30 @@ async fn scoped_chart_confines_both_accounts_to_the_watched_namespace() {
         "verifier.extraVolumes[0].emptyDir.medium=Memory",
         "verifier.extraVolumeMounts[0].name=extra",
         "verifier.extraVolumeMounts[0].mountPath=/extra",
+        "commonLabels.team=platform",
+        "service.annotations.example\\.com/exposure=internal",
+        "service.labels.exposure=internal",
+        "controller.startupProbe.httpGet.path=/healthz",
+        "controller.startupProbe.httpGet.port=metrics",
+        "controller.startupProbe.failureThreshold=30",
+        "verifier.readinessProbe.timeoutSeconds=3",
+        "verifier.strategy.type=Recreate",
+        "revisionHistoryLimit=3",
+        "podDisruptionBudget.maxUnavailable=1",
+        "logLevel=debug",
+        "extraObjects[0].apiVersion=v1",
+        "extraObjects[0].kind=ConfigMap",
+        "extraObjects[0].metadata.name=extra",
+        "extraObjects[0].metadata.namespace=keysmith",
     ];
     let install = install(&sets, dir.path()).await;
-    for kind in ["HorizontalPodAutoscaler", "NetworkPolicy", "ConfigMap"] {
-        assert_eq!(of_kind(&install.objects, kind).count(), 1, "{kind}");
+    for (kind, count) in [
+        ("HorizontalPodAutoscaler", 1),
+        ("NetworkPolicy", 1),
+        // The dashboard and the extra object.
+        ("ConfigMap", 2),
+    ] {
+        assert_eq!(of_kind(&install.objects, kind).count(), count, "{kind}");
     }
     let controller_sa = service_account_of(&install.objects, "controller");
     let verifier_sa = service_account_of(&install.objects, "verifier");
@@ -833,6 +863,23 @@ async fn usage_api_objects_are_accepted_and_grant_what_docs_security_lists() {
         str_at(secret, "/data/ca.crt")
     );
     assert_eq!(str_at(service, "/spec/service/name"), "keysmith-verifier");
+    // Later renders (helm upgrade, a GitOps diff with cluster access) take the certificate over
+    // from the cluster: the Secret and the APIService stay as installed.
+    let stored = install
+        .cluster
+        .get("v1", "Secret", NAMESPACE, str_at(secret, "/metadata/name"))
+        .await
+        .expect("the usage certificate is stored");
+    assert_eq!(stored["data"], secret["data"]);
+    for _ in 0..2 {
+        let (_, again) = render_with(&["usage.enabled=true"], Some(&install.admin));
+        let secret_again = of_kind(&again, "Secret")
+            .find(|s| str_at(s, "/metadata/name").ends_with("-usage-tls"))
+            .expect("the usage certificate is rendered");
+        assert_eq!(secret_again["data"], stored["data"]);
+        let service_again = of_kind(&again, "APIService").next().expect("APIService");
+        assert_eq!(service_again["spec"], service["spec"]);
+    }
     let verifier = service_account_of(objects, "verifier");
     let controller = service_account_of(objects, "controller");
     assert_can_i(
@@ -905,4 +952,254 @@ async fn usage_api_objects_are_accepted_and_grant_what_docs_security_lists() {
     })
     .await;
     assert!(!may_read_usage(&install.cluster, "dev", &[], OTHER).await);
+}
+
+/// The NOTES `helm install` prints for `sets` against the cluster of the kubeconfig `admin`.
+fn notes(admin: &Path, sets: &[&str]) -> String {
+    let mut args = vec![
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=server",
+        // The chart is in place already (applied by `install`), as after a real install.
+        "--take-ownership",
+        "--kubeconfig",
+        admin.to_str().expect("UTF-8 path"),
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let output = Command::new(binary("helm"))
+        .args(&args)
+        .output()
+        .expect("helm runs");
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(
+        output.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .split_once("\nNOTES:\n")
+        .unwrap_or_else(|| panic!("no NOTES in:\n{stdout}"))
+        .1
+        .to_owned()
+}
+
+/// The shell commands NOTES print, as printed: each indented line that starts with `kubectl` or
+/// `curl`, with the lines it continues onto (a trailing `\`).
+fn notes_commands(notes: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut continued: Option<String> = None;
+    for line in notes.lines() {
+        let command = match continued.take() {
+            Some(start) => format!("{start}\n{line}"),
+            None if line.starts_with("   ")
+                && ["kubectl ", "curl "]
+                    .iter()
+                    .any(|tool| line.trim_start().starts_with(tool)) =>
+            {
+                line.trim_start().to_owned()
+            }
+            None => continue,
+        };
+        if command.ends_with('\\') {
+            continued = Some(command);
+        } else {
+            commands.push(command);
+        }
+    }
+    commands
+}
+
+/// A printed command through bash, as a user's shell runs it, with the administrator's
+/// kubeconfig, from the repository (where `examples/` is): whether it succeeded, and its output.
+fn run_printed(command: &str, admin: &Path) -> (bool, String) {
+    let output = Command::new("bash")
+        .args(["-o", "pipefail", "-c", command])
+        .env("KUBECONFIG", admin)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Pods reported running and ready, as a kubelet would once their probes pass: no kubelet runs
+/// here, and `kubectl rollout status` waits for available replicas.
+async fn report_pods_ready(cluster: &Cluster) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods = Api::<Pod>::namespaced(cluster.client().await.expect("admin"), NAMESPACE);
+    let now = jiff::Timestamp::now().to_string();
+    let ready = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+    ]}});
+    for pod in pods.list(&Default::default()).await.expect("pods") {
+        let name = pod.metadata.name.expect("named");
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready))
+            .await
+            .unwrap_or_else(|e| panic!("pod {name} ready: {e}"));
+    }
+}
+
+/// Some once the Secret of the NOTES' example key (examples/public-delivery.yaml) holds the
+/// token whose hash the key's status publishes.
+async fn minted_example_token(cluster: &Cluster) -> Option<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let key = cluster
+        .get(
+            "keysmith.dev/v1alpha1",
+            "ApiKey",
+            "default",
+            "storefront-web",
+        )
+        .await?;
+    let secret: Secret = serde_json::from_value(
+        cluster
+            .get("v1", "Secret", "default", "storefront-web")
+            .await?,
+    )
+    .ok()?;
+    let token = secret.data?.get("CMS_PUBLIC_DELIVERY_TOKEN")?.0.clone();
+    let token = String::from_utf8(token).ok()?;
+    (keysmith::token::sha256_hex(&token) == key["status"]["tokens"][0]["sha256"]).then_some(())
+}
+
+/// NOTES work as printed on a default install: every command they print runs, verbatim, against
+/// the real API server the chart is installed on, with a controller and a verifier running as
+/// the rendered Deployments would (their accounts, the verifier's tenancy flags). Only the
+/// port-forward cannot (no kubelet, so no pod to forward to): the commands reach the verifier
+/// this test runs instead of its forwarded port. The key lands in `default`, which a default
+/// install (`acceptNamespaces: []`) accepts only on the scoped routes, and the token travels
+/// through a pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_commands_work_as_printed_on_a_default_install() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install(&[], dir.path()).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+    // The verifier accepts the namespaces the rendered Deployment tells it to: none unscoped.
+    let verifier_args = &of_kind(&objects, "Deployment")
+        .find(|d| d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "verifier")
+        .expect("the verifier Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+    let accepted = verifier_args
+        .as_array()
+        .expect("args")
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--accept-namespaces="))
+        .unwrap_or_default();
+    let tenancy = keysmith::verifier::tenancy::Tenancy::parse(accepted, &[]).expect("tenancy");
+    let api = listener().await;
+    let verifier_addr = api.local_addr().expect("address");
+    let processes = [
+        process(Some(controller_part(&cluster, controller_sa).await), None).await,
+        process(
+            None,
+            Some(VerifierPart {
+                tenancy,
+                ..verifier_part(&cluster, verifier_sa, api).await
+            }),
+        )
+        .await,
+    ];
+    let (stop, shutdown) = Shutdown::new();
+    let running: Vec<_> = processes
+        .into_iter()
+        .map(|p| tokio::spawn(components::serve(p, shutdown.clone())))
+        .collect();
+    report_pods_ready(&cluster).await;
+
+    let notes = notes(&admin, &[]);
+    let commands = notes_commands(&notes);
+    let forwarded = "http://localhost:8080";
+    let (port_forwards, commands): (Vec<_>, Vec<_>) = commands
+        .into_iter()
+        .partition(|c| c.contains(" port-forward "));
+    assert_eq!(port_forwards.len(), 1, "{notes}");
+    assert!(
+        port_forwards[0].ends_with("svc/keysmith-verifier 8080:80 &"),
+        "{}",
+        port_forwards[0]
+    );
+    // Every step's commands are there to run: readiness, the example key, both routes, rotation.
+    for step in [
+        "rollout status deployment/keysmith-verifier",
+        "rollout status deployment/keysmith-controller",
+        "apply -f examples/public-delivery.yaml",
+        "wait --for=condition=Ready",
+        "/v1/namespaces/default/verify",
+        "/v1/namespaces/default/authz",
+        "annotate ak storefront-web keysmith.dev/rotate=",
+    ] {
+        assert!(
+            commands.iter().any(|c| c.contains(step)),
+            "NOTES print no `{step}`:\n{notes}"
+        );
+    }
+    let mut answers = Vec::new();
+    for printed in &commands {
+        assert!(
+            !printed.contains("/v1/verify") && !printed.contains("/v1/authz"),
+            "an unscoped route answers NOT_FOUND on a default install: {printed}"
+        );
+        assert!(
+            !printed.contains("$TOKEN") && !printed.contains("TOKEN="),
+            "a token on a command line: {printed}"
+        );
+        let command = printed.replace(forwarded, &format!("http://{verifier_addr}"));
+        if command != *printed {
+            // The verifier serves the key once its watch has seen the minted status; the
+            // command is the one printed, run until it answers.
+            let expected = if command.contains("/verify") {
+                "\"code\":\"VALID\""
+            } else {
+                "HTTP/1.1 200"
+            };
+            let answer = eventually(&format!("`{printed}` to answer {expected}"), || async {
+                let (ok, out) = run_printed(&command, &admin);
+                (ok && out.contains(expected)).then_some(out)
+            })
+            .await;
+            answers.push(answer);
+            continue;
+        }
+        let (ok, out) = run_printed(&command, &admin);
+        assert!(ok, "`{printed}` failed:\n{out}");
+        if command.contains(" wait --for=condition=Ready") {
+            // Ready goes out just before the Secret write (README, "Ready and the Secret"); a
+            // person reading the Secret next has given it that moment.
+            eventually("the Secret to hold the minted token", || {
+                minted_example_token(&cluster)
+            })
+            .await;
+        }
+    }
+    let [verify, authz] = &answers[..] else {
+        panic!("NOTES print one verify and one authz command: {notes}")
+    };
+    assert!(verify.contains("\"valid\":true"), "{verify}");
+    assert!(
+        authz
+            .to_ascii_lowercase()
+            .contains("x-keysmith-key: default/storefront-web"),
+        "{authz}"
+    );
+    stop.trigger();
+    for process in running {
+        process
+            .await
+            .expect("joins")
+            .expect("the process stops cleanly");
+    }
 }
