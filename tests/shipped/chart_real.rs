@@ -988,8 +988,8 @@ fn notes(admin: &Path, sets: &[&str]) -> String {
         .to_owned()
 }
 
-/// The shell commands NOTES print, as printed: each indented line that starts with `kubectl` or
-/// `curl`, with the lines it continues onto (a trailing `\`).
+/// The shell commands NOTES print, as printed: each indented line that starts with `kubectl`,
+/// `curl` or `sed`, with the lines it continues onto (a trailing `\`).
 fn notes_commands(notes: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut continued: Option<String> = None;
@@ -997,7 +997,7 @@ fn notes_commands(notes: &str) -> Vec<String> {
         let command = match continued.take() {
             Some(start) => format!("{start}\n{line}"),
             None if line.starts_with("   ")
-                && ["kubectl ", "curl "]
+                && ["kubectl ", "curl ", "sed "]
                     .iter()
                     .any(|tool| line.trim_start().starts_with(tool)) =>
             {
