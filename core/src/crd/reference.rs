@@ -6,8 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 /// How to rewrite `docs/api-reference.md` after the types changed.
-pub const API_REFERENCE_COMMAND: &str =
-    "KEYSMITH_WRITE_API_REFERENCE=1 cargo test --locked -p keysmith-core --test contract api_reference";
+pub const API_REFERENCE_COMMAND: &str = "KEYSMITH_WRITE_API_REFERENCE=1 cargo test --locked -p keysmith-core --test contract api_reference";
 
 /// The API reference of the `ApiKey` resource, generated from [`super::apikey_crd`].
 pub fn api_reference_markdown() -> String {

@@ -1,5 +1,4 @@
 //! Shared helpers of the emulator's integration tests.
-#![allow(dead_code)]
 
 use keysmith_emulator::{Config, Emulator};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
