@@ -3,7 +3,9 @@
 //! and a shutdown future for SIGTERM and Ctrl-C.
 //!
 //! Each component registers its metrics into one [`Registry`] (prefix `keysmith`) before it is
-//! shared, so `keysmith run` serves the controller's and the verifier's metrics on one port.
+//! shared, so `keysmith run` serves the controller's and the verifier's metrics on one port;
+//! `/metrics` adds the standard `process_*` metrics and answers in the format the scraper asks
+//! for (OpenMetrics or the Prometheus text format).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::family::Family;
@@ -21,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod audit_lines;
+mod exposition;
 mod log_writer;
+mod process;
 
 pub use audit_lines::{Line as AuditLine, TARGET as AUDIT_TARGET, write as write_audit_line};
 pub use log_writer::{LogGuard, init_tracing, subscriber};
@@ -80,6 +84,8 @@ impl Health {
 #[derive(Clone)]
 struct Endpoints {
     registry: Arc<Registry>,
+    /// The `process_*` metrics, unprefixed, so kept apart from the `keysmith` registry.
+    process: Arc<Registry>,
     components: Arc<[Health]>,
 }
 
@@ -92,19 +98,27 @@ pub fn router(registry: Arc<Registry>, components: &[Health]) -> Router {
         .route("/readyz", get(readyz))
         .with_state(Endpoints {
             registry,
+            process: Arc::new(process_registry()),
             components: components.into(),
         })
 }
 
-async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &endpoints.registry) {
-        Ok(()) => (
+fn process_registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(process::ProcessCollector));
+    registry
+}
+
+async fn metrics(State(endpoints): State<Endpoints>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let format = exposition::Format::negotiate(accept);
+    match format.encode(&[&endpoints.registry, &endpoints.process]) {
+        Ok(body) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, format.content_type())],
             body,
         )
             .into_response(),
@@ -214,45 +228,122 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = router(Arc::new(registry), &[controller.clone(), verifier.clone()]);
         tokio::spawn(serve(listener, app, std::future::pending()));
-        let get = |path: &str| {
-            let url = format!("http://{addr}{path}");
-            async move {
-                let (status, body) = http_get(&url).await;
-                (status, body)
-            }
-        };
-        let (status, body) = get("/metrics").await;
-        assert_eq!(status, 200);
-        assert!(body.contains("keysmith_demo_total 1"), "{body}");
+        let get = |path: &'static str| http_get(addr, path, None);
+
+        let metrics = get("/metrics").await;
+        assert_eq!(metrics.status, 200);
+        assert!(
+            metrics.body.contains("keysmith_demo_total 1"),
+            "{metrics:?}"
+        );
         let build = format!(
             "keysmith_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        assert!(body.contains(&build), "{body}");
-        assert_eq!(get("/healthz").await.0, 200);
-        assert_eq!(get("/readyz").await.0, 503);
+        assert!(metrics.body.contains(&build), "{metrics:?}");
+        assert_eq!(get("/healthz").await.status, 200);
+        assert_eq!(get("/readyz").await.status, 503);
         controller.set_ready(true);
         // Ready only once every component is.
-        assert_eq!(get("/readyz").await.0, 503);
+        assert_eq!(get("/readyz").await.status, 503);
         verifier.set_ready(true);
-        assert_eq!(get("/readyz").await.0, 200);
+        assert_eq!(get("/readyz").await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn metrics_answer_in_the_format_asked_for() {
+        let mut registry = registry();
+        let counter: Counter = Counter::default();
+        registry.register("demo", "A demo counter", counter);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            router(Arc::new(registry), &[]),
+            std::future::pending(),
+        ));
+
+        let mut plain = None;
+        for accept in [None, Some("text/plain"), Some("text/plain; version=0.0.4")] {
+            let answer = http_get(addr, "/metrics", accept).await;
+            assert_eq!(
+                answer.content_type, "text/plain; version=0.0.4; charset=utf-8",
+                "{accept:?}"
+            );
+            assert!(
+                answer
+                    .body
+                    .contains("# TYPE keysmith_demo_total counter\nkeysmith_demo_total 0\n"),
+                "{answer:?}"
+            );
+            assert!(!answer.body.contains("# EOF"), "{answer:?}");
+            plain = Some(answer.body);
+        }
+
+        let accept =
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+        let open = http_get(addr, "/metrics", Some(accept)).await;
+        assert_eq!(
+            open.content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(
+            open.body
+                .contains("# TYPE keysmith_demo counter\nkeysmith_demo_total 0\n"),
+            "{open:?}"
+        );
+        assert!(open.body.ends_with("# EOF\n"), "{open:?}");
+
+        // The process metrics every Prometheus client exports, unprefixed, in both formats.
+        if cfg!(target_os = "linux") {
+            for body in [&plain.unwrap(), &open.body] {
+                for name in [
+                    "process_cpu_seconds_total ",
+                    "process_resident_memory_bytes ",
+                    "process_virtual_memory_bytes ",
+                    "process_open_fds ",
+                    "process_max_fds ",
+                    "process_start_time_seconds ",
+                ] {
+                    assert!(body.lines().any(|l| l.starts_with(name)), "{name}: {body}");
+                }
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Answer {
+        status: u16,
+        content_type: String,
+        body: String,
     }
 
     /// A minimal HTTP/1.0 GET, so the test needs no HTTP client crate.
-    async fn http_get(url: &str) -> (u16, String) {
+    async fn http_get(
+        addr: std::net::SocketAddr,
+        path: &'static str,
+        accept: Option<&str>,
+    ) -> Answer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_once('/').unwrap();
-        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-        let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_owned())
+            })
             .unwrap_or_default();
-        (status, body)
+        Answer {
+            status: head[9..12].parse().unwrap(),
+            content_type,
+            body: body.to_owned(),
+        }
     }
 }
