@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError, LeaseParams};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -153,10 +154,12 @@ pub enum LeaderError {
 
 /// Run `work` while this instance holds the Lease, and stop it (through the receiver it gets)
 /// as soon as the Lease is lost; until `shutdown` completes. Then stop `work` and release the
-/// Lease, so another replica takes over without waiting for it to expire.
+/// Lease, so another replica takes over without waiting for it to expire. `leader` is 1 while
+/// `work` runs, else 0.
 pub async fn run_while_leader<W, F>(
     client: Client,
     config: &LeaderConfig,
+    leader: &Gauge,
     shutdown: impl Future<Output = ()>,
     mut work: W,
 ) -> Result<(), LeaderError>
@@ -199,8 +202,10 @@ where
                 stop,
                 task: tokio::spawn(work(stopped)),
             });
+            leader.set(1);
         } else if !is_leader && let Some(r) = running.take() {
             warn!(identity = %config.identity, "lost the lease: stopping reconciles");
+            leader.set(0);
             r.stop().await;
         }
         tokio::select! {
@@ -211,6 +216,7 @@ where
         }
     };
     if let Some(r) = running.take() {
+        leader.set(0);
         r.stop().await;
     }
     // Dropping the receiver makes the lease task release the Lease and finish.

@@ -25,6 +25,47 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Why a reconcile failed: the `reason` label of `keysmith_reconcile_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// A Kubernetes API call failed.
+    Api,
+    /// The OS random number generator failed.
+    Mint,
+    /// `spec.publish` names something the key may not write.
+    Publish,
+    /// Adding or removing the finalizer failed.
+    Finalizer,
+}
+
+impl ErrorReason {
+    /// Every reason, each exported from the start so that a rate over it never starts from an
+    /// absent series (and an alert on it sees the first error).
+    pub const ALL: [ErrorReason; 4] = [
+        ErrorReason::Api,
+        ErrorReason::Mint,
+        ErrorReason::Publish,
+        ErrorReason::Finalizer,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::Api => "api",
+            ErrorReason::Mint => "mint",
+            ErrorReason::Publish => "publish",
+            ErrorReason::Finalizer => "finalizer",
+        }
+    }
+}
+
+/// Labels `{lease}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabel {
+    /// Name of the Lease the controllers compete for.
+    pub lease: String,
+}
+
 /// Labels `{namespace, apikey, token}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -64,6 +105,8 @@ pub struct ControllerMetrics {
     pub ready: Family<ReadyLabels, Gauge>,
     /// `keysmith_rollout_restarts_total`.
     pub rollout_restarts: Counter,
+    /// `keysmith_controller_leader{lease}`.
+    leader: Family<LeaseLabel, Gauge>,
     /// `keysmith_apikeys_unreadable_total`.
     pub unreadable: Unreadables,
 }
@@ -80,8 +123,15 @@ impl ControllerMetrics {
             next_rotation: Family::default(),
             ready: Family::default(),
             rollout_restarts: Counter::default(),
+            leader: Family::default(),
             unreadable: Unreadables::register(registry, "apikeys_unreadable"),
         };
+        for reason in ErrorReason::ALL {
+            // Created at 0, so that every reason is exported from the start.
+            drop(metrics.reconcile_errors.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            }));
+        }
         registry.register_with_unit(
             "reconcile_duration",
             "Time spent reconciling one ApiKey",
@@ -90,7 +140,7 @@ impl ControllerMetrics {
         );
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed, by reason",
+            "Reconciles that failed, by reason (api, mint, publish, finalizer)",
             metrics.reconcile_errors.clone(),
         );
         registry.register(
@@ -118,7 +168,21 @@ impl ControllerMetrics {
             "Workloads restarted after a rotation",
             metrics.rollout_restarts.clone(),
         );
+        registry.register(
+            "controller_leader",
+            "1 while this controller holds the leader Lease and reconciles, else 0",
+            metrics.leader.clone(),
+        );
         metrics
+    }
+
+    /// The leader gauge of Lease `lease`, exported (as 0) from now on.
+    pub fn leader(&self, lease: &str) -> Gauge {
+        self.leader
+            .get_or_create(&LeaseLabel {
+                lease: lease.to_owned(),
+            })
+            .clone()
     }
 
     /// Count a mint.
@@ -131,10 +195,10 @@ impl ControllerMetrics {
     }
 
     /// Count a failed reconcile.
-    pub fn error(&self, reason: &str) {
+    pub fn error(&self, reason: ErrorReason) {
         self.reconcile_errors
             .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }
@@ -218,6 +282,14 @@ impl ControllerMetrics {
                 .remove(&ready_labels(namespace, apikey, condition));
         }
     }
+
+    /// Forget every key's series: this controller stopped reconciling (it lost the Lease), so
+    /// they would go stale beside the new leader's.
+    pub fn forget_all(&self) {
+        self.token_expiry.clear();
+        self.next_rotation.clear();
+        self.ready.clear();
+    }
 }
 
 fn token_labels(namespace: &str, apikey: &str, slot: &str) -> TokenLabels {
@@ -292,6 +364,61 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
         text
+    }
+
+    #[test]
+    fn every_error_reason_and_the_leader_are_exported_from_the_start() {
+        let mut registry = crate::telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let text = encode(&registry);
+        for reason in ["api", "mint", "publish", "finalizer"] {
+            assert!(
+                text.contains(&format!(
+                    r#"keysmith_reconcile_errors_total{{reason="{reason}"}} 0"#
+                )),
+                "{text}"
+            );
+        }
+        metrics.error(ErrorReason::Publish);
+        let leader = metrics.leader("keysmith-controller");
+        let text = encode(&registry);
+        assert!(
+            text.contains(r#"keysmith_reconcile_errors_total{reason="publish"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keysmith_controller_leader{lease="keysmith-controller"} 0"#),
+            "{text}"
+        );
+        leader.set(1);
+        assert!(
+            encode(&registry)
+                .contains(r#"keysmith_controller_leader{lease="keysmith-controller"} 1"#)
+        );
+    }
+
+    #[test]
+    fn a_controller_that_stops_leading_forgets_every_key() {
+        let mut registry = crate::telemetry::registry();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let status = ApiKeyStatus {
+            tokens: vec![token("a", Some(1_900_000_000))],
+            ..ApiKeyStatus::default()
+        };
+        let due = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        for apikey in ["site", "shop"] {
+            metrics.track_ready("cms", apikey, &status);
+            metrics.track_expiry("cms", apikey, None, &status);
+            metrics.track_rotations("cms", apikey, None, &status, &[("a".to_owned(), due)]);
+        }
+        assert!(encode(&registry).contains(r#"apikey="shop""#));
+        metrics.forget_all();
+        let text = encode(&registry);
+        assert!(!text.contains("apikey="), "{text}");
+        assert!(
+            text.contains(r#"keysmith_reconcile_errors_total{reason="api"} 0"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::apikeys::{self, Unreadables, Watched};
 use crate::scope::Scope;
 use apply::Restarted;
 use events::EventWriter;
-use metrics::ControllerMetrics;
+use metrics::{ControllerMetrics, ErrorReason};
 
 /// The time source; tests inject one they can move.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -130,16 +130,16 @@ impl Error {
     }
 
     /// The `reason` label of `keysmith_reconcile_errors_total`.
-    fn metric_reason(&self) -> &'static str {
+    fn metric_reason(&self) -> ErrorReason {
         match self {
-            Error::Kube { .. } => "api",
-            Error::Mint(_) => "mint",
-            Error::Publish(_) => "publish",
+            Error::Kube { .. } => ErrorReason::Api,
+            Error::Mint(_) => ErrorReason::Mint,
+            Error::Publish(_) => ErrorReason::Publish,
             Error::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
                     inner.metric_reason()
                 }
-                _ => "finalizer",
+                _ => ErrorReason::Finalizer,
             },
         }
     }
@@ -284,14 +284,16 @@ pub async fn run_elected(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), leader::LeaderError> {
     let client = ctx.client.clone();
-    leader::run_while_leader(client, leader, shutdown, move |stopped| {
+    let leading = ctx.metrics.leader(&leader.lease_name);
+    leader::run_while_leader(client, leader, &leading, shutdown, move |stopped| {
         let (ctx, scope) = (ctx.clone(), scope.clone());
         async move {
             let stopped = async {
                 // Err: the election loop is gone, which also means stop.
                 let _ = stopped.await;
             };
-            run(ctx, &scope, stopped, None).await;
+            run(ctx.clone(), &scope, stopped, None).await;
+            ctx.metrics.forget_all();
         }
     })
     .await
@@ -370,7 +372,8 @@ fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
             .or_default();
         (backoff.fail(), backoff.failures)
     };
-    let category = error.metric_reason();
+    let reason = error.metric_reason();
+    let category = reason.as_str();
     // Each attempt is logged once and attempts are spaced by the backoff, so a persistent
     // failure cannot flood the log; one that outlasts a few retries is an error, not a blip.
     if failures >= PERSISTENT_FAILURES {
@@ -378,7 +381,7 @@ fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
     } else {
         warn!(namespace = %namespace, name = %key.name_any(), category, failures, error = %error, retry_in = ?delay, "reconcile failed");
     }
-    ctx.metrics.error(category);
+    ctx.metrics.error(reason);
     Action::requeue(delay)
 }
 

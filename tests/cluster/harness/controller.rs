@@ -2,12 +2,14 @@
 //! in-process as its ServiceAccount with a clock the test moves, and helpers to wait for state and
 //! count the API writes it made.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
 use jiff::{SignedDuration, Timestamp};
+use keysmith::components::{self, Components, ControllerPart};
 use keysmith::controller::leader::LeaderConfig;
 use keysmith::controller::metrics::ControllerMetrics;
 use keysmith::controller::{self, Clock, Context};
@@ -16,6 +18,7 @@ use keysmith::telemetry::{self, Shutdown, ShutdownTrigger};
 use keysmith_emulator::LogEntry;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub const NS: &str = "cms";
@@ -256,27 +259,37 @@ pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
     String::from_utf8(bytes.0).ok()
 }
 
-/// A leader-elected controller instance (for the election test).
-pub fn spawn_elected(
-    emu_client: kube::Client,
+/// A leader-elected controller instance (for the election test), run as `keysmith controller`
+/// runs it, with its `/metrics` endpoint on the address returned.
+pub async fn spawn_elected(
+    client: kube::Client,
     identity: &str,
     clock: Clock,
-) -> (ShutdownTrigger, JoinHandle<()>) {
-    let mut registry = telemetry::registry();
-    let metrics = ControllerMetrics::register(&mut registry);
-    let ctx = Context::new(emu_client, metrics, clock, Some(identity.into()));
+) -> (ShutdownTrigger, JoinHandle<()>, SocketAddr) {
     let leader = LeaderConfig {
         lease_duration: Duration::from_secs(2),
         renew_grace: Duration::from_secs(1),
         ..LeaderConfig::new(CONTROLLER_NS, identity)
     };
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = metrics.local_addr().unwrap();
+    let components = Components {
+        controller: Some(ControllerPart {
+            client,
+            leader,
+            clock,
+        }),
+        verifier: None,
+        scope: Scope::default(),
+        metrics,
+    };
     let (stop, shutdown) = Shutdown::new();
     let task = tokio::spawn(async move {
-        controller::run_elected(ctx, Scope::default(), &leader, shutdown.wait())
+        components::serve(components, shutdown)
             .await
-            .expect("leader election runs");
+            .expect("the controller runs");
     });
-    (stop, task)
+    (stop, task, addr)
 }
 
 pub use super::{Cluster, Identity, emulator_only, eventually, real};
