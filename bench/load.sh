@@ -136,9 +136,11 @@ ERRORS=$(grep -h 'Non-2xx\|Socket errors' "$WORK"/*.wrk || true)
 # The verifier's own view: time to decide (index lookup, grants, restrictions), from its
 # histogram, over the /v1/verify and /v1/authz runs; the rest of wrk's latency is HTTP, the kernel
 # and waiting for a CPU.
+# The histogram has a series per endpoint: each bucket is summed over them, in bucket order.
 DECISION_P99=$(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk 'BEGIN { n = 0 }
-    /^keysmith_verify_duration_seconds_bucket/ { split($1, a, "\""); le[n] = a[2]; count[n] = $2; n++ }
-    END { for (i = 0; i < n; i++) if (count[i] >= 0.99 * count[n - 1]) {
+    /^keysmith_verify_duration_seconds_bucket/ { match($1, /le="[^"]*"/); b = substr($1, RSTART + 4, RLENGTH - 5)
+        if (!(b in count)) le[n++] = b; count[b] += $2 }
+    END { for (i = 0; i < n; i++) if (count[le[i]] >= 0.99 * count[le[n - 1]]) {
         if (le[i] == "+Inf") print "over 1 s"; else printf "at most %g µs", le[i] * 1e6; exit } }')
 echo "decision time p99 (verifier histogram): $DECISION_P99"
 echo "audit lines written: $(grep -c keysmith::audit "$WORK/verifier.log")"

@@ -28,7 +28,7 @@ use crate::text::{json_str, write_rfc3339};
 use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
-use super::tenancy::{self, Endpoint, Namespaces};
+use super::tenancy::{self, Endpoint, Namespaces, RouteKind};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -85,6 +85,9 @@ where
         };
     }
     let Some((endpoint, scope)) = tenancy::route(path) else {
+        if path.starts_with("/v1/namespaces/") {
+            verifier.metrics.unknown_scope(RouteKind::Invalid);
+        }
         return error(
             StatusCode::NOT_FOUND,
             "no such endpoint: see /v1/verify, /v1/authz, /v1/namespaces/<namespace,...>/verify \
@@ -93,15 +96,18 @@ where
         );
     };
     // The route's own scope, else what the verifier's owner chose for unscoped routes.
-    let namespaces = scope.unwrap_or(verifier.tenancy.default.view());
+    let scope = match scope {
+        Some(namespaces) => (namespaces, RouteKind::Scoped),
+        None => (verifier.tenancy.default.view(), RouteKind::Unscoped),
+    };
     match endpoint {
-        Endpoint::Verify if post => verify(verifier, peer, namespaces, request).await,
+        Endpoint::Verify if post => verify(verifier, peer, scope, request).await,
         Endpoint::Verify => method_not_allowed(),
         Endpoint::Authz => {
             let query = Some(uri.query().unwrap_or(""));
-            authz(verifier, peer, namespaces, query, request).await
+            authz(verifier, peer, scope, query, request).await
         }
-        Endpoint::AuthzBelow => authz(verifier, peer, namespaces, None, request).await,
+        Endpoint::AuthzBelow => authz(verifier, peer, scope, None, request).await,
     }
 }
 
@@ -379,7 +385,7 @@ fn user_agent(headers: &HeaderMap) -> Option<&str> {
 async fn verify<B>(
     verifier: &Verifier,
     peer: SocketAddr,
-    namespaces: Namespaces<'_>,
+    (namespaces, route): (Namespaces<'_>, RouteKind),
     request: Request<B>,
 ) -> Answer
 where
@@ -410,7 +416,7 @@ where
         action: request.action,
         resource: request.resource,
     };
-    let verdict = verifier.check(&request, namespaces, &audit).await;
+    let verdict = verifier.check(&request, namespaces, route, &audit).await;
     answer(
         StatusCode::OK,
         Some("application/json"),
@@ -494,7 +500,7 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)
 async fn authz<B>(
     verifier: &Verifier,
     peer: SocketAddr,
-    namespaces: Namespaces<'_>,
+    (namespaces, route): (Namespaces<'_>, RouteKind),
     query: Option<&str>,
     request: Request<B>,
 ) -> Answer {
@@ -520,7 +526,7 @@ async fn authz<B>(
         action: request.action,
         resource: request.resource,
     };
-    let verdict = verifier.check(&request, namespaces, &audit).await;
+    let verdict = verifier.check(&request, namespaces, route, &audit).await;
     authz_response(&verdict)
 }
 
@@ -597,6 +603,7 @@ where
     };
     let Some(audiences) = accepted_audiences(requested, served) else {
         // A token for another audience is not Keysmith's to vouch for, whatever it is.
+        verifier.metrics.unknown_scope(RouteKind::TokenReview);
         return tokenreview_answer(refused("no requested audience is accepted"));
     };
     let token = review.spec.token.as_deref().unwrap_or("");
@@ -612,7 +619,9 @@ where
     };
     // The API server chooses the audiences, not the token's holder: they name the namespaces.
     let namespaces = tenancy.for_review(&audiences);
-    let verdict = verifier.check(&request, namespaces.view(), &audit).await;
+    let verdict = verifier
+        .check(&request, namespaces.view(), RouteKind::TokenReview, &audit)
+        .await;
     let status = match (&verdict.found, verdict.code) {
         (Some(found), Code::Valid) => {
             let key = &found.key;

@@ -1,11 +1,11 @@
-//! The verifier's metrics (SPEC section 4.4): `keysmith_verify_requests_total{endpoint, code}`,
-//! `keysmith_verify_duration_seconds`, `keysmith_index_tokens`,
-//! `keysmith_index_unreadable_apikeys_total`, and the connection counts of
-//! [`Connections`].
+//! The verifier's metrics: `keysmith_verify_requests_total{endpoint, code}`,
+//! `keysmith_verify_duration_seconds{endpoint}`, `keysmith_verify_unknown_scope_total{route}`,
+//! `keysmith_verify_throttled_total{endpoint}`, `keysmith_index_tokens`,
+//! `keysmith_index_unreadable_apikeys_total`, and the connection counts of [`Connections`].
 //!
-//! The counters of every endpoint and code are created up front and kept in a 2-D array, so the
-//! hot path indexes it instead of hashing a label set behind the family's lock (and allocating
-//! the label set first).
+//! Every series of every label value is created up front and kept in arrays, so the hot path
+//! indexes them instead of hashing a label set behind the family's lock (and allocating the
+//! label set first), and every series is exported from the start.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use super::audit::Endpoint;
 use super::decision::Code;
 use super::server::Connections;
+use super::tenancy::RouteKind;
 use crate::apikeys::Unreadables;
 
 /// Bucket bounds in seconds: verification takes microseconds, so most buckets are sub-millisecond.
@@ -30,7 +31,9 @@ const BUCKETS: [f64; 12] = [
 /// The verifier's metrics.
 pub struct Metrics {
     requests: [[Counter; Code::ALL.len()]; Endpoint::ALL.len()],
-    duration: Histogram,
+    duration: [Histogram; Endpoint::ALL.len()],
+    unknown_scope: [Counter; RouteKind::ALL.len()],
+    throttled: [Counter; Endpoint::ALL.len()],
     index_tokens: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Open and rejected connections of the verification API.
     pub connections: Connections,
@@ -39,6 +42,18 @@ pub struct Metrics {
 }
 
 type Requests = Family<Vec<(String, String)>, Counter<u64, AtomicU64>>;
+
+/// A family of one label whose values are all known.
+type Fixed<M> = Family<[(&'static str, &'static str); 1], M, fn() -> M>;
+
+/// The series of `family` for each of `values`, in their order.
+fn series<M: Clone, const N: usize>(
+    family: &Fixed<M>,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [M; N] {
+    values.map(|value| family.get_or_create_owned(&[(label, value)]))
+}
 
 impl Metrics {
     /// Create the metrics and register them in `registry` (whose prefix should be `keysmith`).
@@ -59,11 +74,33 @@ impl Metrics {
             "Verifications answered, by endpoint and code",
             family,
         );
-        let duration = Histogram::new(BUCKETS);
+        let endpoints = Endpoint::ALL.map(Endpoint::as_str);
+        let durations: Fixed<Histogram> = Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        let duration = series(&durations, "endpoint", endpoints);
         registry.register(
             "verify_duration_seconds",
-            "Time to decide a verification (excluding any failure delay)",
-            duration.clone(),
+            "Time to decide a verification (excluding any failure delay), by endpoint",
+            durations,
+        );
+        let unknown_scopes: Fixed<Counter> = Family::default();
+        let unknown_scope = series(
+            &unknown_scopes,
+            "route",
+            RouteKind::ALL.map(RouteKind::as_str),
+        );
+        registry.register(
+            "verify_unknown_scope",
+            "Requests whose route does not accept the key's namespace (answered NOT_FOUND), or \
+             names no scope it could (scoped paths answered 404, TokenReviews for audiences not \
+             served), by kind of route",
+            unknown_scopes,
+        );
+        let throttled_family: Fixed<Counter> = Family::default();
+        let throttled = series(&throttled_family, "endpoint", endpoints);
+        registry.register(
+            "verify_throttled",
+            "Failed verifications whose answer the per-client failure throttle delayed, by endpoint",
+            throttled_family,
         );
         let index_tokens = Gauge::default();
         registry.register(
@@ -74,6 +111,8 @@ impl Metrics {
         Metrics {
             requests,
             duration,
+            unknown_scope,
+            throttled,
             index_tokens,
             connections: Connections::register(registry),
             // Its own name: in `keysmith run` the controller's counter shares the registry.
@@ -84,7 +123,17 @@ impl Metrics {
     /// Count one verification.
     pub fn observe(&self, endpoint: Endpoint, code: Code, took: Duration) {
         self.requests[endpoint.index()][code.index()].inc();
-        self.duration.observe(took.as_secs_f64());
+        self.duration[endpoint.index()].observe(took.as_secs_f64());
+    }
+
+    /// Count a request whose route's scope does not cover what it asked for.
+    pub fn unknown_scope(&self, route: RouteKind) {
+        self.unknown_scope[route.index()].inc();
+    }
+
+    /// Count a failed verification whose answer the throttle delayed.
+    pub fn throttled(&self, endpoint: Endpoint) {
+        self.throttled[endpoint.index()].inc();
     }
 
     /// Publish the index size.
@@ -103,6 +152,8 @@ mod tests {
         let mut registry = Registry::with_prefix("keysmith");
         let metrics = Metrics::register(&mut registry);
         metrics.observe(Endpoint::Authz, Code::NotFound, Duration::from_micros(3));
+        metrics.unknown_scope(RouteKind::Unscoped);
+        metrics.throttled(Endpoint::TokenReview);
         metrics.set_index_tokens(7);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -131,9 +182,34 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("keysmith_verify_duration_seconds_bucket{le=\"0.000005\"} 1"),
+            text.contains(
+                "keysmith_verify_duration_seconds_bucket{le=\"0.000005\",endpoint=\"authz\"} 1"
+            ),
             "{text}"
         );
+        // Every endpoint's histogram is there from the start too.
+        for endpoint in ["verify", "tokenreview"] {
+            assert!(
+                text.contains(&format!(
+                    "keysmith_verify_duration_seconds_count{{endpoint=\"{endpoint}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+        for (route, count) in [
+            ("scoped", 0),
+            ("unscoped", 1),
+            ("tokenreview", 0),
+            ("invalid", 0),
+        ] {
+            let line = format!("keysmith_verify_unknown_scope_total{{route=\"{route}\"}} {count}");
+            assert!(text.contains(&line), "{text}");
+        }
+        for (endpoint, count) in [("verify", 0), ("authz", 0), ("tokenreview", 1)] {
+            let line =
+                format!("keysmith_verify_throttled_total{{endpoint=\"{endpoint}\"}} {count}");
+            assert!(text.contains(&line), "{text}");
+        }
         assert!(text.contains("keysmith_index_tokens 7"), "{text}");
     }
 }

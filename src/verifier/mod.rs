@@ -48,7 +48,7 @@ use crate::telemetry::Health;
 
 use self::activity::Activity;
 use self::metrics::Metrics;
-use self::tenancy::{Namespaces, Tenancy};
+use self::tenancy::{Namespaces, RouteKind, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};
 use self::token_metrics::TokenMetrics;
 use self::usage::UsageReporter;
@@ -124,20 +124,28 @@ impl Verifier {
         }
     }
 
-    /// Decide a request for a route accepting `namespaces` and do what every verification does:
-    /// count it, audit it, report usage when VALID, and delay a failure from a client
-    /// (`audit.client`) that keeps failing.
+    /// Decide a request for a route (of kind `route`) accepting `namespaces` and do what every
+    /// verification does: count it, audit it, report usage when VALID, and delay a failure from
+    /// a client (`audit.client`) that keeps failing.
     pub async fn check<'a>(
         &self,
         request: &VerifyRequest<'a>,
         namespaces: Namespaces<'_>,
+        route: RouteKind,
         audit: &audit::Request<'_>,
     ) -> Verdict<'a> {
         let start = Instant::now();
         let now = Timestamp::now();
-        let verdict = tenancy::confine(self.index.verify(request, now), namespaces);
+        let unconfined = self.index.verify(request, now);
+        let known = unconfined.found.is_some();
+        let verdict = tenancy::confine(unconfined, namespaces);
         self.metrics
             .observe(audit.endpoint, verdict.code, start.elapsed());
+        if known && verdict.found.is_none() {
+            // A key this verifier holds, outside the route's namespaces: a gateway route naming
+            // the wrong namespace, or an unscoped route whose namespaces were never configured.
+            self.metrics.unknown_scope(route);
+        }
         audit::record(audit, &verdict);
         if let Some(found) = &verdict.found {
             self.activity.record(found, verdict.code, audit, now);
@@ -149,6 +157,7 @@ impl Verifier {
                 if let Some(client) = audit.client {
                     let delay = self.throttle.on_failure(client, Instant::now());
                     if !delay.is_zero() {
+                        self.metrics.throttled(audit.endpoint);
                         tokio::time::sleep(delay).await;
                     }
                 }

@@ -176,6 +176,46 @@ impl Tenancy {
     }
 }
 
+/// Whose configuration chose the namespaces a request accepts: the `route` label of
+/// `keysmith_verify_unknown_scope_total`. Never the namespaces themselves: a client chooses
+/// what it writes into a path, and a label per value would let it grow the metrics unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `/v1/namespaces/<ns,...>/verify` or `/authz`: the gateway route's own.
+    Scoped,
+    /// `/v1/verify`, `/v1/authz[/…]`: `--accept-namespaces`.
+    Unscoped,
+    /// A TokenReview: the mappings of its audiences.
+    TokenReview,
+    /// A path under `/v1/namespaces/` that is no route (answered 404): a mistyped gateway route.
+    Invalid,
+}
+
+impl RouteKind {
+    /// Every kind, in [`RouteKind::index`] order.
+    pub const ALL: [RouteKind; 4] = [
+        RouteKind::Scoped,
+        RouteKind::Unscoped,
+        RouteKind::TokenReview,
+        RouteKind::Invalid,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Scoped => "scoped",
+            RouteKind::Unscoped => "unscoped",
+            RouteKind::TokenReview => "tokenreview",
+            RouteKind::Invalid => "invalid",
+        }
+    }
+
+    /// Position in [`RouteKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// An endpoint of the verification API under `/v1/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {

@@ -634,7 +634,7 @@ async fn bad_bodies_metrics_and_probes() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("keysmith_verify_duration_seconds_count 1"),
+        metrics.contains("keysmith_verify_duration_seconds_count{endpoint=\"verify\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("keysmith_index_tokens 0"), "{metrics}");
@@ -897,4 +897,152 @@ async fn a_key_is_accepted_only_on_routes_naming_its_namespace() {
     assert_eq!(accepted["authenticated"], true, "{accepted}");
     assert_eq!(accepted["audiences"], json!(["team-a-api"]));
     assert_eq!(review(mine, &[]).await, not_found);
+}
+
+/// GET /metrics from the verifier's metrics port, with `accept` as the scraper's `Accept`.
+async fn scrape(h: &Harness, accept: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept", *a)).collect();
+    request(h.probes, "GET", "/metrics", &headers, None).await
+}
+
+/// The value of the sample `series` (name and labels) in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Requests no scope of their route covers are counted by kind of route, never by namespace;
+/// throttled answers are counted; the histogram is per endpoint; the process metrics are there;
+/// and /metrics answers the Prometheus text format unless asked for OpenMetrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_outside_their_scope_and_throttled_answers() {
+    // As on a default install: unscoped routes accept no namespace.
+    let h = start_with(cluster().await, &[], Tenancy::default()).await;
+    let t = token("ks_");
+    h.create_key(
+        "site",
+        json!({"tokens": [{"name": "main"}]}),
+        &[],
+        vec![status_token("main", &t)],
+    )
+    .await;
+    let bearer = format!("Bearer {}", t.expose_secret());
+    let authz = |path: &str, auth: &str| {
+        let (api, path, auth) = (h.api, path.to_owned(), auth.to_owned());
+        async move {
+            request(api, "GET", &path, &[("Authorization", auth.as_str())], None)
+                .await
+                .status
+        }
+    };
+    let own_route = &format!("/v1/namespaces/{NS}/authz");
+    eventually("the key to be indexed", || async {
+        (authz(own_route, &bearer).await == 200).then_some(())
+    })
+    .await;
+    let series = |route: &str| format!("keysmith_verify_unknown_scope_total{{route=\"{route}\"}}");
+    let before = scrape(&h, None).await.body;
+    for route in ["scoped", "unscoped", "tokenreview", "invalid"] {
+        assert_eq!(sample(&before, &series(route)), Some(0.0), "{before}");
+    }
+
+    // The key's own token on the unscoped route, and on a route naming another namespace.
+    assert_eq!(authz("/v1/authz", &bearer).await, 401);
+    assert_eq!(authz("/v1/namespaces/elsewhere/authz", &bearer).await, 401);
+    // A route whose namespace is no namespace name.
+    assert_eq!(authz("/v1/namespaces/Shop/authz", &bearer).await, 404);
+    // A TokenReview for an audience this verifier does not serve.
+    let review = json!({"kind": "TokenReview",
+        "spec": {"token": t.expose_secret(), "audiences": ["https://elsewhere"]}});
+    let r = request(h.api, "POST", TOKENREVIEW, &[], Some(&review.to_string())).await;
+    assert_eq!(r.status, 200);
+    // An unknown token is no scope problem, and a path outside /v1/namespaces/ no scope.
+    let unknown = format!("Bearer {}", token("ks_").expose_secret());
+    assert_eq!(authz(own_route, &unknown).await, 401);
+    assert_eq!(authz("/v1/nothing", &bearer).await, 404);
+
+    let after = scrape(&h, None).await.body;
+    for route in ["scoped", "unscoped", "tokenreview", "invalid"] {
+        assert_eq!(
+            sample(&after, &series(route)),
+            Some(1.0),
+            "{route}: {after}"
+        );
+    }
+    assert!(
+        !after.contains("elsewhere"),
+        "no label holds what a client chose"
+    );
+    assert!(
+        sample(
+            &after,
+            "keysmith_verify_duration_seconds_count{endpoint=\"authz\"}"
+        )
+        .is_some_and(|n| n >= 4.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "keysmith_verify_duration_seconds_count{endpoint=\"tokenreview\"}"
+        ),
+        Some(0.0),
+        "the refused review decided nothing: {after}"
+    );
+
+    // Failures from this client until the throttle delays one: the burst is finite, so a bounded
+    // run of them reaches it whatever the machine's speed.
+    let throttled = r#"keysmith_verify_throttled_total{endpoint="authz"}"#;
+    assert_eq!(sample(&after, throttled), Some(0.0), "{after}");
+    let mut delayed = false;
+    for _ in 0..200 {
+        assert_eq!(authz(own_route, &unknown).await, 401);
+        if sample(&scrape(&h, None).await.body, throttled).is_some_and(|n| n >= 1.0) {
+            delayed = true;
+            break;
+        }
+    }
+    assert!(delayed, "200 failures in a row were never throttled");
+
+    // Prometheus text unless OpenMetrics is asked for; the process metrics either way.
+    let plain = scrape(&h, Some("text/plain;version=0.0.4")).await;
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        plain
+            .body
+            .contains("# TYPE keysmith_verify_unknown_scope_total counter"),
+        "{}",
+        plain.body
+    );
+    let open = scrape(&h, Some("application/openmetrics-text; version=1.0.0")).await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(
+        open.body
+            .contains("# TYPE keysmith_verify_unknown_scope counter"),
+        "{}",
+        open.body
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    for body in [&plain.body, &open.body] {
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                sample(body, name).is_some_and(|v| v > 0.0),
+                "{name}: {body}"
+            );
+        }
+    }
 }
