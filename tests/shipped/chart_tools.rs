@@ -1724,13 +1724,9 @@ fn alert_unit_tests_make_every_alert_fire_and_stay_silent() {
 // ---------------------------------------------------------------------------------------------
 // Metric names
 
-/// Metrics the dashboard and the alerts query that Keysmith does not export, by exporter:
-/// kube-state-metrics' Deployment metrics, and the ApiKey conditions its custom resource state
-/// configuration in docs/operations.md (Monitoring) exports.
-const EXTERNAL_METRICS: [&str; 2] = [
-    "kube_deployment_status_replicas_available",
-    "kube_customresource_apikey_status_condition",
-];
+/// Metrics the dashboard and the alerts query that Keysmith does not export: kube-state-metrics'
+/// Deployment metrics.
+const EXTERNAL_METRICS: [&str; 1] = ["kube_deployment_status_replicas_available"];
 
 /// The sample names a running `keysmith dev` (the controller and the verifier in one process)
 /// serves on /metrics, as Prometheus stores them: from the `# TYPE` line every registered family
@@ -1963,10 +1959,7 @@ fn dashboard_has_the_operator_panels() {
             "keysmith_verify_duration_seconds_bucket",
         ),
         ("Index size", "keysmith_index_tokens"),
-        (
-            "Keys by readiness",
-            "kube_customresource_apikey_status_condition",
-        ),
+        ("Keys by readiness", "keysmith_apikey_ready_status"),
         ("Next expiries", "keysmith_token_expiry_timestamp_seconds"),
         ("Reconcile errors", "keysmith_reconcile_errors_total"),
     ] {
@@ -1982,6 +1975,12 @@ fn dashboard_has_the_operator_panels() {
     assert!(
         latency.iter().all(|e| e.starts_with("histogram_quantile(")),
         "{latency:?}"
+    );
+    // A made-up 0 would hide that nothing reports readiness: no data must look like no data.
+    let readiness = &panels["Keys by readiness"];
+    assert!(
+        readiness.iter().all(|e| !e.contains("vector(")),
+        "{readiness:?}"
     );
 }
 
