@@ -51,10 +51,26 @@ fn group_json(name: &str, versions: &[String], preferred: &str) -> Value {
     })
 }
 
+/// The groups served here, then those of `aggregated` (group, version) pairs that APIServices
+/// hand to extension API servers.
+fn all_groups(
+    reg: &Registry,
+    aggregated: &[(String, String)],
+) -> Vec<(String, Vec<String>, String)> {
+    let mut groups = reg.groups();
+    for (group, version) in aggregated {
+        match groups.iter_mut().find(|(g, _, _)| g == group) {
+            Some((_, versions, _)) if !versions.contains(version) => versions.push(version.clone()),
+            Some(_) => {}
+            None => groups.push((group.clone(), vec![version.clone()], version.clone())),
+        }
+    }
+    groups
+}
+
 /// `/apis`.
-pub fn group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg
-        .groups()
+pub fn group_list(reg: &Registry, aggregated: &[(String, String)]) -> Value {
+    let groups: Vec<Value> = all_groups(reg, aggregated)
         .iter()
         .map(|(g, versions, preferred)| group_json(g, versions, preferred))
         .collect();
@@ -62,8 +78,8 @@ pub fn group_list(reg: &Registry) -> Value {
 }
 
 /// `/apis/GROUP`.
-pub fn group(reg: &Registry, name: &str) -> Option<Value> {
-    reg.groups()
+pub fn group(reg: &Registry, aggregated: &[(String, String)], name: &str) -> Option<Value> {
+    all_groups(reg, aggregated)
         .into_iter()
         .find(|(g, _, _)| g == name)
         .map(|(g, versions, preferred)| {

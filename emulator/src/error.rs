@@ -258,6 +258,11 @@ impl ApiError {
         e
     }
 
+    /// 503: an aggregated API's backend cannot answer.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

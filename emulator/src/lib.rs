@@ -19,6 +19,7 @@
 //! ```
 
 mod admission;
+mod aggregator;
 mod cel;
 mod discovery;
 pub mod error;
@@ -60,6 +61,7 @@ pub use eventually::{EVENTUALLY_TIMEOUT, eventually};
 pub use faults::{Faults, Target};
 pub use rbac::UserInfo;
 pub use server::{LogEntry, RequestLog};
+pub use tls::{Certificate, serving_certificate};
 
 use crate::patch::PatchType;
 use crate::server::{Auth, Server};
@@ -213,8 +215,11 @@ impl Emulator {
         } else {
             None
         };
+        let front_proxy = tls::front_proxy()?;
+        let mut state = State::new(config.history);
+        aggregator::bootstrap(&mut state, &front_proxy);
         let server = Arc::new(Server::new(
-            State::new(config.history),
+            state,
             Faults::new(config.fault_seed),
             Auth {
                 admin_token: config.admin_token.clone(),
@@ -225,6 +230,7 @@ impl Emulator {
             config.bookmark_interval,
             addr.to_string(),
             server::RequestLog::new(config.request_log_limit),
+            front_proxy,
         ));
         let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
         let router = http::router(server.clone());

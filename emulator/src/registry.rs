@@ -232,6 +232,10 @@ const BUILTINS: &[Builtin] = &[
         .status()
         .generation(),
     kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    kind("apiregistration.k8s.io", "v1", "apiservices", "APIService")
+        .cluster_scoped()
+        .status(),
     kind("events.k8s.io", "v1", "events", "Event").short(&["ev"]),
     kind(
         "apiextensions.k8s.io",

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::faults::Faults;
 use crate::rbac::{self, Attributes, UserInfo};
 use crate::state::State;
-use crate::tls::TlsMaterial;
+use crate::tls::{Certificate, TlsMaterial};
 
 /// One served request, as tests read it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +181,8 @@ pub struct Server {
     pub bookmark_interval: Duration,
     /// `host:port` the server listens on.
     pub address: String,
+    /// The aggregator's client certificate for extension API servers.
+    pub front_proxy: Certificate,
 }
 
 impl Server {
@@ -192,6 +194,7 @@ impl Server {
         bookmark_interval: Duration,
         address: String,
         log: RequestLog,
+        front_proxy: Certificate,
     ) -> Self {
         Server {
             state: Mutex::new(state),
@@ -200,6 +203,7 @@ impl Server {
             auth,
             bookmark_interval,
             address,
+            front_proxy,
         }
     }
 

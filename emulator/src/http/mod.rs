@@ -1,6 +1,6 @@
 //! The HTTP surface: every request is authenticated (then impersonation
-//! applied), routed, answered by discovery, OpenAPI, the review kinds or a
-//! REST verb, and written to the request log.
+//! applied), routed, answered by discovery, OpenAPI, the review kinds, a
+//! REST verb or an aggregated API's backend, and written to the request log.
 
 mod negotiate;
 mod resource;
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 use crate::rbac::{Attributes, UserInfo};
 use crate::server::{LogEntry, Server};
-use crate::{discovery, impersonation, openapi};
+use crate::{aggregator, discovery, impersonation, openapi};
 
 pub use negotiate::{Presentation, json_response};
 pub use resource::ResourceCall;
@@ -39,6 +39,8 @@ struct Call<'a> {
     user: &'a UserInfo,
     method: &'a Method,
     path: &'a str,
+    /// The path with its query string, as sent.
+    path_and_query: &'a str,
     headers: &'a HeaderMap,
     query: &'a Query,
     body: Bytes,
@@ -106,6 +108,7 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
                     user: &user,
                     method: &parts.method,
                     path,
+                    path_and_query: parts.uri.path_and_query().map_or(path, |p| p.as_str()),
                     headers: &parts.headers,
                     query: &query,
                     body,
@@ -122,6 +125,9 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
 }
 
 async fn dispatch(call: &Call<'_>, route: Route) -> ApiResult<Response> {
+    if let Some(backend) = aggregated(call.server, &route) {
+        return proxy(call, &route, backend).await;
+    }
     if let Route::Resource(r) = route {
         return resource::serve(call, r).await;
     }
@@ -142,14 +148,53 @@ async fn dispatch(call: &Call<'_>, route: Route) -> ApiResult<Response> {
     Ok(json_response(StatusCode::OK, &document, &[]))
 }
 
+/// The backend of the aggregated API a path addresses (below `/apis/GROUP/VERSION`), if any.
+fn aggregated(server: &Server, route: &Route) -> Option<aggregator::Backend> {
+    let (group, version) = match route {
+        Route::Resource(r) => (&r.group, &r.version),
+        Route::Resources(group, version) => (group, version),
+        _ => return None,
+    };
+    aggregator::backend(&server.state(), group, version)
+}
+
+/// An aggregated API's request: authorized here as the API server does for every path (so RBAC
+/// on the extension's resources holds before the backend hears of it), then proxied.
+async fn proxy(
+    call: &Call<'_>,
+    route: &Route,
+    backend: aggregator::Backend,
+) -> ApiResult<Response> {
+    let attributes = match route {
+        Route::Resource(r) => r.attributes(r.verb),
+        _ => Attributes::NonResource {
+            verb: call.method.as_str().to_lowercase(),
+            path: call.path.to_string(),
+        },
+    };
+    call.server.require(call.user, &attributes)?;
+    let forward = aggregator::Forward {
+        backend,
+        user: call.user,
+        method: call.method,
+        path_and_query: call.path_and_query.to_string(),
+        headers: call.headers,
+        body: call.body.clone(),
+    };
+    aggregator::proxy(call.server, forward).await
+}
+
 /// Discovery and OpenAPI documents; `None` when the path names none.
 fn non_resource(server: &Server, route: Route) -> Option<Value> {
     let st = server.state();
     match route {
         Route::Version => Some(discovery::version()),
         Route::CoreVersions => Some(discovery::core_versions(&server.address)),
-        Route::Groups => Some(discovery::group_list(&st.registry)),
-        Route::Group(g) => discovery::group(&st.registry, &g),
+        Route::Groups => Some(discovery::group_list(
+            &st.registry,
+            &aggregator::groups(&st),
+        )),
+        Route::Group(g) => discovery::group(&st.registry, &aggregator::groups(&st), &g),
         Route::Resources(g, v) => discovery::resource_list(&st.registry, &g, &v),
         Route::OpenApiRoot => Some(openapi::root(&st.registry)),
         Route::OpenApiDoc(p) => match p.split('/').collect::<Vec<_>>().as_slice() {

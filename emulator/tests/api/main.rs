@@ -1,7 +1,10 @@
 //! The emulator's integration tests, in one test binary: the REST semantics, watches, RBAC,
-//! built-in kinds, fault injection, the real `kubectl` against it, and the (ignored) scale run.
+//! built-in kinds, API aggregation, fault injection, the real `kubectl` against it, and the
+//! (ignored) scale run.
 
 mod common;
+
+mod aggregation;
 
 mod faults;
 mod kinds;
