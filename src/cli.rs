@@ -121,3 +121,11 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
         .await
         .map_err(|e| format!("cannot listen on {addr} for {what}: {e}"))
 }
+
+/// [`bind`] `--usage-listen`, when given.
+async fn bind_usage(listen: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+    match listen {
+        Some(addr) => bind(addr, "the usage API").await.map(Some),
+        None => Ok(None),
+    }
+}

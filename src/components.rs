@@ -36,6 +36,8 @@ pub struct VerifierPart {
     pub trusted_proxies: Vec<IpNet>,
     /// Which namespaces' keys each route accepts.
     pub tenancy: Tenancy,
+    /// Where the usage API listens (`--usage-listen`); none: not served.
+    pub usage: Option<TcpListener>,
 }
 
 /// What one process runs.
@@ -136,12 +138,11 @@ pub async fn serve_with(
         log_tenancy(&part.tenancy);
         let running = Running::start(part.client.clone(), &options, &mut registry);
         ready.push(running.verifier.health.clone());
-        if let Some(listen) = options.settings.usage.listen {
+        if let Some(listener) = part.usage {
             let usage = options.settings.usage.clone();
             let (verifier, client) = (running.verifier.clone(), part.client.clone());
             let stopping = shutdown.clone();
             usage_task = Some(tokio::spawn(async move {
-                let listener = TcpListener::bind(listen).await?;
                 let served =
                     verifier::usage_api::serve(verifier, client, usage, listener, stopping.wait())
                         .await;

@@ -5,6 +5,8 @@
 
 #[cfg(feature = "dev")]
 use keysmith_emulator::{Config, Emulator, Identity};
+use std::net::SocketAddr;
+
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -86,13 +88,15 @@ pub fn verifier_identity() -> Identity {
 }
 
 /// The controller and the verifier, each with a client acting as its chart ServiceAccount: what
-/// `keysmith dev` runs and what the end-to-end tests start. `identity` names the Lease holder.
+/// `keysmith dev` runs and what the end-to-end tests start. `identity` names the Lease holder;
+/// `usage`, if any, is where the verifier serves the usage API.
 pub fn components(
     clients: ChartClients,
     identity: &str,
     clock: Clock,
     api: TcpListener,
     metrics: TcpListener,
+    usage: Option<TcpListener>,
 ) -> Components {
     Components {
         controller: Some(ControllerPart {
@@ -106,6 +110,7 @@ pub fn components(
             trusted_proxies: Vec::new(),
             // One developer's cluster: every namespace, as an explicit choice.
             tenancy: Tenancy::any(),
+            usage,
         }),
         scope: Scope::default(),
         metrics,
@@ -235,6 +240,72 @@ pub fn bootstrap() -> Result<Vec<Value>, DevClusterError> {
         "subjects": [service_account(CONTROLLER_SA)],
     }));
     Ok(objects)
+}
+
+/// The verifier's Service, which the usage API's APIService names (`<fullname>-verifier` of a
+/// release named `keysmith`).
+pub const VERIFIER_SERVICE: &str = "keysmith-verifier";
+
+/// The DNS name the usage API's serving certificate must carry: the aggregator checks it under
+/// the Service's name.
+pub fn usage_api_host() -> String {
+    format!("{VERIFIER_SERVICE}.{SYSTEM_NAMESPACE}.svc")
+}
+
+/// What `charts/keysmith/templates/usage-api.yaml` installs with `usage.enabled=true`, for one
+/// verifier replica serving the usage API at `endpoint` with a certificate that chains to
+/// `ca_pem`: the APIService, the verifier Service and its EndpointSlice (the endpoints the
+/// aggregator routes to), the `keysmith-usage-reader` ClusterRole, and the bindings that let
+/// the verifier read the front-proxy configuration and review its callers. One replica asks no
+/// peers, so the peers' Role and binding are left out.
+pub fn usage_api(ca_pem: &str, endpoint: SocketAddr) -> Vec<Value> {
+    let verifier = service_account(VERIFIER_SA);
+    let ca_bundle = serde_json::to_value(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec()))
+        .expect("bytes serialize as base64");
+    vec![
+        json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "v1alpha1.usage.keysmith.dev"},
+            "spec": {
+                "group": "usage.keysmith.dev", "version": "v1alpha1",
+                "service": {"name": VERIFIER_SERVICE, "namespace": SYSTEM_NAMESPACE, "port": 443},
+                "caBundle": ca_bundle,
+                "groupPriorityMinimum": 1000, "versionPriority": 15,
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": VERIFIER_SERVICE, "namespace": SYSTEM_NAMESPACE},
+            "spec": {"ports": [{"name": "usage", "port": 443, "targetPort": "usage", "protocol": "TCP"}]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{VERIFIER_SERVICE}-usage"), "namespace": SYSTEM_NAMESPACE,
+                "labels": {"kubernetes.io/service-name": VERIFIER_SERVICE},
+            },
+            "addressType": if endpoint.is_ipv4() { "IPv4" } else { "IPv6" },
+            "ports": [{"name": "usage", "port": endpoint.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "keysmith-usage-reader"},
+            "rules": [{"apiGroups": ["usage.keysmith.dev"], "resources": ["apikeyusages"], "verbs": ["get"]}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "keysmith-usage-auth-delegator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [verifier.clone()],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "keysmith-usage-authentication-reader", "namespace": "kube-system"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "extension-apiserver-authentication-reader"},
+            "subjects": [verifier],
+        }),
+    ]
 }
 
 fn rules(file: &'static str, yaml: &str) -> Result<Value, DevClusterError> {

@@ -199,7 +199,6 @@ impl VerifierApiArgs {
                 } else {
                     0
                 },
-                listen: self.usage_listen,
                 tls: self
                     .usage_tls_cert_file
                     .clone()

@@ -1,6 +1,8 @@
 //! `keysmith dev`: the embedded default. The Kubernetes API emulator with the CRD and the chart's
 //! RBAC, the controller and the verifier in one process, the seed examples applied; prints what was
-//! minted (masked) and a ready-to-paste `curl`, and runs until Ctrl-C.
+//! minted (masked) and a ready-to-paste `curl`, and runs until Ctrl-C. The verifier serves the
+//! usage API behind the emulator's aggregator, as the chart installs it with `usage.enabled`, so
+//! `keysmith usage` works against dev as against a cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,10 +18,13 @@ use crate::components;
 use crate::controller;
 use crate::devcluster;
 use crate::telemetry::{self, LogFormat, Shutdown};
+use crate::verifier::{self, usage_api::UsageSettings};
 
 mod kubeconfig;
+mod usage_tls;
 
 use kubeconfig::DevKubeconfig;
+use usage_tls::UsageTls;
 
 /// Arguments of `keysmith dev`.
 #[derive(Args, Debug)]
@@ -64,6 +69,9 @@ async fn serve(args: &DevArgs, kubeconfig: &mut DevKubeconfig) -> Result<(), Str
     // Every port first: a port in use fails the start before anything is written.
     let api = super::bind(args.listen, "the verification API").await?;
     let metrics = super::bind(args.metrics_listen, "metrics").await?;
+    // Any free port: only the emulated aggregator calls it, as a Service's endpoint.
+    let usage = super::bind(SocketAddr::from(([127, 0, 0, 1], 0)), "the usage API").await?;
+    let usage_endpoint = usage.local_addr().map_err(|e| e.to_string())?;
     // Print where they really listen: a port of 0 picks a free one.
     let listening = Listening {
         api: api.local_addr().unwrap_or(args.listen),
@@ -85,6 +93,13 @@ async fn serve(args: &DevArgs, kubeconfig: &mut DevKubeconfig) -> Result<(), Str
             args.api_port
         )
     })?;
+    // Before the verifier starts: it reads the aggregator's configuration once, at start.
+    let certificate = keysmith_emulator::serving_certificate(&[&devcluster::usage_api_host()])
+        .map_err(|e| format!("the usage API's certificate: {e}"))?;
+    let (_usage_tls, usage_files) = UsageTls::write(&certificate)?;
+    for object in devcluster::usage_api(&certificate.ca_pem, usage_endpoint) {
+        emu.apply_object(&object).map_err(|e| e.to_string())?;
+    }
     let clients = devcluster::ChartClients::of(&emu)
         .await
         .map_err(|e| e.to_string())?;
@@ -94,9 +109,22 @@ async fn serve(args: &DevArgs, kubeconfig: &mut DevKubeconfig) -> Result<(), Str
         controller::system_clock(),
         api,
         metrics,
+        Some(usage),
     );
+    let settings = verifier::Settings {
+        usage: UsageSettings {
+            tls: Some(usage_files),
+            replica: "keysmith-dev".into(),
+            ..UsageSettings::default()
+        },
+        ..verifier::Settings::default()
+    };
     let shutdown = Shutdown::on_signal();
-    let running = tokio::spawn(components::serve(components, shutdown.clone()));
+    let running = tokio::spawn(components::serve_with(
+        components,
+        settings,
+        shutdown.clone(),
+    ));
     // The emulated API server listens: kubectl may be pointed at it now.
     kubeconfig.write(&emu)?;
 
@@ -196,13 +224,14 @@ async fn print_summary(
             if held && sample.is_none() {
                 sample = Some((
                     namespace.clone(),
+                    key.name_any(),
                     secret_name.clone(),
                     slot.secret_key().to_owned(),
                 ));
             }
         }
     }
-    if let Some((namespace, secret, key)) = sample {
+    if let Some((namespace, apikey, secret, key)) = sample {
         // The token travels through a pipe and shell builtins (read, printf), never through a
         // command's arguments, where any local user could read it in the process list.
         println!("\nVerify a token (read from the Secret, never printed here):");
@@ -211,6 +240,10 @@ async fn print_summary(
             listen = listening.api,
             key = key.replace('.', "\\."),
         );
+        println!(
+            "\nWhat the verifier saw of the key (the usage API, through the emulated API server):"
+        );
+        println!("  keysmith usage {apikey} -n {namespace} --kubeconfig {kubeconfig}");
     }
     println!(
         "\nMetrics: http://{}/metrics   Stop with Ctrl-C.",

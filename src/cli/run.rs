@@ -43,6 +43,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 api: super::bind(args.api.listen, "the verification API").await?,
                 trusted_proxies,
                 tenancy,
+                usage: super::bind_usage(args.api.usage_listen).await?,
             }),
             scope: args.scope.scope(),
             metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,

@@ -64,6 +64,7 @@ impl Dev {
             clock,
             api,
             metrics,
+            None,
         );
         components::preflight(&components)
             .await

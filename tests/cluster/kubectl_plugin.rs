@@ -91,6 +91,7 @@ async fn kubectl_keysmith_status_and_rotate() {
         system_clock(),
         api,
         metrics,
+        None,
     );
     let (stop, shutdown) = Shutdown::new();
     let running = tokio::spawn(components::serve(components, shutdown));

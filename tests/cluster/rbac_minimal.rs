@@ -54,6 +54,7 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
         controller::system_clock(),
         api,
         metrics,
+        None,
     );
     components::preflight(&components)
         .await

@@ -1,10 +1,11 @@
 //! Per-key usage through Kubernetes API aggregation, on the real API server only (the emulator
-//! has no aggregator): two verifier replicas serve the usage API on this machine's non-loopback
-//! address, published as two EndpointSlices (and the Endpoints the aggregator routes by) of one
-//! Service, behind the chart's own APIService, certificate and RBAC. A namespace developer with
-//! only the built-in `edit` role reads a key's usage with `keysmith usage` and `kubectl get --raw`
-//! and sees both replicas' requests; a user without the permission, or one of another namespace,
-//! gets a clear 403.
+//! has no built-in `edit` role for the chart to aggregate its reader into; its aggregator serves
+//! the usage API in `tests/shipped/dev_command.rs`): two verifier replicas serve the usage API on
+//! this machine's non-loopback address, published as two EndpointSlices (and the Endpoints the
+//! aggregator routes by) of one Service, behind the chart's own APIService, certificate and RBAC.
+//! A namespace developer with only the built-in `edit` role reads a key's usage with `keysmith
+//! usage` and `kubectl get --raw` and sees both replicas' requests; a user without the
+//! permission, or one of another namespace, gets a clear 403.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -96,15 +97,17 @@ async fn start_replica(cluster: &Cluster, usage: SocketAddr, settings: UsageSett
             api,
             trusted_proxies: vec![],
             tenancy: Tenancy::parse(NS, &[]).unwrap(),
+            usage: Some(
+                TcpListener::bind(usage)
+                    .await
+                    .expect("the usage port is free"),
+            ),
         }),
         scope: Scope::default(),
         metrics: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let settings = keysmith::verifier::Settings {
-        usage: UsageSettings {
-            listen: Some(usage),
-            ..settings
-        },
+        usage: settings,
         ..Default::default()
     };
     let (stop, stopped) = Shutdown::new();
@@ -191,7 +194,7 @@ fn edit_binding(user: &str, namespace: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_owners_read_usage_from_every_replica_through_the_aggregator() {
     if !real() {
-        println!("skipped on the emulator: it has no API aggregation");
+        println!("skipped on the emulator: it has no built-in edit role to aggregate into");
         return;
     }
     let cluster = cluster().await;

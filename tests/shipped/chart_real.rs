@@ -376,6 +376,7 @@ async fn verifier_part(
         trusted_proxies: Vec::new(),
         // What is checked here is the chart's RBAC, in whichever namespace the keys are.
         tenancy: keysmith::verifier::tenancy::Tenancy::any(),
+        usage: None,
     }
 }
 

@@ -251,6 +251,87 @@ fn keysmith_dev_serves_the_examples_to_kubectl_and_curl_and_stops_cleanly() {
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["code"], "VALID", "{answer}");
 
+    // `keysmith usage` as the summary prints it: the verifier's usage API, reached through the
+    // emulated API server's aggregator, counts the requests made since.
+    let printed = summary
+        .split_once(
+            "What the verifier saw of the key (the usage API, through the emulated API server):\n",
+        )
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(command, _)| command.trim().to_owned())
+        .expect("the usage command in the summary");
+    assert_eq!(
+        printed,
+        format!(
+            "keysmith usage acme-cms -n default --kubeconfig {}",
+            kubeconfig.display()
+        )
+    );
+    let usage_args: Vec<&str> = printed.split_whitespace().skip(1).collect();
+    let usage = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+            .args(&usage_args)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keysmith usage: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let count = |usage: &Value, code: &str| {
+        usage["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["token"] == "management")
+            .map_or(0, |t| t["lastHour"][code].as_u64().unwrap_or(0))
+    };
+    let before: Value = serde_json::from_str(&usage(&["-o", "json"])).unwrap();
+    for _ in 0..2 {
+        let answer = verify(listen, &json!({"token": token, "action": "content_read"}));
+        assert_eq!(answer["code"], "VALID", "{answer}");
+    }
+    let answer = verify(listen, &json!({"token": token, "action": "users_delete"}));
+    assert_eq!(answer["code"], "FORBIDDEN", "{answer}");
+    let after: Value = serde_json::from_str(&usage(&["-o", "json"])).unwrap();
+    let (valid, forbidden) = (count(&after, "VALID"), count(&after, "FORBIDDEN"));
+    assert_eq!(valid, count(&before, "VALID") + 2, "{after}");
+    assert_eq!(forbidden, count(&before, "FORBIDDEN") + 1, "{after}");
+    assert_eq!(
+        after["replicas"],
+        json!([{"name": "keysmith-dev", "answered": true}])
+    );
+    assert!(!after.to_string().contains(&token), "no token in usage");
+    let table = usage(&[]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("management "))
+        .unwrap_or_else(|| panic!("a row for the management token in\n{table}"));
+    assert!(
+        row.contains(&format!("FORBIDDEN={forbidden},VALID={valid}")),
+        "{table}"
+    );
+    assert!(table.contains("users_delete"), "{table}");
+
+    // The emulated API server authorizes first, as a real one does: a user without `get` on
+    // apikeyusages is refused before the verifier hears of it.
+    let mut as_nobody: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    as_nobody["users"][0]["user"]["as"] = json!("nobody");
+    let nobody = dir.path().join("nobody");
+    std::fs::write(&nobody, as_nobody.to_string()).unwrap();
+    let denied = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args(["usage", "acme-cms", "-n", "default", "--kubeconfig"])
+        .arg(&nobody)
+        .output()
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&denied.stderr);
+    assert!(!denied.status.success(), "{denied:?}");
+    assert!(
+        refusal.contains("`get` on apikeyusages.usage.keysmith.dev")
+            && refusal.contains("User \"nobody\" cannot get resource \"apikeyusages\""),
+        "{refusal}"
+    );
+
     // The kubeconfig holds a fresh admin token and only its owner can read it; a token that
     // merely names an identity is refused.
     let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode();

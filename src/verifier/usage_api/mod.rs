@@ -14,7 +14,6 @@ pub mod object;
 pub mod peers;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +50,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct UsageSettings {
     /// Most tokens whose activity is kept (`--usage-max-tokens`).
     pub max_tokens: usize,
-    /// Where the usage API listens (`--usage-listen`); none: not served.
-    pub listen: Option<SocketAddr>,
     /// Its certificate (`--usage-tls-cert-file`, `--usage-tls-key-file`).
     pub tls: Option<TlsFiles>,
     /// This replica's name in answers (`--usage-replica-name`, the pod name).
@@ -65,7 +62,6 @@ impl Default for UsageSettings {
     fn default() -> Self {
         UsageSettings {
             max_tokens: DEFAULT_MAX_TOKENS,
-            listen: None,
             tls: None,
             replica: String::new(),
             peers: None,

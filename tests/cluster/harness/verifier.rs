@@ -91,6 +91,7 @@ pub async fn start_listening(
             api,
             trusted_proxies: client_ip::parse_trusted(&trusted).unwrap(),
             tenancy,
+            usage: None,
         }),
         scope: Scope::default(),
         metrics: probes,
