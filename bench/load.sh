@@ -86,7 +86,7 @@ run() { # name server-pid url [wrk args...]
     shift 3
     local before
     before=$(cpu_ticks "$server")
-    "${PIN_CLIENT[@]}" wrk -t$THREADS -c$CONNECTIONS -d"$DURATION" --latency "$@" "$url" >"$WORK/$name.wrk"
+    "${PIN_CLIENT[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$WORK/$name.wrk"
     echo $(($(cpu_ticks "$server") - before)) >"$WORK/$name.ticks"
 }
 rps() { awk '/^Requests\/sec:/ {print $2}' "$WORK/$1.wrk"; }

@@ -54,7 +54,7 @@ KUBECONFIG="$WORK/kubeconfig" "$KEYSMITH" verifier \
     --listen 127.0.0.1:$API_PORT --metrics-listen 127.0.0.1:$METRICS_PORT \
     --log-format json "$@" 2>"$WORK/verifier.log" >/dev/null &
 VERIFIER=$!
-PIDS+=($VERIFIER)
+PIDS+=("$VERIFIER")
 until curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/readyz" 2>/dev/null; do
     if ! kill -0 "$VERIFIER" 2>/dev/null; then cat "$WORK/verifier.log"; exit 1; fi
     sleep 0.05

@@ -223,6 +223,19 @@ fn normalize(value: Value) -> Value {
                             list.sort_by_key(Value::to_string);
                         }
                         causes
+                    } else if k == "managedFields" {
+                        // The real server orders entries by operation, then by their time in
+                        // whole seconds, then manager, apiVersion and subresource: two writes
+                        // that straddle a second boundary swap places. With times masked, the
+                        // order is compared without its time part.
+                        let mut entries = normalize(v);
+                        if let Some(list) = entries.as_array_mut() {
+                            list.sort_by_key(|e| {
+                                ["operation", "manager", "apiVersion", "subresource"]
+                                    .map(|f| e[f].as_str().unwrap_or_default().to_owned())
+                            });
+                        }
+                        entries
                     } else {
                         normalize(v)
                     };
