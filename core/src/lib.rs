@@ -3,7 +3,8 @@
 //! [`api`] holds the `ApiKey` types (and the labels and annotations Keysmith reads and writes),
 //! [`crd`] the CustomResourceDefinition generated from them, [`token`] the token format,
 //! [`duration`] and [`schedule`] the time parsing, [`grants`] the permission evaluator and
-//! [`validation`] every rule a spec must satisfy. [`planner`] is the reconcile decision of the
+//! [`validation`] every rule a spec must satisfy, [`served`] the policy a key serves when an edit
+//! is rejected. [`planner`] is the reconcile decision of the
 //! controller and [`verifier`] the verification decision with its token index.
 //!
 //! This crate depends on no async runtime, HTTP stack or Kubernetes client (a test,
@@ -19,6 +20,7 @@ pub mod duration;
 pub mod grants;
 pub mod planner;
 pub mod schedule;
+pub mod served;
 pub mod token;
 pub mod validation;
 pub mod verifier;

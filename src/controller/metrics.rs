@@ -325,6 +325,7 @@ mod tests {
             rotate_annotation: None,
             rotate_slot_annotation: None,
             previous: None,
+            earlier: Vec::new(),
             last_used_at: None,
         }
     }

@@ -173,6 +173,8 @@ mod tests {
             key: std::sync::Arc::new(info),
             slot: 0,
             status_position: 0,
+            replaced: None,
+            hash: keysmith_core::verifier::index::TokenHash::of("test"),
             id: "ks_abcdef".into(),
             expires_at: None,
             usage: Default::default(),

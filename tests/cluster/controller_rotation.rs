@@ -128,14 +128,14 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
         })
         .await;
     h.settle().await;
-    // One status apply ends the overlap: server-side apply removes the whole `previous` object.
+    // One status write ends the overlap: status is replaced whole, without `previous`.
     let writes: Vec<String> = h
         .controller_writes()
         .iter()
         .map(|e| format!("{} {} {}", e.verb, e.resource, e.subresource))
         .collect();
     println!("API writes per overlap end: {} ({writes:?})", writes.len());
-    assert_eq!(writes, ["patch apikeys status"]);
+    assert_eq!(writes, ["update apikeys status"]);
     assert!(
         token(&key, "delivery").get("previous").is_none(),
         "no empty previous left behind: {}",

@@ -1,13 +1,18 @@
-//! The Events a plan publishes on the ApiKey: one per kind of token change, and a warning when
-//! `Expiring` or `Expired` turns true.
+//! The Events a plan publishes on the ApiKey: one per kind of token change, a warning when a
+//! rotation ends a replaced token's window early, and a warning when `Expiring` or `Expired`
+//! turns true.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use crate::api::MAX_EARLIER;
 use crate::validation::ValidSlot;
 
 use super::Planner;
 use super::conditions::{self, EXPIRED, EXPIRING};
 use super::slot::{SlotAction, SlotOutcome};
+
+/// Reason of the Warning event when a rotation ends a replaced token's window early.
+pub const OVERLAP_CUT: &str = "OverlapCut";
 
 /// The type of a Kubernetes Event; the shell maps it to its client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,28 @@ impl Planner<'_> {
         }
         if !rotated.is_empty() {
             events.push(event("Rotated", rotated));
+        }
+        let cut: Vec<String> = outcomes
+            .iter()
+            .flat_map(|(slot, o)| {
+                o.cut.iter().map(move |p| {
+                    format!(
+                        "slot {}: token {} stopped verifying now instead of at {}",
+                        slot.name, p.id, p.valid_until.0
+                    )
+                })
+            })
+            .collect();
+        if !cut.is_empty() {
+            events.push(PlannedEvent {
+                type_: EventKind::Warning,
+                reason: OVERLAP_CUT,
+                note: format!(
+                    "{}: a slot keeps at most {} replaced tokens in their overlap windows, and another rotation came first",
+                    cut.join("; "),
+                    1 + MAX_EARLIER
+                ),
+            });
         }
         events
     }

@@ -25,7 +25,7 @@ mod requeue;
 mod secret;
 mod slot;
 
-pub use events::{EventKind, PlannedEvent};
+pub use events::{EventKind, OVERLAP_CUT, PlannedEvent};
 pub use restart::Restart;
 pub use secret::{DesiredSecret, Revocation, revocation};
 pub use slot::{MintReason, RotateReason, SlotAction};
@@ -37,6 +37,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{ApiKey, ApiKeyStatus, TokenStatus};
+use crate::served;
 use crate::token::{GenerateError, Token};
 use crate::validation::{ValidSlot, ValidSpec, validate};
 use conditions::{Desired, READY, reason};
@@ -115,7 +116,7 @@ fn blocked(
     requeue_after: Option<Duration>,
 ) -> Plan {
     let generation = key.metadata.generation;
-    let mut desired = strip_usage(observed);
+    let mut desired = observed.clone();
     desired.observed_generation = generation;
     let mut merged = conditions::merge(
         &observed.conditions,
@@ -143,7 +144,7 @@ fn blocked(
         Vec::new()
     };
     Plan {
-        status: (desired != strip_usage(observed)).then_some(desired),
+        status: (desired != *observed).then_some(desired),
         secret: None,
         restarts: Vec::new(),
         events,
@@ -151,16 +152,6 @@ fn blocked(
         slots: Vec::new(),
         rotations: Vec::new(),
     }
-}
-
-/// The observed status without what the verifier owns (`lastUsedAt`), which the controller
-/// neither writes nor compares.
-fn strip_usage(status: &ApiKeyStatus) -> ApiKeyStatus {
-    let mut status = status.clone();
-    for token in &mut status.tokens {
-        token.last_used_at = None;
-    }
-    status
 }
 
 /// State of one planning pass over a valid key.
@@ -246,6 +237,8 @@ impl<'a> Planner<'a> {
             expires_at: self.earliest_expiry(&tokens).map(Time),
             tokens,
             required_headers: headers.hashes.clone(),
+            served_generation: generation,
+            served_policy: Some(served::policy_of(&self.key.spec)),
         };
 
         let mut events = self.slot_events(&outcomes);
@@ -254,9 +247,8 @@ impl<'a> Planner<'a> {
         if !headers::referenced(&self.key.spec).is_empty() {
             requeue_after = requeue_after.min(HEADER_RECHECK);
         }
-        let observed = strip_usage(self.observed);
         Ok(Plan {
-            status: (desired != observed).then_some(desired),
+            status: (desired != *self.observed).then_some(desired),
             secret,
             restarts,
             events,

@@ -15,7 +15,7 @@ use super::requeue::{MAX_REQUEUE, MIN_REQUEUE};
 use super::timing::between;
 use super::*;
 use crate::api::{
-    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, MANAGED_BY_LABEL, RESTART_ON_ANNOTATION,
+    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, MANAGED_BY_LABEL, MAX_EARLIER, RESTART_ON_ANNOTATION,
     ROTATE_ANNOTATION, TOKEN_IDS_ANNOTATION,
 };
 use crate::token::sha256_hex;
@@ -754,23 +754,109 @@ fn disabled_suspends_rotation() {
 }
 
 #[test]
-fn last_used_at_from_the_verifier_is_neither_written_nor_compared() {
+fn last_used_at_stays_with_the_token_it_was_written_for() {
     let mut w = World::new(two_slots());
     w.step();
-    w.key.status.as_mut().unwrap().tokens[0].last_used_at = Some(Time(t0()));
-    assert!(w.plan().is_quiet());
+    let used = Time(t0());
+    w.key.status.as_mut().unwrap().tokens[0].last_used_at = Some(used.clone());
+    assert!(w.plan().is_quiet(), "the verifier's write needs no answer");
     w.key.spec.rotation = Some(crate::api::Rotation {
         trigger: Some("t".into()),
         ..Default::default()
     });
-    let p = w.plan();
-    assert!(
-        p.status
-            .unwrap()
-            .tokens
-            .iter()
-            .all(|t| t.last_used_at.is_none())
+    w.step();
+    let token = w.token("delivery");
+    assert_eq!(token.last_used_at, None, "the new token was never used");
+    assert_eq!(token.previous.as_ref().unwrap().last_used_at, Some(used));
+}
+
+fn rotate_by_annotation(w: &mut World, value: &str) -> Plan {
+    w.annotate(ROTATE_ANNOTATION, value);
+    w.step()
+}
+
+#[test]
+fn a_second_rotation_inside_the_overlap_keeps_the_first_replaced_tokens_window() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "1h"}}));
+    w.step();
+    let first = w.token("a").clone();
+    w.advance(SignedDuration::from_mins(1));
+    rotate_by_annotation(&mut w, "1");
+    let second = w.token("a").clone();
+    let first_until = w.now.checked_add(hours(1)).unwrap();
+    w.advance(SignedDuration::from_mins(1));
+    let p = rotate_by_annotation(&mut w, "2");
+    let a = w.token("a").clone();
+    assert_eq!(a.previous.as_ref().unwrap().sha256, second.sha256);
+    assert_eq!(a.earlier.len(), 1);
+    assert_eq!(a.earlier[0].sha256, first.sha256);
+    assert_eq!(
+        a.earlier[0].valid_until.0, first_until,
+        "its own promise stands"
     );
+    assert!(p.events.iter().all(|e| e.reason != OVERLAP_CUT));
+    assert!(w.step().is_quiet());
+
+    // Each window ends on its own: the first one a minute before the second.
+    w.now = first_until;
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::DropPrevious);
+    let a = w.token("a");
+    assert_eq!(a.previous.as_ref().unwrap().sha256, second.sha256);
+    assert!(a.earlier.is_empty());
+    w.advance(SignedDuration::from_mins(1));
+    w.step();
+    assert!(w.token("a").previous.is_none());
+}
+
+#[test]
+fn a_shorter_overlap_later_leaves_an_older_window_as_previous() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "2h"}}));
+    w.step();
+    let first = w.token("a").clone();
+    rotate_by_annotation(&mut w, "1");
+    w.key.spec.rotation.as_mut().unwrap().overlap = Some("5m".into());
+    w.advance(SignedDuration::from_mins(1));
+    rotate_by_annotation(&mut w, "2");
+    w.advance(SignedDuration::from_mins(10));
+    w.step();
+    let a = w.token("a");
+    assert_eq!(a.previous.as_ref().unwrap().sha256, first.sha256);
+    assert!(a.earlier.is_empty());
+}
+
+#[test]
+fn rotations_past_the_bound_end_the_oldest_window_with_a_warning() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "1h"}}));
+    w.step();
+    let mut replaced = vec![w.token("a").clone()];
+    for n in 1..=MAX_EARLIER + 1 {
+        w.advance(SignedDuration::from_mins(1));
+        let p = rotate_by_annotation(&mut w, &n.to_string());
+        assert!(p.events.iter().all(|e| e.reason != OVERLAP_CUT), "{n}");
+        replaced.push(w.token("a").clone());
+    }
+    assert_eq!(w.token("a").earlier.len(), MAX_EARLIER);
+    w.advance(SignedDuration::from_mins(1));
+    let p = rotate_by_annotation(&mut w, "last");
+    let a = w.token("a").clone();
+    let kept: Vec<&str> = a
+        .previous
+        .iter()
+        .chain(&a.earlier)
+        .map(|p| p.sha256.as_str())
+        .collect();
+    let newest: Vec<&str> = replaced[1..]
+        .iter()
+        .rev()
+        .map(|t| t.sha256.as_str())
+        .collect();
+    assert_eq!(kept, newest, "newest first, the oldest one cut");
+    let cut = p.events.iter().find(|e| e.reason == OVERLAP_CUT).unwrap();
+    assert_eq!(cut.type_, EventKind::Warning);
+    assert!(cut.note.contains(&replaced[0].id), "{}", cut.note);
+    assert!(!cut.note.contains(&replaced[1].id), "{}", cut.note);
+    assert!(w.step().is_quiet());
 }
 
 #[test]
