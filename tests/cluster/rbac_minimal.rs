@@ -1,8 +1,8 @@
 //! The chart's RBAC is sufficient and minimal: the controller and the verifier run as their
 //! ServiceAccounts under exactly the rules in `charts/keysmith/files/`, through a scenario that
 //! uses every feature (mint, rotation with restarts of every workload kind, an Argo Rollout
-//! among them, and a missing target, required headers from a Secret, usage write-back,
-//! revocation, leader election). No request is denied, and every verb on every resource the
+//! among them, and a missing target, required headers from a Secret, usage write-back, a failed
+//! write reported in status, revocation, leader election). No request is denied, and every verb on every resource the
 //! rules grant is used, so removing any one of them fails this test (or, for a verb the code
 //! stops needing, makes the test ask for its removal). On the real backend the witness is the API server's audit log and the judge
 //! its RBAC authorizer, with real ServiceAccount tokens.
@@ -96,6 +96,27 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
             .get("keysmith.dev/v1alpha1", "ApiKey", "default", "everything")
             .await?;
         key["status"]["tokens"][0]["lastUsedAt"].as_str().map(drop)
+    })
+    .await;
+
+    // A write that fails: the condition `Ready=False ApiError` is applied on its own (a patch).
+    cluster
+        .apply_yaml(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: taken, namespace: default}\n---\n\
+             apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: blocked, namespace: default}\n\
+             spec: {tokens: [{name: api}], publish: [{envoyGateway: {secretName: taken}}]}\n",
+        )
+        .await
+        .expect("a key publishing over a foreign Secret");
+    eventually("Ready=False ApiError", || async {
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", "default", "blocked")
+            .await?;
+        key["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["reason"] == "ApiError")
+            .then_some(())
     })
     .await;
 

@@ -723,7 +723,13 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         "observedGeneration": 1,
         "secretName": KEY,
         "tokens": [{"name": "api", "id": "all_AAAAAA", "sha256": hash("the real token"),
-            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z"}],
+            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z",
+            "previous": {"id": "all_DDDDDD", "sha256": hash("replaced"),
+                "validUntil": "2026-11-24T00:00:00Z"},
+            "earlier": [{"id": "all_EEEEEE", "sha256": hash("replaced before"),
+                "validUntil": "2026-11-24T00:00:00Z"}]}],
+        "servedGeneration": 1,
+        "servedPolicy": {"tokens": [{"name": "api"}]},
         "requiredHeaders": [{"name": "X-Client-Secret",
             "secretKeyRef": {"name": "client-secret", "key": "value"}, "sha256": hash("s3cret")}],
     }});
@@ -732,14 +738,26 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         .await
         .expect("the administrator writes status");
 
-    // The verifier's own write: lastUsedAt, as the usage write-back sends it.
+    // The verifier's own write: lastUsedAt of each token, as the usage write-back sends it.
     let verifier_keys = Api::<ApiKey>::namespaced(client_of(&cluster, verifier_sa).await, APPS);
     let as_verifier = PatchParams {
         field_manager: Some(keysmith::verifier::usage::FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
     let used_at: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
-    let usage = keysmith::verifier::usage::usage_patch(&[((0, "api".to_owned()), used_at)].into());
+    let entry = |replaced, token| keysmith::verifier::usage::StatusEntry {
+        position: 0,
+        replaced,
+        sha256: hash(token),
+    };
+    let usage = keysmith::verifier::usage::usage_patch(
+        &[
+            (entry(None, "the real token"), used_at),
+            (entry(Some(0), "replaced"), used_at),
+            (entry(Some(1), "replaced before"), used_at),
+        ]
+        .into(),
+    );
     verifier_keys
         .patch_status(KEY, &as_verifier, &Patch::Json::<()>(usage))
         .await
@@ -788,8 +806,16 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("forged")}]),
         json!([{"op": "add", "path": "/status/tokens/-", "value": {"name": "extra",
             "id": "all_BBBBBB", "sha256": hash("forged"), "issuedAt": "2026-11-01T00:00:00Z"}}]),
-        json!([{"op": "add", "path": "/status/tokens/0/previous", "value": {"id": "all_CCCCCC",
+        json!([{"op": "replace", "path": "/status/tokens/0/previous", "value": {"id": "all_CCCCCC",
             "sha256": hash("forged"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/previous/validUntil",
+            "value": "2030-01-01T00:00:00Z"}]),
+        json!([{"op": "add", "path": "/status/tokens/0/earlier/-", "value": {"id": "all_CCCCCC",
+            "sha256": hash("forged"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/earlier/0/sha256", "value": hash("forged")}]),
+        json!([{"op": "add", "path": "/status/servedPolicy/grants", "value": [{"effect": "allow",
+            "actions": ["*"]}]}]),
+        json!([{"op": "replace", "path": "/status/servedGeneration", "value": 9}]),
         json!([{"op": "remove", "path": "/status/tokens/0/expiresAt"}]),
         json!([{"op": "replace", "path": "/status/requiredHeaders/0/sha256", "value": hash("mine")}]),
         json!([{"op": "remove", "path": "/status/requiredHeaders"}]),
@@ -813,6 +839,15 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
     let stored = serde_json::to_value(stored.status).expect("JSON");
     assert_eq!(stored["tokens"][0]["sha256"], hash("the real token"));
     assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(
+        stored["tokens"][0]["previous"]["lastUsedAt"],
+        "2026-11-23T10:00:00Z"
+    );
+    assert_eq!(
+        stored["tokens"][0]["earlier"][0]["lastUsedAt"],
+        "2026-11-23T10:00:00Z"
+    );
+    assert_eq!(stored["tokens"][0]["previous"]["sha256"], hash("replaced"));
     assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
     assert_eq!(stored["requiredHeaders"][0]["sha256"], hash("s3cret"));
 }
