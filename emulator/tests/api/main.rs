@@ -9,6 +9,7 @@ mod aggregation;
 mod faults;
 mod kinds;
 mod kubectl;
+mod limits;
 mod rbac;
 mod rest;
 mod scale;

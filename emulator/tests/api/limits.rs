@@ -1,0 +1,170 @@
+//! What a real kube-apiserver (v1.37) refuses and the emulator once accepted, with the answers
+//! measured there (issue 26): OpenAPI formats of Keysmith's CRD (`date-time`, `int32`).
+
+use keysmith_emulator::{Config, Emulator};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::core::Status;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const CRD: &str = include_str!("../../../crds/apikeys.keysmith.dev.yaml");
+const NOT_CHECKED: &str = "Invalid value: null: some validation rules were not checked because \
+                           the object was invalid; correct the existing errors to complete validation";
+
+async fn apikeys() -> (Emulator, Api<DynamicObject>) {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    emu.apply_yaml(CRD).unwrap();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keysmith.dev", "v1alpha1", "ApiKey"),
+        "apikeys",
+    );
+    let client: Client = emu.client().await.unwrap();
+    (emu, Api::namespaced_with(client, "default", &ar))
+}
+
+fn apikey(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn api_error(result: kube::Result<DynamicObject>) -> Status {
+    match result {
+        Err(kube::Error::Api(s)) => *s,
+        Err(e) => panic!("expected an API error, got {e}"),
+        Ok(o) => panic!("expected an API error, got {:?} stored", o.metadata.name),
+    }
+}
+
+/// The causes of a 422, as (reason, field, message).
+fn causes(status: &Status) -> Vec<(String, String, String)> {
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    let details = status.details.as_ref().expect("details");
+    details
+        .causes
+        .iter()
+        .map(|c| (c.reason.clone(), c.field.clone(), c.message.clone()))
+        .collect()
+}
+
+fn cause(reason: &str, field: &str, message: &str) -> (String, String, String) {
+    (reason.into(), field.into(), message.into())
+}
+
+#[tokio::test]
+async fn date_time_and_integer_formats_are_checked_as_on_a_real_server() {
+    let (_emu, api) = apikeys().await;
+    let create = |spec: Value| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &apikey("k", spec)).await }
+    };
+    let slot = json!([{"name": "primary"}]);
+
+    let err = api_error(create(json!({"tokens": slot, "expiresAt": "next tuesday"})).await);
+    assert_eq!(
+        causes(&err),
+        [
+            cause(
+                "FieldValueTypeInvalid",
+                "spec.expiresAt",
+                "Invalid value: \"next tuesday\": spec.expiresAt in body must be of type date-time: \"next tuesday\""
+            ),
+            cause("FieldValueInvalid", "<nil>", NOT_CHECKED),
+        ]
+    );
+
+    // strfmt's date-time, as the real server answered each of these.
+    let accepted = [
+        "2024-01-01T10:00:00Z",
+        "2024-01-01t10:00:00z",
+        "2024-02-29T10:00:00Z",
+        "2024-01-01T10:00:00.5+01:00",
+        "2024-01-01T10:00:00x5Z",
+        "2024-01-01T10:00:00+99:99",
+        "2024-01-01T10:00:00ZT10",
+    ];
+    let rejected = [
+        "2024-01-01T10:00:00",
+        "2024-01-01 10:00:00Z",
+        "2024-02-30T10:00:00Z",
+        "2023-02-29T10:00:00Z",
+        "2024-01-01T25:00:00Z",
+        "2024-01-01T23:59:60Z",
+        "2024-01-01T10:00:00+0100",
+        "2024-01-01T10:00Z",
+        "2024-01-01",
+        "2024-1-01T10:00:00Z",
+        "2024-01-01T10:00:00.Z",
+        "2024-01-01TT10:00:00Z",
+        "",
+    ];
+    for at in accepted {
+        let spec = json!({"tokens": slot, "expiresAt": at});
+        let stored = api
+            .create(&PostParams::default(), &apikey("ok", spec))
+            .await
+            .unwrap_or_else(|e| panic!("{at:?} is a date-time: {e}"));
+        assert_eq!(stored.data["spec"]["expiresAt"], at);
+        api.delete("ok", &Default::default()).await.unwrap();
+    }
+    for at in rejected {
+        let err = api_error(create(json!({"tokens": slot, "expiresAt": at})).await);
+        assert_eq!(causes(&err)[0].0, "FieldValueTypeInvalid", "{at:?}");
+    }
+
+    // A value of another type is named by its Go type, against the format.
+    let err = api_error(create(json!({"tokens": slot, "expiresAt": 5})).await);
+    assert_eq!(
+        causes(&err)[0].2,
+        "Invalid value: \"int64\": spec.expiresAt in body must be of type date-time: \"int64\""
+    );
+    let err = api_error(create(json!({"tokens": slot, "description": 5})).await);
+    assert_eq!(
+        causes(&err),
+        [
+            cause(
+                "FieldValueTypeInvalid",
+                "spec.description",
+                "Invalid value: \"integer\": spec.description in body must be of type string: \"integer\""
+            ),
+            cause("FieldValueInvalid", "<nil>", NOT_CHECKED),
+        ]
+    );
+
+    // int32: out of range is reported without a field path, beside the range check.
+    let checked = cause(
+        "FieldValueInvalid",
+        "<nil>",
+        "Invalid value: \"\": Checked value must be of type integer with format int32 in spec.tokens[0].bytes",
+    );
+    let err =
+        api_error(create(json!({"tokens": [{"name": "p", "bytes": 3_000_000_000u64}]})).await);
+    assert_eq!(
+        causes(&err),
+        [
+            checked.clone(),
+            cause(
+                "FieldValueInvalid",
+                "spec.tokens[0].bytes",
+                "Invalid value: 3000000000: spec.tokens[0].bytes in body should be less than or equal to 64.0"
+            ),
+        ]
+    );
+    let err = api_error(create(json!({"tokens": [{"name": "p", "bytes": 32.5}]})).await);
+    assert_eq!(
+        causes(&err),
+        [
+            cause(
+                "FieldValueTypeInvalid",
+                "spec.tokens[0].bytes",
+                "Invalid value: \"float64\": spec.tokens[0].bytes in body must be of type int32: \"float64\""
+            ),
+            checked,
+            cause("FieldValueInvalid", "<nil>", NOT_CHECKED),
+        ]
+    );
+    let whole = create(json!({"tokens": [{"name": "p", "bytes": 32.0}]})).await;
+    assert!(whole.is_ok(), "a whole float is an integer: {whole:?}");
+}
