@@ -222,6 +222,15 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 413 for a request body over the API server's limit (`--max-request-body-bytes`).
+    pub fn request_entity_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+
     /// 415.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(

@@ -25,7 +25,8 @@ pub use negotiate::{Presentation, json_response};
 pub use resource::ResourceCall;
 use route::{Query, Route};
 
-/// Largest request body accepted (the API server's limit is 3 MiB per object).
+/// Largest request body read at all; a resource write over
+/// [`resource::MAX_OBJECT_BODY`] is refused with 413 after authorization, as by the real server.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The router serving every path.
@@ -101,7 +102,7 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
         None => ApiError::unauthorized().into_response(),
         Some(Err(e)) => ApiError::from(e).into_response(),
         Some(Ok(user)) => match axum::body::to_bytes(body, MAX_BODY).await {
-            Err(_) => ApiError::bad_request("request body too large or unreadable").into_response(),
+            Err(_) => ApiError::request_entity_too_large(resource::MAX_OBJECT_BODY).into_response(),
             Ok(body) => {
                 let call = Call {
                     server: &server,

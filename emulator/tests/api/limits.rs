@@ -1,8 +1,9 @@
 //! What a real kube-apiserver (v1.37) refuses and the emulator once accepted, with the answers
-//! measured there (issue 26): OpenAPI formats of Keysmith's CRD (`date-time`, `int32`).
+//! measured there (issue 26): OpenAPI formats of Keysmith's CRD (`date-time`, `int32`) and
+//! request bodies over 3 MiB.
 
 use keysmith_emulator::{Config, Emulator};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -167,4 +168,66 @@ async fn date_time_and_integer_formats_are_checked_as_on_a_real_server() {
     );
     let whole = create(json!({"tokens": [{"name": "p", "bytes": 32.0}]})).await;
     assert!(whole.is_ok(), "a whole float is an integer: {whole:?}");
+}
+
+/// A body of exactly `size` bytes as kube-rs sends it: an ApiKey padded with an unknown field
+/// (pruned, so only the body is big).
+fn padded_apikey(name: &str, size: usize) -> DynamicObject {
+    let mut key = apikey(name, json!({"tokens": [{"name": "p"}], "padding": ""}));
+    let bare = serde_json::to_vec(&key).unwrap().len();
+    key.data["spec"]["padding"] = json!("x".repeat(size - bare));
+    assert_eq!(serde_json::to_vec(&key).unwrap().len(), size);
+    key
+}
+
+#[tokio::test]
+async fn bodies_over_three_mib_are_refused_with_413() {
+    const LIMIT: usize = 3 * 1024 * 1024;
+    let (_emu, api) = apikeys().await;
+    api.create(&PostParams::default(), &padded_apikey("at-limit", LIMIT))
+        .await
+        .expect("exactly 3 MiB is accepted");
+    let too_large = |result: kube::Result<DynamicObject>| {
+        let status = api_error(result);
+        assert_eq!(
+            (
+                status.code,
+                status.reason.as_str(),
+                status.message.as_str(),
+                status.details.is_none()
+            ),
+            (
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 3145728",
+                true
+            )
+        );
+    };
+    too_large(
+        api.create(&PostParams::default(), &padded_apikey("over", LIMIT + 1))
+            .await,
+    );
+    too_large(
+        api.replace(
+            "at-limit",
+            &PostParams::default(),
+            &padded_apikey("at-limit", LIMIT + 1),
+        )
+        .await,
+    );
+    let patch = serde_json::to_value(padded_apikey("at-limit", LIMIT + 1)).unwrap();
+    too_large(
+        api.patch(
+            "at-limit",
+            &PatchParams::default(),
+            &Patch::Merge(patch.clone()),
+        )
+        .await,
+    );
+    // The body is read before the object is looked up.
+    too_large(
+        api.patch("missing", &PatchParams::default(), &Patch::Merge(patch))
+            .await,
+    );
 }
