@@ -161,12 +161,14 @@ pub fn admit(
 ) -> ApiResult<Vec<String>> {
     let mut warnings = Vec::new();
     let name = meta_str(obj, "name").to_string();
+    // Metadata is validated with the rest of the object: one 422 lists both.
+    let mut causes = metadata_causes(obj);
     if let Some(crd) = rt.crd.as_ref()
         && let (Some(schema), Some(rules)) = (&crd.schema, &crd.rules)
     {
         warnings.extend(prune_unknown_fields(rt, schema, obj, field_validation)?);
         *obj = schema::apply_defaults(schema, obj);
-        let mut causes = schema::validate(schema, obj);
+        causes.extend(schema::validate(schema, obj));
         if stops_cel(&causes) {
             if rules.any() {
                 causes.push(Cause::new(
@@ -179,9 +181,9 @@ pub fn admit(
         } else {
             warnings.extend(evaluate_rules(rt, rules, obj, old, &mut causes));
         }
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(&rt.group, &rt.kind, &name, causes));
-        }
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&rt.group, &rt.kind, &name, causes));
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "secrets") => fold_string_data(obj),
@@ -195,6 +197,29 @@ pub fn admit(
         _ => {}
     }
     Ok(warnings)
+}
+
+/// The API server's limit on all annotations of one object together (`TotalAnnotationSizeLimitB`).
+const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+
+/// What is wrong with an object's metadata: annotations whose keys and values together exceed
+/// 256 KiB in UTF-8 bytes (what `kubectl apply`'s last-applied-configuration of a big object
+/// runs into).
+fn metadata_causes(obj: &Value) -> Vec<Cause> {
+    let size: usize = obj["metadata"]["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if size <= ANNOTATIONS_LIMIT {
+        return Vec::new();
+    }
+    vec![Cause::new(
+        "FieldValueTooLong",
+        "metadata.annotations",
+        format!("Too long: may not be more than {ANNOTATIONS_LIMIT} bytes"),
+    )]
 }
 
 /// Drop the fields `schema` does not know, answering as `field_validation` asks: an error

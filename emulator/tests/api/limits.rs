@@ -1,6 +1,6 @@
 //! What a real kube-apiserver (v1.37) refuses and the emulator once accepted, with the answers
-//! measured there (issue 26): OpenAPI formats of Keysmith's CRD (`date-time`, `int32`) and
-//! request bodies over 3 MiB.
+//! measured there (issue 26): OpenAPI formats of Keysmith's CRD (`date-time`, `int32`),
+//! request bodies over 3 MiB, and annotations over 256 KiB.
 
 use keysmith_emulator::{Config, Emulator};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -230,4 +230,50 @@ async fn bodies_over_three_mib_are_refused_with_413() {
         api.patch("missing", &PatchParams::default(), &Patch::Merge(patch))
             .await,
     );
+}
+
+/// An ApiKey whose annotation keys and values total `bytes` in UTF-8, partly in `é` (2 bytes).
+fn annotated(bytes: usize) -> DynamicObject {
+    let mut key = apikey("annotated", json!({"tokens": [{"name": "p"}]}));
+    let value = "é".repeat(1000);
+    let fixed = "a.example/one".len() + value.len() + "c".len();
+    key.metadata.annotations = Some(
+        [
+            ("a.example/one".to_string(), value),
+            ("c".to_string(), "y".repeat(bytes - fixed)),
+        ]
+        .into(),
+    );
+    key
+}
+
+#[tokio::test]
+async fn annotations_over_256_kib_are_invalid() {
+    const LIMIT: usize = 256 * 1024;
+    let (_emu, api) = apikeys().await;
+    let err = api_error(
+        api.create(&PostParams::default(), &annotated(LIMIT + 1))
+            .await,
+    );
+    assert_eq!(
+        causes(&err),
+        [
+            cause(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                "Too long: may not be more than 262144 bytes"
+            ),
+            cause("FieldValueInvalid", "<nil>", NOT_CHECKED),
+        ]
+    );
+    api.create(&PostParams::default(), &annotated(LIMIT))
+        .await
+        .expect("exactly 256 KiB of keys and values is accepted");
+    // An update is held to the same limit.
+    let patch = json!({"metadata": {"annotations": {"d": "z"}}});
+    let err = api_error(
+        api.patch("annotated", &PatchParams::default(), &Patch::Merge(patch))
+            .await,
+    );
+    assert_eq!(causes(&err)[0].1, "metadata.annotations");
 }
