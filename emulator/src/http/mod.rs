@@ -145,6 +145,9 @@ async fn dispatch(call: &Call<'_>, route: Route) -> ApiResult<Response> {
             path: call.path.to_string(),
         },
     )?;
+    if matches!(route, Route::OpenApiV2) {
+        return Ok(openapi_v2(call.headers));
+    }
     let document = non_resource(call.server, route).ok_or_else(ApiError::no_route)?;
     Ok(json_response(StatusCode::OK, &document, &[]))
 }
@@ -185,6 +188,26 @@ async fn proxy(
     aggregator::proxy(call.server, forward).await
 }
 
+/// `/openapi/v2`, as protobuf when the client asks for it (kubectl does), else as JSON.
+fn openapi_v2(headers: &HeaderMap) -> Response {
+    const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains(PROTOBUF) {
+        // The real server answers with this type (`.v1.0`, not `@v1.0`).
+        let content_type = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            openapi::v2_protobuf(),
+        )
+            .into_response();
+    }
+    json_response(StatusCode::OK, &openapi::v2(), &[])
+}
+
 /// Discovery and OpenAPI documents; `None` when the path names none.
 fn non_resource(server: &Server, route: Route) -> Option<Value> {
     let st = server.state();
@@ -203,6 +226,6 @@ fn non_resource(server: &Server, route: Route) -> Option<Value> {
             ["apis", g, v] => openapi::group_version(&st.registry, g, v),
             _ => None,
         },
-        Route::Health | Route::NotFound | Route::Resource(_) => None,
+        Route::Health | Route::NotFound | Route::Resource(_) | Route::OpenApiV2 => None,
     }
 }
