@@ -181,6 +181,7 @@ pub fn admit(
         } else {
             warnings.extend(evaluate_rules(rt, rules, obj, old, &mut causes));
         }
+        whole_numbers_as_integers(obj);
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(&rt.group, &rt.kind, &name, causes));
@@ -220,6 +221,24 @@ fn metadata_causes(obj: &Value) -> Vec<Cause> {
         "metadata.annotations",
         format!("Too long: may not be more than {ANNOTATIONS_LIMIT} bytes"),
     )]
+}
+
+/// Store a whole float (`32.0`) as the integer a real server writes back (`32`): it keeps a
+/// custom object as Go decoded it, a float64, and Go prints whole floats without a fraction.
+fn whole_numbers_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            // Within ±2^63, so that the cast below is exact.
+            if let Some(f) = n.as_f64().filter(|f| {
+                !n.is_i64() && !n.is_u64() && f.trunc() == *f && f.abs() < 9.223_372_036_854_775e18
+            }) {
+                *v = json!(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(m) => m.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// Drop the fields `schema` does not know, answering as `field_validation` asks: an error
