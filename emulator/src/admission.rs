@@ -161,8 +161,16 @@ pub fn admit(
 ) -> ApiResult<Vec<String>> {
     let mut warnings = Vec::new();
     let name = meta_str(obj, "name").to_string();
-    // Metadata is validated with the rest of the object: one 422 lists both.
+    // Metadata is validated with the rest of the object: one 422 lists both. A real server
+    // validates a custom object's metadata three times on an update and lists each cause
+    // three times (naming it once in the message).
     let mut causes = metadata_causes(obj);
+    if rt.crd.is_some() && old.is_some() {
+        causes = causes
+            .into_iter()
+            .flat_map(|c| [c.clone(), c.clone(), c])
+            .collect();
+    }
     if let Some(crd) = rt.crd.as_ref()
         && let (Some(schema), Some(rules)) = (&crd.schema, &crd.rules)
     {
