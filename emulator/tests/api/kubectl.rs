@@ -195,6 +195,48 @@ async fn apply_get_describe_patch_delete_a_custom_resource() {
     );
 }
 
+/// kubectl validates the items of a `v1` `List` against the server's OpenAPI v2 document (no v3
+/// operation names that kind); a real server accepts the List that `kubectl get -o yaml` prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_a_v1_list_as_get_prints_it() {
+    let emu = emulator(Config::default()).await;
+    let k = Kubectl::new(&emu, &Identity::Admin);
+    k.ok(&["apply", "-f", &fixture("gadget.yaml")]).await;
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "listed",
+        "--from-literal=k=v",
+    ])
+    .await;
+    let printed = k.ok(&["get", "gadget,secret", "-o", "yaml"]).await;
+    assert!(printed.starts_with("apiVersion: v1\nitems:"), "{printed}");
+    assert!(printed.contains("\nkind: List\n"), "{printed}");
+    let changed = k.file(
+        "list.yaml",
+        &printed
+            .replace("size: 3", "size: 5")
+            .replace("\n  data:\n    k: dg==", "\n  data:\n    k: dw=="),
+    );
+    let out = k.ok(&["apply", "-f", path(&changed)]).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "gadget.example.com/sprocket configured",
+            "secret/listed configured"
+        ],
+    );
+    let size = k
+        .ok(&["get", "gadget", "sprocket", "-o", "jsonpath={.spec.size}"])
+        .await;
+    assert_eq!(size, "5");
+    let data = k
+        .ok(&["get", "secret", "listed", "-o", "jsonpath={.data.k}"])
+        .await;
+    assert_eq!(data, "dw==");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_with_conflicts() {
     let emu = emulator(Config::default()).await;
