@@ -101,22 +101,11 @@ async fn chart_rules_are_sufficient_and_every_granted_verb_is_used() {
 
     // A write that fails: the condition `Ready=False ApiError` is applied on its own (a patch).
     cluster
-        .apply_yaml(
-            "apiVersion: v1\nkind: Secret\nmetadata: {name: taken, namespace: default}\n---\n\
-             apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: blocked, namespace: default}\n\
-             spec: {tokens: [{name: api}], publish: [{envoyGateway: {secretName: taken}}]}\n",
-        )
+        .apply_yaml(&rbac::failing_key("default"))
         .await
         .expect("a key publishing over a foreign Secret");
-    eventually("Ready=False ApiError", || async {
-        let key = cluster
-            .get("keysmith.dev/v1alpha1", "ApiKey", "default", "blocked")
-            .await?;
-        key["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["reason"] == "ApiError")
-            .then_some(())
+    eventually("Ready=False ApiError", || {
+        rbac::failing_key_reported(&cluster, "default")
     })
     .await;
 

@@ -479,6 +479,16 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
     })
     .await;
 
+    // A write that fails: the condition `Ready=False ApiError` is applied on its own (a patch).
+    cluster
+        .apply_yaml(&rbac::failing_key(APPS))
+        .await
+        .expect("a key publishing over a foreign Secret");
+    eventually("Ready=False ApiError", || {
+        rbac::failing_key_reported(&cluster, APPS)
+    })
+    .await;
+
     // Deleting the key revokes it: the Secret goes, then the key once its finalizer is removed.
     Api::<ApiKey>::namespaced(cluster.client().await.expect("admin client"), APPS)
         .delete(KEY, &Default::default())

@@ -2093,8 +2093,24 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
         .expect("status fields")
         .keys();
     let token_fields = token.as_object().expect("token fields").keys();
+    // A replaced token's fields, but for its lastUsedAt, held one by one in `previous` and as
+    // a list in `earlier`.
+    let replaced: Vec<&String> = token["previous"]["properties"]
+        .as_object()
+        .expect("previous fields")
+        .keys()
+        .filter(|f| *f != "lastUsedAt")
+        .collect();
+    for field in &replaced {
+        let held = format!(".?previous.?{field} ==");
+        assert!(checks.contains(&held), "previous.{field} is not held");
+    }
+    let listed: Vec<String> = replaced.iter().map(|f| format!("e.{f}")).collect();
+    let held = format!(".?earlier.orValue([]).map(e, [{}]) ==", listed.join(", "));
+    assert!(checks.contains(&held), "earlier is not held: {held}");
+    let nested = ["tokens", "lastUsedAt", "previous", "earlier"];
     for field in fields.chain(token_fields) {
-        if field != "tokens" && field != "lastUsedAt" {
+        if !nested.contains(&field.as_str()) {
             let held = [format!(".{field} =="), format!(".?{field} ==")];
             assert!(
                 held.iter().any(|h| checks.contains(h)),
