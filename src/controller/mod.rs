@@ -1,6 +1,7 @@
-//! `keysmith controller`: the thin shell around [`crate::planner`] (SPEC 4). It reads the ApiKey
-//! and its Secret, asks the planner what to do, and applies the plan: status first, then the
-//! Secret (so every token in the Secret verifies), then restarts and events. Deletion revokes
+//! `keysmith controller`: the thin shell around [`crate::planner`] (SPEC 4). It observes once
+//! (the ApiKey, its Secret, the Secrets its required headers read, its published Secrets), asks
+//! the planner what to do, and applies the whole plan: status first, then the Secret (so every
+//! token in the Secret verifies), then restarts, the publication for gateways and events. Deletion revokes
 //! through the `keysmith.dev/revoke` finalizer.
 //!
 //! The controller watches ApiKeys (optionally one namespace, optionally a label selector) and the
@@ -448,13 +449,14 @@ impl Context {
                 "reading Secret {namespace}/{secret_name}"
             )))?;
         let header_secrets = self.header_secrets(&secrets, key).await?;
-        let plan = planner::plan(
+        let published = publish::observe(&secrets, &self.published, key).await?;
+        let observed = planner::Observed {
             key,
-            secret.as_ref(),
-            &header_secrets,
-            (self.clock)(),
-            &mut planner::mint_token,
-        )?;
+            secret: secret.as_ref(),
+            header_secrets: &header_secrets,
+            published: &published,
+        };
+        let plan = planner::plan(&observed, (self.clock)(), &mut planner::mint_token)?;
         for (slot, action) in &plan.slots {
             debug!(slot = %slot, action = %action, "slot decision");
         }
@@ -482,16 +484,8 @@ impl Context {
             written = self.write(key, &secrets, &plan).await;
         }
         if written.is_ok() {
-            written = publish::publish(
-                &self.client,
-                &secrets,
-                &self.published,
-                key,
-                &plan,
-                secret.as_ref(),
-                (self.clock)(),
-            )
-            .await;
+            let publication = plan.publication.clone();
+            written = publish::write(&self.client, &secrets, key, publication, &published).await;
         }
         if let Err(e) = written {
             // Best effort: the write failed, so this one may too; the retry repairs it anyway.

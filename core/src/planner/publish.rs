@@ -58,6 +58,30 @@ pub struct Publication {
     pub conflicts: Vec<String>,
 }
 
+impl Publication {
+    /// Whether it writes nothing.
+    pub fn is_quiet(&self) -> bool {
+        self.secrets.is_empty() && self.delete.is_empty() && self.kong.is_empty()
+    }
+
+    /// Give up publishing under `name` (a Secret of that name is not the key's): nothing is
+    /// written there, no consumer lists it, and `problem` is reported.
+    pub fn refuse(&mut self, name: &str, problem: String) {
+        self.secrets.retain(|d| d.name != name);
+        for kong in &mut self.kong {
+            kong.wanted.retain(|w| w != name);
+        }
+        self.conflicts.push(problem);
+    }
+}
+
+/// Why a Secret named `name` that the key does not own cannot be published to.
+pub fn not_owned(name: &str) -> String {
+    format!(
+        "spec.publish: Secret {name} exists and is not owned by this ApiKey; Keysmith never overwrites it: delete it or publish under another name"
+    )
+}
+
 /// This key's part of a KongConsumer's `credentials` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KongCredentials {
@@ -257,9 +281,9 @@ pub fn publication(
         }
     }
 
-    let mut conflicts = Vec::new();
+    let mut refused = Vec::new();
     let mut names = BTreeSet::from([key.secret_name()]);
-    desired.retain(|d| {
+    for d in &desired {
         let problem = if d.name.len() > MAX_NAME_LEN {
             Some(format!(
                 "spec.publish: the Secret name {} is longer than {MAX_NAME_LEN} characters; shorten the ApiKey or slot name, or set envoyGateway.secretName",
@@ -275,40 +299,34 @@ pub fn publication(
                 .iter()
                 .find(|s| s.metadata.name.as_deref() == Some(d.name.as_str()))
                 .filter(|s| !controlled_by(s, key))
-                .map(|_| {
-                    format!(
-                        "spec.publish: Secret {} exists and is not owned by this ApiKey; Keysmith never overwrites it: delete it or publish under another name",
-                        d.name
-                    )
-                })
+                .map(|_| not_owned(&d.name))
         };
-        if let Some(problem) = &problem {
-            conflicts.push(problem.clone());
-            for kong in &mut kong {
-                kong.wanted.retain(|w| *w != d.name);
-            }
-        }
-        problem.is_none()
-    });
-    let wanted: Vec<String> = kong.iter().flat_map(|k| k.wanted.clone()).collect();
-    for kong in &mut kong {
+        refused.extend(problem.map(|p| (d.name.clone(), p)));
+    }
+    let mut publication = Publication {
+        secrets: desired,
+        kong,
+        ..Publication::default()
+    };
+    for (name, problem) in refused {
+        publication.refuse(&name, problem);
+    }
+    publication.delete = owned(key, published)
+        .into_iter()
+        .filter(|n| !publication.secrets.iter().any(|d| d.name == *n))
+        .collect();
+    let wanted: Vec<String> = publication
+        .kong
+        .iter()
+        .flat_map(|k| k.wanted.clone())
+        .collect();
+    for kong in &mut publication.kong {
         kong.ours.extend(wanted.iter().cloned());
     }
-
-    let delete = owned(key, published)
-        .into_iter()
-        .filter(|n| !desired.iter().any(|d| d.name == *n))
-        .collect();
-    let secrets = desired
-        .into_iter()
-        .filter(|d| !published.iter().any(|s| matches(s, d)))
-        .collect();
-    Publication {
-        secrets,
-        delete,
-        kong,
-        conflicts,
-    }
+    publication
+        .secrets
+        .retain(|d| !published.iter().any(|s| matches(s, d)));
+    publication
 }
 
 /// The tokens of one slot a gateway should accept at `now`, if their values are known: the

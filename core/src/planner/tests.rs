@@ -75,14 +75,13 @@ impl World {
     }
 
     fn plan(&self) -> Plan {
-        plan(
-            &self.key,
-            self.secret.as_ref(),
-            &self.header_secrets,
-            self.now,
-            &mut mint,
-        )
-        .unwrap()
+        let observed = Observed {
+            key: &self.key,
+            secret: self.secret.as_ref(),
+            header_secrets: &self.header_secrets,
+            published: &[],
+        };
+        plan(&observed, self.now, &mut mint).unwrap()
     }
 
     /// Plan and store what the plan writes, as server-side apply would.

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::*;
 use crate::api::{ApiKeySpec, KONG_CONSUMER_ANNOTATION};
 use crate::planner::headers::HeaderSecrets;
-use crate::planner::{mint_token, plan};
+use crate::planner::{Observed, mint_token, plan};
 use crate::validation::validate;
 
 const UID: &str = "0f6a0c1e-3c55-4c8e-9b7e-2d6a41f1c0aa";
@@ -64,17 +64,21 @@ impl World {
 
     /// What the controller would plan and publish now, stored nowhere.
     fn plan_and_publication(&self) -> (Plan, Publication) {
-        let plan = plan(
-            &self.key,
-            self.secret.as_ref(),
-            &HeaderSecrets::new(),
-            self.now,
-            &mut mint_token,
-        )
-        .unwrap();
-        let observed: Vec<Secret> = self.others.values().cloned().collect();
-        let publication = publication(&self.key, &plan, self.secret.as_ref(), &observed, self.now);
+        let plan = self.plan();
+        let publication = plan.publication.clone();
         (plan, publication)
+    }
+
+    /// What one reconcile would plan now: everything the key's namespace holds is observed.
+    fn plan(&self) -> Plan {
+        let published: Vec<Secret> = self.others.values().cloned().collect();
+        let observed = Observed {
+            key: &self.key,
+            secret: self.secret.as_ref(),
+            header_secrets: &HeaderSecrets::new(),
+            published: &published,
+        };
+        plan(&observed, self.now, &mut mint_token).unwrap()
     }
 
     /// Plan, publish, and store what both write, as the controller would; the publication.
@@ -224,14 +228,7 @@ fn a_crash_after_the_rotation_keeps_the_previous_token_published_from_the_gatewa
     let old = w.current("delivery");
     w.rotate("one");
     // The status and the key's Secret were written, the publication was lost.
-    let plan = plan(
-        &w.key,
-        w.secret.as_ref(),
-        &HeaderSecrets::new(),
-        w.now,
-        &mut mint_token,
-    )
-    .unwrap();
+    let plan = w.plan();
     w.key.status = plan.status.clone();
     w.secret = plan.secret.as_ref().map(DesiredSecret::to_secret);
     w.settle();
