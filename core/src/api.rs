@@ -721,7 +721,7 @@ pub struct TokenStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousToken>,
     /// Tokens replaced before `previous` whose overlap windows are still open, newest first.
-    /// A rotation that would make them more than [`MAX_EARLIER`] ends the oldest window early,
+    /// A rotation that would make them more than three (`MAX_EARLIER`) ends the oldest window early,
     /// with a Warning event `OverlapCut`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 3))]
