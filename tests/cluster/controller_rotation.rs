@@ -618,3 +618,76 @@ async fn argo_rollouts_restart_through_restart_at_once_per_rotation() {
         "{metrics}"
     );
 }
+
+/// The note of the event of `reason` that happened last: the one whose series (or, without one,
+/// whose single occurrence) was observed latest.
+async fn latest_note(h: &Harness, reason: &str) -> Option<String> {
+    let observed = |e: &Value| {
+        let at = e["series"]["lastObservedTime"]
+            .as_str()
+            .or_else(|| e["eventTime"].as_str())
+            .unwrap_or_default();
+        at.parse::<Timestamp>().unwrap()
+    };
+    let events = h.events(reason).await;
+    let latest = events.iter().max_by_key(|e| observed(e))?;
+    latest["note"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_event_note_describes_the_latest_occurrence() {
+    let h = Harness::start().await;
+    let key = |trigger: &str| {
+        rotating_key(trigger)
+            .replace("overlap: 1h", "overlap: 0s")
+            .replace(
+                "  secret: {restartTargets: [{kind: Deployment, name: web}]}\n",
+                "",
+            )
+    };
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    // Three rotations within the six minutes a series spans.
+    for trigger in ["two", "three", "four"] {
+        h.apply(&key(trigger)).await;
+        let key = h
+            .wait_key("site", "rotation by trigger", |k| {
+                token(k, "delivery")["rotationTrigger"] == trigger
+            })
+            .await;
+        let current = id(&key, "delivery");
+        eventually("the Rotated event of this rotation", || async {
+            latest_note(&h, "Rotated")
+                .await?
+                .contains(&current)
+                .then_some(())
+        })
+        .await;
+    }
+    // Every Rotated event names the tokens of exactly one rotation.
+    let rotated = h.events("Rotated").await;
+    assert_eq!(rotated.len(), 3, "{rotated:#?}");
+
+    // Two different invalid specs in a row: the latest InvalidSpec note names the second field.
+    h.apply(&key("four").replace("expiresAfter: 720h", "expiresAfter: 6000d"))
+        .await;
+    h.wait_key("site", "InvalidSpec on expiresAfter", |k| {
+        k["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.expiresAfter"))
+    })
+    .await;
+    h.apply(&key("four").replace("overlap: 0s", "overlap: 0s, schedule: \"61 * * * *\""))
+        .await;
+    h.wait_key("site", "InvalidSpec on schedule", |k| {
+        k["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.rotation.schedule"))
+    })
+    .await;
+    eventually("the InvalidSpec event of the second message", || async {
+        let note = latest_note(&h, "InvalidSpec").await?;
+        note.contains("spec.rotation.schedule").then_some(())
+    })
+    .await;
+}
