@@ -754,6 +754,52 @@ fn disabled_suspends_rotation() {
 }
 
 #[test]
+fn a_rotation_asked_for_while_disabled_is_reported_pending_until_enabled() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}, {"name": "b"}], "disabled": true}));
+    w.step();
+    let disabled_message = |w: &World| {
+        conditions::find(&w.status().conditions, DISABLED)
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert_eq!(disabled_message(&w), "spec.disabled is true");
+
+    // The rotate command's annotation for one slot: not performed, but said.
+    w.annotate("keysmith.dev/rotate-b", "r1");
+    let p = w.step();
+    assert!(p.secret.is_none(), "no rotation while disabled");
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("a rotation is pending (keysmith.dev/rotate-b)")
+            && message.contains("happens when the key is enabled"),
+        "{message}"
+    );
+    assert!(w.step().is_quiet(), "a resync while pending writes nothing");
+
+    // A new trigger value joins it.
+    w.key.spec.rotation = serde_json::from_value(json!({"trigger": "t1"})).unwrap();
+    w.step();
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("(rotation.trigger, keysmith.dev/rotate-b)"),
+        "{message}"
+    );
+
+    // Enabled: the rotation happens and the condition says nothing more.
+    w.key.spec.disabled = false;
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, action)| matches!(action, SlotAction::Rotate(_))),
+        "{:?}",
+        p.slots
+    );
+    assert_eq!(disabled_message(&w), "");
+}
+
+#[test]
 fn last_used_at_from_the_verifier_is_neither_written_nor_compared() {
     let mut w = World::new(two_slots());
     w.step();
