@@ -691,3 +691,88 @@ async fn the_latest_event_note_describes_the_latest_occurrence() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_series_end_at_the_keys_expires_at_when_it_comes_first() {
+    let h = Harness::start().await;
+    let end = h
+        .clock
+        .now()
+        .checked_add(SignedDuration::from_hours(72))
+        .unwrap();
+    let end = Timestamp::from_second(end.as_second()).unwrap();
+    let key = |expires_at: &str| {
+        format!(
+            r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: boxed, namespace: cms}}
+spec:
+  tokens: [{{name: plain}}, {{name: long, expiresAfter: 240h}}, {{name: short, expiresAfter: 24h}}]
+  {expires_at}
+"#
+        )
+    };
+    h.apply(&key(&format!("expiresAt: \"{end}\""))).await;
+    let status = h.wait_key("boxed", "Ready", ready).await;
+    let series = |name: &str, token: Option<&str>, value: i64| {
+        let token = token.map_or_else(String::new, |t| format!(r#",token="{t}""#));
+        format!(r#"{name}{{namespace="cms",apikey="boxed"{token}}} {value}"#)
+    };
+    let own = |slot: &str| time(&token(&status, slot)["expiresAt"]).as_second();
+    let expected = [
+        // No lifetime of its own, or a longer one: the key's end is when it stops verifying.
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("plain"),
+            end.as_second(),
+        ),
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("long"),
+            end.as_second(),
+        ),
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("short"),
+            own("short"),
+        ),
+        series(
+            "keysmith_apikey_expiry_timestamp_seconds",
+            None,
+            end.as_second(),
+        ),
+    ];
+    eventually("the expiry series", || async {
+        let metrics = h.metrics();
+        expected
+            .iter()
+            .all(|s| metrics.contains(s.as_str()))
+            .then_some(())
+    })
+    .await;
+
+    // Without spec.expiresAt each token's own expiry is left, and the key's series goes.
+    h.apply(&key("")).await;
+    let status = h
+        .wait_key("boxed", "no key end", |k| {
+            k["status"]
+                .get("expiresAt")
+                .is_some_and(|e| e.as_str() == token(k, "short")["expiresAt"].as_str())
+        })
+        .await;
+    let own = |slot: &str| time(&token(&status, slot)["expiresAt"]).as_second();
+    let long = series(
+        "keysmith_token_expiry_timestamp_seconds",
+        Some("long"),
+        own("long"),
+    );
+    eventually("the series without the key's end", || async {
+        let metrics = h.metrics();
+        (metrics.contains(&long)
+            && !metrics.contains(r#"token="plain""#)
+            && !metrics.contains("keysmith_apikey_expiry_timestamp_seconds{"))
+        .then_some(())
+    })
+    .await;
+}
