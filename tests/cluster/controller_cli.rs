@@ -503,6 +503,18 @@ spec:
         })
         .await;
     assert!(annotation(&key).is_string());
+    eventually("a RotationPending event", || async {
+        let events = h.events("RotationPending").await;
+        events
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("a rotation is pending"))
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 /// The output of `child` once it exited, which it must do within the harness's usual bound

@@ -9,6 +9,9 @@ use super::Planner;
 use super::conditions::{self, DISABLED, Desired, EXPIRED, EXPIRING, READY, reason};
 use super::timing::{self, between, sub};
 
+/// The `Disabled` message of a disabled key with no rotation waiting.
+pub(super) const DISABLED_MESSAGE: &str = "spec.disabled is true";
+
 impl Planner<'_> {
     /// The earliest end of a current token or of the key (`status.expiresAt`).
     pub(super) fn earliest_expiry(&self, tokens: &[TokenStatus]) -> Option<Timestamp> {
@@ -87,7 +90,7 @@ impl Planner<'_> {
     fn disabled_message(&self, tokens: &[TokenStatus]) -> String {
         let pending = self.pending_rotations(tokens);
         if pending.is_empty() {
-            return "spec.disabled is true".to_owned();
+            return DISABLED_MESSAGE.to_owned();
         }
         format!(
             "spec.disabled is true; a rotation is pending ({}) and happens when the key is enabled",

@@ -765,7 +765,8 @@ fn a_rotation_asked_for_while_disabled_is_reported_pending_until_enabled() {
     };
     assert_eq!(disabled_message(&w), "spec.disabled is true");
 
-    // The rotate command's annotation for one slot: not performed, but said.
+    // The rotate command's annotation for one slot: not performed, but said, in the condition
+    // and in an event.
     w.annotate("keysmith.dev/rotate-b", "r1");
     let p = w.step();
     assert!(p.secret.is_none(), "no rotation while disabled");
@@ -775,6 +776,13 @@ fn a_rotation_asked_for_while_disabled_is_reported_pending_until_enabled() {
             && message.contains("happens when the key is enabled"),
         "{message}"
     );
+    let pending: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| e.reason == "RotationPending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{:?}", p.events);
+    assert_eq!(pending[0].note, message);
     assert!(w.step().is_quiet(), "a resync while pending writes nothing");
 
     // A new trigger value joins it.
