@@ -1,6 +1,7 @@
-//! `keysmith rotate NAME [-n NS] [--token SLOT] [--wait [--timeout D]]`: set the rotation
-//! annotation, like a kubectl plugin. The controller sees the new value and rotates every slot,
-//! or the one slot, once; with `--wait` the command returns when the new tokens are in the Secret.
+//! `keysmith rotate NAME [-n NS] [--token SLOT] [--wait [--timeout D] | --when-enabled]`: set the
+//! rotation annotation, like a kubectl plugin. The controller sees the new value and rotates every
+//! slot, or the one slot, once; with `--wait` the command returns when the new tokens are in the
+//! Secret.
 //!
 //! A key that cannot rotate now (disabled, or its spec invalid) is refused up front, unless
 //! `--when-enabled` asks for the rotation to be queued: otherwise the request would sit
