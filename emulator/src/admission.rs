@@ -203,6 +203,11 @@ pub fn admit(
             }
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => admit_crd(obj, &name)?,
+        ("events.k8s.io", "events") => {
+            if let Some(old) = old {
+                immutable_event_fields(obj, old, &name)?;
+            }
+        }
         _ => {}
     }
     Ok(warnings)
@@ -247,6 +252,32 @@ fn whole_numbers_as_integers(v: &mut Value) {
         Value::Object(m) => m.values_mut().for_each(whole_numbers_as_integers),
         _ => {}
     }
+}
+
+/// An update through events.k8s.io/v1 may not change what the event says happened, as the API
+/// server's ValidateEventUpdate has it: a repeat is counted in `series`, and a different
+/// occurrence is a new Event. Causes name the stored (core v1) fields, as the server's do.
+fn immutable_event_fields(obj: &Value, old: &Value, name: &str) -> ApiResult<()> {
+    let causes: Vec<Cause> = [
+        ("regarding", "involvedObject"),
+        ("reason", "reason"),
+        ("note", "message"),
+    ]
+    .into_iter()
+    .filter(|(field, _)| obj.get(field) != old.get(field))
+    .map(|(field, core)| {
+        let value = obj.get(field).cloned().unwrap_or(Value::Null);
+        Cause::new(
+            "FieldValueInvalid",
+            core,
+            format!("Invalid value: {value}: field is immutable"),
+        )
+    })
+    .collect();
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid("", "Event", name, causes))
 }
 
 /// Drop the fields `schema` does not know, answering as `field_validation` asks: an error

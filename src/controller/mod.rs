@@ -502,8 +502,10 @@ impl Context {
         self.publish(key, &plan).await;
         if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
             let previous = key.status.as_ref();
+            // An unparsable spec.expiresAt is InvalidSpec, reported in status; no series for it.
+            let key_end = key.spec.expires_at.as_deref().and_then(|t| t.parse().ok());
             self.metrics
-                .track_expiry(&namespace, &name, previous, status);
+                .track_expiry(&namespace, &name, key_end, previous, status);
             self.metrics
                 .track_rotations(&namespace, &name, previous, status, &plan.rotations);
             self.metrics.track_ready(&namespace, &name, status);

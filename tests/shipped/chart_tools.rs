@@ -1753,10 +1753,15 @@ fn exported_metric_names() -> BTreeSet<String> {
             let (_, rest) = line.split_once("Metrics: http://")?;
             Some(rest.split('/').next()?.to_owned())
         })
-        .map(|addr| scrape(&addr));
+        .map(|addr| {
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::panic::catch_unwind(|| with_a_key_end(&kubeconfig, &addr))
+        });
     let _ = child.kill();
     let _ = child.wait();
-    let served = text.expect("keysmith dev prints its metrics address");
+    let served = text
+        .expect("keysmith dev prints its metrics address")
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let text = served.expect("GET /metrics");
     let mut names = BTreeSet::new();
     for line in text.lines() {
@@ -1772,6 +1777,43 @@ fn exported_metric_names() -> BTreeSet<String> {
         names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
     }
     names
+}
+
+/// The metrics of the `keysmith dev` at `addr` once it also reconciled an ApiKey with a
+/// `spec.expiresAt`, applied through its `kubeconfig`: none of the examples it applies has one,
+/// and only such a key exports `keysmith_apikey_expiry_timestamp_seconds`.
+fn with_a_key_end(kubeconfig: &Path, addr: &str) -> std::io::Result<String> {
+    const FAMILY: &str = "# TYPE keysmith_apikey_expiry_timestamp_seconds ";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("dev's kubeconfig");
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(config, &options)
+            .await
+            .expect("a client configuration");
+        let client = kube::Client::try_from(config).expect("a client");
+        let keys = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+            client,
+            "default",
+            &kube::api::ApiResource::erase::<keysmith::api::ApiKey>(&()),
+        );
+        let key = serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "time-boxed", "namespace": "default"},
+            "spec": {"tokens": [{"name": "a"}], "expiresAt": "2099-01-01T00:00:00Z"},
+        }))
+        .expect("an ApiKey");
+        keys.create(&kube::api::PostParams::default(), &key)
+            .await
+            .expect("the ApiKey is created");
+        keysmith_emulator::eventually("the key's expiry series", || async {
+            scrape(addr).ok().filter(|text| text.contains(FAMILY))
+        })
+        .await;
+    });
+    scrape(addr)
 }
 
 /// GET /metrics from `addr` in OpenMetrics, as Prometheus asks for it: the response, head and

@@ -1045,6 +1045,40 @@ async fn kubectl_get_explain_describe_and_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_v1_update_grows_the_series_but_may_not_change_the_note() {
+    let pair = Pair::start().await;
+    pair.same("an Event's series grown, then its note changed", |c| async move {
+        let events = dynamic(c, "events.k8s.io/v1", "Event", "events");
+        let event = serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "site.1", "namespace": NS},
+            "regarding": {"kind": "ApiKey", "name": "site", "namespace": NS},
+            "note": "token ks_aaaaaa", "reason": "Rotated", "type": "Normal",
+            "action": "Reconcile", "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "keysmith", "reportingInstance": "keysmith-0",
+        }))
+        .expect("an Event");
+        events
+            .create(&PostParams::default(), &event)
+            .await
+            .expect("the Event is created");
+        let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"}});
+        let grown = events
+            .patch("site.1", &PatchParams::default(), &Patch::Merge(series))
+            .await
+            .expect("the series grows");
+        let note = json!({"note": "token ks_bbbbbb"});
+        let refused = outcome(
+            events
+                .patch("site.1", &PatchParams::default(), &Patch::Merge(note))
+                .await,
+        );
+        json!({"grown": {"note": grown.data["note"], "series": grown.data["series"]}, "refused": refused})
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_auth_can_i_for_the_verifier_and_the_administrator() {
     let pair = Pair::start().await;
     let as_verifier = format!("--as={VERIFIER}");

@@ -1,6 +1,6 @@
 //! The Events a plan publishes on the ApiKey: one per kind of token change, a warning when a
-//! rotation ends a replaced token's window early, and a warning when `Expiring` or `Expired`
-//! turns true.
+//! rotation ends a replaced token's window early, a warning when `Expiring` or `Expired` turns
+//! true, and a note when a rotation waits for a disabled key.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -8,7 +8,8 @@ use crate::api::MAX_EARLIER;
 use crate::validation::ValidSlot;
 
 use super::Planner;
-use super::conditions::{self, EXPIRED, EXPIRING};
+use super::conditions::{self, DISABLED, EXPIRED, EXPIRING};
+use super::readiness::DISABLED_MESSAGE;
 use super::slot::{SlotAction, SlotOutcome};
 
 /// Reason of the Warning event when a rotation ends a replaced token's window early.
@@ -96,8 +97,21 @@ impl Planner<'_> {
         events
     }
 
-    /// `Expiring` and `Expired` events, on the transition to True only.
+    /// `Expiring` and `Expired` events, on the transition to True only; `RotationPending` when
+    /// the `Disabled` message starts or changes to name a rotation that waits for the key to be
+    /// enabled, so the request is acknowledged where `kubectl describe` shows events.
     pub(super) fn condition_events(&self, desired: &[Condition]) -> Vec<PlannedEvent> {
+        let pending = conditions::find(desired, DISABLED)
+            .filter(|c| c.status == "True" && c.message != DISABLED_MESSAGE)
+            .filter(|c| {
+                conditions::find(&self.observed.conditions, DISABLED)
+                    .is_none_or(|o| o.message != c.message)
+            })
+            .map(|c| PlannedEvent {
+                type_: EventKind::Normal,
+                reason: "RotationPending",
+                note: c.message.clone(),
+            });
         [(EXPIRING, "Expiring"), (EXPIRED, "Expired")]
             .into_iter()
             .filter(|(type_, _)| {
@@ -111,6 +125,7 @@ impl Planner<'_> {
                     .map(|c| c.message.clone())
                     .unwrap_or_default(),
             })
+            .chain(pending)
             .collect()
     }
 }

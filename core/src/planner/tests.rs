@@ -753,6 +753,60 @@ fn disabled_suspends_rotation() {
 }
 
 #[test]
+fn a_rotation_asked_for_while_disabled_is_reported_pending_until_enabled() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}, {"name": "b"}], "disabled": true}));
+    w.step();
+    let disabled_message = |w: &World| {
+        conditions::find(&w.status().conditions, DISABLED)
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert_eq!(disabled_message(&w), "spec.disabled is true");
+
+    // The rotate command's annotation for one slot: not performed, but said, in the condition
+    // and in an event.
+    w.annotate("keysmith.dev/rotate-b", "r1");
+    let p = w.step();
+    assert!(p.secret.is_none(), "no rotation while disabled");
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("a rotation is pending (keysmith.dev/rotate-b)")
+            && message.contains("happens when the key is enabled"),
+        "{message}"
+    );
+    let pending: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| e.reason == "RotationPending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{:?}", p.events);
+    assert_eq!(pending[0].note, message);
+    assert!(w.step().is_quiet(), "a resync while pending writes nothing");
+
+    // A new trigger value joins it.
+    w.key.spec.rotation = serde_json::from_value(json!({"trigger": "t1"})).unwrap();
+    w.step();
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("(rotation.trigger, keysmith.dev/rotate-b)"),
+        "{message}"
+    );
+
+    // Enabled: the rotation happens and the condition says nothing more.
+    w.key.spec.disabled = false;
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, action)| matches!(action, SlotAction::Rotate(_))),
+        "{:?}",
+        p.slots
+    );
+    assert_eq!(disabled_message(&w), "");
+}
+
+#[test]
 fn last_used_at_stays_with_the_token_it_was_written_for() {
     let mut w = World::new(two_slots());
     w.step();

@@ -670,24 +670,24 @@ async fn core_events_are_visible_through_events_k8s_io() {
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].reason.as_deref(), Some("Rotated"));
 
-    // A write through events.k8s.io/v1 is the same object in core v1.
+    // A write through events.k8s.io/v1 is the same object in core v1. (It may grow the series;
+    // the note is immutable there, as on a real server.)
+    let series = json!({"series": {"count": 4, "lastObservedTime": "2026-01-01T00:05:00.000000Z"}});
     events_v1
         .patch(
             "app-tokens.rotated",
             &PatchParams::default(),
-            &Patch::Merge(json!({"note": "rotated token delivery again"})),
+            &Patch::Merge(series),
         )
         .await
         .unwrap();
     let stored = core.get("app-tokens.rotated").await.unwrap();
-    assert_eq!(
-        stored.message.as_deref(),
-        Some("rotated token delivery again")
-    );
+    assert_eq!(stored.series.and_then(|s| s.count), Some(4));
+    assert_eq!(stored.message.as_deref(), Some("rotated token delivery"));
     assert_eq!(stored.count, Some(3));
     let table = k.ok(&["get", "events"]).await;
     assert!(
-        table.contains("secret/app-tokens   rotated token delivery again"),
+        table.contains("secret/app-tokens   rotated token delivery"),
         "{table}"
     );
 }
