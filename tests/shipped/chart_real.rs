@@ -27,11 +27,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::http;
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
-const RELEASE: &str = "keysmith";
-/// The release namespace: home of the ServiceAccounts and the leader Lease.
-const NAMESPACE: &str = "keysmith";
+use crate::rendered::{CHART, NAMESPACE, RELEASE, of_kind, str_at};
 /// The real server's version, which `helm install` would render for: the verifier's status
 /// policy needs 1.30 (`tests/shipped/chart_tools.rs` renders for the oldest supported, 1.25).
 const KUBE_VERSION: &str = "v1.37.2";
@@ -84,17 +80,6 @@ fn render_with(sets: &[&str], cluster: Option<&Path>) -> (String, Vec<Value>) {
         .filter(Value::is_object)
         .collect();
     (text, objects)
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
-    objects.iter().filter(move |o| o["kind"] == kind)
 }
 
 fn namespace_object(name: &str, labels: Value) -> Value {

@@ -16,10 +16,9 @@ use std::sync::OnceLock;
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
 
+use crate::rendered::{CHART, NAMESPACE, RELEASE, of_kind, str_at};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
-const RELEASE: &str = "keysmith";
-const NAMESPACE: &str = "keysmith";
 /// The oldest Kubernetes Chart.yaml accepts (`kubeVersion: >=1.25.0-0`): every values case must
 /// render there, not only for the Kubernetes version the pinned helm assumes.
 const KUBE_VERSION: &str = "v1.25.0";
@@ -577,13 +576,6 @@ impl Values {
 /// (kind, namespace or "" when cluster-scoped, name)
 type Object = (String, String, String);
 
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
-}
-
 /// The object's identity; panics unless it has a non-empty apiVersion, kind and metadata.name.
 fn identity(object: &Value) -> Object {
     for pointer in ["/apiVersion", "/kind", "/metadata/name"] {
@@ -601,10 +593,6 @@ fn identity(object: &Value) -> Object {
         namespace.to_string(),
         str_at(object, "/metadata/name").to_string(),
     )
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
-    objects.iter().filter(move |o| o["kind"] == kind)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
