@@ -62,19 +62,15 @@ pub(crate) fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> 
         };
         let name = &from.secret_key_ref.name;
         let field = format!("spec.restrictions.requiredHeaders[{i}] ({})", header.name);
-        let Some(secret) = secrets.get(name.as_str()) else {
-            resolved
-                .missing
-                .push(format!("{field}: Secret {name} not found"));
-            continue;
-        };
-        if !opts_in(secret, key) {
+        // A missing Secret and one that has not opted in read the same: the author may not be
+        // allowed to read Secrets, so Keysmith must not tell them which names exist.
+        let Some(secret) = secrets.get(name.as_str()).filter(|s| opts_in(s, key)) else {
             resolved.missing.push(format!(
-                "{field}: Secret {name} does not let this key read it; someone who may edit it \
-                 annotates it {HEADER_SOURCE_ANNOTATION}={key}"
+                "{field}: Secret {name} is missing or does not let this key read it; it must \
+                 exist and someone who may edit it annotates it {HEADER_SOURCE_ANNOTATION}={key}"
             ));
             continue;
-        }
+        };
         let data_key = &from.secret_key_ref.key;
         match secret.data.as_ref().and_then(|d| d.get(data_key)) {
             Some(value) => resolved.hashes.push(RequiredHeaderStatus {

@@ -330,6 +330,40 @@ fn a_header_secret_that_does_not_name_the_key_publishes_no_hash() {
 }
 
 #[test]
+fn a_missing_header_secret_and_one_that_does_not_name_the_key_read_the_same() {
+    // The author may not be able to read Secrets: what Keysmith tells them must not say
+    // whether a Secret of that name exists (issue 27, N6).
+    let said = |secret: Option<Secret>| {
+        let mut w = World::new(with_secret_header());
+        w.header_secrets
+            .extend(secret.map(|s| ("client".into(), s)));
+        let p = w.step();
+        // The tokens are minted either way; their ids are random.
+        let events: Vec<_> = (p.events.iter())
+            .filter(|e| e.reason != reason::MINTED)
+            .map(|e| (e.reason, e.note.clone()))
+            .collect();
+        (w.condition(READY), ready_message(&w), events)
+    };
+    let mut not_for_us = header_secret(&[("value", "s3cret")]);
+    not_for_us.metadata.annotations = None;
+    let missing = said(None);
+    assert_eq!(missing, said(Some(not_for_us)));
+    assert_eq!(
+        missing.0,
+        ("False".into(), reason::HEADER_SECRET_MISSING.into())
+    );
+    // Still actionable: it names the header, the Secret and the annotation to add.
+    for part in [
+        "requiredHeaders[1] (X-Client-Secret)",
+        "Secret client",
+        "keysmith.dev/header-source=site",
+    ] {
+        assert!(missing.1.contains(part), "{part}: {}", missing.1);
+    }
+}
+
+#[test]
 fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
     let mut w = World::new(with_secret_header());
     w.header_secrets
@@ -344,7 +378,7 @@ fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
         ("False".into(), reason::HEADER_SECRET_MISSING.into())
     );
     assert!(
-        ready_message(&w).contains("Secret client not found"),
+        ready_message(&w).contains("Secret client is missing or does not let this key read it"),
         "{}",
         ready_message(&w)
     );
