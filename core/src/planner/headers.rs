@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{ApiKeySpec, HEADER_SOURCE_ANNOTATION, RequiredHeaderStatus};
 use crate::token::sha256_hex_bytes;
+use crate::validation::validate;
 
 /// The Secrets that required headers name, by name, as the shell read them from the key's
 /// namespace; a name that is absent does not exist.
@@ -23,8 +24,13 @@ pub type HeaderSecrets = BTreeMap<String, Secret>;
 /// those Secrets are not Keysmith's, so no watch event announces their changes.
 pub(crate) const HEADER_RECHECK: Duration = Duration::from_secs(60);
 
-/// Names of the Secrets `spec`'s required headers read.
+/// Names of the Secrets `spec`'s required headers read; none when the spec is invalid, since
+/// its names may then be paths or queries rather than Secret names, and planning acts on
+/// nothing of an invalid spec anyway.
 pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
+    if validate(spec).is_err() {
+        return BTreeSet::new();
+    }
     spec.restrictions
         .iter()
         .flat_map(|r| &r.required_headers)

@@ -414,6 +414,27 @@ fn only_secrets_named_by_value_from_are_read() {
     assert!(headers::referenced(&key(two_slots()).spec).is_empty());
 }
 
+#[test]
+fn an_invalid_spec_names_no_secret_to_read() {
+    // The controller reads what `referenced` names before planning; a spec that fails
+    // validation could name a path or a query instead of a Secret (issue 27, N7).
+    let with_name = |name: &str| {
+        let mut spec = with_secret_header();
+        spec["restrictions"]["requiredHeaders"][1]["valueFrom"]["secretKeyRef"]["name"] =
+            json!(name);
+        spec
+    };
+    for name in ["../../tenant-b/secrets/x", "x?labelSelector=a", "x/status"] {
+        let spec: crate::api::ApiKeySpec = serde_json::from_value(with_name(name)).unwrap();
+        assert!(headers::referenced(&spec).is_empty(), "{name}");
+    }
+    // Invalid elsewhere: still nothing, since nothing else of the spec is acted on either.
+    let mut spec = with_secret_header();
+    spec["rotation"] = json!({"every": "1d", "overlap": "2d"});
+    let spec: crate::api::ApiKeySpec = serde_json::from_value(spec).unwrap();
+    assert!(headers::referenced(&spec).is_empty());
+}
+
 fn foreign_secret(annotations: &[(&str, &str)], owner: Option<&str>) -> Secret {
     serde_json::from_value(json!({
         "metadata": {
