@@ -438,7 +438,8 @@ pub struct RequiredHeader {
     )]
     pub name: String,
 
-    /// The literal value the header must have.
+    /// The literal value the header must have. Anyone who may read the ApiKey reads it: for a
+    /// shared secret use `valueFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub value: Option<String>,
