@@ -309,6 +309,7 @@ impl Values {
                 &format!("selector={SELECTOR}"),
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
                 "acceptNamespaces={tenant-a,tenant-b}",
+                "tokenMetrics.maxTokens=50",
                 &format!("image.digest={DIGEST}"),
                 &format!("image.registry={REGISTRY}"),
                 &format!("image.repository={MIRRORED}"),
@@ -811,6 +812,11 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
                     args.push("--accept-namespaces=tenant-a,tenant-b".to_string());
                 }
+            }
+            // The cap on per-token series, which ApiKey authors opt into, is the operator's.
+            if subcommand != "controller" {
+                let tokens = if values.flags { 50 } else { 1000 };
+                args.push(format!("--token-metrics-max-tokens={tokens}"));
             }
             if values.extras {
                 args.push(EXTRA_ARG.to_string());
