@@ -77,6 +77,9 @@ pub const OVERLAP_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9_]{0,32}$";
 /// A DNS label (RFC 1123).
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS subdomain (RFC 1123): what Kubernetes accepts as a Secret's name.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A valid key of a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// Longest slot name: `keysmith.dev/rotate-<slot>` must stay a valid annotation key (63 after the `/`).
@@ -435,7 +438,8 @@ pub struct RequiredHeader {
     )]
     pub name: String,
 
-    /// The literal value the header must have.
+    /// The literal value the header must have. Anyone who may read the ApiKey reads it: for a
+    /// shared secret use `valueFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub value: Option<String>,
@@ -456,8 +460,10 @@ pub struct HeaderValueSource {
 /// A key of a Secret in the ApiKey's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
-    /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Secret name (a DNS subdomain).
+    // The controller reads this Secret: a path or a query is refused here, and again when the
+    // controller validates.
+    #[schemars(length(min = 1, max = 253), extend("pattern" = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]

@@ -1151,7 +1151,14 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
         .collect();
     report_pods_ready(&cluster).await;
 
+    // Going without the verifier's status policy is a choice NOTES warn about (issue 27, N11).
+    let unguarded = notes(&admin, &["verifier.statusPolicy=false"]);
+    assert!(
+        unguarded.contains("WARNING: verifier.statusPolicy is false"),
+        "{unguarded}"
+    );
     let notes = notes(&admin, &[]);
+    assert!(!notes.contains("WARNING: verifier.statusPolicy"), "{notes}");
     let commands = notes_commands(&notes);
     let forwarded = "http://localhost:8080";
     let (port_forwards, commands): (Vec<_>, Vec<_>) = commands

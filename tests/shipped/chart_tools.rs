@@ -22,6 +22,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The oldest Kubernetes Chart.yaml accepts (`kubeVersion: >=1.25.0-0`): every values case must
 /// render there, not only for the Kubernetes version the pinned helm assumes.
 const KUBE_VERSION: &str = "v1.25.0";
+/// The oldest Kubernetes with the verifier's status policy, where split mode renders with its
+/// defaults: for renders that are not about old versions.
+const POLICY_KUBE_VERSION: &str = "v1.30.0";
 const WATCH_NAMESPACE: &str = "apps";
 const SELECTOR: &str = "shard=a";
 const TRUSTED_PROXY: &str = "10.244.0.0/16";
@@ -291,6 +294,9 @@ impl Values {
             }
         };
         set(self.combined, &["mode=combined"]);
+        // KUBE_VERSION predates the verifier's status policy, and split mode renders there only
+        // when told to go without it.
+        set(self.split(), &["verifier.statusPolicy=false"]);
         set(self.service_monitor, &["serviceMonitor.enabled=true"]);
         set(self.prometheus_rule, &["prometheusRule.enabled=true"]);
         set(
@@ -303,6 +309,7 @@ impl Values {
                 &format!("selector={SELECTOR}"),
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
                 "acceptNamespaces={tenant-a,tenant-b}",
+                "tokenMetrics.maxTokens=50",
                 &format!("image.digest={DIGEST}"),
                 &format!("image.registry={REGISTRY}"),
                 &format!("image.repository={MIRRORED}"),
@@ -805,6 +812,11 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
                     args.push("--accept-namespaces=tenant-a,tenant-b".to_string());
                 }
+            }
+            // The cap on per-token series, which ApiKey authors opt into, is the operator's.
+            if subcommand != "controller" {
+                let tokens = if values.flags { 50 } else { 1000 };
+                args.push(format!("--token-metrics-max-tokens={tokens}"));
             }
             if values.extras {
                 args.push(EXTRA_ARG.to_string());
@@ -1485,7 +1497,10 @@ fn split_mode_refuses_one_account_for_controller_and_verifier() {
 fn the_usage_certificate_is_generated_or_taken_from_cert_manager() {
     let usage = |sets: &[&str]| -> Vec<Value> {
         let sets: Vec<&str> = ["usage.enabled=true"].iter().chain(sets).copied().collect();
-        let text = helm_template(KUBE_VERSION, sets.iter().flat_map(|set| ["--set", *set]));
+        let text = helm_template(
+            POLICY_KUBE_VERSION,
+            sets.iter().flat_map(|set| ["--set", *set]),
+        );
         serde_saphyr::from_multiple::<Value>(&text).expect("YAML")
     };
     let secret_name = "keysmith-usage-tls";
@@ -1662,7 +1677,7 @@ fn every_alert_links_its_runbook_in_docs_operations() {
         ),
     ] {
         let text = helm_template(
-            KUBE_VERSION,
+            POLICY_KUBE_VERSION,
             sets.iter().flat_map(|s| ["--set", s.as_str()]),
         );
         let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
@@ -2078,7 +2093,7 @@ fn status_policy(kube_version: &str, sets: &[&str]) -> Vec<Value> {
 
 #[test]
 fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernetes_1_30() {
-    let rendered = status_policy("v1.30.0", &[]);
+    let rendered = status_policy(POLICY_KUBE_VERSION, &[]);
     let policy = find(
         &rendered,
         "ValidatingAdmissionPolicy",
@@ -2151,7 +2166,8 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
     assert!(!checks.contains("lastUsedAt"));
 
     for (kube_version, sets) in [
-        ("v1.29.0", &[][..]),
+        ("v1.29.0", &["verifier.statusPolicy=false"][..]),
+        ("v1.29.0", &["mode=combined"][..]),
         ("v1.30.0", &["mode=combined"][..]),
         ("v1.30.0", &["verifier.statusPolicy=false"][..]),
     ] {
@@ -2159,5 +2175,37 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
             status_policy(kube_version, sets).is_empty(),
             "{kube_version} {sets:?}"
         );
+    }
+}
+
+/// Split mode where the policy cannot exist (below Kubernetes 1.30, or a `helm template` that
+/// assumes such a version) would let the verifier write any key's status: the render refuses,
+/// saying what to do, unless `verifier.statusPolicy=false` says to go without it (issue 27, N11).
+#[test]
+fn split_mode_without_the_status_policy_renders_only_when_told_to() {
+    for kube_version in ["v1.25.0", "v1.29.9"] {
+        let output = Command::new(binary("helm"))
+            .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+            .args(["--kube-version", kube_version])
+            .output()
+            .expect("helm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{kube_version} rendered:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        for says in [
+            "Kubernetes 1.30",
+            kube_version,
+            "--kube-version",
+            "verifier.statusPolicy=false",
+        ] {
+            assert!(stderr.contains(says), "{kube_version}: {says}? {stderr}");
+        }
+    }
+    // Told to, or nothing to guard (one account is both controller and verifier anyway).
+    for sets in [&["verifier.statusPolicy=false"][..], &["mode=combined"][..]] {
+        assert!(status_policy("v1.25.0", sets).is_empty(), "{sets:?}");
     }
 }

@@ -330,6 +330,40 @@ fn a_header_secret_that_does_not_name_the_key_publishes_no_hash() {
 }
 
 #[test]
+fn a_missing_header_secret_and_one_that_does_not_name_the_key_read_the_same() {
+    // The author may not be able to read Secrets: what Keysmith tells them must not say
+    // whether a Secret of that name exists (issue 27, N6).
+    let said = |secret: Option<Secret>| {
+        let mut w = World::new(with_secret_header());
+        w.header_secrets
+            .extend(secret.map(|s| ("client".into(), s)));
+        let p = w.step();
+        // The tokens are minted either way; their ids are random.
+        let events: Vec<_> = (p.events.iter())
+            .filter(|e| e.reason != reason::MINTED)
+            .map(|e| (e.reason, e.note.clone()))
+            .collect();
+        (w.condition(READY), ready_message(&w), events)
+    };
+    let mut not_for_us = header_secret(&[("value", "s3cret")]);
+    not_for_us.metadata.annotations = None;
+    let missing = said(None);
+    assert_eq!(missing, said(Some(not_for_us)));
+    assert_eq!(
+        missing.0,
+        ("False".into(), reason::HEADER_SECRET_MISSING.into())
+    );
+    // Still actionable: it names the header, the Secret and the annotation to add.
+    for part in [
+        "requiredHeaders[1] (X-Client-Secret)",
+        "Secret client",
+        "keysmith.dev/header-source=site",
+    ] {
+        assert!(missing.1.contains(part), "{part}: {}", missing.1);
+    }
+}
+
+#[test]
 fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
     let mut w = World::new(with_secret_header());
     w.header_secrets
@@ -344,7 +378,7 @@ fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
         ("False".into(), reason::HEADER_SECRET_MISSING.into())
     );
     assert!(
-        ready_message(&w).contains("Secret client not found"),
+        ready_message(&w).contains("Secret client is missing or does not let this key read it"),
         "{}",
         ready_message(&w)
     );
@@ -378,6 +412,27 @@ fn only_secrets_named_by_value_from_are_read() {
         ["client"]
     );
     assert!(headers::referenced(&key(two_slots()).spec).is_empty());
+}
+
+#[test]
+fn an_invalid_spec_names_no_secret_to_read() {
+    // The controller reads what `referenced` names before planning; a spec that fails
+    // validation could name a path or a query instead of a Secret (issue 27, N7).
+    let with_name = |name: &str| {
+        let mut spec = with_secret_header();
+        spec["restrictions"]["requiredHeaders"][1]["valueFrom"]["secretKeyRef"]["name"] =
+            json!(name);
+        spec
+    };
+    for name in ["../../tenant-b/secrets/x", "x?labelSelector=a", "x/status"] {
+        let spec: crate::api::ApiKeySpec = serde_json::from_value(with_name(name)).unwrap();
+        assert!(headers::referenced(&spec).is_empty(), "{name}");
+    }
+    // Invalid elsewhere: still nothing, since nothing else of the spec is acted on either.
+    let mut spec = with_secret_header();
+    spec["rotation"] = json!({"every": "1d", "overlap": "2d"});
+    let spec: crate::api::ApiKeySpec = serde_json::from_value(spec).unwrap();
+    assert!(headers::referenced(&spec).is_empty());
 }
 
 fn foreign_secret(annotations: &[(&str, &str)], owner: Option<&str>) -> Secret {
