@@ -3,8 +3,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keysmith::api::Grant;
+use keysmith::api::{ApiKeySpec, Grant};
 use keysmith::grants::{CompiledGrants, Context, Pattern, Request};
+use keysmith::validation;
 
 const KEY: &str = "cms/marketing-site";
 
@@ -77,5 +78,39 @@ fn pattern(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, evaluate, pattern);
+/// The most expensive spec the API server admits: 63 deny grants of 64 action patterns that
+/// each scan the whole action and fail at its end, then `allow *`, as large as the 256 KiB spec
+/// cap lets them be. Checked against validation, so it is a spec a tenant can really write.
+fn worst_grants() -> Vec<Grant> {
+    let deny = |i: usize| {
+        let actions: Vec<String> = (0..64)
+            .map(|j| format!("*{}b{i}.{j}*", "a".repeat(50)))
+            .collect();
+        serde_json::json!({ "effect": "deny", "actions": actions })
+    };
+    let mut grants: Vec<serde_json::Value> = (0..63).map(deny).collect();
+    grants.push(serde_json::json!({ "effect": "allow", "actions": ["*"] }));
+    let spec: ApiKeySpec = serde_json::from_value(serde_json::json!({
+        "tokens": [{ "name": "main" }],
+        "grants": grants,
+    }))
+    .expect("worst-case spec deserializes");
+    validation::validate(&spec).expect("the worst-case spec is admitted");
+    spec.grants
+}
+
+fn worst_case(c: &mut Criterion) {
+    let compiled = CompiledGrants::compile(&worst_grants()).expect("worst-case grants compile");
+    // As long as a /v1/verify body (16 KiB) leaves room for.
+    let action = "a".repeat(15_000);
+    let request = Request {
+        action: Some(&action),
+        ..Request::default()
+    };
+    c.bench_function("grants/worst case", |b| {
+        b.iter(|| black_box(&compiled).evaluate(black_box(&request), black_box(KEY)))
+    });
+}
+
+criterion_group!(benches, evaluate, pattern, worst_case);
 criterion_main!(benches);
