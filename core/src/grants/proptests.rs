@@ -117,6 +117,100 @@ fn with(grants: &[Grant], extra: Grant, at: usize) -> Vec<Grant> {
     grants
 }
 
+/// The work bound of docs/security.md, in the units [`steps`] charges (bytes compared): every
+/// pattern scans its input once; every reached grant (64 at most) looks each requested field up
+/// in its list, looks `status` and `locale` up in its condition lists (64 entries: at most 7
+/// comparisons each) and compares `owner` once. A binary search over `s` entries takes at most
+/// log2(s) + 1 <= s comparisons, so the field lists of all grants take at most
+/// `MAX_FIELD_ENTRIES` per requested field.
+pub(crate) const WORK_BOUND: usize = MAX_PATTERNS * {
+    // `Ord::max` is not const.
+    if MAX_ACTION_LEN > MAX_RESOURCE_LEN {
+        MAX_ACTION_LEN
+    } else {
+        MAX_RESOURCE_LEN
+    }
+} + MAX_PATTERN_BYTES
+    + MAX_REQUEST_FIELDS * MAX_FIELD_ENTRIES * (MAX_FIELD_LEN + 1)
+    + 64 * (2 * 7 + 1) * (MAX_CONTEXT_LEN + 1);
+
+/// Patterns made to fail late: runs of `a` with a `b` near the end and stars anywhere.
+fn adversarial_pattern() -> impl Strategy<Value = String> {
+    "a{0,30}(\\*a{0,8}){0,6}b?\\*?|\\*|\\*?a{1,120}b\\*"
+}
+
+fn adversarial_grant() -> impl Strategy<Value = Grant> {
+    let conditions =
+        (option::of(vec("a{1,64}", 1..64)), any::<bool>()).prop_map(|(set, own)| GrantConditions {
+            status: set.clone(),
+            locales: set,
+            own: Some(own),
+        });
+    (
+        effect(),
+        vec(adversarial_pattern(), 1..8),
+        option::of(vec(adversarial_pattern(), 1..8)),
+        option::of(vec("a{0,127}b?", 1..24)),
+        option::of(conditions),
+    )
+        .prop_map(|(effect, actions, resources, fields, conditions)| Grant {
+            effect,
+            actions,
+            resources,
+            fields,
+            conditions,
+        })
+}
+
+/// Requests around and beyond every request limit, over the grants' alphabet.
+fn adversarial_request() -> impl Strategy<Value = Owned> {
+    let long = "a{0,300}b?";
+    (
+        option::of(long),
+        option::of(long),
+        vec("a{0,200}b?", 0..40),
+        option::of(long),
+        option::of(long),
+        option::of(long),
+    )
+        .prop_map(|(action, resource, fields, status, locale, owner)| Owned {
+            action: action.or_else(|| Some("a".into())),
+            resource,
+            fields,
+            status,
+            locale,
+            owner,
+        })
+}
+
+/// What validation makes of a spec holding `grants`, as the verifier would compile it.
+fn admitted(grants: &[Grant]) -> Option<CompiledGrants> {
+    let spec = serde_json::json!({ "tokens": [{ "name": "main" }], "grants": grants });
+    let spec = serde_json::from_value(spec).expect("generated spec deserializes");
+    let valid = crate::validation::validate(&spec).ok()?;
+    Some(valid.slots[0].grants.clone())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn evaluation_work_stays_under_the_documented_bound(
+        grants in vec(adversarial_grant(), 1..=12),
+        request in adversarial_request(),
+    ) {
+        // Specs validation refuses are never evaluated: the verifier keeps the last accepted one.
+        // Rejecting them (rather than passing) makes proptest fail if few specs are admitted.
+        let compiled = admitted(&grants);
+        prop_assume!(compiled.is_some());
+        let compiled = compiled.expect("assumed");
+        let work = steps::count(|| {
+            compiled.evaluate(&request.request(), KEY);
+        });
+        prop_assert!(work <= WORK_BOUND, "{work} > {WORK_BOUND}");
+    }
+}
+
 proptest! {
     #[test]
     fn matcher_agrees_with_reference(pattern in small_pattern(), input in "[ab:*]{0,8}") {
@@ -137,6 +231,7 @@ proptest! {
             }
             Err(PatternError::Empty) => prop_assert!(pattern.is_empty()),
             Err(PatternError::TooLong { len }) => prop_assert!(len > MAX_PATTERN_LEN),
+            Err(PatternError::TooManyWildcards { count }) => prop_assert!(count > MAX_WILDCARDS),
             Err(PatternError::InvalidChar { ch, at }) => {
                 prop_assert_eq!(pattern[at..].chars().next(), Some(ch));
             }
