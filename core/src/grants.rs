@@ -162,7 +162,7 @@ impl Pattern {
     /// O(`input.len()` + pattern length).
     pub fn matches(&self, input: &str) -> bool {
         #[cfg(test)]
-        steps::charge(input.len() + self.source.len());
+        steps::charge_match(input.len() + self.source.len());
         let src = &*self.source;
         match self.matcher {
             Matcher::Any => true,
@@ -433,7 +433,9 @@ impl StrSet {
     fn contains(&self, item: &str) -> bool {
         // A binary search: at most log2(len) + 1 comparisons, each bounded by the item.
         #[cfg(test)]
-        steps::charge((usize::BITS - self.0.len().leading_zeros()) as usize * (item.len() + 1));
+        steps::charge_lookup(
+            (usize::BITS - self.0.len().leading_zeros()) as usize * (item.len() + 1),
+        );
         self.0.binary_search_by(|x| (**x).cmp(item)).is_ok()
     }
 }
@@ -548,7 +550,7 @@ impl Narrowing {
 /// Whether `owner` is the key's identity: one comparison, bounded by the shorter string.
 fn owns(owner: &str, identity: &str) -> bool {
     #[cfg(test)]
-    steps::charge(owner.len().min(identity.len()) + 1);
+    steps::charge_lookup(owner.len().min(identity.len()) + 1);
     owner == identity
 }
 
@@ -655,23 +657,56 @@ impl CompiledGrants {
     }
 }
 
-/// Instrumentation for tests: each match or set lookup charges its worst-case work, so a test can
-/// check the documented bound without timing anything.
+/// Instrumentation for tests: each match or lookup charges its worst-case work (bytes compared),
+/// so a test can check the documented bound without timing anything.
 #[cfg(test)]
 pub(crate) mod steps {
     use std::cell::Cell;
 
-    thread_local!(static STEPS: Cell<usize> = const { Cell::new(0) });
+    thread_local!(static STEPS: Cell<Work> = const { Cell::new(Work { matching: 0, lookups: 0 }) });
 
-    pub(super) fn charge(work: usize) {
-        STEPS.with(|s| s.set(s.get() + work));
+    /// Work charged on one thread.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Work {
+        /// By pattern matches.
+        pub(crate) matching: usize,
+        /// By field and condition lookups and the `own` comparison.
+        pub(crate) lookups: usize,
+    }
+
+    impl Work {
+        pub(crate) fn total(self) -> usize {
+            self.matching + self.lookups
+        }
+    }
+
+    pub(super) fn charge_match(work: usize) {
+        STEPS.with(|s| {
+            s.set(Work {
+                matching: s.get().matching + work,
+                ..s.get()
+            })
+        });
+    }
+
+    pub(super) fn charge_lookup(work: usize) {
+        STEPS.with(|s| {
+            s.set(Work {
+                lookups: s.get().lookups + work,
+                ..s.get()
+            })
+        });
     }
 
     /// Work charged on this thread by `f`.
-    pub(crate) fn count(f: impl FnOnce()) -> usize {
+    pub(crate) fn count(f: impl FnOnce()) -> Work {
         let before = STEPS.with(Cell::get);
         f();
-        STEPS.with(Cell::get) - before
+        let after = STEPS.with(Cell::get);
+        Work {
+            matching: after.matching - before.matching,
+            lookups: after.lookups - before.lookups,
+        }
     }
 }
 
