@@ -3,8 +3,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keysmith::api::Grant;
-use keysmith::grants::{CompiledGrants, Context, Pattern, Request};
+use keysmith::api::{ApiKeySpec, Grant};
+use keysmith::grants::{self, CompiledGrants, Context, Pattern, Request};
+use keysmith::validation;
 
 const KEY: &str = "cms/marketing-site";
 
@@ -77,5 +78,89 @@ fn pattern(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, evaluate, pattern);
+/// A spec a tenant can really write: validation must admit it.
+fn admitted(grants: Vec<serde_json::Value>) -> CompiledGrants {
+    let spec: ApiKeySpec = serde_json::from_value(serde_json::json!({
+        "tokens": [{ "name": "main" }],
+        "grants": grants,
+    }))
+    .expect("worst-case spec deserializes");
+    let valid = validation::validate(&spec).expect("the worst-case spec is admitted");
+    valid.slots[0].grants.clone()
+}
+
+/// The most expensive patterns validation admits: 63 deny grants sharing the
+/// [`grants::MAX_PATTERNS`] patterns and [`grants::MAX_PATTERN_BYTES`] bytes, each pattern
+/// scanning the whole action and failing at its end, then `allow *`.
+fn worst_patterns() -> CompiledGrants {
+    let budget = grants::MAX_PATTERNS - 1;
+    let per_pattern = grants::MAX_PATTERN_BYTES / grants::MAX_PATTERNS;
+    let deny = |i: usize| {
+        let actions: Vec<String> = (i * budget / 63..(i + 1) * budget / 63)
+            .map(|j| {
+                let tail = format!("b{j}*");
+                format!("*{}{tail}", "a".repeat(per_pattern - 1 - tail.len()))
+            })
+            .collect();
+        serde_json::json!({ "effect": "deny", "actions": actions })
+    };
+    let mut list: Vec<serde_json::Value> = (0..63).map(deny).collect();
+    list.push(serde_json::json!({ "effect": "allow", "actions": ["*"] }));
+    admitted(list)
+}
+
+/// The most expensive field lists validation admits: 63 deny grants on every action sharing the
+/// [`grants::MAX_FIELD_ENTRIES`] entries, long fields that share all but their last bytes with
+/// the requested ones, so every comparison of every lookup runs to the end; then `allow *`.
+fn worst_fields() -> CompiledGrants {
+    let deny = |i: usize| {
+        let fields: Vec<String> = (i * 4..(i + 1) * 4)
+            .map(|j| format!("{}{j:04}", "f".repeat(grants::MAX_FIELD_LEN - 4)))
+            .collect();
+        serde_json::json!({ "effect": "deny", "actions": ["*"], "fields": fields })
+    };
+    let mut list: Vec<serde_json::Value> = (0..63).map(deny).collect();
+    list.push(serde_json::json!({ "effect": "allow", "actions": ["*"] }));
+    admitted(list)
+}
+
+fn worst_case(c: &mut Criterion) {
+    let patterns = worst_patterns();
+    let fields_spec = worst_fields();
+    let action = "a".repeat(grants::MAX_ACTION_LEN);
+    let fields: Vec<String> = (0..grants::MAX_REQUEST_FIELDS)
+        .map(|j| format!("{}~{j:03}", "f".repeat(grants::MAX_FIELD_LEN - 4)))
+        .collect();
+    let long = Request {
+        action: Some(&action),
+        ..Request::default()
+    };
+    let with_fields = Request {
+        fields: &fields,
+        ..long
+    };
+    // What the issue measured: an action as long as a /v1/verify body (16 KiB) leaves room for.
+    let oversized = "a".repeat(15_000);
+    let cases = [
+        ("patterns", &patterns, long),
+        ("fields", &fields_spec, with_fields),
+        (
+            "oversized action",
+            &patterns,
+            Request {
+                action: Some(&oversized),
+                ..Request::default()
+            },
+        ),
+    ];
+    let mut group = c.benchmark_group("grants/worst case");
+    for (name, compiled, request) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(compiled).evaluate(black_box(&request), black_box(KEY)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, evaluate, pattern, worst_case);
 criterion_main!(benches);

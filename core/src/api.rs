@@ -188,7 +188,9 @@ pub struct ApiKeySpec {
     pub tokens: Vec<TokenSlot>,
 
     /// Permissions every slot carries unless the slot sets its own `grants`. A request is allowed
-    /// when an `allow` grant matches and no `deny` grant does.
+    /// when an `allow` grant matches and no `deny` grant does. All the grants of a list together
+    /// hold at most 128 action and resource patterns (4,096 bytes) and 256 `fields` entries,
+    /// which bounds the work of one verification.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
@@ -269,7 +271,8 @@ pub struct TokenSlot {
     #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]
     pub secret_key: Option<String>,
 
-    /// Grants for this slot only; when set they replace `spec.grants` for it.
+    /// Grants for this slot only; when set they replace `spec.grants` for it. Bounded in all like
+    /// `spec.grants`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub grants: Option<Vec<Grant>>,
@@ -310,7 +313,8 @@ pub struct Grant {
     /// `allow` or `deny`; a matching deny overrides any allow.
     pub effect: Effect,
 
-    /// Actions this grant covers, e.g. `content.read`; `*` matches any run of characters.
+    /// Actions this grant covers, e.g. `content.read`; `*` matches any run of characters (at
+    /// most 16 `*` in a pattern).
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
     pub actions: Vec<String>,
 

@@ -16,8 +16,8 @@
 //! * **Patterns** (actions and resources): `*` matches any run of characters, possibly empty and
 //!   including the `:` and `.` separators; every other character is literal. So
 //!   `content:pages:*` matches `content:pages:a:b` and `content.*` matches `content.read`.
-//!   Parsing rejects empty patterns, whitespace and control characters, and patterns longer
-//!   than [`MAX_PATTERN_LEN`] characters.
+//!   Parsing rejects empty patterns, whitespace and control characters, patterns longer
+//!   than [`MAX_PATTERN_LEN`] characters and patterns with more than [`MAX_WILDCARDS`] stars.
 //! * **Resources.** Unset: any resource, or none. Set: the request's resource must match one of
 //!   the patterns; a request without a resource matches only a pattern that matches everything
 //!   (`*`), so naming resources cannot be dodged by leaving the resource out.
@@ -29,6 +29,13 @@
 //!   `context.owner` is the key's identity `<namespace>/<name>`. On `deny`, a value the request
 //!   does not supply counts as matching: a deny fails closed and cannot be dodged by omitting
 //!   context. `own: false` or unset imposes nothing.
+//!
+//! * **Bounded requests.** An action longer than [`MAX_ACTION_LEN`] bytes, a resource longer
+//!   than [`MAX_RESOURCE_LEN`], more than [`MAX_REQUEST_FIELDS`] fields, a field longer than
+//!   [`MAX_FIELD_LEN`] or a context value longer than [`MAX_CONTEXT_LEN`] is denied
+//!   ([`DenyReason::TooLarge`]) before any grant is looked at: with the spec-side totals that
+//!   validation enforces ([`MAX_PATTERNS`], [`MAX_PATTERN_BYTES`], [`MAX_FIELD_ENTRIES`]) this bounds the work of one
+//!   evaluation whatever the key's author and the caller write (docs/security.md states the bound).
 //!
 //! Strings are compared exactly (case-sensitive, no normalisation).
 
@@ -43,6 +50,37 @@ use crate::api::{Effect, Grant, GrantConditions};
 /// Longest action or resource pattern, in characters.
 pub const MAX_PATTERN_LEN: usize = 256;
 
+/// Most stars in one pattern. Matching is linear whatever the count; the cap keeps the constant
+/// (one substring search per star) small.
+pub const MAX_WILDCARDS: usize = 16;
+
+/// Most action and resource patterns in one list of grants (a slot's effective grants), all
+/// grants together: each may scan the whole action or resource once per request.
+pub const MAX_PATTERNS: usize = 128;
+
+/// Most bytes of action and resource patterns in one list of grants, all grants together.
+pub const MAX_PATTERN_BYTES: usize = 4 * 1024;
+
+/// Longest action a request may ask for, in bytes; longer ones are denied.
+pub const MAX_ACTION_LEN: usize = 128;
+
+/// Longest resource a request may name, in bytes; longer ones are denied.
+pub const MAX_RESOURCE_LEN: usize = 128;
+
+/// Most fields a request may name; more are denied.
+pub const MAX_REQUEST_FIELDS: usize = 32;
+
+/// Longest field a request may name, in bytes; longer is denied (so a deny on a longer listed
+/// field still holds: the request is refused either way).
+pub const MAX_FIELD_LEN: usize = 128;
+
+/// Most `fields` entries in one list of grants, all grants together: each requested field is
+/// looked up in every grant's list that a request reaches.
+pub const MAX_FIELD_ENTRIES: usize = 256;
+
+/// Longest `context.status`, `context.locale` or `context.owner`, in bytes; longer is denied.
+pub const MAX_CONTEXT_LEN: usize = 256;
+
 /// Why a pattern was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PatternError {
@@ -54,6 +92,12 @@ pub enum PatternError {
     TooLong {
         /// Length of the pattern in characters.
         len: usize,
+    },
+    /// The pattern has more than [`MAX_WILDCARDS`] stars.
+    #[error("pattern has {count} '*', more than the {MAX_WILDCARDS} allowed")]
+    TooManyWildcards {
+        /// Number of stars in the pattern.
+        count: usize,
     },
     /// The pattern holds a whitespace or control character.
     #[error(
@@ -113,8 +157,12 @@ impl Pattern {
         matches!(self.matcher, Matcher::Any)
     }
 
-    /// Whether `input` matches the pattern. Linear in `input`: stars never backtrack.
+    /// Whether `input` matches the pattern. Linear: stars never backtrack, and each literal is
+    /// found by `str::find` (two-way search, linear in haystack plus needle), so the work is
+    /// O(`input.len()` + pattern length).
     pub fn matches(&self, input: &str) -> bool {
+        #[cfg(test)]
+        steps::charge_match(input.len() + self.source.len());
         let src = &*self.source;
         match self.matcher {
             Matcher::Any => true,
@@ -150,6 +198,10 @@ fn validate(source: &str) -> Result<(), PatternError> {
     let len = source.chars().count();
     if len > MAX_PATTERN_LEN {
         return Err(PatternError::TooLong { len });
+    }
+    let count = source.bytes().filter(|&b| b == b'*').count();
+    if count > MAX_WILDCARDS {
+        return Err(PatternError::TooManyWildcards { count });
     }
     match source
         .char_indices()
@@ -254,6 +306,56 @@ pub enum DenyReason {
     NoMatchingAllow,
     /// The key has no grants: it authenticates but is allowed nothing.
     NoGrants,
+    /// A request value is over its limit, so no grant was evaluated.
+    TooLarge(RequestPart),
+}
+
+/// The part of a request over its limit (see the `MAX_*` constants of this module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPart {
+    /// `action`, over [`MAX_ACTION_LEN`] bytes.
+    Action,
+    /// `resource`, over [`MAX_RESOURCE_LEN`] bytes.
+    Resource,
+    /// `fields`: more than [`MAX_REQUEST_FIELDS`], or one over [`MAX_FIELD_LEN`] bytes.
+    Fields,
+    /// A `context` value over [`MAX_CONTEXT_LEN`] bytes.
+    Context,
+}
+
+impl fmt::Display for RequestPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Action => "action",
+            Self::Resource => "resource",
+            Self::Fields => "fields",
+            Self::Context => "context",
+        })
+    }
+}
+
+impl Request<'_> {
+    /// The first part of the request over its limit, if any.
+    fn oversized(&self) -> Option<RequestPart> {
+        let context = &self.context;
+        if self.action.is_some_and(|a| a.len() > MAX_ACTION_LEN) {
+            Some(RequestPart::Action)
+        } else if self.resource.is_some_and(|r| r.len() > MAX_RESOURCE_LEN) {
+            Some(RequestPart::Resource)
+        } else if self.fields.len() > MAX_REQUEST_FIELDS
+            || self.fields.iter().any(|f| f.len() > MAX_FIELD_LEN)
+        {
+            Some(RequestPart::Fields)
+        } else if [context.status, context.locale, context.owner]
+            .iter()
+            .flatten()
+            .any(|v| v.len() > MAX_CONTEXT_LEN)
+        {
+            Some(RequestPart::Context)
+        } else {
+            None
+        }
+    }
 }
 
 /// The outcome of evaluating a request, with the reason, for the verifier's answer and audit line.
@@ -285,6 +387,9 @@ impl fmt::Display for Decision {
             Self::Denied(DenyReason::DeniedBy(grant)) => write!(f, "denied by grant {grant}"),
             Self::Denied(DenyReason::NoMatchingAllow) => f.write_str("no allow grant matches"),
             Self::Denied(DenyReason::NoGrants) => f.write_str("key has no grants"),
+            Self::Denied(DenyReason::TooLarge(part)) => {
+                write!(f, "request {part} over its size limit")
+            }
         }
     }
 }
@@ -326,6 +431,11 @@ impl StrSet {
     }
 
     fn contains(&self, item: &str) -> bool {
+        // A binary search: at most log2(len) + 1 comparisons, each bounded by the item.
+        #[cfg(test)]
+        steps::charge_lookup(
+            (usize::BITS - self.0.len().leading_zeros()) as usize * (item.len() + 1),
+        );
         self.0.binary_search_by(|x| (**x).cmp(item)).is_ok()
     }
 }
@@ -422,7 +532,7 @@ impl Narrowing {
         self.fields_match(request.fields, deny)
             && condition(self.status.as_ref(), context.status, deny)
             && condition(self.locales.as_ref(), context.locale, deny)
-            && (!self.own || context.owner.map_or(deny, |owner| owner == identity))
+            && (!self.own || context.owner.map_or(deny, |owner| owns(owner, identity)))
     }
 
     fn fields_match(&self, requested: &[String], deny: bool) -> bool {
@@ -435,6 +545,13 @@ impl Narrowing {
             requested.iter().all(|f| listed.contains(f))
         }
     }
+}
+
+/// Whether `owner` is the key's identity: one comparison, bounded by the shorter string.
+fn owns(owner: &str, identity: &str) -> bool {
+    #[cfg(test)]
+    steps::charge_lookup(owner.len().min(identity.len()) + 1);
+    owner == identity
 }
 
 /// A membership condition: unset holds; a missing value holds only for a deny (fail closed).
@@ -485,6 +602,10 @@ impl CompiledGrants {
         let Some(action) = request.action else {
             return Decision::NotAsked;
         };
+        // Before any grant: whatever the grants, an oversized request costs one length check.
+        if let Some(part) = request.oversized() {
+            return Decision::Denied(DenyReason::TooLarge(part));
+        }
         if self.allows.is_empty() && self.denies.is_empty() {
             return Decision::Denied(DenyReason::NoGrants);
         }
@@ -532,6 +653,59 @@ impl CompiledGrants {
             allows: share(self.allows),
             denies: share(self.denies),
             permissions: self.permissions,
+        }
+    }
+}
+
+/// Instrumentation for tests: each match or lookup charges its worst-case work (bytes compared),
+/// so a test can check the documented bound without timing anything.
+#[cfg(test)]
+pub(crate) mod steps {
+    use std::cell::Cell;
+
+    thread_local!(static STEPS: Cell<Work> = const { Cell::new(Work { matching: 0, lookups: 0 }) });
+
+    /// Work charged on one thread.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Work {
+        /// By pattern matches.
+        pub(crate) matching: usize,
+        /// By field and condition lookups and the `own` comparison.
+        pub(crate) lookups: usize,
+    }
+
+    impl Work {
+        pub(crate) fn total(self) -> usize {
+            self.matching + self.lookups
+        }
+    }
+
+    pub(super) fn charge_match(work: usize) {
+        STEPS.with(|s| {
+            s.set(Work {
+                matching: s.get().matching + work,
+                ..s.get()
+            })
+        });
+    }
+
+    pub(super) fn charge_lookup(work: usize) {
+        STEPS.with(|s| {
+            s.set(Work {
+                lookups: s.get().lookups + work,
+                ..s.get()
+            })
+        });
+    }
+
+    /// Work charged on this thread by `f`.
+    pub(crate) fn count(f: impl FnOnce()) -> Work {
+        let before = STEPS.with(Cell::get);
+        f();
+        let after = STEPS.with(Cell::get);
+        Work {
+            matching: after.matching - before.matching,
+            lookups: after.lookups - before.lookups,
         }
     }
 }

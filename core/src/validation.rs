@@ -20,7 +20,7 @@ use crate::api::{
     MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot,
 };
 use crate::duration;
-use crate::grants::CompiledGrants;
+use crate::grants::{CompiledGrants, MAX_FIELD_ENTRIES, MAX_PATTERN_BYTES, MAX_PATTERNS};
 use crate::schedule::Schedule;
 use crate::token;
 
@@ -359,6 +359,41 @@ fn compile_grants(errors: &mut Errors, field: &str, grants: &[Grant]) -> Compile
                 errors.item(format_args!("{field}[{i}].{name}[{j}]"), item, max_item);
             }
         }
+    }
+    // What one request may have to match, all grants together: the bound of docs/security.md.
+    let patterns = grants
+        .iter()
+        .flat_map(|g| g.actions.iter().chain(g.resources.iter().flatten()));
+    let (count, bytes) = patterns.fold((0, 0), |(n, b), p| (n + 1, b + p.len()));
+    if count > MAX_PATTERNS {
+        errors.push(
+            field,
+            format!(
+                "has {count} action and resource patterns in all its grants; at most \
+                 {MAX_PATTERNS} allowed"
+            ),
+        );
+    }
+    if bytes > MAX_PATTERN_BYTES {
+        errors.push(
+            field,
+            format!(
+                "has {bytes} bytes of action and resource patterns in all its grants; at most \
+                 {MAX_PATTERN_BYTES} allowed"
+            ),
+        );
+    }
+    let fields: usize = grants
+        .iter()
+        .map(|g| g.fields.as_ref().map_or(0, Vec::len))
+        .sum();
+    if fields > MAX_FIELD_ENTRIES {
+        errors.push(
+            field,
+            format!(
+                "has {fields} fields entries in all its grants; at most {MAX_FIELD_ENTRIES} allowed"
+            ),
+        );
     }
     match CompiledGrants::compile(grants) {
         Ok(compiled) => compiled,

@@ -117,6 +117,116 @@ fn with(grants: &[Grant], extra: Grant, at: usize) -> Vec<Grant> {
     grants
 }
 
+/// The pattern term of the bound of docs/security.md, in the units [`steps`] charges (bytes
+/// compared): every pattern scans its input once.
+pub(crate) const MATCH_BOUND: usize = MAX_PATTERNS * {
+    // `Ord::max` is not const.
+    if MAX_ACTION_LEN > MAX_RESOURCE_LEN {
+        MAX_ACTION_LEN
+    } else {
+        MAX_RESOURCE_LEN
+    }
+} + MAX_PATTERN_BYTES;
+
+/// The whole bound: every reached grant (64 at most) also looks each requested field up in its
+/// list, looks `status` and `locale` up in its condition lists (64 entries: at most 7
+/// comparisons each) and compares `owner` once. A binary search over `s` entries takes at most
+/// log2(s) + 1 <= s comparisons, so the field lists of all grants take at most
+/// `MAX_FIELD_ENTRIES` per requested field.
+pub(crate) const WORK_BOUND: usize = MATCH_BOUND
+    + MAX_REQUEST_FIELDS * MAX_FIELD_ENTRIES * (MAX_FIELD_LEN + 1)
+    + 64 * (2 * 7 + 1) * (MAX_CONTEXT_LEN + 1);
+
+/// Patterns made to fail late against runs of `a`: a `b` near the end and stars anywhere; now
+/// and then `*`, which matches everything and ends the scan of its list.
+fn adversarial_pattern() -> impl Strategy<Value = String> {
+    prop_oneof![
+        19 => "\\*?a{0,30}(\\*a{0,8}){0,5}b\\*?",
+        1 => Just("*".to_string()),
+    ]
+}
+
+fn adversarial_grant() -> impl Strategy<Value = Grant> {
+    let conditions =
+        (option::of(vec("a{1,64}", 1..64)), any::<bool>()).prop_map(|(set, own)| GrantConditions {
+            status: set.clone(),
+            locales: set,
+            own: Some(own),
+        });
+    (
+        effect(),
+        vec(adversarial_pattern(), 1..8),
+        option::of(vec(adversarial_pattern(), 1..8)),
+        option::of(vec("a{0,127}b?", 1..24)),
+        option::of(conditions),
+    )
+        .prop_map(|(effect, actions, resources, fields, conditions)| Grant {
+            effect,
+            actions,
+            resources,
+            fields,
+            conditions,
+        })
+}
+
+/// Requests over the grants' alphabet, each part within its limit or far beyond it.
+fn adversarial_request() -> impl Strategy<Value = Owned> {
+    // Without the limits, a dozen patterns scanning such an action would already exceed the
+    // pattern term of the bound.
+    let value = |within: &'static str, beyond: &'static str| prop_oneof![3 => within, 1 => beyond];
+    let input = value("a{0,127}b?", "a{0,2000}b?");
+    let context = value("a{0,256}", "a{0,2000}");
+    let fields = prop_oneof![
+        3 => vec("a{0,127}b?", 0..=32),
+        1 => vec("a{0,300}b?", 0..100),
+    ];
+    (
+        input.clone(),
+        option::of(input),
+        fields,
+        option::of(context.clone()),
+        option::of(context.clone()),
+        option::of(context),
+    )
+        .prop_map(|(action, resource, fields, status, locale, owner)| Owned {
+            action: Some(action),
+            resource,
+            fields,
+            status,
+            locale,
+            owner,
+        })
+}
+
+/// What validation makes of a spec holding `grants`, as the verifier would compile it.
+fn admitted(grants: &[Grant]) -> Option<CompiledGrants> {
+    let spec = serde_json::json!({ "tokens": [{ "name": "main" }], "grants": grants });
+    let spec = serde_json::from_value(spec).expect("generated spec deserializes");
+    let valid = crate::validation::validate(&spec).ok()?;
+    Some(valid.slots[0].grants.clone())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn evaluation_work_stays_under_the_documented_bound(
+        grants in vec(adversarial_grant(), 1..=16),
+        request in adversarial_request(),
+    ) {
+        // Specs validation refuses are never evaluated: the verifier keeps the last accepted one.
+        // Rejecting them (rather than passing) makes proptest fail if few specs are admitted.
+        let compiled = admitted(&grants);
+        prop_assume!(compiled.is_some());
+        let compiled = compiled.expect("assumed");
+        let work = steps::count(|| {
+            compiled.evaluate(&request.request(), KEY);
+        });
+        prop_assert!(work.matching <= MATCH_BOUND, "{work:?} > {MATCH_BOUND}");
+        prop_assert!(work.total() <= WORK_BOUND, "{work:?} > {WORK_BOUND}");
+    }
+}
+
 proptest! {
     #[test]
     fn matcher_agrees_with_reference(pattern in small_pattern(), input in "[ab:*]{0,8}") {
@@ -137,6 +247,7 @@ proptest! {
             }
             Err(PatternError::Empty) => prop_assert!(pattern.is_empty()),
             Err(PatternError::TooLong { len }) => prop_assert!(len > MAX_PATTERN_LEN),
+            Err(PatternError::TooManyWildcards { count }) => prop_assert!(count > MAX_WILDCARDS),
             Err(PatternError::InvalidChar { ch, at }) => {
                 prop_assert_eq!(pattern[at..].chars().next(), Some(ch));
             }

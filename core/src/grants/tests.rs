@@ -98,6 +98,10 @@ fn pattern_parse_rejects_bad_patterns() {
         ("a\nb", PatternError::InvalidChar { ch: '\n', at: 1 }),
         ("a\u{7}", PatternError::InvalidChar { ch: '\u{7}', at: 1 }),
         (
+            &"a*".repeat(MAX_WILDCARDS + 1),
+            PatternError::TooManyWildcards { count: 17 },
+        ),
+        (
             "é\u{a0}",
             PatternError::InvalidChar {
                 ch: '\u{a0}',
@@ -269,6 +273,11 @@ fn decision_display_for_audit() {
         (
             Decision::Denied(DenyReason::NoGrants),
             "key has no grants",
+            true,
+        ),
+        (
+            Decision::Denied(DenyReason::TooLarge(RequestPart::Fields)),
+            "request fields over its size limit",
             true,
         ),
     ];
@@ -715,4 +724,227 @@ fn spec_public_delivery_read_only_published() {
             ),
         ],
     );
+}
+
+// ---- bounded work (issue 27, N3) ----
+
+fn spec_with(grants: serde_json::Value) -> crate::api::ApiKeySpec {
+    serde_json::from_value(json!({ "tokens": [{ "name": "main", "grants": grants }] }))
+        .expect("spec deserializes")
+}
+
+/// The errors validation reports for `spec.tokens[0].grants`, as `field: message` lines.
+fn grant_errors(grants: serde_json::Value) -> Vec<String> {
+    match crate::validation::validate(&spec_with(grants)) {
+        Ok(_) => Vec::new(),
+        Err(invalid) => invalid.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_issue_27_spec_is_refused_naming_the_grants() {
+    // 960 deny patterns `*a…ab*` and `allow *`: 250 KB, under the 256 KiB spec cap.
+    let mut list: Vec<serde_json::Value> = (0..15)
+        .map(|i| {
+            let actions: Vec<String> = (0..64)
+                .map(|j| format!("*{}b{i}.{j}*", "a".repeat(240)))
+                .collect();
+            json!({ "effect": "deny", "actions": actions })
+        })
+        .collect();
+    list.push(json!({ "effect": "allow", "actions": ["*"] }));
+    let errors = grant_errors(json!(list));
+    let named = |what: &str| {
+        errors
+            .iter()
+            .any(|e| e.starts_with("spec.tokens[0].grants: ") && e.contains(what))
+    };
+    assert!(named("961 action and resource patterns"), "{errors:?}");
+    assert!(named("at most 4096 allowed"), "{errors:?}");
+}
+
+#[test]
+fn each_spec_cap_is_enforced_naming_the_field() {
+    let allow = |actions: Vec<String>| json!([{ "effect": "allow", "actions": actions }]);
+    let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("a{i}")).collect();
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("{i:03}{}", "a".repeat(250)))
+        .collect();
+    let fields: Vec<serde_json::Value> = (0..5)
+        .map(|i| {
+            let listed: Vec<String> = (0..60).map(|j| format!("f{i}.{j}")).collect();
+            json!({ "effect": "deny", "actions": ["*"], "fields": listed })
+        })
+        .collect();
+    // At the pattern limit: admitted.
+    let at_limit =
+        json!([{ "effect": "allow", "actions": &many[..64], "resources": &many[64..128] }]);
+    assert_eq!(grant_errors(at_limit), Vec::<String>::new());
+    let cases = [
+        (
+            json!([
+                { "effect": "allow", "actions": &many[..64], "resources": &many[64..128] },
+                { "effect": "deny", "actions": ["x"] },
+            ]),
+            "spec.tokens[0].grants",
+            "has 129 action and resource patterns in all its grants; at most 128 allowed",
+        ),
+        (
+            allow(long),
+            "spec.tokens[0].grants",
+            "has 5060 bytes of action and resource patterns in all its grants; at most 4096",
+        ),
+        (
+            json!(fields),
+            "spec.tokens[0].grants",
+            "has 300 fields entries in all its grants; at most 256 allowed",
+        ),
+        (
+            allow(vec!["a*".repeat(MAX_WILDCARDS + 1)]),
+            "spec.tokens[0].grants[0].actions[0]",
+            "pattern has 17 '*', more than the 16 allowed",
+        ),
+    ];
+    for (grants, field, message) in cases {
+        let errors = grant_errors(grants);
+        let expected = format!("{field}: {message}");
+        assert!(
+            errors.iter().any(|e| e.starts_with(&expected)),
+            "{expected:?} not in {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn oversized_requests_are_denied_before_any_grant() {
+    let compiled = compile(json!([{ "effect": "allow", "actions": ["*"] }]));
+    let at_limit = |n: usize| "a".repeat(n);
+    let over = |n: usize| "a".repeat(n + 1);
+    let (action, resource) = (over(MAX_ACTION_LEN), over(MAX_RESOURCE_LEN));
+    let (field, context) = (over(MAX_FIELD_LEN), over(MAX_CONTEXT_LEN));
+    let too_many: Vec<String> = (0..=MAX_REQUEST_FIELDS).map(|i| i.to_string()).collect();
+    let one_long = vec![field.clone()];
+    let base = Request {
+        action: Some("read"),
+        ..Request::default()
+    };
+    let too_large = |part| Decision::Denied(DenyReason::TooLarge(part));
+    let cases = [
+        (
+            Request {
+                action: Some(&action),
+                ..base
+            },
+            too_large(RequestPart::Action),
+        ),
+        (
+            Request {
+                resource: Some(&resource),
+                ..base
+            },
+            too_large(RequestPart::Resource),
+        ),
+        (
+            Request {
+                fields: &too_many,
+                ..base
+            },
+            too_large(RequestPart::Fields),
+        ),
+        (
+            Request {
+                fields: &one_long,
+                ..base
+            },
+            too_large(RequestPart::Fields),
+        ),
+        (
+            Request {
+                context: Context {
+                    status: Some(&context),
+                    ..Context::default()
+                },
+                ..base
+            },
+            too_large(RequestPart::Context),
+        ),
+        (
+            Request {
+                context: Context {
+                    owner: Some(&context),
+                    ..Context::default()
+                },
+                ..base
+            },
+            too_large(RequestPart::Context),
+        ),
+    ];
+    for (request, decision) in cases {
+        assert_eq!(compiled.evaluate(&request, KEY), decision, "{request:?}");
+        // Refused on length alone: no pattern was matched.
+        assert_eq!(
+            steps::count(|| {
+                compiled.evaluate(&request, KEY);
+            })
+            .total(),
+            0
+        );
+    }
+    // At each limit, `allow *` still allows.
+    let (action, resource) = (at_limit(MAX_ACTION_LEN), at_limit(MAX_RESOURCE_LEN));
+    let fields: Vec<String> = (0..MAX_REQUEST_FIELDS)
+        .map(|_| at_limit(MAX_FIELD_LEN))
+        .collect();
+    let context = at_limit(MAX_CONTEXT_LEN);
+    let request = Request {
+        action: Some(&action),
+        resource: Some(&resource),
+        fields: &fields,
+        context: Context {
+            status: Some(&context),
+            locale: Some(&context),
+            owner: Some(&context),
+        },
+    };
+    assert_eq!(compiled.evaluate(&request, KEY), ALLOWED_0);
+    // Without an action nothing is evaluated, so nothing is refused for size.
+    let request = Request {
+        action: None,
+        resource: Some(&resource),
+        ..request
+    };
+    assert_eq!(compiled.evaluate(&request, KEY), Decision::NotAsked);
+}
+
+#[test]
+fn the_worst_admitted_spec_stays_under_the_work_bound() {
+    // The benchmark's shape: deny patterns that scan the whole action and fail at its end,
+    // as many and as long as validation admits, then `allow *`.
+    let per_pattern = MAX_PATTERN_BYTES / MAX_PATTERNS;
+    let mut list: Vec<serde_json::Value> = (0..63)
+        .map(|i| {
+            let actions: Vec<String> = (i * 127 / 63..(i + 1) * 127 / 63)
+                .map(|j| {
+                    let tail = format!("b{j}*");
+                    format!("*{}{tail}", "a".repeat(per_pattern - 1 - tail.len()))
+                })
+                .collect();
+            json!({ "effect": "deny", "actions": actions })
+        })
+        .collect();
+    list.push(json!({ "effect": "allow", "actions": ["*"] }));
+    let valid = crate::validation::validate(&spec_with(json!(list))).expect("admitted");
+    let compiled = &valid.slots[0].grants;
+    let action = "a".repeat(MAX_ACTION_LEN);
+    let request = Request {
+        action: Some(&action),
+        ..Request::default()
+    };
+    let mut decision = None;
+    let work = steps::count(|| decision = Some(compiled.evaluate(&request, KEY)));
+    assert_eq!(decision, Some(Decision::Allowed { grant: 63 }));
+    // Every deny pattern scanned the whole action: the bound is reached, not just respected.
+    assert!(work.matching >= 127 * MAX_ACTION_LEN, "{work:?}");
+    assert!(work.matching <= super::proptests::MATCH_BOUND, "{work:?}");
+    assert!(work.total() <= super::proptests::WORK_BOUND, "{work:?}");
 }
