@@ -60,7 +60,7 @@ impl TestClock {
         let _ = self.resync.unbounded_send(());
     }
 
-    fn as_clock(&self) -> Clock {
+    pub fn as_clock(&self) -> Clock {
         let now = self.now.clone();
         Arc::new(move || *now.lock().unwrap())
     }
