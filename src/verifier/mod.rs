@@ -32,7 +32,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use jiff::Timestamp;
 use keysmith_core::api::ApiKey;
 use keysmith_core::verifier::decision::{Code, VerifyRequest};
 use keysmith_core::verifier::index::{Index, Verdict};
