@@ -76,6 +76,7 @@ pub async fn start_listening(
     tenancy: Tenancy,
     api: TcpListener,
 ) -> Harness {
+    logs::capture("info");
     let admin = cluster.client().await.expect("admin client");
     let mut spawned = spawn(&cluster, trusted, tenancy, api, system_clock()).await;
     Harness {
@@ -120,7 +121,6 @@ pub async fn spawn(
     api: TcpListener,
     clock: Clock,
 ) -> Spawned {
-    logs::capture("info");
     let client = cluster
         .client_as(&verifier_identity())
         .await
