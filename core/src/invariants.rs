@@ -61,6 +61,9 @@ pub struct Violation {
     pub invariant: Invariant,
     /// What differs, with token ids (never tokens).
     pub detail: String,
+    /// About a verifier answer: the verifier follows the ApiKey through a watch, so an
+    /// observer may ask again before it counts; every other violation is in the objects.
+    pub answer: bool,
 }
 
 impl fmt::Display for Violation {
@@ -420,12 +423,12 @@ impl Ledger {
             let in_window = r.current || r.window_until.is_some_and(|until| until > now);
             let what = if r.current { "current" } else { "replaced" };
             if valid && standing.deleted {
-                out.push(violation(
+                out.push(answer_violation(
                     Invariant::I2,
                     format!("token {} verifies after the key was deleted", r.id),
                 ));
             } else if valid && standing.out_of_service {
-                out.push(violation(
+                out.push(answer_violation(
                     Invariant::I2,
                     format!(
                         "token {} verifies while the key is disabled or expired",
@@ -433,7 +436,7 @@ impl Ledger {
                     ),
                 ));
             } else if valid && !unexpired {
-                out.push(violation(
+                out.push(answer_violation(
                     Invariant::I2,
                     format!(
                         "token {} verifies after its expiresAt {}",
@@ -442,7 +445,7 @@ impl Ledger {
                     ),
                 ));
             } else if valid && !in_window {
-                out.push(violation(
+                out.push(answer_violation(
                     Invariant::I2,
                     format!(
                         "replaced token {} verifies after its window ended ({})",
@@ -464,7 +467,7 @@ impl Ledger {
                 } else {
                     (Invariant::I1, "")
                 };
-                out.push(violation(
+                out.push(answer_violation(
                     invariant,
                     format!("{what} token {} answers {code}{until}{why}", r.id),
                 ));
@@ -732,7 +735,18 @@ fn window_changes(before: &Ledger, status: &Value, out: &mut Vec<Violation>) {
 }
 
 fn violation(invariant: Invariant, detail: String) -> Violation {
-    Violation { invariant, detail }
+    Violation {
+        invariant,
+        detail,
+        answer: false,
+    }
+}
+
+fn answer_violation(invariant: Invariant, detail: String) -> Violation {
+    Violation {
+        answer: true,
+        ..violation(invariant, detail)
+    }
 }
 
 /// What an operation may cost in API writes (I7), the key's own objects only: the ApiKey
