@@ -439,12 +439,30 @@ impl World {
         }
     }
 
+    /// Write the model's spec and wait until the controller has seen it: a settled pass of a
+    /// controller whose cache still holds the old spec would prove nothing.
     async fn write_spec(&self, m: &Model) {
         let patch = json!({"spec": m.spec()});
-        raw_apikeys(&self.h.admin, NS)
+        let written = raw_apikeys(&self.h.admin, NS)
             .patch(&m.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .expect("the spec is written");
+        let generation = written.metadata.generation.unwrap_or_default();
+        self.h
+            .wait_key(&m.name, "the controller to observe the edit", |k| {
+                k["status"]["observedGeneration"].as_i64() >= Some(generation)
+            })
+            .await;
+    }
+
+    /// Wait until every slot in `slots` answered `value` in its status `field`: the rotation
+    /// a healthy key owes a new trigger or annotation value.
+    async fn wait_rotated(&self, m: &Model, slots: &[&str], field: &str, value: &str) {
+        self.h
+            .wait_key(&m.name, "the rotation to be answered", |k| {
+                slots.iter().all(|slot| token(k, slot)[field] == value)
+            })
+            .await;
     }
 
     async fn annotate(&self, m: &mut Model, annotation: String) {
@@ -486,11 +504,22 @@ impl World {
             }
             Op::RotateAll => {
                 self.annotate(m, ROTATE_ANNOTATION.to_owned()).await;
+                if healthy {
+                    let value = format!("r{}", m.rotations);
+                    self.wait_rotated(m, &SLOTS, "rotateAnnotation", &value)
+                        .await;
+                }
                 return healthy;
             }
             Op::RotateSlot(slot) => {
                 let annotation = format!("{ROTATE_SLOT_ANNOTATION_PREFIX}{}", SLOTS[*slot]);
                 self.annotate(m, annotation).await;
+                if healthy {
+                    let value = format!("r{}", m.rotations);
+                    let slot = [SLOTS[*slot]];
+                    self.wait_rotated(m, &slot, "rotateSlotAnnotation", &value)
+                        .await;
+                }
                 return healthy;
             }
             Op::DeleteSecret => {
@@ -560,7 +589,13 @@ impl World {
         }
         self.write_spec(m).await;
         // A trigger change on a healthy key is a rotation too.
-        *op == Op::Trigger && healthy
+        let rotation = *op == Op::Trigger && healthy;
+        if rotation {
+            let value = format!("t{}", m.trigger);
+            self.wait_rotated(m, &SLOTS, "rotationTrigger", &value)
+                .await;
+        }
+        rotation
     }
 
     /// Ready, valid, enabled and unexpired: a rotation costs exactly two writes.
