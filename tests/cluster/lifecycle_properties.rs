@@ -924,14 +924,30 @@ async fn defect_4_an_invalid_spec_series_names_the_latest_problem() {
     replay("d4-invalid", &[Op::InvalidEvery, Op::InvalidGrant]).await;
 }
 
-/// Defect 6: an Envoy Gateway entry written by hand while the spec is invalid stays after the
-/// spec is fixed: the gateway keeps a token Keysmith never minted and lacks the current one
-/// (I3).
+/// Found once by the random run: an Envoy Gateway entry written by hand while the spec was
+/// invalid was still there after the spec was fixed (I3). Not reproduced since the checks wait
+/// for the controller to observe each edit and give a Secret repair time to follow its watch, so
+/// most likely a stale-cache race of the harness; kept as a regression test. Fails at step 1 on
+/// defect 3 until that is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defect_6_a_published_secret_tampered_while_invalid_is_repaired_once_fixed() {
+async fn a_published_secret_tampered_while_invalid_is_repaired_once_fixed() {
     replay(
-        "d6",
+        "invalid-tamper",
         &[Op::InvalidGrant, Op::TamperPublished, Op::SetGrants(0)],
+    )
+    .await;
+}
+
+/// Found by the random run as I7 (a rotation request answered with no write): the checks
+/// settled on a controller restarted after an abort whose cache did not yet hold the request.
+/// A harness race, gone since the checks wait for each request to be answered; kept as a
+/// regression test. Fails at step 2 on defect 1 (the abort's own rotation comes inside the
+/// trigger's window) until that is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_request_after_an_abort_is_answered() {
+    replay(
+        "abort-rotate",
+        &[Op::Trigger, Op::AbortController(1), Op::RotateSlot(1)],
     )
     .await;
 }
