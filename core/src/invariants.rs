@@ -292,11 +292,11 @@ impl Ledger {
         let standing = self.standing(key.as_ref(), snap.now);
         window_changes(&before, &status, &mut out);
         self.answers(snap, &standing, &mut out);
-        if let Some(key) = &key {
-            if !standing.deleted {
-                self.holdings(key, &status, snap, &mut out);
-                self.served_generation(key, &status, &mut out);
-            }
+        if let Some(key) = &key
+            && !standing.deleted
+        {
+            self.holdings(key, &status, snap, &mut out);
+            self.served_generation(key, &status, &mut out);
         }
         self.usage(&status, &mut out);
         before.event_notes(snap, key.as_ref(), &mut out);
@@ -363,10 +363,11 @@ impl Ledger {
         // Rotated events promise windows too, by id.
         for event in snap.events.iter().filter(|e| e.reason == "Rotated") {
             for (id, until) in promised_by_note(&event.note) {
-                if let Some(r) = self.tokens.values_mut().find(|r| r.id == id) {
-                    if r.window_until.is_none() && !r.current {
-                        r.window_until = until;
-                    }
+                if let Some(r) = self.tokens.values_mut().find(|r| r.id == id)
+                    && r.window_until.is_none()
+                    && !r.current
+                {
+                    r.window_until = until;
                 }
             }
         }
@@ -394,10 +395,10 @@ impl Ledger {
             if !is_current && suspended_now != Some(false) {
                 record.interrupted = true;
             }
-            if let Some(value) = &record.value {
-                if snap.answers.get(value) == Some(&Code::Valid) {
-                    record.valid_at.insert(whole_seconds(snap.now));
-                }
+            if let Some(value) = &record.value
+                && snap.answers.get(value) == Some(&Code::Valid)
+            {
+                record.valid_at.insert(whole_seconds(snap.now));
             }
         }
         for event in &snap.events {
@@ -622,13 +623,13 @@ impl Ledger {
         if observed != key.metadata.generation {
             return;
         }
-        if let Some((accepted, _)) = &self.accepted {
-            if served != *accepted {
-                out.push(violation(
-                    Invariant::I5,
-                    format!("status serves generation {served}; the last accepted is {accepted}"),
-                ));
-            }
+        if let Some((accepted, _)) = &self.accepted
+            && served != *accepted
+        {
+            out.push(violation(
+                Invariant::I5,
+                format!("status serves generation {served}; the last accepted is {accepted}"),
+            ));
         }
     }
 
@@ -720,16 +721,16 @@ fn window_changes(before: &Ledger, status: &Value, out: &mut Vec<Violation>) {
             .tokens
             .get(&e.sha256)
             .and_then(|r| r.window_until.filter(|_| !r.current));
-        if let (Some(promised), Some(now)) = (promised, e.valid_until) {
-            if promised != now {
-                out.push(violation(
-                    Invariant::I1,
-                    format!(
-                        "replaced token {} was promised a window until {promised}, status now says {now}",
-                        e.id
-                    ),
-                ));
-            }
+        if let (Some(promised), Some(now)) = (promised, e.valid_until)
+            && promised != now
+        {
+            out.push(violation(
+                Invariant::I1,
+                format!(
+                    "replaced token {} was promised a window until {promised}, status now says {now}",
+                    e.id
+                ),
+            ));
         }
     }
 }

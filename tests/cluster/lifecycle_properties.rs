@@ -710,10 +710,8 @@ impl World {
             self.h.cluster.clear_requests();
             let rotation = self.apply(m, op).await;
             self.settle().await.map_err(|v| fail(step, &label, v))?;
-            if rotation {
-                if let Some(v) = check_writes(Operation::Rotation, &self.key_writes(m)) {
-                    return Err(fail(step, &label, vec![v]));
-                }
+            if rotation && let Some(v) = check_writes(Operation::Rotation, &self.key_writes(m)) {
+                return Err(fail(step, &label, vec![v]));
             }
             self.check(m, &mut ledger)
                 .await
