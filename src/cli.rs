@@ -50,7 +50,7 @@ pub enum Command {
     /// The embedded default: API emulator, controller and verifier with the examples applied.
     Dev(dev::DevArgs),
     /// Rotate an ApiKey's tokens (every slot, or one with --token); --wait returns once the
-    /// Secret holds the new ones.
+    /// Secret holds the new ones. A disabled or invalid key is refused unless --when-enabled.
     Rotate(rotate::RotateArgs),
     /// Show an ApiKey's conditions and tokens, or without NAME a table of the namespace's
     /// ApiKeys (-A: of every namespace).

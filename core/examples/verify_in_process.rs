@@ -33,13 +33,13 @@ fn main() -> Result<(), Box<dyn Error>> {
             ],
         },
     }))?;
-    let plan = planner::plan(
-        &key,
-        None,
-        &HeaderSecrets::new(),
-        now,
-        &mut planner::mint_token,
-    )?;
+    let observed = planner::Observed {
+        key: &key,
+        secret: None,
+        header_secrets: &HeaderSecrets::new(),
+        published: &[],
+    };
+    let plan = planner::plan(&observed, now, &mut planner::mint_token)?;
     key.status = plan.status;
     let secret = plan.secret.ok_or("a new key gets a Secret")?.to_secret();
 

@@ -77,6 +77,9 @@ pub const OVERLAP_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9_]{0,32}$";
 /// A DNS label (RFC 1123).
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS subdomain (RFC 1123): what Kubernetes accepts as a Secret's name.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A valid key of a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// Longest slot name: `keysmith.dev/rotate-<slot>` must stay a valid annotation key (63 after the `/`).
@@ -435,7 +438,8 @@ pub struct RequiredHeader {
     )]
     pub name: String,
 
-    /// The literal value the header must have.
+    /// The literal value the header must have. Anyone who may read the ApiKey reads it: for a
+    /// shared secret use `valueFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub value: Option<String>,
@@ -456,8 +460,10 @@ pub struct HeaderValueSource {
 /// A key of a Secret in the ApiKey's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
-    /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Secret name (a DNS subdomain).
+    // The controller reads this Secret: a path or a query is refused here, and again when the
+    // controller validates.
+    #[schemars(length(min = 1, max = 253), extend("pattern" = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]
@@ -654,6 +660,28 @@ pub struct ApiKeyStatus {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub required_headers: Vec<RequiredHeaderStatus>,
+
+    /// The generation whose verification policy `servedPolicy` holds: the last spec the
+    /// controller accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_generation: Option<i64>,
+
+    /// What verifications read from the last accepted spec (environment, `expiresAt`, grants,
+    /// restrictions, each slot's grants and metadata). While the spec breaks a rule
+    /// (`Ready=False`, `InvalidSpec`), the verifier serves this instead, so a rejected edit
+    /// changes no answer; only `disabled: true` applies at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "opaque_object")]
+    pub served_policy: Option<ApiKeySpec>,
+}
+
+/// An object the API server keeps as written: the served policy repeats the spec's fields, and
+/// the spec's schema (with its CEL rules) already checked them when the spec was accepted.
+fn opaque_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// The expected value of a required header taken from a Secret, as a hash.
@@ -695,13 +723,23 @@ pub struct TokenStatus {
     /// The `keysmith.dev/rotate-<slot>` annotation value this token answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_slot_annotation: Option<String>,
-    /// The replaced token, while its overlap window lasts.
+    /// The token replaced last, while its overlap window lasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousToken>,
-    /// Last successful verification, written by the verifier at most once a minute.
+    /// Tokens replaced before `previous` whose overlap windows are still open, newest first.
+    /// A rotation that would make them more than three (`MAX_EARLIER`) ends the oldest window early,
+    /// with a Warning event `OverlapCut`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub earlier: Vec<PreviousToken>,
+    /// Last successful verification of this token, written by the verifier at most once a
+    /// minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Time>,
 }
+
+/// Most replaced tokens a slot keeps besides `previous` (`status.tokens[].earlier`).
+pub const MAX_EARLIER: usize = 3;
 
 /// A replaced token that still verifies until `validUntil`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -713,6 +751,10 @@ pub struct PreviousToken {
     pub sha256: String,
     /// End of the overlap window.
     pub valid_until: Time,
+    /// Last successful verification of the replaced token (it moves here from the token's own
+    /// entry when it is replaced), written by the verifier at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
 }
 
 impl ApiKey {

@@ -3,8 +3,9 @@
 //! [`api`] holds the `ApiKey` types (and the labels and annotations Keysmith reads and writes),
 //! [`crd`] the CustomResourceDefinition generated from them, [`token`] the token format,
 //! [`duration`] and [`schedule`] the time parsing, [`grants`] the permission evaluator and
-//! [`validation`] every rule a spec must satisfy, [`invariants`] the promises of SPEC 4.1a as a
-//! checker over observed snapshots. [`planner`] is the reconcile decision of the
+//! [`validation`] every rule a spec must satisfy, [`served`] the policy a key serves when an edit
+//! is rejected, [`invariants`] the promises of SPEC 4.1a as a checker over observed snapshots.
+//! [`planner`] is the reconcile decision of the
 //! controller and [`verifier`] the verification decision with its token index.
 //!
 //! This crate depends on no async runtime, HTTP stack or Kubernetes client (a test,
@@ -21,6 +22,7 @@ pub mod grants;
 pub mod invariants;
 pub mod planner;
 pub mod schedule;
+pub mod served;
 pub mod token;
 pub mod validation;
 pub mod verifier;

@@ -374,7 +374,7 @@ fn push_checksum(out: &mut String, crc: u32, encoding: Encoding) {
     out.extend(digits[..len].iter().map(|&b| char::from(b)));
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0x0f)]));

@@ -317,6 +317,14 @@ fn is_dns_subdomain(value: &str) -> bool {
     value.len() <= 253 && value.split('.').all(|label| is_dns_label(label, 63))
 }
 
+/// A key Kubernetes accepts in a Secret's `data`.
+fn is_secret_data_key(key: &str) -> bool {
+    let chars_ok = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    !key.is_empty() && key.len() <= 253 && chars_ok && key != "." && key != ".."
+}
+
 fn compile_grants(errors: &mut Errors, field: &str, grants: &[Grant]) -> CompiledGrants {
     if grants.len() > 64 {
         errors.push(
@@ -526,10 +534,7 @@ fn check_slot_format(errors: &mut Errors, i: usize, slot: &TokenSlot) {
         );
     }
     let key = slot.secret_key();
-    let key_ok = key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    if key.is_empty() || key.len() > 253 || !key_ok || key == "." || key == ".." {
+    if !is_secret_data_key(key) {
         errors.push(
             at("secretKey"),
             format!("{key:?} is not a valid Secret key: use at most 253 letters, digits, '-', '_' and '.'"),
@@ -606,6 +611,14 @@ fn validate_restrictions(errors: &mut Errors, spec: &ApiKeySpec) -> Vec<IpNet> {
             errors.push(
                 at("valueFrom.secretKeyRef.name"),
                 format!("{:?} is not a valid Secret name", from.secret_key_ref.name),
+            );
+        }
+        if let Some(from) = &h.value_from
+            && !is_secret_data_key(&from.secret_key_ref.key)
+        {
+            errors.push(
+                at("valueFrom.secretKeyRef.key"),
+                format!("{:?} is not a valid Secret key: use at most 253 letters, digits, '-', '_' and '.'", from.secret_key_ref.key),
             );
         }
     }

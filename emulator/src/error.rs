@@ -163,7 +163,14 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
-        let rendered: Vec<String> = causes.iter().map(Cause::render).collect();
+        // The message names each distinct cause once (Go's `ErrorList.ToAggregate`); the
+        // causes list keeps them all.
+        let mut rendered: Vec<String> = Vec::new();
+        for cause in causes.iter().map(Cause::render) {
+            if !rendered.contains(&cause) {
+                rendered.push(cause);
+            }
+        }
         let list = if rendered.len() == 1 {
             rendered[0].clone()
         } else {
@@ -220,6 +227,15 @@ impl ApiError {
     /// 410 for a `resourceVersion` older than the retained history.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
+    }
+
+    /// 413 for a request body over the API server's limit (`--max-request-body-bytes`).
+    pub fn request_entity_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 415.
@@ -314,5 +330,19 @@ mod tests {
             "ApiKey.keysmith.dev \"k\" is invalid: [spec.a: Required value, spec.b: Invalid value: 1: too small]"
         );
         assert_eq!(e.status()["details"]["causes"][0]["field"], "spec.a");
+    }
+
+    #[test]
+    fn invalid_names_a_repeated_cause_once_and_lists_it_each_time() {
+        let twice = Cause::new("FieldValueTooLong", "metadata.annotations", "Too long");
+        let e = ApiError::invalid("", "Secret", "s", vec![twice.clone(), twice]);
+        assert_eq!(
+            e.message,
+            "Secret \"s\" is invalid: metadata.annotations: Too long"
+        );
+        assert_eq!(
+            e.status()["details"]["causes"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 }

@@ -3,8 +3,7 @@
 //! carry the `x-kubernetes-group-version-kind` extension and the
 //! `fieldValidation` parameter (kubectl reads them to decide it may leave
 //! field validation to the server), plus the CRD schemas (for `kubectl
-//! explain`). `/openapi/v2` is protobuf-only in kubectl and answered 404,
-//! which kubectl treats as "not available".
+//! explain`). `/openapi/v2` is a Swagger document without definitions (see [`v2`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -144,4 +143,45 @@ pub fn group_version(reg: &Registry, group: &str, version: &str) -> Option<Value
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The Swagger 2.0 document's title and version, as a real server's `info` reads.
+const V2_INFO: (&str, &str) = ("Kubernetes", "1.32");
+
+/// `/openapi/v2` as JSON: a Swagger 2.0 document with no paths and no definitions. kubectl
+/// reads it (as protobuf, [`v2_protobuf`]) only to validate the items of a `v1` `List`
+/// client-side, since no OpenAPI v3 operation names that kind; without it, `kubectl apply` of
+/// what `kubectl get -o yaml` prints fails. With no definitions kubectl leaves every item's
+/// validation to the server (`fieldValidation`), where a real server's definitions would let
+/// kubectl check the items itself first.
+pub fn v2() -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {"title": V2_INFO.0, "version": V2_INFO.1},
+        "paths": {},
+        "definitions": {},
+    })
+}
+
+/// [`v2`] as gnostic's `openapi.v2.Document` protobuf, the form kubectl asks for: `swagger` (1),
+/// `info` (2: `title` 1, `version` 2), `paths` (8) and `definitions` (9), both empty.
+pub fn v2_protobuf() -> Vec<u8> {
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(bytes.len()).expect("short fields only");
+        let mut out = vec![(number << 3) | 2, len];
+        out.extend_from_slice(bytes);
+        out
+    }
+    let info = [
+        field(1, V2_INFO.0.as_bytes()),
+        field(2, V2_INFO.1.as_bytes()),
+    ]
+    .concat();
+    [
+        field(1, b"2.0"),
+        field(2, &info),
+        field(8, &[]),
+        field(9, &[]),
+    ]
+    .concat()
 }

@@ -3,6 +3,8 @@
 //! apply `default`s, then validate types, `required`, `enum`, `pattern`,
 //! ranges, lengths and list uniqueness, with Kubernetes' message wording.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 
 use crate::error::Cause;
@@ -188,15 +190,18 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             ));
             return;
         }
-    } else if let Some(want) = schema["type"].as_str() {
-        let have = type_name(v);
-        let ok = have == want || (want == "number" && have == "integer");
-        if !ok {
-            causes.push(invalid(
-                path,
-                v,
-                format!("{path} in body must be of type {want}: \"{have}\""),
-            ));
+    } else if let Some(want) = schema["type"].as_str()
+        && let Some((expected, found)) = type_mismatch(schema, want, v)
+    {
+        causes.push(Cause::new(
+            "FieldValueTypeInvalid",
+            path,
+            format!(
+                "Invalid value: \"{found}\": {path} in body must be of type {expected}: \"{found}\""
+            ),
+        ));
+        // The real server's number checks run on a number of the wrong type too.
+        if !v.is_number() {
             return;
         }
     }
@@ -218,6 +223,15 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
 
     match v {
         Value::String(s) => {
+            if format(schema) == Some("date-time") && !is_date_time(s) {
+                causes.push(Cause::new(
+                    "FieldValueTypeInvalid",
+                    path,
+                    format!(
+                        "Invalid value: {s:?}: {path} in body must be of type date-time: {s:?}"
+                    ),
+                ));
+            }
             if let Some(p) = schema["pattern"].as_str() {
                 match regex::Regex::new(p) {
                     Ok(re) if !re.is_match(s) => causes.push(invalid(
@@ -248,7 +262,10 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
                 ));
             }
         }
-        Value::Number(_) => check_range(schema, v, path, causes),
+        Value::Number(_) => {
+            check_integer_format(schema, v, path, causes);
+            check_range(schema, v, path, causes);
+        }
         Value::Array(items) => {
             let n = items.len() as u64;
             if let Some(max) = schema["maxItems"].as_u64()
@@ -321,6 +338,140 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
         _ => {}
     }
     junctors(schema, v, path, causes);
+}
+
+/// The schema's `format`, when it is one the emulator checks as the real server does: the
+/// ones Keysmith's CRD declares. Other formats are not checked.
+fn format(schema: &Value) -> Option<&str> {
+    schema["format"]
+        .as_str()
+        .filter(|f| matches!(*f, "date-time" | "int32" | "int64"))
+}
+
+/// The JSON type and Go format kube-openapi infers for a decoded value: integers that fit an
+/// int64 decode as `int64`, every other number as `float64`.
+fn go_type(v: &Value) -> (&'static str, &'static str) {
+    match v {
+        Value::Number(n) if n.is_i64() => ("integer", "int64"),
+        Value::Number(_) => ("number", "float64"),
+        other => (type_name(other), ""),
+    }
+}
+
+/// go-openapi's `IsFloat64AJSONInteger`: a whole number within ±(2^53 - 1), or a positive one
+/// within a relative 1e-9 of one.
+fn is_json_integer(f: f64) -> bool {
+    const MAX: f64 = 9_007_199_254_740_991.0;
+    if !f.is_finite() || f.abs() > MAX {
+        return false;
+    }
+    let whole = f.trunc();
+    f == whole || (f > 0.0 && whole > 0.0 && (f - whole) / (f + whole) < 1e-9)
+}
+
+/// kube-openapi's type check of a non-null value against a schema with a `type`: the type
+/// named and the type found when they do not fit. With a format, a value other than a string
+/// or an array is reported against the format, and a string or an array passes a string
+/// schema unchecked.
+fn type_mismatch(schema: &Value, want: &str, v: &Value) -> Option<(String, String)> {
+    let (have, have_format) = go_type(v);
+    let fits = have == want
+        || (want == "integer" && have == "number" && v.as_f64().is_some_and(is_json_integer))
+        || (want == "number" && have == "integer");
+    let string_or_array = v.is_string() || v.is_array();
+    match format(schema) {
+        Some(f) if !string_or_array && !fits && have_format != f => {
+            Some((f.to_string(), have_format.to_string()))
+        }
+        Some(_) if string_or_array && !matches!(want, "integer" | "number") => None,
+        _ if !fits => Some((want.to_string(), have.to_string())),
+        _ => None,
+    }
+}
+
+/// kube-openapi's check that a number fits its integer format (int64 by default), reported
+/// without a field path and with an empty value, as the real server does.
+fn check_integer_format(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if schema["type"].as_str() != Some("integer") {
+        return;
+    }
+    let format = format(schema);
+    // Go prints the number in full and parses it as an integer of that size: a whole
+    // number in [min, end).
+    let (min, end) = if format == Some("int32") {
+        (-2_147_483_648.0, 2_147_483_648.0)
+    } else {
+        (-9_223_372_036_854_775_808.0, 9_223_372_036_854_775_808.0)
+    };
+    let fits = match (v.as_i64(), v.as_f64()) {
+        (Some(i), _) => format != Some("int32") || i32::try_from(i).is_ok(),
+        (None, Some(f)) => f.trunc() == f && f >= min && f < end,
+        (None, None) => true,
+    };
+    if fits {
+        return;
+    }
+    let with_format = format
+        .map(|f| format!(" with format {f}"))
+        .unwrap_or_default();
+    causes.push(Cause::new(
+        "FieldValueInvalid",
+        "<nil>",
+        format!(
+            "Invalid value: \"\": Checked value must be of type integer{with_format} in {path}"
+        ),
+    ));
+}
+
+/// go-openapi's `date-time` (`strfmt.IsDateTime`), as the real server checks it: a full date,
+/// a `T` (either case), then `hh:mm:ss`, any one character and digits for a fraction, and `Z`
+/// or `±hh:mm`; whatever follows a further `T` is ignored.
+fn is_date_time(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    let mut parts = lower.split('t');
+    let (Some(date), Some(time)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    s.len() >= 4 && is_full_date(date) && is_time(time)
+}
+
+/// `2006-01-02` as Go's `time.Parse` reads it: exact digits, a day that exists in that month.
+fn is_full_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !digits(0..4)
+        || !digits(5..7)
+        || !digits(8..10)
+    {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
+}
+
+/// strfmt's time of day: `^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$`
+/// (on the lowercased text), hours to 23, minutes and seconds to 59; the offset is not ranged.
+fn is_time(s: &str) -> bool {
+    static TIME: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(
+            r"^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$",
+        )
+        .expect("a valid pattern")
+    });
+    TIME.captures(s)
+        .is_some_and(|c| &c[1] <= "23" && &c[2] <= "59" && &c[3] <= "59")
 }
 
 fn check_range(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {

@@ -14,13 +14,13 @@ use crate::cluster;
 use crate::controller::leader::{LeaderConfig, default_lease_name};
 use crate::scope::Scope;
 use crate::telemetry::LogFormat;
-use crate::verifier::Settings;
 use crate::verifier::activity::DEFAULT_MAX_TOKENS;
 use crate::verifier::client_ip;
 use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
 use crate::verifier::tenancy::Tenancy;
 use crate::verifier::tls::TlsFiles;
 use crate::verifier::usage_api::{self, UsageSettings};
+use crate::verifier::{Settings, TokenMetricsCap};
 
 /// `--namespace` and `--selector`: which ApiKeys this process handles (sharding, SPEC 2).
 #[derive(Args, Debug, Clone, Default)]
@@ -119,6 +119,12 @@ pub struct VerifierApiArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOKENS)]
     pub usage_max_tokens: usize,
 
+    /// Most tokens that get per-token series (`keysmith_token_verifications_total`) when their
+    /// ApiKey opts in with `keysmith.dev/usage-metrics: "true"`; beyond, their verifications
+    /// count in `keysmith_token_verifications_untracked_total`. 0: none.
+    #[arg(long, value_name = "N", default_value_t = TokenMetricsCap::default().0)]
+    pub token_metrics_max_tokens: usize,
+
     /// Address of the usage API (HTTPS, the aggregated API `usage.keysmith.dev`); default: not
     /// served. Needs `--usage-tls-cert-file` and `--usage-tls-key-file`.
     #[arg(long, value_name = "ADDR", requires_all = ["usage_tls_cert_file", "usage_tls_key_file"])]
@@ -187,6 +193,7 @@ impl VerifierApiArgs {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             },
             token_review_audiences: self.token_review_audiences.clone(),
+            token_metrics_cap: TokenMetricsCap(self.token_metrics_max_tokens),
             tls: self
                 .tls_cert_file
                 .clone()

@@ -1,6 +1,11 @@
-//! `keysmith rotate NAME [-n NS] [--token SLOT] [--wait [--timeout D]]`: set the rotation
-//! annotation, like a kubectl plugin. The controller sees the new value and rotates every slot,
-//! or the one slot, once; with `--wait` the command returns when the new tokens are in the Secret.
+//! `keysmith rotate NAME [-n NS] [--token SLOT] [--wait [--timeout D] | --when-enabled]`: set the
+//! rotation annotation, like a kubectl plugin. The controller sees the new value and rotates every
+//! slot, or the one slot, once; with `--wait` the command returns when the new tokens are in the
+//! Secret.
+//!
+//! A key that cannot rotate now (disabled, or its spec invalid) is refused up front, unless
+//! `--when-enabled` asks for the rotation to be queued: otherwise the request would sit
+//! unanswered and happen, unannounced, whenever the key is enabled or fixed.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,8 +34,14 @@ pub struct RotateArgs {
     token: Option<String>,
 
     /// Return only once the Secret holds the new tokens (watching the ApiKey and the Secret).
-    #[arg(long)]
+    /// Fails at once if the key is disabled or its spec invalid, or turns so while waiting.
+    #[arg(long, conflicts_with = "when_enabled")]
     wait: bool,
+
+    /// Request the rotation even though the key is disabled or its spec invalid: it stays
+    /// queued and happens when the key is enabled and its spec valid again.
+    #[arg(long)]
+    when_enabled: bool,
 
     /// How long `--wait` waits before failing, e.g. `30s` or `5m`.
     #[arg(long, value_name = "DURATION", default_value = "2m", requires = "wait",
@@ -81,10 +92,56 @@ impl Request {
     }
 }
 
+/// Why `key` cannot rotate now, with what to do about it: it is disabled, or the controller
+/// found its current spec invalid. `None` when it can.
+fn blocked(key: &ApiKey, namespace: &str, name: &str) -> Option<String> {
+    if key.spec.disabled {
+        return Some(format!(
+            "ApiKey {namespace}/{name} is disabled (spec.disabled is true)"
+        ));
+    }
+    let generation = key.metadata.generation;
+    let ready = key
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    // A condition about an older generation may be about a spec already fixed.
+    (ready.reason == "InvalidSpec"
+        && ready.status == "False"
+        && (ready.observed_generation.is_none() || ready.observed_generation == generation))
+        .then(|| {
+            format!(
+                "ApiKey {namespace}/{name} cannot rotate: its spec is invalid ({})",
+                ready.message
+            )
+        })
+}
+
+/// What to do about a key [`blocked`] refuses.
+fn remedy(key: &ApiKey) -> &'static str {
+    if key.spec.disabled {
+        "set spec.disabled to false first"
+    } else {
+        "fix the field the message names first"
+    }
+}
+
 async fn rotate(args: RotateArgs) -> Result<(), String> {
     let fetched = args.key.fetch().await?;
     let (namespace, key) = (&fetched.namespace, &fetched.key);
     let name = &args.key.name;
+    let blocked_now = blocked(key, namespace, name);
+    if let Some(why) = &blocked_now
+        && !args.when_enabled
+    {
+        return Err(format!(
+            "{why}; nothing requested: {}, or pass --when-enabled to queue the rotation for \
+             when the key is enabled and valid",
+            remedy(key)
+        ));
+    }
     let annotation = match &args.token {
         None => ROTATE_ANNOTATION.to_owned(),
         Some(slot) => {
@@ -116,6 +173,9 @@ async fn rotate(args: RotateArgs) -> Result<(), String> {
         request.annotation,
         request.value
     );
+    if let Some(why) = blocked_now {
+        println!("{why}: the rotation happens when the key is enabled and valid");
+    }
     if args.wait {
         let (secret, tokens) = wait_for_secret(&fetched, name, &request, args.timeout).await?;
         for token in tokens {
@@ -139,8 +199,19 @@ async fn wait_for_secret(
     let namespace = &fetched.namespace;
     let deadline = Instant::now() + timeout;
     let after = duration::format(timeout);
-    let (key, tokens) = wait::until(fetched.api.clone(), name, deadline, |key: &ApiKey| {
-        request.answered(key).map(|tokens| (key.clone(), tokens))
+    let answer = wait::until(fetched.api.clone(), name, deadline, |key: &ApiKey| {
+        if let Some(tokens) = request.answered(key) {
+            return Some(Ok((key.clone(), tokens)));
+        }
+        // Stop as soon as the key cannot answer: waiting out the timeout would tell nothing.
+        blocked(key, namespace, name).map(|why| {
+            let why = why.replace(" is disabled (", " was disabled while waiting (");
+            Err(format!(
+                "{why}; the rotation stays requested and happens when the key is enabled and \
+                 valid: {}",
+                remedy(key)
+            ))
+        })
     })
     .await
     .map_err(|e| match e {
@@ -157,6 +228,7 @@ async fn wait_for_secret(
             describe_error(e, "watch", Some(namespace))
         ),
     })?;
+    let (key, tokens) = answer?;
     let secret = key
         .status
         .as_ref()

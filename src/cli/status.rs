@@ -135,6 +135,20 @@ pub fn render(key: &ApiKey) -> String {
         time(status.next_rotation_at.as_ref())
     );
     let _ = writeln!(out, "  Expires:       {}", time(status.expires_at.as_ref()));
+    let generation = key.metadata.generation;
+    match status.served_generation {
+        Some(served) if Some(served) != generation => {
+            let _ = writeln!(
+                out,
+                "  Serving:       generation {served}; generation {} is rejected (see Ready) and changes no answer until fixed",
+                generation.unwrap_or_default()
+            );
+        }
+        Some(served) => {
+            let _ = writeln!(out, "  Serving:       generation {served}");
+        }
+        None => {}
+    }
     let _ = writeln!(out, "  Conditions:");
     for c in &status.conditions {
         let _ = write!(out, "    {:<9} {:<5} {}", c.type_, c.status, c.reason);
@@ -154,11 +168,18 @@ pub fn render(key: &ApiKey) -> String {
             time(t.expires_at.as_ref()),
             time(t.last_used_at.as_ref()),
         );
-        if let Some(p) = &t.previous {
+        for (label, p) in t
+            .previous
+            .iter()
+            .map(|p| ("previous", p))
+            .chain(t.earlier.iter().map(|p| ("earlier", p)))
+        {
             let _ = writeln!(
                 out,
-                "      previous {} valid until {}",
-                p.id, p.valid_until.0
+                "      {label} {} valid until {}, last used {}",
+                p.id,
+                p.valid_until.0,
+                time(p.last_used_at.as_ref()),
             );
         }
     }
@@ -173,15 +194,18 @@ mod tests {
     fn renders_conditions_and_tokens() {
         let key: ApiKey = serde_json::from_value(serde_json::json!({
             "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
-            "metadata": {"name": "site", "namespace": "cms"},
+            "metadata": {"name": "site", "namespace": "cms", "generation": 5},
             "spec": {"tokens": [{"name": "delivery"}]},
             "status": {
                 "secretName": "site",
+                "servedGeneration": 4,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "Rotated",
                     "message": "1 token(s) current in Secret site", "lastTransitionTime": "2026-11-22T10:00:00Z"}],
                 "tokens": [{"name": "delivery", "id": "ks_abcdef", "sha256": "00",
                     "issuedAt": "2026-11-22T10:00:00Z",
-                    "previous": {"id": "ks_123456", "sha256": "11", "validUntil": "2026-11-22T11:00:00Z"}}],
+                    "previous": {"id": "ks_123456", "sha256": "11", "validUntil": "2026-11-22T11:00:00Z",
+                        "lastUsedAt": "2026-11-22T09:59:00Z"},
+                    "earlier": [{"id": "ks_654321", "sha256": "22", "validUntil": "2026-11-22T10:30:00Z"}]}],
             },
         }))
         .unwrap();
@@ -189,7 +213,11 @@ mod tests {
         assert!(text.contains("ApiKey cms/site"));
         assert!(text.contains("Ready     True  Rotated: 1 token(s) current in Secret site"));
         assert!(text.contains("delivery: ks_abcdef issued 2026-11-22T10:00:00Z"));
-        assert!(text.contains("previous ks_123456 valid until 2026-11-22T11:00:00Z"));
+        assert!(text.contains(
+            "previous ks_123456 valid until 2026-11-22T11:00:00Z, last used 2026-11-22T09:59:00Z"
+        ));
+        assert!(text.contains("earlier ks_654321 valid until 2026-11-22T10:30:00Z, last used -"));
+        assert!(text.contains("Serving:       generation 4; generation 5 is rejected"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The writes of a plan: server-side apply of the status and the Secret with field manager
-//! `keysmith`, the rollout-restart patch, and the Secret's deletion on revocation. Every apply
+//! The writes of a plan: the status (replaced, guarded by its version) and the Secret
+//! (server-side apply) with field manager `keysmith`, the rollout-restart patch, and the Secret's deletion on revocation. Every apply
 //! body carries `apiVersion` and `kind`, and the Secret goes into `data`, never `stringData`.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
@@ -25,11 +27,25 @@ fn apply_params(manager: &str) -> PatchParams {
     PatchParams::apply(manager).force()
 }
 
-/// Apply the complete status the controller owns (never `lastUsedAt`, which the verifier owns).
-/// A slot whose overlap window ended is applied without `previous`, and server-side apply removes
-/// the whole object, as the controller is its only manager.
-pub async fn status(api: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> kube::Result<()> {
-    apply_status(api, name, FIELD_MANAGER, status).await
+/// Replace the status of `key` (as read for planning) with `status`, guarded by its
+/// resourceVersion: a 409 means something else wrote first, and nothing was written.
+///
+/// A replace rather than a server-side apply, because each `lastUsedAt` belongs to one token:
+/// when a rotation replaces a slot's token, the replaced token's use moves to its `previous`
+/// entry and the new token starts with none. The verifier writes those fields with its own
+/// patches, so an apply by the controller could neither move nor remove them. The planner
+/// carries every `lastUsedAt` it read, and the version guard keeps a newer one from being lost.
+pub async fn status(api: &Api<ApiKey>, key: &ApiKey, status: &ApiKeyStatus) -> kube::Result<()> {
+    let mut object = key.clone();
+    // Left out, the server keeps the object's field ownership as it is.
+    object.metadata.managed_fields = None;
+    object.status = Some(status.clone());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let name = key.metadata.name.as_deref().unwrap_or_default();
+    api.replace_status(name, &params, &object).await.map(drop)
 }
 
 /// Apply `status` as `manager`. The body is the partial object server-side apply takes (no

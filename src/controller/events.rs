@@ -1,5 +1,6 @@
 //! The controller's events: events.k8s.io/v1 Events about ApiKeys, as `kubectl describe ak` and
-//! `kubectl get events` show them, with repeats within six minutes folded into an EventSeries.
+//! `kubectl get events` show them, with exact repeats within six minutes folded into an
+//! EventSeries.
 //!
 //! kube-runtime's `Recorder` does the same but keeps a full clone of every event it published,
 //! keyed by another full object reference, for six minutes: about 3 KiB per freshly minted key,
@@ -48,7 +49,7 @@ impl EventWriter {
     }
 
     /// Publish an event about `key`, or count it into the series of the same event (same key,
-    /// type and reason) published within the last six minutes.
+    /// type, reason and note) published within the last six minutes.
     pub(crate) async fn publish(
         &self,
         key: &ApiKey,
@@ -58,7 +59,12 @@ impl EventWriter {
     ) -> Result<(), kube::Error> {
         let namespace = key.namespace().unwrap_or_default();
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let hash = series_hash(key.uid().as_deref().unwrap_or_default(), type_, reason);
+        let hash = series_hash(
+            key.uid().as_deref().unwrap_or_default(),
+            type_,
+            reason,
+            &note,
+        );
         let now = Timestamp::now();
         let repeat = self.series().repeat(hash, now);
         if let Some(Repeat { name, count }) = repeat {
@@ -128,10 +134,16 @@ impl EventWriter {
 }
 
 /// What identifies repeats of one event: the ApiKey (by uid, so a recreated key starts afresh),
-/// the type and the reason; the reporter and action are the controller's own.
-fn series_hash(uid: &str, type_: EventKind, reason: &str) -> u64 {
+/// the type, the reason and the note; the reporter and action are the controller's own.
+///
+/// The note belongs to the key because a series only counts: the API server refuses to change
+/// the note of an events.k8s.io/v1 Event ("field is immutable"), so a series of different notes
+/// would show the first occurrence's text with the latest count, e.g. the first rotation's token
+/// ids for the third rotation (invariant I6). A different note is a new Event instead: one
+/// write, as a series patch would be, and `kubectl describe` lists what each occurrence said.
+fn series_hash(uid: &str, type_: EventKind, reason: &str, note: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
-    (uid, type_ == EventKind::Warning, reason).hash(&mut hasher);
+    (uid, type_ == EventKind::Warning, reason, note).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -283,13 +295,17 @@ mod tests {
     }
 
     #[test]
-    fn the_series_key_is_the_apikey_type_and_reason() {
-        let minted = series_hash("uid-1", EventKind::Normal, "Minted");
-        assert_eq!(minted, series_hash("uid-1", EventKind::Normal, "Minted"));
+    fn the_series_key_is_the_apikey_type_reason_and_note() {
+        let minted = series_hash("uid-1", EventKind::Normal, "Minted", "token a");
+        assert_eq!(
+            minted,
+            series_hash("uid-1", EventKind::Normal, "Minted", "token a")
+        );
         for other in [
-            series_hash("uid-2", EventKind::Normal, "Minted"),
-            series_hash("uid-1", EventKind::Warning, "Minted"),
-            series_hash("uid-1", EventKind::Normal, "Rotated"),
+            series_hash("uid-2", EventKind::Normal, "Minted", "token a"),
+            series_hash("uid-1", EventKind::Warning, "Minted", "token a"),
+            series_hash("uid-1", EventKind::Normal, "Rotated", "token a"),
+            series_hash("uid-1", EventKind::Normal, "Minted", "token b"),
         ] {
             assert_ne!(minted, other);
         }

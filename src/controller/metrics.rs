@@ -77,6 +77,15 @@ pub struct TokenLabels {
     pub token: String,
 }
 
+/// Labels `{namespace, apikey}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// Namespace of the ApiKey.
+    pub namespace: String,
+    /// ApiKey name.
+    pub apikey: String,
+}
+
 /// Labels `{namespace, apikey, condition}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
@@ -99,6 +108,8 @@ pub struct ControllerMetrics {
     pub tokens_minted: Family<ReasonLabel, Counter>,
     /// `keysmith_token_expiry_timestamp_seconds{namespace,apikey,token}`.
     pub token_expiry: Family<TokenLabels, Gauge>,
+    /// `keysmith_apikey_expiry_timestamp_seconds{namespace,apikey}`.
+    pub key_expiry: Family<KeyLabels, Gauge>,
     /// `keysmith_token_next_rotation_timestamp_seconds{namespace,apikey,token}`.
     pub next_rotation: Family<TokenLabels, Gauge>,
     /// `keysmith_apikey_ready_status{namespace,apikey,condition}`.
@@ -120,6 +131,7 @@ impl ControllerMetrics {
             reconcile_errors: Family::default(),
             tokens_minted: Family::default(),
             token_expiry: Family::default(),
+            key_expiry: Family::default(),
             next_rotation: Family::default(),
             ready: Family::default(),
             rollout_restarts: Counter::default(),
@@ -150,8 +162,13 @@ impl ControllerMetrics {
         );
         registry.register(
             "token_expiry_timestamp_seconds",
-            "Unix time at which the current token of a slot expires",
+            "Unix time at which the current token of a slot stops verifying: its own expiry or the key's spec.expiresAt, whichever comes first",
             metrics.token_expiry.clone(),
+        );
+        registry.register(
+            "apikey_expiry_timestamp_seconds",
+            "Unix time of an ApiKey's spec.expiresAt, after which none of its tokens verifies and no rotation renews them",
+            metrics.key_expiry.clone(),
         );
         registry.register(
             "token_next_rotation_timestamp_seconds",
@@ -203,15 +220,29 @@ impl ControllerMetrics {
             .inc();
     }
 
-    /// Publish the expiry of every current token of a key (slots without expiry are absent), and
-    /// drop the series of slots that `previous` had and `current` no longer has.
+    /// Publish when every current token of a key stops verifying, and the key's own end
+    /// (`key_end`, its `spec.expiresAt`); drop the series of slots that `previous` had and
+    /// `current` no longer has. A token stops at its own expiry or the key's end, whichever
+    /// comes first, so a key with only `spec.expiresAt` exports a series per slot too: the expiry
+    /// alert sees it. The key's end is also exported alone, so that the alert can tell an end
+    /// no rotation renews from a token expiry a scheduled rotation replaces in time.
     pub fn track_expiry(
         &self,
         namespace: &str,
         apikey: &str,
+        key_end: Option<Timestamp>,
         previous: Option<&ApiKeyStatus>,
         current: &ApiKeyStatus,
     ) {
+        let key = key_labels(namespace, apikey);
+        match key_end {
+            Some(end) => {
+                self.key_expiry.get_or_create(&key).set(end.as_second());
+            }
+            None => {
+                self.key_expiry.remove(&key);
+            }
+        }
         let labels = |slot: &str| token_labels(namespace, apikey, slot);
         for gone in previous.iter().flat_map(|p| &p.tokens) {
             if !current.tokens.iter().any(|t| t.name == gone.name) {
@@ -219,11 +250,12 @@ impl ControllerMetrics {
             }
         }
         for token in &current.tokens {
-            match &token.expires_at {
+            let own = token.expires_at.as_ref().map(|at| at.0);
+            match own.into_iter().chain(key_end).min() {
                 Some(at) => {
                     self.token_expiry
                         .get_or_create(&labels(&token.name))
-                        .set(at.0.as_second());
+                        .set(at.as_second());
                 }
                 None => {
                     self.token_expiry.remove(&labels(&token.name));
@@ -272,6 +304,7 @@ impl ControllerMetrics {
 
     /// Forget a deleted key's series.
     pub fn forget(&self, namespace: &str, apikey: &str, status: Option<&ApiKeyStatus>) {
+        self.key_expiry.remove(&key_labels(namespace, apikey));
         for token in status.iter().flat_map(|s| &s.tokens) {
             let labels = token_labels(namespace, apikey, &token.name);
             self.token_expiry.remove(&labels);
@@ -287,6 +320,7 @@ impl ControllerMetrics {
     /// they would go stale beside the new leader's.
     pub fn forget_all(&self) {
         self.token_expiry.clear();
+        self.key_expiry.clear();
         self.next_rotation.clear();
         self.ready.clear();
     }
@@ -297,6 +331,13 @@ fn token_labels(namespace: &str, apikey: &str, slot: &str) -> TokenLabels {
         namespace: namespace.to_owned(),
         apikey: apikey.to_owned(),
         token: slot.to_owned(),
+    }
+}
+
+fn key_labels(namespace: &str, apikey: &str) -> KeyLabels {
+    KeyLabels {
+        namespace: namespace.to_owned(),
+        apikey: apikey.to_owned(),
     }
 }
 
@@ -325,6 +366,7 @@ mod tests {
             rotate_annotation: None,
             rotate_slot_annotation: None,
             previous: None,
+            earlier: Vec::new(),
             last_used_at: None,
         }
     }
@@ -340,12 +382,12 @@ mod tests {
             ],
             ..ApiKeyStatus::default()
         };
-        metrics.track_expiry("cms", "site", None, &two);
+        metrics.track_expiry("cms", "site", None, None, &two);
         let one = ApiKeyStatus {
             tokens: vec![token("a", Some(1_900_000_000))],
             ..ApiKeyStatus::default()
         };
-        metrics.track_expiry("cms", "site", Some(&two), &one);
+        metrics.track_expiry("cms", "site", None, Some(&two), &one);
         metrics.minted("initial");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -408,7 +450,7 @@ mod tests {
         let due = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         for apikey in ["site", "shop"] {
             metrics.track_ready("cms", apikey, &status);
-            metrics.track_expiry("cms", apikey, None, &status);
+            metrics.track_expiry("cms", apikey, Some(due), None, &status);
             metrics.track_rotations("cms", apikey, None, &status, &[("a".to_owned(), due)]);
         }
         assert!(encode(&registry).contains(r#"apikey="shop""#));

@@ -1,6 +1,7 @@
-//! `keysmith controller`: the thin shell around [`crate::planner`] (SPEC 4). It reads the ApiKey
-//! and its Secret, asks the planner what to do, and applies the plan: status first, then the
-//! Secret (so every token in the Secret verifies), then restarts and events. Deletion revokes
+//! `keysmith controller`: the thin shell around [`crate::planner`] (SPEC 4). It observes once
+//! (the ApiKey, its Secret, the Secrets its required headers read, its published Secrets), asks
+//! the planner what to do, and applies the whole plan: status first, then the Secret (so every
+//! token in the Secret verifies), then restarts, the publication for gateways and events. Deletion revokes
 //! through the `keysmith.dev/revoke` finalizer.
 //!
 //! The controller watches ApiKeys (optionally one namespace, optionally a label selector) and the
@@ -64,8 +65,8 @@ const PERSISTENT_FAILURES: u32 = 5;
 /// (requests, buffers, spans) in memory at the same time and burst them at the API server; a
 /// reconcile takes a few API round trips, so 32 keep a fleet moving at hundreds of keys a second.
 const RECONCILE_CONCURRENCY: u16 = 32;
-/// When to look again after the finalizer patch raced a newer version.
-const FINALIZER_RACE_RECHECK: Duration = Duration::from_secs(2);
+/// When to look again after the finalizer patch or the status write raced a newer version.
+const RACE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
@@ -355,7 +356,7 @@ fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
             if status.code == 422 || status.is_conflict() =>
         {
             debug!(message = %status.message, "finalizer patch raced a newer version; rechecking");
-            Ok(Action::requeue(FINALIZER_RACE_RECHECK))
+            Ok(Action::requeue(RACE_RECHECK))
         }
         e => Err(Error::Finalizer(Box::new(e))),
     }
@@ -448,28 +449,43 @@ impl Context {
                 "reading Secret {namespace}/{secret_name}"
             )))?;
         let header_secrets = self.header_secrets(&secrets, key).await?;
-        let plan = planner::plan(
+        let published = publish::observe(&secrets, &self.published, key).await?;
+        let observed = planner::Observed {
             key,
-            secret.as_ref(),
-            &header_secrets,
-            (self.clock)(),
-            &mut planner::mint_token,
-        )?;
+            secret: secret.as_ref(),
+            header_secrets: &header_secrets,
+            published: &published,
+        };
+        let plan = planner::plan(&observed, (self.clock)(), &mut planner::mint_token)?;
         for (slot, action) in &plan.slots {
             debug!(slot = %slot, action = %action, "slot decision");
         }
-        let mut written = self.write(api, key, &secrets, &plan).await;
+        let mut written = match &plan.status {
+            Some(status) => apply::status(api, key, status)
+                .await
+                .map_err(Error::kube(format!(
+                    "writing status of ApiKey {namespace}/{name}"
+                ))),
+            None => Ok(()),
+        };
+        if let Err(Error::Kube {
+            source: kube::Error::Api(status),
+            ..
+        }) = &written
+            && status.is_conflict()
+        {
+            // Status is replaced whole, guarded by the version planned from: the verifier wrote
+            // a `lastUsedAt`, or another write came first. Nothing was written; plan again from
+            // the newer version, whose watch event usually brings the key back sooner.
+            debug!(message = %status.message, "status write raced a newer version; planning again");
+            return Ok(Action::requeue(RACE_RECHECK));
+        }
         if written.is_ok() {
-            written = publish::publish(
-                &self.client,
-                &secrets,
-                &self.published,
-                key,
-                &plan,
-                secret.as_ref(),
-                (self.clock)(),
-            )
-            .await;
+            written = self.write(key, &secrets, &plan).await;
+        }
+        if written.is_ok() {
+            let publication = plan.publication.clone();
+            written = publish::write(&self.client, &secrets, key, publication, &published).await;
         }
         if let Err(e) = written {
             // Best effort: the write failed, so this one may too; the retry repairs it anyway.
@@ -486,8 +502,10 @@ impl Context {
         self.publish(key, &plan).await;
         if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
             let previous = key.status.as_ref();
+            // An unparsable spec.expiresAt is InvalidSpec, reported in status; no series for it.
+            let key_end = key.spec.expires_at.as_deref().and_then(|t| t.parse().ok());
             self.metrics
-                .track_expiry(&namespace, &name, previous, status);
+                .track_expiry(&namespace, &name, key_end, previous, status);
             self.metrics
                 .track_rotations(&namespace, &name, previous, status, &plan.rotations);
             self.metrics.track_ready(&namespace, &name, status);
@@ -518,23 +536,11 @@ impl Context {
         Ok(found)
     }
 
-    /// The plan's writes, in the order that keeps every token in the Secret verifiable.
-    async fn write(
-        &self,
-        api: &Api<ApiKey>,
-        key: &ApiKey,
-        secrets: &Api<Secret>,
-        plan: &Plan,
-    ) -> Result<(), Error> {
+    /// The plan's writes after its status, which comes first so that every token in the Secret
+    /// verifies: the Secret, then the restarts.
+    async fn write(&self, key: &ApiKey, secrets: &Api<Secret>, plan: &Plan) -> Result<(), Error> {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
-        if let Some(status) = &plan.status {
-            apply::status(api, &name, status)
-                .await
-                .map_err(Error::kube(format!(
-                    "writing status of ApiKey {namespace}/{name}"
-                )))?;
-        }
         if let Some(secret) = &plan.secret {
             apply::secret(secrets, secret)
                 .await

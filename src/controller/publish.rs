@@ -7,7 +7,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -15,8 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use keysmith_core::api::{APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, PUBLISHED_FOR_LABEL};
-use keysmith_core::planner::Plan;
-use keysmith_core::planner::publish::{self, KongCredentials};
+use keysmith_core::planner::publish::{self, KongCredentials, Publication};
 
 use super::{Error, apply};
 
@@ -118,7 +116,21 @@ impl Published {
     }
 }
 
-/// The key's published Secrets as they are (labelled with its name and a gateway).
+/// The key's published Secrets as they are (labelled with its name and a gateway), for the
+/// planner's snapshot. Not read for a key that publishes nothing and, as far as the watch of
+/// Keysmith's Secrets knows, has nothing published.
+pub async fn observe(
+    secrets: &Api<Secret>,
+    registry: &Published,
+    key: &ApiKey,
+) -> Result<Vec<Secret>, Error> {
+    if key.spec.publish.is_empty() && !registry.any(key) {
+        return Ok(Vec::new());
+    }
+    published(secrets, key).await
+}
+
+/// The key's published Secrets as they are.
 async fn published(secrets: &Api<Secret>, key: &ApiKey) -> Result<Vec<Secret>, Error> {
     let name = key.name_any();
     let selector = format!("{APIKEY_LABEL}={name},{PUBLISHED_FOR_LABEL}");
@@ -131,44 +143,32 @@ async fn published(secrets: &Api<Secret>, key: &ApiKey) -> Result<Vec<Secret>, E
     Ok(list.items)
 }
 
-/// Publish `key`'s tokens as `plan` leaves them; `secret` is the key's Secret as read before.
-pub async fn publish(
+/// Write `publication`, planned from the `observed` published Secrets. A name the key has
+/// not published under before may be taken by a Secret without Keysmith's labels, which the
+/// snapshot does not hold: each such name is read right before it would be created, and a
+/// Secret found there is refused (never overwritten) instead.
+pub async fn write(
     client: &Client,
     secrets: &Api<Secret>,
-    registry: &Published,
     key: &ApiKey,
-    plan: &Plan,
-    secret: Option<&Secret>,
-    now: Timestamp,
+    mut publication: Publication,
+    observed: &[Secret],
 ) -> Result<(), Error> {
-    if key.spec.publish.is_empty() && !registry.any(key) {
-        return Ok(());
-    }
     let namespace = key.namespace().unwrap_or_default();
-    let mut observed = published(secrets, key).await?;
-    if key.spec.publish.is_empty() && observed.is_empty() {
-        return Ok(());
-    }
-    let mut publication = publish::publication(key, plan, secret, &observed, now);
-    // A name the key has not published under yet may be taken by a Secret without Keysmith's
-    // labels: read those, so the planner sees them and refuses rather than overwriting.
-    let mut found_other = false;
-    for desired in &publication.secrets {
-        if observed.iter().any(|s| s.name_any() == desired.name) {
-            continue;
-        }
+    let new: Vec<String> = publication
+        .secrets
+        .iter()
+        .filter(|d| !observed.iter().any(|s| s.name_any() == d.name))
+        .map(|d| d.name.clone())
+        .collect();
+    for name in new {
         let existing = secrets
-            .get_opt(&desired.name)
+            .get_opt(&name)
             .await
-            .map_err(Error::kube(format!(
-                "reading Secret {namespace}/{}",
-                desired.name
-            )))?;
-        found_other |= existing.is_some();
-        observed.extend(existing);
-    }
-    if found_other {
-        publication = publish::publication(key, plan, secret, &observed, now);
+            .map_err(Error::kube(format!("reading Secret {namespace}/{name}")))?;
+        if existing.is_some() {
+            publication.refuse(&name, publish::not_owned(&name));
+        }
     }
     for desired in &publication.secrets {
         apply::secret(secrets, desired)

@@ -829,6 +829,8 @@ mod tests {
             key: std::sync::Arc::new(key),
             slot: 0,
             status_position: 0,
+            replaced: None,
+            hash: keysmith_core::verifier::index::TokenHash::of("test"),
             id: "cms_abcdef".into(),
             expires_at: Some("2027-01-02T03:04:05.5Z".parse().unwrap()),
             usage: Default::default(),

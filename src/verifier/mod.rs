@@ -51,6 +51,7 @@ use self::metrics::Metrics;
 use self::tenancy::{Namespaces, RouteKind, Tenancy};
 use self::throttle::{Throttle, ThrottleConfig};
 use self::token_metrics::TokenMetrics;
+pub use self::token_metrics::TokenMetricsCap;
 use self::usage::UsageReporter;
 
 /// What to watch, whom to believe and how much a client may hold.
@@ -103,6 +104,8 @@ pub struct Settings {
     pub tls: Option<tls::TlsFiles>,
     /// Per-token activity and the usage API (`--usage-*`).
     pub usage: usage_api::UsageSettings,
+    /// Most tokens with per-token series (`--token-metrics-max-tokens`).
+    pub token_metrics_cap: TokenMetricsCap,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -146,7 +149,7 @@ impl Verifier {
             metrics: Metrics::register(registry),
             usage,
             activity: Activity::new(options.settings.usage.max_tokens),
-            token_metrics: TokenMetrics::register(registry),
+            token_metrics: TokenMetrics::register(registry, options.settings.token_metrics_cap),
             health: Health::default(),
             clock: options.clock.clone(),
         }

@@ -9,9 +9,9 @@
 //!
 //! Every client is bounded ([`Limits`]): a request head must arrive within the header-read
 //! timeout (hyper starts that clock whenever a connection waits for a request, so it also closes
-//! idle keep-alive connections), it must fit in the read buffer, and past the connection cap a new
-//! connection is closed as soon as it is accepted, so slow or idle clients cannot hold memory and
-//! file descriptors without bound.
+//! idle keep-alive connections), it must fit in `max_header_bytes`, and past the connection cap a
+//! new connection is closed as soon as it is accepted, so slow or idle clients cannot hold memory
+//! and file descriptors without bound.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,7 +48,7 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time for a complete request body once its head is in.
     pub body_read_timeout: Duration,
-    /// Largest request head (hyper's read buffer; 431 beyond), at least [`MIN_HEADER_BYTES`].
+    /// Largest request head, request line included (431 beyond), at least [`MIN_HEADER_BYTES`].
     pub max_header_bytes: usize,
     /// Connections open at once; more are closed when accepted.
     pub max_connections: usize,
@@ -221,10 +221,15 @@ async fn worker(
     let mut http = http1::Builder::new();
     // Answers are small: copied behind their head and written with one write instead of queued
     // as a second buffer for writev, which costs more to keep than the copy.
+    // `max_header_size` is the exact limit (431 beyond). The read buffer limit alone is not
+    // one: a head that arrives in large reads can be parsed whole before the buffer's size is
+    // checked, so a 40 KB head passed a 32 KiB limit; it stays as the bound on buffered bytes.
+    let max_header_bytes = limits.max_header_bytes.max(MIN_HEADER_BYTES);
     http.timer(TokioTimer::new())
         .writev(false)
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+        .max_header_size(max_header_bytes)
+        .max_buf_size(max_header_bytes);
     loop {
         let (stream, peer, open) = tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
@@ -442,6 +447,35 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+
+    /// The answer to a request head of exactly `size` bytes, sent in one write.
+    async fn answer_to_head_of(addr: SocketAddr, size: usize) -> String {
+        let start = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: ";
+        let cookie = "c".repeat(size - start.len() - "\r\n\r\n".len());
+        let head = format!("{start}{cookie}\r\n\r\n");
+        assert_eq!(head.len(), size);
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The server may answer and close before the whole head is written.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_head_limit_is_exact() {
+        // hyper's read buffer limit let a 40 KB head through a 32 KiB limit (issue 27).
+        let limit = Limits::default().max_header_bytes;
+        let (addr, _) = limited(Limits::default()).await;
+        for size in [limit - 1, limit] {
+            let answer = answer_to_head_of(addr, size).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{size}: {answer}");
+        }
+        for size in [limit + 1, 40_000] {
+            let answer = answer_to_head_of(addr, size).await;
+            assert!(answer.starts_with("HTTP/1.1 431"), "{size}: {answer}");
+        }
     }
 
     #[tokio::test]

@@ -69,6 +69,28 @@ spec:
     )
 }
 
+/// A second ApiKey whose write fails (it publishes over a Secret it does not own), so the
+/// controller reports `Ready=False ApiError`, a condition it patches on its own; and that Secret.
+pub fn failing_key(namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: taken, namespace: {namespace}}}\n---\n\
+         apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: blocked, namespace: {namespace}}}\n\
+         spec: {{tokens: [{{name: api}}], publish: [{{envoyGateway: {{secretName: taken}}}}]}}\n"
+    )
+}
+
+/// Whether [`failing_key`] in `namespace` reports `Ready=False ApiError`.
+pub async fn failing_key_reported(cluster: &Cluster, namespace: &str) -> Option<()> {
+    let key = cluster
+        .get("keysmith.dev/v1alpha1", "ApiKey", namespace, "blocked")
+        .await?;
+    key["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["reason"] == "ApiError")
+        .then_some(())
+}
+
 /// The token in the scenario key's Secret.
 pub async fn token(cluster: &Cluster, namespace: &str) -> Option<String> {
     let secret: Secret =

@@ -429,6 +429,185 @@ async fn rotate_wait_gives_up_after_its_timeout_saying_what_the_key_reports() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_refuses_a_key_that_cannot_rotate_unless_asked_to_queue_it() {
+    let h = Harness::start().await;
+    h.apply(
+        r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: paused, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  disabled: true
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: broken, namespace: cms}
+spec:
+  tokens: [{name: a}]
+  expiresAfter: 6000d
+"#,
+    )
+    .await;
+    h.wait_key("paused", "paused reconciled", |k| {
+        condition(k, "Disabled").is_some_and(|(status, _)| status == "True")
+    })
+    .await;
+    h.wait_key("broken", "broken reconciled", |k| {
+        condition(k, "Ready").is_some_and(|(_, reason)| reason == "InvalidSpec")
+    })
+    .await;
+    let dir = kubeconfig(&h.cluster, &Identity::Admin).await;
+    let path = dir.path().join("kubeconfig");
+    let config = ["-n", NS, "--kubeconfig", path.to_str().unwrap()];
+    let annotation = |key: &Value| key["metadata"]["annotations"]["keysmith.dev/rotate"].clone();
+
+    // Disabled: refused, saying why and what to do; nothing is requested.
+    let error = failed(&keysmith(&[&["rotate", "paused", "--wait"][..], &config].concat()).await);
+    assert!(
+        error.contains("ApiKey cms/paused is disabled (spec.disabled is true)")
+            && error.contains("set spec.disabled to false")
+            && error.contains("--when-enabled"),
+        "{error}"
+    );
+    assert!(annotation(&h.apikey("paused").await.unwrap()).is_null());
+
+    // Invalid: refused, naming the field the condition names.
+    let error = failed(&keysmith(&[&["rotate", "broken"][..], &config].concat()).await);
+    assert!(
+        error.contains("ApiKey cms/broken cannot rotate: its spec is invalid")
+            && error.contains("spec.expiresAfter"),
+        "{error}"
+    );
+    assert!(annotation(&h.apikey("broken").await.unwrap()).is_null());
+
+    // Queued on purpose: requested, and the controller says it is pending until enabled.
+    let out = succeeded(
+        &keysmith(&[&["rotate", "paused", "--when-enabled"][..], &config].concat()).await,
+    );
+    assert!(out.contains("when the key is enabled"), "{out}");
+    let key = h
+        .wait_key("paused", "the pending rotation in Disabled", |k| {
+            k["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Disabled"
+                        && c["message"].as_str().is_some_and(|m| {
+                            m.contains("a rotation is pending")
+                                && m.contains("when the key is enabled")
+                        })
+                })
+        })
+        .await;
+    assert!(annotation(&key).is_string());
+    eventually("a RotationPending event", || async {
+        let events = h.events("RotationPending").await;
+        events
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("a rotation is pending"))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+/// The output of `child` once it exited, which it must do within the harness's usual bound
+/// rather than at its own `--timeout`.
+async fn stopped(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(
+        keysmith_emulator::EVENTUALLY_TIMEOUT,
+        child.wait_with_output(),
+    )
+    .await
+    .expect("rotate --wait stops as soon as the key cannot rotate")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_stops_when_the_key_is_disabled_or_turns_invalid_meanwhile() {
+    // No controller: nothing answers the rotation, so only the key's state can end the wait.
+    let cluster = cluster().await;
+    cluster
+        .apply_yaml(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
+        )
+        .await
+        .unwrap();
+    let dir = kubeconfig(&cluster, &Identity::Admin).await;
+    let path = dir.path().join("kubeconfig");
+    let admin = cluster.client().await.unwrap();
+    let keys: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(admin, NS);
+    let waiting = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+            .args(["rotate", "site", "-n", NS, "--wait", "--timeout", "10m"])
+            .arg("--kubeconfig")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let requested = |before: Value| {
+        let cluster = &cluster;
+        async move {
+            eventually("the rotation requested", || async {
+                let key = cluster
+                    .get("keysmith.dev/v1alpha1", "ApiKey", NS, "site")
+                    .await?;
+                let value = key["metadata"]["annotations"]["keysmith.dev/rotate"].clone();
+                (value.is_string() && value != before).then_some(key)
+            })
+            .await
+        }
+    };
+    let merge = |patch: Value| kube::api::Patch::Merge(patch);
+    let params = kube::api::PatchParams::default();
+
+    // The key turns invalid while the command waits (the controller's condition, for the
+    // current generation): the wait ends at once with the condition's message.
+    let child = waiting();
+    let key = requested(Value::Null).await;
+    let generation = key["metadata"]["generation"].as_i64().unwrap();
+    let condition = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "InvalidSpec",
+        "message": "spec.expiresAfter: at most 5y", "observedGeneration": generation,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }]}});
+    keys.patch_status("site", &params, &merge(condition))
+        .await
+        .unwrap();
+    let error = failed(&stopped(child).await);
+    assert!(
+        error.contains("ApiKey cms/site cannot rotate: its spec is invalid")
+            && error.contains("spec.expiresAfter: at most 5y"),
+        "{error}"
+    );
+
+    // Disabled while the command waits: the same, saying the rotation stays queued.
+    keys.patch_status("site", &params, &merge(json!({"status": null})))
+        .await
+        .unwrap();
+    let before = key["metadata"]["annotations"]["keysmith.dev/rotate"].clone();
+    let child = waiting();
+    requested(before).await;
+    keys.patch("site", &params, &merge(json!({"spec": {"disabled": true}})))
+        .await
+        .unwrap();
+    let error = failed(&stopped(child).await);
+    assert!(
+        error.contains("ApiKey cms/site was disabled while waiting")
+            && error.contains("happens when the key is enabled"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn status_without_a_cluster_says_where_it_looked_and_how_to_point_it_at_one() {
     let home = tempfile::tempdir().unwrap();

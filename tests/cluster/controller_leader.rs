@@ -1,6 +1,6 @@
 //! Two controller instances against one API server: one leads, the other takes over when the first
-//! stops; each says on `/metrics` whether it leads. Each acts as the controller ServiceAccount
-//! under the chart's RBAC.
+//! stops; each says on `/metrics` whether it leads; two shards in one namespace lead one Lease
+//! each. Each acts as the controller ServiceAccount under the chart's RBAC.
 
 use std::net::SocketAddr;
 
@@ -109,4 +109,65 @@ async fn one_leader_and_a_takeover_when_it_stops() {
     let (_, stop, task, _) = instances.remove(0);
     stop.trigger();
     task.await.unwrap();
+}
+
+/// Two `keysmith controller` shards in one namespace, as the chart runs them with two
+/// selectors and no lease name: each elects itself on a Lease of its own and reconciles its
+/// keys (with one Lease between them, one shard would wait forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_in_one_namespace_both_reconcile() {
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster
+        .write_kubeconfig(&kubeconfig, &controller_identity())
+        .await
+        .unwrap();
+    let shard = |name: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+            .args(["controller", "--selector", &format!("shard={name}")])
+            .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", format!("keysmith-{name}"))
+            .env("POD_NAMESPACE", CONTROLLER_NS)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let _a = shard("a");
+    let _b = shard("b");
+    for name in ["a", "b"] {
+        cluster
+            .apply_yaml(&format!(
+                "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: key-{name}, namespace: cms, labels: {{shard: {name}}}}}\nspec: {{tokens: [{{name: a}}]}}\n"
+            ))
+            .await
+            .unwrap();
+    }
+    for name in ["a", "b"] {
+        let by = eventually(&format!("key-{name} minted"), || async {
+            minted_by(&cluster, &format!("key-{name}")).await
+        })
+        .await;
+        assert_eq!(by, format!("keysmith-{name}"), "each shard mints its own");
+    }
+    let leases: Vec<String> = cluster
+        .list("coordination.k8s.io/v1", "Lease", Some(CONTROLLER_NS))
+        .await
+        .iter()
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+        .collect();
+    for name in ["a", "b"] {
+        assert!(
+            leases.contains(&format!("keysmith-{name}")),
+            "a Lease held by each shard: {leases:?}"
+        );
+    }
 }

@@ -128,14 +128,14 @@ async fn trigger_rotates_with_overlap_and_restarts_once() {
         })
         .await;
     h.settle().await;
-    // One status apply ends the overlap: server-side apply removes the whole `previous` object.
+    // One status write ends the overlap: status is replaced whole, without `previous`.
     let writes: Vec<String> = h
         .controller_writes()
         .iter()
         .map(|e| format!("{} {} {}", e.verb, e.resource, e.subresource))
         .collect();
     println!("API writes per overlap end: {} ({writes:?})", writes.len());
-    assert_eq!(writes, ["patch apikeys status"]);
+    assert_eq!(writes, ["update apikeys status"]);
     assert!(
         token(&key, "delivery").get("previous").is_none(),
         "no empty previous left behind: {}",
@@ -617,4 +617,162 @@ async fn argo_rollouts_restart_through_restart_at_once_per_rotation() {
         metrics.contains("keysmith_rollout_restarts_total 1"),
         "{metrics}"
     );
+}
+
+/// The note of the event of `reason` that happened last: the one whose series (or, without one,
+/// whose single occurrence) was observed latest.
+async fn latest_note(h: &Harness, reason: &str) -> Option<String> {
+    let observed = |e: &Value| {
+        let at = e["series"]["lastObservedTime"]
+            .as_str()
+            .or_else(|| e["eventTime"].as_str())
+            .unwrap_or_default();
+        at.parse::<Timestamp>().unwrap()
+    };
+    let events = h.events(reason).await;
+    let latest = events.iter().max_by_key(|e| observed(e))?;
+    latest["note"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_event_note_describes_the_latest_occurrence() {
+    let h = Harness::start().await;
+    let key = |trigger: &str| {
+        rotating_key(trigger)
+            .replace("overlap: 1h", "overlap: 0s")
+            .replace(
+                "  secret: {restartTargets: [{kind: Deployment, name: web}]}\n",
+                "",
+            )
+    };
+    h.apply(&key("one")).await;
+    h.wait_key("site", "Ready", ready).await;
+    // Three rotations within the six minutes a series spans.
+    for trigger in ["two", "three", "four"] {
+        h.apply(&key(trigger)).await;
+        let key = h
+            .wait_key("site", "rotation by trigger", |k| {
+                token(k, "delivery")["rotationTrigger"] == trigger
+            })
+            .await;
+        let current = id(&key, "delivery");
+        eventually("the Rotated event of this rotation", || async {
+            latest_note(&h, "Rotated")
+                .await?
+                .contains(&current)
+                .then_some(())
+        })
+        .await;
+    }
+    // Every Rotated event names the tokens of exactly one rotation.
+    let rotated = h.events("Rotated").await;
+    assert_eq!(rotated.len(), 3, "{rotated:#?}");
+
+    // Two different invalid specs in a row: the latest InvalidSpec note names the second field.
+    h.apply(&key("four").replace("expiresAfter: 720h", "expiresAfter: 6000d"))
+        .await;
+    h.wait_key("site", "InvalidSpec on expiresAfter", |k| {
+        k["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.expiresAfter"))
+    })
+    .await;
+    h.apply(&key("four").replace("overlap: 0s", "overlap: 0s, schedule: \"61 * * * *\""))
+        .await;
+    h.wait_key("site", "InvalidSpec on schedule", |k| {
+        k["status"]["conditions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.rotation.schedule"))
+    })
+    .await;
+    eventually("the InvalidSpec event of the second message", || async {
+        let note = latest_note(&h, "InvalidSpec").await?;
+        note.contains("spec.rotation.schedule").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_series_end_at_the_keys_expires_at_when_it_comes_first() {
+    let h = Harness::start().await;
+    let end = h
+        .clock
+        .now()
+        .checked_add(SignedDuration::from_hours(72))
+        .unwrap();
+    let end = Timestamp::from_second(end.as_second()).unwrap();
+    let key = |expires_at: &str| {
+        format!(
+            r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {{name: boxed, namespace: cms}}
+spec:
+  tokens: [{{name: plain}}, {{name: long, expiresAfter: 240h}}, {{name: short, expiresAfter: 24h}}]
+  {expires_at}
+"#
+        )
+    };
+    h.apply(&key(&format!("expiresAt: \"{end}\""))).await;
+    let status = h.wait_key("boxed", "Ready", ready).await;
+    let series = |name: &str, token: Option<&str>, value: i64| {
+        let token = token.map_or_else(String::new, |t| format!(r#",token="{t}""#));
+        format!(r#"{name}{{namespace="cms",apikey="boxed"{token}}} {value}"#)
+    };
+    let own = |slot: &str| time(&token(&status, slot)["expiresAt"]).as_second();
+    let expected = [
+        // No lifetime of its own, or a longer one: the key's end is when it stops verifying.
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("plain"),
+            end.as_second(),
+        ),
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("long"),
+            end.as_second(),
+        ),
+        series(
+            "keysmith_token_expiry_timestamp_seconds",
+            Some("short"),
+            own("short"),
+        ),
+        series(
+            "keysmith_apikey_expiry_timestamp_seconds",
+            None,
+            end.as_second(),
+        ),
+    ];
+    eventually("the expiry series", || async {
+        let metrics = h.metrics();
+        expected
+            .iter()
+            .all(|s| metrics.contains(s.as_str()))
+            .then_some(())
+    })
+    .await;
+
+    // Without spec.expiresAt each token's own expiry is left, and the key's series goes.
+    h.apply(&key("")).await;
+    let status = h
+        .wait_key("boxed", "no key end", |k| {
+            k["status"]
+                .get("expiresAt")
+                .is_some_and(|e| e.as_str() == token(k, "short")["expiresAt"].as_str())
+        })
+        .await;
+    let own = |slot: &str| time(&token(&status, slot)["expiresAt"]).as_second();
+    let long = series(
+        "keysmith_token_expiry_timestamp_seconds",
+        Some("long"),
+        own("long"),
+    );
+    eventually("the series without the key's end", || async {
+        let metrics = h.metrics();
+        (metrics.contains(&long)
+            && !metrics.contains(r#"token="plain""#)
+            && !metrics.contains("keysmith_apikey_expiry_timestamp_seconds{"))
+        .then_some(())
+    })
+    .await;
 }

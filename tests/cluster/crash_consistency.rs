@@ -264,12 +264,20 @@ async fn oldest_interrupted(cluster: &Cluster) -> SignedDuration {
     oldest
 }
 
+/// A slot's replaced tokens still inside their windows: `previous`, then `earlier`.
+fn replaced(slot: &Value) -> Vec<Value> {
+    let earlier = slot["earlier"].as_array().cloned().unwrap_or_default();
+    let previous = slot.get("previous").filter(|p| !p.is_null()).cloned();
+    previous.into_iter().chain(earlier).collect()
+}
+
 /// The invariants that must hold at any instant, even right after a SIGKILL.
 async fn check_consistent(cluster: &Cluster, seen: &mut Seen, when: &str) {
     let snap = snapshot(cluster, true).await;
     let now = Timestamp::now();
     let index = snap.index(now);
     let mut broken = Vec::new();
+    // Replaced tokens inside a window: each slot's `previous` and `earlier` ones.
     let previous: HashSet<String> = snap
         .keys
         .iter()
@@ -279,7 +287,8 @@ async fn check_consistent(cluster: &Cluster, seen: &mut Seen, when: &str) {
                 .cloned()
                 .unwrap_or_default()
         })
-        .filter_map(|t| t["previous"]["sha256"].as_str().map(str::to_owned))
+        .flat_map(|t| replaced(&t))
+        .filter_map(|p| p["sha256"].as_str().map(str::to_owned))
         .collect();
     for (secret, data_key, token) in snap.secret_tokens() {
         seen.checked += 1;
@@ -292,20 +301,19 @@ async fn check_consistent(cluster: &Cluster, seen: &mut Seen, when: &str) {
         }
     }
     // A token that left the Secrets verifies only inside the overlap window its replacement
-    // opened: a restart must never stretch a window.
+    // opened, no later than the current token's issue: a restart must never stretch a window.
     for key in &snap.keys {
         for slot in key["status"]["tokens"].as_array().into_iter().flatten() {
-            let Some(until) = slot["previous"]["validUntil"].as_str() else {
-                continue;
-            };
-            let until: Timestamp = until.parse().unwrap();
             let issued: Timestamp = slot["issuedAt"].as_str().unwrap().parse().unwrap();
-            // Times in status have whole seconds: allow the rounding.
-            if until > issued + OVERLAP + SignedDuration::from_secs(1) {
-                broken.push(format!(
-                    "{}/{}: previous valid until {until}, beyond issuedAt {issued} + overlap",
-                    key["metadata"]["name"], slot["name"]
-                ));
+            for replaced in replaced(slot) {
+                let until: Timestamp = replaced["validUntil"].as_str().unwrap().parse().unwrap();
+                // Times in status have whole seconds: allow the rounding.
+                if until > issued + OVERLAP + SignedDuration::from_secs(1) {
+                    broken.push(format!(
+                        "{}/{}: replaced token valid until {until}, beyond issuedAt {issued} + overlap",
+                        key["metadata"]["name"], slot["name"]
+                    ));
+                }
             }
         }
     }

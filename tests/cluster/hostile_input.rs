@@ -279,6 +279,32 @@ fn hostile_manifests() -> Vec<(&'static str, String, &'static str, Schema)> {
             Schema::Rejects,
         ));
     }
+    // A Secret reference is a name, never a path or a query: the controller reads it
+    // (issue 27, N7).
+    let header = |name: &str, key: &str| {
+        json!({"tokens": [slot(json!({}))], "restrictions": {"requiredHeaders": [
+            {"name": "X-Client-Secret", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}]}})
+    };
+    let name_field = "spec.restrictions.requiredHeaders[0].valueFrom.secretKeyRef.name";
+    let key_field = "spec.restrictions.requiredHeaders[0].valueFrom.secretKeyRef.key";
+    for (i, (name, key, field)) in [
+        ("../../tenant-b/secrets/x", "value", name_field),
+        ("x?labelSelector=a", "value", name_field),
+        ("X", "value", name_field),
+        (&*"x".repeat(254), "value", name_field),
+        ("site-secret", "a/b", key_field),
+        ("site-secret", "", key_field),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cases.push((
+            "secretKeyRef that is not a Secret name and key",
+            apikey(&format!("r{i}"), header(name, key)),
+            field,
+            Schema::Rejects,
+        ));
+    }
     // Rules CEL cannot check and the controller must.
     for (name, spec, field) in [
         (
@@ -300,6 +326,15 @@ fn hostile_manifests() -> Vec<(&'static str, String, &'static str, Schema)> {
             "c4",
             json!({"tokens": [slot(json!({}))], "rotation": {"schedule": "0 3 * * *", "timeZone": "Mars/Olympus"}}),
             "spec.rotation.timeZone",
+        ),
+        (
+            // Names a Secret that exists and lets this key read it: an invalid spec still
+            // reads none (see the test below).
+            "c5",
+            json!({"tokens": [slot(json!({}))], "rotation": {"every": "1d", "overlap": "2d"},
+                   "restrictions": {"requiredHeaders": [{"name": "X-Client-Secret",
+                       "valueFrom": {"secretKeyRef": {"name": "site-secret", "key": "value"}}}]}}),
+            "spec.rotation.overlap",
         ),
     ] {
         cases.push((
@@ -407,6 +442,13 @@ fn the_controller_names_the_field_of_every_hostile_spec_it_can_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specs_only_the_controller_can_judge_end_in_invalid_spec_without_a_secret_or_a_loop() {
     let h = crate::harness::controller::Harness::start().await;
+    h.cluster
+        .apply_object(&json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "site-secret", "namespace": crate::harness::controller::NS,
+                "annotations": {"keysmith.dev/header-source": "c5"}},
+            "stringData": {"value": "s3cret"}}))
+        .await
+        .expect("header Secret applies");
     let mut cases: Vec<(String, &str)> = Vec::new();
     for (_, body, field, schema) in hostile_manifests() {
         if schema != Schema::Accepts {
@@ -454,6 +496,12 @@ async fn specs_only_the_controller_can_judge_end_in_invalid_spec_without_a_secre
         "only the ApiKeys' finalizer and status are written: {writes:?}"
     );
     assert!(writes.len() <= 2 * cases.len(), "{writes:?}");
+    // What an invalid spec names is not read: it may be anything the schema let through.
+    let controller = crate::harness::controller::controller_user();
+    let header_reads = h
+        .cluster
+        .requests(|e| e.user == controller && e.resource == "secrets" && e.name == "site-secret");
+    assert!(header_reads.is_empty(), "{header_reads:?}");
     // settle() resynced every key and saw no write: no retry storm either.
     assert_eq!(
         h.metrics()

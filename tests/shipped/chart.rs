@@ -304,7 +304,7 @@ fn controller_rules_are_least_privilege() {
                 "apikeys",
                 &["get", "list", "watch", "patch"]
             ),
-            ("keysmith.dev", "apikeys/status", &["patch"]),
+            ("keysmith.dev", "apikeys/status", &["patch", "update"]),
             (
                 "",
                 "secrets",

@@ -27,11 +27,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::http;
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
-const RELEASE: &str = "keysmith";
-/// The release namespace: home of the ServiceAccounts and the leader Lease.
-const NAMESPACE: &str = "keysmith";
+use crate::rendered::{CHART, NAMESPACE, RELEASE, of_kind, str_at};
 /// The real server's version, which `helm install` would render for: the verifier's status
 /// policy needs 1.30 (`tests/shipped/chart_tools.rs` renders for the oldest supported, 1.25).
 const KUBE_VERSION: &str = "v1.37.2";
@@ -84,17 +80,6 @@ fn render_with(sets: &[&str], cluster: Option<&Path>) -> (String, Vec<Value>) {
         .filter(Value::is_object)
         .collect();
     (text, objects)
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
-    objects.iter().filter(move |o| o["kind"] == kind)
 }
 
 fn namespace_object(name: &str, labels: Value) -> Value {
@@ -480,6 +465,16 @@ async fn split_chart_runs_on_a_real_api_server_with_exactly_its_rendered_rbac() 
     })
     .await;
 
+    // A write that fails: the condition `Ready=False ApiError` is applied on its own (a patch).
+    cluster
+        .apply_yaml(&rbac::failing_key(APPS))
+        .await
+        .expect("a key publishing over a foreign Secret");
+    eventually("Ready=False ApiError", || {
+        rbac::failing_key_reported(&cluster, APPS)
+    })
+    .await;
+
     // Deleting the key revokes it: the Secret goes, then the key once its finalizer is removed.
     Api::<ApiKey>::namespaced(cluster.client().await.expect("admin client"), APPS)
         .delete(KEY, &Default::default())
@@ -724,7 +719,13 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         "observedGeneration": 1,
         "secretName": KEY,
         "tokens": [{"name": "api", "id": "all_AAAAAA", "sha256": hash("the real token"),
-            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z"}],
+            "issuedAt": "2026-11-01T00:00:00Z", "expiresAt": "2027-11-01T00:00:00Z",
+            "previous": {"id": "all_DDDDDD", "sha256": hash("replaced"),
+                "validUntil": "2026-11-24T00:00:00Z"},
+            "earlier": [{"id": "all_EEEEEE", "sha256": hash("replaced before"),
+                "validUntil": "2026-11-24T00:00:00Z"}]}],
+        "servedGeneration": 1,
+        "servedPolicy": {"tokens": [{"name": "api"}]},
         "requiredHeaders": [{"name": "X-Client-Secret",
             "secretKeyRef": {"name": "client-secret", "key": "value"}, "sha256": hash("s3cret")}],
     }});
@@ -733,14 +734,26 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         .await
         .expect("the administrator writes status");
 
-    // The verifier's own write: lastUsedAt, as the usage write-back sends it.
+    // The verifier's own write: lastUsedAt of each token, as the usage write-back sends it.
     let verifier_keys = Api::<ApiKey>::namespaced(client_of(&cluster, verifier_sa).await, APPS);
     let as_verifier = PatchParams {
         field_manager: Some(keysmith::verifier::usage::FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
     let used_at: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
-    let usage = keysmith::verifier::usage::usage_patch(&[((0, "api".to_owned()), used_at)].into());
+    let entry = |replaced, token| keysmith::verifier::usage::StatusEntry {
+        position: 0,
+        replaced,
+        sha256: hash(token),
+    };
+    let usage = keysmith::verifier::usage::usage_patch(
+        &[
+            (entry(None, "the real token"), used_at),
+            (entry(Some(0), "replaced"), used_at),
+            (entry(Some(1), "replaced before"), used_at),
+        ]
+        .into(),
+    );
     verifier_keys
         .patch_status(KEY, &as_verifier, &Patch::Json::<()>(usage))
         .await
@@ -789,8 +802,16 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
         json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("forged")}]),
         json!([{"op": "add", "path": "/status/tokens/-", "value": {"name": "extra",
             "id": "all_BBBBBB", "sha256": hash("forged"), "issuedAt": "2026-11-01T00:00:00Z"}}]),
-        json!([{"op": "add", "path": "/status/tokens/0/previous", "value": {"id": "all_CCCCCC",
+        json!([{"op": "replace", "path": "/status/tokens/0/previous", "value": {"id": "all_CCCCCC",
             "sha256": hash("forged"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/previous/validUntil",
+            "value": "2030-01-01T00:00:00Z"}]),
+        json!([{"op": "add", "path": "/status/tokens/0/earlier/-", "value": {"id": "all_CCCCCC",
+            "sha256": hash("forged"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/earlier/0/sha256", "value": hash("forged")}]),
+        json!([{"op": "add", "path": "/status/servedPolicy/grants", "value": [{"effect": "allow",
+            "actions": ["*"]}]}]),
+        json!([{"op": "replace", "path": "/status/servedGeneration", "value": 9}]),
         json!([{"op": "remove", "path": "/status/tokens/0/expiresAt"}]),
         json!([{"op": "replace", "path": "/status/requiredHeaders/0/sha256", "value": hash("mine")}]),
         json!([{"op": "remove", "path": "/status/requiredHeaders"}]),
@@ -814,6 +835,15 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
     let stored = serde_json::to_value(stored.status).expect("JSON");
     assert_eq!(stored["tokens"][0]["sha256"], hash("the real token"));
     assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(
+        stored["tokens"][0]["previous"]["lastUsedAt"],
+        "2026-11-23T10:00:00Z"
+    );
+    assert_eq!(
+        stored["tokens"][0]["earlier"][0]["lastUsedAt"],
+        "2026-11-23T10:00:00Z"
+    );
+    assert_eq!(stored["tokens"][0]["previous"]["sha256"], hash("replaced"));
     assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
     assert_eq!(stored["requiredHeaders"][0]["sha256"], hash("s3cret"));
 }
@@ -1122,7 +1152,14 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
         .collect();
     report_pods_ready(&cluster).await;
 
+    // Going without the verifier's status policy is a choice NOTES warn about (issue 27, N11).
+    let unguarded = notes(&admin, &["verifier.statusPolicy=false"]);
+    assert!(
+        unguarded.contains("WARNING: verifier.statusPolicy is false"),
+        "{unguarded}"
+    );
     let notes = notes(&admin, &[]);
+    assert!(!notes.contains("WARNING: verifier.statusPolicy"), "{notes}");
     let commands = notes_commands(&notes);
     let forwarded = "http://localhost:8080";
     let (port_forwards, commands): (Vec<_>, Vec<_>) = commands

@@ -16,13 +16,15 @@ use std::sync::OnceLock;
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
 
+use crate::rendered::{CHART, NAMESPACE, RELEASE, of_kind, str_at};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keysmith");
-const RELEASE: &str = "keysmith";
-const NAMESPACE: &str = "keysmith";
 /// The oldest Kubernetes Chart.yaml accepts (`kubeVersion: >=1.25.0-0`): every values case must
 /// render there, not only for the Kubernetes version the pinned helm assumes.
 const KUBE_VERSION: &str = "v1.25.0";
+/// The oldest Kubernetes with the verifier's status policy, where split mode renders with its
+/// defaults: for renders that are not about old versions.
+const POLICY_KUBE_VERSION: &str = "v1.30.0";
 const WATCH_NAMESPACE: &str = "apps";
 const SELECTOR: &str = "shard=a";
 const TRUSTED_PROXY: &str = "10.244.0.0/16";
@@ -292,6 +294,9 @@ impl Values {
             }
         };
         set(self.combined, &["mode=combined"]);
+        // KUBE_VERSION predates the verifier's status policy, and split mode renders there only
+        // when told to go without it.
+        set(self.split(), &["verifier.statusPolicy=false"]);
         set(self.service_monitor, &["serviceMonitor.enabled=true"]);
         set(self.prometheus_rule, &["prometheusRule.enabled=true"]);
         set(
@@ -304,6 +309,7 @@ impl Values {
                 &format!("selector={SELECTOR}"),
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
                 "acceptNamespaces={tenant-a,tenant-b}",
+                "tokenMetrics.maxTokens=50",
                 &format!("image.digest={DIGEST}"),
                 &format!("image.registry={REGISTRY}"),
                 &format!("image.repository={MIRRORED}"),
@@ -577,13 +583,6 @@ impl Values {
 /// (kind, namespace or "" when cluster-scoped, name)
 type Object = (String, String, String);
 
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
-}
-
 /// The object's identity; panics unless it has a non-empty apiVersion, kind and metadata.name.
 fn identity(object: &Value) -> Object {
     for pointer in ["/apiVersion", "/kind", "/metadata/name"] {
@@ -601,10 +600,6 @@ fn identity(object: &Value) -> Object {
         namespace.to_string(),
         str_at(object, "/metadata/name").to_string(),
     )
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
-    objects.iter().filter(move |o| o["kind"] == kind)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -817,6 +812,11 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                     args.push(format!("--trusted-proxies={TRUSTED_PROXY}"));
                     args.push("--accept-namespaces=tenant-a,tenant-b".to_string());
                 }
+            }
+            // The cap on per-token series, which ApiKey authors opt into, is the operator's.
+            if subcommand != "controller" {
+                let tokens = if values.flags { 50 } else { 1000 };
+                args.push(format!("--token-metrics-max-tokens={tokens}"));
             }
             if values.extras {
                 args.push(EXTRA_ARG.to_string());
@@ -1497,7 +1497,10 @@ fn split_mode_refuses_one_account_for_controller_and_verifier() {
 fn the_usage_certificate_is_generated_or_taken_from_cert_manager() {
     let usage = |sets: &[&str]| -> Vec<Value> {
         let sets: Vec<&str> = ["usage.enabled=true"].iter().chain(sets).copied().collect();
-        let text = helm_template(KUBE_VERSION, sets.iter().flat_map(|set| ["--set", *set]));
+        let text = helm_template(
+            POLICY_KUBE_VERSION,
+            sets.iter().flat_map(|set| ["--set", *set]),
+        );
         serde_saphyr::from_multiple::<Value>(&text).expect("YAML")
     };
     let secret_name = "keysmith-usage-tls";
@@ -1674,7 +1677,7 @@ fn every_alert_links_its_runbook_in_docs_operations() {
         ),
     ] {
         let text = helm_template(
-            KUBE_VERSION,
+            POLICY_KUBE_VERSION,
             sets.iter().flat_map(|s| ["--set", s.as_str()]),
         );
         let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
@@ -1753,10 +1756,15 @@ fn exported_metric_names() -> BTreeSet<String> {
             let (_, rest) = line.split_once("Metrics: http://")?;
             Some(rest.split('/').next()?.to_owned())
         })
-        .map(|addr| scrape(&addr));
+        .map(|addr| {
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::panic::catch_unwind(|| with_a_key_end(&kubeconfig, &addr))
+        });
     let _ = child.kill();
     let _ = child.wait();
-    let served = text.expect("keysmith dev prints its metrics address");
+    let served = text
+        .expect("keysmith dev prints its metrics address")
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let text = served.expect("GET /metrics");
     let mut names = BTreeSet::new();
     for line in text.lines() {
@@ -1772,6 +1780,43 @@ fn exported_metric_names() -> BTreeSet<String> {
         names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
     }
     names
+}
+
+/// The metrics of the `keysmith dev` at `addr` once it also reconciled an ApiKey with a
+/// `spec.expiresAt`, applied through its `kubeconfig`: none of the examples it applies has one,
+/// and only such a key exports `keysmith_apikey_expiry_timestamp_seconds`.
+fn with_a_key_end(kubeconfig: &Path, addr: &str) -> std::io::Result<String> {
+    const FAMILY: &str = "# TYPE keysmith_apikey_expiry_timestamp_seconds ";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("dev's kubeconfig");
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(config, &options)
+            .await
+            .expect("a client configuration");
+        let client = kube::Client::try_from(config).expect("a client");
+        let keys = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+            client,
+            "default",
+            &kube::api::ApiResource::erase::<keysmith::api::ApiKey>(&()),
+        );
+        let key = serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "time-boxed", "namespace": "default"},
+            "spec": {"tokens": [{"name": "a"}], "expiresAt": "2099-01-01T00:00:00Z"},
+        }))
+        .expect("an ApiKey");
+        keys.create(&kube::api::PostParams::default(), &key)
+            .await
+            .expect("the ApiKey is created");
+        keysmith_emulator::eventually("the key's expiry series", || async {
+            scrape(addr).ok().filter(|text| text.contains(FAMILY))
+        })
+        .await;
+    });
+    scrape(addr)
 }
 
 /// GET /metrics from `addr` in OpenMetrics, as Prometheus asks for it: the response, head and
@@ -2048,7 +2093,7 @@ fn status_policy(kube_version: &str, sets: &[&str]) -> Vec<Value> {
 
 #[test]
 fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernetes_1_30() {
-    let rendered = status_policy("v1.30.0", &[]);
+    let rendered = status_policy(POLICY_KUBE_VERSION, &[]);
     let policy = find(
         &rendered,
         "ValidatingAdmissionPolicy",
@@ -2093,8 +2138,24 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
         .expect("status fields")
         .keys();
     let token_fields = token.as_object().expect("token fields").keys();
+    // A replaced token's fields, but for its lastUsedAt, held one by one in `previous` and as
+    // a list in `earlier`.
+    let replaced: Vec<&String> = token["previous"]["properties"]
+        .as_object()
+        .expect("previous fields")
+        .keys()
+        .filter(|f| *f != "lastUsedAt")
+        .collect();
+    for field in &replaced {
+        let held = format!(".?previous.?{field} ==");
+        assert!(checks.contains(&held), "previous.{field} is not held");
+    }
+    let listed: Vec<String> = replaced.iter().map(|f| format!("e.{f}")).collect();
+    let held = format!(".?earlier.orValue([]).map(e, [{}]) ==", listed.join(", "));
+    assert!(checks.contains(&held), "earlier is not held: {held}");
+    let nested = ["tokens", "lastUsedAt", "previous", "earlier"];
     for field in fields.chain(token_fields) {
-        if field != "tokens" && field != "lastUsedAt" {
+        if !nested.contains(&field.as_str()) {
             let held = [format!(".{field} =="), format!(".?{field} ==")];
             assert!(
                 held.iter().any(|h| checks.contains(h)),
@@ -2105,7 +2166,8 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
     assert!(!checks.contains("lastUsedAt"));
 
     for (kube_version, sets) in [
-        ("v1.29.0", &[][..]),
+        ("v1.29.0", &["verifier.statusPolicy=false"][..]),
+        ("v1.29.0", &["mode=combined"][..]),
         ("v1.30.0", &["mode=combined"][..]),
         ("v1.30.0", &["verifier.statusPolicy=false"][..]),
     ] {
@@ -2113,5 +2175,37 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
             status_policy(kube_version, sets).is_empty(),
             "{kube_version} {sets:?}"
         );
+    }
+}
+
+/// Split mode where the policy cannot exist (below Kubernetes 1.30, or a `helm template` that
+/// assumes such a version) would let the verifier write any key's status: the render refuses,
+/// saying what to do, unless `verifier.statusPolicy=false` says to go without it (issue 27, N11).
+#[test]
+fn split_mode_without_the_status_policy_renders_only_when_told_to() {
+    for kube_version in ["v1.25.0", "v1.29.9"] {
+        let output = Command::new(binary("helm"))
+            .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+            .args(["--kube-version", kube_version])
+            .output()
+            .expect("helm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{kube_version} rendered:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        for says in [
+            "Kubernetes 1.30",
+            kube_version,
+            "--kube-version",
+            "verifier.statusPolicy=false",
+        ] {
+            assert!(stderr.contains(says), "{kube_version}: {says}? {stderr}");
+        }
+    }
+    // Told to, or nothing to guard (one account is both controller and verifier anyway).
+    for sets in [&["verifier.statusPolicy=false"][..], &["mode=combined"][..]] {
+        assert!(status_policy("v1.25.0", sets).is_empty(), "{sets:?}");
     }
 }

@@ -1045,6 +1045,40 @@ async fn kubectl_get_explain_describe_and_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_v1_update_grows_the_series_but_may_not_change_the_note() {
+    let pair = Pair::start().await;
+    pair.same("an Event's series grown, then its note changed", |c| async move {
+        let events = dynamic(c, "events.k8s.io/v1", "Event", "events");
+        let event = serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "site.1", "namespace": NS},
+            "regarding": {"kind": "ApiKey", "name": "site", "namespace": NS},
+            "note": "token ks_aaaaaa", "reason": "Rotated", "type": "Normal",
+            "action": "Reconcile", "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "keysmith", "reportingInstance": "keysmith-0",
+        }))
+        .expect("an Event");
+        events
+            .create(&PostParams::default(), &event)
+            .await
+            .expect("the Event is created");
+        let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"}});
+        let grown = events
+            .patch("site.1", &PatchParams::default(), &Patch::Merge(series))
+            .await
+            .expect("the series grows");
+        let note = json!({"note": "token ks_bbbbbb"});
+        let refused = outcome(
+            events
+                .patch("site.1", &PatchParams::default(), &Patch::Merge(note))
+                .await,
+        );
+        json!({"grown": {"note": grown.data["note"], "series": grown.data["series"]}, "refused": refused})
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_auth_can_i_for_the_verifier_and_the_administrator() {
     let pair = Pair::start().await;
     let as_verifier = format!("--as={VERIFIER}");
@@ -1111,5 +1145,278 @@ async fn watch_from_a_resource_version_sees_changes_in_order() {
     assert_eq!(
         types,
         [&json!("ADDED"), &json!("MODIFIED"), &json!("DELETED")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_time_and_integer_formats_of_the_crd() {
+    let pair = Pair::start().await;
+    let with = |field: &str, value: Value| {
+        let mut spec = one_slot();
+        spec[field] = value;
+        spec
+    };
+    let bytes = |value: Value| json!({"tokens": [{"name": "primary", "bytes": value}]});
+    let mut specs: Vec<Value> = [
+        "next tuesday",
+        "2024-01-01T10:00:00Z",
+        "2024-01-01t10:00:00.5+01:00",
+        "2024-01-01T10:00:00ZT10",
+        "2024-01-01T10:00:00",
+        "2024-02-30T10:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T10:00:00+0100",
+        "",
+    ]
+    .into_iter()
+    .map(|at| with("expiresAt", json!(at)))
+    .collect();
+    specs.extend([
+        with("expiresAt", json!(5)),
+        with("expiresAt", json!(true)),
+        with("description", json!(5)),
+        bytes(json!(32.5)),
+        bytes(json!(32.000_000_000_1)),
+        bytes(json!(32.0)),
+        bytes(json!("32")),
+    ]);
+    let answers = pair
+        .same("date-time and int32 values", |c| {
+            let specs = specs.clone();
+            async move {
+                let api = apikeys(c);
+                let dry_run = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                let mut answers = Vec::new();
+                for spec in specs {
+                    let key = object(apikey("formats", spec));
+                    answers.push(outcome(api.create(&dry_run, &key).await));
+                }
+                Value::Array(answers)
+            }
+        })
+        .await;
+    assert_eq!(error(&answers[0]), (422, "Invalid"));
+    let causes = answers[0]["error"]["details"]["causes"]
+        .as_array()
+        .expect("causes");
+    assert!(
+        causes.contains(&json!({"reason": "FieldValueTypeInvalid", "field": "spec.expiresAt",
+            "message": "Invalid value: \"next tuesday\": spec.expiresAt in body must be of type date-time: \"next tuesday\""})),
+        "{causes:?}"
+    );
+    assert_eq!(answers[1]["spec"]["expiresAt"], "2024-01-01T10:00:00Z");
+    assert_eq!(answers[14]["spec"]["tokens"][0]["bytes"], 32);
+
+    let file = pair.file(
+        "expires-next-tuesday.json",
+        &apikey("tuesday", with("expiresAt", json!("next tuesday"))),
+    );
+    let applied = pair.kubectl(&["apply", "-f", &file]).await;
+    assert_eq!(applied["code"], 1);
+}
+
+/// An ApiKey whose JSON, as kube-rs sends it, is exactly `size` bytes: padded with an unknown
+/// field, which both servers prune (with a warning), so only the body is big.
+fn padded_apikey(name: &str, size: usize) -> Value {
+    let mut key = apikey(name, one_slot());
+    key["spec"]["padding"] = json!("");
+    let bare = serde_json::to_vec(&object(key.clone()))
+        .expect("JSON")
+        .len();
+    key["spec"]["padding"] = json!("x".repeat(size - bare));
+    assert_eq!(
+        serde_json::to_vec(&object(key.clone()))
+            .expect("JSON")
+            .len(),
+        size
+    );
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_three_mib_are_413() {
+    const LIMIT: usize = 3 * 1024 * 1024;
+    let pair = Pair::start().await;
+    let answers = pair
+        .same("bodies at and over 3 MiB", |c| async move {
+            let api = apikeys(c.clone());
+            let over = padded_apikey("sized", LIMIT + 1);
+            json!([
+                create(c.clone(), padded_apikey("sized", LIMIT)).await,
+                create(c, padded_apikey("over", LIMIT + 1)).await,
+                outcome(
+                    api.replace("sized", &PostParams::default(), &object(over.clone()))
+                        .await
+                ),
+                outcome(
+                    api.patch(
+                        "sized",
+                        &PatchParams::default(),
+                        &Patch::Merge(over.clone())
+                    )
+                    .await
+                ),
+                outcome(
+                    api.patch("missing", &PatchParams::default(), &Patch::Merge(over))
+                        .await
+                ),
+            ])
+        })
+        .await;
+    assert_eq!(answers[0]["metadata"]["name"], "sized");
+    assert_eq!(answers[0]["spec"].get("padding"), None);
+    for answer in &answers.as_array().expect("answers")[1..] {
+        assert_eq!(
+            answer["error"],
+            json!({"status": "Failure", "code": 413, "reason": "RequestEntityTooLarge", "metadata": {},
+                   "message": "Request entity too large: limit is 3145728"}),
+        );
+    }
+}
+
+/// An ApiKey whose annotation keys and values total `bytes` in UTF-8 (`é` is two).
+fn annotated_apikey(bytes: usize) -> Value {
+    let mut key = apikey("annotated", one_slot());
+    let accents = "é".repeat(1000);
+    let rest = bytes - "a.example/one".len() - accents.len() - "c".len();
+    key["metadata"]["annotations"] = json!({"a.example/one": accents, "c": "y".repeat(rest)});
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_over_256_kib_are_invalid() {
+    const LIMIT: usize = 256 * 1024;
+    let pair = Pair::start().await;
+    let answers = pair
+        .same("annotations at and over 256 KiB", |c| async move {
+            let api = apikeys(c.clone());
+            let more = json!({"metadata": {"annotations": {"d": "z"}}});
+            json!([
+                create(c.clone(), annotated_apikey(LIMIT + 1)).await,
+                create(c, annotated_apikey(LIMIT)).await,
+                outcome(
+                    api.patch("annotated", &PatchParams::default(), &Patch::Merge(more))
+                        .await
+                ),
+            ])
+        })
+        .await;
+    let too_long = json!({"reason": "FieldValueTooLong", "field": "metadata.annotations",
+                          "message": "Too long: may not be more than 262144 bytes"});
+    assert_eq!(error(&answers[0]), (422, "Invalid"));
+    let causes = answers[0]["error"]["details"]["causes"]
+        .as_array()
+        .expect("causes");
+    assert!(causes.contains(&too_long), "{causes:?}");
+    assert_eq!(answers[1]["metadata"]["name"], "annotated");
+    // On an update of a custom object the real server lists the cause three times.
+    let causes = answers[2]["error"]["details"]["causes"]
+        .as_array()
+        .expect("causes");
+    assert_eq!(causes.iter().filter(|c| **c == too_long).count(), 3);
+
+    // What `kubectl apply` writes as last-applied-configuration for a big spec: the same
+    // object applied server-side (no such annotation) is accepted.
+    let field = |i: usize| format!("{i:03}{}", "f".repeat(247));
+    let grant = json!({"actions": ["read"], "effect": "allow",
+                       "fields": (0..256).map(field).collect::<Vec<_>>()});
+    let mut spec = one_slot();
+    spec["grants"] = json!(vec![grant; 5]);
+    let file = pair.file("big-spec.json", &apikey("big-spec", spec));
+    let applied = pair.kubectl(&["apply", "-f", &file]).await;
+    assert_eq!(applied["code"], 1);
+    assert!(
+        applied["stderr"]
+            .to_string()
+            .contains("metadata.annotations: Too long: may not be more than 262144 bytes"),
+        "{applied}"
+    );
+    let server_side = pair.kubectl(&["apply", "--server-side", "-f", &file]).await;
+    assert_eq!(
+        server_side["stdout"],
+        json!(["apikey.keysmith.dev/big-spec serverside-applied"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_a_v1_list() {
+    let pair = Pair::start().await;
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+    "items": [
+        apikey("listed", one_slot()),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "listed", "namespace": NS}, "data": {"k": "dg=="}}),
+    ]});
+    let file = pair.file("list.json", &list);
+    let created = pair.kubectl(&["apply", "-f", &file]).await;
+    assert_eq!(
+        created["stdout"],
+        json!([
+            "apikey.keysmith.dev/listed created",
+            "secret/listed created"
+        ]),
+        "{created}"
+    );
+    let again = pair.kubectl(&["apply", "-f", &file]).await;
+    assert_eq!(
+        again["stdout"],
+        json!([
+            // Both servers: the defaults they filled in make kubectl patch the ApiKey again.
+            "apikey.keysmith.dev/listed configured",
+            "secret/listed unchanged"
+        ]),
+        "{again}"
+    );
+    // What `kubectl get -o yaml` printed, applied back to the server it came from.
+    for side in [&pair.emu, &pair.real] {
+        let printed = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&side.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&side.cache)
+            .args(["get", "ak,secret", "listed", "-o", "yaml"])
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .expect("kubectl runs");
+        assert!(printed.status.success(), "{printed:?}");
+        let path = pair.dir.path().join("printed.yaml");
+        std::fs::write(&path, &printed.stdout).expect("file");
+        let applied = side
+            .kubectl(&["apply", "-f", &path.to_string_lossy()])
+            .await;
+        assert_eq!(applied["code"], 0, "{applied}");
+    }
+
+    // The real server's v2 document has definitions, so kubectl refuses an unknown field in an
+    // item before sending anything; the emulator's has none, so kubectl leaves the items to
+    // the server, which refuses the ApiKey (strict field validation) and stores the ConfigMap
+    // it cannot check (docs/emulator.md).
+    let bad = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+         "metadata": {"name": "bogus", "namespace": NS}, "spec": {"bogus": 1, "tokens": [{"name": "primary"}]}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bogus", "namespace": NS},
+         "bogus": 2, "data": {"a": "b"}},
+    ]});
+    let file = pair.file("bad-list.json", &bad);
+    let args = ["apply", "-f", &file];
+    let (emu, real) = tokio::join!(pair.emu.kubectl(&args), pair.real.kubectl(&args));
+    assert_eq!((&emu["code"], &real["code"]), (&json!(1), &json!(1)));
+    assert_eq!(real["stdout"], json!([]));
+    assert!(
+        real["stderr"][0].as_str().is_some_and(|e| e.contains(
+            r#"error validating data: [ValidationError(ApiKey.spec): unknown field "bogus" in dev.keysmith.v1alpha1.ApiKey.spec"#
+        )),
+        "{real}"
+    );
+    assert_eq!(emu["stdout"], json!(["configmap/bogus created"]));
+    assert!(
+        emu["stderr"][0]
+            .as_str()
+            .is_some_and(|e| e.contains(r#"strict decoding error: unknown field "spec.bogus""#)),
+        "{emu}"
     );
 }

@@ -28,8 +28,9 @@ fn schema() -> Value {
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
-/// Paths where unknown fields are meant to be kept. None: every part of an ApiKey is typed.
-const PRESERVE_UNKNOWN_ALLOWED: &[&str] = &[];
+/// Paths where unknown fields are meant to be kept: only the served policy, a copy of spec
+/// fields the spec's own schema checked when the controller accepted it.
+const PRESERVE_UNKNOWN_ALLOWED: &[&str] = &[".status.servedPolicy"];
 
 /// The structural-schema rules of
 /// https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema

@@ -505,3 +505,91 @@ async fn a_failed_start_leaves_no_kubeconfig_pointing_at_nothing() {
     assert!(error.contains("refusing to overwrite"), "{error}");
     assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), foreign);
 }
+
+/// A `keysmith dev` on free ports writing its kubeconfig to `kubeconfig`, once its summary is
+/// out.
+fn running_dev(kubeconfig: &Path) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("dev")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keysmith dev starts");
+    let mut child = Guard(child);
+    let (stdout, _) = collect(child.0.stdout.take().unwrap());
+    poll("the summary on stdout", Duration::from_secs(90), || {
+        stdout
+            .lock()
+            .unwrap()
+            .contains("Metrics: http://")
+            .then_some(())
+    });
+    child
+}
+
+/// SIGTERM `dev` and wait for its clean exit.
+fn stop(mut dev: Guard) {
+    let pid = dev.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = poll("keysmith dev to exit", Duration::from_secs(30), || {
+        dev.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_second_dev_on_the_same_kubeconfig_refuses_and_leaves_the_first_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kc");
+    let first = running_dev(&kubeconfig);
+    let written = std::fs::read_to_string(&kubeconfig).unwrap();
+
+    // A second dev on the same path refuses to start, saying why and what to do, and changes
+    // nothing. (It used to start, overwrite the file and delete it when it stopped.)
+    let second = Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .arg("dev")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = Guard(second);
+    let (stderr, reader) = collect(second.0.stderr.take().unwrap());
+    let status = poll("the second dev to refuse", Duration::from_secs(30), || {
+        second.0.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    reader.join().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains(&format!(
+            "keysmith dev: another keysmith dev is using {}",
+            kubeconfig.display()
+        )) && stderr.contains("pass --kubeconfig with another path"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), written);
+
+    // The first one stops and takes its file along.
+    stop(first);
+    assert!(!kubeconfig.exists());
+
+    // Its file left behind (as after a crash) points at nothing: the next dev takes it over.
+    std::fs::write(&kubeconfig, &written).unwrap();
+    let next = running_dev(&kubeconfig);
+    let taken_over = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert_ne!(taken_over, written);
+
+    // Replaced meanwhile by someone else, the file is theirs: a stopping dev leaves it.
+    std::fs::write(&kubeconfig, &written).unwrap();
+    stop(next);
+    assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), written);
+}

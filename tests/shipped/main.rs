@@ -17,4 +17,5 @@ mod crd;
 mod dev_command;
 mod docs_standalone;
 mod release;
+mod rendered;
 mod token_cli;

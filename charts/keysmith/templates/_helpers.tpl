@@ -267,6 +267,7 @@ spec:
             {{- with $root.Values.acceptNamespaces }}
             - {{ printf "--accept-namespaces=%s" (join "," .) | quote }}
             {{- end }}
+            - {{ printf "--token-metrics-max-tokens=%d" (int $root.Values.tokenMetrics.maxTokens) }}
             {{- end }}
             {{- if $usage }}
             - --usage-listen=0.0.0.0:8443

@@ -1,13 +1,19 @@
-//! The Events a plan publishes on the ApiKey: one per kind of token change, and a warning when
-//! `Expiring` or `Expired` turns true.
+//! The Events a plan publishes on the ApiKey: one per kind of token change, a warning when a
+//! rotation ends a replaced token's window early, a warning when `Expiring` or `Expired` turns
+//! true, and a note when a rotation waits for a disabled key.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use crate::api::MAX_EARLIER;
 use crate::validation::ValidSlot;
 
 use super::Planner;
-use super::conditions::{self, EXPIRED, EXPIRING};
+use super::conditions::{self, DISABLED, EXPIRED, EXPIRING};
+use super::readiness::DISABLED_MESSAGE;
 use super::slot::{SlotAction, SlotOutcome};
+
+/// Reason of the Warning event when a rotation ends a replaced token's window early.
+pub const OVERLAP_CUT: &str = "OverlapCut";
 
 /// The type of a Kubernetes Event; the shell maps it to its client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +72,46 @@ impl Planner<'_> {
         if !rotated.is_empty() {
             events.push(event("Rotated", rotated));
         }
+        let cut: Vec<String> = outcomes
+            .iter()
+            .flat_map(|(slot, o)| {
+                o.cut.iter().map(move |p| {
+                    format!(
+                        "slot {}: token {} stopped verifying now instead of at {}",
+                        slot.name, p.id, p.valid_until.0
+                    )
+                })
+            })
+            .collect();
+        if !cut.is_empty() {
+            events.push(PlannedEvent {
+                type_: EventKind::Warning,
+                reason: OVERLAP_CUT,
+                note: format!(
+                    "{}: a slot keeps at most {} replaced tokens in their overlap windows, and another rotation came first",
+                    cut.join("; "),
+                    1 + MAX_EARLIER
+                ),
+            });
+        }
         events
     }
 
-    /// `Expiring` and `Expired` events, on the transition to True only.
+    /// `Expiring` and `Expired` events, on the transition to True only; `RotationPending` when
+    /// the `Disabled` message starts or changes to name a rotation that waits for the key to be
+    /// enabled, so the request is acknowledged where `kubectl describe` shows events.
     pub(super) fn condition_events(&self, desired: &[Condition]) -> Vec<PlannedEvent> {
+        let pending = conditions::find(desired, DISABLED)
+            .filter(|c| c.status == "True" && c.message != DISABLED_MESSAGE)
+            .filter(|c| {
+                conditions::find(&self.observed.conditions, DISABLED)
+                    .is_none_or(|o| o.message != c.message)
+            })
+            .map(|c| PlannedEvent {
+                type_: EventKind::Normal,
+                reason: "RotationPending",
+                note: c.message.clone(),
+            });
         [(EXPIRING, "Expiring"), (EXPIRED, "Expired")]
             .into_iter()
             .filter(|(type_, _)| {
@@ -84,6 +125,7 @@ impl Planner<'_> {
                     .map(|c| c.message.clone())
                     .unwrap_or_default(),
             })
+            .chain(pending)
             .collect()
     }
 }

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{ApiKeySpec, HEADER_SOURCE_ANNOTATION, RequiredHeaderStatus};
 use crate::token::sha256_hex_bytes;
+use crate::validation::validate;
 
 /// The Secrets that required headers name, by name, as the shell read them from the key's
 /// namespace; a name that is absent does not exist.
@@ -23,8 +24,13 @@ pub type HeaderSecrets = BTreeMap<String, Secret>;
 /// those Secrets are not Keysmith's, so no watch event announces their changes.
 pub(crate) const HEADER_RECHECK: Duration = Duration::from_secs(60);
 
-/// Names of the Secrets `spec`'s required headers read.
+/// Names of the Secrets `spec`'s required headers read; none when the spec is invalid, since
+/// its names may then be paths or queries rather than Secret names, and planning acts on
+/// nothing of an invalid spec anyway.
 pub fn referenced(spec: &ApiKeySpec) -> BTreeSet<String> {
+    if validate(spec).is_err() {
+        return BTreeSet::new();
+    }
     spec.restrictions
         .iter()
         .flat_map(|r| &r.required_headers)
@@ -62,19 +68,15 @@ pub(crate) fn resolve(spec: &ApiKeySpec, key: &str, secrets: &HeaderSecrets) -> 
         };
         let name = &from.secret_key_ref.name;
         let field = format!("spec.restrictions.requiredHeaders[{i}] ({})", header.name);
-        let Some(secret) = secrets.get(name.as_str()) else {
-            resolved
-                .missing
-                .push(format!("{field}: Secret {name} not found"));
-            continue;
-        };
-        if !opts_in(secret, key) {
+        // A missing Secret and one that has not opted in read the same: the author may not be
+        // allowed to read Secrets, so Keysmith must not tell them which names exist.
+        let Some(secret) = secrets.get(name.as_str()).filter(|s| opts_in(s, key)) else {
             resolved.missing.push(format!(
-                "{field}: Secret {name} does not let this key read it; someone who may edit it \
-                 annotates it {HEADER_SOURCE_ANNOTATION}={key}"
+                "{field}: Secret {name} is missing or does not let this key read it; it must \
+                 exist and someone who may edit it annotates it {HEADER_SOURCE_ANNOTATION}={key}"
             ));
             continue;
-        }
+        };
         let data_key = &from.secret_key_ref.key;
         match secret.data.as_ref().and_then(|d| d.get(data_key)) {
             Some(value) => resolved.hashes.push(RequiredHeaderStatus {

@@ -1,7 +1,8 @@
-//! The reconcile decision as a pure function (SPEC 4.1–4.4): from an `ApiKey`, the Secret it
-//! writes (if it exists), the Secrets its required headers read and the time, decide per slot
-//! whether to keep, mint, rotate or drop the previous token, and derive the status, the Secret,
-//! the restarts, the events and the requeue.
+//! The reconcile decision as a pure function (SPEC 4.1–4.4): from one [`Observed`] snapshot (an
+//! `ApiKey`, the Secret it writes if it exists, the Secrets its required headers read, the
+//! Secrets it published for gateways) and the time, decide per slot whether to keep, mint,
+//! rotate or drop a replaced token, and derive the status, the Secret, the restarts, the
+//! publication, the events and the requeue.
 //!
 //! No I/O happens here, and randomness comes in through the `mint` function, so every decision
 //! is reproducible in tests. A plan with `status: None` and `secret: None` writes nothing: that is
@@ -25,7 +26,7 @@ mod requeue;
 mod secret;
 mod slot;
 
-pub use events::{EventKind, PlannedEvent};
+pub use events::{EventKind, OVERLAP_CUT, PlannedEvent};
 pub use restart::Restart;
 pub use secret::{DesiredSecret, Revocation, revocation};
 pub use slot::{MintReason, RotateReason, SlotAction};
@@ -37,6 +38,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{ApiKey, ApiKeyStatus, TokenStatus};
+use crate::served;
 use crate::token::{GenerateError, Token};
 use crate::validation::{ValidSlot, ValidSpec, validate};
 use conditions::{Desired, READY, reason};
@@ -44,6 +46,20 @@ use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
 use requeue::CONFLICT_REQUEUE;
 use secret::secret_conflict;
 use timing::whole_seconds;
+
+/// What one reconcile observed, read once before planning: everything [`plan`] decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The ApiKey, read fresh.
+    pub key: &'a ApiKey,
+    /// The Secret the key names (owned or not), if it exists.
+    pub secret: Option<&'a Secret>,
+    /// The Secrets [`headers::referenced`] names that exist.
+    pub header_secrets: &'a HeaderSecrets,
+    /// The key's published Secrets (labelled with its name and a gateway; see
+    /// [`publish::publication`]).
+    pub published: &'a [Secret],
+}
 
 /// Everything one reconcile should do, in the order the shell does it.
 #[derive(Debug, Clone)]
@@ -54,6 +70,8 @@ pub struct Plan {
     pub secret: Option<DesiredSecret>,
     /// Workloads to restart after the Secret is written.
     pub restarts: Vec<Restart>,
+    /// The Secrets published for gateways and the KongConsumer lists, written after the restarts.
+    pub publication: publish::Publication,
     /// Events to publish after the writes.
     pub events: Vec<PlannedEvent>,
     /// When to look again; `None`: only when something changes.
@@ -68,14 +86,39 @@ pub struct Plan {
 impl Plan {
     /// Whether the plan writes nothing at all.
     pub fn is_quiet(&self) -> bool {
-        self.status.is_none() && self.secret.is_none() && self.restarts.is_empty()
+        self.status.is_none()
+            && self.secret.is_none()
+            && self.restarts.is_empty()
+            && self.publication.is_quiet()
     }
 }
 
-/// Decide what one reconcile of `key` does at `now`. `secret` is the Secret named by the key
-/// (owned or not); `header_secrets` are the Secrets [`headers::referenced`] names that exist;
-/// `mint` creates a token for a slot (production: [`mint_token`]).
+/// Decide what one reconcile does at `now` with what it `observed`; `mint` creates a token for a
+/// slot (production: [`mint_token`]).
 pub fn plan(
+    observed: &Observed<'_>,
+    now: Timestamp,
+    mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
+) -> Result<Plan, GenerateError> {
+    let mut plan = plan_key(
+        observed.key,
+        observed.secret,
+        observed.header_secrets,
+        now,
+        mint,
+    )?;
+    plan.publication = publish::publication(
+        observed.key,
+        &plan,
+        observed.secret,
+        observed.published,
+        now,
+    );
+    Ok(plan)
+}
+
+/// The plan of the key's own writes: status, Secret, restarts, events.
+fn plan_key(
     key: &ApiKey,
     secret: Option<&Secret>,
     header_secrets: &HeaderSecrets,
@@ -115,7 +158,7 @@ fn blocked(
     requeue_after: Option<Duration>,
 ) -> Plan {
     let generation = key.metadata.generation;
-    let mut desired = strip_usage(observed);
+    let mut desired = observed.clone();
     desired.observed_generation = generation;
     let mut merged = conditions::merge(
         &observed.conditions,
@@ -143,24 +186,15 @@ fn blocked(
         Vec::new()
     };
     Plan {
-        status: (desired != strip_usage(observed)).then_some(desired),
+        status: (desired != *observed).then_some(desired),
         secret: None,
         restarts: Vec::new(),
+        publication: publish::Publication::default(),
         events,
         requeue_after,
         slots: Vec::new(),
         rotations: Vec::new(),
     }
-}
-
-/// The observed status without what the verifier owns (`lastUsedAt`), which the controller
-/// neither writes nor compares.
-fn strip_usage(status: &ApiKeyStatus) -> ApiKeyStatus {
-    let mut status = status.clone();
-    for token in &mut status.tokens {
-        token.last_used_at = None;
-    }
-    status
 }
 
 /// State of one planning pass over a valid key.
@@ -246,6 +280,8 @@ impl<'a> Planner<'a> {
             expires_at: self.earliest_expiry(&tokens).map(Time),
             tokens,
             required_headers: headers.hashes.clone(),
+            served_generation: generation,
+            served_policy: Some(served::policy_of(&self.key.spec)),
         };
 
         let mut events = self.slot_events(&outcomes);
@@ -254,11 +290,11 @@ impl<'a> Planner<'a> {
         if !headers::referenced(&self.key.spec).is_empty() {
             requeue_after = requeue_after.min(HEADER_RECHECK);
         }
-        let observed = strip_usage(self.observed);
         Ok(Plan {
-            status: (desired != observed).then_some(desired),
+            status: (desired != *self.observed).then_some(desired),
             secret,
             restarts,
+            publication: publish::Publication::default(),
             events,
             requeue_after: Some(requeue_after),
             slots: outcomes

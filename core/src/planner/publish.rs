@@ -3,7 +3,7 @@
 //! KongConsumer credential list to keep in step.
 //!
 //! Published values follow the key's status, not the other way round: every current token that
-//! still verifies, and every previous token inside its overlap window, is published; nothing is
+//! still verifies, and every replaced token inside its overlap window, is published; nothing is
 //! once the key is disabled or past its `expiresAt`. Token plaintext is found by its SHA-256
 //! (the status holds the hashes) among the values Keysmith already holds: the Secret the plan
 //! writes, the key's Secret as observed, and the key's published Secrets. That is also how a
@@ -36,7 +36,7 @@ use super::timing::whole_seconds;
 /// The field of a Kong key-auth credential Secret that holds the key.
 pub const KONG_KEY_FIELD: &str = "key";
 /// Suffix of an Envoy Gateway client id (and of a Kong credential Secret's name) for a replaced
-/// token during its overlap window.
+/// token during its overlap window; the ones in `earlier` add `-2`, `-3`, `-4`.
 pub const PREVIOUS_SUFFIX: &str = "previous";
 /// Longest object name Kubernetes accepts.
 const MAX_NAME_LEN: usize = 253;
@@ -56,6 +56,30 @@ pub struct Publication {
     pub kong: Vec<KongCredentials>,
     /// Names the key may not publish under, each with what to do about it.
     pub conflicts: Vec<String>,
+}
+
+impl Publication {
+    /// Whether it writes nothing.
+    pub fn is_quiet(&self) -> bool {
+        self.secrets.is_empty() && self.delete.is_empty() && self.kong.is_empty()
+    }
+
+    /// Give up publishing under `name` (a Secret of that name is not the key's): nothing is
+    /// written there, no consumer lists it, and `problem` is reported.
+    pub fn refuse(&mut self, name: &str, problem: String) {
+        self.secrets.retain(|d| d.name != name);
+        for kong in &mut self.kong {
+            kong.wanted.retain(|w| w != name);
+        }
+        self.conflicts.push(problem);
+    }
+}
+
+/// Why a Secret named `name` that the key does not own cannot be published to.
+pub fn not_owned(name: &str) -> String {
+    format!(
+        "spec.publish: Secret {name} exists and is not owned by this ApiKey; Keysmith never overwrites it: delete it or publish under another name"
+    )
 }
 
 /// This key's part of a KongConsumer's `credentials` list.
@@ -204,8 +228,8 @@ pub fn publication(
         .or(key.status.as_ref())
         .map(|s| s.tokens.as_slice())
         .unwrap_or_default();
-    // (slot, is previous, token) for every token a gateway should accept now.
-    let live: Vec<(&str, bool, Token)> = if active {
+    // (slot, suffix, token) for every token a gateway should accept now.
+    let live: Vec<(&str, Option<String>, Token)> = if active {
         tokens
             .iter()
             .flat_map(|t| live_tokens(t, &pool, now))
@@ -219,10 +243,10 @@ pub fn publication(
         if let Some(secret_name) = entry.envoy_gateway_secret(&name) {
             let data = live
                 .iter()
-                .map(|(slot, previous, token)| {
+                .map(|(slot, suffix, token)| {
                     let mut id = envoy_client_id(&namespace, &name, slot);
-                    if *previous {
-                        id = format!("{id}.{PREVIOUS_SUFFIX}");
+                    if let Some(suffix) = suffix {
+                        id = format!("{id}.{suffix}");
                     }
                     (id, token.clone())
                 })
@@ -238,10 +262,10 @@ pub fn publication(
     }
     let mut kong = kong_parts(key, published);
     if let Some(kong) = kong.iter_mut().find(|k| !k.withdrawn) {
-        for (slot, previous, token) in &live {
+        for (slot, suffix, token) in &live {
             let mut secret_name = kong_secret_name(&name, slot);
-            if *previous {
-                secret_name = format!("{secret_name}-{PREVIOUS_SUFFIX}");
+            if let Some(suffix) = suffix {
+                secret_name = format!("{secret_name}-{suffix}");
             }
             let data = BTreeMap::from([(KONG_KEY_FIELD.to_owned(), token.clone())]);
             let mut secret = published_secret(key, &owner, secret_name, PUBLISHED_FOR_KONG, data);
@@ -257,9 +281,9 @@ pub fn publication(
         }
     }
 
-    let mut conflicts = Vec::new();
+    let mut refused = Vec::new();
     let mut names = BTreeSet::from([key.secret_name()]);
-    desired.retain(|d| {
+    for d in &desired {
         let problem = if d.name.len() > MAX_NAME_LEN {
             Some(format!(
                 "spec.publish: the Secret name {} is longer than {MAX_NAME_LEN} characters; shorten the ApiKey or slot name, or set envoyGateway.secretName",
@@ -275,61 +299,64 @@ pub fn publication(
                 .iter()
                 .find(|s| s.metadata.name.as_deref() == Some(d.name.as_str()))
                 .filter(|s| !controlled_by(s, key))
-                .map(|_| {
-                    format!(
-                        "spec.publish: Secret {} exists and is not owned by this ApiKey; Keysmith never overwrites it: delete it or publish under another name",
-                        d.name
-                    )
-                })
+                .map(|_| not_owned(&d.name))
         };
-        if let Some(problem) = &problem {
-            conflicts.push(problem.clone());
-            for kong in &mut kong {
-                kong.wanted.retain(|w| *w != d.name);
-            }
-        }
-        problem.is_none()
-    });
-    let wanted: Vec<String> = kong.iter().flat_map(|k| k.wanted.clone()).collect();
-    for kong in &mut kong {
+        refused.extend(problem.map(|p| (d.name.clone(), p)));
+    }
+    let mut publication = Publication {
+        secrets: desired,
+        kong,
+        ..Publication::default()
+    };
+    for (name, problem) in refused {
+        publication.refuse(&name, problem);
+    }
+    publication.delete = owned(key, published)
+        .into_iter()
+        .filter(|n| !publication.secrets.iter().any(|d| d.name == *n))
+        .collect();
+    let wanted: Vec<String> = publication
+        .kong
+        .iter()
+        .flat_map(|k| k.wanted.clone())
+        .collect();
+    for kong in &mut publication.kong {
         kong.ours.extend(wanted.iter().cloned());
     }
-
-    let delete = owned(key, published)
-        .into_iter()
-        .filter(|n| !desired.iter().any(|d| d.name == *n))
-        .collect();
-    let secrets = desired
-        .into_iter()
-        .filter(|d| !published.iter().any(|s| matches(s, d)))
-        .collect();
-    Publication {
-        secrets,
-        delete,
-        kong,
-        conflicts,
-    }
+    publication
+        .secrets
+        .retain(|d| !published.iter().any(|s| matches(s, d)));
+    publication
 }
 
-/// The tokens of one slot a gateway should accept at `now`: the current one until it expires,
-/// and the previous one inside its overlap window, if their values are known.
+/// The tokens of one slot a gateway should accept at `now`, if their values are known: the
+/// current one until it expires, unsuffixed, and each replaced one inside its overlap window,
+/// suffixed by its place (`previous`, then `previous-2` for `earlier[0]`, ...).
 fn live_tokens<'a>(
     status: &'a TokenStatus,
     pool: &Pool,
     now: Timestamp,
-) -> Vec<(&'a str, bool, Token)> {
+) -> Vec<(&'a str, Option<String>, Token)> {
     let current_valid = status.expires_at.as_ref().is_none_or(|e| e.0 > now);
     let current = pool
         .find(&status.sha256)
         .filter(|_| current_valid)
-        .map(|t| (status.name.as_str(), false, t));
-    let previous = status
+        .map(|t| (status.name.as_str(), None, t));
+    let replaced = status
         .previous
-        .as_ref()
-        .filter(|p| p.valid_until.0 > now)
-        .and_then(|p| pool.find(&p.sha256))
-        .map(|t| (status.name.as_str(), true, t));
-    current.into_iter().chain(previous).collect()
+        .iter()
+        .chain(&status.earlier)
+        .enumerate()
+        .filter(|(_, p)| p.valid_until.0 > now)
+        .filter_map(|(rank, p)| {
+            let suffix = match rank {
+                0 => PREVIOUS_SUFFIX.to_owned(),
+                n => format!("{PREVIOUS_SUFFIX}-{}", n + 1),
+            };
+            pool.find(&p.sha256)
+                .map(|t| (status.name.as_str(), Some(suffix), t))
+        });
+    current.into_iter().chain(replaced).collect()
 }
 
 /// Token values Keysmith holds for a key, by SHA-256.

@@ -3,11 +3,14 @@
 
 use jiff::Timestamp;
 
-use crate::api::TokenStatus;
+use crate::api::{ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX, TokenStatus};
 
 use super::Planner;
 use super::conditions::{self, DISABLED, Desired, EXPIRED, EXPIRING, READY, reason};
 use super::timing::{self, between, sub};
+
+/// The `Disabled` message of a disabled key with no rotation waiting.
+pub(super) const DISABLED_MESSAGE: &str = "spec.disabled is true";
 
 impl Planner<'_> {
     /// The earliest end of a current token or of the key (`status.expiresAt`).
@@ -70,11 +73,61 @@ impl Planner<'_> {
                 |m| Desired::new(EXPIRED, true, reason::EXPIRED, m),
             ),
             if self.key.spec.disabled {
-                Desired::new(DISABLED, true, reason::DISABLED, "spec.disabled is true")
+                Desired::new(
+                    DISABLED,
+                    true,
+                    reason::DISABLED,
+                    self.disabled_message(tokens),
+                )
             } else {
                 Desired::off(DISABLED)
             },
         ]
+    }
+
+    /// The `Disabled` message: says when a rotation asked for is waiting for the key to be
+    /// enabled, since a rotation that lands long after it was asked for would otherwise surprise.
+    fn disabled_message(&self, tokens: &[TokenStatus]) -> String {
+        let pending = self.pending_rotations(tokens);
+        if pending.is_empty() {
+            return DISABLED_MESSAGE.to_owned();
+        }
+        format!(
+            "spec.disabled is true; a rotation is pending ({}) and happens when the key is enabled",
+            pending.join(", ")
+        )
+    }
+
+    /// The fields whose value asks for a rotation some current token has not answered:
+    /// `rotation.trigger`, `keysmith.dev/rotate`, `keysmith.dev/rotate-<slot>`, in that order.
+    fn pending_rotations(&self, tokens: &[TokenStatus]) -> Vec<String> {
+        let annotation = |name: &str| self.key.metadata.annotations.as_ref()?.get(name).cloned();
+        let unanswered = |wanted: Option<String>, answered: &Option<String>| {
+            wanted.is_some() && wanted != *answered
+        };
+        let mut pending: Vec<String> = Vec::new();
+        let mut add = |field: String| {
+            if !pending.contains(&field) {
+                pending.push(field);
+            }
+        };
+        for t in tokens {
+            if unanswered(self.valid.rotation.trigger.clone(), &t.rotation_trigger) {
+                add("rotation.trigger".to_owned());
+            }
+        }
+        for t in tokens {
+            if unanswered(annotation(ROTATE_ANNOTATION), &t.rotate_annotation) {
+                add(ROTATE_ANNOTATION.to_owned());
+            }
+        }
+        for t in tokens {
+            let name = format!("{ROTATE_SLOT_ANNOTATION_PREFIX}{}", t.name);
+            if unanswered(annotation(&name), &t.rotate_slot_annotation) {
+                add(name);
+            }
+        }
+        pending
     }
 
     fn expired_message(&self, tokens: &[TokenStatus]) -> Option<String> {

@@ -6,7 +6,9 @@ use std::fmt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{PreviousToken, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX, TokenStatus};
+use crate::api::{
+    MAX_EARLIER, PreviousToken, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX, TokenStatus,
+};
 use crate::token::{GenerateError, Token, sha256_hex};
 use crate::validation::ValidSlot;
 
@@ -40,7 +42,7 @@ pub enum RotateReason {
 pub enum SlotAction {
     /// Nothing changes.
     Keep,
-    /// The overlap window of the previous token ended: drop it from status.
+    /// The overlap window of a replaced token ended: drop it from status.
     DropPrevious,
     /// A new token without a rotation.
     Mint(MintReason),
@@ -67,7 +69,7 @@ impl fmt::Display for SlotAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.mint_label() {
             Some(label) => write!(f, "mint ({label})"),
-            None if *self == SlotAction::DropPrevious => f.write_str("drop previous"),
+            None if *self == SlotAction::DropPrevious => f.write_str("drop ended overlap"),
             None => f.write_str("keep"),
         }
     }
@@ -78,6 +80,41 @@ pub(super) struct SlotOutcome {
     pub(super) action: SlotAction,
     pub(super) status: TokenStatus,
     pub(super) token: Option<Token>,
+    /// Replaced tokens whose windows this outcome ended before their `validUntil`, because the
+    /// slot already kept as many as it may (`OverlapCut`).
+    pub(super) cut: Vec<PreviousToken>,
+}
+
+/// A slot's replaced tokens, newest first: `previous`, then `earlier`.
+struct Replaced(Vec<PreviousToken>);
+
+impl Replaced {
+    fn of(status: &TokenStatus) -> Replaced {
+        Replaced(
+            status
+                .previous
+                .iter()
+                .chain(&status.earlier)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Keep the tokens whose windows are still open at `now`; `true` when one ended.
+    fn drop_ended(&mut self, now: Timestamp) -> bool {
+        let before = self.0.len();
+        self.0.retain(|p| p.valid_until.0 > now);
+        self.0.len() != before
+    }
+
+    /// Write them into `status`, the newest as `previous`; those past the bound are returned.
+    fn store(mut self, status: &mut TokenStatus) -> Vec<PreviousToken> {
+        let cut = self.0.split_off(self.0.len().min(1 + MAX_EARLIER));
+        let mut kept = self.0.into_iter();
+        status.previous = kept.next();
+        status.earlier = kept.collect();
+        cut
+    }
 }
 
 impl Planner<'_> {
@@ -92,17 +129,17 @@ impl Planner<'_> {
             if self.key_expired {
                 return Ok(None);
             }
-            let outcome = self.mint(slot, mint, SlotAction::Mint(MintReason::Initial), None)?;
+            let action = SlotAction::Mint(MintReason::Initial);
+            let outcome = self.mint(slot, mint, action, Replaced(Vec::new()))?;
             return Ok(Some(outcome));
         };
-        let mut kept = current.clone();
-        kept.last_used_at = None;
         if self.key_expired {
             // Nothing verifies past the key's end; leave status and Secret as they are.
             return Ok(Some(SlotOutcome {
                 action: SlotAction::Keep,
-                status: kept,
+                status: current.clone(),
                 token: None,
+                cut: Vec::new(),
             }));
         }
         let (held_hash, held) = self.held(slot);
@@ -110,31 +147,34 @@ impl Planner<'_> {
             let recovering = held_hash.is_some()
                 && held_hash.as_deref() == current.previous.as_ref().map(|p| p.sha256.as_str());
             // Recovering from a crash between the status and the Secret write: the Secret still
-            // holds the previous token, which is what the apps use; keep its window as it was.
-            // Otherwise the current token was lost or overwritten: the apps may still hold it.
-            let previous = if recovering {
-                current.previous.clone()
+            // holds the previous token, which is what the apps use; keep the windows as they
+            // were. Otherwise the current token was lost or overwritten: the apps may still
+            // hold it.
+            let replaced = if recovering {
+                Replaced::of(current)
             } else {
                 self.demote(current)
             };
             let action = SlotAction::Mint(MintReason::SecretChanged);
-            return Ok(Some(self.mint(slot, mint, action, previous)?));
+            return Ok(Some(self.mint(slot, mint, action, replaced)?));
         }
         if let Some(reason) = self.rotation_due(slot, current) {
             let action = SlotAction::Rotate(reason);
             return Ok(Some(self.mint(slot, mint, action, self.demote(current))?));
         }
-        let action = match &kept.previous {
-            Some(p) if p.valid_until.0 <= self.now => {
-                kept.previous = None;
-                SlotAction::DropPrevious
-            }
-            _ => SlotAction::Keep,
+        let mut kept = current.clone();
+        let mut replaced = Replaced::of(current);
+        let action = if replaced.drop_ended(self.now) {
+            SlotAction::DropPrevious
+        } else {
+            SlotAction::Keep
         };
+        let cut = replaced.store(&mut kept);
         Ok(Some(SlotOutcome {
             action,
             status: kept,
             token: held,
+            cut,
         }))
     }
 
@@ -156,11 +196,11 @@ impl Planner<'_> {
         slot: &ValidSlot,
         mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
         action: SlotAction,
-        previous: Option<PreviousToken>,
+        mut replaced: Replaced,
     ) -> Result<SlotOutcome, GenerateError> {
         let token = mint(slot)?;
-        let previous = previous.filter(|p| p.valid_until.0 > self.now);
-        let status = TokenStatus {
+        replaced.drop_ended(self.now);
+        let mut status = TokenStatus {
             name: slot.name.clone(),
             id: token.id().to_owned(),
             sha256: token.sha256_hex(),
@@ -171,28 +211,36 @@ impl Planner<'_> {
             rotation_trigger: self.valid.rotation.trigger.clone(),
             rotate_annotation: self.annotation(ROTATE_ANNOTATION),
             rotate_slot_annotation: self.slot_annotation(slot),
-            previous,
+            previous: None,
+            earlier: Vec::new(),
             last_used_at: None,
         };
+        let cut = replaced.store(&mut status);
         Ok(SlotOutcome {
             action,
             status,
             token: Some(token),
+            cut,
         })
     }
 
-    /// The replaced token as `previous`: valid for the overlap, never past its own expiry.
-    fn demote(&self, current: &TokenStatus) -> Option<PreviousToken> {
+    /// The slot's replaced tokens once `current` is replaced: it comes first, valid for the
+    /// overlap but never past its own expiry (not at all with overlap 0), carrying its
+    /// `lastUsedAt`; the tokens replaced before it keep their own windows.
+    fn demote(&self, current: &TokenStatus) -> Replaced {
         let overlap = self.valid.rotation.overlap;
         let mut until = whole_seconds(add(self.now, overlap));
         if let Some(expires) = &current.expires_at {
             until = until.min(expires.0);
         }
-        (!overlap.is_zero() && until > self.now).then(|| PreviousToken {
+        let demoted = (!overlap.is_zero() && until > self.now).then(|| PreviousToken {
             id: current.id.clone(),
             sha256: current.sha256.clone(),
             valid_until: Time(until),
-        })
+            last_used_at: current.last_used_at.clone(),
+        });
+        let Replaced(older) = Replaced::of(current);
+        Replaced(demoted.into_iter().chain(older).collect())
     }
 
     fn annotation(&self, name: &str) -> Option<String> {

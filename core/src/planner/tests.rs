@@ -15,7 +15,7 @@ use super::requeue::{MAX_REQUEUE, MIN_REQUEUE};
 use super::timing::between;
 use super::*;
 use crate::api::{
-    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, MANAGED_BY_LABEL, RESTART_ON_ANNOTATION,
+    ADOPT_ANNOTATION, APIKEY_LABEL, ApiKey, MANAGED_BY_LABEL, MAX_EARLIER, RESTART_ON_ANNOTATION,
     ROTATE_ANNOTATION, TOKEN_IDS_ANNOTATION,
 };
 use crate::token::sha256_hex;
@@ -75,14 +75,13 @@ impl World {
     }
 
     fn plan(&self) -> Plan {
-        plan(
-            &self.key,
-            self.secret.as_ref(),
-            &self.header_secrets,
-            self.now,
-            &mut mint,
-        )
-        .unwrap()
+        let observed = Observed {
+            key: &self.key,
+            secret: self.secret.as_ref(),
+            header_secrets: &self.header_secrets,
+            published: &[],
+        };
+        plan(&observed, self.now, &mut mint).unwrap()
     }
 
     /// Plan and store what the plan writes, as server-side apply would.
@@ -331,6 +330,40 @@ fn a_header_secret_that_does_not_name_the_key_publishes_no_hash() {
 }
 
 #[test]
+fn a_missing_header_secret_and_one_that_does_not_name_the_key_read_the_same() {
+    // The author may not be able to read Secrets: what Keysmith tells them must not say
+    // whether a Secret of that name exists (issue 27, N6).
+    let said = |secret: Option<Secret>| {
+        let mut w = World::new(with_secret_header());
+        w.header_secrets
+            .extend(secret.map(|s| ("client".into(), s)));
+        let p = w.step();
+        // The tokens are minted either way; their ids are random.
+        let events: Vec<_> = (p.events.iter())
+            .filter(|e| e.reason != reason::MINTED)
+            .map(|e| (e.reason, e.note.clone()))
+            .collect();
+        (w.condition(READY), ready_message(&w), events)
+    };
+    let mut not_for_us = header_secret(&[("value", "s3cret")]);
+    not_for_us.metadata.annotations = None;
+    let missing = said(None);
+    assert_eq!(missing, said(Some(not_for_us)));
+    assert_eq!(
+        missing.0,
+        ("False".into(), reason::HEADER_SECRET_MISSING.into())
+    );
+    // Still actionable: it names the header, the Secret and the annotation to add.
+    for part in [
+        "requiredHeaders[1] (X-Client-Secret)",
+        "Secret client",
+        "keysmith.dev/header-source=site",
+    ] {
+        assert!(missing.1.contains(part), "{part}: {}", missing.1);
+    }
+}
+
+#[test]
 fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
     let mut w = World::new(with_secret_header());
     w.header_secrets
@@ -345,7 +378,7 @@ fn missing_header_secret_or_key_is_ready_false_and_publishes_no_hash() {
         ("False".into(), reason::HEADER_SECRET_MISSING.into())
     );
     assert!(
-        ready_message(&w).contains("Secret client not found"),
+        ready_message(&w).contains("Secret client is missing or does not let this key read it"),
         "{}",
         ready_message(&w)
     );
@@ -379,6 +412,27 @@ fn only_secrets_named_by_value_from_are_read() {
         ["client"]
     );
     assert!(headers::referenced(&key(two_slots()).spec).is_empty());
+}
+
+#[test]
+fn an_invalid_spec_names_no_secret_to_read() {
+    // The controller reads what `referenced` names before planning; a spec that fails
+    // validation could name a path or a query instead of a Secret (issue 27, N7).
+    let with_name = |name: &str| {
+        let mut spec = with_secret_header();
+        spec["restrictions"]["requiredHeaders"][1]["valueFrom"]["secretKeyRef"]["name"] =
+            json!(name);
+        spec
+    };
+    for name in ["../../tenant-b/secrets/x", "x?labelSelector=a", "x/status"] {
+        let spec: crate::api::ApiKeySpec = serde_json::from_value(with_name(name)).unwrap();
+        assert!(headers::referenced(&spec).is_empty(), "{name}");
+    }
+    // Invalid elsewhere: still nothing, since nothing else of the spec is acted on either.
+    let mut spec = with_secret_header();
+    spec["rotation"] = json!({"every": "1d", "overlap": "2d"});
+    let spec: crate::api::ApiKeySpec = serde_json::from_value(spec).unwrap();
+    assert!(headers::referenced(&spec).is_empty());
 }
 
 fn foreign_secret(annotations: &[(&str, &str)], owner: Option<&str>) -> Secret {
@@ -754,23 +808,163 @@ fn disabled_suspends_rotation() {
 }
 
 #[test]
-fn last_used_at_from_the_verifier_is_neither_written_nor_compared() {
+fn a_rotation_asked_for_while_disabled_is_reported_pending_until_enabled() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}, {"name": "b"}], "disabled": true}));
+    w.step();
+    let disabled_message = |w: &World| {
+        conditions::find(&w.status().conditions, DISABLED)
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert_eq!(disabled_message(&w), "spec.disabled is true");
+
+    // The rotate command's annotation for one slot: not performed, but said, in the condition
+    // and in an event.
+    w.annotate("keysmith.dev/rotate-b", "r1");
+    let p = w.step();
+    assert!(p.secret.is_none(), "no rotation while disabled");
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("a rotation is pending (keysmith.dev/rotate-b)")
+            && message.contains("happens when the key is enabled"),
+        "{message}"
+    );
+    let pending: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| e.reason == "RotationPending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{:?}", p.events);
+    assert_eq!(pending[0].note, message);
+    assert!(w.step().is_quiet(), "a resync while pending writes nothing");
+
+    // A new trigger value joins it.
+    w.key.spec.rotation = serde_json::from_value(json!({"trigger": "t1"})).unwrap();
+    w.step();
+    let message = disabled_message(&w);
+    assert!(
+        message.contains("(rotation.trigger, keysmith.dev/rotate-b)"),
+        "{message}"
+    );
+
+    // Enabled: the rotation happens and the condition says nothing more.
+    w.key.spec.disabled = false;
+    let p = w.step();
+    assert!(
+        p.slots
+            .iter()
+            .all(|(_, action)| matches!(action, SlotAction::Rotate(_))),
+        "{:?}",
+        p.slots
+    );
+    assert_eq!(disabled_message(&w), "");
+}
+
+#[test]
+fn last_used_at_stays_with_the_token_it_was_written_for() {
     let mut w = World::new(two_slots());
     w.step();
-    w.key.status.as_mut().unwrap().tokens[0].last_used_at = Some(Time(t0()));
-    assert!(w.plan().is_quiet());
+    let used = Time(t0());
+    w.key.status.as_mut().unwrap().tokens[0].last_used_at = Some(used.clone());
+    assert!(w.plan().is_quiet(), "the verifier's write needs no answer");
     w.key.spec.rotation = Some(crate::api::Rotation {
         trigger: Some("t".into()),
         ..Default::default()
     });
-    let p = w.plan();
-    assert!(
-        p.status
-            .unwrap()
-            .tokens
-            .iter()
-            .all(|t| t.last_used_at.is_none())
+    w.step();
+    let token = w.token("delivery");
+    assert_eq!(token.last_used_at, None, "the new token was never used");
+    assert_eq!(token.previous.as_ref().unwrap().last_used_at, Some(used));
+}
+
+fn rotate_by_annotation(w: &mut World, value: &str) -> Plan {
+    w.annotate(ROTATE_ANNOTATION, value);
+    w.step()
+}
+
+#[test]
+fn a_second_rotation_inside_the_overlap_keeps_the_first_replaced_tokens_window() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "1h"}}));
+    w.step();
+    let first = w.token("a").clone();
+    w.advance(SignedDuration::from_mins(1));
+    rotate_by_annotation(&mut w, "1");
+    let second = w.token("a").clone();
+    let first_until = w.now.checked_add(hours(1)).unwrap();
+    w.advance(SignedDuration::from_mins(1));
+    let p = rotate_by_annotation(&mut w, "2");
+    let a = w.token("a").clone();
+    assert_eq!(a.previous.as_ref().unwrap().sha256, second.sha256);
+    assert_eq!(a.earlier.len(), 1);
+    assert_eq!(a.earlier[0].sha256, first.sha256);
+    assert_eq!(
+        a.earlier[0].valid_until.0, first_until,
+        "its own promise stands"
     );
+    assert!(p.events.iter().all(|e| e.reason != OVERLAP_CUT));
+    assert!(w.step().is_quiet());
+
+    // Each window ends on its own: the first one a minute before the second.
+    w.now = first_until;
+    let p = w.step();
+    assert_eq!(p.slots[0].1, SlotAction::DropPrevious);
+    let a = w.token("a");
+    assert_eq!(a.previous.as_ref().unwrap().sha256, second.sha256);
+    assert!(a.earlier.is_empty());
+    w.advance(SignedDuration::from_mins(1));
+    w.step();
+    assert!(w.token("a").previous.is_none());
+}
+
+#[test]
+fn a_shorter_overlap_later_leaves_an_older_window_as_previous() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "2h"}}));
+    w.step();
+    let first = w.token("a").clone();
+    rotate_by_annotation(&mut w, "1");
+    w.key.spec.rotation.as_mut().unwrap().overlap = Some("5m".into());
+    w.advance(SignedDuration::from_mins(1));
+    rotate_by_annotation(&mut w, "2");
+    w.advance(SignedDuration::from_mins(10));
+    w.step();
+    let a = w.token("a");
+    assert_eq!(a.previous.as_ref().unwrap().sha256, first.sha256);
+    assert!(a.earlier.is_empty());
+}
+
+#[test]
+fn rotations_past_the_bound_end_the_oldest_window_with_a_warning() {
+    let mut w = World::new(json!({"tokens": [{"name": "a"}], "rotation": {"overlap": "1h"}}));
+    w.step();
+    let mut replaced = vec![w.token("a").clone()];
+    for n in 1..=MAX_EARLIER + 1 {
+        w.advance(SignedDuration::from_mins(1));
+        let p = rotate_by_annotation(&mut w, &n.to_string());
+        assert!(p.events.iter().all(|e| e.reason != OVERLAP_CUT), "{n}");
+        replaced.push(w.token("a").clone());
+    }
+    assert_eq!(w.token("a").earlier.len(), MAX_EARLIER);
+    w.advance(SignedDuration::from_mins(1));
+    let p = rotate_by_annotation(&mut w, "last");
+    let a = w.token("a").clone();
+    let kept: Vec<&str> = a
+        .previous
+        .iter()
+        .chain(&a.earlier)
+        .map(|p| p.sha256.as_str())
+        .collect();
+    let newest: Vec<&str> = replaced[1..]
+        .iter()
+        .rev()
+        .map(|t| t.sha256.as_str())
+        .collect();
+    assert_eq!(kept, newest, "newest first, the oldest one cut");
+    let cut = p.events.iter().find(|e| e.reason == OVERLAP_CUT).unwrap();
+    assert_eq!(cut.type_, EventKind::Warning);
+    assert!(cut.note.contains(&replaced[0].id), "{}", cut.note);
+    assert!(!cut.note.contains(&replaced[1].id), "{}", cut.note);
+    assert!(w.step().is_quiet());
 }
 
 #[test]

@@ -63,6 +63,13 @@ impl TokenHash {
         Some(TokenHash(out))
     }
 
+    /// The lower-case hex form status holds.
+    pub fn to_hex(&self) -> String {
+        let mut out = String::with_capacity(64);
+        token::push_hex(&mut out, &self.0);
+        out
+    }
+
     fn shard(&self) -> usize {
         self.0[31] as usize % SHARDS
     }
@@ -110,6 +117,8 @@ struct Entry {
     slot: u16,
     /// Position in `status.tokens`.
     status_position: u32,
+    /// See [`Found::replaced`]; `0` for the current token, `n + 1` for `Some(n)`.
+    replaced: u8,
     revoked: bool,
 }
 
@@ -122,6 +131,11 @@ pub struct Found {
     pub slot: usize,
     /// Position of its slot in `status.tokens` (for the usage patch).
     pub status_position: usize,
+    /// Which entry of that slot it is: `None` the current token, `Some(0)` `previous`,
+    /// `Some(n)` `earlier[n - 1]` (for the usage patch).
+    pub replaced: Option<usize>,
+    /// Its SHA-256, as status holds it (for the usage patch's guard).
+    pub hash: TokenHash,
     /// Its public id (from status).
     pub id: Arc<str>,
     /// When it stops verifying (token or key expiry, whichever is first).
@@ -235,25 +249,33 @@ impl Index {
                 skipped += 1;
                 continue;
             };
-            let mut add = |hex: &str, id: &str, validity| match TokenHash::from_hex(hex) {
-                Some(hash) => fresh.push((hash, slot, position, Arc::<str>::from(id), validity)),
-                None => skipped += 1,
-            };
+            let mut add =
+                |hex: &str, id: &str, validity, replaced: u8| match TokenHash::from_hex(hex) {
+                    Some(hash) => fresh.push((
+                        hash,
+                        slot,
+                        position,
+                        replaced,
+                        Arc::<str>::from(id),
+                        validity,
+                    )),
+                    None => skipped += 1,
+                };
             add(
                 &status.sha256,
                 &status.id,
                 Validity::Current {
                     expires_at: status.expires_at.as_ref().map(|t| t.0),
                 },
+                0,
             );
-            if let Some(prev) = &status.previous {
-                add(
-                    &prev.sha256,
-                    &prev.id,
-                    Validity::Previous {
-                        valid_until: prev.valid_until.0,
-                    },
-                );
+            // The CRD bounds `earlier` (MAX_EARLIER), so the rank fits a u8.
+            let replaced = status.previous.iter().chain(&status.earlier);
+            for (rank, prev) in (1..=u8::MAX).zip(replaced) {
+                let validity = Validity::Previous {
+                    valid_until: prev.valid_until.0,
+                };
+                add(&prev.sha256, &prev.id, validity, rank);
             }
         }
 
@@ -264,7 +286,7 @@ impl Index {
             .map(|indexed| indexed.hashes)
             .unwrap_or_default();
         let hashes: Box<[TokenHash]> = fresh.iter().map(|f| f.0).collect();
-        for (hash, slot, status_position, id, validity) in fresh {
+        for (hash, slot, status_position, replaced, id, validity) in fresh {
             let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
             let usage = shard
                 .get(&hash)
@@ -276,6 +298,7 @@ impl Index {
                     key: key.clone(),
                     slot,
                     status_position,
+                    replaced,
                     id,
                     validity,
                     usage,
@@ -353,7 +376,7 @@ impl Index {
         }
     }
 
-    /// Number of tokens that can verify (current and previous, not revoked).
+    /// Number of tokens that can verify (current and replaced, not revoked).
     pub fn tokens(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
@@ -398,6 +421,8 @@ impl Index {
                 key: entry.key,
                 slot: usize::from(entry.slot),
                 status_position: entry.status_position as usize,
+                replaced: usize::from(entry.replaced).checked_sub(1),
+                hash,
                 id: entry.id,
                 usage: entry.usage,
             }),

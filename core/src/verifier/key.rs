@@ -1,11 +1,13 @@
 //! What the verifier knows about one `ApiKey`: everything a decision needs except the tokens,
 //! built once per watch event and shared (`Arc`) by every token of the key.
 //!
-//! A spec that fails [`validate`] is still indexed, because its tokens are in a Secret someone
-//! mounts and dropping them would turn a typo into an outage. It is indexed *fail closed*: no
-//! grants (any request with an action is FORBIDDEN), IP allow-list entries that do not parse
-//! are left out while the list still restricts (an all-bad list admits nobody), and an
-//! unparsable `expiresAt` counts as already passed.
+//! A spec that fails validation is served from the last accepted policy in status (see
+//! [`crate::served`]): a rejected edit changes no answer. A key without one (never accepted) is
+//! still indexed, because its tokens are in a Secret someone mounts and dropping them would turn
+//! a typo into an outage. It is indexed *fail closed*: no grants (any request with an action is
+//! FORBIDDEN), IP allow-list entries that do not parse are left out while the list still
+//! restricts (an all-bad list admits nobody), and an unparsable `expiresAt` counts as already
+//! passed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +18,8 @@ use jiff::Timestamp;
 
 use crate::api::{ApiKey, RequiredHeader, RequiredHeaderStatus};
 use crate::grants::{CompiledGrant, CompiledGrants};
-use crate::validation::{InvalidSpec, validate};
+use crate::served::served;
+use crate::validation::InvalidSpec;
 
 use super::index::TokenHash;
 use super::intern::Interner;
@@ -122,18 +125,24 @@ impl KeyInfo {
         apikey: &ApiKey,
         interner: &GrantInterner,
     ) -> (KeyInfo, Option<InvalidSpec>) {
-        let spec = &apikey.spec;
         let namespace = apikey.metadata.namespace.clone().unwrap_or_default();
         let name = apikey.metadata.name.clone().unwrap_or_default();
-        let listed = spec
-            .restrictions
-            .as_ref()
-            .map(|r| r.ip_allow_list.as_slice())
-            .unwrap_or_default();
         let published = apikey
             .status
             .as_ref()
             .map(|s| s.required_headers.as_slice())
+            .unwrap_or_default();
+        let (served, error) = match served(apikey) {
+            Ok(served) => (Ok((served.spec, served.valid)), served.rejected),
+            Err(invalid) => (Err(&apikey.spec), Some(invalid)),
+        };
+        let spec = match &served {
+            Ok((spec, _)) | Err(spec) => *spec,
+        };
+        let listed = spec
+            .restrictions
+            .as_ref()
+            .map(|r| r.ip_allow_list.as_slice())
             .unwrap_or_default();
         let required_headers = spec
             .restrictions
@@ -145,10 +154,14 @@ impl KeyInfo {
                     .collect()
             })
             .unwrap_or_default();
-        let slot_spec = |slot: &str| spec.tokens.iter().find(|t| t.name == slot);
-        let metadata = |slot: &str| slot_spec(slot).map(|t| Metadata::from(&t.metadata));
-        let (slots, ip_allow_list, expires_at, error) = match validate(spec) {
-            Ok(valid) => {
+        let metadata = |slot: &str| {
+            spec.tokens
+                .iter()
+                .find(|t| t.name == slot)
+                .map(|t| Metadata::from(&t.metadata))
+        };
+        let (slots, ip_allow_list, expires_at) = match served {
+            Ok((_, valid)) => {
                 let slots = valid
                     .slots
                     .into_iter()
@@ -159,9 +172,9 @@ impl KeyInfo {
                     })
                     .collect();
                 let ips = (!listed.is_empty()).then(|| valid.ip_allow_list.into());
-                (slots, ips, valid.expires_at, None)
+                (slots, ips, valid.expires_at)
             }
-            Err(invalid) => {
+            Err(spec) => {
                 let slots = spec
                     .tokens
                     .iter()
@@ -177,7 +190,7 @@ impl KeyInfo {
                     .expires_at
                     .as_deref()
                     .map(|v| v.parse().unwrap_or(Timestamp::MIN));
-                (slots, ips, expires_at, Some(invalid))
+                (slots, ips, expires_at)
             }
         };
         let info = KeyInfo {
@@ -185,7 +198,8 @@ impl KeyInfo {
             namespace,
             name,
             environment: spec.environment.clone(),
-            disabled: spec.disabled,
+            // Suspending only takes access away, so it applies from a rejected spec too.
+            disabled: apikey.spec.disabled,
             expires_at,
             ip_allow_list,
             required_headers,

@@ -25,7 +25,8 @@ pub use negotiate::{Presentation, json_response};
 pub use resource::ResourceCall;
 use route::{Query, Route};
 
-/// Largest request body accepted (the API server's limit is 3 MiB per object).
+/// Largest request body read at all; a resource write over
+/// [`resource::MAX_OBJECT_BODY`] is refused with 413 after authorization, as by the real server.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The router serving every path.
@@ -101,7 +102,7 @@ async fn handle(AxumState(server): AxumState<Arc<Server>>, req: Request) -> Resp
         None => ApiError::unauthorized().into_response(),
         Some(Err(e)) => ApiError::from(e).into_response(),
         Some(Ok(user)) => match axum::body::to_bytes(body, MAX_BODY).await {
-            Err(_) => ApiError::bad_request("request body too large or unreadable").into_response(),
+            Err(_) => ApiError::request_entity_too_large(resource::MAX_OBJECT_BODY).into_response(),
             Ok(body) => {
                 let call = Call {
                     server: &server,
@@ -144,6 +145,9 @@ async fn dispatch(call: &Call<'_>, route: Route) -> ApiResult<Response> {
             path: call.path.to_string(),
         },
     )?;
+    if matches!(route, Route::OpenApiV2) {
+        return Ok(openapi_v2(call.headers));
+    }
     let document = non_resource(call.server, route).ok_or_else(ApiError::no_route)?;
     Ok(json_response(StatusCode::OK, &document, &[]))
 }
@@ -184,6 +188,26 @@ async fn proxy(
     aggregator::proxy(call.server, forward).await
 }
 
+/// `/openapi/v2`, as protobuf when the client asks for it (kubectl does), else as JSON.
+fn openapi_v2(headers: &HeaderMap) -> Response {
+    const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains(PROTOBUF) {
+        // The real server answers with this type (`.v1.0`, not `@v1.0`).
+        let content_type = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            openapi::v2_protobuf(),
+        )
+            .into_response();
+    }
+    json_response(StatusCode::OK, &openapi::v2(), &[])
+}
+
 /// Discovery and OpenAPI documents; `None` when the path names none.
 fn non_resource(server: &Server, route: Route) -> Option<Value> {
     let st = server.state();
@@ -202,6 +226,6 @@ fn non_resource(server: &Server, route: Route) -> Option<Value> {
             ["apis", g, v] => openapi::group_version(&st.registry, g, v),
             _ => None,
         },
-        Route::Health | Route::NotFound | Route::Resource(_) => None,
+        Route::Health | Route::NotFound | Route::Resource(_) | Route::OpenApiV2 => None,
     }
 }

@@ -118,6 +118,10 @@ impl ResourceCall<'_> {
     }
 }
 
+/// The largest body a write or delete may send: kube-apiserver's default
+/// `--max-request-body-bytes` (3 MiB), measured at exactly 3145728 bytes on v1.37.
+pub const MAX_OBJECT_BODY: usize = 3 * 1024 * 1024;
+
 /// Answer a resource request.
 pub async fn serve(call: &Call<'_>, request: ResourceRequest) -> ApiResult<Response> {
     if request.verb.is_empty() {
@@ -127,6 +131,15 @@ pub async fn serve(call: &Call<'_>, request: ResourceRequest) -> ApiResult<Respo
     inject_faults(call.server, &request).await?;
     call.server
         .require(call.user, &request.attributes(request.verb))?;
+    // The real server's handlers read the body before anything else (a missing namespace or
+    // object included), after authorization.
+    let reads_body = matches!(
+        request.verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    );
+    if reads_body && call.body.len() > MAX_OBJECT_BODY {
+        return Err(ApiError::request_entity_too_large(MAX_OBJECT_BODY));
+    }
     let resource = ResourceCall {
         server: call.server,
         user: call.user,

@@ -55,6 +55,8 @@ pub enum Route {
     Group(String),
     /// `/api/VERSION` or `/apis/GROUP/VERSION`: group and version.
     Resources(String, String),
+    /// `/openapi/v2`.
+    OpenApiV2,
     /// `/openapi/v3`.
     OpenApiRoot,
     /// `/openapi/v3/...`: the path below `v3`.
@@ -123,6 +125,7 @@ pub fn route(method: &Method, path: &str, watch: bool) -> Route {
         ["apis", g] => return Route::Group(g.to_string()),
         ["apis", g, v] => return Route::Resources(g.to_string(), v.to_string()),
         ["apis", g, v, rest @ ..] => (g.to_string(), v.to_string(), rest),
+        ["openapi", "v2"] => return Route::OpenApiV2,
         ["openapi", "v3"] => return Route::OpenApiRoot,
         ["openapi", "v3", rest @ ..] => return Route::OpenApiDoc(rest.join("/")),
         _ => return Route::NotFound,

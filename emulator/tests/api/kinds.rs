@@ -79,6 +79,44 @@ async fn recorder_events_create_then_patch_a_series() {
 }
 
 #[tokio::test]
+async fn an_events_v1_update_may_grow_the_series_but_not_change_the_note() {
+    let emu = emulator(Config::default()).await;
+    let events: Api<Event> = Api::namespaced(emu.client().await.unwrap(), "default");
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"name": "site.1"},
+        "regarding": {"kind": "ApiKey", "name": "site", "namespace": "default"},
+        "note": "token ks_aaaaaa", "reason": "Rotated", "type": "Normal", "action": "Reconcile",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "keysmith", "reportingInstance": "keysmith-0",
+    }))
+    .unwrap();
+    events.create(&PostParams::default(), &event).await.unwrap();
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"}});
+    events
+        .patch("site.1", &PatchParams::default(), &Patch::Merge(&series))
+        .await
+        .unwrap();
+    let note = json!({"note": "token ks_bbbbbb"});
+    let refused = events
+        .patch("site.1", &PatchParams::default(), &Patch::Merge(&note))
+        .await;
+    let Err(kube::Error::Api(status)) = refused else {
+        panic!("a changed note is refused: {refused:?}");
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status
+            .message
+            .starts_with(r#"Event "site.1" is invalid: message: Invalid value: "token ks_bbbbbb": field is immutable"#),
+        "{}",
+        status.message
+    );
+    let stored = events.get("site.1").await.unwrap();
+    assert_eq!(stored.note.as_deref(), Some("token ks_aaaaaa"));
+    assert_eq!(stored.series.unwrap().count, 2);
+}
+
+#[tokio::test]
 async fn leases_take_turns_with_optimistic_concurrency() {
     let emu = Emulator::start(Config::default()).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(emu.client().await.unwrap(), "default");

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::*;
 use crate::api::{ApiKeySpec, KONG_CONSUMER_ANNOTATION};
 use crate::planner::headers::HeaderSecrets;
-use crate::planner::{mint_token, plan};
+use crate::planner::{Observed, mint_token, plan};
 use crate::validation::validate;
 
 const UID: &str = "0f6a0c1e-3c55-4c8e-9b7e-2d6a41f1c0aa";
@@ -64,17 +64,21 @@ impl World {
 
     /// What the controller would plan and publish now, stored nowhere.
     fn plan_and_publication(&self) -> (Plan, Publication) {
-        let plan = plan(
-            &self.key,
-            self.secret.as_ref(),
-            &HeaderSecrets::new(),
-            self.now,
-            &mut mint_token,
-        )
-        .unwrap();
-        let observed: Vec<Secret> = self.others.values().cloned().collect();
-        let publication = publication(&self.key, &plan, self.secret.as_ref(), &observed, self.now);
+        let plan = self.plan();
+        let publication = plan.publication.clone();
         (plan, publication)
+    }
+
+    /// What one reconcile would plan now: everything the key's namespace holds is observed.
+    fn plan(&self) -> Plan {
+        let published: Vec<Secret> = self.others.values().cloned().collect();
+        let observed = Observed {
+            key: &self.key,
+            secret: self.secret.as_ref(),
+            header_secrets: &HeaderSecrets::new(),
+            published: &published,
+        };
+        plan(&observed, self.now, &mut mint_token).unwrap()
     }
 
     /// Plan, publish, and store what both write, as the controller would; the publication.
@@ -188,20 +192,43 @@ impl World {
 }
 
 #[test]
+fn rotations_inside_the_overlap_keep_every_replaced_token_published_until_its_own_end() {
+    let mut w = World::new(publishing(
+        json!([{"envoyGateway": {}}, {"kong": {"consumer": "c"}}]),
+    ));
+    w.key.metadata.annotations = None;
+    w.settle();
+    let first = w.current("delivery");
+    w.rotate("one");
+    w.advance_and_settle(hours(0));
+    let second = w.current("delivery");
+    w.now = w.now.checked_add(SignedDuration::from_mins(30)).unwrap();
+    w.rotate("two");
+    w.settle();
+    let entries = w.entries("site-envoy-gateway");
+    assert_eq!(entries["cms.site.delivery"], w.current("delivery"));
+    assert_eq!(entries["cms.site.delivery.previous"], second);
+    assert_eq!(entries["cms.site.delivery.previous-2"], first);
+    // The first window ends 2h after the first rotation, the second 30 minutes later.
+    w.advance_and_settle(SignedDuration::from_mins(90));
+    let entries = w.entries("site-envoy-gateway");
+    assert_eq!(entries["cms.site.delivery.previous"], second);
+    assert!(!entries.contains_key("cms.site.delivery.previous-2"));
+    w.advance_and_settle(SignedDuration::from_mins(30));
+    assert!(
+        !w.entries("site-envoy-gateway")
+            .contains_key("cms.site.delivery.previous")
+    );
+}
+
+#[test]
 fn a_crash_after_the_rotation_keeps_the_previous_token_published_from_the_gateway_secret() {
     let mut w = World::new(publishing(json!([{"envoyGateway": {"secretName": "gw"}}])));
     w.settle();
     let old = w.current("delivery");
     w.rotate("one");
     // The status and the key's Secret were written, the publication was lost.
-    let plan = plan(
-        &w.key,
-        w.secret.as_ref(),
-        &HeaderSecrets::new(),
-        w.now,
-        &mut mint_token,
-    )
-    .unwrap();
+    let plan = w.plan();
     w.key.status = plan.status.clone();
     w.secret = plan.secret.as_ref().map(DesiredSecret::to_secret);
     w.settle();
@@ -524,7 +551,7 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     /// Whatever happens, the gateway Secret and the Kong credentials hold exactly the tokens
     /// the key's status says verify now: each current token of an enabled key, and each
-    /// previous token inside its window, unless the key was disabled since its rotation:
+    /// replaced token inside its window, unless the key was disabled since its rotation:
     /// disabling removes every published value, and a replaced token's value is kept nowhere
     /// else, so its overlap ends at the gateways.
     #[test]
@@ -539,7 +566,7 @@ proptest! {
                 Op::Toggle => {
                     w.key.spec.disabled = !w.key.spec.disabled;
                     let status = w.key.status.clone().unwrap();
-                    lost.extend(status.tokens.iter().filter_map(|t| Some(t.previous.as_ref()?.sha256.clone())));
+                    lost.extend(status.tokens.iter().flat_map(|t| t.previous.iter().chain(&t.earlier)).map(|p| p.sha256.clone()));
                 }
             }
             w.settle();
@@ -548,7 +575,7 @@ proptest! {
             if !w.key.spec.disabled {
                 for t in &status.tokens {
                     verifying.insert(t.sha256.clone());
-                    if let Some(p) = t.previous.as_ref().filter(|p| p.valid_until.0 > w.now && !lost.contains(&p.sha256)) {
+                    for p in t.previous.iter().chain(&t.earlier).filter(|p| p.valid_until.0 > w.now && !lost.contains(&p.sha256)) {
                         verifying.insert(p.sha256.clone());
                     }
                 }
@@ -556,7 +583,7 @@ proptest! {
             let envoy: BTreeSet<String> = w.entries("site-envoy-gateway").values().map(|v| sha256_hex(v)).collect();
             prop_assert_eq!(&envoy, &verifying);
             let kong: BTreeSet<String> = w.others.iter()
-                .filter(|(n, _)| n.ends_with("-kong") || n.ends_with("-kong-previous"))
+                .filter(|(n, _)| n.contains("-kong"))
                 .map(|(n, _)| sha256_hex(&w.entries(n)[KONG_KEY_FIELD]))
                 .collect();
             prop_assert_eq!(&kong, &verifying);

@@ -1,5 +1,5 @@
-//! The index and the decision order: every code, rotation overlap, revocation, fail-closed
-//! indexing of an invalid spec.
+//! The index and the decision order: every code, rotation overlap, revocation, the last
+//! accepted policy and fail-closed indexing of an invalid spec.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -156,6 +156,7 @@ fn rotation_overlap_keeps_the_previous_token_until_valid_until() {
         id: old.id().into(),
         sha256: old.sha256_hex(),
         valid_until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(valid_until),
+        last_used_at: None,
     });
     index.apply(&key, now());
     assert_eq!(index.tokens(), 2);
@@ -384,6 +385,89 @@ fn invalid_spec_authenticates_only_and_fails_closed() {
     let spec = json!({"tokens": [{"name": "main"}], "expiresAt": "next year"});
     index.apply(&apikey("k", spec, &[("main", &t)]), now());
     assert_eq!(code(&index, &request(t.expose_secret())), Code::Expired);
+}
+
+#[test]
+fn a_rejected_edit_is_served_from_the_last_accepted_policy() {
+    let index = Index::default();
+    let t = token("ks_");
+    let accepted = json!({"tokens": [{"name": "main", "metadata": {"tier": "gold"}}],
+        "environment": "production",
+        "grants": [{"effect": "allow", "actions": ["content.read"]}]});
+    let mut key = apikey("k", accepted, &[("main", &t)]);
+    let status = key.status.as_mut().unwrap();
+    status.served_generation = Some(3);
+    status.served_policy = Some(crate::served::policy_of(&key.spec));
+    // The edit widens the grants and breaks a rotation rule: it is rejected, nothing changes.
+    key.spec.grants[0].actions = vec!["*".into()];
+    key.spec.rotation = Some(crate::api::Rotation {
+        every: Some("1000w".into()),
+        ..Default::default()
+    });
+    let applied = index.apply(&key, now());
+    assert!(applied.invalid.is_some(), "the rejection is still reported");
+    let ask = |action| {
+        let mut req = request(t.expose_secret());
+        req.action = Some(action);
+        index.verify(&req, now())
+    };
+    let read = ask("content.read");
+    assert_eq!(read.code, Code::Valid, "the accepted grants are served");
+    let found = read.found.unwrap();
+    assert_eq!(found.key.environment.as_deref(), Some("production"));
+    assert_eq!(found.key.slots[0].metadata.entries().len(), 1);
+    assert_eq!(
+        ask("content.delete").code,
+        Code::Forbidden,
+        "not the rejected ones"
+    );
+
+    // Suspending only takes access away: it applies from a rejected spec too.
+    key.spec.disabled = true;
+    index.apply(&key, now());
+    assert_eq!(ask("content.read").code, Code::Disabled);
+}
+
+#[test]
+fn every_replaced_token_verifies_until_its_own_window_ends() {
+    let index = Index::default();
+    let (current, previous, earlier) = (token("ks_"), token("ks_"), token("ks_"));
+    let mut key = apikey("k", simple_spec(), &[("main", &current)]);
+    let replaced = |t: &Token, hours| crate::api::PreviousToken {
+        id: t.id().into(),
+        sha256: t.sha256_hex(),
+        valid_until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            now() + SignedDuration::from_hours(hours),
+        ),
+        last_used_at: None,
+    };
+    let status = &mut key.status.as_mut().unwrap().tokens[0];
+    status.previous = Some(replaced(&previous, 2));
+    status.earlier = vec![replaced(&earlier, 1)];
+    index.apply(&key, now());
+    assert_eq!(index.tokens(), 3);
+    let at = |t: &Token, hours| {
+        index
+            .verify(
+                &request(t.expose_secret()),
+                now() + SignedDuration::from_hours(hours),
+            )
+            .code
+    };
+    assert_eq!(at(&earlier, 0), Code::Valid);
+    assert_eq!(at(&earlier, 1), Code::Expired);
+    assert_eq!(at(&previous, 1), Code::Valid);
+    assert_eq!(at(&previous, 2), Code::Expired);
+    let found = |t: &Token| {
+        index
+            .verify(&request(t.expose_secret()), now())
+            .found
+            .unwrap()
+    };
+    assert_eq!(found(&current).replaced, None);
+    assert_eq!(found(&previous).replaced, Some(0));
+    assert_eq!(found(&earlier).replaced, Some(1));
+    assert_eq!(found(&earlier).hash.to_hex(), earlier.sha256_hex());
 }
 
 #[test]
