@@ -249,6 +249,17 @@ fn promised_by_note(note: &str) -> Vec<(String, Option<Timestamp>)> {
         .collect()
 }
 
+/// The ids an OverlapCut note says stopped verifying early.
+fn cut_by_note(note: &str) -> Vec<String> {
+    note.split("; ")
+        .filter_map(|part| {
+            let (_, rest) = part.split_once("token ")?;
+            let (id, rest) = rest.split_once(' ')?;
+            rest.starts_with("stopped verifying").then(|| id.to_owned())
+        })
+        .collect()
+}
+
 impl Ledger {
     /// The tokens seen so far, by SHA-256.
     pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
@@ -368,6 +379,18 @@ impl Ledger {
                     && !r.current
                 {
                     r.window_until = until;
+                }
+            }
+        }
+        // A window cut because the slot keeps no more replaced tokens ends now, and says so
+        // with an OverlapCut event: the only way a promised window may end early.
+        let now = whole_seconds(snap.now);
+        for event in snap.events.iter().filter(|e| e.reason == "OverlapCut") {
+            for id in cut_by_note(&event.note) {
+                if let Some(r) = self.tokens.values_mut().find(|r| r.id == id)
+                    && r.window_until.is_some_and(|until| until > now)
+                {
+                    r.window_until = Some(now);
                 }
             }
         }

@@ -146,6 +146,40 @@ fn i1_a_replaced_token_cut_inside_its_window() {
 }
 
 #[test]
+fn i1_a_window_cut_with_an_overlap_cut_event_is_kept_as_announced() {
+    let (mut ledger, x, y) = history();
+    let z = token();
+    let key = apikey(spec(), 1, vec![current(&z, at(20))], ready());
+    let mut s = snap(
+        at(20),
+        key,
+        &z,
+        &[
+            (&x, Code::NotFound),
+            (&y, Code::NotFound),
+            (&z, Code::Valid),
+        ],
+    );
+    // y was replaced at once (no window), x's window cut and announced.
+    let note = format!(
+        "slot a: token {} stopped verifying now instead of at {}: a slot keeps at most 4 \
+         replaced tokens in their overlap windows, and another rotation came first",
+        x.id(),
+        at(70)
+    );
+    s.events = vec![ObservedEvent {
+        type_: "Warning".into(),
+        ..event("site.2", "OverlapCut", &note, 1)
+    }];
+    assert_eq!(ledger.observe(&s), []);
+    // From now on its window is over: it must not verify again.
+    s.now = at(21);
+    s.answers = answers(&[(&x, Code::Valid), (&y, Code::NotFound), (&z, Code::Valid)]);
+    let v = ledger.observe(&s);
+    assert_eq!(invariants(&v), [Invariant::I2], "{v:?}");
+}
+
+#[test]
 fn i1_a_window_moved_after_it_was_promised() {
     let (mut ledger, x, y) = history();
     let mut stretched = current(&y, at(10));
