@@ -416,7 +416,7 @@ impl World {
                     .map(|(v, _)| (v.clone(), snap.now)),
             );
             let mut attempt = ledger.clone();
-            let violations: Vec<Violation> = attempt.observe(&snap).into_iter().collect();
+            let violations = attempt.observe(&snap);
             // Answers follow the ApiKey through the verifier's watch, and the controller
             // repairs a Secret once its own watch shows the change: both may lag a settled
             // pass. Status, usage and events are final by then.
