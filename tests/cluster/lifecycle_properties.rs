@@ -949,3 +949,39 @@ async fn a_rotation_request_after_an_abort_is_answered() {
     )
     .await;
 }
+
+/// Defect 7: with a slot's four replaced tokens kept, a rotation whose controller is aborted
+/// right after it ends the oldest window without the OverlapCut event that must announce it
+/// (I1, I3): the cut is in status, the event died with the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_7_an_overlap_cut_is_announced_even_across_an_abort() {
+    replay(
+        "d7",
+        &[
+            Op::RotateAll,
+            Op::RotateAll,
+            Op::RotateAll,
+            Op::RotateSlot(0),
+            Op::Step(42),
+            Op::AbortController(7),
+        ],
+    )
+    .await;
+}
+
+/// The same cut without the abort: announced by its OverlapCut event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_replaced_token_cuts_the_oldest_window_with_an_event() {
+    replay(
+        "cut",
+        &[
+            Op::RotateAll,
+            Op::RotateAll,
+            Op::RotateAll,
+            Op::RotateSlot(0),
+            Op::Step(42),
+            Op::RotateAll,
+        ],
+    )
+    .await;
+}
