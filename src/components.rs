@@ -38,6 +38,8 @@ pub struct VerifierPart {
     pub tenancy: Tenancy,
     /// Where the usage API listens (`--usage-listen`); none: not served.
     pub usage: Option<TcpListener>,
+    /// The time source (the wall clock outside tests).
+    pub clock: Clock,
 }
 
 /// What one process runs.
@@ -179,6 +181,7 @@ fn verifier_options(part: &VerifierPart, scope: &Scope) -> verifier::Options {
         tenancy: part.tenancy.clone(),
         scope: scope.clone(),
         settings: verifier::Settings::default(),
+        clock: part.clock.clone(),
     }
 }
 

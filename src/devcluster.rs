@@ -102,7 +102,7 @@ pub fn components(
         controller: Some(ControllerPart {
             client: clients.controller,
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
-            clock,
+            clock: clock.clone(),
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,
@@ -111,6 +111,7 @@ pub fn components(
             // One developer's cluster: every namespace, as an explicit choice.
             tenancy: Tenancy::any(),
             usage,
+            clock,
         }),
         scope: Scope::default(),
         metrics,

@@ -4,7 +4,8 @@
 //! [`crd`] the CustomResourceDefinition generated from them, [`token`] the token format,
 //! [`duration`] and [`schedule`] the time parsing, [`grants`] the permission evaluator and
 //! [`validation`] every rule a spec must satisfy, [`served`] the policy a key serves when an edit
-//! is rejected. [`planner`] is the reconcile decision of the
+//! is rejected, [`invariants`] the promises of SPEC 4.1a as a checker over observed snapshots.
+//! [`planner`] is the reconcile decision of the
 //! controller and [`verifier`] the verification decision with its token index.
 //!
 //! This crate depends on no async runtime, HTTP stack or Kubernetes client (a test,
@@ -18,6 +19,7 @@ pub mod api;
 pub mod crd;
 pub mod duration;
 pub mod grants;
+pub mod invariants;
 pub mod planner;
 pub mod schedule;
 pub mod served;

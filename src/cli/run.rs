@@ -44,6 +44,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 trusted_proxies,
                 tenancy,
                 usage: super::bind_usage(args.api.usage_listen).await?,
+                clock: controller::system_clock(),
             }),
             scope: args.scope.scope(),
             metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,

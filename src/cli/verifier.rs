@@ -9,6 +9,7 @@ use super::args::{ScopeArgs, TelemetryArgs, VerifierApiArgs};
 use super::serve_components;
 use crate::cluster;
 use crate::components::{Components, VerifierPart};
+use crate::controller;
 
 /// Arguments of `keysmith verifier`.
 #[derive(Args, Debug)]
@@ -39,6 +40,7 @@ pub fn run(args: VerifierArgs) -> ExitCode {
                     trusted_proxies,
                     tenancy,
                     usage: super::bind_usage(args.api.usage_listen).await?,
+                    clock: controller::system_clock(),
                 }),
                 scope: args.scope.scope(),
                 metrics: super::bind(args.telemetry.metrics_listen, "metrics").await?,

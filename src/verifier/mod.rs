@@ -32,7 +32,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use jiff::Timestamp;
 use keysmith_core::api::ApiKey;
 use keysmith_core::verifier::decision::{Code, VerifyRequest};
 use keysmith_core::verifier::index::{Index, Verdict};
@@ -43,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::apikeys::{ListedApiKey, Watched};
+use crate::controller::{Clock, system_clock};
 use crate::scope::Scope;
 use crate::telemetry::Health;
 
@@ -55,7 +55,7 @@ pub use self::token_metrics::TokenMetricsCap;
 use self::usage::UsageReporter;
 
 /// What to watch, whom to believe and how much a client may hold.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -65,6 +65,31 @@ pub struct Options {
     pub tenancy: Tenancy,
     /// What the command line tunes.
     pub settings: Settings,
+    /// The time tokens are checked at (the wall clock outside tests, which move their own).
+    pub clock: Clock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trusted_proxies: Vec::new(),
+            scope: Scope::default(),
+            tenancy: Tenancy::default(),
+            settings: Settings::default(),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("scope", &self.scope)
+            .field("tenancy", &self.tenancy)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The verifier's flags beyond scope and proxies.
@@ -107,6 +132,8 @@ pub struct Verifier {
     pub token_metrics: TokenMetrics,
     /// Ready once the initial list is indexed (`/readyz`).
     pub health: Health,
+    /// The time source of every decision.
+    pub(crate) clock: Clock,
 }
 
 impl Verifier {
@@ -124,6 +151,7 @@ impl Verifier {
             activity: Activity::new(options.settings.usage.max_tokens),
             token_metrics: TokenMetrics::register(registry, options.settings.token_metrics_cap),
             health: Health::default(),
+            clock: options.clock.clone(),
         }
     }
 
@@ -138,7 +166,7 @@ impl Verifier {
         audit: &audit::Request<'_>,
     ) -> Verdict<'a> {
         let start = Instant::now();
-        let now = Timestamp::now();
+        let now = (self.clock)();
         let unconfined = self.index.verify(request, now);
         let known = unconfined.found.is_some();
         let verdict = tenancy::confine(unconfined, namespaces);
@@ -171,7 +199,7 @@ impl Verifier {
 
     /// Apply one watched ApiKey.
     fn apply(&self, apikey: &ApiKey, warned: &mut HashSet<(String, String, i64)>) {
-        let applied = self.index.apply(apikey, Timestamp::now());
+        let applied = self.index.apply(apikey, (self.clock)());
         self.token_metrics.apply(apikey);
         let key = &applied.key;
         if let Some(invalid) = applied.invalid {
@@ -185,7 +213,7 @@ impl Verifier {
     }
 
     fn revoke(&self, namespace: &str, name: &str) {
-        self.index.revoke(namespace, name, Timestamp::now());
+        self.index.revoke(namespace, name, (self.clock)());
         self.token_metrics.forget(namespace, name);
         self.metrics.set_index_tokens(self.index.tokens());
     }
@@ -238,7 +266,7 @@ async fn feed_index(mut events: mpsc::Receiver<WatchEvent>, verifier: Arc<Verifi
                 verifier.token_metrics.retain(&listed);
                 verifier
                     .index
-                    .retain(&std::mem::take(&mut listed), Timestamp::now());
+                    .retain(&std::mem::take(&mut listed), (verifier.clock)());
                 crate::allocator::release_freed_memory();
                 verifier.metrics.set_index_tokens(verifier.index.tokens());
                 if !verifier.health.is_ready() {

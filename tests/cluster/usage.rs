@@ -102,6 +102,7 @@ async fn start_replica(cluster: &Cluster, usage: SocketAddr, settings: UsageSett
                     .await
                     .expect("the usage port is free"),
             ),
+            clock: keysmith::controller::system_clock(),
         }),
         scope: Scope::default(),
         metrics: TcpListener::bind("127.0.0.1:0").await.unwrap(),

@@ -362,6 +362,7 @@ async fn verifier_part(
         // What is checked here is the chart's RBAC, in whichever namespace the keys are.
         tenancy: keysmith::verifier::tenancy::Tenancy::any(),
         usage: None,
+        clock: keysmith::controller::system_clock(),
     }
 }
 

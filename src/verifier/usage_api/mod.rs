@@ -163,7 +163,7 @@ impl UsageApi {
                 return status(StatusCode::FORBIDDEN, "Forbidden", &message);
             }
         }
-        let now = Timestamp::now();
+        let now = (self.verifier.clock)();
         let since = now.checked_sub(query.since).unwrap_or(Timestamp::MIN);
         let local = || {
             let tokens = self.verifier.activity.of_key(namespace, name, since, now);

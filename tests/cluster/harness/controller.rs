@@ -35,7 +35,8 @@ pub fn controller_user() -> String {
 #[derive(Clone)]
 pub struct TestClock {
     now: Arc<Mutex<Timestamp>>,
-    resync: mpsc::UnboundedSender<()>,
+    /// The running controller's resync channel (a restarted controller gets a new one).
+    resync: Arc<Mutex<mpsc::UnboundedSender<()>>>,
 }
 
 impl TestClock {
@@ -57,10 +58,10 @@ impl TestClock {
 
     /// Reconcile every ApiKey now.
     pub fn resync(&self) {
-        let _ = self.resync.unbounded_send(());
+        let _ = self.resync.lock().unwrap().unbounded_send(());
     }
 
-    fn as_clock(&self) -> Clock {
+    pub fn as_clock(&self) -> Clock {
         let now = self.now.clone();
         Arc::new(move || *now.lock().unwrap())
     }
@@ -71,6 +72,7 @@ pub struct Harness {
     pub cluster: Cluster,
     pub admin: kube::Client,
     pub clock: TestClock,
+    scope: Scope,
     registry: Arc<Registry>,
     stop: Option<ShutdownTrigger>,
     task: Option<JoinHandle<()>>,
@@ -96,30 +98,50 @@ impl Harness {
     /// Like [`Harness::start_scoped`], on a `cluster` the test prepared first.
     pub async fn start_on(cluster: Cluster, scope: Scope) -> Harness {
         let admin = cluster.client().await.expect("admin client");
-        let (resync, resyncs) = mpsc::unbounded();
+        let (resync, _) = mpsc::unbounded();
         let clock = TestClock {
             now: Arc::new(Mutex::new(Timestamp::now())),
-            resync,
+            resync: Arc::new(Mutex::new(resync)),
         };
-        let client = cluster
+        let mut harness = Harness {
+            cluster,
+            admin,
+            clock,
+            scope,
+            registry: Arc::default(),
+            stop: None,
+            task: None,
+        };
+        harness.start_controller().await;
+        harness
+    }
+
+    /// Start a controller (again, after [`Harness::stop`] or [`Harness::abort`]), with the same
+    /// clock and fresh metrics.
+    pub async fn start_controller(&mut self) {
+        let (resync, resyncs) = mpsc::unbounded();
+        *self.clock.resync.lock().unwrap() = resync;
+        let client = self
+            .cluster
             .client_as(&controller_identity())
             .await
             .expect("controller client");
         let mut registry = telemetry::registry();
         let metrics = ControllerMetrics::register(&mut registry);
-        let ctx = Context::new(client, metrics, clock.as_clock(), Some("test".into()));
+        let ctx = Context::new(client, metrics, self.clock.as_clock(), Some("test".into()));
         let (stop, shutdown) = Shutdown::new();
+        let scope = self.scope.clone();
         let task = tokio::spawn(async move {
             controller::run(ctx, &scope, shutdown.wait(), Some(resyncs.boxed())).await;
         });
-        Harness {
-            cluster,
-            admin,
-            clock,
-            registry: Arc::new(registry),
-            stop: Some(stop),
-            task: Some(task),
-        }
+        self.registry = Arc::new(registry);
+        self.stop = Some(stop);
+        self.task = Some(task);
+    }
+
+    /// Whether a controller task is running.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Stop the controller and wait for it.
@@ -129,6 +151,16 @@ impl Harness {
         }
         if let Some(task) = self.task.take() {
             task.await.expect("controller task");
+        }
+    }
+
+    /// End the controller's task wherever it is, as SIGKILL ends the process: requests in
+    /// flight are dropped, nothing is cleaned up.
+    pub async fn abort(&mut self) {
+        self.stop = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
         }
     }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use keysmith::api::{ApiKey, Encoding};
 use keysmith::components::{self, Components, VerifierPart};
+use keysmith::controller::{Clock, system_clock};
 use keysmith::devcluster;
 use keysmith::scope::Scope;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
@@ -77,6 +78,49 @@ pub async fn start_listening(
 ) -> Harness {
     logs::capture("info");
     let admin = cluster.client().await.expect("admin client");
+    let mut spawned = spawn(&cluster, trusted, tenancy, api, system_clock()).await;
+    Harness {
+        cluster,
+        admin,
+        api: spawned.api,
+        probes: spawned.probes,
+        stop: spawned.stop.take(),
+    }
+}
+
+/// A verifier running beside a cluster the caller keeps, until [`Spawned::stop`] or drop.
+pub struct Spawned {
+    pub api: SocketAddr,
+    pub probes: SocketAddr,
+    stop: Option<ShutdownTrigger>,
+}
+
+impl Spawned {
+    /// Shut it down (as SIGTERM does).
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.trigger();
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.trigger();
+        }
+    }
+}
+
+/// Start a verifier (as its ServiceAccount) on `cluster`, deciding at the time `clock` says,
+/// and wait until it is ready.
+pub async fn spawn(
+    cluster: &Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    api: TcpListener,
+    clock: Clock,
+) -> Spawned {
     let client = cluster
         .client_as(&verifier_identity())
         .await
@@ -92,6 +136,7 @@ pub async fn start_listening(
             trusted_proxies: client_ip::parse_trusted(&trusted).unwrap(),
             tenancy,
             usage: None,
+            clock,
         }),
         scope: Scope::default(),
         metrics: probes,
@@ -105,18 +150,15 @@ pub async fn start_listening(
             .await
             .expect("verifier serves");
     });
-    let harness = Harness {
-        cluster,
-        admin,
-        api: api_addr,
-        probes: probes_addr,
-        stop: Some(stop),
-    };
     eventually("the verifier to be ready", || async {
         (get(probes_addr, "/readyz").await.status == 200).then_some(())
     })
     .await;
-    harness
+    Spawned {
+        api: api_addr,
+        probes: probes_addr,
+        stop: Some(stop),
+    }
 }
 
 /// Mint a token.
