@@ -460,6 +460,7 @@ impl Context {
         for (slot, action) in &plan.slots {
             debug!(slot = %slot, action = %action, "slot decision");
         }
+        self.publish(key, &plan, true).await;
         let mut written = match &plan.status {
             Some(status) => apply::status(api, key, status)
                 .await
@@ -499,7 +500,7 @@ impl Context {
         for reason in plan.slots.iter().filter_map(|(_, a)| a.mint_label()) {
             self.metrics.minted(reason);
         }
-        self.publish(key, &plan).await;
+        self.publish(key, &plan, false).await;
         if let Some(status) = plan.status.as_ref().or(key.status.as_ref()) {
             let previous = key.status.as_ref();
             // An unparsable spec.expiresAt is InvalidSpec, reported in status; no series for it.
@@ -736,8 +737,13 @@ impl Context {
         Ok(Action::await_change())
     }
 
-    async fn publish(&self, key: &ApiKey, plan: &Plan) {
-        for event in &plan.events {
+    /// Publish the plan's events that go before its writes, or those that go after them.
+    async fn publish(&self, key: &ApiKey, plan: &Plan, before_writes: bool) {
+        for event in plan
+            .events
+            .iter()
+            .filter(|e| e.before_writes() == before_writes)
+        {
             self.event(key, event.type_, event.reason, event.note.clone())
                 .await;
         }

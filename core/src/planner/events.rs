@@ -35,6 +35,16 @@ pub struct PlannedEvent {
     pub note: String,
 }
 
+impl PlannedEvent {
+    /// Whether it is published before the plan's writes rather than after them. Events say
+    /// what happened, so they follow the writes, except a cut window: a controller that dies
+    /// between the status write and its events would otherwise end a promised window without a
+    /// word. Said first, a crash can at worst announce a cut that the next pass makes anyway.
+    pub fn before_writes(&self) -> bool {
+        self.reason == OVERLAP_CUT
+    }
+}
+
 impl Planner<'_> {
     /// One `Minted` and one `Rotated` event, each listing the slots it concerns.
     pub(super) fn slot_events(&self, outcomes: &[(&ValidSlot, SlotOutcome)]) -> Vec<PlannedEvent> {

@@ -962,6 +962,16 @@ fn rotations_past_the_bound_end_the_oldest_window_with_a_warning() {
     assert_eq!(kept, newest, "newest first, the oldest one cut");
     let cut = p.events.iter().find(|e| e.reason == OVERLAP_CUT).unwrap();
     assert_eq!(cut.type_, EventKind::Warning);
+    assert!(
+        cut.before_writes(),
+        "announced before the status that makes it"
+    );
+    assert!(
+        p.events
+            .iter()
+            .filter(|e| e.reason != OVERLAP_CUT)
+            .all(|e| !e.before_writes())
+    );
     assert!(cut.note.contains(&replaced[0].id), "{}", cut.note);
     assert!(!cut.note.contains(&replaced[1].id), "{}", cut.note);
     assert!(w.step().is_quiet());
