@@ -103,6 +103,35 @@ pub async fn secret(api: &Api<Secret>, desired: &DesiredSecret) -> kube::Result<
     .map(drop)
 }
 
+/// Write a published Secret whole: create it when the key has none of that name (`current`),
+/// else replace `current` guarded by its resourceVersion. Labels and annotations others added
+/// stay; the data becomes exactly the planned entries.
+pub async fn published_secret(
+    api: &Api<Secret>,
+    desired: &DesiredSecret,
+    current: Option<&Secret>,
+) -> kube::Result<()> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let mut secret = desired.to_secret();
+    let Some(current) = current else {
+        return api.create(&params, &secret).await.map(drop);
+    };
+    let meta = &mut secret.metadata;
+    meta.resource_version = current.metadata.resource_version.clone();
+    for (mine, theirs) in [
+        (&mut meta.labels, &current.metadata.labels),
+        (&mut meta.annotations, &current.metadata.annotations),
+    ] {
+        let mut merged = theirs.clone().unwrap_or_default();
+        merged.extend(mine.take().unwrap_or_default());
+        *mine = Some(merged);
+    }
+    api.replace(&desired.name, &params, &secret).await.map(drop)
+}
+
 /// Delete the Secret (revocation); an already deleted Secret is fine.
 pub async fn delete_secret(api: &Api<Secret>, name: &str) -> kube::Result<()> {
     match api.delete(name, &DeleteParams::default()).await {

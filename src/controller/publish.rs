@@ -143,10 +143,11 @@ async fn published(secrets: &Api<Secret>, key: &ApiKey) -> Result<Vec<Secret>, E
     Ok(list.items)
 }
 
-/// Write `publication`, planned from the `observed` published Secrets. A name the key has
-/// not published under before may be taken by a Secret without Keysmith's labels, which the
-/// snapshot does not hold: each such name is read right before it would be created, and a
-/// Secret found there is refused (never overwritten) instead.
+/// Write `publication`, planned from the `observed` published Secrets. A published Secret is
+/// the key's alone, so it is written whole: one the key published before is replaced, guarded
+/// by the version observed (its data then holds exactly the planned entries, whatever was added
+/// by hand); a new one is created, which fails if any Secret of that name exists, and that name
+/// is then refused (never overwritten) without a read beforehand.
 pub async fn write(
     client: &Client,
     secrets: &Api<Secret>,
@@ -155,28 +156,20 @@ pub async fn write(
     observed: &[Secret],
 ) -> Result<(), Error> {
     let namespace = key.namespace().unwrap_or_default();
-    let new: Vec<String> = publication
-        .secrets
-        .iter()
-        .filter(|d| !observed.iter().any(|s| s.name_any() == d.name))
-        .map(|d| d.name.clone())
-        .collect();
-    for name in new {
-        let existing = secrets
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading Secret {namespace}/{name}")))?;
-        if existing.is_some() {
-            publication.refuse(&name, publish::not_owned(&name));
+    for desired in publication.secrets.clone() {
+        let current = observed.iter().find(|s| s.name_any() == desired.name);
+        match apply::published_secret(secrets, &desired, current).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if current.is_none() && s.code == 409 => {
+                publication.refuse(&desired.name, publish::not_owned(&desired.name));
+            }
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "writing Secret {namespace}/{}",
+                    desired.name
+                ))(e));
+            }
         }
-    }
-    for desired in &publication.secrets {
-        apply::secret(secrets, desired)
-            .await
-            .map_err(Error::kube(format!(
-                "writing Secret {namespace}/{}",
-                desired.name
-            )))?;
     }
     for kong in &publication.kong {
         let written = kong_credentials(client, key, kong, |current| kong.merged(current)).await;

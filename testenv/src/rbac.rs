@@ -43,7 +43,8 @@ pub fn workloads(namespace: &str) -> String {
     .join("---\n")
 }
 
-/// The scenario's ApiKey in `namespace`, rotated once per new `trigger`.
+/// The scenario's ApiKey in `namespace`, rotated once per new `trigger`, its tokens published for
+/// Envoy Gateway (a Secret created, then replaced on each rotation).
 pub fn key(namespace: &str, trigger: &str) -> String {
     format!(
         r#"
@@ -54,6 +55,7 @@ spec:
   tokens: [{{name: api, prefix: all_}}]
   grants: [{{effect: allow, actions: ["*"]}}]
   rotation: {{trigger: "{trigger}", overlap: 1h}}
+  publish: [{{envoyGateway: {{}}}}]
   restrictions:
     requiredHeaders:
       - name: X-Client-Secret

@@ -308,7 +308,9 @@ fn controller_rules_are_least_privilege() {
             (
                 "",
                 "secrets",
-                &["get", "list", "watch", "create", "patch", "delete"]
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete"
+                ]
             ),
             ("events.k8s.io", "events", &["create", "patch"]),
             ("apps", "deployments", &["get", "patch"]),
