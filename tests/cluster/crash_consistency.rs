@@ -75,15 +75,7 @@ struct Size {
 impl Size {
     fn from_env() -> Size {
         let long = std::env::var("KEYSMITH_LONG").is_ok_and(|v| v == "1");
-        let var = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .map(|v| {
-                    v.parse()
-                        .unwrap_or_else(|_| panic!("{name} must be a number"))
-                })
-                .unwrap_or(default)
-        };
+        let var = crate::harness::env_number;
         Size {
             keys: var("KEYSMITH_CRASH_KEYS", if long { 400 } else { 120 }) as usize,
             kills: var("KEYSMITH_CRASH_KILLS", if long { 60 } else { 10 }) as usize,

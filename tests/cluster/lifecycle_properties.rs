@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::harness::controller::*;
 use crate::harness::http::request;
 use crate::harness::verifier::{Spawned, spawn as spawn_verifier};
-use crate::harness::{raw_apikeys, real};
+use crate::harness::{env_number, raw_apikeys, real};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use keysmith::api::{Encoding, ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX};
@@ -738,16 +738,6 @@ fn typed(secret: Value) -> Secret {
     serde_json::from_value(secret).expect("a Secret")
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
-
 static KEYS: AtomicUsize = AtomicUsize::new(0);
 static ASKS: AtomicUsize = AtomicUsize::new(0);
 
@@ -765,10 +755,10 @@ async fn replay(prefix: &str, ops: &[Op]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_lifecycles_keep_every_promise() {
-    let cases = env("KEYSMITH_PROPS_CASES", if real() { 8 } else { 200 }) as u32;
-    let steps = env("KEYSMITH_PROPS_STEPS", 30) as usize;
-    let seed = env("KEYSMITH_PROPS_SEED", 20_261_206);
-    let shrink = env("KEYSMITH_PROPS_SHRINK", 64) as u32;
+    let cases = env_number("KEYSMITH_PROPS_CASES", if real() { 8 } else { 200 }) as u32;
+    let steps = env_number("KEYSMITH_PROPS_STEPS", 30) as usize;
+    let seed = env_number("KEYSMITH_PROPS_SEED", 20_261_206);
+    let shrink = env_number("KEYSMITH_PROPS_SHRINK", 64) as u32;
     let backend = if real() {
         "real API server"
     } else {

@@ -61,6 +61,17 @@ pub fn emulator_only<'a>(
     emu
 }
 
+/// The number in environment variable `name` (a test's budget), or `default` when unset.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
+
 /// Whether the suites run against the real API server.
 pub fn real() -> bool {
     Backend::from_env() == Backend::Real
