@@ -38,20 +38,30 @@ fn grant() -> impl Strategy<Value = Grant> {
             locales,
             own,
         });
-    (
-        effect(),
+    grant_of(
         vec(small_pattern(), 1..3),
         option::of(vec(small_pattern(), 1..3)),
         option::of(vec("f[12]", 0..3)),
         option::of(conditions),
     )
-        .prop_map(|(effect, actions, resources, fields, conditions)| Grant {
+}
+
+/// A grant of either effect from strategies for its parts.
+fn grant_of(
+    actions: impl Strategy<Value = Vec<String>>,
+    resources: impl Strategy<Value = Option<Vec<String>>>,
+    fields: impl Strategy<Value = Option<Vec<String>>>,
+    conditions: impl Strategy<Value = Option<GrantConditions>>,
+) -> impl Strategy<Value = Grant> {
+    (effect(), actions, resources, fields, conditions).prop_map(
+        |(effect, actions, resources, fields, conditions)| Grant {
             effect,
             actions,
             resources,
             fields,
             conditions,
-        })
+        },
+    )
 }
 
 /// An owned request, borrowed as a [`Request`] for evaluation.
@@ -153,20 +163,12 @@ fn adversarial_grant() -> impl Strategy<Value = Grant> {
             locales: set,
             own: Some(own),
         });
-    (
-        effect(),
+    grant_of(
         vec(adversarial_pattern(), 1..8),
         option::of(vec(adversarial_pattern(), 1..8)),
         option::of(vec("a{0,127}b?", 1..24)),
         option::of(conditions),
     )
-        .prop_map(|(effect, actions, resources, fields, conditions)| Grant {
-            effect,
-            actions,
-            resources,
-            fields,
-            conditions,
-        })
 }
 
 /// Requests over the grants' alphabet, each part within its limit or far beyond it.
