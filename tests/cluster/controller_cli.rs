@@ -42,6 +42,17 @@ async fn kubeconfig(cluster: &Cluster, identity: &Identity) -> tempfile::TempDir
     dir
 }
 
+/// Apply ApiKey `site` in `cms` with one slot, `a`.
+async fn apply_site(cluster: &Cluster) {
+    cluster
+        .apply_yaml(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\n\
+             metadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
+        )
+        .await
+        .expect("ApiKey site applies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
     let cluster = cluster().await;
@@ -65,12 +76,7 @@ async fn controller_binary_reconciles_serves_health_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(get(port, "/healthz").await.unwrap().0, 200);
-    cluster
-        .apply_yaml(
-            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
-        )
-        .await
-        .unwrap();
+    apply_site(&cluster).await;
     eventually("minted by the binary", || async {
         cluster.get("v1", "Secret", NS, "site").await.map(drop)
     })
@@ -390,12 +396,7 @@ spec:
 async fn rotate_wait_gives_up_after_its_timeout_saying_what_the_key_reports() {
     // No controller: nothing will answer the rotation.
     let cluster = cluster().await;
-    cluster
-        .apply_yaml(
-            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
-        )
-        .await
-        .unwrap();
+    apply_site(&cluster).await;
     let dir = kubeconfig(&cluster, &Identity::Admin).await;
     let path = dir.path().join("kubeconfig");
     let out = keysmith(&[
@@ -533,12 +534,7 @@ async fn stopped(child: tokio::process::Child) -> std::process::Output {
 async fn rotate_wait_stops_when_the_key_is_disabled_or_turns_invalid_meanwhile() {
     // No controller: nothing answers the rotation, so only the key's state can end the wait.
     let cluster = cluster().await;
-    cluster
-        .apply_yaml(
-            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
-        )
-        .await
-        .unwrap();
+    apply_site(&cluster).await;
     let dir = kubeconfig(&cluster, &Identity::Admin).await;
     let path = dir.path().join("kubeconfig");
     let admin = cluster.client().await.unwrap();
@@ -660,13 +656,7 @@ async fn status_without_a_cluster_says_where_it_looked_and_how_to_point_it_at_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_without_read_access_names_the_chart_role_that_grants_it() {
     let cluster = cluster().await;
-    cluster
-        .apply_yaml(
-            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\n\
-             metadata: {name: site, namespace: cms}\nspec: {tokens: [{name: a}]}\n",
-        )
-        .await
-        .unwrap();
+    apply_site(&cluster).await;
     let dir = kubeconfig(&cluster, &Identity::user("viewer", &[])).await;
     let path = dir.path().join("kubeconfig");
     let file = path.to_str().unwrap();
