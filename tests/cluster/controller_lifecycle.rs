@@ -390,9 +390,7 @@ spec: {tokens: [{name: a}]}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_report_api_error_and_recover() {
     let h = Harness::start().await;
-    let Some(emu) = emulator_only(&h.cluster, "failed_writes_report_api_error_and_recover") else {
-        return;
-    };
+    let emu = needs_emulator(&h.cluster, "injected 500s on Secret writes");
     emu.faults()
         .error_rate(keysmith_emulator::Target::new("patch", "secrets"), 500, 1.0);
     h.apply(TWO_SLOTS).await;

@@ -324,4 +324,4 @@ pub async fn spawn_elected(
     (stop, task, addr)
 }
 
-pub use super::{Cluster, Identity, emulator_only, eventually, real};
+pub use super::{Cluster, Identity, emulator_only, eventually, needs_emulator, real};

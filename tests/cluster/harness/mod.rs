@@ -61,6 +61,26 @@ pub fn emulator_only<'a>(
     emu
 }
 
+/// Fail a test that needs the real API server when it runs on the emulator: `testenv/test`
+/// runs such a test (marked `#[ignore]`) only in its real pass, so it is never counted as
+/// passed where it could not run.
+pub fn needs_real_server(what: &str) {
+    assert!(
+        real(),
+        "this test needs a real kube-apiserver ({what}): run it with KEYSMITH_TEST_CLUSTER=real"
+    );
+}
+
+/// The emulator for a test that needs what only it can do (fault injection); fails on the real
+/// API server, whose pass in `testenv/test` skips such a test by name.
+pub fn needs_emulator<'a>(cluster: &'a Cluster, what: &str) -> &'a keysmith_emulator::Emulator {
+    cluster.emulator().unwrap_or_else(|| {
+        panic!(
+            "this test needs the API emulator ({what}): testenv/test skips it on the real server"
+        )
+    })
+}
+
 /// The number in environment variable `name` (a test's budget), or `default` when unset.
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
