@@ -165,14 +165,26 @@ fn nothing_configured(with_pod: bool) -> Option<ClusterError> {
     })
 }
 
+/// Whether a client retries answers that say "later" (429, 503, 504).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// kube's server-aware backoff: up to 15 attempts over minutes, honouring `Retry-After`.
+    /// Right for components, which outlive an API server's restart.
+    Server,
+    /// None: the caller sees the first answer. For a command reading an aggregated API, whose
+    /// backend being down is a 503 that retrying for minutes would only hide.
+    Never,
+}
+
 /// A client from the kubeconfig or the pod's ServiceAccount, checked to reach the server.
 pub async fn connect() -> Result<Client, ClusterError> {
-    connect_to(&Source::default()).await
+    connect_to(&Source::default(), Retries::Server).await
 }
 
 /// A client from `source`, checked to reach the server.
-pub async fn connect_to(source: &Source) -> Result<Client, ClusterError> {
-    let config = source.config().await?;
+pub async fn connect_to(source: &Source, retries: Retries) -> Result<Client, ClusterError> {
+    let mut config = source.config().await?;
+    config.default_retry = retries == Retries::Server;
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.into()))?;
     // Ask the server for its version: the cheapest request that proves it answers.

@@ -313,11 +313,19 @@ pub struct NamespaceArgs {
 impl NamespaceArgs {
     /// Connect; the namespace is `-n`, else the context's. Failures are one line.
     pub async fn connect(&self) -> Result<(Client, String), String> {
+        self.connect_with(cluster::Retries::Server).await
+    }
+
+    /// [`NamespaceArgs::connect`] with a client that retries as `retries` says.
+    pub async fn connect_with(
+        &self,
+        retries: cluster::Retries,
+    ) -> Result<(Client, String), String> {
         let source = cluster::Source {
             kubeconfig: self.cluster.kubeconfig.clone(),
             context: self.cluster.context.clone(),
         };
-        let client = cluster::connect_to(&source)
+        let client = cluster::connect_to(&source, retries)
             .await
             .map_err(|e| e.to_string())?;
         let namespace = self

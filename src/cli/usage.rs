@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::args::NamespaceArgs;
+use crate::cluster::Retries;
 use crate::verifier::activity::{Counts, RecentRequest};
 use crate::verifier::usage_api::object::{API_VERSION, ApiKeyUsage, GROUP, RESOURCE};
 
@@ -54,7 +55,9 @@ pub fn run(args: UsageArgs) -> ExitCode {
 
 async fn usage(args: UsageArgs) -> Result<(), String> {
     crate::duration::parse(&args.since).map_err(|e| format!("--since: {e}"))?;
-    let (client, namespace) = args.at.connect().await?;
+    // A usage API whose backend is down answers 503 at once; kube's retries would turn that
+    // into minutes of silence before the same message.
+    let (client, namespace) = args.at.connect_with(Retries::Never).await?;
     let path = format!(
         "/apis/{API_VERSION}/namespaces/{namespace}/{RESOURCE}/{}?since={}",
         args.name, args.since
@@ -80,9 +83,23 @@ async fn usage(args: UsageArgs) -> Result<(), String> {
         return Ok(());
     }
     let mut seen: HashSet<String> = requests(&first).map(|(_, r)| identity(r)).collect();
+    let mut failing = None;
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
-        let next = fetch().await?;
+        // Following outlives a replica's restart: say what failed, once, and keep polling.
+        let next = match fetch().await {
+            Ok(next) => {
+                failing = None;
+                next
+            }
+            Err(err) => {
+                if failing.as_ref() != Some(&err) {
+                    eprintln!("{err} (still polling; Ctrl-C stops)");
+                    failing = Some(err);
+                }
+                continue;
+            }
+        };
         let mut fresh: Vec<(&str, &RecentRequest)> = requests(&next)
             .filter(|(_, r)| seen.insert(identity(r)))
             .collect();

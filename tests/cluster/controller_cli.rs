@@ -214,6 +214,49 @@ async fn kubeconfig_with_contexts(
 }
 
 /// `keysmith ARGS` with no cluster in the environment: only the flags can name one.
+/// An APIService whose backend is down answers 503. kube's client retries a 503 up to 15
+/// times over minutes, so `keysmith usage` sat silent for minutes before saying what is wrong;
+/// it must say it at once (the timeout is only a guard against that hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_says_at_once_that_a_usage_api_without_a_backend_is_unavailable() {
+    let cluster = cluster().await;
+    apply_site(&cluster).await;
+    cluster
+        .apply_yaml(
+            "apiVersion: v1\nkind: Service\n\
+             metadata: {name: keysmith-usage, namespace: keysmith}\n\
+             spec: {ports: [{port: 443, targetPort: 8443}]}\n\
+             ---\n\
+             apiVersion: apiregistration.k8s.io/v1\nkind: APIService\n\
+             metadata: {name: v1alpha1.usage.keysmith.dev}\n\
+             spec: {group: usage.keysmith.dev, version: v1alpha1, groupPriorityMinimum: 100,\n\
+             \x20 versionPriority: 100, insecureSkipTLSVerify: true,\n\
+             \x20 service: {name: keysmith-usage, namespace: keysmith, port: 443}}\n",
+        )
+        .await
+        .expect("an APIService with no backend applies");
+    let dir = kubeconfig(&cluster, &Identity::Admin).await;
+    let path = dir.path().join("kubeconfig");
+    let args = [
+        "usage",
+        "site",
+        "-n",
+        NS,
+        "--kubeconfig",
+        path.to_str().unwrap(),
+    ];
+    let out = tokio::time::timeout(Duration::from_secs(60), keysmith(&args))
+        .await
+        .expect("keysmith usage answers instead of retrying the 503 for minutes");
+    let error = failed(&out);
+    assert!(
+        error.contains(
+            "the usage API (usage.keysmith.dev/v1alpha1) is not available in this cluster"
+        ),
+        "{error}"
+    );
+}
+
 async fn keysmith(args: &[&str]) -> std::process::Output {
     let nowhere = tempfile::tempdir().unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
