@@ -195,7 +195,10 @@ pub fn admit(
         return Err(ApiError::invalid(&rt.group, &rt.kind, &name, causes));
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
-        ("", "secrets") => fold_string_data(obj),
+        ("", "secrets") => {
+            fold_string_data(obj);
+            secret_size(obj, &rt.kind, &name)?;
+        }
         ("", "namespaces") => {
             obj["spec"]["finalizers"] = json!(["kubernetes"]);
             if obj["metadata"]["deletionTimestamp"].is_null() {
@@ -355,6 +358,38 @@ fn fold_string_data(obj: &mut Value) {
     if obj.get("type").is_none() {
         obj["type"] = json!("Opaque");
     }
+}
+
+/// The API server's limit on the values of one Secret together (`MaxSecretSize`); keys do not
+/// count.
+const SECRET_DATA_LIMIT: usize = 1024 * 1024;
+
+/// Refuse a Secret whose decoded values exceed [`SECRET_DATA_LIMIT`], as the API server does.
+fn secret_size(obj: &Value, kind: &str, name: &str) -> ApiResult<()> {
+    let size: usize = obj["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str()?)
+                .ok()
+        })
+        .map(|v| v.len())
+        .sum();
+    if size <= SECRET_DATA_LIMIT {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "",
+        kind,
+        name,
+        vec![Cause::new(
+            "FieldValueTooLong",
+            "data",
+            format!("Too long: may not be more than {SECRET_DATA_LIMIT} bytes"),
+        )],
+    ))
 }
 
 /// CRDs: the name must be `plural.group`; the server marks it established.

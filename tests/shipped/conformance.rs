@@ -1341,6 +1341,44 @@ async fn annotations_over_256_kib_are_invalid() {
     );
 }
 
+/// A Secret holding `bytes` bytes of values in `stringData` (folded into `data`), over two keys.
+fn secret_of(name: &str, bytes: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+        "stringData": {"a": "x".repeat(bytes - 10), "b": "y".repeat(10)},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_data_over_1_mib_is_invalid() {
+    const LIMIT: usize = 1024 * 1024;
+    let pair = Pair::start().await;
+    let answers = pair
+        .same("Secret data at and over 1 MiB", |c| async move {
+            let grow = json!({"stringData": {"c": "z"}});
+            json!([
+                create(c.clone(), secret_of("over", LIMIT + 1)).await,
+                create(c.clone(), secret_of("at", LIMIT)).await,
+                outcome(
+                    secrets(c)
+                        .patch("at", &PatchParams::default(), &Patch::Merge(grow))
+                        .await
+                ),
+            ])
+        })
+        .await;
+    let too_long = json!({"reason": "FieldValueTooLong", "field": "data",
+                          "message": "Too long: may not be more than 1048576 bytes"});
+    for refused in [&answers[0], &answers[2]] {
+        assert_eq!(error(refused), (422, "Invalid"), "{refused}");
+        let causes = refused["error"]["details"]["causes"]
+            .as_array()
+            .expect("causes");
+        assert_eq!(causes, &vec![too_long.clone()], "{refused}");
+    }
+    assert_eq!(answers[1]["metadata"]["name"], "at");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_a_v1_list() {
     let pair = Pair::start().await;
