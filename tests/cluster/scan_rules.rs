@@ -121,8 +121,11 @@ fn rule_ids(config: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `(Secret, RuleID)` of every finding of gitleaks with `config` over `repo`'s history.
-fn gitleaks_findings(config: &Path, repo: &Path) -> BTreeSet<(String, String)> {
+/// Where a string was found, the string, and the rule (or detector) that found it.
+type Finding = (String, String, String);
+
+/// `(File, Secret, RuleID)` of every finding of gitleaks with `config` over `repo`'s history.
+fn gitleaks_findings(config: &Path, repo: &Path) -> BTreeSet<Finding> {
     let report = repo.with_extension("report.json");
     let out = Command::new(keysmith_testenv::binaries::binary("gitleaks"))
         .arg("git")
@@ -144,6 +147,7 @@ fn gitleaks_findings(config: &Path, repo: &Path) -> BTreeSet<(String, String)> {
         .iter()
         .map(|f| {
             (
+                f["File"].as_str().unwrap().to_owned(),
                 f["Secret"].as_str().unwrap().to_owned(),
                 f["RuleID"].as_str().unwrap().to_owned(),
             )
@@ -269,7 +273,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
     for token in minted.keys().chain([&out_of_scope]) {
         assert!(!config.contains(token.as_str()), "a token in the rules");
     }
-    // A selector narrows the scope; an empty namespace is a rule-less config and a line.
+    // A selector narrows the scope; selecting nothing is a rule-less config and a line.
     let web = stdout(&keysmith(&kubeconfig, &["scan-rules", "-n", NS, "-l", "team=web"]).await);
     assert_eq!(
         rule_ids(&web),
@@ -277,6 +281,20 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
             "keysmith-ks_-base62-32".into(),
             "keysmith-Acme_live_-hex-24".into()
         ])
+    );
+    let none = keysmith(&kubeconfig, &["scan-rules", "-n", NS, "-l", "team=nobody"]).await;
+    assert_eq!(rule_ids(&stdout(&none)), BTreeSet::new());
+    assert_eq!(
+        String::from_utf8(none.stderr).unwrap(),
+        "No ApiKeys found in namespace cms.\n"
+    );
+    // A webhook is TruffleHog's: asked for gitleaks, the command refuses before connecting.
+    let refused = keysmith(&kubeconfig, &["scan-rules", "--verify-url", "https://x"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8(refused.stderr)
+            .unwrap()
+            .contains("--verify-url is for --format trufflehog"),
     );
 
     // The repository: the minted tokens in one commit, then lookalikes and high-entropy noise.
@@ -286,7 +304,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
     git(&repo, &["init", "-q"]);
     let line = |i: usize, s: &str| format!("value_{i} = \"{s}\"\n");
     let tokens: String = minted.keys().enumerate().map(|(i, t)| line(i, t)).collect();
-    commit(&repo, "settings", &[("settings.env", tokens)]);
+    commit(&repo, "settings", &[("settings.env", tokens.clone())]);
 
     let lookalikes: Vec<String> = minted.keys().map(|t| lookalike(t)).collect();
     let mut noise = vec![out_of_scope.clone()];
@@ -308,32 +326,30 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
                 .to_owned(),
         );
     }
-    let text = |values: &[String], from: usize| -> String {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, s)| line(from + i, s))
-            .collect()
+    let text = |values: &[String]| -> String {
+        values.iter().enumerate().map(|(i, s)| line(i, s)).collect()
     };
-    commit(
-        &repo,
-        "more values",
-        &[
-            ("lookalikes.env", text(&lookalikes, 100)),
-            ("noise.env", text(&noise, 200)),
-        ],
-    );
+    let files = [
+        ("lookalikes.env", text(&lookalikes)),
+        ("noise.env", text(&noise)),
+    ];
+    commit(&repo, "more values", &files);
 
     let config_path = work.path().join("gitleaks.toml");
     std::fs::write(&config_path, &config).unwrap();
     let findings = gitleaks_findings(&config_path, &repo);
     // gitleaks cannot check a CRC: a lookalike is found by the rule of the token it imitates.
-    let expected: BTreeSet<(String, String)> = minted
+    // Nothing in noise.env, not even a part of a longer run.
+    let expected: BTreeSet<Finding> = minted
         .iter()
         .flat_map(|(token, rule)| {
             [
-                (token.clone(), (*rule).to_owned()),
-                (lookalike(token), (*rule).to_owned()),
+                ("settings.env".into(), token.clone(), (*rule).to_owned()),
+                (
+                    "lookalikes.env".into(),
+                    lookalike(token),
+                    (*rule).to_owned(),
+                ),
             ]
         })
         .collect();
@@ -366,25 +382,16 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
             .collect::<BTreeSet<_>>(),
         rules
     );
-    let everything = [
-        minted.keys().cloned().collect::<Vec<_>>(),
-        lookalikes,
-        noise,
-    ]
-    .concat()
-    .iter()
-    .enumerate()
-    .map(|(i, s)| line(i, s))
-    .collect::<String>();
-    let found: BTreeSet<(String, String)> = detectors
-        .iter()
-        .flat_map(|(name, regexes)| {
-            regexes.iter().flat_map(|r| {
-                r.find_iter(&everything)
-                    .map(|m| (m.as_str().to_owned(), name.clone()))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
+    let mut found = BTreeSet::new();
+    for (file, content) in [("settings.env", tokens.as_str())]
+        .into_iter()
+        .chain(files.iter().map(|(f, c)| (*f, c.as_str())))
+    {
+        for (name, regexes) in &detectors {
+            for m in regexes.iter().flat_map(|r| r.find_iter(content)) {
+                found.insert((file.to_owned(), m.as_str().to_owned(), name.clone()));
+            }
+        }
+    }
     assert_eq!(found, expected);
 }
