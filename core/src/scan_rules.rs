@@ -502,6 +502,20 @@ mod tests {
         }
 
         #[test]
+        fn only_word_character_prefixes_are_accepted_and_need_no_escaping(
+            prefix in prop_oneof!["[A-Za-z0-9_]{0,33}", "\\PC{0,40}"],
+        ) {
+            // The rules put the prefix in unescaped and rely on `\b` around word characters: a
+            // wider prefix alphabet must fail here before it makes a rule wrong.
+            let word = prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let accepted = TokenFormat::new(&prefix, 32, Encoding::Base62).is_ok();
+            prop_assert_eq!(accepted, word && (1..=32).contains(&prefix.len()));
+            if accepted {
+                prop_assert_eq!(regex::escape(&prefix), prefix);
+            }
+        }
+
+        #[test]
         fn both_documents_carry_the_same_regexes(formats in prop::collection::vec(format(), 0..6)) {
             let rules: ScanRules = formats.into_iter().collect();
             let gitleaks = gitleaks_rules(&rules.gitleaks_toml());
