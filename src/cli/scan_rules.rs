@@ -112,24 +112,22 @@ fn webhook(args: &ScanRulesArgs) -> Result<Option<Webhook>, String> {
 
 /// The formats of every slot of `keys`, and a line for each slot no rule can cover.
 fn rules_of(keys: &[ApiKey]) -> (ScanRules, Vec<String>) {
+    let mut formats = Vec::new();
     let mut skipped = Vec::new();
-    let rules = keys
-        .iter()
-        .flat_map(|key| key.spec.tokens.iter().map(move |slot| (key, slot)))
-        .filter_map(|(key, slot)| {
-            TokenFormat::of_slot(slot)
-                .inspect_err(|e| {
-                    skipped.push(format!(
-                        "no rule for ApiKey {}/{} slot {}: {e}",
-                        key.namespace().unwrap_or_default(),
-                        key.name_any(),
-                        slot.name
-                    ));
-                })
-                .ok()
-        })
-        .collect();
-    (rules, skipped)
+    for key in keys {
+        for slot in &key.spec.tokens {
+            match TokenFormat::of_slot(slot) {
+                Ok(format) => formats.push(format),
+                Err(e) => skipped.push(format!(
+                    "no rule for ApiKey {}/{} slot {}: {e}",
+                    key.namespace().unwrap_or_default(),
+                    key.name_any(),
+                    slot.name
+                )),
+            }
+        }
+    }
+    (formats.into_iter().collect(), skipped)
 }
 
 #[cfg(test)]
