@@ -19,6 +19,7 @@ pub(crate) mod dev;
 pub(crate) mod dev;
 pub(crate) mod rotate;
 pub(crate) mod run;
+pub(crate) mod scan_rules;
 pub(crate) mod status;
 pub(crate) mod token;
 pub(crate) mod usage;
@@ -59,6 +60,9 @@ pub enum Command {
     /// hour and day and the recent requests (needs `get` on apikeyusages.usage.keysmith.dev, in the
     /// edit role).
     Usage(usage::UsageArgs),
+    /// Print secret-scanner rules (gitleaks, or TruffleHog with --format trufflehog) for the
+    /// token formats the ApiKeys in scope mint (-n, -A, -l); formats only, never a token.
+    ScanRules(scan_rules::ScanRulesArgs),
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Rotate(args) => rotate::run(args),
         Command::Status(args) => status::run(args),
         Command::Usage(args) => usage::run(args),
+        Command::ScanRules(args) => scan_rules::run(args),
     }
 }
 

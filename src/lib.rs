@@ -27,4 +27,6 @@ pub mod telemetry;
 pub(crate) mod text;
 pub mod verifier;
 
-pub use keysmith_core::{api, crd, duration, grants, planner, schedule, token, validation};
+pub use keysmith_core::{
+    api, crd, duration, grants, planner, scan_rules, schedule, token, validation,
+};

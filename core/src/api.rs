@@ -296,6 +296,8 @@ pub struct TokenSlot {
 
 /// How a token's random bytes are encoded.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+// Ordered, so that scan rules come out in a stable order.
+#[derive(PartialOrd, Ord)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {

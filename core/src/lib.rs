@@ -1,7 +1,8 @@
 //! Keysmith's pure core: everything that decides, and nothing that does I/O.
 //!
 //! [`api`] holds the `ApiKey` types (and the labels and annotations Keysmith reads and writes),
-//! [`crd`] the CustomResourceDefinition generated from them, [`token`] the token format,
+//! [`crd`] the CustomResourceDefinition generated from them, [`token`] the token format and
+//! [`scan_rules`] the secret-scanner rules that find it,
 //! [`duration`] and [`schedule`] the time parsing, [`grants`] the permission evaluator and
 //! [`validation`] every rule a spec must satisfy, [`served`] the policy a key serves when an edit
 //! is rejected, [`invariants`] the promises of SPEC 4.1a as a checker over observed snapshots.
@@ -21,6 +22,7 @@ pub mod duration;
 pub mod grants;
 pub mod invariants;
 pub mod planner;
+pub mod scan_rules;
 pub mod schedule;
 pub mod served;
 pub mod token;

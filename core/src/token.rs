@@ -319,7 +319,8 @@ fn layout(token: &str, encoding: Encoding) -> Option<ParsedToken<'_>> {
     })
 }
 
-fn checksum_len(encoding: Encoding) -> usize {
+/// Characters of the checksum.
+pub(crate) fn checksum_len(encoding: Encoding) -> usize {
     match encoding {
         // 62^6 ≈ 5.7e10 > 2^32: six characters hold any CRC-32.
         Encoding::Base62 => 6,

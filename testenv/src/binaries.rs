@@ -26,7 +26,8 @@ pub fn binary(name: &str) -> PathBuf {
     assert!(
         path.is_file(),
         "{} is missing: run `testenv/install` (builds the pinned kube-apiserver, \
-         kube-controller-manager, etcd, helm and promtool from Go modules; needs Go 1.26)",
+         kube-controller-manager, etcd, helm, promtool and gitleaks from Go modules; needs Go \
+         1.26)",
         path.display()
     );
     path

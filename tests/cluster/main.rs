@@ -21,6 +21,7 @@ mod lifecycle_properties;
 mod openapi;
 mod printer_columns;
 mod rbac_minimal;
+mod scan_rules;
 mod usage;
 mod verifier_endpoints;
 mod verifier_revocation;
