@@ -260,6 +260,60 @@ mod tests {
         assert!(!raw.starts_with(b"HTTP/1.1"), "{raw:?}");
     }
 
+    #[tokio::test]
+    async fn clients_that_never_say_hello_are_closed_at_the_handshake_timeout() {
+        use super::super::server::{Connections, Limits};
+        use hyper::body::{Bytes, Incoming};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Issue 27: the handshake had the header-read timeout (10 s; here a minute), and the
+        // usage port's 256 slots were held by connections that never said hello. Nobody else
+        // connects meanwhile: only the handshake timeout can close them.
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "verifier.keysmith.svc");
+        let (acceptor, _reload) = acceptor(files.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = |_: std::net::SocketAddr, _: hyper::Request<Incoming>| async {
+            hyper::Response::new(http_body_util::Full::new(Bytes::from("verified")))
+        };
+        tokio::spawn(super::super::server::serve(
+            listener,
+            handler,
+            Limits {
+                max_connections: 4,
+                max_connections_per_peer: 4,
+                header_read_timeout: Duration::from_secs(60),
+                tls_handshake_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            },
+            Some(acceptor),
+            Connections::default(),
+            std::future::pending(),
+        ));
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        for stream in &mut silent {
+            let mut buf = [0; 16];
+            let closed = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                .await
+                .expect("the server closes a connection that never says hello");
+            assert_eq!(closed.unwrap_or(0), 0);
+        }
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector(&[pem_cert(&files)])
+            .connect(server_name(), tcp)
+            .await
+            .expect("handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tls.read_to_string(&mut answer).await;
+        assert!(answer.ends_with("verified"), "{answer}");
+    }
+
     fn pem_cert(files: &TlsFiles) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(&files.cert).unwrap()
     }
