@@ -90,8 +90,9 @@ pub struct VerifierApiArgs {
         value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
-    /// Connections open at once to the verification API from one client address; a new one
-    /// beyond closes that address's longest-idle connection, or is closed itself.
+    /// Connections open at once to the verification API from one client address (an IPv6 /64
+    /// counts as one); a new one beyond closes that address's longest-idle connection, or is
+    /// closed itself.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_peer as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_peer: u64,

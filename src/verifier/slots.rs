@@ -206,6 +206,18 @@ pub struct Slots {
     epoch: Instant,
 }
 
+/// The client a connection's share is counted for: an IPv4 address, or an IPv6 /64 (one host
+/// commonly holds a whole /64, so single IPv6 addresses would give it a share per address).
+pub fn client_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// Why a connection was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -226,6 +238,7 @@ impl Slots {
     /// A slot for a new connection from `peer`, and whether another connection was closed
     /// for it.
     pub fn admit(&self, peer: IpAddr) -> Result<(Held, bool), Full> {
+        let peer = client_of(peer);
         let slot = Arc::new(Slot {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
@@ -341,6 +354,18 @@ mod tests {
         busy.admit(ip(2), Conn(2, None));
         assert_eq!(busy.admit(ip(3), Conn(3, Some(0))), Admission::Refuse);
         assert_eq!(busy.len(), 2);
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_a_mapped_ipv4_address_is_its_ipv4_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_of(a), client_of(b));
+        assert_ne!(client_of(a), client_of(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_of(mapped), IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(client_of(ip(1)), ip(1));
     }
 
     #[test]
