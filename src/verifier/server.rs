@@ -440,21 +440,7 @@ mod tests {
 
     /// A server answering its peer, within `limits`, until the test ends.
     async fn limited(limits: Limits) -> (SocketAddr, Registry) {
-        let handler = |peer: SocketAddr, _: Request<Incoming>| async move {
-            Response::new(Full::new(Bytes::from(format!("{peer}\n."))))
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut registry = Registry::with_prefix("keysmith");
-        let connections = Connections::register(&mut registry);
-        tokio::spawn(serve(
-            listener,
-            handler,
-            limits,
-            None,
-            connections,
-            std::future::pending(),
-        ));
+        let (addr, registry, _) = holding(limits).await;
         (addr, registry)
     }
 
