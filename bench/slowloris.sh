@@ -2,8 +2,13 @@
 # Slow clients against the verifier, reproducible on one machine:
 #   1. the API emulator with 100 ApiKeys (examples/load_fixture.rs),
 #   2. `keysmith verifier` watching it (extra verifier flags are passed through),
-#   3. CONNECTIONS clients that each send a request head that never ends (a 1 KiB header line
-#      every 200 ms), while one well-behaved client asks /v1/verify once a second;
+#   3. CONNECTIONS slow clients, as MODE says, while one well-behaved client asks /v1/verify
+#      once a second:
+#      MODE=head (default) each sends a request head that never ends (a 1 KiB header line every
+#        200 ms);
+#      MODE=reader each has a 1 KiB receive buffer, pipelines `GET /nope` requests (up to 32 KiB
+#        every 200 ms, as much as the verifier takes in) and never reads the answers;
+#      MODE=idle each connects and sends nothing;
 # then prints the verifier's resident memory before and at its peak, how many slow connections
 # were still open each second and when the last one was shed, and whether the well-behaved
 # client was answered throughout.
@@ -11,6 +16,7 @@
 # Usage: bench/slowloris.sh [CONNECTIONS] [SECONDS] [-- VERIFIER FLAGS...]   (defaults: 300 30)
 #   PROFILE=debug to use a debug build (default release); KEYSMITH=path to run another binary
 #   (e.g. one built from an older commit, for a before/after comparison).
+#   The slow clients connect from 127.0.0.1 and the well-behaved one from 127.0.0.2.
 # Needs: cargo, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +26,8 @@ SECONDS_RUN=${2:-30}
 shift $(($# < 2 ? $# : 2))
 [ "${1:-}" = -- ] && shift
 PROFILE=${PROFILE:-release}
+MODE=${MODE:-head}
+case "$MODE" in head | reader | idle) ;; *) echo "MODE is head, reader or idle" >&2; exit 2 ;; esac
 API_PORT=18180
 METRICS_PORT=19190
 
@@ -61,41 +69,56 @@ until curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/readyz" 2>/dev/null
 done
 echo "verifier ready: RSS $(awk '/VmRSS/ {print $2}' "/proc/$VERIFIER/status") kB"
 
-python3 - "$API_PORT" "$CONNECTIONS" "$SECONDS_RUN" "$VERIFIER" "$TOKEN" <<'PY'
-import json, socket, sys, time, urllib.request
+python3 - "$API_PORT" "$CONNECTIONS" "$SECONDS_RUN" "$VERIFIER" "$TOKEN" "$MODE" <<'PY'
+import http.client, json, socket, sys, time
 
-port, n, seconds, pid, token = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+port, n, seconds, pid, token, mode = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
+                                      sys.argv[4], sys.argv[5], sys.argv[6])
 
 def rss_kb():
     with open(f"/proc/{pid}/status") as status:
         return next(int(l.split()[1]) for l in status if l.startswith("VmRSS"))
 
 def verify():
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/verify",
-        data=json.dumps({"token": token}).encode(), headers={"Content-Type": "application/json"})
+    # From another loopback address than the slow clients: a client of its own.
     try:
-        with urllib.request.urlopen(request, timeout=2) as answer:
-            return json.load(answer)["code"]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2,
+                                                source_address=("127.0.0.2", 0))
+        connection.request("POST", "/v1/verify", body=json.dumps({"token": token}),
+                           headers={"Content-Type": "application/json"})
+        code = json.load(connection.getresponse())["code"]
+        connection.close()
+        return code
     except Exception as err:
         return f"failed ({type(err).__name__})"
 
 slow = []
 for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if mode == "reader":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(("127.0.0.1", port))
     s.setblocking(False)
     try:
-        s.send(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n")
+        if mode == "head":
+            s.send(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n")
     except OSError:
         pass
     slow.append(s)
 start = time.monotonic()
 open_ = set(range(n))
-line = b"X-Padding: " + b"p" * 1010 + b"\r\n"
+if mode == "head":
+    line = b"X-Padding: " + b"p" * 1010 + b"\r\n"
+elif mode == "reader":
+    line = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 1024
+else:
+    line = b""
 peak, last_shed, answers, next_report = rss_kb(), None, [], 0.0
 while time.monotonic() - start < seconds:
     for i in list(open_):
         try:
-            if slow[i].recv(4096, socket.MSG_PEEK) == b"":
+            # A reader's answers are never read, so only a failing send shows it was closed.
+            if mode != "reader" and slow[i].recv(4096, socket.MSG_PEEK) == b"":
                 raise ConnectionResetError
         except BlockingIOError:
             pass
@@ -104,7 +127,8 @@ while time.monotonic() - start < seconds:
             last_shed = time.monotonic() - start
             continue
         try:
-            slow[i].send(line)
+            if line:
+                slow[i].send(line)
         except BlockingIOError:
             pass
         except OSError:

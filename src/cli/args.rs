@@ -83,10 +83,30 @@ pub struct VerifierApiArgs {
         value_parser = clap::value_parser!(u64).range(MIN_HEADER_BYTES as u64..))]
     pub max_header_bytes: u64,
 
-    /// Connections open at once to the verification API; more are closed when accepted.
+    /// Connections open at once to the verification API. At the cap a new connection closes
+    /// the longest-idle connection of the address holding the most, or is closed itself when
+    /// every one is busy.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+
+    /// Connections open at once to the verification API from one client address (an IPv6 /64
+    /// counts as one); a new one beyond closes that address's longest-idle connection, or is
+    /// closed itself.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_peer as u64,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_peer: u64,
+
+    /// Seconds a client has to read what the verifier writes once a write has to wait for it;
+    /// then the connection is closed (a client that never reads its answers).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().write_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout: u64,
+
+    /// Seconds a client has to complete the TLS handshake (with `--tls-cert-file`).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().tls_handshake_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout: u64,
 
     /// Audiences a TokenReview may ask for (comma-separated); a review asking only others is not
     /// authenticated. Default: none, so only reviews that ask no audience authenticate.
@@ -191,6 +211,10 @@ impl VerifierApiArgs {
                 body_read_timeout: Duration::from_secs(self.body_read_timeout),
                 max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                max_connections_per_peer: usize::try_from(self.max_connections_per_peer)
+                    .unwrap_or(usize::MAX),
+                write_timeout: Duration::from_secs(self.write_timeout),
+                tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout),
             },
             token_review_audiences: self.token_review_audiences.clone(),
             token_metrics_cap: TokenMetricsCap(self.token_metrics_max_tokens),

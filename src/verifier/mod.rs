@@ -16,12 +16,14 @@ pub mod client_ip;
 pub mod http;
 pub(crate) mod metrics;
 pub(crate) mod server;
+pub(crate) mod slots;
 pub mod tenancy;
 pub(crate) mod throttle;
 pub mod tls;
 pub(crate) mod token_metrics;
 pub mod usage;
 pub mod usage_api;
+pub(crate) mod write_deadline;
 
 pub use keysmith_core::verifier::{decision, index, key};
 

@@ -1,5 +1,5 @@
-//! Serving the verification API: one single-threaded runtime per core, each owning the
-//! connections it is handed, like nginx's worker processes.
+//! Serving the verification API and the usage API: one single-threaded runtime per core, each
+//! owning the connections it is handed, like nginx's worker processes.
 //!
 //! Gateways keep a few dozen connections open and send small requests on each. Under tokio's
 //! work-stealing runtime every request woke tasks across threads and freed memory allocated on
@@ -7,16 +7,26 @@
 //! request rate). Here one task accepts and deals connections round-robin to the workers; a
 //! connection then lives on one thread, and its requests never cross a thread.
 //!
-//! Every client is bounded ([`Limits`]): a request head must arrive within the header-read
-//! timeout (hyper starts that clock whenever a connection waits for a request, so it also closes
-//! idle keep-alive connections), it must fit in `max_header_bytes`, and past the connection cap a
-//! new connection is closed as soon as it is accepted, so slow or idle clients cannot hold memory
-//! and file descriptors without bound.
+//! Every client is bounded ([`Limits`]) whatever state its connection is in, so slow or idle
+//! clients cannot hold memory, file descriptors or slots without bound:
+//! - TLS handshake: within `tls_handshake_timeout`;
+//! - waiting for a request head: within the header-read timeout (hyper starts that clock whenever
+//!   a connection waits for a request, so it also closes idle keep-alive connections), and it
+//!   must fit in `max_header_bytes`;
+//! - waiting for a body: the handler reads it within `body_read_timeout`;
+//! - writing an answer the client does not read: within `write_timeout` ([`WriteDeadline`]);
+//! - pipelined requests: hyper answers one request of a connection at a time and reads no
+//!   further than its read buffer (`max_header_bytes`) while an answer is unwritten, so a client
+//!   that never reads queues at most one request in the handler and a buffer of bytes;
+//! - connection slots: at most `max_connections`, `max_connections_per_peer` from one address,
+//!   and at the cap an idle connection of the largest holder makes room for a newcomer
+//!   ([`slots`](super::slots) says why).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -29,13 +39,22 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-/// A connection handed to a worker, counted as open until it is dropped.
+use super::slots::{Held, Slots};
+use super::write_deadline::WriteDeadline;
+
+/// A connection handed to a worker, holding its slot until it is dropped.
 type Accepted = (std::net::TcpStream, SocketAddr, Open);
+
+/// The certificate a TLS client presented (its leaf), in the extensions of each of its
+/// requests.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<CertificateDer<'static>>);
 
 /// The smallest read buffer hyper accepts.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
@@ -50,8 +69,14 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Largest request head, request line included (431 beyond), at least [`MIN_HEADER_BYTES`].
     pub max_header_bytes: usize,
-    /// Connections open at once; more are closed when accepted.
+    /// Connections open at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_peer: usize,
+    /// Time to write what is pending once a write has to wait for the client to read.
+    pub write_timeout: Duration,
+    /// Time for a TLS handshake, from when the connection is accepted.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,15 +86,22 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             max_connections: 1024,
+            // A quarter: four addresses (gateway pods, a NAT) must join to fill the cap, and
+            // even then idle connections make room for newcomers.
+            max_connections_per_peer: 256,
+            write_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// `keysmith_verifier_connections_open` and `keysmith_verifier_connections_rejected_total`.
+/// `keysmith_verifier_connections_open`, `keysmith_verifier_connections_rejected_total` and
+/// `keysmith_verifier_connections_evicted_total`.
 #[derive(Debug, Clone, Default)]
 pub struct Connections {
     open: Gauge,
     rejected: Counter,
+    evicted: Counter,
 }
 
 impl Connections {
@@ -83,31 +115,47 @@ impl Connections {
         );
         registry.register(
             "verifier_connections_rejected",
-            "Connections to the verification API closed at once because --max-connections were open",
+            "Connections to the verification API closed at once: the connection caps were \
+             reached and every connection that could make room was busy",
             connections.rejected.clone(),
+        );
+        registry.register(
+            "verifier_connections_evicted",
+            "Idle connections to the verification API closed to make room for a new one at the \
+             connection caps",
+            connections.evicted.clone(),
         );
         connections
     }
 
-    /// Count a new connection as open, unless `max` are; then count it as rejected.
-    fn admit(&self, max: usize) -> Option<Open> {
-        // Only the accept loop opens connections, so nothing else raises the count meanwhile.
-        if usize::try_from(self.open.get()).is_ok_and(|open| open >= max) {
+    /// A slot in `slots` for a new connection from `peer`, counted as open; or none, counted
+    /// as rejected.
+    fn admit(&self, slots: &Slots, peer: SocketAddr) -> Option<Open> {
+        let Ok((held, evicting)) = slots.admit(peer.ip()) else {
             self.rejected.inc();
             return None;
+        };
+        if evicting {
+            self.evicted.inc();
         }
         self.open.inc();
-        Some(Open(self.open.clone()))
+        Some(Open {
+            gauge: self.open.clone(),
+            held,
+        })
     }
 }
 
-/// One open connection; dropping it counts it closed.
+/// One open connection and its slot; dropping it counts it closed and frees the slot.
 #[derive(Debug)]
-struct Open(Gauge);
+struct Open {
+    gauge: Gauge,
+    held: Held,
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 
@@ -130,8 +178,9 @@ where
     }
 }
 
-/// Serve `handler` on `listener` within `limits` (over TLS with `tls`), counting connections in
-/// `connections`, until `shutdown` completes, then wait for open requests to finish.
+/// Serve `handler` on `listener` within `limits` (over TLS with `tls`; a client certificate is
+/// handed on as [`ClientCertificate`]), counting connections in `connections`, until `shutdown`
+/// completes, then wait for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     handler: impl Handler,
@@ -158,6 +207,7 @@ pub async fn serve(
         queues.push(queue);
     }
 
+    let slots = Slots::new(limits.max_connections, limits.max_connections_per_peer);
     tokio::pin!(shutdown);
     let mut next = 0;
     loop {
@@ -167,8 +217,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                // Dropping a connection past the cap closes it before anything is read from it.
-                let Some(open) = connections.admit(limits.max_connections) else {
+                // Dropping a connection past the caps closes it before anything is read from it.
+                let Some(open) = connections.admit(&slots, peer) else {
                     continue;
                 };
                 let Ok(stream) = stream.into_std() else {
@@ -243,30 +293,65 @@ async fn worker(
         };
         // Answers are one small write each; do not hold them back waiting for an ACK.
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let answer = handler.call(peer, request);
-            async move { Ok::<_, Infallible>(answer.await) }
-        });
-        let (http, watcher) = (http.clone(), graceful.watcher());
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
+        let (handler, http, watcher) = (handler.clone(), http.clone(), graceful.watcher());
         let tls = tls.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve_one(&http, watcher, stream, service).await,
-                // The handshake gets the header-read timeout too: a client that opens a
-                // connection and never says hello holds it no longer than a silent one.
-                Some(tls) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
-                    if let Ok(Ok(stream)) = handshake.await {
+            let slot = open.held.slot().clone();
+            let serve = async {
+                match tls {
+                    None => {
+                        serve_one(&http, watcher, stream, service(handler, peer, &open, None)).await
+                    }
+                    Some(tls) => {
+                        let handshake =
+                            tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else {
+                            return;
+                        };
+                        let certificate = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first)
+                            .map(|leaf| ClientCertificate(Arc::new(leaf.clone().into_owned())));
+                        let service = service(handler, peer, &open, certificate);
                         serve_one(&http, watcher, stream, service).await;
                     }
                 }
+            };
+            // An evicted connection is closed where it stands: it had no request in the handler.
+            tokio::select! {
+                () = serve => {}
+                () = slot.evicted() => {}
             }
             drop(open);
         });
     }
     graceful.shutdown().await;
+}
+
+/// The hyper service of one connection: `handler`, told the peer, with the client's certificate
+/// in each request, counting each request as work on the connection's slot.
+fn service(
+    handler: impl Handler,
+    peer: SocketAddr,
+    open: &Open,
+    certificate: Option<ClientCertificate>,
+) -> impl hyper::service::HttpService<Incoming, ResBody = Full<Bytes>, Future: Send> + Send {
+    let slot = open.held.slot().clone();
+    service_fn(move |mut request: Request<Incoming>| {
+        let working = slot.working();
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        let answer = handler.call(peer, request);
+        async move {
+            let answer = answer.await;
+            drop(working);
+            Ok::<_, Infallible>(answer)
+        }
+    })
 }
 
 /// Serve the requests of one connection until it closes or shutdown ends it.
@@ -355,21 +440,7 @@ mod tests {
 
     /// A server answering its peer, within `limits`, until the test ends.
     async fn limited(limits: Limits) -> (SocketAddr, Registry) {
-        let handler = |peer: SocketAddr, _: Request<Incoming>| async move {
-            Response::new(Full::new(Bytes::from(format!("{peer}\n."))))
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut registry = Registry::with_prefix("keysmith");
-        let connections = Connections::register(&mut registry);
-        tokio::spawn(serve(
-            listener,
-            handler,
-            limits,
-            None,
-            connections,
-            std::future::pending(),
-        ));
+        let (addr, registry, _) = holding(limits).await;
         (addr, registry)
     }
 
@@ -478,9 +549,206 @@ mod tests {
         }
     }
 
+    /// A server within `limits` whose handler answers its peer, except `/hold`, which it never
+    /// answers; counts the requests it is given in `seen`.
+    async fn holding(limits: Limits) -> (SocketAddr, Registry, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let counted = seen.clone();
+        let handler = move |peer: SocketAddr, request: Request<Incoming>| {
+            let _in_flight = counted.start(peer);
+            let hold = request.uri().path() == "/hold";
+            async move {
+                let _in_flight = _in_flight;
+                if hold {
+                    std::future::pending::<()>().await;
+                }
+                Response::new(Full::new(Bytes::from(format!("{peer}\n."))))
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut registry = Registry::with_prefix("keysmith");
+        let connections = Connections::register(&mut registry);
+        tokio::spawn(serve(
+            listener,
+            handler,
+            limits,
+            None,
+            connections,
+            std::future::pending(),
+        ));
+        (addr, registry, seen)
+    }
+
+    /// Requests the handler was given, and the most it had at once from one connection.
+    #[derive(Debug, Default)]
+    struct Seen {
+        calls: std::sync::atomic::AtomicUsize,
+        in_flight: std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>,
+        most_at_once: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Seen {
+        fn start(self: &Arc<Self>, peer: SocketAddr) -> InFlight {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            let mut in_flight = self.in_flight.lock().unwrap();
+            let now = in_flight.entry(peer).or_default();
+            *now += 1;
+            self.most_at_once.fetch_max(*now, SeqCst);
+            InFlight(self.clone(), peer)
+        }
+    }
+
+    struct InFlight(Arc<Seen>, SocketAddr);
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            *self.0.in_flight.lock().unwrap().get_mut(&self.1).unwrap() -= 1;
+        }
+    }
+
+    /// A connection to `addr` from `from` (127.0.0.2 is loopback too on Linux: another
+    /// client address on this machine), with a receive buffer of about `receive_buffer` bytes.
+    async fn connect_from(
+        from: [u8; 4],
+        addr: SocketAddr,
+        receive_buffer: Option<u32>,
+    ) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Hang guard: far longer than any configured timeout in these tests.
+    const HANG_GUARD: Duration = Duration::from_secs(30);
+
     #[tokio::test]
-    async fn connections_past_the_cap_are_closed_at_once_and_counted() {
-        let (addr, registry) = limited(Limits {
+    async fn slow_readers_filling_the_cap_are_cut_off_at_the_write_timeout_and_others_are_served() {
+        // Issue 27, N1: clients pipeline requests and never read the answers. The head and idle
+        // timeouts are long and nobody else connects meanwhile, so only the write deadline can
+        // close them.
+        let (addr, registry, seen) = holding(Limits {
+            max_connections: 4,
+            max_connections_per_peer: 4,
+            header_read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..4 {
+            let stream = connect_from([127, 0, 0, 1], addr, Some(1024)).await;
+            let (reader, mut writer) = stream.into_split();
+            readers.push(reader);
+            writers.push(tokio::spawn(async move {
+                let requests = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1024);
+                let mut sent = 0;
+                // Up to 5 MB, as in the report; the write fails once the server closes.
+                while sent < 5_000_000 {
+                    if writer.write_all(&requests).await.is_err() {
+                        break;
+                    }
+                    sent += 1024;
+                }
+                (writer, sent)
+            }));
+        }
+        open_within(&registry, 0, HANG_GUARD).await;
+        // Each was answered one request at a time, and far from all it sent: the server
+        // stopped reading when the client stopped reading.
+        let mut sent = 0;
+        for writer in writers {
+            sent += tokio::time::timeout(HANG_GUARD, writer)
+                .await
+                .unwrap()
+                .unwrap()
+                .1;
+        }
+        assert_eq!(
+            seen.most_at_once.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        let calls = seen.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(calls < sent, "{calls} of {sent} requests were handled");
+        // The slow readers still hold their sockets; a new client is served.
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut other).await.starts_with("HTTP/1.1 200"));
+        drop(readers);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_filling_the_cap_make_room_for_a_newcomer() {
+        // Issue 27, N2 on this port: one address fills every slot with connections that send
+        // nothing, and keeps them; the head timeout is long.
+        let (addr, registry, _) = holding(Limits {
+            max_connections: 4,
+            max_connections_per_peer: 4,
+            header_read_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        })
+        .await;
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(connect_from([127, 0, 0, 1], addr, None).await);
+            // Admitted in this order, so the first is idle longest.
+            open_within(&registry, idle.len(), HANG_GUARD).await;
+        }
+        let mut newcomer = connect_from([127, 0, 0, 2], addr, None).await;
+        assert!(get_peer(&mut newcomer).await.starts_with("HTTP/1.1 200"));
+        // The one idle longest made room; the others are still open.
+        closed_within(&mut idle[0], HANG_GUARD).await;
+        open_within(&registry, 4, HANG_GUARD).await;
+        let text = metrics(&registry);
+        assert!(
+            text.contains("keysmith_verifier_connections_evicted_total 1\n"),
+            "{text}"
+        );
+        for stream in &mut idle[1..] {
+            assert!(get_peer(stream).await.starts_with("HTTP/1.1 200"));
+        }
+    }
+
+    #[tokio::test]
+    async fn one_address_holding_its_share_of_busy_connections_leaves_room_for_another() {
+        // One address's requests never finish, so none of its connections can make room: its
+        // share, not the whole cap, is what it can take.
+        let (addr, registry, seen) = holding(Limits {
+            max_connections: 8,
+            max_connections_per_peer: 4,
+            ..Limits::default()
+        })
+        .await;
+        let mut held = Vec::new();
+        for n in 1..=8 {
+            let mut stream = connect_from([127, 0, 0, 1], addr, None).await;
+            // Refused ones may be closed before this is written.
+            let _ = stream
+                .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            if n <= 4 {
+                calls_within(&seen, n).await;
+            }
+            held.push(stream);
+        }
+        // Four are in the handler; the other four were closed at once.
+        metric_within(
+            &registry,
+            "keysmith_verifier_connections_rejected_total 4\n",
+        )
+        .await;
+        let mut other = connect_from([127, 0, 0, 2], addr, None).await;
+        assert!(get_peer(&mut other).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(seen.calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once_when_all_are_busy_and_counted() {
+        let (addr, registry, seen) = holding(Limits {
             max_connections: 2,
             ..Limits::default()
         })
@@ -488,34 +756,81 @@ mod tests {
         let mut first = TcpStream::connect(addr).await.unwrap();
         let mut second = TcpStream::connect(addr).await.unwrap();
         assert!(get_peer(&mut first).await.starts_with("HTTP/1.1 200"));
-        assert!(get_peer(&mut second).await.starts_with("HTTP/1.1 200"));
+        second
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        calls_within(&seen, 2).await;
+        // `first` is idle: it makes room for `third`.
         let mut third = TcpStream::connect(addr).await.unwrap();
-        closed_within(&mut third, Duration::from_secs(1)).await;
-        let text = metrics(&registry);
-        assert!(
-            text.contains("keysmith_verifier_connections_open 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("keysmith_verifier_connections_rejected_total 1"),
-            "{text}"
-        );
-        // The open ones are still served; once one closes, a new one is admitted.
-        assert!(get_peer(&mut first).await.starts_with("HTTP/1.1 200"));
-        drop(second);
-        eventually_open(&registry, 1).await;
+        assert!(get_peer(&mut third).await.starts_with("HTTP/1.1 200"));
+        closed_within(&mut first, HANG_GUARD).await;
+        // Now `second` holds a request and `third` is the one idle: it goes for `fourth`.
         let mut fourth = TcpStream::connect(addr).await.unwrap();
         assert!(get_peer(&mut fourth).await.starts_with("HTTP/1.1 200"));
+        closed_within(&mut third, HANG_GUARD).await;
+        // With both busy, a new connection is closed at once.
+        fourth
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        calls_within(&seen, 5).await;
+        let mut fifth = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0; 16];
+        let answered = tokio::time::timeout(HANG_GUARD, fifth.read(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(answered.unwrap_or(0), 0);
+        open_within(&registry, 2, HANG_GUARD).await;
+        let text = metrics(&registry);
+        assert!(
+            text.contains("keysmith_verifier_connections_rejected_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keysmith_verifier_connections_evicted_total 2\n"),
+            "{text}"
+        );
+        // Once one closes, a new one is admitted.
+        drop(second);
+        open_within(&registry, 1, HANG_GUARD).await;
+        let mut sixth = TcpStream::connect(addr).await.unwrap();
+        assert!(get_peer(&mut sixth).await.starts_with("HTTP/1.1 200"));
     }
 
-    async fn eventually_open(registry: &Registry, open: usize) {
+    /// Wait until `open` connections are counted open.
+    async fn open_within(registry: &Registry, open: usize, limit: Duration) {
         let expected = format!("keysmith_verifier_connections_open {open}\n");
-        for _ in 0..100 {
-            if metrics(registry).contains(&expected) {
-                return;
-            }
+        let deadline = tokio::time::Instant::now() + limit;
+        while !metrics(registry).contains(&expected) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics(registry)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{}", metrics(registry));
+    }
+
+    /// Wait until the metrics hold `line`.
+    async fn metric_within(registry: &Registry, line: &str) {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while !metrics(registry).contains(line) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics(registry)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until the handler was given `calls` requests.
+    async fn calls_within(seen: &Seen, calls: usize) {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while seen.calls.load(std::sync::atomic::Ordering::SeqCst) < calls {
+            assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -219,12 +219,14 @@ mod tests {
         stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
     }
 
-    #[tokio::test]
-    async fn the_api_server_answers_over_https_and_not_over_plain_http() {
+    /// An HTTPS server within `limits` answering "verified" until the test ends; its address and
+    /// certificate files (in `dir`).
+    async fn https_server(
+        dir: &Path,
+        limits: super::super::server::Limits,
+    ) -> (std::net::SocketAddr, TlsFiles) {
         use hyper::body::{Bytes, Incoming};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let files = write_pair(dir.path(), "verifier.keysmith.svc");
+        let files = write_pair(dir, "verifier.keysmith.svc");
         let (acceptor, _reload) = acceptor(files.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -234,21 +236,36 @@ mod tests {
         tokio::spawn(super::super::server::serve(
             listener,
             handler,
-            Default::default(),
+            limits,
             Some(acceptor),
             Default::default(),
             std::future::pending(),
         ));
-        let request = b"GET /healthz HTTP/1.1\r\nHost: verifier\r\nConnection: close\r\n\r\n";
+        (addr, files)
+    }
 
+    /// The answer to `request` over HTTPS.
+    async fn https_answer(addr: std::net::SocketAddr, files: &TlsFiles, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls = connector(&[pem_cert(&files)])
+        let mut tls = connector(&[pem_cert(files)])
             .connect(server_name(), tcp)
             .await
             .expect("handshake");
         tls.write_all(request).await.unwrap();
         let mut answer = String::new();
         let _ = tls.read_to_string(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_api_server_answers_over_https_and_not_over_plain_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, files) = https_server(dir.path(), Default::default()).await;
+        let request = b"GET /healthz HTTP/1.1\r\nHost: verifier\r\nConnection: close\r\n\r\n";
+
+        let answer = https_answer(addr, &files, request).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("verified"), "{answer}");
 
@@ -258,6 +275,38 @@ mod tests {
         let mut raw = Vec::new();
         let _ = plain.read_to_end(&mut raw).await;
         assert!(!raw.starts_with(b"HTTP/1.1"), "{raw:?}");
+    }
+
+    #[tokio::test]
+    async fn clients_that_never_say_hello_are_closed_at_the_handshake_timeout() {
+        use super::super::server::Limits;
+        use tokio::io::AsyncReadExt;
+        // Issue 27: the handshake had the header-read timeout (10 s; here a minute), and the
+        // usage port's 256 slots were held by connections that never said hello. Nobody else
+        // connects meanwhile: only the handshake timeout can close them.
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_connections: 4,
+            max_connections_per_peer: 4,
+            header_read_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (addr, files) = https_server(dir.path(), limits).await;
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        for stream in &mut silent {
+            let mut buf = [0; 16];
+            let closed = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                .await
+                .expect("the server closes a connection that never says hello");
+            assert_eq!(closed.unwrap_or(0), 0);
+        }
+        let request = b"GET / HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n";
+        let answer = https_answer(addr, &files, request).await;
+        assert!(answer.ends_with("verified"), "{answer}");
     }
 
     fn pem_cert(files: &TlsFiles) -> CertificateDer<'static> {

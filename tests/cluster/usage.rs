@@ -6,6 +6,9 @@
 //! A namespace developer with only the built-in `edit` role reads a key's usage with `keysmith
 //! usage` and `kubectl get --raw` and sees both replicas' requests; a user without the
 //! permission, or one of another namespace, gets a clear 403.
+//!
+//! On both backends: hundreds of idle connections to the usage port do not keep the API
+//! server's aggregator out (issue 27, N2).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +24,11 @@ use keysmith::verifier::usage_api::UsageSettings;
 use keysmith::verifier::usage_api::peers::PeerSettings;
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::harness::verifier::{NS, cluster, request, status_token, token};
@@ -33,7 +40,7 @@ const SERVICE: &str = "keysmith-verifier";
 const OTHER: &str = "other";
 /// Longest `keysmith usage --follow` may stay silent when it has something to print (it asks
 /// every 2 seconds).
-const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const FOLLOW_WAIT: Duration = Duration::from_secs(60);
 
 /// The chart's usage objects (Secret with the generated certificate, APIService, RBAC), as
 /// `helm template keysmith --namespace keysmith --set usage.enabled=true` renders them.
@@ -463,4 +470,125 @@ async fn key_owners_read_usage_from_every_replica_through_the_aggregator() {
     );
     let own: Value = serde_json::from_slice(&own.stdout).unwrap();
     assert_eq!(own["tokens"], json!([]));
+}
+
+/// Idle connections the attacker holds to the usage port: more than its old cap of 256.
+const IDLE_CONNECTIONS: usize = 300;
+/// Most times one attacking connection is reopened after the verifier closed it.
+const REOPENS: usize = 30;
+
+/// Hold `count` TCP connections to `addr` that never send a byte until `stop`, as the report's
+/// attacker did: one the server held for a while (until a timeout) is reopened at once, one it
+/// closed at once after a pause; `opened` counts the connections made.
+fn hold_idle_connections(
+    addr: SocketAddr,
+    count: usize,
+    opened: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            let (opened, stop) = (opened.clone(), stop.clone());
+            tokio::spawn(async move {
+                for _ in 0..REOPENS {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let held = std::time::Instant::now();
+                    if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+                        opened.fetch_add(1, Ordering::SeqCst);
+                        // Returns once the server closes it.
+                        let _ = stream.read(&mut [0; 64]).await;
+                    }
+                    if held.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_usage_port_do_not_keep_the_api_server_out() {
+    // Issue 27, N2: 256 idle connections filled the usage port, so the aggregator's requests
+    // failed and the APIService went unavailable.
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keysmith_testenv::real::host_ip().expect("a non-loopback address for endpoints");
+    let objects = chart_usage_objects();
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .expect("the chart renders the usage certificate");
+    let tls = write_certificates(secret, dir.path());
+    for object in &objects {
+        cluster.apply_object(object).await.expect("chart object");
+    }
+    let usage = free_port(host);
+    let _replica = start_replica(
+        &cluster,
+        usage,
+        UsageSettings {
+            tls: Some(tls),
+            replica: "replica-a".into(),
+            ..UsageSettings::default()
+        },
+    )
+    .await;
+    // The attack starts before the API server has a connection to the usage port.
+    let (opened, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let attackers = hold_idle_connections(usage, IDLE_CONNECTIONS, opened.clone(), stop.clone());
+    eventually("the idle connections to be open", || async {
+        (opened.load(Ordering::SeqCst) >= IDLE_CONNECTIONS).then_some(())
+    })
+    .await;
+    // The emulator routes by EndpointSlices alone and has no Endpoints kind.
+    for object in service_and_endpoints(&[("replica-a", usage)])
+        .into_iter()
+        .filter(|o| real() || o["kind"] != "Endpoints")
+    {
+        cluster.apply_object(&object).await.expect("endpoints");
+    }
+    // kube retries a 503 for minutes: each read here is one attempt.
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&cluster.kubeconfig(&Identity::Admin).await.unwrap())
+            .unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    let admin = kube::Client::try_from(config).unwrap();
+    let path = format!("/apis/usage.keysmith.dev/v1alpha1/namespaces/{NS}/apikeyusages/billing");
+    let read = || {
+        let (admin, path) = (admin.clone(), path.clone());
+        async move {
+            let request = hyper::Request::get(path).body(Vec::new()).unwrap();
+            let text = admin.request_text(request).await?;
+            Ok::<Value, kube::Error>(serde_json::from_str(&text).expect("JSON"))
+        }
+    };
+    // The aggregator takes a moment to see the new endpoints.
+    eventually(
+        "the usage API to be served through the API server",
+        || async { read().await.ok() },
+    )
+    .await;
+    // Every read while they are held goes through, not only one that found a moment when the
+    // idle connections timed out together: one a second, for longer than such a moment lasts.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let usage = read()
+            .await
+            .expect("the usage API is served through the API server");
+        assert_eq!(usage["kind"], "ApiKeyUsage", "{usage}");
+        assert_eq!(usage["metadata"]["name"], "billing", "{usage}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.abort();
+    }
 }

@@ -310,6 +310,7 @@ impl Values {
                 &format!("trustedProxies={{{TRUSTED_PROXY}}}"),
                 "acceptNamespaces={tenant-a,tenant-b}",
                 "tokenMetrics.maxTokens=50",
+                "connections.maxPerPeer=64",
                 &format!("image.digest={DIGEST}"),
                 &format!("image.registry={REGISTRY}"),
                 &format!("image.repository={MIRRORED}"),
@@ -817,6 +818,9 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
             if subcommand != "controller" {
                 let tokens = if values.flags { 50 } else { 1000 };
                 args.push(format!("--token-metrics-max-tokens={tokens}"));
+                // So is one client address's share of the connections.
+                let per_peer = if values.flags { 64 } else { 256 };
+                args.push(format!("--max-connections-per-peer={per_peer}"));
             }
             if values.extras {
                 args.push(EXTRA_ARG.to_string());

@@ -268,6 +268,7 @@ spec:
             - {{ printf "--accept-namespaces=%s" (join "," .) | quote }}
             {{- end }}
             - {{ printf "--token-metrics-max-tokens=%d" (int $root.Values.tokenMetrics.maxTokens) }}
+            - {{ printf "--max-connections-per-peer=%d" (int $root.Values.connections.maxPerPeer) }}
             {{- end }}
             {{- if $usage }}
             - --usage-listen=0.0.0.0:8443

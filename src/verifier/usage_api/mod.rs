@@ -13,7 +13,6 @@ pub mod auth;
 pub mod object;
 pub mod peers;
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,28 +21,37 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use jiff::{SignedDuration, Timestamp};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use self::auth::{Denied, Gate, RequestHeader};
 use self::object::{API_VERSION, ApiKeyUsage, GROUP, KIND, RESOURCE, VERSION, merge};
 use self::peers::PeerSettings;
 use super::Verifier;
 use super::activity::DEFAULT_MAX_TOKENS;
+use super::server::{self, ClientCertificate, Connections, Limits};
 use super::tls::{self, TlsFiles};
 
 /// Recent requests shown when the caller names no `since`.
 pub const DEFAULT_SINCE: SignedDuration = SignedDuration::from_hours(24);
-/// Connections served at once; more are closed when accepted.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Time a connection has for its TLS handshake and each request head.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one client of the usage API may hold: the verification API's defaults, with fewer
+/// connections. Its callers are the API servers' aggregators (a handful of addresses, keeping a
+/// few connections each) and the other replicas; a newcomer at the caps closes an idle
+/// connection of the largest holder, so idle or slow connections, however many, never keep the
+/// API server out.
+pub const LIMITS: Limits = Limits {
+    header_read_timeout: Duration::from_secs(10),
+    body_read_timeout: Duration::from_secs(10),
+    max_header_bytes: 32 * 1024,
+    max_connections: 256,
+    max_connections_per_peer: 64,
+    write_timeout: Duration::from_secs(10),
+    tls_handshake_timeout: Duration::from_secs(5),
+};
 
 /// The `--usage-*` flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,41 +378,27 @@ pub async fn serve(
         peers: settings.peers,
     });
     tracing::info!(listen = ?listener.local_addr().ok(), "usage API serving");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (api, acceptor) = (api.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let proxy: Option<Arc<str>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| auth::common_name(leaf))
-                .map(Into::into);
-            let service = hyper::service::service_fn(move |request| {
-                let (api, proxy) = (api.clone(), proxy.clone());
-                async move { Ok::<_, Infallible>(api.handle(proxy.as_deref(), request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
+    let handler = move |_, request: Request<Incoming>| {
+        let api = api.clone();
+        async move {
+            // The front proxy is named by the certificate its connection presented.
+            let proxy = request
+                .extensions()
+                .get::<ClientCertificate>()
+                .and_then(|leaf| auth::common_name(&leaf.0));
+            api.handle(proxy.as_deref(), request).await
+        }
+    };
+    server::serve(
+        listener,
+        handler,
+        LIMITS,
+        Some(acceptor),
+        Connections::default(),
+        shutdown,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Where a replica finds its peers: `--usage-service` in the pod's namespace, trusting
