@@ -60,7 +60,7 @@ TOKEN=$(cat "$WORK/token")
 
 KUBECONFIG="$WORK/kubeconfig" "$KEYSMITH" verifier \
     --listen 127.0.0.1:$API_PORT --metrics-listen 127.0.0.1:$METRICS_PORT \
-    --log-format json "$@" 2>"$WORK/verifier.log" >/dev/null &
+    --log-format json --accept-namespaces '*' "$@" 2>"$WORK/verifier.log" >/dev/null &
 VERIFIER=$!
 PIDS+=("$VERIFIER")
 until curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/readyz" 2>/dev/null; do
