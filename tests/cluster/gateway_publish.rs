@@ -156,17 +156,17 @@ async fn consumer(h: &Harness, name: &str) -> Value {
 /// Wait for the published Secrets and the consumer to show `delivery` (current) and `previous`.
 async fn wait_published(h: &Harness, current: &str, previous: Option<&str>) {
     let mut envoy = BTreeMap::from([("cms.site.delivery".to_owned(), current.to_owned())]);
-    let mut listed = vec!["hand-made".to_owned(), "site-delivery-kong".to_owned()];
+    let mut listed = vec!["hand-made".to_owned(), "site.delivery.kong".to_owned()];
     if let Some(previous) = previous {
-        envoy.insert("cms.site.delivery.previous".to_owned(), previous.to_owned());
-        listed.push("site-delivery-kong-previous".to_owned());
+        envoy.insert("cms.site.delivery_previous".to_owned(), previous.to_owned());
+        listed.push("site.delivery.kong-previous".to_owned());
     }
     eventually("the published Secrets and the consumer list", || async {
         let gateway = h.secret("site-envoy-gateway").await?;
         (data(&gateway) == envoy).then_some(())?;
-        let kong = h.secret("site-delivery-kong").await?;
+        let kong = h.secret("site.delivery.kong").await?;
         (secret_value(&kong, "key")? == current).then_some(())?;
-        let kong_previous = h.secret("site-delivery-kong-previous").await;
+        let kong_previous = h.secret("site.delivery.kong-previous").await;
         match (previous, &kong_previous) {
             (Some(p), Some(s)) => (secret_value(s, "key")? == p).then_some(())?,
             (None, None) => {}
@@ -198,7 +198,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
         (&owner["kind"], &owner["uid"], &owner["controller"]),
         (&json!("ApiKey"), &apikey["metadata"]["uid"], &json!(true))
     );
-    let kong = h.secret("site-delivery-kong").await.unwrap();
+    let kong = h.secret("site.delivery.kong").await.unwrap();
     assert_eq!(
         kong["metadata"]["labels"]["konghq.com/credential"],
         "key-auth"
@@ -246,7 +246,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
         .await
         .expect("delete");
     eventually("every published Secret to be deleted", || async {
-        for name in ["site", "site-envoy-gateway", "site-delivery-kong"] {
+        for name in ["site", "site-envoy-gateway", "site.delivery.kong"] {
             h.secret(name).await.is_none().then_some(())?;
         }
         (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
@@ -307,7 +307,7 @@ async fn a_key_publishing_nothing_costs_no_list_and_withdrawing_publication_clea
     h.apply(&key("one").replace("[{envoyGateway: {}}, {kong: {consumer: shop}}]", "[]"))
         .await;
     eventually("the published Secrets to be withdrawn", || async {
-        for name in ["site-envoy-gateway", "site-delivery-kong"] {
+        for name in ["site-envoy-gateway", "site.delivery.kong"] {
             h.secret(name).await.is_none().then_some(())?;
         }
         (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
@@ -415,6 +415,75 @@ spec:
     assert!(
         writes.is_empty(),
         "wrote into objects not its own: {writes:?}"
+    );
+}
+
+/// N9: under the names before, key `team` with slot `api-main` and key `team-api` with slot
+/// `main` both published Kong credentials as `team-api-main-kong`, so whichever came first kept
+/// the name and the other was refused (or, with a template label, could squat it). Now each has
+/// a name of its own, and neither touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_whose_names_and_slots_run_together_publish_to_kong_apart() {
+    let h = start().await;
+    h.apply(
+        r#"
+apiVersion: configuration.konghq.com/v1
+kind: KongConsumer
+metadata:
+  name: team
+  namespace: cms
+  annotations: {kubernetes.io/ingress.class: kong, keysmith.dev/kong-credentials-from: "team,team-api"}
+username: team
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: team, namespace: cms}
+spec:
+  tokens: [{name: api-main}]
+  publish: [{envoyGateway: {}}, {kong: {consumer: team}}]
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: team-api, namespace: cms}
+spec:
+  tokens: [{name: main}]
+  publish: [{envoyGateway: {}}, {kong: {consumer: team}}]
+"#,
+    )
+    .await;
+    let mut published = BTreeMap::new();
+    for (key, slot) in [("team", "api-main"), ("team-api", "main")] {
+        let status = h.wait_key(key, "Ready", ready).await;
+        let name = format!("{key}.{slot}.kong");
+        let secret = eventually("the credential Secret", || async { h.secret(&name).await }).await;
+        let own = h.secret(key).await.expect("the key's own Secret");
+        let held = secret_value(&secret, "key").expect("a key-auth credential");
+        assert_eq!(
+            Some(held.clone()),
+            secret_value(&own, slot),
+            "{name} holds {key}'s token"
+        );
+        assert_eq!(
+            secret["metadata"]["ownerReferences"][0]["uid"], status["metadata"]["uid"],
+            "{name} is {key}'s"
+        );
+        published.insert(name, held);
+    }
+    h.settle().await;
+    let listed: std::collections::BTreeSet<String> = credentials(&consumer(&h, "team").await)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        listed,
+        published.keys().cloned().collect(),
+        "the consumer lists both"
+    );
+    for key in ["team", "team-api"] {
+        assert!(ready(&h.apikey(key).await.unwrap()), "{key} stays Ready");
+    }
+    assert!(
+        h.secret("team-api-main-kong").await.is_none(),
+        "the ambiguous name is not used"
     );
 }
 
@@ -566,7 +635,7 @@ async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
         credentials,
         BTreeMap::from([
             ("cms.site.delivery".to_owned(), second.clone()),
-            ("cms.site.delivery.previous".to_owned(), first),
+            ("cms.site.delivery_previous".to_owned(), first),
         ])
     );
 
@@ -683,4 +752,47 @@ async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
             "{publish}: {refused}"
         );
     }
+}
+
+/// N9: a template cannot make the key's Secret something a gateway reads; the API server refuses
+/// the keys Kong and Envoy Gateway read (the controller refuses them too, for a server without
+/// CEL), and accepts look-alikes outside those domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_template_keys_a_gateway_reads() {
+    let cluster = cluster().await;
+    let manifest = |template: &str| {
+        format!(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: bad, namespace: {NS}}}\n\
+             spec: {{tokens: [{{name: a}}], secret: {{template: {template}}}}}\n"
+        )
+    };
+    for (template, message) in [
+        (
+            "{labels: {konghq.com/credential: key-auth}}",
+            "label keys under konghq.com/",
+        ),
+        (
+            "{annotations: {configuration.konghq.com/plugins: key-auth}}",
+            "annotation keys under konghq.com/",
+        ),
+        (
+            "{labels: {gateway.envoyproxy.io/owning-gateway-name: eg}}",
+            "label keys under konghq.com/ and envoyproxy.io/",
+        ),
+    ] {
+        let refused = cluster
+            .apply_yaml(&manifest(template))
+            .await
+            .expect_err(&format!("{template} is refused"));
+        assert!(
+            refused.to_string().contains(message),
+            "{template}: {refused}"
+        );
+    }
+    cluster
+        .apply_yaml(&manifest(
+            "{labels: {example.com/konghq.com: x, notkonghq.com/credential: x}}",
+        ))
+        .await
+        .expect("look-alikes outside the gateways' domains are accepted");
 }

@@ -21,6 +21,7 @@ mod lifecycle_properties;
 mod openapi;
 mod printer_columns;
 mod rbac_minimal;
+mod secret_races;
 mod usage;
 mod verifier_endpoints;
 mod verifier_revocation;
