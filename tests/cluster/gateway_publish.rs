@@ -418,6 +418,48 @@ spec:
     );
 }
 
+/// N10: withdrawing publication lists the key's published Secrets, takes them off the
+/// consumer's list and deletes them; one taken over by someone else in between is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_secret_taken_over_before_its_withdrawal_is_not_deleted() {
+    use crate::secret_races::{is_the_strangers, take_over};
+    use k8s_openapi::api::core::v1::Secret;
+
+    let (h, _) = published_key().await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(h.admin.clone(), NS);
+    let emu = crate::harness::emulator_only(&h.cluster, "holding the deletion until the takeover");
+    match emu {
+        Some(emu) => emu
+            .faults()
+            .hold(keysmith_emulator::Target::new("delete", "secrets")),
+        // Unheld, the withdrawal could delete the Secrets before the takeover.
+        None => {
+            for name in ["site-envoy-gateway", "site.delivery.kong"] {
+                take_over(&secrets, name).await;
+            }
+        }
+    }
+    h.apply(&key("one").replace("[{envoyGateway: {}}, {kong: {consumer: shop}}]", "[]"))
+        .await;
+    if let Some(emu) = emu {
+        // The consumer no longer lists the credential: the deletions come next (held).
+        eventually("the credential to leave the consumer's list", || async {
+            (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
+        })
+        .await;
+        for name in ["site-envoy-gateway", "site.delivery.kong"] {
+            take_over(&secrets, name).await;
+        }
+        emu.faults().release();
+    }
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    for name in ["site-envoy-gateway", "site.delivery.kong"] {
+        let secret = h.secret(name).await.expect("the taken-over Secret");
+        assert!(is_the_strangers(&secret), "{name} changed: {secret}");
+    }
+}
+
 /// N9: under the names before, key `team` with slot `api-main` and key `team-api` with slot
 /// `main` both published Kong credentials as `team-api-main-kong`, so whichever came first kept
 /// the name and the other was refused (or, with a template label, could squat it). Now each has

@@ -29,7 +29,7 @@ spec:
 }
 
 /// What a stranger keeps in the Secret: `mine` = "theirs", no owner, no Keysmith labels.
-fn is_the_strangers(secret: &Value) -> bool {
+pub fn is_the_strangers(secret: &Value) -> bool {
     secret_value(secret, "mine").as_deref() == Some("theirs")
         && secret["data"].as_object().map(|d| d.len()) == Some(1)
         && secret["metadata"]["ownerReferences"].is_null()
@@ -86,52 +86,60 @@ async fn a_secret_replaced_after_the_ownership_check_is_not_overwritten() {
     assert!(is_the_strangers(&secret), "overwritten: {secret}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secret_taken_over_after_the_ownership_check_is_not_deleted_on_revocation() {
-    let h = ready_key().await;
-    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
-    let emu = emulator_only(&h.cluster, "holding the Secret deletion until the takeover");
-    if let Some(emu) = emu {
-        emu.faults().hold(Target::new("delete", "secrets"));
-        h.cluster.clear_requests();
-    }
-    crate::harness::raw_apikeys(&h.admin, NS)
-        .delete("site", &DeleteParams::default())
-        .await
-        .expect("delete the ApiKey");
-    if emu.is_some() {
-        // Revocation read the Secret and found it the key's: its deletion comes next (held).
-        let user = controller_user();
-        eventually("the controller's read of its Secret", || async {
-            let read = h.cluster.requests(|e| {
-                e.user == user && e.verb == "get" && e.resource == "secrets" && e.name == "site"
-            });
-            (!read.is_empty()).then_some(())
-        })
-        .await;
-    }
-    // Someone takes the Secret over: no owner, no Keysmith labels, their own data.
+/// Take Secret `name` over as someone else would: no owner, none of Keysmith's labels or
+/// annotations, their own data.
+pub async fn take_over(secrets: &Api<Secret>, name: &str) {
     let takeover = json!({
-        "metadata": {
-            "ownerReferences": null,
-            "labels": {"app.kubernetes.io/managed-by": null, "keysmith.dev/apikey": null},
-            "annotations": null,
-        },
+        "metadata": {"ownerReferences": null, "labels": null, "annotations": null},
         "data": null,
     });
     secrets
-        .patch("site", &PatchParams::default(), &Patch::Merge(&takeover))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&takeover))
         .await
         .expect("take over");
     secrets
         .patch(
-            "site",
+            name,
             &PatchParams::default(),
             &Patch::Merge(json!({"stringData": {"mine": "theirs"}})),
         )
         .await
         .expect("write their data");
+}
+
+/// Wait until the controller has read Secret `name` since the request log was cleared.
+pub async fn read_by_the_controller(h: &Harness, name: &str) {
+    let user = controller_user();
+    eventually("the controller's read of the Secret", || async {
+        let read = h.cluster.requests(|e| {
+            e.user == user && e.verb == "get" && e.resource == "secrets" && e.name == name
+        });
+        (!read.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_taken_over_after_the_ownership_check_is_not_deleted_on_revocation() {
+    let h = ready_key().await;
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let emu = emulator_only(&h.cluster, "holding the Secret deletion until the takeover");
+    match emu {
+        Some(emu) => {
+            emu.faults().hold(Target::new("delete", "secrets"));
+            h.cluster.clear_requests();
+        }
+        // Unheld, the revocation could delete the Secret before the takeover.
+        None => take_over(&secrets, "site").await,
+    }
+    crate::harness::raw_apikeys(&h.admin, NS)
+        .delete("site", &DeleteParams::default())
+        .await
+        .expect("delete the ApiKey");
     if let Some(emu) = emu {
+        // Revocation read the Secret and found it the key's: its deletion comes next (held).
+        read_by_the_controller(&h, "site").await;
+        take_over(&secrets, "site").await;
         emu.faults().release();
     }
     eventually("the ApiKey to be gone", || async {
