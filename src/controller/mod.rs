@@ -805,6 +805,23 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_whose_secret_changed_is_planned_again_with_the_finalizer_kept() {
+        let cleanup_failed = |code, reason| {
+            finalizer::Error::CleanupFailed(Error::Kube {
+                action: "deleting Secret cms/site".to_owned(),
+                source: api_error(code, reason),
+            })
+        };
+        // The deletion's uid or resourceVersion precondition failed: look again shortly.
+        assert!(finalizer_raced(cleanup_failed(409, "Conflict")).is_ok());
+        // Anything else backs off.
+        assert!(matches!(
+            finalizer_raced(cleanup_failed(403, "Forbidden")),
+            Err(Error::Finalizer(_))
+        ));
+    }
+
+    #[test]
     fn a_raced_finalizer_patch_waits_for_the_newer_version() {
         // The JSON patch's `test` failed (422) or a write raced it (409): a watch event follows.
         for (code, reason) in [(409, "Conflict"), (422, "Invalid")] {
