@@ -461,6 +461,31 @@ fn credentials_published_under_the_old_names_move_to_the_new_ones_before_they_ar
     w.settle();
 }
 
+#[test]
+fn the_template_reaches_the_key_own_secret_only() {
+    let mut spec = publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]));
+    spec["secret"] = json!({"template": {"labels": {"team": "a"}, "annotations": {"note": "b"}}});
+    let mut w = World::new(spec);
+    w.settle();
+    let own = w.secret.as_ref().unwrap().metadata.clone();
+    assert_eq!(own.labels.unwrap()["team"], "a");
+    assert_eq!(own.annotations.unwrap()["note"], "b");
+    for (name, published) in &w.others {
+        let meta = &published.metadata;
+        let keys: Vec<&String> = meta
+            .labels
+            .iter()
+            .flatten()
+            .chain(meta.annotations.iter().flatten())
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            keys.iter().all(|k| *k != "team" && *k != "note"),
+            "{name}: {keys:?}"
+        );
+    }
+}
+
 fn foreign(name: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
