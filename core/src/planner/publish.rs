@@ -56,6 +56,10 @@ pub struct Publication {
     pub kong: Vec<KongCredentials>,
     /// Names the key may not publish under, each with what to do about it.
     pub conflicts: Vec<String>,
+    /// For a credential Secret to write under a new name, the key's Secret under an old name
+    /// that holds the same token (names from before they were made unambiguous): if the new name
+    /// is refused, the old one stays published instead of leaving the gateway.
+    pub fallbacks: BTreeMap<String, String>,
 }
 
 impl Publication {
@@ -65,11 +69,19 @@ impl Publication {
     }
 
     /// Give up publishing under `name` (a Secret of that name is not the key's): nothing is
-    /// written there, no consumer lists it, and `problem` is reported.
+    /// written there, no consumer lists it, and `problem` is reported. A Secret of the key's
+    /// holding the same token under an old name is kept and listed in its place.
     pub fn refuse(&mut self, name: &str, problem: String) {
         self.secrets.retain(|d| d.name != name);
+        let fallback = self.fallbacks.remove(name);
         for kong in &mut self.kong {
-            kong.wanted.retain(|w| w != name);
+            if let Some(at) = kong.wanted.iter().position(|w| w == name) {
+                kong.wanted.remove(at);
+                kong.wanted.splice(at..at, fallback.clone());
+            }
+        }
+        if let Some(old) = fallback {
+            self.delete.retain(|d| d.name != old);
         }
         self.conflicts.push(problem);
     }
@@ -319,18 +331,21 @@ pub fn publication(
         };
         refused.extend(problem.map(|p| (d.name.clone(), p)));
     }
+    let delete: Vec<Deletion> = owned(key, published)
+        .into_iter()
+        .filter(|old| !desired.iter().any(|d| d.name == old.name))
+        .collect();
+    let fallbacks = fallbacks(&desired, &delete, published);
     let mut publication = Publication {
         secrets: desired,
+        delete,
         kong,
+        fallbacks,
         ..Publication::default()
     };
     for (name, problem) in refused {
         publication.refuse(&name, problem);
     }
-    publication.delete = owned(key, published)
-        .into_iter()
-        .filter(|old| !publication.secrets.iter().any(|d| d.name == old.name))
-        .collect();
     let wanted: Vec<String> = publication
         .kong
         .iter()
@@ -343,6 +358,30 @@ pub fn publication(
         .secrets
         .retain(|d| !published.iter().any(|s| matches(s, d)));
     publication
+}
+
+/// For each Kong credential in `desired`, the Secret among those to `delete` that holds the same
+/// token (see [`Publication::fallbacks`]).
+fn fallbacks(
+    desired: &[DesiredSecret],
+    delete: &[Deletion],
+    published: &[Secret],
+) -> BTreeMap<String, String> {
+    let key_of = |s: &Secret| s.data.as_ref()?.get(KONG_KEY_FIELD).map(|v| v.0.clone());
+    desired
+        .iter()
+        .filter_map(|d| {
+            let token = d.data.get(KONG_KEY_FIELD)?.expose_secret().as_bytes();
+            let old = published.iter().find(|s| {
+                is_published_for(s, PUBLISHED_FOR_KONG)
+                    && delete
+                        .iter()
+                        .any(|x| s.metadata.name.as_ref() == Some(&x.name))
+                    && key_of(s).as_deref() == Some(token)
+            })?;
+            Some((d.name.clone(), old.metadata.name.clone()?))
+        })
+        .collect()
 }
 
 /// The tokens of one slot a gateway should accept at `now`, if their values are known: the

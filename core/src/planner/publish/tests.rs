@@ -462,6 +462,60 @@ fn credentials_published_under_the_old_names_move_to_the_new_ones_before_they_ar
 }
 
 #[test]
+fn a_credential_whose_new_name_is_taken_stays_under_its_old_name() {
+    let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
+    w.settle();
+    // Published under the names before N9, and someone took the new name of one of them.
+    for slot in ["delivery", "preview"] {
+        let mut secret = w.others.remove(&format!("site.{slot}.kong")).unwrap();
+        secret.metadata.name = Some(format!("site-{slot}-kong"));
+        w.others.insert(format!("site-{slot}-kong"), secret);
+    }
+    w.consumer = vec![
+        "hand-made".to_owned(),
+        "site-delivery-kong".to_owned(),
+        "site-preview-kong".to_owned(),
+    ];
+    w.others.insert(
+        "site.delivery.kong".to_owned(),
+        foreign("site.delivery.kong"),
+    );
+    let token = w.entries("site-delivery-kong")[KONG_KEY_FIELD].clone();
+
+    let publication = w.step();
+    assert!(publication.conflicts[0].contains("site.delivery.kong"));
+    assert!(
+        publication
+            .delete
+            .iter()
+            .all(|d| d.name != "site-delivery-kong"),
+        "the old credential stays: {:?}",
+        publication.delete
+    );
+    assert_eq!(w.entries("site-delivery-kong")[KONG_KEY_FIELD], token);
+    assert_eq!(
+        w.others["site.delivery.kong"],
+        foreign("site.delivery.kong")
+    );
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site-delivery-kong", "site.preview.kong"],
+        "the consumer keeps listing it, and the slot that could move has moved"
+    );
+    assert!(!w.others.contains_key("site-preview-kong"));
+
+    // Once the name is free, the credential moves.
+    w.others.remove("site.delivery.kong");
+    w.settle();
+    assert_eq!(w.entries("site.delivery.kong")[KONG_KEY_FIELD], token);
+    assert!(!w.others.contains_key("site-delivery-kong"));
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site.delivery.kong", "site.preview.kong"]
+    );
+}
+
+#[test]
 fn the_template_reaches_the_key_own_secret_only() {
     let mut spec = publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]));
     spec["secret"] = json!({"template": {"labels": {"team": "a"}, "annotations": {"note": "b"}}});
