@@ -460,6 +460,83 @@ async fn a_published_secret_taken_over_before_its_withdrawal_is_not_deleted() {
     }
 }
 
+/// N9 migration: a key that published under the names before (`site-delivery-kong`) gets its
+/// credential under the new name, and the gateway never misses it: the new Secret is written,
+/// then the consumer lists it instead of the old one, then the old one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_under_the_old_names_move_without_leaving_the_gateway() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+
+    let (mut h, first) = published_key().await;
+    // What an earlier version left: the credential under the old name, listed by the consumer.
+    h.stop().await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(h.admin.clone(), NS);
+    let mut old = secrets.get("site.delivery.kong").await.expect("published");
+    old.metadata = kube::api::ObjectMeta {
+        name: Some("site-delivery-kong".to_owned()),
+        namespace: old.metadata.namespace.take(),
+        labels: old.metadata.labels.take(),
+        annotations: old.metadata.annotations.take(),
+        owner_references: old.metadata.owner_references.take(),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &old)
+        .await
+        .expect("the old credential");
+    secrets
+        .delete("site.delivery.kong", &DeleteParams::default())
+        .await
+        .expect("delete the new one");
+    let consumers = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        h.admin.clone(),
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("configuration.konghq.com", "v1", "KongConsumer"),
+            "kongconsumers",
+        ),
+    );
+    consumers
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"credentials": ["hand-made", "site-delivery-kong"]})),
+        )
+        .await
+        .expect("the consumer lists the old name");
+
+    h.cluster.clear_requests();
+    h.start_controller().await;
+    wait_published(&h, &first, None).await;
+    eventually("the old credential to be deleted", || async {
+        h.secret("site-delivery-kong").await.is_none().then_some(())
+    })
+    .await;
+    let user = controller_user();
+    let writes = h
+        .cluster
+        .requests(|e| e.user == user && e.is_write() && e.code < 300);
+    let at = |verb: &str, resource: &str, name: &str| {
+        writes
+            .iter()
+            // A create is logged without a name where the log takes it from the URL.
+            .position(|e| {
+                e.verb == verb
+                    && e.resource == resource
+                    && (e.name == name || (verb == "create" && e.name.is_empty()))
+            })
+            .unwrap_or_else(|| panic!("no {verb} {resource}/{name} in {writes:?}"))
+    };
+    let written = at("create", "secrets", "site.delivery.kong");
+    let listed = at("patch", "kongconsumers", "shop");
+    let deleted = at("delete", "secrets", "site-delivery-kong");
+    assert!(
+        written < listed && listed < deleted,
+        "new Secret, then the consumer's list, then the old Secret: {writes:?}"
+    );
+}
+
 /// N9: under the names before, key `team` with slot `api-main` and key `team-api` with slot
 /// `main` both published Kong credentials as `team-api-main-kong`, so whichever came first kept
 /// the name and the other was refused (or, with a template label, could squat it). Now each has
