@@ -429,9 +429,11 @@ async fn a_published_secret_taken_over_before_its_withdrawal_is_not_deleted() {
     let secrets: kube::Api<Secret> = kube::Api::namespaced(h.admin.clone(), NS);
     let emu = crate::harness::emulator_only(&h.cluster, "holding the deletion until the takeover");
     match emu {
-        Some(emu) => emu
-            .faults()
-            .hold(keysmith_emulator::Target::new("delete", "secrets")),
+        Some(emu) => {
+            emu.faults()
+                .hold(keysmith_emulator::Target::new("delete", "secrets"));
+            h.cluster.clear_requests();
+        }
         // Unheld, the withdrawal could delete the Secrets before the takeover.
         None => {
             for name in ["site-envoy-gateway", "site.delivery.kong"] {
@@ -451,6 +453,14 @@ async fn a_published_secret_taken_over_before_its_withdrawal_is_not_deleted() {
             take_over(&secrets, name).await;
         }
         emu.faults().release();
+        let user = controller_user();
+        eventually("the held deletion to be answered", || async {
+            let answered = h
+                .cluster
+                .requests(|e| e.user == user && e.verb == "delete" && e.resource == "secrets");
+            (!answered.is_empty()).then_some(())
+        })
+        .await;
     }
     h.wait_key("site", "Ready", ready).await;
     h.settle().await;
@@ -588,17 +598,17 @@ spec:
         );
         published.insert(name, held);
     }
-    h.settle().await;
-    let listed: std::collections::BTreeSet<String> = credentials(&consumer(&h, "team").await)
-        .into_iter()
-        .collect();
-    assert_eq!(
-        listed,
-        published.keys().cloned().collect(),
-        "the consumer lists both"
-    );
+    // Both keys apply the consumer's whole list at the version they read: one may have to read
+    // it again after the other's write.
+    eventually("the consumer to list both", || async {
+        let listed: std::collections::BTreeSet<String> = credentials(&consumer(&h, "team").await)
+            .into_iter()
+            .collect();
+        (listed == published.keys().cloned().collect()).then_some(())
+    })
+    .await;
     for key in ["team", "team-api"] {
-        assert!(ready(&h.apikey(key).await.unwrap()), "{key} stays Ready");
+        h.wait_key(key, "Ready", ready).await;
     }
     assert!(
         h.secret("team-api-main-kong").await.is_none(),
