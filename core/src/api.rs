@@ -64,6 +64,27 @@ pub const KONG_CONSUMER_ANNOTATION: &str = "keysmith.dev/kong-credentials-from";
 /// names it. A consumer that left `spec.publish` is known only from here, so its entries can
 /// still be taken out of its list.
 pub const KONG_CONSUMER_OF_SECRET_ANNOTATION: &str = "keysmith.dev/kong-consumer";
+/// The label and annotation domains gateways Keysmith publishes to read from Secrets (Kong's
+/// `konghq.com/credential` makes a Secret a credential; Envoy Gateway's are under
+/// `envoyproxy.io`). A key's template may not set a key under any of them, or under a subdomain
+/// of one: only Keysmith's publication, which takes the consumer's consent, makes a gateway
+/// credential.
+pub const GATEWAY_DOMAINS: [&str; 2] = ["konghq.com", "envoyproxy.io"];
+/// Whether a label or annotation key lies under one of [`GATEWAY_DOMAINS`] (its prefix is one of
+/// them or a subdomain of one).
+pub fn is_gateway_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        GATEWAY_DOMAINS.iter().any(|domain| {
+            prefix == *domain
+                || prefix
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.ends_with('.'))
+        })
+    })
+}
+/// [`is_gateway_key`] as a CRD rule over a template map's keys.
+const GATEWAY_KEYS_RULE: &str =
+    r"self.all(k, !k.matches('^([^/]*\\.)?(konghq\\.com|envoyproxy\\.io)/'))";
 /// Suffix of the Envoy Gateway Secret's default name (`<apikey>-envoy-gateway`).
 pub const ENVOY_GATEWAY_SECRET_SUFFIX: &str = "-envoy-gateway";
 /// Most entries of `spec.publish`: one per gateway kind.
@@ -518,12 +539,12 @@ pub struct SecretSpec {
 pub struct Publish {
     /// An Opaque Secret for Envoy Gateway's `SecurityPolicy.apiKeyAuth`: one entry per token,
     /// `<namespace>.<apikey>.<slot>` (the client id) to the token, and
-    /// `<namespace>.<apikey>.<slot>.previous` for a replaced token during its overlap window.
+    /// `<namespace>.<apikey>.<slot>_previous` for a replaced token during its overlap window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_gateway: Option<EnvoyGatewayPublish>,
 
-    /// Kong key-auth credentials: one Secret per token (`<apikey>-<slot>-kong`, and
-    /// `<apikey>-<slot>-kong-previous` during an overlap window) listed in a KongConsumer's
+    /// Kong key-auth credentials: one Secret per token (`<apikey>.<slot>.kong`, and
+    /// `<apikey>.<slot>.kong-previous` during an overlap window) listed in a KongConsumer's
     /// `credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kong: Option<KongPublish>,
@@ -560,23 +581,36 @@ pub struct KongPublish {
 /// Labels and annotations copied onto the Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct SecretTemplate {
-    /// Labels added to the Secret (at most 32; values up to 63 characters).
+    /// Labels added to the Secret (at most 32; values up to 63 characters). Not Keysmith's own
+    /// (`app.kubernetes.io/managed-by`, `keysmith.dev/...`), and none a gateway reads from a
+    /// Secret: keys under `konghq.com/` or `envoyproxy.io/`, or a subdomain of either
+    /// (`konghq.com/credential` would make the Secret a Kong credential; `spec.publish` does
+    /// that, with the consumer's consent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = MAX_TEMPLATE_ENTRIES,
         "additionalProperties" = {"type": "string", "maxLength": MAX_LABEL_VALUE_LEN}
     ))]
-    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)")
-        .message("label keys are at most 317 characters long"))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.size() <= 317)")
+            .message("label keys are at most 317 characters long"),
+        validation = Rule::new(GATEWAY_KEYS_RULE)
+            .message("label keys under konghq.com/ and envoyproxy.io/ (and their subdomains) are read by gateways; publish with spec.publish instead")
+    )]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret (at most 32; values up to 4096 characters).
+    /// Annotations added to the Secret (at most 32; values up to 4096 characters). The same keys
+    /// are reserved as for `labels`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = MAX_TEMPLATE_ENTRIES,
         "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}
     ))]
-    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)")
-        .message("annotation keys are at most 317 characters long"))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.size() <= 317)")
+            .message("annotation keys are at most 317 characters long"),
+        validation = Rule::new(GATEWAY_KEYS_RULE)
+            .message("annotation keys under konghq.com/ and envoyproxy.io/ (and their subdomains) are read by gateways; publish with spec.publish instead")
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use crate::api::{
     ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_ANNOTATION_VALUE_LEN, MAX_LABEL_KEY_LEN,
     MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES, MAX_PUBLISH, MAX_SLOT_NAME_LEN, MAX_SLOTS,
-    MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot,
+    MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot, is_gateway_key,
 };
 use crate::duration;
 use crate::grants::{CompiledGrants, MAX_FIELD_ENTRIES, MAX_PATTERN_BYTES, MAX_PATTERNS};
@@ -789,6 +789,12 @@ fn check_template_map(
             errors.push(
                 format!("{field}[{key}]"),
                 "is set by Keysmith itself; remove it from the template",
+            );
+        } else if is_gateway_key(key) {
+            errors.push(
+                format!("{field}[{key}]"),
+                "is read by a gateway (konghq.com/credential makes a Secret a Kong credential): \
+                 remove it from the template, and publish to the gateway with spec.publish",
             );
         }
     }

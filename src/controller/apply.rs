@@ -1,11 +1,15 @@
 //! The writes of a plan: the status (replaced, guarded by its version) and the Secret
-//! (server-side apply) with field manager `keysmith`, the rollout-restart patch, and the Secret's deletion on revocation. Every apply
-//! body carries `apiVersion` and `kind`, and the Secret goes into `data`, never `stringData`.
+//! (server-side apply) with field manager `keysmith`, the rollout-restart patch, and the Secret's
+//! deletion on revocation. Every apply body carries `apiVersion` and `kind`, and the Secret goes
+//! into `data`, never `stringData`. Every write or deletion of a Secret the planner saw carries
+//! its uid and resourceVersion as observed ([`Precondition`]): one that changed since answers 409
+//! ([`raced`]) and is planned again, never overwritten or deleted.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Preconditions,
 };
 use kube::{Api, Client, Resource};
 use serde_json::json;
@@ -13,7 +17,7 @@ use serde_json::json;
 use crate::api::{ApiKey, ApiKeyStatus};
 use crate::planner::conditions::{READY, reason};
 use crate::planner::restart::{self, Consent};
-use crate::planner::{DesiredSecret, Restart};
+use crate::planner::{Deletion, DesiredSecret, Precondition, Restart};
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "keysmith";
@@ -91,7 +95,15 @@ pub async fn api_error(
     apply_status(api, name, ERROR_FIELD_MANAGER, &status).await
 }
 
-/// Apply the Secret: labels, annotations, owner reference, type and one data key per slot.
+/// Whether a write failed because its object changed since it was observed (409: a version or uid
+/// precondition failed, or the object is gone): nothing was written; plan again.
+pub fn raced(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+/// Apply the Secret: labels, annotations, owner reference, type and one data key per slot. The
+/// observed uid and resourceVersion in the body make the apply a conditional update; with none
+/// observed it creates the Secret (server-side apply has no create-only form).
 pub async fn secret(api: &Api<Secret>, desired: &DesiredSecret) -> kube::Result<()> {
     let secret = desired.to_secret();
     api.patch(
@@ -120,7 +132,6 @@ pub async fn published_secret(
         return api.create(&params, &secret).await.map(drop);
     };
     let meta = &mut secret.metadata;
-    meta.resource_version = current.metadata.resource_version.clone();
     for (mine, theirs) in [
         (&mut meta.labels, &current.metadata.labels),
         (&mut meta.annotations, &current.metadata.annotations),
@@ -132,9 +143,16 @@ pub async fn published_secret(
     api.replace(&desired.name, &params, &secret).await.map(drop)
 }
 
-/// Delete the Secret (revocation); an already deleted Secret is fine.
-pub async fn delete_secret(api: &Api<Secret>, name: &str) -> kube::Result<()> {
-    match api.delete(name, &DeleteParams::default()).await {
+/// Delete the Secret if it is still the one observed; an already deleted Secret is fine.
+pub async fn delete_secret(api: &Api<Secret>, deletion: &Deletion) -> kube::Result<()> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: deletion.observed.uid.clone(),
+            resource_version: deletion.observed.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&deletion.name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e),
@@ -144,11 +162,18 @@ pub async fn delete_secret(api: &Api<Secret>, name: &str) -> kube::Result<()> {
 /// Release an adopted Secret (revocation): apply it with nothing of Keysmith's, so server-side
 /// apply removes every field only Keysmith set (its data keys, labels, annotations and owner
 /// reference) and keeps what others wrote. The type stays, as a Secret's type is immutable.
-pub async fn release_secret(api: &Api<Secret>, current: &Secret) -> kube::Result<()> {
+/// Only while `current` is as `observed`.
+pub async fn release_secret(
+    api: &Api<Secret>,
+    current: &Secret,
+    observed: &Precondition,
+) -> kube::Result<()> {
     let name = current.metadata.name.as_deref().unwrap_or_default();
     let body = Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
+            uid: observed.uid.clone(),
+            resource_version: observed.resource_version.clone(),
             ..ObjectMeta::default()
         },
         type_: current.type_.clone(),

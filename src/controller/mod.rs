@@ -130,6 +130,15 @@ impl Error {
         move |source| Error::Kube { action, source }
     }
 
+    /// Whether the error is a write that found its object changed since it was observed
+    /// ([`apply::raced`]).
+    fn raced(&self) -> bool {
+        match self {
+            Error::Kube { source, .. } => apply::raced(source),
+            _ => false,
+        }
+    }
+
     /// The `reason` label of `keysmith_reconcile_errors_total`.
     fn metric_reason(&self) -> ErrorReason {
         match self {
@@ -338,7 +347,8 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
 }
 
 /// Adding or removing the finalizer failed its `test` (422: the list is no longer the one the
-/// cache saw, or the key is being deleted) or raced another write (409): a newer version exists
+/// cache saw, or the key is being deleted), or it or a revocation's Secret deletion raced another
+/// write (409): a newer version exists
 /// and its watch event normally brings the key back first. A short recheck instead of the error
 /// backoff covers a conflict that no event follows (a retried request, a proxy's 409).
 ///
@@ -356,6 +366,12 @@ fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
             if status.code == 422 || status.is_conflict() =>
         {
             debug!(message = %status.message, "finalizer patch raced a newer version; rechecking");
+            Ok(Action::requeue(RACE_RECHECK))
+        }
+        // A Secret changed or was replaced between its ownership check and its deletion: the
+        // deletion did nothing and the finalizer stays; revoke again from what is there now.
+        finalizer::Error::CleanupFailed(e) if e.raced() => {
+            debug!(error = %e, "revocation raced a change of a Secret; revoking again");
             Ok(Action::requeue(RACE_RECHECK))
         }
         e => Err(Error::Finalizer(Box::new(e))),
@@ -469,24 +485,22 @@ impl Context {
                 ))),
             None => Ok(()),
         };
-        if let Err(Error::Kube {
-            source: kube::Error::Api(status),
-            ..
-        }) = &written
-            && status.is_conflict()
-        {
-            // Status is replaced whole, guarded by the version planned from: the verifier wrote
-            // a `lastUsedAt`, or another write came first. Nothing was written; plan again from
-            // the newer version, whose watch event usually brings the key back sooner.
-            debug!(message = %status.message, "status write raced a newer version; planning again");
-            return Ok(Action::requeue(RACE_RECHECK));
-        }
         if written.is_ok() {
             written = self.write(key, &secrets, &plan).await;
         }
         if written.is_ok() {
             let publication = plan.publication.clone();
             written = publish::write(&self.client, &secrets, key, publication, &published).await;
+        }
+        if let Err(e) = &written
+            && e.raced()
+        {
+            // Every write is guarded by the version planned from (status, Secrets, the Kong
+            // consumer): the verifier wrote a `lastUsedAt`, someone changed or replaced a Secret
+            // after its ownership check, or another write came first. That write did nothing;
+            // plan again from what is there now, whose watch event usually comes sooner.
+            debug!(error = %e, "a write raced a newer version; planning again");
+            return Ok(Action::requeue(RACE_RECHECK));
         }
         if let Err(e) = written {
             // Best effort: the write failed, so this one may too; the retry repairs it anyway.
@@ -708,16 +722,16 @@ impl Context {
                 "reading Secret {namespace}/{secret_name}"
             )))?;
         let note = match (planner::revocation(key, secret.as_ref()), &secret) {
-            (Revocation::Delete, _) => {
-                apply::delete_secret(&secrets, &secret_name)
+            (Revocation::Delete(deletion), _) => {
+                apply::delete_secret(&secrets, &deletion)
                     .await
                     .map_err(Error::kube(format!(
                         "deleting Secret {namespace}/{secret_name}"
                     )))?;
                 format!("tokens revoked; Secret {secret_name} deleted")
             }
-            (Revocation::Release, Some(secret)) => {
-                apply::release_secret(&secrets, secret)
+            (Revocation::Release(observed), Some(secret)) => {
+                apply::release_secret(&secrets, secret, &observed)
                     .await
                     .map_err(Error::kube(format!(
                         "releasing Secret {namespace}/{secret_name}"
@@ -726,7 +740,7 @@ impl Context {
                     "tokens revoked; adopted Secret {secret_name} kept without Keysmith's keys, labels, annotations and owner reference"
                 )
             }
-            (Revocation::Release | Revocation::Leave, _) => {
+            (Revocation::Release(_) | Revocation::Leave, _) => {
                 "tokens revoked; no Secret of this key to delete".to_owned()
             }
         };
@@ -786,6 +800,23 @@ mod tests {
         }
         assert!(matches!(
             finalizer_raced(remove_failed(403, "Forbidden")),
+            Err(Error::Finalizer(_))
+        ));
+    }
+
+    #[test]
+    fn a_revocation_whose_secret_changed_is_planned_again_with_the_finalizer_kept() {
+        let cleanup_failed = |code, reason| {
+            finalizer::Error::CleanupFailed(Error::Kube {
+                action: "deleting Secret cms/site".to_owned(),
+                source: api_error(code, reason),
+            })
+        };
+        // The deletion's uid or resourceVersion precondition failed: look again shortly.
+        assert!(finalizer_raced(cleanup_failed(409, "Conflict")).is_ok());
+        // Anything else backs off.
+        assert!(matches!(
+            finalizer_raced(cleanup_failed(403, "Forbidden")),
             Err(Error::Finalizer(_))
         ));
     }

@@ -179,10 +179,13 @@ pub async fn write(
             written => written?,
         }
     }
-    for name in &publication.delete {
-        apply::delete_secret(secrets, name)
+    for old in &publication.delete {
+        apply::delete_secret(secrets, old)
             .await
-            .map_err(Error::kube(format!("deleting Secret {namespace}/{name}")))?;
+            .map_err(Error::kube(format!(
+                "deleting Secret {namespace}/{}",
+                old.name
+            )))?;
     }
     match publication.conflicts.first() {
         Some(conflict) => Err(Error::Publish(conflict.clone())),
@@ -205,12 +208,15 @@ pub async fn unpublish(client: &Client, key: &ApiKey) -> Result<Vec<String>, Err
         }
     }
     let owned = publish::owned(key, &observed);
-    for name in &owned {
-        apply::delete_secret(&secrets, name)
+    for old in &owned {
+        apply::delete_secret(&secrets, old)
             .await
-            .map_err(Error::kube(format!("deleting Secret {namespace}/{name}")))?;
+            .map_err(Error::kube(format!(
+                "deleting Secret {namespace}/{}",
+                old.name
+            )))?;
     }
-    Ok(owned)
+    Ok(owned.into_iter().map(|old| old.name).collect())
 }
 
 /// Rewrite the consenting consumer's `credentials` as `update` makes them from the current list;
@@ -316,14 +322,14 @@ mod tests {
             !registry.any(&site),
             "the key's own Secret is not published"
         );
-        for name in ["site-delivery-kong", "site-envoy-gateway"] {
+        for name in ["site.delivery.kong", "site-envoy-gateway"] {
             registry.observe(&watcher::Event::Apply(secret("cms", name, "site", true)));
         }
         assert!(registry.any(&site));
         assert!(!registry.any(&other), "namespaces are apart");
         registry.observe(&watcher::Event::Delete(secret(
             "cms",
-            "site-delivery-kong",
+            "site.delivery.kong",
             "site",
             true,
         )));

@@ -156,17 +156,17 @@ async fn consumer(h: &Harness, name: &str) -> Value {
 /// Wait for the published Secrets and the consumer to show `delivery` (current) and `previous`.
 async fn wait_published(h: &Harness, current: &str, previous: Option<&str>) {
     let mut envoy = BTreeMap::from([("cms.site.delivery".to_owned(), current.to_owned())]);
-    let mut listed = vec!["hand-made".to_owned(), "site-delivery-kong".to_owned()];
+    let mut listed = vec!["hand-made".to_owned(), "site.delivery.kong".to_owned()];
     if let Some(previous) = previous {
-        envoy.insert("cms.site.delivery.previous".to_owned(), previous.to_owned());
-        listed.push("site-delivery-kong-previous".to_owned());
+        envoy.insert("cms.site.delivery_previous".to_owned(), previous.to_owned());
+        listed.push("site.delivery.kong-previous".to_owned());
     }
     eventually("the published Secrets and the consumer list", || async {
         let gateway = h.secret("site-envoy-gateway").await?;
         (data(&gateway) == envoy).then_some(())?;
-        let kong = h.secret("site-delivery-kong").await?;
+        let kong = h.secret("site.delivery.kong").await?;
         (secret_value(&kong, "key")? == current).then_some(())?;
-        let kong_previous = h.secret("site-delivery-kong-previous").await;
+        let kong_previous = h.secret("site.delivery.kong-previous").await;
         match (previous, &kong_previous) {
             (Some(p), Some(s)) => (secret_value(s, "key")? == p).then_some(())?,
             (None, None) => {}
@@ -198,7 +198,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
         (&owner["kind"], &owner["uid"], &owner["controller"]),
         (&json!("ApiKey"), &apikey["metadata"]["uid"], &json!(true))
     );
-    let kong = h.secret("site-delivery-kong").await.unwrap();
+    let kong = h.secret("site.delivery.kong").await.unwrap();
     assert_eq!(
         kong["metadata"]["labels"]["konghq.com/credential"],
         "key-auth"
@@ -246,7 +246,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
         .await
         .expect("delete");
     eventually("every published Secret to be deleted", || async {
-        for name in ["site", "site-envoy-gateway", "site-delivery-kong"] {
+        for name in ["site", "site-envoy-gateway", "site.delivery.kong"] {
             h.secret(name).await.is_none().then_some(())?;
         }
         (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
@@ -307,7 +307,7 @@ async fn a_key_publishing_nothing_costs_no_list_and_withdrawing_publication_clea
     h.apply(&key("one").replace("[{envoyGateway: {}}, {kong: {consumer: shop}}]", "[]"))
         .await;
     eventually("the published Secrets to be withdrawn", || async {
-        for name in ["site-envoy-gateway", "site-delivery-kong"] {
+        for name in ["site-envoy-gateway", "site.delivery.kong"] {
             h.secret(name).await.is_none().then_some(())?;
         }
         (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
@@ -415,6 +415,204 @@ spec:
     assert!(
         writes.is_empty(),
         "wrote into objects not its own: {writes:?}"
+    );
+}
+
+/// N10: withdrawing publication lists the key's published Secrets, takes them off the
+/// consumer's list and deletes them; one taken over by someone else in between is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_secret_taken_over_before_its_withdrawal_is_not_deleted() {
+    use crate::secret_races::{is_the_strangers, take_over};
+    use k8s_openapi::api::core::v1::Secret;
+
+    let (h, _) = published_key().await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(h.admin.clone(), NS);
+    let emu = crate::harness::emulator_only(&h.cluster, "holding the deletion until the takeover");
+    match emu {
+        Some(emu) => {
+            emu.faults()
+                .hold(keysmith_emulator::Target::new("delete", "secrets"));
+            h.cluster.clear_requests();
+        }
+        // Unheld, the withdrawal could delete the Secrets before the takeover.
+        None => {
+            for name in ["site-envoy-gateway", "site.delivery.kong"] {
+                take_over(&secrets, name).await;
+            }
+        }
+    }
+    h.apply(&key("one").replace("[{envoyGateway: {}}, {kong: {consumer: shop}}]", "[]"))
+        .await;
+    if let Some(emu) = emu {
+        // The consumer no longer lists the credential: the deletions come next (held).
+        eventually("the credential to leave the consumer's list", || async {
+            (credentials(&consumer(&h, "shop").await) == ["hand-made"]).then_some(())
+        })
+        .await;
+        for name in ["site-envoy-gateway", "site.delivery.kong"] {
+            take_over(&secrets, name).await;
+        }
+        emu.faults().release();
+        let user = controller_user();
+        eventually("the held deletion to be answered", || async {
+            let answered = h
+                .cluster
+                .requests(|e| e.user == user && e.verb == "delete" && e.resource == "secrets");
+            (!answered.is_empty()).then_some(())
+        })
+        .await;
+    }
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    for name in ["site-envoy-gateway", "site.delivery.kong"] {
+        let secret = h.secret(name).await.expect("the taken-over Secret");
+        assert!(is_the_strangers(&secret), "{name} changed: {secret}");
+    }
+}
+
+/// N9 migration: a key that published under the names before (`site-delivery-kong`) gets its
+/// credential under the new name, and the gateway never misses it: the new Secret is written,
+/// then the consumer lists it instead of the old one, then the old one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_under_the_old_names_move_without_leaving_the_gateway() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+
+    let (mut h, first) = published_key().await;
+    // What an earlier version left: the credential under the old name, listed by the consumer.
+    h.stop().await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(h.admin.clone(), NS);
+    let mut old = secrets.get("site.delivery.kong").await.expect("published");
+    old.metadata = kube::api::ObjectMeta {
+        name: Some("site-delivery-kong".to_owned()),
+        namespace: old.metadata.namespace.take(),
+        labels: old.metadata.labels.take(),
+        annotations: old.metadata.annotations.take(),
+        owner_references: old.metadata.owner_references.take(),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &old)
+        .await
+        .expect("the old credential");
+    secrets
+        .delete("site.delivery.kong", &DeleteParams::default())
+        .await
+        .expect("delete the new one");
+    let consumers = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        h.admin.clone(),
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("configuration.konghq.com", "v1", "KongConsumer"),
+            "kongconsumers",
+        ),
+    );
+    consumers
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"credentials": ["hand-made", "site-delivery-kong"]})),
+        )
+        .await
+        .expect("the consumer lists the old name");
+
+    h.cluster.clear_requests();
+    h.start_controller().await;
+    wait_published(&h, &first, None).await;
+    eventually("the old credential to be deleted", || async {
+        h.secret("site-delivery-kong").await.is_none().then_some(())
+    })
+    .await;
+    let user = controller_user();
+    let writes = h
+        .cluster
+        .requests(|e| e.user == user && e.is_write() && e.code < 300);
+    let at = |verb: &str, resource: &str, name: &str| {
+        writes
+            .iter()
+            // A create is logged without a name where the log takes it from the URL.
+            .position(|e| {
+                e.verb == verb
+                    && e.resource == resource
+                    && (e.name == name || (verb == "create" && e.name.is_empty()))
+            })
+            .unwrap_or_else(|| panic!("no {verb} {resource}/{name} in {writes:?}"))
+    };
+    let written = at("create", "secrets", "site.delivery.kong");
+    let listed = at("patch", "kongconsumers", "shop");
+    let deleted = at("delete", "secrets", "site-delivery-kong");
+    assert!(
+        written < listed && listed < deleted,
+        "new Secret, then the consumer's list, then the old Secret: {writes:?}"
+    );
+}
+
+/// N9: under the names before, key `team` with slot `api-main` and key `team-api` with slot
+/// `main` both published Kong credentials as `team-api-main-kong`, so whichever came first kept
+/// the name and the other was refused (or, with a template label, could squat it). Now each has
+/// a name of its own, and neither touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_whose_names_and_slots_run_together_publish_to_kong_apart() {
+    let h = start().await;
+    h.apply(
+        r#"
+apiVersion: configuration.konghq.com/v1
+kind: KongConsumer
+metadata:
+  name: team
+  namespace: cms
+  annotations: {kubernetes.io/ingress.class: kong, keysmith.dev/kong-credentials-from: "team,team-api"}
+username: team
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: team, namespace: cms}
+spec:
+  tokens: [{name: api-main}]
+  publish: [{envoyGateway: {}}, {kong: {consumer: team}}]
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: team-api, namespace: cms}
+spec:
+  tokens: [{name: main}]
+  publish: [{envoyGateway: {}}, {kong: {consumer: team}}]
+"#,
+    )
+    .await;
+    let mut published = BTreeMap::new();
+    for (key, slot) in [("team", "api-main"), ("team-api", "main")] {
+        let status = h.wait_key(key, "Ready", ready).await;
+        let name = format!("{key}.{slot}.kong");
+        let secret = eventually("the credential Secret", || async { h.secret(&name).await }).await;
+        let own = h.secret(key).await.expect("the key's own Secret");
+        let held = secret_value(&secret, "key").expect("a key-auth credential");
+        assert_eq!(
+            Some(held.clone()),
+            secret_value(&own, slot),
+            "{name} holds {key}'s token"
+        );
+        assert_eq!(
+            secret["metadata"]["ownerReferences"][0]["uid"], status["metadata"]["uid"],
+            "{name} is {key}'s"
+        );
+        published.insert(name, held);
+    }
+    // Both keys apply the consumer's whole list at the version they read: one may have to read
+    // it again after the other's write.
+    eventually("the consumer to list both", || async {
+        let listed: std::collections::BTreeSet<String> = credentials(&consumer(&h, "team").await)
+            .into_iter()
+            .collect();
+        (listed == published.keys().cloned().collect()).then_some(())
+    })
+    .await;
+    for key in ["team", "team-api"] {
+        h.wait_key(key, "Ready", ready).await;
+    }
+    assert!(
+        h.secret("team-api-main-kong").await.is_none(),
+        "the ambiguous name is not used"
     );
 }
 
@@ -566,7 +764,7 @@ async fn egctl_translates_the_published_secret_before_and_after_a_rotation() {
         credentials,
         BTreeMap::from([
             ("cms.site.delivery".to_owned(), second.clone()),
-            ("cms.site.delivery.previous".to_owned(), first),
+            ("cms.site.delivery_previous".to_owned(), first),
         ])
     );
 
@@ -683,4 +881,47 @@ async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
             "{publish}: {refused}"
         );
     }
+}
+
+/// N9: a template cannot make the key's Secret something a gateway reads; the API server refuses
+/// the keys Kong and Envoy Gateway read (the controller refuses them too, for a server without
+/// CEL), and accepts look-alikes outside those domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_template_keys_a_gateway_reads() {
+    let cluster = cluster().await;
+    let manifest = |template: &str| {
+        format!(
+            "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: bad, namespace: {NS}}}\n\
+             spec: {{tokens: [{{name: a}}], secret: {{template: {template}}}}}\n"
+        )
+    };
+    for (template, message) in [
+        (
+            "{labels: {konghq.com/credential: key-auth}}",
+            "label keys under konghq.com/",
+        ),
+        (
+            "{annotations: {configuration.konghq.com/plugins: key-auth}}",
+            "annotation keys under konghq.com/",
+        ),
+        (
+            "{labels: {gateway.envoyproxy.io/owning-gateway-name: eg}}",
+            "label keys under konghq.com/ and envoyproxy.io/",
+        ),
+    ] {
+        let refused = cluster
+            .apply_yaml(&manifest(template))
+            .await
+            .expect_err(&format!("{template} is refused"));
+        assert!(
+            refused.to_string().contains(message),
+            "{template}: {refused}"
+        );
+    }
+    cluster
+        .apply_yaml(&manifest(
+            "{labels: {example.com/konghq.com: x, notkonghq.com/credential: x}}",
+        ))
+        .await
+        .expect("look-alikes outside the gateways' domains are accepted");
 }

@@ -22,6 +22,7 @@ mod openapi;
 mod printer_columns;
 mod rbac_minimal;
 mod scan_rules;
+mod secret_races;
 mod usage;
 mod verifier_endpoints;
 mod verifier_revocation;

@@ -28,7 +28,7 @@ mod slot;
 
 pub use events::{EventKind, OVERLAP_CUT, PlannedEvent};
 pub use restart::Restart;
-pub use secret::{DesiredSecret, Revocation, revocation};
+pub use secret::{Deletion, DesiredSecret, Precondition, Revocation, revocation};
 pub use slot::{MintReason, RotateReason, SlotAction};
 
 use std::time::Duration;

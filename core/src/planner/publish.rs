@@ -30,12 +30,12 @@ use crate::token::{Token, sha256_hex};
 use crate::validation::validate;
 
 use super::Plan;
-use super::secret::{DesiredSecret, controlled_by, secret_conflict};
+use super::secret::{Deletion, DesiredSecret, Precondition, controlled_by, secret_conflict};
 use super::timing::whole_seconds;
 
 /// The field of a Kong key-auth credential Secret that holds the key.
 pub const KONG_KEY_FIELD: &str = "key";
-/// Suffix of an Envoy Gateway client id (and of a Kong credential Secret's name) for a replaced
+/// Suffix of an Envoy Gateway client id and of a Kong credential Secret's name for a replaced
 /// token during its overlap window; the ones in `earlier` add `-2`, `-3`, `-4`.
 pub const PREVIOUS_SUFFIX: &str = "previous";
 /// Longest object name Kubernetes accepts.
@@ -47,15 +47,19 @@ pub struct Publication {
     /// Published Secrets to server-side apply: those missing or not yet as desired. A Secret the
     /// key has not published before is created only if no Secret of that name exists.
     pub secrets: Vec<DesiredSecret>,
-    /// Names of this key's published Secrets that are no longer wanted (a slot's previous token
-    /// left its overlap window, a slot or a gateway left the spec): delete them after the
-    /// consumer's list no longer names them.
-    pub delete: Vec<String>,
+    /// This key's published Secrets that are no longer wanted (a slot's previous token left its
+    /// overlap window, a slot or a gateway left the spec, a name from before the names were made
+    /// unambiguous): delete them after the consumer's list no longer names them.
+    pub delete: Vec<Deletion>,
     /// The KongConsumers to keep in step: the one `spec.publish` names first, then any the key's
     /// credential Secrets were published to before (withdrawn: their entries leave the list).
     pub kong: Vec<KongCredentials>,
     /// Names the key may not publish under, each with what to do about it.
     pub conflicts: Vec<String>,
+    /// For a credential Secret to write under a new name, the key's Secret under an old name
+    /// that holds the same token (names from before they were made unambiguous): if the new name
+    /// is refused, the old one stays published instead of leaving the gateway.
+    pub fallbacks: BTreeMap<String, String>,
 }
 
 impl Publication {
@@ -65,11 +69,19 @@ impl Publication {
     }
 
     /// Give up publishing under `name` (a Secret of that name is not the key's): nothing is
-    /// written there, no consumer lists it, and `problem` is reported.
+    /// written there, no consumer lists it, and `problem` is reported. A Secret of the key's
+    /// holding the same token under an old name is kept and listed in its place.
     pub fn refuse(&mut self, name: &str, problem: String) {
         self.secrets.retain(|d| d.name != name);
+        let fallback = self.fallbacks.remove(name);
         for kong in &mut self.kong {
-            kong.wanted.retain(|w| w != name);
+            if let Some(at) = kong.wanted.iter().position(|w| w == name) {
+                kong.wanted.remove(at);
+                kong.wanted.splice(at..at, fallback.clone());
+            }
+        }
+        if let Some(old) = fallback {
+            self.delete.retain(|d| d.name != old);
         }
         self.conflicts.push(problem);
     }
@@ -129,14 +141,28 @@ pub fn consents(consumer: &ObjectMeta, key: &str) -> bool {
         .is_some_and(|names| names.split(',').any(|n| n.trim() == key))
 }
 
-/// The Envoy Gateway client id of a slot's current token.
-pub fn envoy_client_id(namespace: &str, apikey: &str, slot: &str) -> String {
-    format!("{namespace}.{apikey}.{slot}")
+// Published names and ids must tell every (namespace, key, slot, token) apart, or one key could
+// publish under another's name (N9). Namespaces and slots are DNS labels (no `.`), ApiKey names
+// DNS subdomains (`.` allowed), and none has a `_`: so a `.` before and after the key's name
+// delimits it, and a `_` starts a replaced token's suffix.
+
+/// The Envoy Gateway client id of a slot's token: `<namespace>.<apikey>.<slot>` for the current
+/// one, `_previous`, `_previous-2`, ... appended for replaced ones (`suffix`).
+pub fn envoy_client_id(namespace: &str, apikey: &str, slot: &str, suffix: Option<&str>) -> String {
+    match suffix {
+        None => format!("{namespace}.{apikey}.{slot}"),
+        Some(suffix) => format!("{namespace}.{apikey}.{slot}_{suffix}"),
+    }
 }
 
-/// The name of a Kong credential Secret of a slot's current token.
-pub fn kong_secret_name(apikey: &str, slot: &str) -> String {
-    format!("{apikey}-{slot}-kong")
+/// The name of a Kong credential Secret of a slot's token: `<apikey>.<slot>.kong` for the current
+/// one, `-previous`, `-previous-2`, ... appended for replaced ones (`suffix`). The last
+/// `.`-separated part is `kong...`, the one before it the slot, the rest the key.
+pub fn kong_secret_name(apikey: &str, slot: &str, suffix: Option<&str>) -> String {
+    match suffix {
+        None => format!("{apikey}.{slot}.kong"),
+        Some(suffix) => format!("{apikey}.{slot}.kong-{suffix}"),
+    }
 }
 
 /// The KongConsumers of `key`: the one `spec.publish` names, then those its credential Secrets
@@ -179,8 +205,8 @@ pub fn kong_parts(key: &ApiKey, published: &[Secret]) -> Vec<KongCredentials> {
     parts
 }
 
-/// The names of the key's published Secrets among `published` (revocation deletes them).
-pub fn owned(key: &ApiKey, published: &[Secret]) -> Vec<String> {
+/// The key's published Secrets among `published` (revocation deletes them).
+pub fn owned(key: &ApiKey, published: &[Secret]) -> Vec<Deletion> {
     published
         .iter()
         .filter(|s| {
@@ -190,7 +216,7 @@ pub fn owned(key: &ApiKey, published: &[Secret]) -> Vec<String> {
                     .as_ref()
                     .is_some_and(|l| l.contains_key(PUBLISHED_FOR_LABEL))
         })
-        .filter_map(|s| s.metadata.name.clone())
+        .map(Deletion::of)
         .collect()
 }
 
@@ -244,10 +270,7 @@ pub fn publication(
             let data = live
                 .iter()
                 .map(|(slot, suffix, token)| {
-                    let mut id = envoy_client_id(&namespace, &name, slot);
-                    if let Some(suffix) = suffix {
-                        id = format!("{id}.{suffix}");
-                    }
+                    let id = envoy_client_id(&namespace, &name, slot, suffix.as_deref());
                     (id, token.clone())
                 })
                 .collect();
@@ -257,18 +280,23 @@ pub fn publication(
                 secret_name,
                 PUBLISHED_FOR_ENVOY_GATEWAY,
                 data,
+                published,
             ));
         }
     }
     let mut kong = kong_parts(key, published);
     if let Some(kong) = kong.iter_mut().find(|k| !k.withdrawn) {
         for (slot, suffix, token) in &live {
-            let mut secret_name = kong_secret_name(&name, slot);
-            if let Some(suffix) = suffix {
-                secret_name = format!("{secret_name}-{suffix}");
-            }
+            let secret_name = kong_secret_name(&name, slot, suffix.as_deref());
             let data = BTreeMap::from([(KONG_KEY_FIELD.to_owned(), token.clone())]);
-            let mut secret = published_secret(key, &owner, secret_name, PUBLISHED_FOR_KONG, data);
+            let mut secret = published_secret(
+                key,
+                &owner,
+                secret_name,
+                PUBLISHED_FOR_KONG,
+                data,
+                published,
+            );
             secret
                 .labels
                 .insert(KONG_CREDENTIAL_LABEL.to_owned(), KONG_KEY_AUTH.to_owned());
@@ -303,18 +331,21 @@ pub fn publication(
         };
         refused.extend(problem.map(|p| (d.name.clone(), p)));
     }
+    let delete: Vec<Deletion> = owned(key, published)
+        .into_iter()
+        .filter(|old| !desired.iter().any(|d| d.name == old.name))
+        .collect();
+    let fallbacks = fallbacks(&desired, &delete, published);
     let mut publication = Publication {
         secrets: desired,
+        delete,
         kong,
+        fallbacks,
         ..Publication::default()
     };
     for (name, problem) in refused {
         publication.refuse(&name, problem);
     }
-    publication.delete = owned(key, published)
-        .into_iter()
-        .filter(|n| !publication.secrets.iter().any(|d| d.name == *n))
-        .collect();
     let wanted: Vec<String> = publication
         .kong
         .iter()
@@ -327,6 +358,30 @@ pub fn publication(
         .secrets
         .retain(|d| !published.iter().any(|s| matches(s, d)));
     publication
+}
+
+/// For each Kong credential in `desired`, the Secret among those to `delete` that holds the same
+/// token (see [`Publication::fallbacks`]).
+fn fallbacks(
+    desired: &[DesiredSecret],
+    delete: &[Deletion],
+    published: &[Secret],
+) -> BTreeMap<String, String> {
+    let key_of = |s: &Secret| s.data.as_ref()?.get(KONG_KEY_FIELD).map(|v| v.0.clone());
+    desired
+        .iter()
+        .filter_map(|d| {
+            let token = d.data.get(KONG_KEY_FIELD)?.expose_secret().as_bytes();
+            let old = published.iter().find(|s| {
+                is_published_for(s, PUBLISHED_FOR_KONG)
+                    && delete
+                        .iter()
+                        .any(|x| s.metadata.name.as_ref() == Some(&x.name))
+                    && key_of(s).as_deref() == Some(token)
+            })?;
+            Some((d.name.clone(), old.metadata.name.clone()?))
+        })
+        .collect()
 }
 
 /// The tokens of one slot a gateway should accept at `now`, if their values are known: the
@@ -391,7 +446,12 @@ fn published_secret(
     name: String,
     published_for: &str,
     data: BTreeMap<String, Token>,
+    published: &[Secret],
 ) -> DesiredSecret {
+    let observed = published
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+        .map(Precondition::of);
     let labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (
@@ -410,6 +470,7 @@ fn published_secret(
         annotations,
         owner: owner.clone(),
         data,
+        observed,
     }
 }
 

@@ -35,16 +35,64 @@ pub struct DesiredSecret {
     pub owner: OwnerReference,
     /// One token per slot, by Secret key.
     pub data: BTreeMap<String, Token>,
+    /// The Secret of this name as observed, which the write must still find; `None`: none was
+    /// observed, so the write creates it.
+    pub observed: Option<Precondition>,
+}
+
+/// The object a write or a deletion was planned from. It goes ahead only if the Secret is still
+/// that object at that version, so a Secret deleted and created again by someone else, or
+/// changed, after the ownership check is never written or deleted on the strength of that check
+/// (the API server answers 409, and the key is planned again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precondition {
+    /// The observed object's uid.
+    pub uid: Option<String>,
+    /// The observed object's resourceVersion.
+    pub resource_version: Option<String>,
+}
+
+impl Precondition {
+    /// The precondition that `secret` is still as observed.
+    pub fn of(secret: &Secret) -> Precondition {
+        Precondition {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// A Secret to delete, with the precondition that it is still the one observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// Secret name.
+    pub name: String,
+    /// The Secret as observed.
+    pub observed: Precondition,
+}
+
+impl Deletion {
+    /// The deletion of `secret` as observed.
+    pub fn of(secret: &Secret) -> Deletion {
+        Deletion {
+            name: secret.metadata.name.clone().unwrap_or_default(),
+            observed: Precondition::of(secret),
+        }
+    }
 }
 
 impl DesiredSecret {
     /// The complete object to apply. The values go into `data` (never `stringData`, whose keys
-    /// would survive their removal under server-side apply).
+    /// would survive their removal under server-side apply). The observed uid and
+    /// resourceVersion go into its metadata: preconditions of an apply or a replace.
     pub fn to_secret(&self) -> Secret {
+        let observed = self.observed.clone().unwrap_or_default();
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
+                uid: observed.uid,
+                resource_version: observed.resource_version,
                 labels: Some(self.labels.clone()),
                 annotations: Some(self.annotations.clone()),
                 owner_references: Some(vec![self.owner.clone()]),
@@ -73,13 +121,13 @@ pub(super) fn controlled_by(secret: &Secret, key: &ApiKey) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
-/// What revoking a key does to the Secret it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What revoking a key does to the Secret it names, if that Secret is still as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
     /// The key created the Secret: delete it.
-    Delete,
+    Delete(Deletion),
     /// The key adopted the Secret: remove only what Keysmith wrote, keep the rest.
-    Release,
+    Release(Precondition),
     /// The Secret is missing or not this key's.
     Leave,
 }
@@ -87,8 +135,10 @@ pub enum Revocation {
 /// The revocation of `key` for the Secret it names.
 pub fn revocation(key: &ApiKey, secret: Option<&Secret>) -> Revocation {
     match secret {
-        Some(s) if controlled_by(s, key) && opted_in(s, key) => Revocation::Release,
-        Some(s) if controlled_by(s, key) => Revocation::Delete,
+        Some(s) if controlled_by(s, key) && opted_in(s, key) => {
+            Revocation::Release(Precondition::of(s))
+        }
+        Some(s) if controlled_by(s, key) => Revocation::Delete(Deletion::of(s)),
         _ => Revocation::Leave,
     }
 }
@@ -169,6 +219,7 @@ impl Planner<'_> {
             annotations,
             owner: self.key.controller_owner_ref(&())?,
             data,
+            observed: self.secret.map(Precondition::of),
         })
     }
 

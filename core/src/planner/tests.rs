@@ -540,14 +540,59 @@ fn revocation_releases_an_adopted_secret_and_deletes_only_its_own() {
             .into_iter()
             .collect(),
     );
-    assert_eq!(revocation(&w.key, Some(&adopted)), Revocation::Release);
+    adopted.metadata.uid = Some("adopted-uid".to_owned());
+    adopted.metadata.resource_version = Some("41".to_owned());
+    assert_eq!(
+        revocation(&w.key, Some(&adopted)),
+        Revocation::Release(Precondition {
+            uid: Some("adopted-uid".to_owned()),
+            resource_version: Some("41".to_owned()),
+        }),
+        "released only while it is the Secret observed"
+    );
 
     let mut w = World::new(two_slots());
     w.step();
-    assert_eq!(revocation(&w.key, w.secret.as_ref()), Revocation::Delete);
+    let mut own = w.secret.clone().unwrap();
+    own.metadata.uid = Some("own-uid".to_owned());
+    own.metadata.resource_version = Some("42".to_owned());
+    assert_eq!(
+        revocation(&w.key, Some(&own)),
+        Revocation::Delete(Deletion {
+            name: "site".to_owned(),
+            observed: Precondition {
+                uid: Some("own-uid".to_owned()),
+                resource_version: Some("42".to_owned()),
+            },
+        }),
+        "deleted only while it is the Secret observed"
+    );
     assert_eq!(revocation(&w.key, None), Revocation::Leave);
     let other = foreign_secret(&[], Some("0d7e6b52-0000-4000-8000-000000000001"));
     assert_eq!(revocation(&w.key, Some(&other)), Revocation::Leave);
+}
+
+#[test]
+fn the_secret_is_written_only_while_it_is_the_one_observed() {
+    let mut w = World::new(two_slots());
+    let created = w.step().secret.unwrap();
+    assert_eq!(
+        created.observed, None,
+        "none observed: the write creates it"
+    );
+    let secret = w.secret.as_mut().unwrap();
+    secret.metadata.uid = Some("own-uid".to_owned());
+    secret.metadata.resource_version = Some("42".to_owned());
+    w.annotate(ROTATE_ANNOTATION, "now");
+    let rotated = w.plan().secret.unwrap();
+    let observed = Precondition {
+        uid: Some("own-uid".to_owned()),
+        resource_version: Some("42".to_owned()),
+    };
+    assert_eq!(rotated.observed.as_ref(), Some(&observed));
+    let body = rotated.to_secret();
+    assert_eq!(body.metadata.uid, observed.uid, "the apply names the uid");
+    assert_eq!(body.metadata.resource_version, observed.resource_version);
 }
 
 #[test]

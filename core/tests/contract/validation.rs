@@ -208,6 +208,21 @@ const INVALID: &[(&str, &str, &str)] = &[
         "set by Keysmith",
     ),
     (
+        "tokens: [{name: a}]\nsecret: {template: {labels: {konghq.com/credential: key-auth}}}",
+        "spec.secret.template.labels[konghq.com/credential]",
+        "read by a gateway",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {template: {annotations: {configuration.konghq.com/plugins: x}}}",
+        "spec.secret.template.annotations[configuration.konghq.com/plugins]",
+        "read by a gateway",
+    ),
+    (
+        "tokens: [{name: a}]\nsecret: {template: {labels: {gateway.envoyproxy.io/owning-gateway-name: eg}}}",
+        "spec.secret.template.labels[gateway.envoyproxy.io/owning-gateway-name]",
+        "read by a gateway",
+    ),
+    (
         "tokens: [{name: a}]\nsecret: {restartTargets: [{kind: Deployment, name: Web_1}]}",
         "spec.secret.restartTargets[0].name",
         "not a valid Deployment name",
@@ -246,6 +261,22 @@ fn every_invalid_spec_names_its_field() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn template_keys_near_the_gateway_domains_but_outside_them_are_accepted() {
+    for key in [
+        "team",
+        "example.com/konghq.com",
+        "notkonghq.com/credential",
+        "konghq.company/credential",
+        "envoyproxy.io.example.com/x",
+    ] {
+        let yaml = format!(
+            "tokens: [{{name: a}}]\nsecret: {{template: {{labels: {{{key}: v}}, annotations: {{{key}: v}}}}}}"
+        );
+        assert!(validate(&spec(&yaml)).is_ok(), "{key}");
+    }
 }
 
 #[test]

@@ -98,8 +98,8 @@ impl World {
         for kong in &publication.kong {
             self.consumer = kong.merged(&self.consumer);
         }
-        for name in &publication.delete {
-            self.others.remove(name);
+        for old in &publication.delete {
+            self.others.remove(&old.name);
         }
         publication
     }
@@ -165,9 +165,9 @@ fn envoy_gateway_gets_one_entry_per_token_and_the_previous_one_for_the_overlap()
         w.entries("site-envoy-gateway"),
         BTreeMap::from([
             ("cms.site.delivery".to_owned(), second.0.clone()),
-            ("cms.site.delivery.previous".to_owned(), first.0.clone()),
+            ("cms.site.delivery_previous".to_owned(), first.0.clone()),
             ("cms.site.preview".to_owned(), second.1.clone()),
-            ("cms.site.preview.previous".to_owned(), first.1.clone()),
+            ("cms.site.preview_previous".to_owned(), first.1.clone()),
         ])
     );
     // Still inside the window, then past it: only the previous entries go.
@@ -207,17 +207,17 @@ fn rotations_inside_the_overlap_keep_every_replaced_token_published_until_its_ow
     w.settle();
     let entries = w.entries("site-envoy-gateway");
     assert_eq!(entries["cms.site.delivery"], w.current("delivery"));
-    assert_eq!(entries["cms.site.delivery.previous"], second);
-    assert_eq!(entries["cms.site.delivery.previous-2"], first);
+    assert_eq!(entries["cms.site.delivery_previous"], second);
+    assert_eq!(entries["cms.site.delivery_previous-2"], first);
     // The first window ends 2h after the first rotation, the second 30 minutes later.
     w.advance_and_settle(SignedDuration::from_mins(90));
     let entries = w.entries("site-envoy-gateway");
-    assert_eq!(entries["cms.site.delivery.previous"], second);
-    assert!(!entries.contains_key("cms.site.delivery.previous-2"));
+    assert_eq!(entries["cms.site.delivery_previous"], second);
+    assert!(!entries.contains_key("cms.site.delivery_previous-2"));
     w.advance_and_settle(SignedDuration::from_mins(30));
     assert!(
         !w.entries("site-envoy-gateway")
-            .contains_key("cms.site.delivery.previous")
+            .contains_key("cms.site.delivery_previous")
     );
 }
 
@@ -232,7 +232,7 @@ fn a_crash_after_the_rotation_keeps_the_previous_token_published_from_the_gatewa
     w.key.status = plan.status.clone();
     w.secret = plan.secret.as_ref().map(DesiredSecret::to_secret);
     w.settle();
-    assert_eq!(w.entries("gw")["cms.site.delivery.previous"], old);
+    assert_eq!(w.entries("gw")["cms.site.delivery_previous"], old);
     assert_eq!(w.entries("gw")["cms.site.delivery"], w.current("delivery"));
 }
 
@@ -240,51 +240,51 @@ fn a_crash_after_the_rotation_keeps_the_previous_token_published_from_the_gatewa
 fn kong_gets_a_credential_secret_per_token_and_the_consumer_list_follows() {
     let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
     w.settle();
-    let delivery = &w.others["site-delivery-kong"];
+    let delivery = &w.others["site.delivery.kong"];
     let labels = delivery.metadata.labels.as_ref().unwrap();
     assert_eq!(labels[KONG_CREDENTIAL_LABEL], KONG_KEY_AUTH);
     assert_eq!(labels[PUBLISHED_FOR_LABEL], PUBLISHED_FOR_KONG);
     assert_eq!(
-        w.entries("site-delivery-kong"),
+        w.entries("site.delivery.kong"),
         BTreeMap::from([(KONG_KEY_FIELD.to_owned(), w.current("delivery"))])
     );
     assert_eq!(
         w.consumer,
-        ["hand-made", "site-delivery-kong", "site-preview-kong"]
+        ["hand-made", "site.delivery.kong", "site.preview.kong"]
     );
 
     let old = w.current("delivery");
     w.rotate("one");
     w.advance_and_settle(hours(0));
     assert_eq!(
-        w.entries("site-delivery-kong-previous")[KONG_KEY_FIELD],
+        w.entries("site.delivery.kong-previous")[KONG_KEY_FIELD],
         old
     );
     assert_eq!(
-        w.entries("site-delivery-kong")[KONG_KEY_FIELD],
+        w.entries("site.delivery.kong")[KONG_KEY_FIELD],
         w.current("delivery")
     );
     assert_eq!(
         w.consumer,
         [
             "hand-made",
-            "site-delivery-kong",
-            "site-delivery-kong-previous",
-            "site-preview-kong",
-            "site-preview-kong-previous",
+            "site.delivery.kong",
+            "site.delivery.kong-previous",
+            "site.preview.kong",
+            "site.preview.kong-previous",
         ]
     );
     w.advance_and_settle(hours(2));
     assert_eq!(
         w.names(),
         BTreeSet::from([
-            "site-delivery-kong".to_owned(),
-            "site-preview-kong".to_owned()
+            "site.delivery.kong".to_owned(),
+            "site.preview.kong".to_owned()
         ])
     );
     assert_eq!(
         w.consumer,
-        ["hand-made", "site-delivery-kong", "site-preview-kong"]
+        ["hand-made", "site.delivery.kong", "site.preview.kong"]
     );
 }
 
@@ -330,8 +330,8 @@ fn removing_a_gateway_from_the_spec_deletes_what_was_published_for_it() {
     assert_eq!(
         w.names(),
         BTreeSet::from([
-            "site-delivery-kong".to_owned(),
-            "site-preview-kong".to_owned()
+            "site.delivery.kong".to_owned(),
+            "site.preview.kong".to_owned()
         ])
     );
     w.key.spec.publish.clear();
@@ -349,7 +349,7 @@ fn moving_to_another_consumer_takes_the_entries_out_of_the_first() {
     let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
     w.settle();
     assert_eq!(
-        w.others["site-delivery-kong"]
+        w.others["site.delivery.kong"]
             .metadata
             .annotations
             .as_ref()
@@ -364,8 +364,8 @@ fn moving_to_another_consumer_takes_the_entries_out_of_the_first() {
         .map(|k| (k.consumer.as_str(), k.withdrawn, k.wanted.as_slice()))
         .collect();
     let wanted = [
-        "site-delivery-kong".to_owned(),
-        "site-preview-kong".to_owned(),
+        "site.delivery.kong".to_owned(),
+        "site.preview.kong".to_owned(),
     ];
     assert_eq!(
         parts,
@@ -383,6 +383,161 @@ fn moving_to_another_consumer_takes_the_entries_out_of_the_first() {
         ["outlet", "outlet"],
         "the Secrets now record the new consumer"
     );
+}
+
+#[test]
+fn credentials_published_under_the_old_names_move_to_the_new_ones_before_they_are_deleted() {
+    let mut w = World::new(publishing(
+        json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]),
+    ));
+    w.rotate("one");
+    w.settle();
+    w.rotate("two");
+    w.step();
+    // What the names before N9 left: `<apikey>-<slot>-kong[-previous]` and `.previous` ids.
+    let renamed: Vec<(String, String)> = w
+        .names()
+        .into_iter()
+        .filter(|n| n.contains(".kong"))
+        .map(|n| (n.clone(), n.replacen('.', "-", 2)))
+        .collect();
+    for (new, old) in &renamed {
+        let mut secret = w.others.remove(new).unwrap();
+        secret.metadata.name = Some(old.clone());
+        secret.metadata.uid = Some(format!("uid-of-{old}"));
+        secret.metadata.resource_version = Some("7".to_owned());
+        w.others.insert(old.clone(), secret);
+    }
+    w.consumer = std::iter::once("hand-made".to_owned())
+        .chain(renamed.iter().map(|(_, old)| old.clone()))
+        .collect();
+    let envoy = w.others.get_mut("site-envoy-gateway").unwrap();
+    let data = envoy.data.take().unwrap();
+    envoy.data = Some(
+        data.into_iter()
+            .map(|(id, v)| (id.replace("_previous", ".previous"), v))
+            .collect(),
+    );
+    let held: BTreeMap<String, String> = renamed
+        .iter()
+        .map(|(new, old)| (new.clone(), w.entries(old)[KONG_KEY_FIELD].clone()))
+        .collect();
+
+    let publication = w.step();
+    let deleted: BTreeMap<String, Precondition> = publication
+        .delete
+        .iter()
+        .map(|d| (d.name.clone(), d.observed.clone()))
+        .collect();
+    let olds: BTreeSet<&String> = renamed.iter().map(|(_, old)| old).collect();
+    assert_eq!(deleted.keys().collect::<BTreeSet<_>>(), olds);
+    for (name, observed) in &deleted {
+        assert_eq!(
+            observed.uid.as_deref(),
+            Some(format!("uid-of-{name}").as_str())
+        );
+    }
+    for (new, token) in &held {
+        assert!(
+            publication.secrets.iter().any(|d| &d.name == new),
+            "{new} is written in the same pass, before the old name is deleted"
+        );
+        assert_eq!(
+            &w.entries(new)[KONG_KEY_FIELD],
+            token,
+            "{new} holds the same token"
+        );
+    }
+    let listed: Vec<String> = std::iter::once("hand-made".to_owned())
+        .chain(held.keys().cloned())
+        .collect();
+    assert_eq!(w.consumer, listed, "the consumer lists the new names only");
+    assert!(
+        w.entries("site-envoy-gateway")
+            .keys()
+            .all(|id| !id.contains(".previous")),
+        "the replaced tokens' client ids are the new ones"
+    );
+    w.settle();
+}
+
+#[test]
+fn a_credential_whose_new_name_is_taken_stays_under_its_old_name() {
+    let mut w = World::new(publishing(json!([{"kong": {"consumer": "shop"}}])));
+    w.settle();
+    // Published under the names before N9, and someone took the new name of one of them.
+    for slot in ["delivery", "preview"] {
+        let mut secret = w.others.remove(&format!("site.{slot}.kong")).unwrap();
+        secret.metadata.name = Some(format!("site-{slot}-kong"));
+        w.others.insert(format!("site-{slot}-kong"), secret);
+    }
+    w.consumer = vec![
+        "hand-made".to_owned(),
+        "site-delivery-kong".to_owned(),
+        "site-preview-kong".to_owned(),
+    ];
+    w.others.insert(
+        "site.delivery.kong".to_owned(),
+        foreign("site.delivery.kong"),
+    );
+    let token = w.entries("site-delivery-kong")[KONG_KEY_FIELD].clone();
+
+    let publication = w.step();
+    assert!(publication.conflicts[0].contains("site.delivery.kong"));
+    assert!(
+        publication
+            .delete
+            .iter()
+            .all(|d| d.name != "site-delivery-kong"),
+        "the old credential stays: {:?}",
+        publication.delete
+    );
+    assert_eq!(w.entries("site-delivery-kong")[KONG_KEY_FIELD], token);
+    assert_eq!(
+        w.others["site.delivery.kong"],
+        foreign("site.delivery.kong")
+    );
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site-delivery-kong", "site.preview.kong"],
+        "the consumer keeps listing it, and the slot that could move has moved"
+    );
+    assert!(!w.others.contains_key("site-preview-kong"));
+
+    // Once the name is free, the credential moves.
+    w.others.remove("site.delivery.kong");
+    w.settle();
+    assert_eq!(w.entries("site.delivery.kong")[KONG_KEY_FIELD], token);
+    assert!(!w.others.contains_key("site-delivery-kong"));
+    assert_eq!(
+        w.consumer,
+        ["hand-made", "site.delivery.kong", "site.preview.kong"]
+    );
+}
+
+#[test]
+fn the_template_reaches_the_key_own_secret_only() {
+    let mut spec = publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]));
+    spec["secret"] = json!({"template": {"labels": {"team": "a"}, "annotations": {"note": "b"}}});
+    let mut w = World::new(spec);
+    w.settle();
+    let own = w.secret.as_ref().unwrap().metadata.clone();
+    assert_eq!(own.labels.unwrap()["team"], "a");
+    assert_eq!(own.annotations.unwrap()["note"], "b");
+    for (name, published) in &w.others {
+        let meta = &published.metadata;
+        let keys: Vec<&String> = meta
+            .labels
+            .iter()
+            .flatten()
+            .chain(meta.annotations.iter().flatten())
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            keys.iter().all(|k| *k != "team" && *k != "note"),
+            "{name}: {keys:?}"
+        );
+    }
 }
 
 fn foreign(name: &str) -> Secret {
@@ -404,7 +559,7 @@ fn a_name_taken_by_a_secret_the_key_does_not_own_is_a_conflict_and_stays_untouch
     w.others
         .insert("team-b-keys".to_owned(), foreign("team-b-keys"));
     w.others
-        .insert("site-preview-kong".to_owned(), foreign("site-preview-kong"));
+        .insert("site.preview.kong".to_owned(), foreign("site.preview.kong"));
     let publication = w.step();
     assert_eq!(
         publication.conflicts.len(),
@@ -424,10 +579,10 @@ fn a_name_taken_by_a_secret_the_key_does_not_own_is_a_conflict_and_stays_untouch
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    assert_eq!(written, ["site-delivery-kong"]);
+    assert_eq!(written, ["site.delivery.kong"]);
     assert_eq!(w.others["team-b-keys"], foreign("team-b-keys"));
     // The consumer never lists a credential of someone else's under this key.
-    assert_eq!(w.consumer, ["hand-made", "site-delivery-kong"]);
+    assert_eq!(w.consumer, ["hand-made", "site.delivery.kong"]);
 }
 
 #[test]
@@ -583,13 +738,54 @@ proptest! {
             let envoy: BTreeSet<String> = w.entries("site-envoy-gateway").values().map(|v| sha256_hex(v)).collect();
             prop_assert_eq!(&envoy, &verifying);
             let kong: BTreeSet<String> = w.others.iter()
-                .filter(|(n, _)| n.contains("-kong"))
+                .filter(|(n, _)| n.contains(".kong"))
                 .map(|(n, _)| sha256_hex(&w.entries(n)[KONG_KEY_FIELD]))
                 .collect();
             prop_assert_eq!(&kong, &verifying);
             let listed: BTreeSet<&str> = w.consumer.iter().map(String::as_str).filter(|c| *c != "hand-made").collect();
-            let credentials: BTreeSet<&str> = w.others.keys().map(String::as_str).filter(|n| n.contains("-kong")).collect();
+            let credentials: BTreeSet<&str> = w.others.keys().map(String::as_str).filter(|n| n.contains(".kong")).collect();
             prop_assert_eq!(listed, credentials);
         }
     }
+}
+
+fn suffix() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(PREVIOUS_SUFFIX.to_owned())),
+        (2..=4u8).prop_map(|n| Some(format!("{PREVIOUS_SUFFIX}-{n}"))),
+    ]
+}
+
+proptest! {
+    /// N9: no two (key, slot, token) share a Kong credential name or an Envoy Gateway client id,
+    /// whatever names the ApiKeys and slots have (DNS subdomains and DNS labels, drawn from the
+    /// few characters that make collisions likely).
+    #[test]
+    fn published_names_and_ids_tell_every_key_slot_and_token_apart(
+        a in ("[a-z]([a-z.-]{0,6}[a-z])?", "[a-z]([a-z-]{0,6}[a-z])?", suffix()),
+        b in ("[a-z]([a-z.-]{0,6}[a-z])?", "[a-z]([a-z-]{0,6}[a-z])?", suffix()),
+    ) {
+        prop_assume!(a != b);
+        let kong = |(key, slot, suffix): &(String, String, Option<String>)| {
+            kong_secret_name(key, slot, suffix.as_deref())
+        };
+        let envoy = |(key, slot, suffix): &(String, String, Option<String>)| {
+            envoy_client_id("cms", key, slot, suffix.as_deref())
+        };
+        prop_assert_ne!(kong(&a), kong(&b));
+        prop_assert_ne!(envoy(&a), envoy(&b));
+    }
+}
+
+#[test]
+fn the_names_of_the_issue_are_apart() {
+    assert_ne!(
+        kong_secret_name("team", "api-main", None),
+        kong_secret_name("team-api", "main", None)
+    );
+    assert_ne!(
+        envoy_client_id("cms", "a.b", "previous", None),
+        envoy_client_id("cms", "a", "b", Some(PREVIOUS_SUFFIX))
+    );
 }
