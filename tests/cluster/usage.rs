@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::harness::verifier::{NS, cluster, request, status_token, token};
-use crate::harness::{Cluster, Identity, eventually, needs_real_server};
+use crate::harness::{Cluster, Identity, eventually, needs_real_server, real};
 
 /// The chart's verifier Service, which the APIService names.
 const SERVICE: &str = "keysmith-verifier";
