@@ -105,11 +105,12 @@ fn block_on(command: &str, work: impl Future<Output = Result<(), String>>) -> Ex
 fn serve_components(
     command: &str,
     telemetry: &args::TelemetryArgs,
-    settings: crate::verifier::Settings,
+    settings: Result<crate::verifier::Settings, String>,
     setup: impl Future<Output = Result<Components, String>>,
 ) -> ExitCode {
     let _logs = crate::telemetry::init_tracing(telemetry.log_format);
     block_on(command, async {
+        let settings = settings?;
         let components = setup.await?;
         components::preflight(&components)
             .await

@@ -256,7 +256,6 @@ impl Index {
         let key = Arc::new(info);
         let mut fresh = Vec::new();
         let mut skipped = 0;
-        let response = apikey.spec.leak_response.unwrap_or_default();
         for (position, status) in apikey.status.iter().flat_map(|s| &s.tokens).enumerate() {
             let Some(slot) = key.slot_index(&status.name) else {
                 // A slot removed from the spec no longer authorizes anything, whatever status says.
@@ -278,7 +277,7 @@ impl Index {
                         id: Arc::from(id),
                         validity,
                         leaked: leak.is_some(),
-                        refused: leak_refused(leak, response),
+                        refused: leak_refused(leak, key.leak_response),
                     }),
                     None => skipped += 1,
                 }
