@@ -11,9 +11,9 @@
 //! and because keys are SHA-256 outputs the map hashes them by taking 8 of their bytes instead of
 //! running SipHash again.
 //!
-//! Deleted keys leave tombstones so their tokens answer REVOKED rather than NOT_FOUND for
-//! [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`] of them), which tells an operator chasing a 401
-//! what happened.
+//! Deleted keys, and leaked tokens the controller replaced, leave tombstones so they answer
+//! REVOKED rather than NOT_FOUND for [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`] of them),
+//! which tells an operator chasing a 401 what happened.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -341,13 +341,19 @@ impl Index {
         }
         for gone in old.iter().filter(|h| !hashes.contains(h)) {
             let mut shard = self.shard(gone).write().unwrap_or_else(|e| e.into_inner());
-            if shard
-                .get(gone)
-                .is_some_and(|e| e.key.identity == key.identity)
-            {
-                shard.remove(gone);
+            match shard.get(gone) {
+                // A leaked token the controller replaced answers REVOKED, like a deleted key's,
+                // rather than NOT_FOUND: whoever still uses it learns why it stopped working.
+                Some(e) if e.key.identity == key.identity && e.leaked && e.revoked => {
+                    writer.tombstones.push_back((*gone, now + TOMBSTONE_TTL));
+                }
+                Some(e) if e.key.identity == key.identity => {
+                    shard.remove(gone);
+                }
+                _ => {}
             }
         }
+        self.prune(&mut writer, now);
         let tokens = hashes.len();
         self.live.fetch_add(tokens, Ordering::Relaxed);
         self.live.fetch_sub(old.len(), Ordering::Relaxed);

@@ -11,8 +11,8 @@ use keysmith::devcluster;
 use keysmith::scope::Scope;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
-use keysmith::verifier::client_ip;
 use keysmith::verifier::tenancy::Tenancy;
+use keysmith::verifier::{Settings, client_ip};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -121,6 +121,18 @@ pub async fn spawn(
     api: TcpListener,
     clock: Clock,
 ) -> Spawned {
+    spawn_with(cluster, trusted, tenancy, api, clock, Settings::default()).await
+}
+
+/// Like [`spawn`], with the flags' `settings`.
+pub async fn spawn_with(
+    cluster: &Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    api: TcpListener,
+    clock: Clock,
+    settings: Settings,
+) -> Spawned {
     let client = cluster
         .client_as(&verifier_identity())
         .await
@@ -146,7 +158,7 @@ pub async fn spawn(
         .expect("the chart's rules allow listing ApiKeys");
     let (stop, stopped) = Shutdown::new();
     tokio::spawn(async move {
-        components::serve(components, stopped)
+        components::serve_with(components, settings, stopped)
             .await
             .expect("verifier serves");
     });

@@ -677,5 +677,22 @@ fn a_leak_record_revokes_the_token_unless_the_key_only_reports_leaks() {
         let verdict = index.verify(&request(other.expose_secret()), now());
         assert_eq!(verdict.code, Code::Valid);
         assert!(!verdict.found.unwrap().leaked);
+
+        // Once the controller replaced it, a refused token answers REVOKED until its tombstone
+        // goes, and a recorded one is simply gone.
+        key.status.as_mut().unwrap().tokens.remove(0);
+        index.apply(&key, now());
+        let gone = index.verify(&request(leaked.expose_secret()), now()).code;
+        let expected = if expected == Code::Revoked {
+            Code::Revoked
+        } else {
+            Code::NotFound
+        };
+        assert_eq!(gone, expected, "{response:?}");
+        index.apply(&key, now() + TOMBSTONE_TTL);
+        assert_eq!(
+            code(&index, &request(leaked.expose_secret())),
+            Code::NotFound
+        );
     }
 }

@@ -1,0 +1,314 @@
+//! End to end: leak reports to the verifier, in GitHub's signed partner format and the plain
+//! format, acted on by the controller (SPEC 4.6), with a signing key generated here.
+
+use base64::Engine;
+use keysmith::controller::system_clock;
+use keysmith::token::sha256_hex;
+use keysmith::verifier::Settings;
+use keysmith::verifier::leaks::{GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, PLAIN_PATH};
+use keysmith::verifier::tenancy::Tenancy;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::harness::controller::*;
+use crate::harness::eventually;
+use crate::harness::verifier::{Spawned, get, request, spawn_with, token as mint};
+
+const SECRET: &str = "report-secret-0123456789";
+const KEY_ID: &str = "test-key-1";
+const LEAK_URL: &str = "https://github.com/octo/app/blob/abc123/.env";
+const PASTE_URL: &str = "https://paste.example/xyz";
+
+/// The DER header of a P-256 SubjectPublicKeyInfo, before the point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+const KEYS: &str = r#"
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: leaky, namespace: cms}
+spec:
+  tokens: [{name: api, prefix: lk_}]
+  rotation: {overlap: 1h}
+---
+apiVersion: keysmith.dev/v1alpha1
+kind: ApiKey
+metadata: {name: watched, namespace: cms}
+spec:
+  tokens: [{name: api, prefix: wt_}]
+  leakResponse: report
+"#;
+
+/// GitHub's side: a signing key and the public-keys document it publishes.
+struct Github {
+    pair: EcdsaKeyPair,
+}
+
+impl Github {
+    fn new() -> Github {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Github { pair }
+    }
+
+    fn public_keys(&self) -> String {
+        let spki = [&P256_SPKI_PREFIX[..], self.pair.public_key().as_ref()].concat();
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(spki)
+        );
+        json!({"public_keys": [{"key_identifier": KEY_ID, "key": pem, "is_current": true}]})
+            .to_string()
+    }
+
+    fn sign(&self, body: &str) -> String {
+        let signature = self
+            .pair
+            .sign(&SystemRandom::new(), body.as_bytes())
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(signature.as_ref())
+    }
+}
+
+async fn post(
+    verifier: &Spawned,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let response = request(verifier.api, "POST", path, headers, Some(body)).await;
+    let value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    (response.status, value)
+}
+
+async fn code(verifier: &Spawned, token: &str) -> String {
+    let (_, answer) = post(
+        verifier,
+        "/v1/verify",
+        &[],
+        &json!({"token": token}).to_string(),
+    )
+    .await;
+    answer["code"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn wait_code(verifier: &Spawned, token: &str, expected: &str) {
+    eventually(&format!("the verifier to answer {expected}"), || async {
+        (code(verifier, token).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// The verifier's metric line starting with `series`, as a number.
+async fn metric(verifier: &Spawned, series: &str) -> f64 {
+    get(verifier.probes, "/metrics")
+        .await
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The token of slot `api` in the Secret of ApiKey `name`, once it is the one status names (the
+/// controller writes status first).
+async fn api_token(controller: &Harness, name: &str) -> String {
+    eventually("the Secret to hold the current token", || async {
+        let key = controller.apikey(name).await?;
+        let value = secret_value(&controller.secret(name).await?, "api")?;
+        (token(&key, "api")["sha256"] == sha256_hex(&value)).then_some(value)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
+    let controller = Harness::start().await;
+    controller.apply(KEYS).await;
+    let leaky = controller.wait_key("leaky", "leaky ready", ready).await;
+    controller.wait_key("watched", "watched ready", ready).await;
+    let leaked = api_token(&controller, "leaky").await;
+    let watched = api_token(&controller, "watched").await;
+
+    let github = Github::new();
+    let config = LeakConfig::from_github_keys(github.public_keys().as_bytes())
+        .unwrap()
+        .with_secret(SECRET)
+        .unwrap();
+    let settings = Settings {
+        leaks: Some(config),
+        ..Settings::default()
+    };
+    let verifier = spawn_with(
+        &controller.cluster,
+        &[],
+        Tenancy::parse(NS, &[]).unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        system_clock(),
+        settings,
+    )
+    .await;
+    wait_code(&verifier, &leaked, "VALID").await;
+
+    // GitHub reports the leaked token, one that is well-formed but nobody's, and a lookalike.
+    let stranger = mint("lk_");
+    let report = json!([
+        {"token": leaked, "type": "keysmith_token", "url": LEAK_URL, "source": "content"},
+        {"token": stranger.expose_secret(), "type": "keysmith_token", "url": LEAK_URL, "source": "content"},
+        {"token": "lk_not_a_token", "type": "keysmith_token", "url": LEAK_URL, "source": "content"},
+    ])
+    .to_string();
+    let signature = github.sign(&report);
+    let signed = [
+        ("Github-Public-Key-Identifier", KEY_ID),
+        ("Github-Public-Key-Signature", signature.as_str()),
+    ];
+    let (status, answer) = post(&verifier, GITHUB_PATH, &signed, &report).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!([
+            {"token_hash": sha256_hex(&leaked), "token_type": "keysmith_token", "label": "true_positive"},
+            {"token_hash": stranger.sha256_hex(), "token_type": "keysmith_token", "label": "false_positive"},
+            {"token_hash": sha256_hex("lk_not_a_token"), "token_type": "keysmith_token", "label": "false_positive"},
+        ])
+    );
+    let text = answer.to_string();
+    assert!(!text.contains("leaky") && !text.contains(NS) && !text.contains(&leaked));
+
+    // The leaked token stops verifying at once, and the controller replaces it with no overlap.
+    wait_code(&verifier, &leaked, "REVOKED").await;
+    let rotated = controller
+        .wait_key("leaky", "the leaked token replaced", |k| {
+            token(k, "api")["sha256"] != token(&leaky, "api")["sha256"]
+        })
+        .await;
+    assert_eq!(token(&rotated, "api").get("previous"), None);
+    assert_eq!(token(&rotated, "api").get("leak"), None);
+    let fresh = api_token(&controller, "leaky").await;
+    assert_ne!(fresh, leaked);
+    wait_code(&verifier, &fresh, "VALID").await;
+    let events = eventually("the LeakReported event", || async {
+        let events = controller.events("LeakReported").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "Warning");
+    let note = events[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains(LEAK_URL) && note.contains("rotated at once"),
+        "{note}"
+    );
+    assert!(!note.contains(&leaked));
+    assert_eq!(
+        metric(
+            &verifier,
+            "keysmith_leaked_tokens_total{response=\"rotate\"} "
+        )
+        .await,
+        1.0
+    );
+
+    // The same report again gets the same answer and does nothing more.
+    let (status, again) = post(&verifier, GITHUB_PATH, &signed, &report).await;
+    assert_eq!((status, &again), (200, &answer));
+    assert_eq!(
+        metric(
+            &verifier,
+            "keysmith_leak_reports_total{format=\"github\",outcome=\"replayed\"} "
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &verifier,
+            "keysmith_leaked_tokens_total{response=\"rotate\"} "
+        )
+        .await,
+        1.0
+    );
+
+    // A signature over another body, an unknown key, no signature, and a body over the limit
+    // are refused before anything is looked up.
+    let fresh_report = json!([{"token": fresh, "type": "keysmith_token"}]).to_string();
+    let forged = [
+        ("Github-Public-Key-Identifier", KEY_ID),
+        ("Github-Public-Key-Signature", signature.as_str()),
+    ];
+    let (status, _) = post(&verifier, GITHUB_PATH, &forged, &fresh_report).await;
+    assert_eq!(status, 401);
+    let other_key = [
+        ("Github-Public-Key-Identifier", "another"),
+        ("Github-Public-Key-Signature", signature.as_str()),
+    ];
+    let (status, _) = post(&verifier, GITHUB_PATH, &other_key, &report).await;
+    assert_eq!(status, 401);
+    let (status, _) = post(&verifier, GITHUB_PATH, &[], &report).await;
+    assert_eq!(status, 401);
+    let oversized = " ".repeat(MAX_REPORT_BODY + 1);
+    let big_signature = github.sign(&oversized);
+    let big = [
+        ("Github-Public-Key-Identifier", KEY_ID),
+        ("Github-Public-Key-Signature", big_signature.as_str()),
+    ];
+    let (status, _) = post(&verifier, GITHUB_PATH, &big, &oversized).await;
+    assert_eq!(status, 413);
+    wait_code(&verifier, &fresh, "VALID").await;
+
+    // A plain report, for a key that only records leaks: its token keeps verifying.
+    let plain = json!({"tokens": [watched, "not a token"], "source": PASTE_URL}).to_string();
+    let (status, _) = post(
+        &verifier,
+        PLAIN_PATH,
+        &[("Authorization", "Bearer wrong-secret-0123456789")],
+        &plain,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {SECRET}");
+    let (status, answer) = post(
+        &verifier,
+        PLAIN_PATH,
+        &[("Authorization", bearer.as_str())],
+        &plain,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let watched_id = keysmith::token::validate(&watched).unwrap().id().to_owned();
+    assert_eq!(
+        answer,
+        json!({"results": [{"id": watched_id, "keysmith": true}, {"id": null, "keysmith": false}]})
+    );
+    let recorded = controller
+        .wait_key("watched", "the report recorded and handled", |k| {
+            token(k, "api")["leak"]["handledAt"].is_string()
+        })
+        .await;
+    assert_eq!(token(&recorded, "api")["leak"]["source"], PASTE_URL);
+    assert_eq!(code(&verifier, &watched).await, "VALID");
+    let events = eventually("the second LeakReported event", || async {
+        let events = controller.events("LeakReported").await;
+        (events.len() == 2).then_some(events)
+    })
+    .await;
+    assert!(events.iter().any(|e| {
+        let note = e["note"].as_str().unwrap_or_default();
+        note.contains(PASTE_URL) && note.contains("it still verifies")
+    }));
+    assert_eq!(
+        metric(
+            &verifier,
+            "keysmith_leaked_tokens_total{response=\"report\"} "
+        )
+        .await,
+        1.0
+    );
+}
