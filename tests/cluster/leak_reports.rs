@@ -10,6 +10,7 @@ use keysmith::verifier::tenancy::Tenancy;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::harness::controller::*;
@@ -311,4 +312,45 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
         .await,
         1.0
     );
+
+    // `keysmith report-leak` reads the tokens from stdin and sends a plain report.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keysmith"))
+        .args([
+            "report-leak",
+            "--verifier",
+            &format!("http://{}", verifier.api),
+        ])
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .args(["--source", PASTE_URL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{fresh}\nlk_lookalike\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh_id = keysmith::token::validate(&fresh).unwrap().id().to_owned();
+    assert_eq!(
+        stdout,
+        format!(
+            "line 1: {fresh_id}: a Keysmith token, reported\n\
+             line 2: not a Keysmith token (no valid checksum)\n"
+        )
+    );
+    wait_code(&verifier, &fresh, "REVOKED").await;
 }
