@@ -5,7 +5,9 @@ use base64::Engine;
 use keysmith::controller::system_clock;
 use keysmith::token::sha256_hex;
 use keysmith::verifier::Settings;
-use keysmith::verifier::leaks::{GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, PLAIN_PATH};
+use keysmith::verifier::leaks::{
+    GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, MAX_REPORT_TOKENS, PLAIN_PATH,
+};
 use keysmith::verifier::tenancy::Tenancy;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
@@ -262,6 +264,29 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
     ];
     let (status, _) = post(&verifier, GITHUB_PATH, &big, &oversized).await;
     assert_eq!(status, 413);
+    let many: Vec<Value> = (0..=MAX_REPORT_TOKENS)
+        .map(|_| json!({"token": mint("lk_").expose_secret(), "type": "keysmith_token"}))
+        .collect();
+    let many = Value::from(many).to_string();
+    let many_signature = github.sign(&many);
+    let too_many = [
+        ("Github-Public-Key-Identifier", KEY_ID),
+        ("Github-Public-Key-Signature", many_signature.as_str()),
+    ];
+    let (status, _) = post(&verifier, GITHUB_PATH, &too_many, &many).await;
+    assert_eq!(status, 413);
+    let not_a_report = r#"{"token": "x"}"#;
+    let not_a_report_signature = github.sign(not_a_report);
+    let signed_garbage = [
+        ("Github-Public-Key-Identifier", KEY_ID),
+        (
+            "Github-Public-Key-Signature",
+            not_a_report_signature.as_str(),
+        ),
+    ];
+    let (status, _) = post(&verifier, GITHUB_PATH, &signed_garbage, not_a_report).await;
+    assert_eq!(status, 400);
+    assert_eq!(get(verifier.api, GITHUB_PATH).await.status, 405);
     wait_code(&verifier, &fresh, "VALID").await;
 
     // A plain report, for a key that only records leaks: its token keeps verifying.
@@ -353,4 +378,13 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
         )
     );
     wait_code(&verifier, &fresh, "REVOKED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_credential_the_leak_paths_do_not_exist() {
+    let h = crate::harness::verifier::start(&[]).await;
+    for path in [GITHUB_PATH, PLAIN_PATH] {
+        let r = request(h.api, "POST", path, &[], Some("[]")).await;
+        assert_eq!(r.status, 404, "{path}");
+    }
 }
