@@ -525,21 +525,21 @@ impl LeakEndpoint {
         let outcome = match &reported.found {
             None => "unknown",
             Some(found) if found.leaked => "already-reported",
-            Some(found) => {
-                let response = found.key.leak_response;
-                self.metrics
-                    .tokens
-                    .get_or_create(&[("response", response.as_str())])
-                    .inc();
-                match self.write(found, reported.source, now).await {
-                    Ok(()) => "recorded",
-                    Err(err) => {
-                        tracing::warn!(key = %found.key.identity, token_id = %found.id,
-                            error = %err, "leak report not recorded in status");
-                        "not-recorded"
-                    }
+            Some(found) => match self.write(found, reported.source, now).await {
+                Ok(()) => {
+                    let response = found.key.leak_response.as_str();
+                    self.metrics
+                        .tokens
+                        .get_or_create(&[("response", response)])
+                        .inc();
+                    "recorded"
                 }
-            }
+                Err(err) => {
+                    tracing::warn!(key = %found.key.identity, token_id = %found.id,
+                        error = %err, "leak report not recorded in status");
+                    "not-recorded"
+                }
+            },
         };
         crate::telemetry::write_audit_line("leak report", |line| {
             line.str("format", format.as_str());
@@ -617,6 +617,14 @@ impl Entry {
         }
     }
 
+    /// The secret type GitHub named (none in a plain report).
+    fn type_(&self) -> &str {
+        match self {
+            Entry::Github(m) => &m.type_,
+            Entry::Plain(..) => "",
+        }
+    }
+
     /// Where it was found: GitHub's `url` (else its `source`, the kind of place), or the plain
     /// report's `source`.
     fn source(&self) -> Option<&str> {
@@ -635,10 +643,7 @@ fn answer(format: Format, entries: &[Entry], known: &[bool]) -> Answer {
                 .zip(known)
                 .map(|(entry, &known)| GithubLabel {
                     token_hash: TokenHash::of(entry.token()).to_hex(),
-                    token_type: match entry {
-                        Entry::Github(m) => &m.type_,
-                        Entry::Plain(..) => "",
-                    },
+                    token_type: entry.type_(),
                     label: if known {
                         "true_positive"
                     } else {

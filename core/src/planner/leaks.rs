@@ -55,8 +55,10 @@ pub(super) fn settle(status: &mut TokenStatus, response: LeakResponse, now: Time
 }
 
 /// What happened to a leaked token, for the event.
-fn outcome(response: LeakResponse, current: bool) -> &'static str {
+fn outcome(response: LeakResponse, current: bool, key_expired: bool) -> &'static str {
     match (response, current) {
+        // Nothing rotates past the key's end, and nothing verifies either.
+        (LeakResponse::Rotate, true) if key_expired => "not rotated: the key has expired",
         (LeakResponse::Rotate, true) => "rotated at once, with no overlap window",
         (LeakResponse::Rotate | LeakResponse::Revoke, false) => "stopped verifying",
         (LeakResponse::Revoke, true) => {
@@ -105,7 +107,7 @@ impl Planner<'_> {
                         slot.name,
                         leak.reported_at.0,
                         leak.source.as_deref().unwrap_or("not given"),
-                        outcome(response, is_current)
+                        outcome(response, is_current, self.key_expired)
                     ),
                 });
             }

@@ -282,3 +282,18 @@ proptest! {
         prop_assert!(again.status.is_none());
     }
 }
+
+#[test]
+fn an_expired_key_rotates_nothing_and_the_event_says_so() {
+    let mut w = World::new(None);
+    w.key.spec.expires_at = Some(w.now.to_string());
+    w.step();
+    let leaked = w.token().sha256.clone();
+    let report = w.report();
+    w.token().leak = Some(report);
+    let plan = w.step();
+    assert_eq!(plan.slots, vec![("main".into(), SlotAction::Keep)]);
+    assert_eq!(w.token().sha256, leaked);
+    let notes = leak_events(&plan);
+    assert!(notes.len() == 1 && notes[0].contains("the key has expired"), "{notes:?}");
+}
