@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use keysmith_core::api::{ApiKey, Leak, MAX_LEAK_SOURCE_LEN};
 use keysmith_core::planner::timing::whole_seconds;
 use keysmith_core::verifier::decision::VerifyRequest;
-use keysmith_core::verifier::index::{Found, TokenHash};
+use keysmith_core::verifier::index::{Found, Index, TokenHash};
 
 use super::Verifier;
 use super::http::{Answer, error, json};
@@ -498,7 +498,8 @@ impl LeakEndpoint {
                             .verify(&VerifyRequest::token(entry.token()), now)
                             .found,
                     };
-                    self.record(format, &reported, client, now).await;
+                    self.record(&verifier.index, format, &reported, client, now)
+                        .await;
                     known.push(reported.found.is_some());
                 }
                 let known: Arc<[bool]> = known.into();
@@ -513,9 +514,11 @@ impl LeakEndpoint {
     }
 
     /// Record one reported token: the leak in status (when the index knows it and status does
-    /// not hold a report for it yet), the metric and the audit line.
+    /// not hold a report for it yet), the metric and the audit line. The ApiKey the write returns
+    /// goes into `index` at once, so the token is refused before the watch brings it back.
     async fn record(
         &self,
+        index: &Index,
         format: Format,
         reported: &Reported<'_>,
         client: Option<IpAddr>,
@@ -526,7 +529,8 @@ impl LeakEndpoint {
             None => "unknown",
             Some(found) if found.leaked => "already-reported",
             Some(found) => match self.write(found, reported.source, now).await {
-                Ok(()) => {
+                Ok(apikey) => {
+                    index.apply(&apikey, now);
                     let response = found.key.leak_response.as_str();
                     self.metrics
                         .tokens
@@ -554,7 +558,12 @@ impl LeakEndpoint {
     }
 
     /// Set `leak` on the token's entry, guarded by its hash there.
-    async fn write(&self, found: &Found, source: Option<&str>, now: Timestamp) -> kube::Result<()> {
+    async fn write(
+        &self,
+        found: &Found,
+        source: Option<&str>,
+        now: Timestamp,
+    ) -> kube::Result<ApiKey> {
         let entry = StatusEntry {
             position: found.status_position,
             replaced: found.replaced,
@@ -571,9 +580,7 @@ impl LeakEndpoint {
             ..PatchParams::default()
         };
         let patch = Patch::Json::<()>(leak_patch(&entry, &leak));
-        api.patch_status(&found.key.name, &params, &patch)
-            .await
-            .map(drop)
+        api.patch_status(&found.key.name, &params, &patch).await
     }
 }
 

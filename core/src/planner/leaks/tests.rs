@@ -295,5 +295,8 @@ fn an_expired_key_rotates_nothing_and_the_event_says_so() {
     assert_eq!(plan.slots, vec![("main".into(), SlotAction::Keep)]);
     assert_eq!(w.token().sha256, leaked);
     let notes = leak_events(&plan);
-    assert!(notes.len() == 1 && notes[0].contains("the key has expired"), "{notes:?}");
+    assert!(
+        notes.len() == 1 && notes[0].contains("the key has expired"),
+        "{notes:?}"
+    );
 }
