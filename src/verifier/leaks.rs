@@ -341,6 +341,36 @@ impl Replays {
             *slot = Some(known);
         }
     }
+
+    /// Forget a claim that was never answered, so the report can be sent again.
+    fn abandoned(&mut self, digest: [u8; 32]) {
+        if self.answers.get(&digest).is_some_and(Option::is_none) {
+            self.answers.remove(&digest);
+        }
+    }
+}
+
+/// A [`Claim::First`] being processed. Dropped unanswered (the client went away and the request
+/// was cancelled mid-way), it is forgotten, or a retry would get `409` for the whole window.
+struct Processing<'a> {
+    replays: &'a Mutex<Replays>,
+    digest: [u8; 32],
+}
+
+impl Processing<'_> {
+    fn answered(self, known: Arc<[bool]>) {
+        lock(self.replays).answered(self.digest, known);
+    }
+}
+
+impl Drop for Processing<'_> {
+    fn drop(&mut self) {
+        lock(self.replays).abandoned(self.digest);
+    }
+}
+
+fn lock(replays: &Mutex<Replays>) -> std::sync::MutexGuard<'_, Replays> {
+    replays.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `keysmith_leak_reports_total{format, outcome}` and `keysmith_leaked_tokens_total{response}`.
@@ -469,11 +499,7 @@ impl LeakEndpoint {
         digest.update(format.as_str().as_bytes());
         digest.update(body);
         let digest: [u8; 32] = digest.finalize().into();
-        let claim = self
-            .replays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .claim(digest, now);
+        let claim = lock(&self.replays).claim(digest, now);
         let known: Arc<[bool]> = match claim {
             Claim::Answered(known) => {
                 self.count(format, "replayed");
@@ -488,6 +514,10 @@ impl LeakEndpoint {
             }
             Claim::First => {
                 self.count(format, "accepted");
+                let processing = Processing {
+                    replays: &self.replays,
+                    digest,
+                };
                 let mut known = Vec::with_capacity(entries.len());
                 for entry in &entries {
                     let reported = Reported {
@@ -503,10 +533,7 @@ impl LeakEndpoint {
                     known.push(reported.found.is_some());
                 }
                 let known: Arc<[bool]> = known.into();
-                self.replays
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .answered(digest, known.clone());
+                processing.answered(known.clone());
                 known
             }
         };
@@ -806,6 +833,27 @@ mod tests {
         assert!(matches!(
             replays.claim([1; 32], now + REPLAY_WINDOW),
             Claim::First
+        ));
+    }
+
+    #[test]
+    fn a_report_cancelled_mid_way_can_be_sent_again() {
+        let replays = Mutex::new(Replays::default());
+        let now: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert!(matches!(lock(&replays).claim([1; 32], now), Claim::First));
+        drop(Processing {
+            replays: &replays,
+            digest: [1; 32],
+        });
+        assert!(matches!(lock(&replays).claim([1; 32], now), Claim::First));
+        Processing {
+            replays: &replays,
+            digest: [1; 32],
+        }
+        .answered(Arc::from([true]));
+        assert!(matches!(
+            lock(&replays).claim([1; 32], now),
+            Claim::Answered(_)
         ));
     }
 
