@@ -18,7 +18,8 @@ fn t0() -> Timestamp {
     "2026-11-22T10:00:00Z".parse().unwrap()
 }
 
-/// An ApiKey with one slot rotated by annotation, an overlap of 1h, and `response`.
+/// An ApiKey with one slot rotated by annotation, an overlap of 1h, published for Envoy Gateway,
+/// and `response`.
 struct World {
     key: ApiKey,
     secret: Option<Secret>,
@@ -30,6 +31,7 @@ impl World {
         let mut spec = json!({
             "tokens": [{"name": "main"}],
             "rotation": {"overlap": "1h"},
+            "publish": [{"envoyGateway": {}}],
         });
         if let Some(response) = response {
             spec["leakResponse"] = json!(response);
@@ -109,6 +111,19 @@ impl World {
     }
 }
 
+/// Whether the plan leaves the key's status and Secret alone (the published Secrets are not
+/// stored here, so their plan is not quiet).
+fn writes_nothing_to_the_key(plan: &Plan) -> bool {
+    plan.status.is_none() && plan.secret.is_none()
+}
+
+/// The client ids of the Envoy Gateway Secret the plan publishes.
+fn envoy_entries(plan: &Plan) -> Vec<String> {
+    let secret = &plan.publication.secrets[0];
+    assert_eq!(secret.name, "site-envoy-gateway");
+    secret.data.keys().cloned().collect()
+}
+
 fn leak_events(plan: &Plan) -> Vec<&str> {
     plan.events
         .iter()
@@ -141,7 +156,7 @@ fn rotate_replaces_a_leaked_current_token_without_an_overlap_and_says_so_once() 
     assert!(notes[0].contains("rotated at once"));
 
     let again = w.step();
-    assert!(again.is_quiet() && leak_events(&again).is_empty());
+    assert!(writes_nothing_to_the_key(&again) && leak_events(&again).is_empty());
 }
 
 #[test]
@@ -180,9 +195,14 @@ fn revoke_keeps_no_replacement_until_the_next_rotation_which_does_not_keep_the_l
     assert_eq!(handled.source.as_deref(), Some(SOURCE));
     assert!(refused(token.leak.as_ref(), LeakResponse::Revoke));
     assert_eq!(leak_events(&plan).len(), 1);
+    assert_eq!(
+        envoy_entries(&plan),
+        Vec::<String>::new(),
+        "a gateway checking keys itself must refuse it too"
+    );
 
     let again = w.step();
-    assert!(again.is_quiet() && leak_events(&again).is_empty());
+    assert!(writes_nothing_to_the_key(&again) && leak_events(&again).is_empty());
 
     w.rotate("after-the-leak");
     let token = w.token().clone();
@@ -200,6 +220,7 @@ fn report_only_records_and_the_token_keeps_its_overlap_when_rotated() {
     let plan = w.step();
     assert_eq!(plan.slots, vec![("main".into(), SlotAction::Keep)]);
     assert!(!refused(w.token().leak.as_ref(), LeakResponse::Report));
+    assert_eq!(envoy_entries(&plan), ["cms.site.main"]);
     assert!(w.token().leak.as_ref().unwrap().handled_at.is_some());
     let notes = leak_events(&plan);
     assert!(notes.len() == 1 && notes[0].contains("it still verifies"));
