@@ -1,7 +1,6 @@
 //! End to end: leak reports to the verifier, in GitHub's signed partner format and the plain
 //! format, acted on by the controller (SPEC 4.6), with a signing key generated here.
 
-use base64::Engine;
 use keysmith::controller::system_clock;
 use keysmith::token::sha256_hex;
 use keysmith::verifier::Settings;
@@ -9,26 +8,18 @@ use keysmith::verifier::leaks::{
     GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, MAX_REPORT_TOKENS, PLAIN_PATH,
 };
 use keysmith::verifier::tenancy::Tenancy;
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::harness::controller::*;
 use crate::harness::eventually;
+use crate::harness::github::{Github, KEY_ID};
 use crate::harness::verifier::{Spawned, get, request, spawn_with, token as mint};
 
 const SECRET: &str = "report-secret-0123456789";
-const KEY_ID: &str = "test-key-1";
 const LEAK_URL: &str = "https://github.com/octo/app/blob/abc123/.env";
 const PASTE_URL: &str = "https://paste.example/xyz";
-
-/// The DER header of a P-256 SubjectPublicKeyInfo, before the point.
-const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
 
 const KEYS: &str = r#"
 apiVersion: keysmith.dev/v1alpha1
@@ -45,39 +36,6 @@ spec:
   tokens: [{name: api, prefix: wt_}]
   leakResponse: report
 "#;
-
-/// GitHub's side: a signing key and the public-keys document it publishes.
-struct Github {
-    pair: EcdsaKeyPair,
-}
-
-impl Github {
-    fn new() -> Github {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        Github { pair }
-    }
-
-    fn public_keys(&self) -> String {
-        let spki = [&P256_SPKI_PREFIX[..], self.pair.public_key().as_ref()].concat();
-        let pem = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(spki)
-        );
-        json!({"public_keys": [{"key_identifier": KEY_ID, "key": pem, "is_current": true}]})
-            .to_string()
-    }
-
-    fn sign(&self, body: &str) -> String {
-        let signature = self
-            .pair
-            .sign(&SystemRandom::new(), body.as_bytes())
-            .unwrap();
-        base64::engine::general_purpose::STANDARD.encode(signature.as_ref())
-    }
-}
 
 async fn post(
     verifier: &Spawned,
