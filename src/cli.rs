@@ -17,6 +17,7 @@ pub(crate) mod dev;
 #[cfg(not(feature = "dev"))]
 #[path = "cli/dev_unavailable.rs"]
 pub(crate) mod dev;
+pub(crate) mod report_leak;
 pub(crate) mod rotate;
 pub(crate) mod run;
 pub(crate) mod scan_rules;
@@ -63,6 +64,10 @@ pub enum Command {
     /// Print secret-scanner rules (gitleaks, or TruffleHog with --format trufflehog) for the
     /// token formats the ApiKeys in scope mint (-n, -A, -l); formats only, never a token.
     ScanRules(scan_rules::ScanRulesArgs),
+    /// Report tokens found leaked (read from stdin, one per line) to the verifier's leak-report
+    /// endpoint, which applies each key's leakResponse; prints per token whether it was a
+    /// Keysmith token, never whose.
+    ReportLeak(report_leak::ReportLeakArgs),
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -82,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Usage(args) => usage::run(args),
         Command::ScanRules(args) => scan_rules::run(args),
+        Command::ReportLeak(args) => report_leak::run(args),
     }
 }
 
@@ -105,11 +111,12 @@ fn block_on(command: &str, work: impl Future<Output = Result<(), String>>) -> Ex
 fn serve_components(
     command: &str,
     telemetry: &args::TelemetryArgs,
-    settings: crate::verifier::Settings,
+    settings: Result<crate::verifier::Settings, String>,
     setup: impl Future<Output = Result<Components, String>>,
 ) -> ExitCode {
     let _logs = crate::telemetry::init_tracing(telemetry.log_format);
     block_on(command, async {
+        let settings = settings?;
         let components = setup.await?;
         components::preflight(&components)
             .await

@@ -252,6 +252,44 @@ pub struct ApiKeySpec {
             .message("publish to each gateway kind at most once (one envoyGateway and one kong entry)")
     )]
     pub publish: Vec<Publish>,
+
+    /// What a leak report for one of this key's tokens does (`rotate` by default): `rotate`
+    /// replaces the leaked token at once, without an overlap window; `revoke` stops it verifying
+    /// and mints no replacement; `report` only records the report and raises the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "rotate"))]
+    pub leak_response: Option<LeakResponse>,
+}
+
+/// What Keysmith does with a token reported as leaked: `rotate` (default) replaces it at once,
+/// with no overlap window; `revoke` stops it verifying without a replacement; `report` only
+/// records the report.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakResponse {
+    /// Replace the token at once; it stops verifying with no overlap window (default).
+    #[default]
+    Rotate,
+    /// Stop the token verifying without a replacement; the slot's next rotation mints one.
+    Revoke,
+    /// Record the report and raise the event; the token keeps verifying.
+    Report,
+}
+
+impl LeakResponse {
+    /// The name the spec, events and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakResponse::Rotate => "rotate",
+            LeakResponse::Revoke => "revoke",
+            LeakResponse::Report => "report",
+        }
+    }
+
+    /// Whether a leaked token stops verifying.
+    pub fn refuses(self) -> bool {
+        self != LeakResponse::Report
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -776,6 +814,29 @@ pub struct TokenStatus {
     /// minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Time>,
+    /// A leak report for this token, recorded by the verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak: Option<Leak>,
+}
+
+/// Longest leak source (the URL a report names) kept in status.
+pub const MAX_LEAK_SOURCE_LEN: usize = 2048;
+
+/// A leak report for one token: the verifier sets it (only where it is absent), the controller
+/// applies the key's `leakResponse` and sets `handledAt`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Leak {
+    /// When the verifier received the report.
+    pub reported_at: Time,
+    /// Where the token was found, as the report says (e.g. a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub source: Option<String>,
+    /// When the controller applied the `leakResponse`; a token that stays in status (`revoke`,
+    /// `report`) keeps the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_at: Option<Time>,
 }
 
 /// Most replaced tokens a slot keeps besides `previous` (`status.tokens[].earlier`).
@@ -795,6 +856,9 @@ pub struct PreviousToken {
     /// entry when it is replaced), written by the verifier at most once a minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Time>,
+    /// A leak report for this token (see `tokens[].leak`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak: Option<Leak>,
 }
 
 impl ApiKey {

@@ -16,6 +16,7 @@ use crate::scope::Scope;
 use crate::telemetry::LogFormat;
 use crate::verifier::activity::DEFAULT_MAX_TOKENS;
 use crate::verifier::client_ip;
+use crate::verifier::leaks::LeakConfig;
 use crate::verifier::server::{Limits, MIN_HEADER_BYTES};
 use crate::verifier::tenancy::Tenancy;
 use crate::verifier::tls::TlsFiles;
@@ -180,6 +181,16 @@ pub struct VerifierApiArgs {
     /// This replica's name in usage answers (default: the pod name, else the host name).
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     pub usage_replica_name: Option<String>,
+
+    /// GitHub's secret scanning public keys (the JSON GitHub publishes for them): serves
+    /// `POST /v1/leaks/github` for reports signed with one of them. Default: not served.
+    #[arg(long, value_name = "FILE")]
+    pub leak_report_github_keys_file: Option<PathBuf>,
+
+    /// A file holding the secret (16 characters or more) that plain leak reports
+    /// (`POST /v1/leaks`, `keysmith report-leak`) send as a bearer token. Default: not served.
+    #[arg(long, value_name = "FILE")]
+    pub leak_report_token_file: Option<PathBuf>,
 }
 
 /// Where a pod's ServiceAccount token is mounted.
@@ -203,9 +214,15 @@ impl VerifierApiArgs {
         Tenancy::parse(&self.accept_namespaces, &audiences)
     }
 
-    /// The verifier's settings from these flags.
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The verifier's settings from these flags; the error names the file that did not load.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let leaks = LeakConfig::load(
+            self.leak_report_github_keys_file.as_deref(),
+            self.leak_report_token_file.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Settings {
+            leaks,
             limits: Limits {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
                 body_read_timeout: Duration::from_secs(self.body_read_timeout),
@@ -246,7 +263,7 @@ impl VerifierApiArgs {
                     self.usage_peer_token_file.clone(),
                 ),
             },
-        }
+        })
     }
 }
 

@@ -26,7 +26,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
     serve_components(
         "controller",
         &args.telemetry,
-        Default::default(),
+        Ok(Default::default()),
         async move {
             let client = cluster::connect().await.map_err(|e| e.to_string())?;
             let leader = args

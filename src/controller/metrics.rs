@@ -368,6 +368,7 @@ mod tests {
             previous: None,
             earlier: Vec::new(),
             last_used_at: None,
+            leak: None,
         }
     }
 

@@ -85,7 +85,7 @@ pub fn record(request: &Request<'_>, verdict: &Verdict<'_>) {
 
 /// Caller-supplied text, bounded and without control characters, so one request stays one line
 /// in the text format too.
-fn clean(value: Option<&str>) -> Cow<'_, str> {
+pub(super) fn clean(value: Option<&str>) -> Cow<'_, str> {
     let value = value.unwrap_or("");
     // Short ASCII without control characters, as nearly every value is: nothing to do.
     if value.len() <= MAX_FIELD && value.bytes().all(|b| (0x20..0x7f).contains(&b)) {

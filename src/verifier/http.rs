@@ -28,6 +28,7 @@ use crate::text::{json_str, write_rfc3339};
 use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
+use super::leaks;
 use super::tenancy::{self, Endpoint, Namespaces, RouteKind};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
@@ -77,6 +78,13 @@ where
     let uri = std::mem::take(request.uri_mut());
     let path = uri.path();
     let post = request.method() == Method::POST;
+    if let (Some(format), Some(endpoint)) = (leaks::Format::of_path(path), &verifier.leaks) {
+        return if post {
+            leak_report(verifier, endpoint, format, peer, request).await
+        } else {
+            method_not_allowed()
+        };
+    }
     if path == TOKENREVIEW_PATH {
         return if post {
             tokenreview(verifier, peer, request).await
@@ -111,6 +119,29 @@ where
     }
 }
 
+/// A leak report (`/v1/leaks`, `/v1/leaks/github`), when the verifier takes them.
+async fn leak_report<B>(
+    verifier: &Verifier,
+    endpoint: &leaks::LeakEndpoint,
+    format: leaks::Format,
+    peer: SocketAddr,
+    request: Request<B>,
+) -> Answer
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let timeout = verifier.limits.body_read_timeout;
+    let (headers, body) = match read_body_up_to(request, timeout, leaks::MAX_REPORT_BODY).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
+    let origin = client_ip(peer.ip(), &HttpHeaders(&headers), &verifier.trusted_proxies);
+    endpoint
+        .handle(verifier, format, origin.client, &headers, &body)
+        .await
+}
+
 fn answer(status: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Answer {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
@@ -122,14 +153,14 @@ fn answer(status: StatusCode, content_type: Option<&'static str>, body: Bytes) -
     response
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
+pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
     let mut body = Vec::with_capacity(128);
     // Serializing these types to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut body, value);
     answer(status, Some("application/json"), body.into())
 }
 
-fn error(status: StatusCode, message: String) -> Answer {
+pub(super) fn error(status: StatusCode, message: String) -> Answer {
     json(status, &serde_json::json!({ "error": message }))
 }
 
@@ -148,10 +179,23 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    read_body_up_to(request, timeout, MAX_BODY).await
+}
+
+/// [`read_body`] with a body of at most `limit` bytes.
+async fn read_body_up_to<B>(
+    request: Request<B>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(HeaderMap, Bytes), Answer>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY} bytes"),
+            format!("request body is larger than {limit} bytes"),
         )
     };
     let (parts, body) = request.into_parts();
@@ -159,10 +203,10 @@ where
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let Ok(collected) = tokio::time::timeout(timeout, collect(Limited::new(body, MAX_BODY))).await
+    let Ok(collected) = tokio::time::timeout(timeout, collect(Limited::new(body, limit))).await
     else {
         return Err(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -834,6 +878,7 @@ mod tests {
             id: "cms_abcdef".into(),
             expires_at: Some("2027-01-02T03:04:05.5Z".parse().unwrap()),
             usage: Default::default(),
+            leaked: false,
         };
         Verdict {
             code,

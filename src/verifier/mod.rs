@@ -14,6 +14,7 @@ pub mod activity;
 pub mod audit;
 pub mod client_ip;
 pub mod http;
+pub mod leaks;
 pub(crate) mod metrics;
 pub(crate) mod server;
 pub(crate) mod slots;
@@ -108,6 +109,8 @@ pub struct Settings {
     pub usage: usage_api::UsageSettings,
     /// Most tokens with per-token series (`--token-metrics-max-tokens`).
     pub token_metrics_cap: TokenMetricsCap,
+    /// Who may report leaks (`--leak-report-*`); none: the leak-report endpoint is off.
+    pub leaks: Option<leaks::LeakConfig>,
 }
 
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
@@ -136,6 +139,8 @@ pub struct Verifier {
     pub health: Health,
     /// The time source of every decision.
     pub(crate) clock: Clock,
+    /// The leak-report endpoint, when configured.
+    pub leaks: Option<leaks::LeakEndpoint>,
 }
 
 impl Verifier {
@@ -154,6 +159,7 @@ impl Verifier {
             token_metrics: TokenMetrics::register(registry, options.settings.token_metrics_cap),
             health: Health::default(),
             clock: options.clock.clone(),
+            leaks: None,
         }
     }
 
@@ -306,7 +312,13 @@ impl Running {
     /// Start the watch and the background tasks; registers the metrics in `registry`.
     pub fn start(client: kube::Client, options: &Options, registry: &mut Registry) -> Running {
         let (usage, usage_rx) = UsageReporter::channel();
-        let verifier = Arc::new(Verifier::new(options, usage, registry));
+        let mut verifier = Verifier::new(options, usage, registry);
+        verifier.leaks = options
+            .settings
+            .leaks
+            .clone()
+            .map(|config| leaks::LeakEndpoint::new(config, client.clone(), registry));
+        let verifier = Arc::new(verifier);
         let (queue, events) = mpsc::channel(WATCH_QUEUE);
         let tasks = vec![
             tokio::spawn(usage::write_usage(client.clone(), usage_rx)),

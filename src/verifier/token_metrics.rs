@@ -251,6 +251,7 @@ mod tests {
             id: "ks_abcdef".into(),
             expires_at: None,
             usage: Default::default(),
+            leaked: false,
         }
     }
 

@@ -59,7 +59,7 @@ pub struct StatusEntry {
 
 impl StatusEntry {
     /// JSON pointer to `field` of this entry.
-    fn field(&self, field: &str) -> json_patch::jsonptr::PointerBuf {
+    pub(super) fn field(&self, field: &str) -> json_patch::jsonptr::PointerBuf {
         let position = self.position.to_string();
         let mut tokens = vec!["status", "tokens", &position];
         let earlier;

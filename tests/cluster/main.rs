@@ -17,6 +17,7 @@ mod fault_soak;
 mod gateway_publish;
 mod hostile_input;
 mod kubectl_plugin;
+mod leak_reports;
 mod lifecycle_properties;
 mod openapi;
 mod printer_columns;

@@ -8,17 +8,22 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use crate::harness::github::Github;
 use crate::harness::http::exchange;
 use crate::harness::verifier::{
-    Harness, NS, Response, cluster, request, start_with, status_token, token,
+    Harness, NS, Response, cluster, request, start_configured, status_token, token,
 };
+use keysmith::verifier::Settings;
 use keysmith::verifier::http::MAX_BODY;
+use keysmith::verifier::leaks::{GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, PLAIN_PATH};
 use keysmith::verifier::tenancy::Tenancy;
 use serde_json::{Value, json};
 
 const DOCUMENT: &str = include_str!("../../docs/verifier-api.openapi.yaml");
 /// The audience the verifier maps to [`NS`] for TokenReviews.
 const AUDIENCE: &str = "keysmith";
+/// The plain leak reports' secret.
+const LEAK_SECRET: &str = "openapi-leak-secret-0123";
 
 /// The OpenAPI document, parsed.
 struct Document(Value);
@@ -264,15 +269,31 @@ async fn the_openapi_document_matches_the_verifier() {
     let doc = Document::load();
     let mapping = format!("{AUDIENCE}={NS}");
     let tenancy = Tenancy::parse(NS, &[mapping.as_str()]).unwrap();
-    let h = start_with(cluster().await, &[], tenancy).await;
+    let github = Github::new();
+    let leaks = LeakConfig::from_github_keys(github.public_keys().as_bytes())
+        .unwrap()
+        .with_secret(LEAK_SECRET)
+        .unwrap();
+    let settings = Settings {
+        leaks: Some(leaks),
+        ..Settings::default()
+    };
+    let h = start_configured(cluster().await, &[], tenancy, settings).await;
     let api = h.api;
     // The 408s take the verifier's whole body timeout: they run while the rest is asked.
     let stalled = tokio::spawn(async move {
-        (
-            stalled_body(api, "/v1/verify").await,
-            stalled_body(api, "/v1/namespaces/shop/verify").await,
-            stalled_body(api, "/apis/authentication.k8s.io/v1/tokenreviews").await,
-        )
+        let mut answers = Vec::new();
+        for path in [
+            "/v1/verify",
+            "/v1/namespaces/{namespaces}/verify",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            GITHUB_PATH,
+            PLAIN_PATH,
+        ] {
+            let concrete = path.replace("{namespaces}", "shop");
+            answers.push((path, stalled_body(api, &concrete).await));
+        }
+        answers
     });
 
     // A key that fills every property of a verdict: environment, expiry, metadata, grants.
@@ -476,12 +497,56 @@ async fn the_openapi_document_matches_the_verifier() {
         answer: post(&h, path, &too_large).await,
     });
 
-    let (verify, scoped, tokenreview) = stalled.await.unwrap();
-    for (path, answer) in [
-        ("/v1/verify", verify),
-        ("/v1/namespaces/{namespaces}/verify", scoped),
-        (path, tokenreview),
+    // Leak reports, last: the report of `good` revokes it.
+    let report = json!([
+        {"token": good, "type": "shop_token", "url": "https://example.com/leak"},
+        {"token": unknown, "type": "shop_token", "url": "https://example.com/leak"},
+    ]);
+    let signed_garbage = json!({"token": good});
+    let too_large_report = json!({"tokens": ["x".repeat(MAX_REPORT_BODY)]});
+    for (sent, body, signed) in [
+        (Some(&report), &report, true),
+        (None, &signed_garbage, true),
+        (None, &report, false),
+        (None, &too_large_report, true),
     ] {
+        let body = body.to_string();
+        let signature = github.headers(&body);
+        let headers: Vec<(&str, &str)> = signature
+            .iter()
+            .filter(|_| signed)
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let answer = request(h.api, "POST", GITHUB_PATH, &headers, Some(&body)).await;
+        cases.push(Case {
+            path: GITHUB_PATH,
+            method: "post",
+            sent: sent.cloned(),
+            answer,
+        });
+    }
+    let bearer = format!("Bearer {LEAK_SECRET}");
+    let plain = json!({"tokens": [unknown, "not a token"], "source": null});
+    for (sent, body, authorization) in [
+        (Some(&plain), &plain, Some(bearer.as_str())),
+        (None, &json!([1]), Some(bearer.as_str())),
+        (None, &plain, None),
+        (None, &too_large_report, Some(bearer.as_str())),
+    ] {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        let answer = request(h.api, "POST", PLAIN_PATH, &headers, Some(&body.to_string())).await;
+        cases.push(Case {
+            path: PLAIN_PATH,
+            method: "post",
+            sent: sent.cloned(),
+            answer,
+        });
+    }
+
+    for (path, answer) in stalled.await.unwrap() {
         cases.push(Case {
             path,
             method: "post",
@@ -502,6 +567,17 @@ async fn the_openapi_document_matches_the_verifier() {
                 .body
                 .contains(r#""expiresAt":"2099-01-01T00:00:00Z""#)
     }));
+
+    assert!(cases.iter().any(|c| {
+        c.path == GITHUB_PATH
+            && c.answer.body.contains("true_positive")
+            && c.answer.body.contains("false_positive")
+    }));
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.path == PLAIN_PATH && c.answer.body.contains(r#""keysmith":false"#))
+    );
 
     let mut problems: Vec<String> = cases.iter().flat_map(|c| check(&doc, c)).collect();
     let driven: BTreeSet<(String, String, u16)> = cases

@@ -831,10 +831,64 @@ async fn verifier_account_may_change_only_last_used_at_and_read_no_secret() {
             "{patch:?}: {refused}"
         );
     }
+
+    // A leak report, as the leak-report endpoint records it: allowed on an entry without one.
+    let leak = |source: &str| keysmith::api::Leak {
+        reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(used_at),
+        source: Some(source.into()),
+        handled_at: None,
+    };
+    for (replaced, token) in [(None, "the real token"), (Some(1), "replaced before")] {
+        let reported = keysmith::verifier::leaks::leak_patch(
+            &entry(replaced, token),
+            &leak("https://example.com/leak"),
+        );
+        verifier_keys
+            .patch_status(KEY, &as_verifier, &Patch::Json::<()>(reported))
+            .await
+            .expect("the verifier may record a leak");
+    }
+    // But it may not take a report back, rewrite one, or mark one handled (the controller's
+    // part): the only thing a compromised verifier can do with leaks is report more of them.
+    let handled =
+        json!({"reportedAt": "2026-11-23T10:00:00Z", "handledAt": "2026-11-23T10:00:00Z"});
+    let forged = [
+        json!([{"op": "remove", "path": "/status/tokens/0/leak"}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/leak/source", "value": "elsewhere"}]),
+        json!([{"op": "replace", "path": "/status/tokens/0/leak/reportedAt",
+            "value": "2026-11-24T10:00:00Z"}]),
+        json!([{"op": "add", "path": "/status/tokens/0/leak/handledAt",
+            "value": "2026-11-23T10:00:00Z"}]),
+        json!([{"op": "add", "path": "/status/tokens/0/previous/leak", "value": handled}]),
+        json!([{"op": "remove", "path": "/status/tokens/0/earlier/0/leak"}]),
+    ];
+    for patch in forged {
+        let patch: json_patch::Patch = serde_json::from_value(patch.clone()).expect("patch");
+        let refused = verifier_keys
+            .patch_status(KEY, &as_verifier, &Patch::Json::<()>(patch.clone()))
+            .await
+            .expect_err("the policy refuses it");
+        assert!(
+            refused.to_string().contains(
+                "the Keysmith verifier may only add a leak record to a token that has none"
+            ),
+            "{patch:?}: {refused}"
+        );
+    }
+
     let stored = admin_keys.get_status(KEY).await.expect("status");
     let stored = serde_json::to_value(stored.status).expect("JSON");
     assert_eq!(stored["tokens"][0]["sha256"], hash("the real token"));
     assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(
+        stored["tokens"][0]["leak"],
+        json!({"reportedAt": "2026-11-23T10:00:00Z", "source": "https://example.com/leak"})
+    );
+    assert_eq!(
+        stored["tokens"][0]["earlier"][0]["leak"]["source"],
+        "https://example.com/leak"
+    );
+    assert_eq!(stored["tokens"][0]["previous"].get("leak"), None);
     assert_eq!(
         stored["tokens"][0]["previous"]["lastUsedAt"],
         "2026-11-23T10:00:00Z"

@@ -1560,6 +1560,69 @@ fn the_usage_certificate_is_generated_or_taken_from_cert_manager() {
     );
 }
 
+#[test]
+fn the_leak_report_endpoint_is_off_by_default_and_mounts_each_named_secret_where_the_api_is() {
+    let render = |sets: &[&str]| -> Vec<Value> {
+        let text = helm_template(
+            POLICY_KUBE_VERSION,
+            sets.iter().flat_map(|set| ["--set", *set]),
+        );
+        serde_saphyr::from_multiple::<Value>(&text).expect("YAML")
+    };
+    let container = |objects: &[Value], name: &str| {
+        find(objects, "Deployment", name)["spec"]["template"]["spec"].clone()
+    };
+    let leak_args = |spec: &Value| -> Vec<String> {
+        spec["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().filter(|a| a.starts_with("--leak-report")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let default = render(&[]);
+    assert!(leak_args(&container(&default, "keysmith-verifier")).is_empty());
+
+    let sets = [
+        "leakReports.githubKeysSecret=github-keys",
+        "leakReports.tokenSecret=leak-token",
+    ];
+    let split = render(&sets);
+    let verifier = container(&split, "keysmith-verifier");
+    assert_eq!(
+        leak_args(&verifier),
+        [
+            "--leak-report-github-keys-file=/etc/keysmith/leaks/github/github-keys.json",
+            "--leak-report-token-file=/etc/keysmith/leaks/token/token",
+        ]
+    );
+    assert_eq!(
+        verifier["volumes"],
+        json!([
+            {"name": "leak-report-github-keys", "secret": {"secretName": "github-keys"}},
+            {"name": "leak-report-token", "secret": {"secretName": "leak-token"}},
+        ])
+    );
+    assert_eq!(
+        verifier["containers"][0]["volumeMounts"],
+        json!([
+            {"name": "leak-report-github-keys", "mountPath": "/etc/keysmith/leaks/github", "readOnly": true},
+            {"name": "leak-report-token", "mountPath": "/etc/keysmith/leaks/token", "readOnly": true},
+        ])
+    );
+    let controller = container(&split, "keysmith-controller");
+    assert!(
+        leak_args(&controller).is_empty(),
+        "the controller serves no API"
+    );
+    assert!(controller.get("volumes").is_none());
+
+    let combined: Vec<&str> = sets.iter().copied().chain(["mode=combined"]).collect();
+    let combined = render(&combined);
+    assert_eq!(leak_args(&container(&combined, "keysmith")).len(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // promtool
 
@@ -2122,8 +2185,8 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
     let user = format!("'system:serviceaccount:{NAMESPACE}:keysmith-verifier'");
     let condition = str_at(policy, "/spec/matchConditions/0/expression");
     assert!(condition.ends_with(&user), "{condition}");
-    // Every status field but lastUsedAt is held: a field added to status without a check here
-    // would be the verifier's to change.
+    // Every status field but lastUsedAt and the leak records is held: a field added to status
+    // without a check here would be the verifier's to change. A leak record may only be added.
     let crd: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(format!("{CHART}/files/apikeys.keysmith.dev.yaml"))
             .expect("the CRD"),
@@ -2148,7 +2211,7 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
         .as_object()
         .expect("previous fields")
         .keys()
-        .filter(|f| *f != "lastUsedAt")
+        .filter(|f| *f != "lastUsedAt" && *f != "leak")
         .collect();
     for field in &replaced {
         let held = format!(".?previous.?{field} ==");
@@ -2157,7 +2220,17 @@ fn verifier_status_policy_binds_the_verifier_account_in_split_mode_from_kubernet
     let listed: Vec<String> = replaced.iter().map(|f| format!("e.{f}")).collect();
     let held = format!(".?earlier.orValue([]).map(e, [{}]) ==", listed.join(", "));
     assert!(checks.contains(&held), "earlier is not held: {held}");
-    let nested = ["tokens", "lastUsedAt", "previous", "earlier"];
+    for held in [
+        "o.?leak == t.?leak || (!o.?leak.hasValue() && !t.?leak.?handledAt.hasValue())",
+        "o.?previous.?leak == t.?previous.?leak ||",
+        "e.?leak == f.?leak || (!e.?leak.hasValue() && !f.?leak.?handledAt.hasValue())",
+    ] {
+        assert!(
+            checks.contains(held),
+            "leak records are not guarded: {held}"
+        );
+    }
+    let nested = ["tokens", "lastUsedAt", "previous", "earlier", "leak"];
     for field in fields.chain(token_fields) {
         if !nested.contains(&field.as_str()) {
             let held = [format!(".{field} =="), format!(".?{field} ==")];

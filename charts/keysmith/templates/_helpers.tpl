@@ -199,6 +199,9 @@ absent).
 {{- with .autoscaling }}{{ $maxReplicas = .maxReplicas }}{{ end }}
 {{- /* The usage API is served where the verification API is (templates/usage-api.yaml). */}}
 {{- $usage := and .api $root.Values.usage.enabled }}
+{{- $leakKeys := and .api $root.Values.leakReports.githubKeysSecret }}
+{{- $leakToken := and .api $root.Values.leakReports.tokenSecret }}
+{{- $mounts := or $usage $leakKeys $leakToken }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -278,6 +281,12 @@ spec:
             - {{ printf "--usage-service=%s-verifier" (include "keysmith.fullname" $root) }}
             - {{ printf "--usage-max-tokens=%d" (int $root.Values.usage.maxTokens) }}
             {{- end }}
+            {{- if $leakKeys }}
+            - --leak-report-github-keys-file=/etc/keysmith/leaks/github/github-keys.json
+            {{- end }}
+            {{- if $leakToken }}
+            - --leak-report-token-file=/etc/keysmith/leaks/token/token
+            {{- end }}
             {{- range $v.extraArgs }}
             - {{ . | quote }}
             {{- end }}
@@ -312,23 +321,43 @@ spec:
           securityContext:
             {{- toYaml . | nindent 12 }}
           {{- end }}
-          {{- if or $v.extraVolumeMounts $usage }}
+          {{- if or $v.extraVolumeMounts $mounts }}
           volumeMounts:
             {{- if $usage }}
             - name: usage-tls
               mountPath: /etc/keysmith/usage
               readOnly: true
             {{- end }}
+            {{- if $leakKeys }}
+            - name: leak-report-github-keys
+              mountPath: /etc/keysmith/leaks/github
+              readOnly: true
+            {{- end }}
+            {{- if $leakToken }}
+            - name: leak-report-token
+              mountPath: /etc/keysmith/leaks/token
+              readOnly: true
+            {{- end }}
             {{- with $v.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           {{- end }}
-      {{- if or $v.extraVolumes $usage }}
+      {{- if or $v.extraVolumes $mounts }}
       volumes:
         {{- if $usage }}
         - name: usage-tls
           secret:
             secretName: {{ include "keysmith.fullname" $root }}-usage-tls
+        {{- end }}
+        {{- if $leakKeys }}
+        - name: leak-report-github-keys
+          secret:
+            secretName: {{ $leakKeys }}
+        {{- end }}
+        {{- if $leakToken }}
+        - name: leak-report-token
+          secret:
+            secretName: {{ $leakToken }}
         {{- end }}
         {{- with $v.extraVolumes }}
         {{- toYaml . | nindent 8 }}

@@ -21,12 +21,14 @@ pub mod restart;
 pub mod timing;
 
 mod events;
+mod leaks;
 mod readiness;
 mod requeue;
 mod secret;
 mod slot;
 
 pub use events::{EventKind, OVERLAP_CUT, PlannedEvent};
+pub use leaks::{LEAK_REPORTED, refused as leak_refused};
 pub use restart::Restart;
 pub use secret::{Deletion, DesiredSecret, Precondition, Revocation, revocation};
 pub use slot::{MintReason, RotateReason, SlotAction};
@@ -243,7 +245,8 @@ impl<'a> Planner<'a> {
     ) -> Result<Plan, GenerateError> {
         let mut outcomes = Vec::new();
         for slot in &self.valid.slots {
-            if let Some(outcome) = self.slot(slot, mint)? {
+            if let Some(mut outcome) = self.slot(slot, mint)? {
+                self.settle_leaks(&mut outcome);
                 outcomes.push((slot, outcome));
             }
         }
@@ -284,7 +287,8 @@ impl<'a> Planner<'a> {
             served_policy: Some(served::policy_of(&self.key.spec)),
         };
 
-        let mut events = self.slot_events(&outcomes);
+        let mut events = self.leak_events();
+        events.extend(self.slot_events(&outcomes));
         events.extend(self.condition_events(&desired.conditions));
         let mut requeue_after = self.requeue(&desired.tokens);
         if !headers::referenced(&self.key.spec).is_empty() {

@@ -22,7 +22,7 @@ use kube::Resource;
 
 use crate::api::{
     APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, KONG_CONSUMER_OF_SECRET_ANNOTATION,
-    KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH, MANAGED_BY, MANAGED_BY_LABEL,
+    KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH, LeakResponse, MANAGED_BY, MANAGED_BY_LABEL,
     PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG, PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION,
     TokenStatus,
 };
@@ -258,7 +258,7 @@ pub fn publication(
     let live: Vec<(&str, Option<String>, Token)> = if active {
         tokens
             .iter()
-            .flat_map(|t| live_tokens(t, &pool, now))
+            .flat_map(|t| live_tokens(t, &pool, now, key.spec.leak_response.unwrap_or_default()))
             .collect()
     } else {
         Vec::new()
@@ -385,14 +385,17 @@ fn fallbacks(
 }
 
 /// The tokens of one slot a gateway should accept at `now`, if their values are known: the
-/// current one until it expires, unsuffixed, and each replaced one inside its overlap window,
-/// suffixed by its place (`previous`, then `previous-2` for `earlier[0]`, ...).
+/// current one until it expires (or a leak report revokes it), unsuffixed, and each replaced one
+/// inside its overlap window, suffixed by its place (`previous`, then `previous-2` for
+/// `earlier[0]`, ...).
 fn live_tokens<'a>(
     status: &'a TokenStatus,
     pool: &Pool,
     now: Timestamp,
+    response: LeakResponse,
 ) -> Vec<(&'a str, Option<String>, Token)> {
-    let current_valid = status.expires_at.as_ref().is_none_or(|e| e.0 > now);
+    let current_valid = status.expires_at.as_ref().is_none_or(|e| e.0 > now)
+        && !super::leak_refused(status.leak.as_ref(), response);
     let current = pool
         .find(&status.sha256)
         .filter(|_| current_valid)

@@ -12,8 +12,8 @@ use crate::api::{
 use crate::token::{GenerateError, Token, sha256_hex};
 use crate::validation::ValidSlot;
 
-use super::Planner;
 use super::timing::{self, add, sub, whole_seconds};
+use super::{Planner, leaks};
 
 /// Why a slot gets a new token without a rotation being due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub enum RotateReason {
     Trigger,
     /// The `keysmith.dev/rotate` or `keysmith.dev/rotate-<slot>` annotation changed.
     Annotation,
+    /// The token was reported leaked and the key's `leakResponse` is `rotate`.
+    Leak,
 }
 
 /// The decision for one slot.
@@ -61,6 +63,7 @@ impl SlotAction {
             SlotAction::Rotate(RotateReason::Renew) => Some("renew"),
             SlotAction::Rotate(RotateReason::Trigger) => Some("trigger"),
             SlotAction::Rotate(RotateReason::Annotation) => Some("annotation"),
+            SlotAction::Rotate(RotateReason::Leak) => Some("leak"),
         }
     }
 }
@@ -86,10 +89,10 @@ pub(super) struct SlotOutcome {
 }
 
 /// A slot's replaced tokens, newest first: `previous`, then `earlier`.
-struct Replaced(Vec<PreviousToken>);
+pub(super) struct Replaced(Vec<PreviousToken>);
 
 impl Replaced {
-    fn of(status: &TokenStatus) -> Replaced {
+    pub(super) fn of(status: &TokenStatus) -> Replaced {
         Replaced(
             status
                 .previous
@@ -107,8 +110,15 @@ impl Replaced {
         self.0.len() != before
     }
 
+    /// Keep the tokens `keep` accepts; `true` when one went.
+    pub(super) fn retain(&mut self, keep: impl FnMut(&PreviousToken) -> bool) -> bool {
+        let before = self.0.len();
+        self.0.retain(keep);
+        self.0.len() != before
+    }
+
     /// Write them into `status`, the newest as `previous`; those past the bound are returned.
-    fn store(mut self, status: &mut TokenStatus) -> Vec<PreviousToken> {
+    pub(super) fn store(mut self, status: &mut TokenStatus) -> Vec<PreviousToken> {
         let cut = self.0.split_off(self.0.len().min(1 + MAX_EARLIER));
         let mut kept = self.0.into_iter();
         status.previous = kept.next();
@@ -214,6 +224,7 @@ impl Planner<'_> {
             previous: None,
             earlier: Vec::new(),
             last_used_at: None,
+            leak: None,
         };
         let cut = replaced.store(&mut status);
         Ok(SlotOutcome {
@@ -226,18 +237,22 @@ impl Planner<'_> {
 
     /// The slot's replaced tokens once `current` is replaced: it comes first, valid for the
     /// overlap but never past its own expiry (not at all with overlap 0), carrying its
-    /// `lastUsedAt`; the tokens replaced before it keep their own windows.
+    /// `lastUsedAt` and leak record; the tokens replaced before it keep their own windows. A
+    /// token its leak record refuses is not kept at all.
     fn demote(&self, current: &TokenStatus) -> Replaced {
         let overlap = self.valid.rotation.overlap;
         let mut until = whole_seconds(add(self.now, overlap));
         if let Some(expires) = &current.expires_at {
             until = until.min(expires.0);
         }
-        let demoted = (!overlap.is_zero() && until > self.now).then(|| PreviousToken {
+        let refused = leaks::refused(current.leak.as_ref(), self.leak_response());
+        let kept = !overlap.is_zero() && until > self.now && !refused;
+        let demoted = kept.then(|| PreviousToken {
             id: current.id.clone(),
             sha256: current.sha256.clone(),
             valid_until: Time(until),
             last_used_at: current.last_used_at.clone(),
+            leak: current.leak.clone(),
         });
         let Replaced(older) = Replaced::of(current);
         Replaced(demoted.into_iter().chain(older).collect())
@@ -252,6 +267,10 @@ impl Planner<'_> {
     }
 
     fn rotation_due(&self, slot: &ValidSlot, current: &TokenStatus) -> Option<RotateReason> {
+        // Before the suspension check: a leaked token must not come back when the key is enabled.
+        if leaks::rotation_due(current, self.leak_response()) {
+            return Some(RotateReason::Leak);
+        }
         if self.suspended {
             return None;
         }

@@ -31,7 +31,8 @@ pub enum Code {
     NotFound,
     /// Past the token's expiry, its overlap window or the key's `expiresAt`.
     Expired,
-    /// Its ApiKey is being deleted or was deleted.
+    /// Its ApiKey is being deleted or was deleted, or the token was reported leaked (unless
+    /// the key's `leakResponse` is `report`).
     Revoked,
     /// Its ApiKey has `disabled: true`.
     Disabled,

@@ -11,9 +11,9 @@
 //! and because keys are SHA-256 outputs the map hashes them by taking 8 of their bytes instead of
 //! running SipHash again.
 //!
-//! Deleted keys leave tombstones so their tokens answer REVOKED rather than NOT_FOUND for
-//! [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`] of them), which tells an operator chasing a 401
-//! what happened.
+//! Deleted keys, and leaked tokens the controller replaced, leave tombstones so they answer
+//! REVOKED rather than NOT_FOUND for [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`] of them),
+//! which tells an operator chasing a 401 what happened.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiKey;
+use crate::api::{ApiKey, Leak};
+use crate::planner::leak_refused;
 use crate::token;
 use crate::validation::InvalidSpec;
 
@@ -120,6 +121,8 @@ struct Entry {
     /// See [`Found::replaced`]; `0` for the current token, `n + 1` for `Some(n)`.
     replaced: u8,
     revoked: bool,
+    /// Status holds a leak report for it (refused unless the key's `leakResponse` is `report`).
+    leaked: bool,
 }
 
 /// A token the index knows, as found by [`Index::verify`].
@@ -142,6 +145,8 @@ pub struct Found {
     pub expires_at: Option<Timestamp>,
     /// Its usage reporting state.
     pub usage: Arc<UsageMark>,
+    /// Status already holds a leak report for it.
+    pub leaked: bool,
 }
 
 impl Found {
@@ -173,6 +178,19 @@ pub struct Applied {
     pub invalid: Option<InvalidSpec>,
     /// The key as indexed.
     pub key: Arc<KeyInfo>,
+}
+
+/// A token of the key being indexed, before it goes into its shard.
+struct Fresh {
+    hash: TokenHash,
+    slot: u16,
+    position: u32,
+    replaced: u8,
+    id: Arc<str>,
+    validity: Validity,
+    leaked: bool,
+    /// Its leak report makes it answer REVOKED.
+    refused: bool,
 }
 
 #[derive(Default)]
@@ -249,18 +267,21 @@ impl Index {
                 skipped += 1;
                 continue;
             };
-            let mut add =
-                |hex: &str, id: &str, validity, replaced: u8| match TokenHash::from_hex(hex) {
-                    Some(hash) => fresh.push((
+            let mut add = |hex: &str, id: &str, validity, replaced: u8, leak: Option<&Leak>| {
+                match TokenHash::from_hex(hex) {
+                    Some(hash) => fresh.push(Fresh {
                         hash,
                         slot,
                         position,
                         replaced,
-                        Arc::<str>::from(id),
+                        id: Arc::from(id),
                         validity,
-                    )),
+                        leaked: leak.is_some(),
+                        refused: leak_refused(leak, key.leak_response),
+                    }),
                     None => skipped += 1,
-                };
+                }
+            };
             add(
                 &status.sha256,
                 &status.id,
@@ -268,6 +289,7 @@ impl Index {
                     expires_at: status.expires_at.as_ref().map(|t| t.0),
                 },
                 0,
+                status.leak.as_ref(),
             );
             // The CRD bounds `earlier` (MAX_EARLIER), so the rank fits a u8.
             let replaced = status.previous.iter().chain(&status.earlier);
@@ -275,7 +297,7 @@ impl Index {
                 let validity = Validity::Previous {
                     valid_until: prev.valid_until.0,
                 };
-                add(&prev.sha256, &prev.id, validity, rank);
+                add(&prev.sha256, &prev.id, validity, rank, prev.leak.as_ref());
             }
         }
 
@@ -285,8 +307,18 @@ impl Index {
             .take(key.identity.as_str())
             .map(|indexed| indexed.hashes)
             .unwrap_or_default();
-        let hashes: Box<[TokenHash]> = fresh.iter().map(|f| f.0).collect();
-        for (hash, slot, status_position, replaced, id, validity) in fresh {
+        let hashes: Box<[TokenHash]> = fresh.iter().map(|f| f.hash).collect();
+        for Fresh {
+            hash,
+            slot,
+            position: status_position,
+            replaced,
+            id,
+            validity,
+            leaked,
+            refused,
+        } in fresh
+        {
             let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
             let usage = shard
                 .get(&hash)
@@ -302,19 +334,26 @@ impl Index {
                     id,
                     validity,
                     usage,
-                    revoked: false,
+                    revoked: refused,
+                    leaked,
                 },
             );
         }
         for gone in old.iter().filter(|h| !hashes.contains(h)) {
             let mut shard = self.shard(gone).write().unwrap_or_else(|e| e.into_inner());
-            if shard
-                .get(gone)
-                .is_some_and(|e| e.key.identity == key.identity)
-            {
-                shard.remove(gone);
+            match shard.get(gone) {
+                // A leaked token the controller replaced answers REVOKED, like a deleted key's,
+                // rather than NOT_FOUND: whoever still uses it learns why it stopped working.
+                Some(e) if e.key.identity == key.identity && e.leaked && e.revoked => {
+                    writer.tombstones.push_back((*gone, now + TOMBSTONE_TTL));
+                }
+                Some(e) if e.key.identity == key.identity => {
+                    shard.remove(gone);
+                }
+                _ => {}
             }
         }
+        self.prune(&mut writer, now);
         let tokens = hashes.len();
         self.live.fetch_add(tokens, Ordering::Relaxed);
         self.live.fetch_sub(old.len(), Ordering::Relaxed);
@@ -425,6 +464,7 @@ impl Index {
                 hash,
                 id: entry.id,
                 usage: entry.usage,
+                leaked: entry.leaked,
             }),
         }
     }

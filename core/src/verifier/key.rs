@@ -16,7 +16,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::api::{ApiKey, RequiredHeader, RequiredHeaderStatus};
+use crate::api::{ApiKey, LeakResponse, RequiredHeader, RequiredHeaderStatus};
 use crate::grants::{CompiledGrant, CompiledGrants};
 use crate::served::served;
 use crate::validation::InvalidSpec;
@@ -37,6 +37,8 @@ pub struct KeyInfo {
     pub environment: Option<String>,
     /// `spec.disabled`.
     pub disabled: bool,
+    /// `spec.leakResponse`, with its default applied.
+    pub leak_response: LeakResponse,
     /// `spec.expiresAt`: nothing verifies from this instant on.
     pub expires_at: Option<Timestamp>,
     /// `None`: any client address. `Some`: the address must fall in one of these (none: nobody).
@@ -200,6 +202,8 @@ impl KeyInfo {
             environment: spec.environment.clone(),
             // Suspending only takes access away, so it applies from a rejected spec too.
             disabled: apikey.spec.disabled,
+            // Like `disabled`: what a leak report does is never held back by a rejected spec.
+            leak_response: apikey.spec.leak_response.unwrap_or_default(),
             expires_at,
             ip_allow_list,
             required_headers,

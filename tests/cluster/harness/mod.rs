@@ -8,9 +8,11 @@
 //! - [`verifier`]: a verifier running in-process, ApiKeys whose status holds hashes of tokens the
 //!   test minted, and helpers to ask it.
 //! - [`http`]: a minimal HTTP/1.1 client; [`logs`]: the process's log lines, captured.
+//! - [`github`]: a signing key and signed headers, as GitHub sends leak reports.
 #![allow(dead_code, unused_imports)]
 
 pub mod controller;
+pub mod github;
 pub mod http;
 pub mod logs;
 pub mod verifier;

@@ -11,8 +11,8 @@ use keysmith::devcluster;
 use keysmith::scope::Scope;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::token::Token;
-use keysmith::verifier::client_ip;
 use keysmith::verifier::tenancy::Tenancy;
+use keysmith::verifier::{Settings, client_ip};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -64,8 +64,18 @@ pub async fn start_on(cluster: Cluster, trusted: &[&str]) -> Harness {
 /// Like [`start_on`], the verifier accepting keys as `tenancy` says (the others accept [`NS`] on
 /// unscoped routes).
 pub async fn start_with(cluster: Cluster, trusted: &[&str], tenancy: Tenancy) -> Harness {
+    start_configured(cluster, trusted, tenancy, Settings::default()).await
+}
+
+/// Like [`start_with`], with the flags' `settings`.
+pub async fn start_configured(
+    cluster: Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    settings: Settings,
+) -> Harness {
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    start_listening(cluster, trusted, tenancy, api).await
+    start_listening_with(cluster, trusted, tenancy, api, settings).await
 }
 
 /// Like [`start_with`], the verification API served on `api`, bound before the cluster started
@@ -76,9 +86,20 @@ pub async fn start_listening(
     tenancy: Tenancy,
     api: TcpListener,
 ) -> Harness {
+    start_listening_with(cluster, trusted, tenancy, api, Settings::default()).await
+}
+
+/// Like [`start_listening`], with the flags' `settings`.
+async fn start_listening_with(
+    cluster: Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    api: TcpListener,
+    settings: Settings,
+) -> Harness {
     logs::capture("info");
     let admin = cluster.client().await.expect("admin client");
-    let mut spawned = spawn(&cluster, trusted, tenancy, api, system_clock()).await;
+    let mut spawned = spawn_with(&cluster, trusted, tenancy, api, system_clock(), settings).await;
     Harness {
         cluster,
         admin,
@@ -121,6 +142,18 @@ pub async fn spawn(
     api: TcpListener,
     clock: Clock,
 ) -> Spawned {
+    spawn_with(cluster, trusted, tenancy, api, clock, Settings::default()).await
+}
+
+/// Like [`spawn`], with the flags' `settings`.
+pub async fn spawn_with(
+    cluster: &Cluster,
+    trusted: &[&str],
+    tenancy: Tenancy,
+    api: TcpListener,
+    clock: Clock,
+    settings: Settings,
+) -> Spawned {
     let client = cluster
         .client_as(&verifier_identity())
         .await
@@ -146,7 +179,7 @@ pub async fn spawn(
         .expect("the chart's rules allow listing ApiKeys");
     let (stop, stopped) = Shutdown::new();
     tokio::spawn(async move {
-        components::serve(components, stopped)
+        components::serve_with(components, settings, stopped)
             .await
             .expect("verifier serves");
     });

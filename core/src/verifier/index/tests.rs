@@ -157,6 +157,7 @@ fn rotation_overlap_keeps_the_previous_token_until_valid_until() {
         sha256: old.sha256_hex(),
         valid_until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(valid_until),
         last_used_at: None,
+        leak: None,
     });
     index.apply(&key, now());
     assert_eq!(index.tokens(), 2);
@@ -440,6 +441,7 @@ fn every_replaced_token_verifies_until_its_own_window_ends() {
             now() + SignedDuration::from_hours(hours),
         ),
         last_used_at: None,
+        leak: None,
     };
     let status = &mut key.status.as_mut().unwrap().tokens[0];
     status.previous = Some(replaced(&previous, 2));
@@ -647,4 +649,50 @@ fn sets_that_differ_in_one_grant_share_the_others() {
     assert_eq!(code(&index, &ask), Code::Valid);
     ask.token = b.expose_secret();
     assert_eq!(code(&index, &ask), Code::Forbidden);
+}
+
+#[test]
+fn a_leak_record_revokes_the_token_unless_the_key_only_reports_leaks() {
+    for (response, expected) in [
+        (None, Code::Revoked),
+        (Some("revoke"), Code::Revoked),
+        (Some("report"), Code::Valid),
+    ] {
+        let index = Index::default();
+        let (leaked, other) = (token("ks_"), token("ks_"));
+        let mut spec = json!({"tokens": [{"name": "main"}, {"name": "other"}]});
+        if let Some(response) = response {
+            spec["leakResponse"] = json!(response);
+        }
+        let mut key = apikey("k", spec, &[("main", &leaked), ("other", &other)]);
+        key.status.as_mut().unwrap().tokens[0].leak = Some(crate::api::Leak {
+            reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
+            source: None,
+            handled_at: None,
+        });
+        index.apply(&key, now());
+        let verdict = index.verify(&request(leaked.expose_secret()), now());
+        assert_eq!(verdict.code, expected, "{response:?}");
+        assert!(verdict.found.unwrap().leaked);
+        let verdict = index.verify(&request(other.expose_secret()), now());
+        assert_eq!(verdict.code, Code::Valid);
+        assert!(!verdict.found.unwrap().leaked);
+
+        // Once the controller replaced it, a refused token answers REVOKED until its tombstone
+        // goes, and a recorded one is simply gone.
+        key.status.as_mut().unwrap().tokens.remove(0);
+        index.apply(&key, now());
+        let gone = index.verify(&request(leaked.expose_secret()), now()).code;
+        let expected = if expected == Code::Revoked {
+            Code::Revoked
+        } else {
+            Code::NotFound
+        };
+        assert_eq!(gone, expected, "{response:?}");
+        index.apply(&key, now() + TOMBSTONE_TTL);
+        assert_eq!(
+            code(&index, &request(leaked.expose_secret())),
+            Code::NotFound
+        );
+    }
 }
