@@ -24,6 +24,8 @@ pub struct ControllerPart {
     pub leader: LeaderConfig,
     /// The time source (the wall clock outside tests).
     pub clock: Clock,
+    /// `--personal-key-max-lifetime`: the longest a personal key's token lives.
+    pub personal_key_max_lifetime: std::time::Duration,
 }
 
 /// The verifier part of a process.
@@ -123,6 +125,7 @@ pub async fn serve_with(
             metrics,
             part.clock,
             Some(part.leader.identity.clone()),
+            part.personal_key_max_lifetime,
         );
         // Ready once connected and permitted: a standby replica is as healthy as the leader.
         health.set_ready(true);

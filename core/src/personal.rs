@@ -12,6 +12,10 @@ use std::time::Duration;
 use crate::api::{ApiKey, MAX_OWNER_GROUPS, MAX_OWNER_NAME_LEN, Owner, SYSTEM_PREFIX};
 use crate::validation::{FieldError, ValidSpec};
 
+/// How often a second personal key of one owner looks again whether the first is gone: nothing
+/// else wakes it when another key is deleted.
+pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(60);
+
 /// `--personal-key-max-lifetime` when unset.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// What `--personal-key-max-lifetime` accepts: 1 minute to 2 years of 8760h.
@@ -77,7 +81,8 @@ pub fn owner_errors(owner: Option<&Owner>) -> Vec<FieldError> {
 ///
 /// An admission policy sees one object, not the others in its namespace, so "one personal key
 /// per user and namespace" is kept here: every later key of the same owner stays unminted
-/// (`Ready=False`, naming this one) until this one is deleted. Oldest-first is stable: a new key
+/// (`Ready=False`, naming this one) until this one is deleted (looking again every
+/// [`DUPLICATE_RECHECK`]). Oldest-first is stable: a new key
 /// never takes over from one that works.
 pub fn first_of_owner<'a>(
     keys: impl IntoIterator<Item = &'a ApiKey>,

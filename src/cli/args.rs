@@ -44,6 +44,20 @@ impl ScopeArgs {
     }
 }
 
+/// The controller's rules for personal keys (`spec.owner`).
+#[derive(Args, Debug, Clone)]
+pub struct PersonalKeyArgs {
+    /// Longest a personal key's token lives (1m to 2y, e.g. `90d`, `720h`): a longer or unset
+    /// `expiresAfter` of a personal key is capped at it.
+    #[arg(long = "personal-key-max-lifetime", value_name = "DURATION", default_value = "90d",
+        value_parser = parse_max_lifetime)]
+    pub max_lifetime: Duration,
+}
+
+fn parse_max_lifetime(value: &str) -> Result<Duration, String> {
+    keysmith_core::personal::parse_max_lifetime(value).map_err(|e| e.to_string())
+}
+
 /// `--log-format` and `--metrics-listen`.
 #[derive(Args, Debug, Clone)]
 pub struct TelemetryArgs {

@@ -208,6 +208,7 @@ fn the_planner_mints_only_the_first_key_of_an_owner_with_capped_tokens() {
     assert_eq!(ready_reason(&second), reason::DUPLICATE_PERSONAL_KEY);
     assert!(second.status.as_ref().unwrap().tokens.is_empty());
     assert_eq!(second.events[0].reason, reason::DUPLICATE_PERSONAL_KEY);
+    assert_eq!(second.requeue_after, Some(DUPLICATE_RECHECK));
     assert!(second.events[0].note.contains("\"first\""));
 
     for first_of_owner in [Some("second"), None] {

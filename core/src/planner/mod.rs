@@ -169,8 +169,8 @@ fn plan_key(
                  one; delete one of the two (this one is minted once {first:?} is gone)",
                 owner.username
             );
-            let reason = reason::DUPLICATE_PERSONAL_KEY;
-            return Ok(blocked(key, &observed, reason, message, now, None));
+            let (reason, recheck) = (reason::DUPLICATE_PERSONAL_KEY, personal::DUPLICATE_RECHECK);
+            return Ok(blocked(key, &observed, reason, message, now, Some(recheck)));
         }
         personal::cap_lifetimes(&mut valid, personal_keys.max_lifetime);
     }
