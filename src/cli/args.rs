@@ -147,6 +147,12 @@ pub struct VerifierApiArgs {
     #[arg(long, value_name = "AUDIENCE=NS,...")]
     pub token_review_audience_namespaces: Vec<String>,
 
+    /// Audiences of `--token-review-audience-namespaces` (comma-separated) for which a personal
+    /// key (`spec.owner`) authenticates as its owner: the API servers asking them trust the
+    /// owner's RBAC to its tokens. Default: none, so a personal key answers as any key.
+    #[arg(long, value_delimiter = ',', value_name = "AUDIENCE,...")]
+    pub token_review_personal_audiences: Vec<String>,
+
     /// Most tokens whose recent requests and counts are kept for `keysmith usage` (the least
     /// recently used is forgotten beyond); 0 keeps none. Nothing is kept without
     /// `--usage-listen`.
@@ -206,15 +212,16 @@ impl VerifierApiArgs {
             .map_err(|e| format!("--trusted-proxies: {e}"))
     }
 
-    /// `--accept-namespaces` and `--token-review-audience-namespaces` parsed; the error names
-    /// the flag.
+    /// `--accept-namespaces`, `--token-review-audience-namespaces` and
+    /// `--token-review-personal-audiences` parsed; the error names the flag.
     pub fn tenancy(&self) -> Result<Tenancy, String> {
         let audiences: Vec<&str> = self
             .token_review_audience_namespaces
             .iter()
             .map(String::as_str)
             .collect();
-        Tenancy::parse(&self.accept_namespaces, &audiences)
+        Tenancy::parse(&self.accept_namespaces, &audiences)?
+            .with_personal_audiences(&self.token_review_personal_audiences)
     }
 
     /// The verifier's settings from these flags.
