@@ -103,7 +103,7 @@ pub fn components(
             client: clients.controller,
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
             clock: clock.clone(),
-            personal_key_max_lifetime: keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+            personal_keys: crate::controller::PersonalKeyPolicy::ACCEPTED,
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,

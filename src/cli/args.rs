@@ -47,11 +47,28 @@ impl ScopeArgs {
 /// The controller's rules for personal keys (`spec.owner`).
 #[derive(Args, Debug, Clone)]
 pub struct PersonalKeyArgs {
+    /// Mint personal keys (`spec.owner`). Set it only where the chart's personal-key admission
+    /// policies are installed (`personalKeys.enabled`): they check that a key's owner is the
+    /// user who created it and that only the controller writes its token hashes. Without it a
+    /// personal key stays unminted (`Ready=False`, `PersonalKeysDisabled`).
+    #[arg(long)]
+    pub personal_keys: bool,
+
     /// Longest a personal key's token lives (1m to 2y, e.g. `90d`, `720h`): a longer or unset
     /// `expiresAfter` of a personal key is capped at it.
     #[arg(long = "personal-key-max-lifetime", value_name = "DURATION", default_value = "90d",
         value_parser = parse_max_lifetime)]
     pub max_lifetime: Duration,
+}
+
+impl PersonalKeyArgs {
+    /// As the controller's policy.
+    pub fn policy(&self) -> crate::controller::PersonalKeyPolicy {
+        crate::controller::PersonalKeyPolicy {
+            accepted: self.personal_keys,
+            max_lifetime: self.max_lifetime,
+        }
+    }
 }
 
 fn parse_max_lifetime(value: &str) -> Result<Duration, String> {

@@ -39,7 +39,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
                     client,
                     leader,
                     clock: controller::system_clock(),
-                    personal_key_max_lifetime: args.personal.max_lifetime,
+                    personal_keys: args.personal.policy(),
                 }),
                 verifier: None,
                 scope: args.scope.scope(),

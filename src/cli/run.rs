@@ -39,7 +39,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 client: client.clone(),
                 leader,
                 clock: controller::system_clock(),
-                personal_key_max_lifetime: args.personal.max_lifetime,
+                personal_keys: args.personal.policy(),
             }),
             verifier: Some(VerifierPart {
                 client,

@@ -69,6 +69,23 @@ const RECONCILE_CONCURRENCY: u16 = 32;
 /// When to look again after the finalizer patch or the status write raced a newer version.
 const RACE_RECHECK: Duration = Duration::from_secs(2);
 
+/// How this installation treats personal keys (`spec.owner`).
+#[derive(Debug, Clone, Copy)]
+pub struct PersonalKeyPolicy {
+    /// `--personal-keys`: mint them (the admission policies that check owners are installed).
+    pub accepted: bool,
+    /// `--personal-key-max-lifetime`: the longest their tokens live.
+    pub max_lifetime: Duration,
+}
+
+impl PersonalKeyPolicy {
+    /// Personal keys minted, with the default lifetime cap.
+    pub const ACCEPTED: PersonalKeyPolicy = PersonalKeyPolicy {
+        accepted: true,
+        max_lifetime: keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+    };
+}
+
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
     client: Client,
@@ -78,8 +95,8 @@ pub struct Context {
     published: publish::Published,
     /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
     failures: Mutex<HashMap<String, Backoff>>,
-    /// `--personal-key-max-lifetime`.
-    personal_key_max_lifetime: Duration,
+    /// `--personal-keys`, `--personal-key-max-lifetime`.
+    personal_keys: PersonalKeyPolicy,
     /// The running controller's ApiKey cache (metadata and `spec.owner`), which tells which of
     /// an owner's personal keys is the first.
     keys: Mutex<Option<reflector::Store<ApiKey>>>,
@@ -92,7 +109,7 @@ impl Context {
         metrics: ControllerMetrics,
         clock: Clock,
         instance: Option<String>,
-        personal_key_max_lifetime: Duration,
+        personal_keys: PersonalKeyPolicy,
     ) -> Arc<Context> {
         // Reconciles free what they allocate at once; without this a fleet's start-up keeps
         // tens of MiB of it resident (the process's memory, so set where the controller starts).
@@ -104,7 +121,7 @@ impl Context {
             clock,
             published: publish::Published::default(),
             failures: Mutex::default(),
-            personal_key_max_lifetime,
+            personal_keys,
             keys: Mutex::default(),
         })
     }
@@ -491,7 +508,8 @@ impl Context {
             header_secrets: &header_secrets,
             published: &published,
             personal: planner::PersonalKeys {
-                max_lifetime: self.personal_key_max_lifetime,
+                accepted: self.personal_keys.accepted,
+                max_lifetime: self.personal_keys.max_lifetime,
                 first_of_owner,
             },
         };

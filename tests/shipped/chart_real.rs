@@ -347,7 +347,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         client: client_of(cluster, account).await,
         leader: LeaderConfig::new(NAMESPACE, format!("{account}-0")),
         clock: controller::system_clock(),
-        personal_key_max_lifetime: keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+        personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
     }
 }
 

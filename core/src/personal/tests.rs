@@ -202,6 +202,7 @@ fn the_planner_mints_only_the_first_key_of_an_owner_with_capped_tokens() {
         PersonalKeys {
             max_lifetime: 7 * DAY,
             first_of_owner: Some("first"),
+            ..PersonalKeys::default()
         },
     );
     assert!(second.secret.is_none());
@@ -217,6 +218,7 @@ fn the_planner_mints_only_the_first_key_of_an_owner_with_capped_tokens() {
             PersonalKeys {
                 max_lifetime: 7 * DAY,
                 first_of_owner,
+                ..PersonalKeys::default()
             },
         );
         assert!(minted.secret.is_some());
@@ -241,6 +243,7 @@ fn an_ordinary_key_is_neither_capped_nor_counted() {
     let planned = plan_at(
         &key,
         PersonalKeys {
+            accepted: false,
             max_lifetime: DAY,
             first_of_owner: Some("someone-elses"),
         },
@@ -253,6 +256,21 @@ fn an_ordinary_key_is_neither_capped_nor_counted() {
         .0
         .duration_since(token.issued_at.0);
     assert_eq!(lived, jiff::SignedDuration::from_hours(365 * 24));
+}
+
+#[test]
+fn an_installation_without_personal_keys_mints_none() {
+    let key = apikey("mine", None, personal("alice", json!({})));
+    let refused = plan_at(
+        &key,
+        PersonalKeys {
+            accepted: false,
+            ..PersonalKeys::default()
+        },
+    );
+    assert!(refused.secret.is_none());
+    assert_eq!(ready_reason(&refused), reason::PERSONAL_KEYS_DISABLED);
+    assert!(refused.status.as_ref().unwrap().tokens.is_empty());
 }
 
 #[test]

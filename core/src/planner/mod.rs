@@ -66,6 +66,10 @@ pub struct Observed<'a> {
 /// What planning a personal key needs besides the key (ignored for other keys).
 #[derive(Debug, Clone, Copy)]
 pub struct PersonalKeys<'a> {
+    /// `--personal-keys`: whether this installation mints personal keys at all. Only where the
+    /// admission policies that check their owner are installed; elsewhere anyone could name
+    /// anyone as a key's owner.
+    pub accepted: bool,
     /// `--personal-key-max-lifetime`: see [`personal::cap_lifetimes`].
     pub max_lifetime: Duration,
     /// [`personal::first_of_owner`] of the key's owner in its namespace, as the controller's
@@ -76,6 +80,7 @@ pub struct PersonalKeys<'a> {
 impl Default for PersonalKeys<'_> {
     fn default() -> Self {
         PersonalKeys {
+            accepted: true,
             max_lifetime: personal::DEFAULT_MAX_LIFETIME,
             first_of_owner: None,
         }
@@ -163,6 +168,13 @@ fn plan_key(
     };
     let name = key.metadata.name.as_deref().unwrap_or_default();
     if let Some(owner) = &key.spec.owner {
+        if !personal_keys.accepted {
+            let message = "this Keysmith installation does not mint personal keys (spec.owner): \
+                 without the admission policies that check owners, anyone could name anyone; \
+                 the platform team enables them with the chart's personalKeys.enabled";
+            let reason = reason::PERSONAL_KEYS_DISABLED;
+            return Ok(blocked(key, &observed, reason, message.into(), now, None));
+        }
         if let Some(first) = personal_keys.first_of_owner.filter(|first| *first != name) {
             let message = format!(
                 "{:?} already has the personal key {first:?} in this namespace, and a user has \

@@ -133,7 +133,7 @@ impl Harness {
             metrics,
             self.clock.as_clock(),
             Some("test".into()),
-            keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+            keysmith::controller::PersonalKeyPolicy::ACCEPTED,
         );
         let (stop, shutdown) = Shutdown::new();
         let scope = self.scope.clone();
@@ -316,7 +316,7 @@ pub async fn spawn_elected(
             client,
             leader,
             clock,
-            personal_key_max_lifetime: keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+            personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
         }),
         verifier: None,
         scope: Scope::default(),
