@@ -1243,3 +1243,196 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
             .expect("the process stops cleanly");
     }
 }
+
+/// Personal keys on the real authorizer with the chart's policies (`personalKeys.enabled`):
+/// nobody creates a personal key for someone else or with groups they are not in, the owner
+/// cannot change, and only the controller's ServiceAccount changes a personal key's tokens:
+/// not its owner, not another namespace editor with `apikeys/status`, not the verifier (which
+/// still writes `lastUsedAt`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_keys_are_their_creators_and_only_the_controller_sets_their_tokens() {
+    use kube::api::PostParams;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster, objects, ..
+    } = install(&["personalKeys.enabled=true"], dir.path()).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: apikey-editor, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [keysmith.dev], resources: [apikeys, apikeys/status], verbs: ['*']}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: apikey-editors, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikey-editor}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]\n"
+        ))
+        .await
+        .expect("RBAC for alice and bob");
+    let keys_as = |identity: Identity| {
+        let cluster = &cluster;
+        async move {
+            let client = cluster.client_as(&identity).await.expect("client");
+            Api::<ApiKey>::namespaced(client, APPS)
+        }
+    };
+    let alice = keys_as(Identity::user("alice", &["dev-team"])).await;
+    let bob = keys_as(Identity::user("bob", &["dev-team"])).await;
+    let controller_keys = Api::<ApiKey>::namespaced(client_of(&cluster, controller_sa).await, APPS);
+    let verifier_keys = Api::<ApiKey>::namespaced(client_of(&cluster, verifier_sa).await, APPS);
+    let personal = |name: &str, owner: Value| -> ApiKey {
+        serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": name, "namespace": APPS},
+            "spec": {"tokens": [{"name": "me"}], "owner": owner},
+        }))
+        .expect("ApiKey")
+    };
+    let create = PostParams::default();
+
+    // The server enforces a policy some time after the install: a fresh name per attempt, so
+    // a key admitted before that cannot turn later attempts into AlreadyExists.
+    let attempt = AtomicU32::new(0);
+    eventually("the owner policy to refuse bob's key for alice", || async {
+        let name = format!("for-alice-{}", attempt.fetch_add(1, Ordering::Relaxed));
+        let key = personal(&name, json!({"username": "alice"}));
+        bob.create(&create, &key)
+            .await
+            .err()
+            .filter(|e| {
+                e.to_string()
+                    .contains("nobody creates a personal key for someone else")
+            })
+            .map(drop)
+    })
+    .await;
+    let other_group = personal("groups", json!({"username": "alice", "groups": ["admins"]}));
+    let refused = alice
+        .create(&create, &other_group)
+        .await
+        .expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("only groups the user creating the key is in"),
+        "{refused}"
+    );
+    let own = json!({"username": "alice", "groups": ["dev-team"]});
+    alice
+        .create(&create, &personal("alices", own))
+        .await
+        .expect("alice creates her own personal key");
+
+    // The owner is fixed for the key's life, whoever asks.
+    for (patch, says) in [
+        (
+            json!([{"op": "replace", "path": "/spec/owner/username", "value": "bob"}]),
+            "owner is immutable",
+        ),
+        (
+            json!([{"op": "remove", "path": "/spec/owner"}]),
+            "owner cannot be added to or removed",
+        ),
+    ] {
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+        let refused = alice
+            .patch("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .expect_err("the CRD refuses it");
+        assert!(refused.to_string().contains(says), "{refused}");
+    }
+
+    // The controller writes the key's tokens.
+    let hash = |s: &str| keysmith::token::sha256_hex(s);
+    let status = json!({"status": {"tokens": [{"name": "me", "id": "ks_AAAAAA",
+        "sha256": hash("alice's token"), "issuedAt": "2026-11-01T00:00:00Z",
+        "expiresAt": "2027-01-30T00:00:00Z"}]}});
+    controller_keys
+        .patch_status("alices", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("the controller writes a personal key's tokens");
+
+    // Anyone else's hash is refused, once the status policy is in force too.
+    let forged = AtomicU32::new(0);
+    eventually("the status policy to refuse bob's hash", || async {
+        let value = hash(&format!("bob's {}", forged.fetch_add(1, Ordering::Relaxed)));
+        let patch = json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": value}]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+        bob.patch_status("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .err()
+            .filter(|e| e.to_string().contains("only the Keysmith controller"))
+            .map(drop)
+    })
+    .await;
+    let plants = [
+        json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("planted")}]),
+        json!([{"op": "add", "path": "/status/tokens/-", "value": {"name": "extra",
+            "id": "ks_BBBBBB", "sha256": hash("planted"), "issuedAt": "2026-11-01T00:00:00Z"}}]),
+        json!([{"op": "add", "path": "/status/tokens/0/previous", "value": {"id": "ks_CCCCCC",
+            "sha256": hash("planted"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "remove", "path": "/status/tokens/0/expiresAt"}]),
+    ];
+    for (who, keys) in [
+        ("alice", &alice),
+        ("bob", &bob),
+        ("the verifier", &verifier_keys),
+    ] {
+        for plant in &plants {
+            let patch: json_patch::Patch = serde_json::from_value(plant.clone()).expect("patch");
+            let refused = keys
+                .patch_status("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .expect_err("the policy refuses it");
+            assert!(
+                refused.to_string().contains("only the Keysmith controller"),
+                "{who} {plant}: {refused}"
+            );
+        }
+    }
+    // The verifier's usage write-back still lands, and the controller may rotate.
+    let entry = keysmith::verifier::usage::StatusEntry {
+        position: 0,
+        replaced: None,
+        sha256: hash("alice's token"),
+    };
+    let used_at: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
+    let usage = keysmith::verifier::usage::usage_patch(&[(entry, used_at)].into());
+    let as_verifier = PatchParams {
+        field_manager: Some(keysmith::verifier::usage::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    verifier_keys
+        .patch_status("alices", &as_verifier, &Patch::Json::<()>(usage))
+        .await
+        .expect("the verifier may set lastUsedAt");
+    let rotated =
+        json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("rotated")}]);
+    let rotated: json_patch::Patch = serde_json::from_value(rotated).expect("patch");
+    controller_keys
+        .patch_status(
+            "alices",
+            &PatchParams::default(),
+            &Patch::Json::<()>(rotated),
+        )
+        .await
+        .expect("the controller rotates");
+    let stored = alice.get_status("alices").await.expect("status");
+    let stored = serde_json::to_value(stored.status).expect("JSON");
+    assert_eq!(stored["tokens"][0]["sha256"], hash("rotated"));
+    assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
+
+    // The policy is about personal keys: an ordinary key's status stays RBAC's to grant.
+    cluster
+        .apply_yaml(&rbac::key(APPS, "ordinary"))
+        .await
+        .expect("ApiKey");
+    bob.patch_status(KEY, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("apikeys/status writes an ordinary key's status");
+}
