@@ -21,7 +21,7 @@ use keysmith::telemetry::Shutdown;
 use keysmith_emulator::eventually;
 use keysmith_testenv::binaries::binary;
 use keysmith_testenv::rbac::{self, KEY, Permission};
-use keysmith_testenv::{Backend, Cluster, Identity};
+use keysmith_testenv::{Backend, Cluster, Identity, RealOptions};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -97,7 +97,12 @@ struct Install {
 /// --create-namespace` would, asserting that the server accepts and stores every object and
 /// that each Deployment rolls out Pods.
 async fn install(sets: &[&str], dir: &Path) -> Install {
-    let cluster = Cluster::start(Backend::Real, Default::default())
+    install_with(sets, dir, &RealOptions::default()).await
+}
+
+/// [`install`] on a control plane started with `real`.
+async fn install_with(sets: &[&str], dir: &Path, real: &RealOptions) -> Install {
+    let cluster = Cluster::start_with(Backend::Real, Default::default(), real)
         .await
         .expect("the real control plane starts (testenv/install builds it)");
     let admin = dir.join("admin.kubeconfig");
@@ -1435,4 +1440,227 @@ async fn personal_keys_are_their_creators_and_only_the_controller_sets_their_tok
     bob.patch_status(KEY, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("apikeys/status writes an ordinary key's status");
+}
+
+/// `kubectl` with `kubeconfig` and `args`: whether it succeeded, and what it printed.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
+
+/// The issue's "done when" for personal keys, on a real kube-apiserver whose webhook token
+/// authenticator is the verifier (docs/gateways.md), with the chart's policies: a personal key
+/// the certificate user alice creates is alice, with her groups, to `kubectl --token`, and may
+/// do exactly what her RBAC allows, as it changes; bob cannot create one for her; a namespace
+/// admin who cannot read Secrets deletes it, and its token then stops working at the API server
+/// once the server's token cache lets go. (That alice alone reads the key's Secret comes with
+/// access lists.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted() {
+    use keysmith::verifier::http::TOKENREVIEW_PATH;
+    use keysmith::verifier::tenancy::Tenancy;
+    use kube::api::{DeleteParams, PostParams};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // The audience kube-apiserver asks the webhook for (its issuer).
+    const AUDIENCE: &str = "https://kubernetes.default.svc";
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let verifier_api = listener().await;
+    let webhook = format!(
+        "http://{}{TOKENREVIEW_PATH}",
+        verifier_api.local_addr().expect("address")
+    );
+    let real = RealOptions {
+        token_webhook: Some(webhook),
+    };
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install_with(&["personalKeys.enabled=true"], dir.path(), &real).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+
+    // As docs/gateways.md sets it up: the API server's audience accepts the keys of APPS and
+    // opts in to personal keys.
+    let tenancy = Tenancy::parse("", &[&format!("{AUDIENCE}={APPS}")])
+        .and_then(|t| t.with_personal_audiences(&[AUDIENCE.to_owned()]))
+        .expect("tenancy");
+    let verifier = VerifierPart {
+        tenancy,
+        ..verifier_part(&cluster, verifier_sa, verifier_api).await
+    };
+    let processes = [
+        process(Some(controller_part(&cluster, controller_sa).await), None).await,
+        process(None, Some(verifier)).await,
+    ];
+    let (stop, shutdown) = Shutdown::new();
+    let mut running = Vec::new();
+    for process in processes {
+        running.push(tokio::spawn(components::serve(process, shutdown.clone())));
+    }
+
+    // alice and bob may create ApiKeys in APPS; alice may read its ConfigMaps; carol administers
+    // ApiKeys there but, unlike the built-in admin and edit roles, reads no Secret.
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: apikey-admin, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [keysmith.dev], resources: [apikeys], verbs: ['*']}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: apikey-admins, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikey-admin}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: configmap-reader, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [''], resources: [configmaps], verbs: [get, list]}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: dev-team-reads-configmaps, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmap-reader}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: dev-team}}]\n"
+        ))
+        .await
+        .expect("RBAC");
+    let keys_as = |identity: Identity| {
+        let cluster = &cluster;
+        async move {
+            let client = cluster.client_as(&identity).await.expect("client");
+            Api::<ApiKey>::namespaced(client, APPS)
+        }
+    };
+    let alice = keys_as(Identity::user("alice", &["dev-team"])).await;
+    let bob = keys_as(Identity::user("bob", &["dev-team"])).await;
+    let carol = keys_as(Identity::user("carol", &[])).await;
+    let personal = |name: &str, username: &str| -> ApiKey {
+        serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": name, "namespace": APPS},
+            "spec": {"tokens": [{"name": "cli", "prefix": "alice_"}],
+                "owner": {"username": username, "groups": ["dev-team"]}},
+        }))
+        .expect("ApiKey")
+    };
+
+    // bob cannot create alice's key (a fresh name per attempt while the policy loads).
+    let attempt = AtomicU32::new(0);
+    eventually("the owner policy to refuse bob's key for alice", || async {
+        let name = format!("bobs-{}", attempt.fetch_add(1, Ordering::Relaxed));
+        bob.create(&PostParams::default(), &personal(&name, "alice"))
+            .await
+            .err()
+            .filter(|e| e.to_string().contains("for someone else"))
+            .map(drop)
+    })
+    .await;
+    alice
+        .create(&PostParams::default(), &personal("alices", "alice"))
+        .await
+        .expect("alice creates her personal key");
+    // The minted token, read as the administrator for now (access lists will let alice read it).
+    let token = eventually("alice's key to be minted", || async {
+        let secret = cluster.get("v1", "Secret", APPS, "alices").await?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).ok()?;
+        String::from_utf8(secret.data?.get("cli")?.0.clone()).ok()
+    })
+    .await;
+
+    // A kubeconfig holding nothing but the key's token.
+    let mut config = kube::config::Kubeconfig::read_from(&admin).expect("admin kubeconfig");
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(serde_json::from_value(json!({"token": token})).expect("token"));
+    }
+    let as_key = dir.path().join("alices-key.kubeconfig");
+    std::fs::write(&as_key, serde_saphyr::to_string(&config).expect("YAML")).expect("write");
+
+    let (ok, whoami) = kubectl(&as_key, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{whoami}");
+    let whoami: Value = serde_json::from_str(&whoami).expect("JSON");
+    let user = &whoami["status"]["userInfo"];
+    assert_eq!(user["username"], "alice", "{whoami}");
+    let groups: Vec<&str> = user["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(groups.contains(&"dev-team"), "{groups:?}");
+    assert!(
+        !groups.iter().any(|g| g.starts_with("keysmith:")),
+        "{groups:?}"
+    );
+    assert_eq!(
+        user["extra"]["keysmith.dev/apikey"],
+        json!([format!("{APPS}/alices")])
+    );
+
+    // Exactly alice's RBAC: her group's ConfigMaps, nothing else.
+    let may = |args: &[&str]| kubectl(&as_key, args).0;
+    assert!(may(&["get", "configmaps", "-n", APPS]));
+    assert!(!may(&["get", "configmaps", "-n", OTHER]));
+    assert!(!may(&["get", "secrets", "-n", APPS]));
+    // Her RBAC changes, and so does the key's power: the binding goes, and a new one comes.
+    cluster
+        .client()
+        .await
+        .map(|c| Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c, APPS))
+        .expect("admin")
+        .delete("dev-team-reads-configmaps", &DeleteParams::default())
+        .await
+        .expect("unbind");
+    eventually("alice's key to lose the ConfigMaps with her", || async {
+        (!may(&["get", "configmaps", "-n", APPS])).then_some(())
+    })
+    .await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: alice-reads-configmaps, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmap-reader}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
+        ))
+        .await
+        .expect("bind alice");
+    eventually("alice's key to read ConfigMaps again with her", || async {
+        may(&["get", "configmaps", "-n", APPS]).then_some(())
+    })
+    .await;
+
+    // carol, who reads no Secret, revokes alice's key.
+    let (_, can_read) = kubectl(
+        &admin,
+        &[
+            "auth", "can-i", "get", "secrets", "-n", APPS, "--as", "carol",
+        ],
+    );
+    assert_eq!(can_read.trim(), "no");
+    carol
+        .delete("alices", &DeleteParams::default())
+        .await
+        .expect("carol deletes alice's key");
+    // Within the API server's token cache (successes are kept about 10 s), the token is no one.
+    eventually(
+        "the API server to refuse the deleted key's token",
+        || async {
+            let (ok, printed) = kubectl(&as_key, &["auth", "whoami"]);
+            (!ok && printed.contains("Unauthorized")).then_some(())
+        },
+    )
+    .await;
+
+    stop.trigger();
+    for process in running {
+        process
+            .await
+            .expect("joins")
+            .expect("the process stops cleanly");
+    }
 }
