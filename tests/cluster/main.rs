@@ -19,6 +19,7 @@ mod hostile_input;
 mod kubectl_plugin;
 mod lifecycle_properties;
 mod openapi;
+mod personal_keys;
 mod printer_columns;
 mod rbac_minimal;
 mod scan_rules;
