@@ -295,11 +295,11 @@ pub struct Owner {
     /// Not `system:` groups, whose members the API server trusts beyond RBAC (`system:masters`)
     /// and which it adds itself (`system:authenticated`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
     #[x_kube(
         merge_strategy = ListMerge::Set,
-        validation = Rule::new("self.all(g, g.size() >= 1 && g.size() <= 256 && !g.startsWith('system:'))")
-            .message("groups are 1 to 256 characters long and not system: groups")
+        validation = Rule::new("self.all(g, !g.startsWith('system:'))")
+            .message("system: groups cannot be carried by personal keys")
     )]
     pub groups: Vec<String>,
 }
