@@ -116,3 +116,49 @@ async fn one_personal_key_per_owner_is_minted_with_capped_tokens() {
     })
     .await;
 }
+
+/// The CRD keeps a key personal, and whose, from its creation (transition rules, which both
+/// backends evaluate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_is_fixed_at_creation() {
+    use kube::api::{Patch, PatchParams};
+    let h = Harness::start().await;
+    h.apply(&personal("mine", "alice", "1d")).await;
+    h.apply(
+        "apiVersion: keysmith.dev/v1alpha1\nkind: ApiKey\n\
+         metadata: {name: plain, namespace: default}\nspec: {tokens: [{name: t}]}\n",
+    )
+    .await;
+    let keys: kube::Api<keysmith::api::ApiKey> = kube::Api::namespaced(h.admin.clone(), EXAMPLE_NS);
+    for (name, patch, says) in [
+        (
+            "mine",
+            serde_json::json!({"spec": {"owner": {"username": "bob"}}}),
+            "owner is immutable",
+        ),
+        (
+            "mine",
+            serde_json::json!({"spec": {"owner": null}}),
+            "owner cannot be added to or removed",
+        ),
+        (
+            "plain",
+            serde_json::json!({"spec": {"owner": {"username": "alice"}}}),
+            "owner cannot be added to or removed",
+        ),
+    ] {
+        let refused = keys
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("the CRD refuses it");
+        assert!(
+            refused.to_string().contains(says),
+            "{name} {patch}: {refused}"
+        );
+    }
+    // Everything else about a personal key stays editable.
+    let edit = serde_json::json!({"spec": {"description": "alice's laptop"}});
+    keys.patch("mine", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("an ordinary edit");
+}
