@@ -576,10 +576,11 @@ fn authz_response(verdict: &Verdict<'_>) -> Answer {
             HeaderValue::from_str(environment).unwrap_or(HeaderValue::from_static("")),
         );
         // The same for a personal key's owner: empty for any other key.
-        let owner = found.key.owner.as_deref().map_or("", |o| &o.username);
+        let owner = found.key.owner.as_deref();
+        let owner = owner.and_then(|o| HeaderValue::from_str(&o.username).ok());
         headers.insert(
             X_KEYSMITH_OWNER,
-            HeaderValue::from_str(owner).unwrap_or(HeaderValue::from_static("")),
+            owner.unwrap_or(HeaderValue::from_static("")),
         );
     }
     response

@@ -1458,9 +1458,10 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 /// The "done when" for personal keys, on a real kube-apiserver whose webhook token
 /// authenticator is the verifier (docs/gateways.md), with the chart's policies: a personal key
 /// the certificate user alice creates is alice, with her groups, to `kubectl --token`, and may
-/// do exactly what her RBAC allows, as it changes; bob cannot create one for her; a namespace
-/// admin who cannot read Secrets deletes it, and its token then stops working at the API server
-/// once the server's token cache lets go. (That alice alone reads the key's Secret comes with
+/// do exactly what her RBAC allows, as it changes; bob cannot create one for her; disabling it
+/// and rotating it without overlap end the power of its (old) token; a namespace admin who cannot
+/// read Secrets deletes it, and its token then stops working at the API server once the server's
+/// token cache lets go. (That alice alone reads the key's Secret comes with
 /// access lists.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted() {
@@ -1633,6 +1634,55 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
         may(&["get", "configmaps", "-n", APPS]).then_some(())
     })
     .await;
+
+    // Suspending the key suspends its power at the API server (failures are not cached), and
+    // lifting the suspension restores it.
+    let set = |patch: Value| {
+        let carol = &carol;
+        async move {
+            carol
+                .patch("alices", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("carol edits alice's key");
+        }
+    };
+    let whoami = |kubeconfig: PathBuf| async move { kubectl(&kubeconfig, &["auth", "whoami"]) };
+    set(json!({"spec": {"disabled": true}})).await;
+    eventually(
+        "the API server to refuse the disabled key's token",
+        || async {
+            let (ok, printed) = whoami(as_key.clone()).await;
+            (!ok && printed.contains("Unauthorized")).then_some(())
+        },
+    )
+    .await;
+    set(json!({"spec": {"disabled": false}})).await;
+    eventually("the enabled key's token to be alice again", || async {
+        let (ok, printed) = whoami(as_key.clone()).await;
+        (ok && printed.contains("alice")).then_some(())
+    })
+    .await;
+
+    // A rotation without overlap ends the old token's power and hands the new one alice's.
+    set(json!({"spec": {"rotation": {"trigger": "rotated", "overlap": "0"}}})).await;
+    let rotated = eventually("the rotated token in the Secret", || async {
+        let secret = cluster.get("v1", "Secret", APPS, "alices").await?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).ok()?;
+        let value = String::from_utf8(secret.data?.get("cli")?.0.clone()).ok()?;
+        (value != token).then_some(value)
+    })
+    .await;
+    eventually("the API server to refuse the replaced token", || async {
+        let (ok, printed) = whoami(as_key.clone()).await;
+        (!ok && printed.contains("Unauthorized")).then_some(())
+    })
+    .await;
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(serde_json::from_value(json!({"token": rotated})).expect("token"));
+    }
+    std::fs::write(&as_key, serde_saphyr::to_string(&config).expect("YAML")).expect("write");
+    let (ok, printed) = whoami(as_key.clone()).await;
+    assert!(ok && printed.contains("alice"), "{printed}");
 
     // carol, who reads no Secret, revokes alice's key.
     let (_, can_read) = kubectl(
