@@ -282,3 +282,36 @@ fn the_max_lifetime_flag_takes_one_minute_to_two_years() {
         assert!(parse_max_lifetime(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_index_takes_the_owner_from_the_spec_never_from_status() {
+    use crate::verifier::key::{GrantInterner, KeyInfo};
+    let mut key = apikey("mine", None, personal("alice", json!({})));
+    // A served policy naming someone else (status is not checked at admission the way spec is).
+    let mut served = serde_json::to_value(&key.spec).unwrap();
+    served["owner"] = json!({"username": "mallory", "groups": ["admins"]});
+    key.status = Some(
+        serde_json::from_value(json!({"servedGeneration": 1, "servedPolicy": served})).unwrap(),
+    );
+    let (info, _) = KeyInfo::from_apikey(&key, &GrantInterner::default());
+    let owner = info.owner.expect("a personal key");
+    assert_eq!(&*owner.username, "alice");
+    assert_eq!(owner.groups.len(), 1);
+    assert_eq!(&*owner.groups[0], "dev-team");
+
+    // An owner no server would admit makes no personal key; an ordinary key has none.
+    let system = apikey("sys", None, personal("system:admin", json!({})));
+    assert!(
+        KeyInfo::from_apikey(&system, &GrantInterner::default())
+            .0
+            .owner
+            .is_none()
+    );
+    let plain = apikey("plain", None, json!({"tokens": [{"name": "t"}]}));
+    assert!(
+        KeyInfo::from_apikey(&plain, &GrantInterner::default())
+            .0
+            .owner
+            .is_none()
+    );
+}
