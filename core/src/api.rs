@@ -279,7 +279,7 @@ pub const MAX_OWNER_GROUPS: usize = 32;
 pub const SYSTEM_PREFIX: &str = "system:";
 
 /// The user a personal key acts as.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 pub struct Owner {
     /// The user's name as the Kubernetes API server knows it; it must be the name of the user
     /// creating the key. Not a `system:` name: a ServiceAccount or system component has its own
