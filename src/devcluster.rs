@@ -103,6 +103,7 @@ pub fn components(
             client: clients.controller,
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
             clock: clock.clone(),
+            personal_keys: crate::controller::PersonalKeyPolicy::ACCEPTED,
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,

@@ -182,7 +182,11 @@ pub const MAX_SPEC_BYTES: usize = 256 * 1024;
     )).message("rotation.renewBefore must be shorter than expiresAfter").field_path(".rotation.renewBefore"),
     validation = Rule::new(
         "self.tokens.all(t, self.tokens.exists_one(u, (has(u.secretKey) ? u.secretKey : u.name) == (has(t.secretKey) ? t.secretKey : t.name)))"
-    ).message("every token slot must write a different Secret key (secretKey, defaulting to the slot name)").field_path(".tokens")
+    ).message("every token slot must write a different Secret key (secretKey, defaulting to the slot name)").field_path(".tokens"),
+    // A key becomes or stops being personal only by being created or deleted: see `owner`.
+    validation = Rule::new("has(self.owner) == has(oldSelf.owner)")
+        .message("owner cannot be added to or removed from an existing ApiKey; create a new one")
+        .field_path(".owner")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
@@ -259,6 +263,18 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "rotate"))]
     pub leak_response: Option<LeakResponse>,
+
+    /// Makes this a personal key: its tokens act as this user wherever Keysmith authenticates
+    /// for the Kubernetes API (a TokenReview for an audience that opts in to personal keys).
+    /// Set only at creation, by that user (the chart's admission policy checks it), and never
+    /// changed. At most one personal key per user and namespace is minted; its tokens live at
+    /// most the platform's `--personal-key-max-lifetime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf")
+            .message("owner is immutable; create a new ApiKey for another owner")
+    )]
+    pub owner: Option<Owner>,
 }
 
 /// What Keysmith does with a token reported as leaked: `rotate` (default) replaces it at once,
@@ -290,6 +306,40 @@ impl LeakResponse {
     pub fn refuses(self) -> bool {
         self != LeakResponse::Report
     }
+}
+
+/// Longest `spec.owner.username` and `spec.owner.groups[]` entry.
+pub const MAX_OWNER_NAME_LEN: usize = 256;
+/// Most `spec.owner.groups`.
+pub const MAX_OWNER_GROUPS: usize = 32;
+/// Prefix of the names Kubernetes reserves for its own users and groups, which an owner may not
+/// carry (see [`Owner`]).
+pub const SYSTEM_PREFIX: &str = "system:";
+
+/// The user a personal key acts as.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+pub struct Owner {
+    /// The user's name as the Kubernetes API server knows it; it must be the name of the user
+    /// creating the key. Not a `system:` name: a ServiceAccount or system component has its own
+    /// tokens, and a personal key would outlive it.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(
+        validation = Rule::new("!self.startsWith('system:')")
+            .message("system: users (ServiceAccounts, Kubernetes components) cannot own personal keys")
+    )]
+    pub username: String,
+
+    /// The groups the key's tokens carry (at most 32, unique): each one the creating user is in.
+    /// Not `system:` groups, whose members the API server trusts beyond RBAC (`system:masters`)
+    /// and which it adds itself (`system:authenticated`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("self.all(g, !g.startsWith('system:'))")
+            .message("system: groups cannot be carried by personal keys")
+    )]
+    pub groups: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {

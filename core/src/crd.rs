@@ -43,6 +43,18 @@ pub const REASONS: &[(&str, &str, &str)] = &[
          Secret does not name this key in its `keysmith.dev/header-source` annotation",
     ),
     (
+        reason::DUPLICATE_PERSONAL_KEY,
+        "Ready=False",
+        "the owner already has a personal key in this namespace, the one minted (the message \
+         names it); this one is minted once that one is deleted",
+    ),
+    (
+        reason::PERSONAL_KEYS_DISABLED,
+        "Ready=False",
+        "the key is personal (`spec.owner`) and this installation does not mint personal keys \
+         (the controller's `--personal-keys`)",
+    ),
+    (
         reason::API_ERROR,
         "Ready=False",
         "a Kubernetes API call failed; the message says which",

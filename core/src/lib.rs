@@ -21,6 +21,7 @@ pub mod crd;
 pub mod duration;
 pub mod grants;
 pub mod invariants;
+pub mod personal;
 pub mod planner;
 pub mod scan_rules;
 pub mod schedule;

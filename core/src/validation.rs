@@ -177,6 +177,9 @@ pub fn validate(spec: &ApiKeySpec) -> Result<ValidSpec, InvalidSpec> {
     let ip_allow_list = validate_restrictions(&mut errors, spec);
     validate_secret(&mut errors, spec);
     validate_publish(&mut errors, spec);
+    errors
+        .0
+        .extend(crate::personal::owner_errors(spec.owner.as_ref()));
 
     if errors.0.is_empty() {
         Ok(ValidSpec {

@@ -45,6 +45,37 @@ impl ScopeArgs {
     }
 }
 
+/// The controller's rules for personal keys (`spec.owner`).
+#[derive(Args, Debug, Clone)]
+pub struct PersonalKeyArgs {
+    /// Mint personal keys (`spec.owner`). Set it only where the chart's personal-key admission
+    /// policies are installed (`personalKeys.enabled`): they check that a key's owner is the
+    /// user who created it and that only the controller writes its token hashes. Without it a
+    /// personal key stays unminted (`Ready=False`, `PersonalKeysDisabled`).
+    #[arg(long)]
+    pub personal_keys: bool,
+
+    /// Longest a personal key's token lives (1m to 2y, e.g. `90d`, `720h`): a longer or unset
+    /// `expiresAfter` of a personal key is capped at it.
+    #[arg(long = "personal-key-max-lifetime", value_name = "DURATION", default_value = "90d",
+        value_parser = parse_max_lifetime)]
+    pub max_lifetime: Duration,
+}
+
+impl PersonalKeyArgs {
+    /// As the controller's policy.
+    pub fn policy(&self) -> crate::controller::PersonalKeyPolicy {
+        crate::controller::PersonalKeyPolicy {
+            accepted: self.personal_keys,
+            max_lifetime: self.max_lifetime,
+        }
+    }
+}
+
+fn parse_max_lifetime(value: &str) -> Result<Duration, String> {
+    keysmith_core::personal::parse_max_lifetime(value).map_err(|e| e.to_string())
+}
+
 /// `--log-format` and `--metrics-listen`.
 #[derive(Args, Debug, Clone)]
 pub struct TelemetryArgs {
@@ -134,6 +165,12 @@ pub struct VerifierApiArgs {
     #[arg(long, value_name = "AUDIENCE=NS,...")]
     pub token_review_audience_namespaces: Vec<String>,
 
+    /// Audiences of `--token-review-audience-namespaces` (comma-separated) for which a personal
+    /// key (`spec.owner`) authenticates as its owner: the API servers asking them trust the
+    /// owner's RBAC to its tokens. Default: none, so a personal key answers as any key.
+    #[arg(long, value_delimiter = ',', value_name = "AUDIENCE,...")]
+    pub token_review_personal_audiences: Vec<String>,
+
     /// Most tokens whose recent requests and counts are kept for `keysmith usage` (the least
     /// recently used is forgotten beyond); 0 keeps none. Nothing is kept without
     /// `--usage-listen`.
@@ -203,15 +240,16 @@ impl VerifierApiArgs {
             .map_err(|e| format!("--trusted-proxies: {e}"))
     }
 
-    /// `--accept-namespaces` and `--token-review-audience-namespaces` parsed; the error names
-    /// the flag.
+    /// `--accept-namespaces`, `--token-review-audience-namespaces` and
+    /// `--token-review-personal-audiences` parsed; the error names the flag.
     pub fn tenancy(&self) -> Result<Tenancy, String> {
         let audiences: Vec<&str> = self
             .token_review_audience_namespaces
             .iter()
             .map(String::as_str)
             .collect();
-        Tenancy::parse(&self.accept_namespaces, &audiences)
+        Tenancy::parse(&self.accept_namespaces, &audiences)?
+            .with_personal_audiences(&self.token_review_personal_audiences)
     }
 
     /// The verifier's settings from these flags; the error names the file that did not load.

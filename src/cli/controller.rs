@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{LeaderArgs, ScopeArgs, TelemetryArgs};
+use super::args::{LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs};
 use super::serve_components;
 use crate::components::{Components, ControllerPart};
 use crate::{cluster, controller};
@@ -19,6 +19,8 @@ pub struct ControllerArgs {
     telemetry: TelemetryArgs,
     #[command(flatten)]
     leader: LeaderArgs,
+    #[command(flatten)]
+    personal: PersonalKeyArgs,
 }
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
@@ -37,6 +39,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
                     client,
                     leader,
                     clock: controller::system_clock(),
+                    personal_keys: args.personal.policy(),
                 }),
                 verifier: None,
                 scope: args.scope.scope(),

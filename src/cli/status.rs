@@ -117,6 +117,18 @@ pub fn render(key: &ApiKey) -> String {
     let namespace = key.metadata.namespace.as_deref().unwrap_or_default();
     let name = key.metadata.name.as_deref().unwrap_or_default();
     let _ = writeln!(out, "ApiKey {namespace}/{name}");
+    if let Some(owner) = &key.spec.owner {
+        let _ = writeln!(
+            out,
+            "  Personal key of {} (groups: {})",
+            owner.username,
+            if owner.groups.is_empty() {
+                "none".to_owned()
+            } else {
+                owner.groups.join(", ")
+            }
+        );
+    }
     let Some(status) = &key.status else {
         let _ = writeln!(
             out,
@@ -218,6 +230,16 @@ mod tests {
         ));
         assert!(text.contains("earlier ks_654321 valid until 2026-11-22T10:30:00Z, last used -"));
         assert!(text.contains("Serving:       generation 4; generation 5 is rejected"));
+        assert!(!text.contains("Personal key"));
+
+        let mut personal = key;
+        personal.spec.owner = Some(keysmith_core::api::Owner {
+            username: "alice".into(),
+            groups: vec!["dev-team".into(), "on-call".into()],
+        });
+        assert!(
+            render(&personal).contains("  Personal key of alice (groups: dev-team, on-call)\n")
+        );
     }
 
     #[test]

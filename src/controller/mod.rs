@@ -36,6 +36,7 @@ use keysmith_core::api::{
     APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL,
     RESTART_ON_ANNOTATION,
 };
+use keysmith_core::personal;
 use keysmith_core::planner::{self, EventKind, Plan, Revocation};
 use keysmith_core::token::GenerateError;
 
@@ -68,6 +69,23 @@ const RECONCILE_CONCURRENCY: u16 = 32;
 /// When to look again after the finalizer patch or the status write raced a newer version.
 const RACE_RECHECK: Duration = Duration::from_secs(2);
 
+/// How this installation treats personal keys (`spec.owner`).
+#[derive(Debug, Clone, Copy)]
+pub struct PersonalKeyPolicy {
+    /// `--personal-keys`: mint them (the admission policies that check owners are installed).
+    pub accepted: bool,
+    /// `--personal-key-max-lifetime`: the longest their tokens live.
+    pub max_lifetime: Duration,
+}
+
+impl PersonalKeyPolicy {
+    /// Personal keys minted, with the default lifetime cap.
+    pub const ACCEPTED: PersonalKeyPolicy = PersonalKeyPolicy {
+        accepted: true,
+        max_lifetime: keysmith_core::personal::DEFAULT_MAX_LIFETIME,
+    };
+}
+
 /// Everything a reconcile needs, created once per controller.
 pub struct Context {
     client: Client,
@@ -77,6 +95,11 @@ pub struct Context {
     published: publish::Published,
     /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
     failures: Mutex<HashMap<String, Backoff>>,
+    /// `--personal-keys`, `--personal-key-max-lifetime`.
+    personal_keys: PersonalKeyPolicy,
+    /// The running controller's ApiKey cache (metadata and `spec.owner`), which tells which of
+    /// an owner's personal keys is the first.
+    keys: Mutex<Option<reflector::Store<ApiKey>>>,
 }
 
 impl Context {
@@ -86,6 +109,7 @@ impl Context {
         metrics: ControllerMetrics,
         clock: Clock,
         instance: Option<String>,
+        personal_keys: PersonalKeyPolicy,
     ) -> Arc<Context> {
         // Reconciles free what they allocate at once; without this a fleet's start-up keeps
         // tens of MiB of it resident (the process's memory, so set where the controller starts).
@@ -97,6 +121,8 @@ impl Context {
             clock,
             published: publish::Published::default(),
             failures: Mutex::default(),
+            personal_keys,
+            keys: Mutex::default(),
         })
     }
 }
@@ -171,6 +197,7 @@ pub async fn run(
     // route reconciles: keep ApiKeys' metadata without managedFields and last-applied copy, and
     // only the metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
     let (store, writer) = reflector::store();
+    *ctx.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
     let (revoke, revocations) = mpsc::unbounded();
     let unreadable = ctx.metrics.unreadable.clone();
     let keys = apikeys::watch(client, scope)
@@ -275,11 +302,15 @@ fn prune_for_cache(object: &mut impl Resource) {
     }
 }
 
-/// What the ApiKey cache keeps: the metadata the finalizer helper reads. Spec and status, a
-/// kilobyte or more per key, are read fresh by whatever needs them.
+/// What the ApiKey cache keeps: the metadata the finalizer helper reads, and the owner of a
+/// personal key (immutable, so never stale), which decides its owner's first key. The rest of
+/// spec and status, a kilobyte or more per key, is read fresh by whatever needs it.
 fn prune_apikey_for_cache(key: &mut ApiKey) {
     prune_for_cache(key);
-    key.spec = ApiKeySpec::default();
+    key.spec = ApiKeySpec {
+        owner: key.spec.owner.take(),
+        ..ApiKeySpec::default()
+    };
     key.status = None;
 }
 
@@ -466,11 +497,21 @@ impl Context {
             )))?;
         let header_secrets = self.header_secrets(&secrets, key).await?;
         let published = publish::observe(&secrets, &self.published, key).await?;
+        let owner = key.spec.owner.as_ref();
+        let same_namespace = owner.map(|_| self.same_namespace(&namespace));
+        let first_of_owner = owner
+            .zip(same_namespace.as_ref())
+            .and_then(|(o, keys)| personal::first_of_owner(keys.iter().map(|k| &**k), &o.username));
         let observed = planner::Observed {
             key,
             secret: secret.as_ref(),
             header_secrets: &header_secrets,
             published: &published,
+            personal: planner::PersonalKeys {
+                accepted: self.personal_keys.accepted,
+                max_lifetime: self.personal_keys.max_lifetime,
+                first_of_owner,
+            },
         };
         let plan = planner::plan(&observed, (self.clock)(), &mut planner::mint_token)?;
         for (slot, action) in &plan.slots {
@@ -531,6 +572,19 @@ impl Context {
         Ok(plan
             .requeue_after
             .map_or_else(Action::await_change, Action::requeue))
+    }
+
+    /// The cached ApiKeys of `namespace`.
+    fn same_namespace(&self, namespace: &str) -> Vec<Arc<ApiKey>> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = keys
+            .as_ref()
+            .map(reflector::Store::state)
+            .unwrap_or_default();
+        cached
+            .into_iter()
+            .filter(|k| k.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
     }
 
     /// The Secrets `key`'s required headers read that exist, so the planner can publish hashes of

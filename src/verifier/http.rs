@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use keysmith_core::grants::Context;
 use keysmith_core::verifier::decision::{Code, RequestHeaders, VerifyRequest};
-use keysmith_core::verifier::index::Verdict;
+use keysmith_core::verifier::index::{Found, Verdict};
 
 use crate::text::{json_str, write_rfc3339};
 
@@ -29,7 +29,7 @@ use super::Verifier;
 use super::audit;
 use super::client_ip::client_ip;
 use super::leaks;
-use super::tenancy::{self, Endpoint, Namespaces, RouteKind};
+use super::tenancy::{self, Endpoint, Namespaces, RouteKind, Tenancy};
 
 /// Largest request body accepted (413 beyond): a verification is a token and a few strings.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -45,6 +45,7 @@ const X_KEYSMITH_ENVIRONMENT: HeaderName = HeaderName::from_static("x-keysmith-e
 const X_KEYSMITH_CODE: HeaderName = HeaderName::from_static("x-keysmith-code");
 const X_KEYSMITH_KEY: HeaderName = HeaderName::from_static("x-keysmith-key");
 const X_KEYSMITH_TOKEN: HeaderName = HeaderName::from_static("x-keysmith-token");
+const X_KEYSMITH_OWNER: HeaderName = HeaderName::from_static("x-keysmith-owner");
 
 /// The request's HTTP headers as the decision reads them (the core knows no HTTP types).
 struct HttpHeaders<'a>(&'a HeaderMap);
@@ -346,7 +347,8 @@ impl RequestHeaders for BodyHeaders {
 }
 
 /// The answer to `POST /v1/verify`, as JSON: `valid`, `code`, `key` (namespace, name, token,
-/// id; `null` when no key holds the token), `environment`, `expiresAt` (`null` when none),
+/// id, and `owner` with `username` and `groups` for a personal key; `null` when no key holds
+/// the token), `environment`, `expiresAt` (`null` when none),
 /// `metadata` and, when valid, `permissions`. Written field by field: a serde-derived answer
 /// escaped every key and value byte by byte (`bench/instructions.sh`).
 fn verify_response(verdict: &Verdict<'_>) -> Vec<u8> {
@@ -374,6 +376,18 @@ fn verify_response(verdict: &Verdict<'_>) -> Vec<u8> {
             json_str(&mut out, found.slot_name());
             out.extend_from_slice(b",\"id\":");
             json_str(&mut out, &found.id);
+            if let Some(owner) = &found.key.owner {
+                out.extend_from_slice(b",\"owner\":{\"username\":");
+                json_str(&mut out, &owner.username);
+                out.extend_from_slice(b",\"groups\":[");
+                for (i, group) in owner.groups.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json_str(&mut out, group);
+                }
+                out.extend_from_slice(b"]}");
+            }
             out.push(b'}');
         }
         None => out.extend_from_slice(b"null"),
@@ -605,6 +619,13 @@ fn authz_response(verdict: &Verdict<'_>) -> Answer {
             X_KEYSMITH_ENVIRONMENT,
             HeaderValue::from_str(environment).unwrap_or(HeaderValue::from_static("")),
         );
+        // The same for a personal key's owner: empty for any other key.
+        let owner = found.key.owner.as_deref();
+        let owner = owner.and_then(|o| HeaderValue::from_str(&o.username).ok());
+        headers.insert(
+            X_KEYSMITH_OWNER,
+            owner.unwrap_or(HeaderValue::from_static("")),
+        );
     }
     response
 }
@@ -668,25 +689,7 @@ where
         .await;
     let status = match (&verdict.found, verdict.code) {
         (Some(found), Code::Valid) => {
-            let key = &found.key;
-            // Only the audiences that accept the key's namespace.
-            let audiences: Vec<&str> = audiences
-                .into_iter()
-                .filter(|a| tenancy.of_audience(a).view().accepts(&key.namespace))
-                .collect();
-            let user = UserInfo {
-                username: Some(format!(
-                    "keysmith:{}:{}:{}",
-                    key.namespace,
-                    key.name,
-                    found.slot_name()
-                )),
-                groups: Some(vec![format!("keysmith:{}", key.namespace)]),
-                extra: key.environment.as_ref().map(|env| {
-                    BTreeMap::from([("keysmith.dev/environment".to_owned(), vec![env.clone()])])
-                }),
-                uid: None,
-            };
+            let (user, audiences) = reviewed_user(found, audiences, tenancy);
             TokenReviewStatus {
                 authenticated: Some(true),
                 user: Some(user),
@@ -698,6 +701,64 @@ where
         (_, code) => refused(code.as_str()),
     };
     tokenreview_answer(status)
+}
+
+/// The `extra` entry naming the key a personal key's user came from, for the API server's
+/// audit log: `<namespace>/<name>`.
+pub const EXTRA_APIKEY: &str = "keysmith.dev/apikey";
+/// The `extra` entry with the id of the token presented.
+pub const EXTRA_TOKEN_ID: &str = "keysmith.dev/token-id";
+/// The `extra` entry with the key's environment.
+pub const EXTRA_ENVIRONMENT: &str = "keysmith.dev/environment";
+
+/// The user a valid token authenticates as for the granted `audiences`, and the audiences that
+/// answer vouches for. Only the audiences that accept the key's namespace; a personal key is its
+/// owner only for the audiences among them that opt in to personal keys
+/// (`--token-review-personal-audiences`), and the answer then vouches for those alone, so an
+/// API server that did not opt in never takes the owner's name from it. Otherwise the key's own
+/// identity, `keysmith:<ns>:<name>:<slot>` in group `keysmith:<ns>`.
+fn reviewed_user<'a>(
+    found: &Found,
+    audiences: Vec<&'a str>,
+    tenancy: &Tenancy,
+) -> (UserInfo, Vec<&'a str>) {
+    let key = &found.key;
+    let audiences: Vec<&str> = audiences
+        .into_iter()
+        .filter(|a| tenancy.of_audience(a).view().accepts(&key.namespace))
+        .collect();
+    let mut extra = BTreeMap::new();
+    if let Some(env) = &key.environment {
+        extra.insert(EXTRA_ENVIRONMENT.to_owned(), vec![env.clone()]);
+    }
+    let personal: Vec<&str> = audiences
+        .iter()
+        .copied()
+        .filter(|a| tenancy.is_personal(a))
+        .collect();
+    if let Some(owner) = key.owner.as_deref().filter(|_| !personal.is_empty()) {
+        extra.insert(EXTRA_APIKEY.to_owned(), vec![key.identity.clone()]);
+        extra.insert(EXTRA_TOKEN_ID.to_owned(), vec![found.id.to_string()]);
+        let user = UserInfo {
+            username: Some(owner.username.to_string()),
+            groups: Some(owner.groups.iter().map(ToString::to_string).collect()),
+            extra: Some(extra),
+            uid: None,
+        };
+        return (user, personal);
+    }
+    let user = UserInfo {
+        username: Some(format!(
+            "keysmith:{}:{}:{}",
+            key.namespace,
+            key.name,
+            found.slot_name()
+        )),
+        groups: Some(vec![format!("keysmith:{}", key.namespace)]),
+        extra: (!extra.is_empty()).then_some(extra),
+        uid: None,
+    };
+    (user, audiences)
 }
 
 /// The audiences to grant a review that asks for `requested`: none when it asks none, else those
@@ -857,7 +918,12 @@ mod tests {
 
     /// A verdict of `code` for the token of a key with metadata, grants and an expiry.
     fn verdict(code: Code) -> Verdict<'static> {
-        let apikey: keysmith_core::api::ApiKey = serde_json::from_value(serde_json::json!({
+        verdict_of(code, None)
+    }
+
+    /// [`verdict`] for a key with `owner` (`spec.owner`), if any.
+    fn verdict_of(code: Code, owner: Option<serde_json::Value>) -> Verdict<'static> {
+        let mut apikey = serde_json::json!({
             "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
             "metadata": {"name": "site", "namespace": "web"},
             "spec": {
@@ -866,8 +932,11 @@ mod tests {
                     "metadata": {"content": "published", "note": "say \"hi\"\n"}}],
                 "grants": [{"effect": "allow", "actions": ["content.read", "content.list"]}],
             },
-        }))
-        .unwrap();
+        });
+        if let Some(owner) = owner {
+            apikey["spec"]["owner"] = owner;
+        }
+        let apikey: keysmith_core::api::ApiKey = serde_json::from_value(apikey).unwrap();
         let (key, _) = super::super::key::KeyInfo::from_apikey(&apikey, &Default::default());
         let found = keysmith_core::verifier::index::Found {
             key: std::sync::Arc::new(key),
@@ -908,6 +977,99 @@ mod tests {
             answer(&not_found),
             r#"{"valid":false,"code":"NOT_FOUND","key":null,"environment":null,"expiresAt":null,"metadata":{}}"#
         );
+    }
+
+    fn alice() -> Option<serde_json::Value> {
+        Some(serde_json::json!({"username": "alice", "groups": ["dev-team", "on-call"]}))
+    }
+
+    #[test]
+    fn personal_keys_report_their_owner_in_verify_and_authz_answers() {
+        let answer = String::from_utf8(verify_response(&verdict_of(Code::Valid, alice()))).unwrap();
+        assert!(
+            answer.contains(r#""id":"cms_abcdef","owner":{"username":"alice","groups":["dev-team","on-call"]}},"#),
+            "{answer}"
+        );
+        let authz = authz_response(&verdict_of(Code::Valid, alice()));
+        assert_eq!(authz.headers()[X_KEYSMITH_OWNER], "alice");
+        // Empty for any other key, so a client's own X-Keysmith-Owner never passes upstream.
+        let authz = authz_response(&verdict(Code::Valid));
+        assert_eq!(authz.headers()[X_KEYSMITH_OWNER], "");
+        let answer = String::from_utf8(verify_response(&verdict(Code::Valid))).unwrap();
+        assert!(!answer.contains("owner"), "{answer}");
+    }
+
+    /// The API server of `personal` opts in; `shared` does not; both accept namespace `web`,
+    /// `elsewhere` accepts another.
+    fn tenancy() -> Tenancy {
+        Tenancy::parse("", &["personal=web", "shared=web", "elsewhere=other"])
+            .unwrap()
+            .with_personal_audiences(&["personal".into()])
+            .unwrap()
+    }
+
+    fn review(
+        owner: Option<serde_json::Value>,
+        audiences: &[&'static str],
+    ) -> (UserInfo, Vec<&'static str>) {
+        let verdict = verdict_of(Code::Valid, owner);
+        reviewed_user(
+            verdict.found.as_ref().unwrap(),
+            audiences.to_vec(),
+            &tenancy(),
+        )
+    }
+
+    #[test]
+    fn a_personal_key_is_its_owner_only_for_audiences_that_opt_in() {
+        let (user, audiences) = review(alice(), &["personal", "shared", "elsewhere"]);
+        assert_eq!(user.username.as_deref(), Some("alice"));
+        assert_eq!(user.groups.unwrap(), ["dev-team", "on-call"]);
+        let extra = user.extra.unwrap();
+        assert_eq!(extra[EXTRA_APIKEY], ["web/site"]);
+        assert_eq!(extra[EXTRA_TOKEN_ID], ["cms_abcdef"]);
+        assert_eq!(extra[EXTRA_ENVIRONMENT], ["production"]);
+        // The owner's name is vouched for to the opted-in API server alone.
+        assert_eq!(audiences, ["personal"]);
+
+        for asked in [&["shared", "elsewhere"][..], &[]] {
+            let (user, _) = review(alice(), asked);
+            assert_eq!(user.username.as_deref(), Some("keysmith:web:site:delivery"));
+            assert_eq!(user.groups.unwrap(), ["keysmith:web"]);
+            assert!(!user.extra.unwrap().contains_key(EXTRA_APIKEY));
+        }
+        let (_, audiences) = review(alice(), &["shared", "elsewhere"]);
+        assert_eq!(audiences, ["shared"]);
+    }
+
+    #[test]
+    fn an_ordinary_key_answers_as_itself_for_every_audience() {
+        for asked in [&["personal"][..], &["shared"], &["personal", "shared"], &[]] {
+            let (user, audiences) = review(None, asked);
+            assert_eq!(
+                user.username.as_deref(),
+                Some("keysmith:web:site:delivery"),
+                "{asked:?}"
+            );
+            assert_eq!(user.groups.unwrap(), ["keysmith:web"]);
+            assert_eq!(audiences, asked);
+        }
+    }
+
+    #[test]
+    fn only_mapped_audiences_opt_in_to_personal_keys() {
+        let mapped = Tenancy::parse("", &["api=web"]).unwrap();
+        let err = mapped
+            .clone()
+            .with_personal_audiences(&["other".into()])
+            .unwrap_err();
+        assert!(err.contains("--token-review-personal-audiences"), "{err}");
+        assert!(err.contains("\"other\""), "{err}");
+        let opted = mapped
+            .with_personal_audiences(&["api".into(), "api".into()])
+            .unwrap();
+        assert_eq!(opted.personal, ["api"]);
+        assert!(opted.is_personal("api") && !opted.is_personal("other"));
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct Tenancy {
     pub default: Accepted,
     /// `--token-review-audience-namespaces`: the namespaces each audience accepts.
     pub audiences: Vec<(String, Accepted)>,
+    /// `--token-review-personal-audiences`: the mapped audiences for which a personal key
+    /// authenticates as its owner (elsewhere it answers as any key).
+    pub personal: Vec<String>,
 }
 
 impl Tenancy {
@@ -115,6 +118,7 @@ impl Tenancy {
         Tenancy {
             default: Accepted::Any,
             audiences: Vec::new(),
+            personal: Vec::new(),
         }
     }
 
@@ -140,7 +144,32 @@ impl Tenancy {
         Ok(Tenancy {
             default,
             audiences: mapped,
+            personal: Vec::new(),
         })
+    }
+
+    /// Opt the mapped `audiences` in to personal keys (`--token-review-personal-audiences`).
+    /// Only an audience with a namespace mapping of its own may: the opt-in is a decision about
+    /// one API server, never a default for every review.
+    pub fn with_personal_audiences(mut self, audiences: &[String]) -> Result<Tenancy, String> {
+        let flag = "--token-review-personal-audiences";
+        for audience in audiences {
+            if self.audience(audience).is_none() {
+                return Err(format!(
+                    "{flag}: {audience:?} has no --token-review-audience-namespaces mapping; map \
+                     it to the namespaces whose keys its API server accepts first"
+                ));
+            }
+            if !self.personal.contains(audience) {
+                self.personal.push(audience.clone());
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether a personal key authenticates as its owner for `audience`.
+    pub fn is_personal(&self, audience: &str) -> bool {
+        self.personal.iter().any(|a| a == audience)
     }
 
     /// The namespaces `audience` accepts, when it has a mapping of its own.

@@ -20,6 +20,7 @@ mod kubectl_plugin;
 mod leak_reports;
 mod lifecycle_properties;
 mod openapi;
+mod personal_keys;
 mod printer_columns;
 mod rbac_minimal;
 mod scan_rules;

@@ -268,7 +268,10 @@ async fn post(h: &Harness, path: &str, body: &Value) -> Response {
 async fn the_openapi_document_matches_the_verifier() {
     let doc = Document::load();
     let mapping = format!("{AUDIENCE}={NS}");
-    let tenancy = Tenancy::parse(NS, &[mapping.as_str()]).unwrap();
+    let tenancy = Tenancy::parse(NS, &[mapping.as_str()])
+        .unwrap()
+        .with_personal_audiences(&[AUDIENCE.to_owned()])
+        .unwrap();
     let github = Github::new();
     let leaks = LeakConfig::from_github_keys(github.public_keys().as_bytes())
         .unwrap()
@@ -311,6 +314,17 @@ async fn the_openapi_document_matches_the_verifier() {
     .await;
     let good = good.expose_secret().to_owned();
     h.wait_for_code(&good, "VALID").await;
+    // A personal key, whose answers add its owner.
+    let mine = token("me_");
+    h.create_key(
+        "mine",
+        json!({"tokens": [{"name": "me"}], "owner": {"username": "alice", "groups": ["dev"]}}),
+        &[],
+        vec![status_token("me", &mine)],
+    )
+    .await;
+    let mine = mine.expose_secret().to_owned();
+    h.wait_for_code(&mine, "VALID").await;
     let unknown = token("shop_").expose_secret().to_owned();
     let bearer = format!("Bearer {good}");
 
@@ -328,6 +342,7 @@ async fn the_openapi_document_matches_the_verifier() {
     ] {
         for sent in [
             allowed.clone(),
+            json!({"token": mine}),
             json!({"token": unknown, "fields": ["title"]}),
             json!({"token": "", "action": null}),
         ] {
@@ -391,6 +406,7 @@ async fn the_openapi_document_matches_the_verifier() {
                     vec![("Authorization", bearer.as_str())],
                 ),
                 ("?action=content.read", vec![("X-API-Key", good.as_str())]),
+                ("", vec![("X-API-Key", mine.as_str())]),
                 ("", vec![]),
                 ("", vec![("X-API-Key", unknown.as_str())]),
                 (
@@ -470,6 +486,7 @@ async fn the_openapi_document_matches_the_verifier() {
     let path = "/apis/authentication.k8s.io/v1/tokenreviews";
     for sent in [
         review(&good, &[AUDIENCE]),
+        review(&mine, &[AUDIENCE]),
         review(&good, &[]),
         review(&unknown, &[]),
         review(&good, &["https://elsewhere.example"]),
@@ -561,6 +578,17 @@ async fn the_openapi_document_matches_the_verifier() {
         .iter()
         .find(|c| c.path == path && c.answer.body.contains(r#""audiences":["keysmith"]"#));
     assert!(authenticated.is_some_and(|c| c.answer.body.contains("keysmith.dev/environment")));
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.answer.body.contains(r#""username":"alice""#)
+                && c.answer.body.contains("keysmith.dev/apikey"))
+    );
+    assert!(cases.iter().any(|c| {
+        c.answer
+            .body
+            .contains(r#""owner":{"username":"alice","groups":["dev"]}"#)
+    }));
     assert!(cases.iter().any(|c| {
         c.answer.body.contains(r#""permissions":["content.read"]"#)
             && c.answer

@@ -21,7 +21,7 @@ use keysmith::telemetry::Shutdown;
 use keysmith_emulator::eventually;
 use keysmith_testenv::binaries::binary;
 use keysmith_testenv::rbac::{self, KEY, Permission};
-use keysmith_testenv::{Backend, Cluster, Identity};
+use keysmith_testenv::{Backend, Cluster, Identity, RealOptions};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -97,7 +97,12 @@ struct Install {
 /// --create-namespace` would, asserting that the server accepts and stores every object and
 /// that each Deployment rolls out Pods.
 async fn install(sets: &[&str], dir: &Path) -> Install {
-    let cluster = Cluster::start(Backend::Real, Default::default())
+    install_with(sets, dir, &RealOptions::default()).await
+}
+
+/// [`install`] on a control plane started with `real`.
+async fn install_with(sets: &[&str], dir: &Path, real: &RealOptions) -> Install {
+    let cluster = Cluster::start_with(Backend::Real, Default::default(), real)
         .await
         .expect("the real control plane starts (testenv/install builds it)");
     let admin = dir.join("admin.kubeconfig");
@@ -347,6 +352,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         client: client_of(cluster, account).await,
         leader: LeaderConfig::new(NAMESPACE, format!("{account}-0")),
         clock: controller::system_clock(),
+        personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
     }
 }
 
@@ -1288,6 +1294,472 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
             .contains("x-keysmith-key: default/storefront-web"),
         "{authz}"
     );
+    stop.trigger();
+    for process in running {
+        process
+            .await
+            .expect("joins")
+            .expect("the process stops cleanly");
+    }
+}
+
+/// Personal keys on the real authorizer with the chart's policies (`personalKeys.enabled`):
+/// nobody creates a personal key for someone else or with groups they are not in, the owner
+/// cannot change, and only the controller's ServiceAccount changes a personal key's tokens:
+/// not its owner, not another namespace editor with `apikeys/status`, not the verifier (which
+/// still writes `lastUsedAt`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_keys_are_their_creators_and_only_the_controller_sets_their_tokens() {
+    use kube::api::PostParams;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster, objects, ..
+    } = install(&["personalKeys.enabled=true"], dir.path()).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: apikey-editor, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [keysmith.dev], resources: [apikeys, apikeys/status], verbs: ['*']}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: apikey-editors, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikey-editor}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]\n"
+        ))
+        .await
+        .expect("RBAC for alice and bob");
+    let keys_as = |identity: Identity| {
+        let cluster = &cluster;
+        async move {
+            let client = cluster.client_as(&identity).await.expect("client");
+            Api::<ApiKey>::namespaced(client, APPS)
+        }
+    };
+    let alice = keys_as(Identity::user("alice", &["dev-team"])).await;
+    let bob = keys_as(Identity::user("bob", &["dev-team"])).await;
+    let controller_keys = Api::<ApiKey>::namespaced(client_of(&cluster, controller_sa).await, APPS);
+    let verifier_keys = Api::<ApiKey>::namespaced(client_of(&cluster, verifier_sa).await, APPS);
+    let personal = |name: &str, owner: Value| -> ApiKey {
+        serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": name, "namespace": APPS},
+            "spec": {"tokens": [{"name": "me"}], "owner": owner},
+        }))
+        .expect("ApiKey")
+    };
+    let create = PostParams::default();
+
+    // The server enforces a policy some time after the install: a fresh name per attempt, so
+    // a key admitted before that cannot turn later attempts into AlreadyExists.
+    let attempt = AtomicU32::new(0);
+    eventually("the owner policy to refuse bob's key for alice", || async {
+        let name = format!("for-alice-{}", attempt.fetch_add(1, Ordering::Relaxed));
+        let key = personal(&name, json!({"username": "alice"}));
+        bob.create(&create, &key)
+            .await
+            .err()
+            .filter(|e| {
+                e.to_string()
+                    .contains("nobody creates a personal key for someone else")
+            })
+            .map(drop)
+    })
+    .await;
+    let other_group = personal("groups", json!({"username": "alice", "groups": ["admins"]}));
+    let refused = alice
+        .create(&create, &other_group)
+        .await
+        .expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("only groups the user creating the key is in"),
+        "{refused}"
+    );
+    let own = json!({"username": "alice", "groups": ["dev-team"]});
+    alice
+        .create(&create, &personal("alices", own))
+        .await
+        .expect("alice creates her own personal key");
+
+    // The owner is fixed for the key's life, whoever asks.
+    for (patch, says) in [
+        (
+            json!([{"op": "replace", "path": "/spec/owner/username", "value": "bob"}]),
+            "owner is immutable",
+        ),
+        (
+            json!([{"op": "remove", "path": "/spec/owner"}]),
+            "owner cannot be added to or removed",
+        ),
+    ] {
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+        let refused = alice
+            .patch("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .expect_err("the CRD refuses it");
+        assert!(refused.to_string().contains(says), "{refused}");
+    }
+
+    // The controller writes the key's tokens.
+    let hash = |s: &str| keysmith::token::sha256_hex(s);
+    let status = json!({"status": {"tokens": [{"name": "me", "id": "ks_AAAAAA",
+        "sha256": hash("alice's token"), "issuedAt": "2026-11-01T00:00:00Z",
+        "expiresAt": "2027-01-30T00:00:00Z"}]}});
+    controller_keys
+        .patch_status("alices", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("the controller writes a personal key's tokens");
+
+    // Anyone else's hash is refused, once the status policy is in force too.
+    let forged = AtomicU32::new(0);
+    eventually("the status policy to refuse bob's hash", || async {
+        let value = hash(&format!("bob's {}", forged.fetch_add(1, Ordering::Relaxed)));
+        let patch = json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": value}]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+        bob.patch_status("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .err()
+            .filter(|e| e.to_string().contains("only the Keysmith controller"))
+            .map(drop)
+    })
+    .await;
+    let plants = [
+        json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("planted")}]),
+        json!([{"op": "add", "path": "/status/tokens/-", "value": {"name": "extra",
+            "id": "ks_BBBBBB", "sha256": hash("planted"), "issuedAt": "2026-11-01T00:00:00Z"}}]),
+        json!([{"op": "add", "path": "/status/tokens/0/previous", "value": {"id": "ks_CCCCCC",
+            "sha256": hash("planted"), "validUntil": "2030-01-01T00:00:00Z"}}]),
+        json!([{"op": "remove", "path": "/status/tokens/0/expiresAt"}]),
+    ];
+    for (who, keys) in [
+        ("alice", &alice),
+        ("bob", &bob),
+        ("the verifier", &verifier_keys),
+    ] {
+        for plant in &plants {
+            let patch: json_patch::Patch = serde_json::from_value(plant.clone()).expect("patch");
+            let refused = keys
+                .patch_status("alices", &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .expect_err("the policy refuses it");
+            assert!(
+                refused.to_string().contains("only the Keysmith controller"),
+                "{who} {plant}: {refused}"
+            );
+        }
+    }
+    // The verifier's usage write-back still lands, and the controller may rotate.
+    let entry = keysmith::verifier::usage::StatusEntry {
+        position: 0,
+        replaced: None,
+        sha256: hash("alice's token"),
+    };
+    let used_at: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
+    let usage = keysmith::verifier::usage::usage_patch(&[(entry, used_at)].into());
+    let as_verifier = PatchParams {
+        field_manager: Some(keysmith::verifier::usage::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    verifier_keys
+        .patch_status("alices", &as_verifier, &Patch::Json::<()>(usage))
+        .await
+        .expect("the verifier may set lastUsedAt");
+    let rotated =
+        json!([{"op": "replace", "path": "/status/tokens/0/sha256", "value": hash("rotated")}]);
+    let rotated: json_patch::Patch = serde_json::from_value(rotated).expect("patch");
+    controller_keys
+        .patch_status(
+            "alices",
+            &PatchParams::default(),
+            &Patch::Json::<()>(rotated),
+        )
+        .await
+        .expect("the controller rotates");
+    let stored = alice.get_status("alices").await.expect("status");
+    let stored = serde_json::to_value(stored.status).expect("JSON");
+    assert_eq!(stored["tokens"][0]["sha256"], hash("rotated"));
+    assert_eq!(stored["tokens"][0]["lastUsedAt"], "2026-11-23T10:00:00Z");
+    assert_eq!(stored["tokens"].as_array().map(Vec::len), Some(1));
+
+    // The policy is about personal keys: an ordinary key's status stays RBAC's to grant.
+    cluster
+        .apply_yaml(&rbac::key(APPS, "ordinary"))
+        .await
+        .expect("ApiKey");
+    bob.patch_status(KEY, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("apikeys/status writes an ordinary key's status");
+}
+
+/// `kubectl` with `kubeconfig` and `args`: whether it succeeded, and what it printed.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
+
+/// The issue's "done when" for personal keys, on a real kube-apiserver whose webhook token
+/// authenticator is the verifier (docs/gateways.md), with the chart's policies: a personal key
+/// the certificate user alice creates is alice, with her groups, to `kubectl --token`, and may
+/// do exactly what her RBAC allows, as it changes; bob cannot create one for her; disabling it
+/// and rotating it without overlap end the power of its (old) token; a namespace admin who cannot
+/// read Secrets deletes it, and its token then stops working at the API server once the server's
+/// token cache lets go. (That alice alone reads the key's Secret comes with
+/// access lists.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted() {
+    use keysmith::verifier::http::TOKENREVIEW_PATH;
+    use keysmith::verifier::tenancy::Tenancy;
+    use kube::api::{DeleteParams, PostParams};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // The audience kube-apiserver asks the webhook for (its issuer).
+    const AUDIENCE: &str = "https://kubernetes.default.svc";
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let verifier_api = listener().await;
+    let webhook = format!(
+        "http://{}{TOKENREVIEW_PATH}",
+        verifier_api.local_addr().expect("address")
+    );
+    let real = RealOptions {
+        token_webhook: Some(webhook),
+    };
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install_with(&["personalKeys.enabled=true"], dir.path(), &real).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let verifier_sa = service_account_of(&objects, "verifier");
+
+    // As docs/gateways.md sets it up: the API server's audience accepts the keys of APPS and
+    // opts in to personal keys.
+    let tenancy = Tenancy::parse("", &[&format!("{AUDIENCE}={APPS}")])
+        .and_then(|t| t.with_personal_audiences(&[AUDIENCE.to_owned()]))
+        .expect("tenancy");
+    let verifier = VerifierPart {
+        tenancy,
+        ..verifier_part(&cluster, verifier_sa, verifier_api).await
+    };
+    let processes = [
+        process(Some(controller_part(&cluster, controller_sa).await), None).await,
+        process(None, Some(verifier)).await,
+    ];
+    let (stop, shutdown) = Shutdown::new();
+    let mut running = Vec::new();
+    for process in processes {
+        running.push(tokio::spawn(components::serve(process, shutdown.clone())));
+    }
+
+    // alice and bob may create ApiKeys in APPS; alice may read its ConfigMaps; carol administers
+    // ApiKeys there but, unlike the built-in admin and edit roles, reads no Secret.
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: apikey-admin, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [keysmith.dev], resources: [apikeys], verbs: ['*']}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: apikey-admins, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikey-admin}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}},\n\
+             {{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: configmap-reader, namespace: {APPS}}}\n\
+             rules: [{{apiGroups: [''], resources: [configmaps], verbs: [get, list]}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: dev-team-reads-configmaps, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmap-reader}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: dev-team}}]\n"
+        ))
+        .await
+        .expect("RBAC");
+    let keys_as = |identity: Identity| {
+        let cluster = &cluster;
+        async move {
+            let client = cluster.client_as(&identity).await.expect("client");
+            Api::<ApiKey>::namespaced(client, APPS)
+        }
+    };
+    let alice = keys_as(Identity::user("alice", &["dev-team"])).await;
+    let bob = keys_as(Identity::user("bob", &["dev-team"])).await;
+    let carol = keys_as(Identity::user("carol", &[])).await;
+    let personal = |name: &str, username: &str| -> ApiKey {
+        serde_json::from_value(json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": name, "namespace": APPS},
+            "spec": {"tokens": [{"name": "cli", "prefix": "alice_"}],
+                "owner": {"username": username, "groups": ["dev-team"]}},
+        }))
+        .expect("ApiKey")
+    };
+
+    // bob cannot create alice's key (a fresh name per attempt while the policy loads).
+    let attempt = AtomicU32::new(0);
+    eventually("the owner policy to refuse bob's key for alice", || async {
+        let name = format!("bobs-{}", attempt.fetch_add(1, Ordering::Relaxed));
+        bob.create(&PostParams::default(), &personal(&name, "alice"))
+            .await
+            .err()
+            .filter(|e| e.to_string().contains("for someone else"))
+            .map(drop)
+    })
+    .await;
+    alice
+        .create(&PostParams::default(), &personal("alices", "alice"))
+        .await
+        .expect("alice creates her personal key");
+    // The minted token, read as the administrator for now (access lists will let alice read it).
+    let token = eventually("alice's key to be minted", || async {
+        let secret = cluster.get("v1", "Secret", APPS, "alices").await?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).ok()?;
+        String::from_utf8(secret.data?.get("cli")?.0.clone()).ok()
+    })
+    .await;
+
+    // A kubeconfig holding nothing but the key's token.
+    let mut config = kube::config::Kubeconfig::read_from(&admin).expect("admin kubeconfig");
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(serde_json::from_value(json!({"token": token})).expect("token"));
+    }
+    let as_key = dir.path().join("alices-key.kubeconfig");
+    std::fs::write(&as_key, serde_saphyr::to_string(&config).expect("YAML")).expect("write");
+
+    let (ok, whoami) = kubectl(&as_key, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{whoami}");
+    let whoami: Value = serde_json::from_str(&whoami).expect("JSON");
+    let user = &whoami["status"]["userInfo"];
+    assert_eq!(user["username"], "alice", "{whoami}");
+    let groups: Vec<&str> = user["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(groups.contains(&"dev-team"), "{groups:?}");
+    assert!(
+        !groups.iter().any(|g| g.starts_with("keysmith:")),
+        "{groups:?}"
+    );
+    assert_eq!(
+        user["extra"]["keysmith.dev/apikey"],
+        json!([format!("{APPS}/alices")])
+    );
+
+    // Exactly alice's RBAC: her group's ConfigMaps, nothing else.
+    let may = |args: &[&str]| kubectl(&as_key, args).0;
+    assert!(may(&["get", "configmaps", "-n", APPS]));
+    assert!(!may(&["get", "configmaps", "-n", OTHER]));
+    assert!(!may(&["get", "secrets", "-n", APPS]));
+    // Her RBAC changes, and so does the key's power: the binding goes, and a new one comes.
+    cluster
+        .client()
+        .await
+        .map(|c| Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c, APPS))
+        .expect("admin")
+        .delete("dev-team-reads-configmaps", &DeleteParams::default())
+        .await
+        .expect("unbind");
+    eventually("alice's key to lose the ConfigMaps with her", || async {
+        (!may(&["get", "configmaps", "-n", APPS])).then_some(())
+    })
+    .await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: alice-reads-configmaps, namespace: {APPS}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmap-reader}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
+        ))
+        .await
+        .expect("bind alice");
+    eventually("alice's key to read ConfigMaps again with her", || async {
+        may(&["get", "configmaps", "-n", APPS]).then_some(())
+    })
+    .await;
+
+    // Suspending the key suspends its power at the API server (failures are not cached), and
+    // lifting the suspension restores it.
+    let set = |patch: Value| {
+        let carol = &carol;
+        async move {
+            carol
+                .patch("alices", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("carol edits alice's key");
+        }
+    };
+    let whoami = |kubeconfig: PathBuf| async move { kubectl(&kubeconfig, &["auth", "whoami"]) };
+    set(json!({"spec": {"disabled": true}})).await;
+    eventually(
+        "the API server to refuse the disabled key's token",
+        || async {
+            let (ok, printed) = whoami(as_key.clone()).await;
+            (!ok && printed.contains("Unauthorized")).then_some(())
+        },
+    )
+    .await;
+    set(json!({"spec": {"disabled": false}})).await;
+    eventually("the enabled key's token to be alice again", || async {
+        let (ok, printed) = whoami(as_key.clone()).await;
+        (ok && printed.contains("alice")).then_some(())
+    })
+    .await;
+
+    // A rotation without overlap ends the old token's power and hands the new one alice's.
+    set(json!({"spec": {"rotation": {"trigger": "rotated", "overlap": "0"}}})).await;
+    let rotated = eventually("the rotated token in the Secret", || async {
+        let secret = cluster.get("v1", "Secret", APPS, "alices").await?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).ok()?;
+        let value = String::from_utf8(secret.data?.get("cli")?.0.clone()).ok()?;
+        (value != token).then_some(value)
+    })
+    .await;
+    eventually("the API server to refuse the replaced token", || async {
+        let (ok, printed) = whoami(as_key.clone()).await;
+        (!ok && printed.contains("Unauthorized")).then_some(())
+    })
+    .await;
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(serde_json::from_value(json!({"token": rotated})).expect("token"));
+    }
+    std::fs::write(&as_key, serde_saphyr::to_string(&config).expect("YAML")).expect("write");
+    let (ok, printed) = whoami(as_key.clone()).await;
+    assert!(ok && printed.contains("alice"), "{printed}");
+
+    // carol, who reads no Secret, revokes alice's key.
+    let (_, can_read) = kubectl(
+        &admin,
+        &[
+            "auth", "can-i", "get", "secrets", "-n", APPS, "--as", "carol",
+        ],
+    );
+    assert_eq!(can_read.trim(), "no");
+    carol
+        .delete("alices", &DeleteParams::default())
+        .await
+        .expect("carol deletes alice's key");
+    // Within the API server's token cache (successes are kept about 10 s), the token is no one.
+    eventually(
+        "the API server to refuse the deleted key's token",
+        || async {
+            let (ok, printed) = kubectl(&as_key, &["auth", "whoami"]);
+            (!ok && printed.contains("Unauthorized")).then_some(())
+        },
+    )
+    .await;
+
     stop.trigger();
     for process in running {
         process

@@ -2286,3 +2286,105 @@ fn split_mode_without_the_status_policy_renders_only_when_told_to() {
         assert!(status_policy("v1.25.0", sets).is_empty(), "{sets:?}");
     }
 }
+
+/// The container arguments of the Deployment named `name` in `objects`.
+fn args_of(objects: &[Value], name: &str) -> Vec<String> {
+    let deployment = find(objects, "Deployment", name);
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string").to_owned())
+        .collect()
+}
+
+/// `personalKeys.enabled` ships both personal-key policies, the status one exempting only the
+/// controller's account, and tells the controller to mint personal keys with the lifetime cap;
+/// it is off by default, needs Kubernetes 1.30, and the verifier's opt-in needs it.
+#[test]
+fn personal_keys_come_with_their_policies_or_not_at_all() {
+    let sets = [
+        "personalKeys.enabled=true",
+        "personalKeys.maxLifetime=30d",
+        "personalKeys.tokenReviewAudiences={https://kubernetes.default.svc}",
+    ];
+    let rendered = status_policy(POLICY_KUBE_VERSION, &sets);
+    let owner = find(
+        &rendered,
+        "ValidatingAdmissionPolicy",
+        "keysmith-personal-key-owner",
+    );
+    assert_eq!(owner["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        owner["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+        serde_json::json!(["CREATE"])
+    );
+    let status = find(
+        &rendered,
+        "ValidatingAdmissionPolicy",
+        "keysmith-personal-key-status",
+    );
+    let exempt = str_at(status, "/spec/matchConditions/1/expression");
+    let controller = format!("'system:serviceaccount:{NAMESPACE}:keysmith-controller'");
+    assert!(exempt.ends_with(&controller), "{exempt}");
+    for name in [
+        "keysmith-personal-key-owner",
+        "keysmith-personal-key-status",
+    ] {
+        let binding = find(&rendered, "ValidatingAdmissionPolicyBinding", name);
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
+    }
+    let text = helm_template(POLICY_KUBE_VERSION, sets.iter().flat_map(|s| ["--set", *s]));
+    let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
+    let controller_args = args_of(&objects, "keysmith-controller");
+    assert!(controller_args.contains(&"--personal-keys".to_owned()));
+    assert!(controller_args.contains(&"--personal-key-max-lifetime=30d".to_owned()));
+    let verifier_args = args_of(&objects, "keysmith-verifier");
+    assert!(
+        verifier_args.contains(
+            &"--token-review-personal-audiences=https://kubernetes.default.svc".to_owned()
+        )
+    );
+
+    // Off by default: no policies, and the controller mints no personal key.
+    let default = status_policy(POLICY_KUBE_VERSION, &[]);
+    assert!(
+        default
+            .iter()
+            .all(|o| !str_at(o, "/metadata/name").contains("personal")),
+        "{default:#?}"
+    );
+    let text = helm_template(POLICY_KUBE_VERSION, []);
+    let objects = serde_saphyr::from_multiple::<Value>(&text).expect("YAML");
+    assert!(
+        !args_of(&objects, "keysmith-controller")
+            .iter()
+            .any(|a| a.starts_with("--personal"))
+    );
+
+    // Refused rather than rendered half: below 1.30, and the opt-in without the policies.
+    for (kube_version, sets) in [
+        (
+            "v1.29.9",
+            &["personalKeys.enabled=true", "verifier.statusPolicy=false"][..],
+        ),
+        (
+            POLICY_KUBE_VERSION,
+            &["personalKeys.tokenReviewAudiences={api}"][..],
+        ),
+    ] {
+        let output = Command::new(binary("helm"))
+            .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+            .args(["--kube-version", kube_version])
+            .args(sets.iter().flat_map(|s| ["--set", *s]))
+            .output()
+            .expect("helm");
+        assert!(!output.status.success(), "{kube_version} {sets:?} rendered");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("personalKeys.enabled"), "{stderr}");
+    }
+}

@@ -89,6 +89,26 @@ both names resolve to it and it is bound to the controller's and the verifier's 
 {{- end }}
 
 {{/*
+CEL: the tokens of status (their names, ids, hashes, times, replaced tokens and the rotation
+values they answered) are the same in `object` and `oldObject`, but for lastUsedAt. Token names
+are unique (a list map keyed by name), so equal sizes and a match for every new entry make the
+lists equal but for lastUsedAt (of the token, its previous and earlier ones). The lists are bounded
+by the CRD (tokens 8, earlier 3), which bounds the cost.
+*/}}
+{{- define "keysmith.tokensUnchangedButLastUsedAt" -}}
+object.?status.?tokens.orValue([]).size() == oldObject.?status.?tokens.orValue([]).size() &&
+object.?status.?tokens.orValue([]).all(t, oldObject.?status.?tokens.orValue([]).exists(o,
+o.name == t.name && o.id == t.id && o.sha256 == t.sha256 && o.issuedAt == t.issuedAt &&
+o.?expiresAt == t.?expiresAt &&
+o.?previous.?id == t.?previous.?id && o.?previous.?sha256 == t.?previous.?sha256 &&
+o.?previous.?validUntil == t.?previous.?validUntil &&
+o.?earlier.orValue([]).map(e, [e.id, e.sha256, e.validUntil]) ==
+t.?earlier.orValue([]).map(e, [e.id, e.sha256, e.validUntil]) &&
+o.?rotationTrigger == t.?rotationTrigger && o.?rotateAnnotation == t.?rotateAnnotation &&
+o.?rotateSlotAnnotation == t.?rotateSlotAnnotation))
+{{- end }}
+
+{{/*
 ServiceAccount of the verifier (see keysmith.controllerServiceAccountName).
 */}}
 {{- define "keysmith.verifierServiceAccountName" -}}
@@ -261,6 +281,10 @@ spec:
             {{- include "keysmith.commonArgs" $root | nindent 12 }}
             {{- if .leader }}
             - {{ printf "--lease-name=%s" (include "keysmith.leaseName" $root) | quote }}
+            {{- if $root.Values.personalKeys.enabled }}
+            - --personal-keys
+            - {{ printf "--personal-key-max-lifetime=%s" $root.Values.personalKeys.maxLifetime | quote }}
+            {{- end }}
             {{- end }}
             {{- /* Only what serves the verifier API sees client addresses. */}}
             {{- if .api }}
@@ -269,6 +293,9 @@ spec:
             {{- end }}
             {{- with $root.Values.acceptNamespaces }}
             - {{ printf "--accept-namespaces=%s" (join "," .) | quote }}
+            {{- end }}
+            {{- with $root.Values.personalKeys.tokenReviewAudiences }}
+            - {{ printf "--token-review-personal-audiences=%s" (join "," .) | quote }}
             {{- end }}
             - {{ printf "--token-metrics-max-tokens=%d" (int $root.Values.tokenMetrics.maxTokens) }}
             - {{ printf "--max-connections-per-peer=%d" (int $root.Values.connections.maxPerPeer) }}

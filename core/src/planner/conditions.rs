@@ -30,6 +30,10 @@ pub mod reason {
     pub const EXPIRED: &str = "Expired";
     /// The key is suspended.
     pub const DISABLED: &str = "Disabled";
+    /// The key's owner already has a personal key in its namespace, which is the one minted.
+    pub const DUPLICATE_PERSONAL_KEY: &str = "DuplicatePersonalKey";
+    /// The key is personal and this installation does not mint personal keys.
+    pub const PERSONAL_KEYS_DISABLED: &str = "PersonalKeysDisabled";
     /// A Secret or key that `requiredHeaders[].valueFrom` names does not exist.
     pub const HEADER_SECRET_MISSING: &str = "HeaderSecretMissing";
     /// A Kubernetes API call failed (set by the shell, not the planner).

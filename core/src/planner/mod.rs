@@ -40,9 +40,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{ApiKey, ApiKeyStatus, TokenStatus};
-use crate::served;
 use crate::token::{GenerateError, Token};
 use crate::validation::{ValidSlot, ValidSpec, validate};
+use crate::{personal, served};
 use conditions::{Desired, READY, reason};
 use headers::{HEADER_RECHECK, HeaderSecrets, Resolved};
 use requeue::CONFLICT_REQUEUE;
@@ -61,6 +61,32 @@ pub struct Observed<'a> {
     /// The key's published Secrets (labelled with its name and a gateway; see
     /// [`publish::publication`]).
     pub published: &'a [Secret],
+    /// The platform's rules for personal keys, and the owner's other keys.
+    pub personal: PersonalKeys<'a>,
+}
+
+/// What planning a personal key needs besides the key (ignored for other keys).
+#[derive(Debug, Clone, Copy)]
+pub struct PersonalKeys<'a> {
+    /// `--personal-keys`: whether this installation mints personal keys at all. Only where the
+    /// admission policies that check their owner are installed; elsewhere anyone could name
+    /// anyone as a key's owner.
+    pub accepted: bool,
+    /// `--personal-key-max-lifetime`: see [`personal::cap_lifetimes`].
+    pub max_lifetime: Duration,
+    /// [`personal::first_of_owner`] of the key's owner in its namespace, as the controller's
+    /// cache knows the keys; `None`: the cache knows no other, so this one is the first.
+    pub first_of_owner: Option<&'a str>,
+}
+
+impl Default for PersonalKeys<'_> {
+    fn default() -> Self {
+        PersonalKeys {
+            accepted: true,
+            max_lifetime: personal::DEFAULT_MAX_LIFETIME,
+            first_of_owner: None,
+        }
+    }
 }
 
 /// Everything one reconcile should do, in the order the shell does it.
@@ -102,13 +128,7 @@ pub fn plan(
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
-    let mut plan = plan_key(
-        observed.key,
-        observed.secret,
-        observed.header_secrets,
-        now,
-        mint,
-    )?;
+    let mut plan = plan_key(observed, now, mint)?;
     plan.publication = publish::publication(
         observed.key,
         &plan,
@@ -121,26 +141,57 @@ pub fn plan(
 
 /// The plan of the key's own writes: status, Secret, restarts, events.
 fn plan_key(
-    key: &ApiKey,
-    secret: Option<&Secret>,
-    header_secrets: &HeaderSecrets,
+    observed_input: &Observed<'_>,
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
+    let Observed {
+        key,
+        secret,
+        header_secrets,
+        personal: personal_keys,
+        ..
+    } = *observed_input;
     let now = whole_seconds(now);
     let observed = key.status.clone().unwrap_or_default();
-    let valid = match validate(&key.spec) {
+    let mut valid = match validate(&key.spec) {
         Ok(valid) => valid,
         Err(invalid) => {
-            let ready = Desired::new(READY, false, reason::INVALID_SPEC, invalid.to_string());
-            return Ok(blocked(key, &observed, ready, now, None));
+            let message = invalid.to_string();
+            return Ok(blocked(
+                key,
+                &observed,
+                reason::INVALID_SPEC,
+                message,
+                now,
+                None,
+            ));
         }
     };
-    if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
-        let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
-        return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
-    }
     let name = key.metadata.name.as_deref().unwrap_or_default();
+    if let Some(owner) = &key.spec.owner {
+        if !personal_keys.accepted {
+            let message = "this Keysmith installation does not mint personal keys (spec.owner): \
+                 without the admission policies that check owners, anyone could name anyone; \
+                 the platform team enables them with the chart's personalKeys.enabled";
+            let reason = reason::PERSONAL_KEYS_DISABLED;
+            return Ok(blocked(key, &observed, reason, message.into(), now, None));
+        }
+        if let Some(first) = personal_keys.first_of_owner.filter(|first| *first != name) {
+            let message = format!(
+                "{:?} already has the personal key {first:?} in this namespace, and a user has \
+                 one; delete one of the two (this one is minted once {first:?} is gone)",
+                owner.username
+            );
+            let (reason, recheck) = (reason::DUPLICATE_PERSONAL_KEY, personal::DUPLICATE_RECHECK);
+            return Ok(blocked(key, &observed, reason, message, now, Some(recheck)));
+        }
+        personal::cap_lifetimes(&mut valid, personal_keys.max_lifetime);
+    }
+    if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
+        let (reason, requeue) = (reason::SECRET_CONFLICT, Some(CONFLICT_REQUEUE));
+        return Ok(blocked(key, &observed, reason, message, now, requeue));
+    }
     let headers = headers::resolve(&key.spec, name, header_secrets);
     Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
 }
@@ -150,15 +201,18 @@ pub fn mint_token(slot: &ValidSlot) -> Result<Token, GenerateError> {
     Token::generate(&slot.prefix, slot.bytes, slot.encoding)
 }
 
-/// The plan of a key that must not touch its Secret (invalid spec, Secret conflict): only the
+/// The plan of a key that must not touch its Secret (invalid spec, Secret conflict, a second
+/// personal key of one owner): only the
 /// `Ready` condition changes, tokens and the other conditions stay as observed.
 fn blocked(
     key: &ApiKey,
     observed: &ApiKeyStatus,
-    ready: Desired,
+    reason: &'static str,
+    message: String,
     now: Timestamp,
     requeue_after: Option<Duration>,
 ) -> Plan {
+    let ready = Desired::new(READY, false, reason, message);
     let generation = key.metadata.generation;
     let mut desired = observed.clone();
     desired.observed_generation = generation;
@@ -177,11 +231,7 @@ fn blocked(
     let events = if changed {
         vec![PlannedEvent {
             type_: EventKind::Warning,
-            reason: if ready.reason == reason::INVALID_SPEC {
-                reason::INVALID_SPEC
-            } else {
-                reason::SECRET_CONFLICT
-            },
+            reason,
             note: ready.message.clone(),
         }]
     } else {

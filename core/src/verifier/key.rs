@@ -16,7 +16,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::api::{ApiKey, LeakResponse, RequiredHeader, RequiredHeaderStatus};
+use crate::api::{ApiKey, LeakResponse, Owner, RequiredHeader, RequiredHeaderStatus};
 use crate::grants::{CompiledGrant, CompiledGrants};
 use crate::served::served;
 use crate::validation::InvalidSpec;
@@ -47,6 +47,27 @@ pub struct KeyInfo {
     pub required_headers: Box<[HeaderRule]>,
     /// Token slots in spec order; index entries refer to them by position.
     pub slots: Box<[SlotInfo]>,
+    /// `spec.owner`: the user a personal key acts as. Boxed: one pointer for the many keys
+    /// that are not personal.
+    pub owner: Option<Box<OwnerInfo>>,
+}
+
+/// The owner of a personal key, as answers report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// `spec.owner.username`.
+    pub username: Box<str>,
+    /// `spec.owner.groups`, in spec order.
+    pub groups: Box<[Box<str>]>,
+}
+
+impl From<&Owner> for OwnerInfo {
+    fn from(owner: &Owner) -> Self {
+        OwnerInfo {
+            username: owner.username.as_str().into(),
+            groups: owner.groups.iter().map(|g| g.as_str().into()).collect(),
+        }
+    }
 }
 
 /// One token slot.
@@ -208,6 +229,14 @@ impl KeyInfo {
             ip_allow_list,
             required_headers,
             slots,
+            // From the spec, never the served policy in status: the owner is immutable and was
+            // checked against its creator at admission; status is not.
+            owner: apikey
+                .spec
+                .owner
+                .as_ref()
+                .filter(|o| crate::personal::owner_errors(Some(o)).is_empty())
+                .map(|o| Box::new(o.into())),
         };
         (info, error)
     }

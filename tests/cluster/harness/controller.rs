@@ -128,7 +128,13 @@ impl Harness {
             .expect("controller client");
         let mut registry = telemetry::registry();
         let metrics = ControllerMetrics::register(&mut registry);
-        let ctx = Context::new(client, metrics, self.clock.as_clock(), Some("test".into()));
+        let ctx = Context::new(
+            client,
+            metrics,
+            self.clock.as_clock(),
+            Some("test".into()),
+            keysmith::controller::PersonalKeyPolicy::ACCEPTED,
+        );
         let (stop, shutdown) = Shutdown::new();
         let scope = self.scope.clone();
         let task = tokio::spawn(async move {
@@ -310,6 +316,7 @@ pub async fn spawn_elected(
             client,
             leader,
             clock,
+            personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
         }),
         verifier: None,
         scope: Scope::default(),

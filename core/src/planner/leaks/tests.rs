@@ -59,6 +59,7 @@ impl World {
             secret: self.secret.as_ref(),
             header_secrets: &headers,
             published: &[],
+            personal: Default::default(),
         };
         let plan = plan(&observed, self.now, &mut mint_token).unwrap();
         if let Some(status) = &plan.status {
