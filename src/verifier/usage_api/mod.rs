@@ -10,10 +10,12 @@
 //! anyone: they name the resource and nothing else.
 
 pub mod auth;
+pub mod limits;
 pub mod object;
 pub mod peers;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,9 +100,14 @@ pub struct UsageApi {
 type Answer = Response<Full<Bytes>>;
 
 impl UsageApi {
-    /// Answer one request; `proxy` is the Common Name of the verified front-proxy client
-    /// certificate the connection presented, if any.
-    pub async fn handle(&self, proxy: Option<&str>, request: Request<Incoming>) -> Answer {
+    /// Answer one request from `peer`; `proxy` is the Common Name of the verified front-proxy
+    /// client certificate the connection presented, if any.
+    pub async fn handle(
+        &self,
+        proxy: Option<&str>,
+        peer: IpAddr,
+        request: Request<Incoming>,
+    ) -> Answer {
         let (parts, _) = request.into_parts();
         if parts.method != Method::GET {
             return status(
@@ -126,7 +133,7 @@ impl UsageApi {
                 let query = Query::parse(parts.uri.query().unwrap_or(""));
                 match query {
                     Ok(query) => {
-                        self.usage(proxy, &parts.headers, namespace, name, query)
+                        self.usage(proxy, peer, &parts.headers, namespace, name, query)
                             .await
                     }
                     Err(message) => status(StatusCode::BAD_REQUEST, "BadRequest", &message),
@@ -145,13 +152,14 @@ impl UsageApi {
     async fn usage(
         &self,
         proxy: Option<&str>,
+        peer: IpAddr,
         headers: &hyper::HeaderMap,
         namespace: &str,
         name: &str,
         query: Query,
     ) -> Answer {
         let checked = async {
-            let user = self.gate.authenticate(proxy, headers).await?;
+            let user = self.gate.authenticate(proxy, peer, headers).await?;
             self.gate.authorize(&user, namespace, name).await
         };
         match checked.await {
@@ -162,6 +170,7 @@ impl UsageApi {
             Err(Denied::Forbidden(message)) => {
                 return status(StatusCode::FORBIDDEN, "Forbidden", &message);
             }
+            Err(Denied::TooManyRequests { retry_after }) => return too_many_requests(retry_after),
         }
         let now = (self.verifier.clock)();
         let since = now.checked_sub(query.since).unwrap_or(Timestamp::MIN);
@@ -274,6 +283,34 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Answer {
     )
 }
 
+/// `429` with `Retry-After` in whole seconds (at least 1), and the same number where
+/// client-go reads it in a `Status`.
+fn too_many_requests(retry_after: Duration) -> Answer {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let code = StatusCode::TOO_MANY_REQUESTS;
+    let mut response = json(
+        code,
+        &serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": format!(
+                "too many TokenReviews or SubjectAccessReviews asked for this caller: \
+                 try again in {seconds} s"
+            ),
+            "reason": "TooManyRequests",
+            "details": {"retryAfterSeconds": seconds},
+            "code": code.as_u16(),
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 fn group() -> serde_json::Value {
     let version = serde_json::json!({"groupVersion": API_VERSION, "version": VERSION});
     serde_json::json!({
@@ -373,7 +410,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = &mut shutdown => return Ok(()),
         };
@@ -396,7 +433,9 @@ pub async fn serve(
                 .map(Into::into);
             let service = hyper::service::service_fn(move |request| {
                 let (api, proxy) = (api.clone(), proxy.clone());
-                async move { Ok::<_, Infallible>(api.handle(proxy.as_deref(), request).await) }
+                async move {
+                    Ok::<_, Infallible>(api.handle(proxy.as_deref(), peer.ip(), request).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
