@@ -269,42 +269,33 @@ fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> Answer {
 
 /// A Kubernetes `Status` failure, which kubectl prints as `Error from server (<reason>)`.
 fn status(code: StatusCode, reason: &str, message: &str) -> Answer {
-    json(
-        code,
-        &serde_json::json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code.as_u16(),
-        }),
-    )
+    json(code, &failure(code, reason, message))
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
 }
 
 /// `429` with `Retry-After` in whole seconds (at least 1), and the same number where
 /// client-go reads it in a `Status`.
 fn too_many_requests(retry_after: Duration) -> Answer {
-    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     let code = StatusCode::TOO_MANY_REQUESTS;
-    let mut response = json(
-        code,
-        &serde_json::json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": format!(
-                "too many TokenReviews or SubjectAccessReviews asked for this caller: \
-                 try again in {seconds} s"
-            ),
-            "reason": "TooManyRequests",
-            "details": {"retryAfterSeconds": seconds},
-            "code": code.as_u16(),
-        }),
+    let message = format!(
+        "too many TokenReviews or SubjectAccessReviews asked for this caller: try again in \
+         {seconds} s"
     );
+    let mut body = failure(code, "TooManyRequests", &message);
+    body["details"] = serde_json::json!({"retryAfterSeconds": seconds});
+    let mut response = json(code, &body);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -487,6 +478,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("since:")
         );
+    }
+
+    #[test]
+    fn a_refused_caller_is_told_when_to_retry_in_a_kubernetes_status() {
+        for (owed, seconds) in [
+            (Duration::from_millis(200), 1),
+            (Duration::from_millis(2500), 3),
+        ] {
+            let answer = too_many_requests(owed);
+            assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(answer.headers()[header::RETRY_AFTER], seconds.to_string());
+        }
     }
 
     #[test]
