@@ -15,7 +15,8 @@
 #        oversized   the issue's original request, a 15,000-byte action (now FORBIDDEN before
 #                    any grant is read),
 #      then alone again (drift);
-# and prints A's p50 and p95 in each, their ratio to A alone, and the noise's request rate.
+# and prints A's p50 and p95 in each, their ratio to A alone, the noise's request rate and its
+# mean decision time (the verifier's histogram: index lookup and grants, without HTTP).
 #
 # Usage: bench/tenants.sh [--pinned] [DURATION] [LOOPS]   (defaults: 10s, 6; DURATION in seconds)
 #   --pinned  the verifier on the first half of the CPUs, both wrk processes on the other half
@@ -99,6 +100,7 @@ tenant_a() { # name: A's closed loop for DURATION; RESULT line in WORK/name.a
 }
 with_noise() { # name: LOOPS connections of WORK/name.lua, running from before A starts to after
     local noise
+    decisions >"$WORK/$1.decisions"
     "${PIN_CLIENT[@]}" wrk -t1 -c"$LOOPS" -d"$((${DURATION%s} + 2))s" -s "$WORK/$1.lua" \
         "http://127.0.0.1:$API_PORT/v1/verify" >"$WORK/$1.noise" &
     noise=$!
@@ -108,6 +110,19 @@ with_noise() { # name: LOOPS connections of WORK/name.lua, running from before A
     until [ "$(verifications)" -gt "$((before + 10))" ]; do sleep 0.05; done
     tenant_a "$1"
     wait "$noise"
+    decisions >>"$WORK/$1.decisions"
+}
+# The sum (seconds) and count of the verifier's decision times on /v1/verify: the noise's.
+decisions() {
+    curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+        /^keysmith_verify_duration_seconds_sum\{endpoint="verify"\}/ {s = $2}
+        /^keysmith_verify_duration_seconds_count\{endpoint="verify"\}/ {n = $2}
+        END {print s, n}'
+}
+# Mean decision time of the noise in µs, from the two snapshots.
+decision_us() {
+    [ -f "$WORK/$1.decisions" ] || { echo -; return; }
+    awk 'NR == 1 {s = $1; n = $2} NR == 2 {printf "%.1f", ($1 - s) * 1e6 / ($2 - n)}' "$WORK/$1.decisions"
 }
 verifications() {
     curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" |
@@ -125,12 +140,12 @@ tenant_a alone-again
 echo
 echo "machine: $(nproc) CPUs, $(uname -r); load average before the run: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "tenant A: wrk -t1 -c1 -d$DURATION GET /v1/authz; noise: wrk -t1 -c$LOOPS POST /v1/verify; $KEYS keys; all on loopback, $LAYOUT"
-printf '%-14s %10s %10s %14s %14s %12s %8s\n' scenario "A p50" "A p95" "p50 vs alone" "p95 vs alone" "noise req/s" "A errors"
+printf '%-14s %10s %10s %14s %14s %12s %15s %8s\n' scenario "A p50" "A p95" "p50 vs alone" "p95 vs alone" "noise req/s" "noise decision" "A errors"
 for name in alone ordinary worst oversized alone-again; do
-    printf '%-14s %7s µs %7s µs %13sx %13sx %12s %8s\n' "$name" "$(field $name 2)" "$(field $name 3)" \
+    printf '%-14s %7s µs %7s µs %13sx %13sx %12s %12s µs %8s\n' "$name" "$(field $name 2)" "$(field $name 3)" \
         "$(awk -v a="$(field $name 2)" -v b="$(field alone 2)" 'BEGIN {printf "%.2f", a / b}')" \
         "$(awk -v a="$(field $name 3)" -v b="$(field alone 3)" 'BEGIN {printf "%.2f", a / b}')" \
-        "$(noise_rps $name)" "$(field $name 5)"
+        "$(noise_rps $name)" "$(decision_us $name)" "$(field $name 5)"
 done
 ERRORS=$(grep -h 'Non-2xx\|Socket errors' "$WORK"/*.noise "$WORK"/*.a || true)
 [ -z "$ERRORS" ] || echo "wrk reported: $ERRORS"
