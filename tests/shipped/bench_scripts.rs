@@ -1,6 +1,6 @@
-//! `bench/openloop.sh`, `bench/load.sh` and `bench/tenants.sh` refuse wrong arguments (and the first a machine
-//! without its load generator) before they build or start anything, and say what to do. Their
-//! timings are never asserted: they are run by hand (docs/BENCHMARKS.md), not here.
+//! `bench/openloop.sh`, `bench/load.sh` and `bench/tenants.sh` refuse wrong arguments (and the
+//! first a machine without its load generator) before they build or start anything, and say what
+//! to do. Their timings are never asserted: they are run by hand (docs/BENCHMARKS.md), not here.
 
 use std::env;
 use std::os::unix::fs::symlink;
