@@ -55,13 +55,14 @@ bench_cleanup() {
     rm -rf "$WORK"
 }
 
-# start_fixture KEYS: an API server with KEYS ApiKeys (examples/load_fixture.rs: the emulator,
+# start_fixture KEYS [worst]: an API server with KEYS ApiKeys (examples/load_fixture.rs: the emulator,
 # or with KEYSMITH_TEST_CLUSTER=real a real control plane built by `testenv/install`), on the
 # server CPUs when pinned; it serves until its stdin (fd 3 here) closes. Sets TOKEN (one valid
-# token) and FIXTURE (its pid) and writes WORK/kubeconfig (the verifier's ServiceAccount).
+# token) and FIXTURE (its pid) and writes WORK/kubeconfig (the verifier's ServiceAccount); with
+# `worst`, also WORK/other-token and WORK/worst-token (see the fixture).
 start_fixture() {
     mkfifo "$WORK/fixture.in"
-    "${PIN_SERVER[@]}" "$TARGET/examples/load_fixture" "$WORK" "$1" \
+    "${PIN_SERVER[@]}" "$TARGET/examples/load_fixture" "$WORK" "$@" \
         <"$WORK/fixture.in" >"$WORK/fixture.out" 2>&1 &
     FIXTURE=$!
     exec 3>"$WORK/fixture.in"

@@ -7,6 +7,9 @@ use keysmith::api::{ApiKeySpec, Grant};
 use keysmith::grants::{self, CompiledGrants, Context, Pattern, Request};
 use keysmith::validation;
 
+#[path = "shared/worst_case.rs"]
+mod worst_case;
+
 const KEY: &str = "cms/marketing-site";
 
 /// A management key of a multi-site CMS: the `grants.yaml` example plus the usual extras.
@@ -89,24 +92,9 @@ fn admitted(grants: Vec<serde_json::Value>) -> CompiledGrants {
     valid.slots[0].grants.clone()
 }
 
-/// The most expensive patterns validation admits: 63 deny grants sharing the
-/// [`grants::MAX_PATTERNS`] patterns and [`grants::MAX_PATTERN_BYTES`] bytes, each pattern
-/// scanning the whole action and failing at its end, then `allow *`.
+/// The most expensive patterns validation admits ([`worst_case::pattern_grants`]).
 fn worst_patterns() -> CompiledGrants {
-    let budget = grants::MAX_PATTERNS - 1;
-    let per_pattern = grants::MAX_PATTERN_BYTES / grants::MAX_PATTERNS;
-    let deny = |i: usize| {
-        let actions: Vec<String> = (i * budget / 63..(i + 1) * budget / 63)
-            .map(|j| {
-                let tail = format!("b{j}*");
-                format!("*{}{tail}", "a".repeat(per_pattern - 1 - tail.len()))
-            })
-            .collect();
-        serde_json::json!({ "effect": "deny", "actions": actions })
-    };
-    let mut list: Vec<serde_json::Value> = (0..63).map(deny).collect();
-    list.push(serde_json::json!({ "effect": "allow", "actions": ["*"] }));
-    admitted(list)
+    admitted(worst_case::pattern_grants())
 }
 
 /// The most expensive field lists validation admits: 63 deny grants on every action sharing the

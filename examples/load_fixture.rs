@@ -3,9 +3,12 @@
 //! of freshly minted tokens. The API emulator, or with `KEYSMITH_TEST_CLUSTER=real` a real
 //! kube-apiserver, etcd and kube-controller-manager built by `testenv/install`.
 //!
-//! `cargo run --release --example load_fixture -- DIR [N]` writes `DIR/kubeconfig` (the verifier
-//! ServiceAccount) and `DIR/token` (one valid token), prints `ready`, and serves until stdin
-//! closes (a real control plane stops with it) or it is killed.
+//! `cargo run --release --example load_fixture -- DIR [N] [worst]` writes `DIR/kubeconfig` (the
+//! verifier ServiceAccount) and `DIR/token` (one valid token), prints `ready`, and serves until
+//! stdin closes (a real control plane stops with it) or it is killed. With `worst` (for
+//! `bench/tenants.sh`) it also writes `DIR/other-token`, a token of another of the N keys, and
+//! `DIR/worst-token`, the token of ApiKey `tenant-0/worst`, whose grants are the most expensive
+//! validation admits (`benches/shared/worst_case.rs`).
 
 use std::path::PathBuf;
 
@@ -19,6 +22,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
+#[path = "../benches/shared/worst_case.rs"]
+mod worst_case;
+
 const NAMESPACES: usize = 100;
 
 #[tokio::main]
@@ -30,6 +36,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(10_000);
+    let worst = match args.next().as_deref() {
+        None => false,
+        Some("worst") if n >= 2 => true,
+        Some(other) => {
+            return Err(format!(
+                "usage: load_fixture DIR [N] [worst], N at least 2 with worst; not {other:?}"
+            )
+            .into());
+        }
+    };
 
     let cluster = Cluster::with_chart(Backend::from_env(), Config::default()).await?;
     for i in 0..NAMESPACES {
@@ -56,6 +72,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     std::fs::write(dir.join("token"), tokens[n / 2].expose_secret())?;
+    if worst {
+        std::fs::write(dir.join("other-token"), tokens[n / 2 + 1].expose_secret())?;
+        let token = Token::generate("cms_dt_", 32, Encoding::Base62)?;
+        let spec = json!({"tokens": [{"name": "delivery", "prefix": "cms_dt_"}],
+            "grants": worst_case::pattern_grants()});
+        create_key(admin.clone(), "tenant-0", "worst", spec, &token).await?;
+        std::fs::write(dir.join("worst-token"), token.expose_secret())?;
+    }
     println!("ready: {n} ApiKeys at {}", cluster.url());
 
     // Serve until the script closes our stdin (or kills us).
@@ -67,24 +91,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// ApiKey `key-<i>` with a CMS grant set and `token` as its current token in status.
 async fn create(client: kube::Client, i: usize, token: &Token) -> Result<(), kube::Error> {
     let namespace = format!("tenant-{}", i % NAMESPACES);
-    let name = format!("key-{i}");
-    let api: Api<ApiKey> = Api::namespaced(client, &namespace);
+    let spec = json!({
+        "environment": "production",
+        "tokens": [{"name": "delivery", "prefix": "cms_dt_", "metadata": {"content": "published"}}],
+        "grants": [
+            {"effect": "allow", "actions": ["content.read"], "resources": ["content:*"]},
+            {"effect": "deny", "actions": ["*.delete"]}],
+    });
+    create_key(client, &namespace, &format!("key-{i}"), spec, token).await
+}
+
+/// ApiKey `namespace`/`name` with `spec`, whose one slot `delivery` holds `token` in status.
+async fn create_key(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+    token: &Token,
+) -> Result<(), kube::Error> {
+    let api: Api<ApiKey> = Api::namespaced(client, namespace);
     let key: ApiKey = serde_json::from_value(json!({
         "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "environment": "production",
-            "tokens": [{"name": "delivery", "prefix": "cms_dt_", "metadata": {"content": "published"}}],
-            "grants": [
-                {"effect": "allow", "actions": ["content.read"], "resources": ["content:*"]},
-                {"effect": "deny", "actions": ["*.delete"]}],
-        },
+        "spec": spec,
     }))
     .map_err(kube::Error::SerdeError)?;
     api.create(&PostParams::default(), &key).await?;
     let status = json!({"status": {"tokens": [{"name": "delivery", "id": token.id(),
         "sha256": token.sha256_hex(), "issuedAt": "2026-11-01T00:00:00Z"}]}});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
         .await?;
     Ok(())
 }

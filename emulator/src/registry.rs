@@ -296,6 +296,12 @@ const REVIEWS: &[(&str, &str, &str, bool)] = &[
         "SelfSubjectReview",
         false,
     ),
+    (
+        "authentication.k8s.io",
+        "tokenreviews",
+        "TokenReview",
+        false,
+    ),
 ];
 
 /// Built-in kinds plus CRD-defined kinds.

@@ -7,6 +7,9 @@
 //! than `refill_per_sec` per connection. The debt is capped at `max_delay` worth so an address
 //! recovers within that time once it stops.
 //!
+//! The same buckets, keyed by something else than an address, bound the usage API's reviews per
+//! caller ([`Throttle::charge`]): there a delay is answered as `429` with `Retry-After`.
+//!
 //! IPv6 clients are counted per /64, the smallest block an end site usually gets. Memory is
 //! bounded: past `max_addresses`, addresses whose bucket has refilled are forgotten first, then
 //! those not in debt. An address in debt is never forgotten, so a flood of new (or spoofed)
@@ -14,6 +17,7 @@
 //! not tracked and its failures wait the longest delay.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ pub struct ThrottleConfig {
     pub refill_per_sec: u32,
     /// Longest delay of one answer.
     pub max_delay: Duration,
-    /// Most addresses tracked.
+    /// Most addresses (or other keys) tracked.
     pub max_addresses: usize,
 }
 
@@ -49,33 +53,43 @@ struct Bucket {
     at: Instant,
 }
 
-/// Per-address failure buckets. Only failed verifications take the lock.
+/// Per-address failure buckets (or per `K`). Only failed verifications take the lock.
 #[derive(Debug)]
-pub struct Throttle {
+pub struct Throttle<K = IpAddr> {
     config: ThrottleConfig,
-    table: Mutex<Table>,
+    table: Mutex<Table<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    buckets: HashMap<IpAddr, Bucket>,
+#[derive(Debug)]
+struct Table<K> {
+    buckets: HashMap<K, Bucket>,
     /// Every tracked address is in debt until then at least: no need to look for room before.
     in_debt_until: Option<Instant>,
 }
 
-impl Throttle {
+impl Throttle<IpAddr> {
+    /// Record a failed verification from `ip` at `now`; returns how long to delay its answer.
+    pub fn on_failure(&self, ip: IpAddr, now: Instant) -> Duration {
+        self.charge(address_key(ip), now)
+    }
+}
+
+impl<K: Hash + Eq> Throttle<K> {
     /// An empty throttle.
-    pub fn new(config: ThrottleConfig) -> Throttle {
+    pub fn new(config: ThrottleConfig) -> Throttle<K> {
         Throttle {
             config,
-            table: Mutex::default(),
+            table: Mutex::new(Table {
+                buckets: HashMap::new(),
+                in_debt_until: None,
+            }),
         }
     }
 
-    /// Record a failed verification from `ip` at `now`; returns how long to delay its answer.
-    pub fn on_failure(&self, ip: IpAddr, now: Instant) -> Duration {
+    /// Take one from `key`'s bucket at `now`; returns how long `key` owes (zero when the bucket
+    /// held one).
+    pub fn charge(&self, key: K, now: Instant) -> Duration {
         let c = &self.config;
-        let key = address_key(ip);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if !table.buckets.contains_key(&key)
             && table.buckets.len() >= c.max_addresses
@@ -107,7 +121,7 @@ impl Throttle {
     }
 }
 
-impl Table {
+impl<K> Table<K> {
     /// Forget refilled addresses, then, if still full, those not in debt; false when every
     /// address is in debt.
     fn make_room(&mut self, c: &ThrottleConfig, now: Instant) -> bool {
@@ -146,7 +160,7 @@ fn refilled(c: &ThrottleConfig, b: &Bucket, now: Instant) -> i64 {
 }
 
 /// IPv4 per address; IPv6 per /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

@@ -8,29 +8,32 @@
 //! permission, or one of another namespace, gets a clear 403.
 //!
 //! On both backends: hundreds of idle connections to the usage port do not keep the API
-//! server's aggregator out (issue 27, N2).
+//! server's aggregator out (issue 27, N2), and a flood of bogus bearer tokens costs the API
+//! server a bounded number of reviews (N5).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Output;
 
+use futures::StreamExt;
 use keysmith::components::{self, Components, VerifierPart};
 use keysmith::devcluster::{SYSTEM_NAMESPACE, verifier_identity};
 use keysmith::scope::Scope;
 use keysmith::telemetry::{Shutdown, ShutdownTrigger};
 use keysmith::verifier::tenancy::Tenancy;
 use keysmith::verifier::tls::TlsFiles;
-use keysmith::verifier::usage_api::UsageSettings;
 use keysmith::verifier::usage_api::peers::PeerSettings;
+use keysmith::verifier::usage_api::{self, UsageSettings};
 use keysmith_testenv::binaries::binary;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::harness::http::{Response, parse};
 use crate::harness::verifier::{NS, cluster, request, status_token, token};
 use crate::harness::{Cluster, Identity, eventually, needs_real_server, real};
 
@@ -591,4 +594,218 @@ async fn idle_connections_to_the_usage_port_do_not_keep_the_api_server_out() {
     for attacker in attackers {
         attacker.abort();
     }
+}
+
+/// A certificate for 127.0.0.1 in `dir`, and a client configuration that trusts it.
+fn loopback_certificate(dir: &Path) -> (TlsFiles, Arc<rustls::ClientConfig>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    (files, Arc::new(client))
+}
+
+/// `GET path` on the usage API at `usage` with `token`, over a connection from address `from`.
+async fn usage_get(
+    usage: SocketAddr,
+    from: IpAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    token: &str,
+    path: &str,
+) -> Response {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket.connect(usage).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(usage.ip().into());
+    let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the usage API");
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {usage}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    // The server may close without close_notify once it has answered.
+    let _ = stream.read_to_end(&mut raw).await;
+    parse(&raw)
+}
+
+/// Finding N5 of issue 27: a few hundred distinct bogus bearer tokens sent straight to the usage
+/// port from one address cost the API server at most the documented budget of TokenReviews
+/// (a burst of 20, then 5 a second), the rest are told `429` with `Retry-After`, and a reader
+/// with a real ServiceAccount token from another address is answered meanwhile. Before, each
+/// token was a TokenReview.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bogus_bearer_tokens_costs_a_bounded_number_of_token_reviews() {
+    const FLOOD: usize = 300;
+    const AT_ONCE: usize = 16;
+    let (attacker, reader): (IpAddr, IpAddr) =
+        ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The chart's usage RBAC: the verifier reviews its callers; a reader may read NS's usage.
+    let verifier = verifier_identity();
+    let Identity::ServiceAccount {
+        namespace: verifier_namespace,
+        name: verifier_name,
+    } = &verifier
+    else {
+        panic!("the verifier runs as a ServiceAccount")
+    };
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "keysmith-usage-auth-delegator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": verifier_name,
+                "namespace": verifier_namespace}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "keysmith-usage-reader"},
+            "rules": [{"apiGroups": ["usage.keysmith.dev"], "resources": ["apikeyusages"],
+                "verbs": ["get"]}]}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "usage-reader", "namespace": NS}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "usage-reader", "namespace": NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "keysmith-usage-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "usage-reader", "namespace": NS}]}),
+    ] {
+        cluster.apply_object(&object).await.expect("RBAC applies");
+    }
+    let kubeconfig: Value = serde_saphyr::from_str(
+        &cluster
+            .kubeconfig(&Identity::service_account(NS, "usage-reader"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let reader_token = kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .expect("a ServiceAccount kubeconfig holds a token")
+        .to_owned();
+
+    let (files, tls) = loopback_certificate(dir.path());
+    let usage = free_port(reader);
+    let _replica = start_replica(
+        &cluster,
+        usage,
+        UsageSettings {
+            tls: Some(files),
+            replica: "replica-a".into(),
+            ..UsageSettings::default()
+        },
+    )
+    .await;
+    let path = format!("/apis/usage.keysmith.dev/v1alpha1/namespaces/{NS}/apikeyusages/billing");
+    eventually("the usage API to answer", || async {
+        let answer = usage_get(usage, attacker, &tls, "warm-up", &path).await;
+        (answer.status == 401).then_some(())
+    })
+    .await;
+    cluster.clear_requests();
+    let token_reviews = || {
+        cluster
+            .requests(|e| e.resource == "tokenreviews" && e.verb == "create")
+            .len()
+    };
+
+    // The flood, AT_ONCE connections at a time; the reader asks once a third of it is answered.
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let third = tokio::sync::Notify::new();
+    let started = std::time::Instant::now();
+    let flood = futures::stream::iter(0..FLOOD)
+        .map(|i| {
+            let (tls, path, answered, third) = (&tls, &path, &answered, &third);
+            async move {
+                // A connection closed before any answer is the server shedding connections at
+                // its per-address cap (slow to reap the flood's closed ones on a busy machine):
+                // a client asks again, as it would after a reset.
+                let token = format!("bogus-{i:04}");
+                let mut answer = usage_get(usage, attacker, tls, &token, path).await;
+                for _ in 0..3 {
+                    if answer.status != 0 {
+                        break;
+                    }
+                    answer = usage_get(usage, attacker, tls, &token, path).await;
+                }
+                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == FLOOD / 3 {
+                    third.notify_one();
+                }
+                answer
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect::<Vec<_>>();
+    let legitimate = async {
+        third.notified().await;
+        usage_get(usage, reader, &tls, &reader_token, &path).await
+    };
+    let (answers, legitimate) = tokio::join!(flood, legitimate);
+    let elapsed = started.elapsed();
+
+    assert_eq!(legitimate.status, 200, "{}", legitimate.body);
+    let usage_object: Value = serde_json::from_str(&legitimate.body).unwrap();
+    assert_eq!(usage_object["kind"], "ApiKeyUsage");
+    let unauthorized = answers.iter().filter(|a| a.status == 401).count();
+    let throttled: Vec<&Response> = answers.iter().filter(|a| a.status == 429).collect();
+    let others: Vec<(u16, &str)> = answers
+        .iter()
+        .filter(|a| a.status != 401 && a.status != 429)
+        .map(|a| (a.status, a.body.as_str()))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "every bogus token is answered 401 or 429: {others:?}"
+    );
+    for answer in &throttled {
+        let retry: u64 = answer
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("a 429 says when to retry");
+        let status: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            (&status["kind"], &status["reason"], &status["code"]),
+            (&json!("Status"), &json!("TooManyRequests"), &json!(429))
+        );
+        assert_eq!(status["details"]["retryAfterSeconds"], retry);
+    }
+    // Every 401 was a TokenReview, and the reader's one more: wait until the server has them
+    // all on record, then hold the count against the budget.
+    let reviews = eventually("the API server to record the TokenReviews", || async {
+        let n = token_reviews();
+        (n > unauthorized).then_some(n)
+    })
+    .await;
+    let budget = u64::from(usage_api::limits::REVIEW_BURST)
+        + (elapsed.as_secs_f64() * f64::from(usage_api::limits::REVIEWS_PER_SECOND)) as u64
+        + 1;
+    assert!(
+        reviews as u64 <= budget,
+        "{reviews} TokenReviews for {FLOOD} bogus tokens in {elapsed:?}; budget {budget}"
+    );
+    println!(
+        "{FLOOD} bogus tokens in {elapsed:?}: {reviews} TokenReviews (budget {budget}), \
+         {unauthorized} answered 401, {} answered 429",
+        throttled.len()
+    );
 }

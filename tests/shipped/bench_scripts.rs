@@ -1,6 +1,6 @@
-//! `bench/openloop.sh` and `bench/load.sh` refuse wrong arguments (and the former a machine
-//! without its load generator) before they build or start anything, and say what to do. Their
-//! timings are never asserted: they are run by hand (docs/BENCHMARKS.md), not here.
+//! `bench/openloop.sh`, `bench/load.sh` and `bench/tenants.sh` refuse wrong arguments (and the
+//! first a machine without its load generator) before they build or start anything, and say what
+//! to do. Their timings are never asserted: they are run by hand (docs/BENCHMARKS.md), not here.
 
 use std::env;
 use std::os::unix::fs::symlink;
@@ -113,4 +113,27 @@ fn without_vegeta_or_go_it_stops_saying_how_to_get_vegeta() {
             && stderr.contains("then run testenv/install vegeta"),
         "{stderr}"
     );
+}
+
+#[test]
+fn tenants_refuses_a_wrong_duration_or_loop_count_before_building() {
+    for (args, expected) in [
+        (
+            &["10"][..],
+            "DURATION is whole seconds such as 10s, not '10'",
+        ),
+        (&["1m"], "DURATION is whole seconds such as 10s, not '1m'"),
+        (
+            &["10s", "0"],
+            "LOOPS is a whole number, at least 1, not '0'",
+        ),
+        (&["10s", "6", "more"], "at most DURATION and LOOPS"),
+    ] {
+        let mut command = Command::new(Path::new(ROOT).join("bench/tenants.sh"));
+        command.args(args);
+        let (code, stdout, stderr) = run(command);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing runs: {stdout}");
+    }
 }

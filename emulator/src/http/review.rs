@@ -1,8 +1,11 @@
 //! The review kinds, answered from the request and never stored:
 //! SelfSubjectAccessReview, SubjectAccessReview and LocalSubjectAccessReview
-//! (RBAC's answer for a subject), and SelfSubjectReview (who the caller is).
+//! (RBAC's answer for a subject), SelfSubjectReview (who the caller is) and TokenReview (who a
+//! bearer token belongs to, as the emulator's own authentication decides).
 
-use k8s_openapi::api::authentication::v1::{SelfSubjectReviewStatus, UserInfo as ReviewUser};
+use k8s_openapi::api::authentication::v1::{
+    SelfSubjectReviewStatus, TokenReviewStatus, UserInfo as ReviewUser,
+};
 use k8s_openapi::api::authorization::v1::SubjectAccessReviewStatus;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -24,6 +27,7 @@ pub fn answer(call: &ResourceCall<'_>) -> ApiResult<Value> {
     review["kind"] = json!(call.rt.kind);
     review["status"] = match call.rt.kind.as_str() {
         "SelfSubjectReview" => to_value(&who_am_i(call.user)),
+        "TokenReview" => to_value(&token(call, &review["spec"])),
         "SelfSubjectAccessReview" => to_value(&access(call, call.user, &review["spec"])),
         _ => to_value(&access(call, &subject(&review["spec"]), &review["spec"])),
     };
@@ -43,6 +47,24 @@ fn who_am_i(caller: &UserInfo) -> SelfSubjectReviewStatus {
             uid: Some(caller.uid.clone()).filter(|u| !u.is_empty()),
             extra: Some(caller.extra.clone()).filter(|e| !e.is_empty()),
         }),
+    }
+}
+
+/// TokenReview: the user a token authenticates as, or the error kube-apiserver gives for a
+/// token no authenticator accepts (audiences are not checked).
+fn token(call: &ResourceCall<'_>, spec: &Value) -> TokenReviewStatus {
+    let token = spec["token"].as_str().filter(|t| !t.is_empty());
+    match token.and_then(|t| call.server.auth.authenticate(Some(t))) {
+        Some(user) => TokenReviewStatus {
+            authenticated: Some(true),
+            user: who_am_i(&user).user_info,
+            ..Default::default()
+        },
+        None => TokenReviewStatus {
+            user: Some(ReviewUser::default()),
+            error: Some("[invalid bearer token, token lookup failed]".into()),
+            ..Default::default()
+        },
     }
 }
 

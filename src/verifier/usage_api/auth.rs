@@ -10,13 +10,12 @@
 //! - Any other caller presents `Authorization: Bearer`, checked with a `TokenReview`.
 //!
 //! Every request is then authorized with a `SubjectAccessReview` for `get` on
-//! `apikeyusages.usage.keysmith.dev` named after the ApiKey in its namespace. Reviews and
-//! decisions are cached for [`CACHE_TTL`] (at most [`CACHE_ENTRIES`] of each); a bearer token is
-//! cached under its SHA-256 only.
+//! `apikeyusages.usage.keysmith.dev` named after the ApiKey in its namespace. Answers are cached
+//! for [`CACHE_TTL`] (a bearer token under its SHA-256 only), and the reviews each caller may
+//! cause are limited ([`limits`](super::limits)).
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderMap};
@@ -29,12 +28,10 @@ use kube::Api;
 use kube::api::PostParams;
 use sha2::{Digest, Sha256};
 
+use super::limits::{Answers, CACHE_ENTRIES, Caller, ReviewLimits, TooManyRequests};
 use super::object::{GROUP, RESOURCE};
 
-/// How long a TokenReview or SubjectAccessReview answer is reused.
-pub const CACHE_TTL: Duration = Duration::from_secs(10);
-/// Most answers cached of each kind.
-pub const CACHE_ENTRIES: usize = 4096;
+pub use super::limits::CACHE_TTL;
 /// Namespace and name of the ConfigMap that says how to trust the aggregator.
 pub const AUTHENTICATION_CONFIGMAP: (&str, &str) =
     ("kube-system", "extension-apiserver-authentication");
@@ -52,13 +49,27 @@ pub struct User {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-/// Why a request is refused: 401 or 403, with a message for the caller.
+/// Why a request is refused: 401, 403 or 429, with a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     /// Not authenticated (401).
     Unauthenticated(String),
     /// Authenticated but not allowed (403).
     Forbidden(String),
+    /// Not asked: the caller has used up its reviews, or too many are outstanding (429). Says
+    /// nothing about the credentials.
+    TooManyRequests {
+        /// When to try again.
+        retry_after: Duration,
+    },
+}
+
+impl From<TooManyRequests> for Denied {
+    fn from(refused: TooManyRequests) -> Denied {
+        Denied::TooManyRequests {
+            retry_after: refused.retry_after,
+        }
+    }
 }
 
 /// What `extension-apiserver-authentication` says about the aggregator's requests.
@@ -184,79 +195,27 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A small time-bounded cache.
-struct Cache<K, V> {
-    entries: Mutex<HashMap<K, (Instant, V)>>,
-}
-
-impl<K: Hash + Eq, V: Clone> Cache<K, V> {
-    fn new() -> Self {
-        Cache {
-            entries: Mutex::default(),
-        }
-    }
-
-    fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|(at, _)| now.duration_since(*at) < CACHE_TTL)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn put(&self, key: K, value: V, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CACHE_ENTRIES {
-            entries.retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
-            if entries.len() >= CACHE_ENTRIES {
-                // All fresh: a burst of distinct callers; start over rather than grow.
-                entries.clear();
-            }
-        }
-        entries.insert(key, (now, value));
-    }
-}
-
-/// Authentication and authorization against the API server, cached.
-pub struct Gate {
-    client: kube::Client,
-    request_header: Option<RequestHeader>,
-    tokens: Cache<[u8; 32], Result<User, Denied>>,
-    decisions: Cache<(User, String, String), Result<(), Denied>>,
-}
-
-impl Gate {
-    /// A gate asking `client`'s API server; `request_header` trusts the aggregator.
-    pub fn new(client: kube::Client, request_header: Option<RequestHeader>) -> Gate {
-        Gate {
-            client,
-            request_header,
-            tokens: Cache::new(),
-            decisions: Cache::new(),
-        }
-    }
-
-    /// Who sent a request: the front proxy's user when the connection presented its verified
-    /// certificate with Common Name `proxy`, else the bearer token's.
-    pub async fn authenticate(
+/// What the gate asks the API server, behind a trait so the limits are tested without one.
+pub trait Reviewer: Send + Sync {
+    /// The user `token` belongs to (a `TokenReview`); `None` when the API server does not
+    /// accept it; `Err` when it could not be asked.
+    fn token_review(
         &self,
-        proxy: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<User, Denied> {
-        if let (Some(common_name), Some(config)) = (proxy, &self.request_header) {
-            return config.user(common_name, headers);
-        }
-        let Some(token) = bearer(headers) else {
-            return Err(Denied::Unauthenticated(
-                "no credentials: call through the Kubernetes API server (kubectl get --raw, \
-                 keysmith usage) or send a bearer token"
-                    .into(),
-            ));
-        };
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(known) = self.tokens.get(&key, Instant::now()) {
-            return known;
-        }
+        token: &str,
+    ) -> impl Future<Output = Result<Option<User>, String>> + Send;
+
+    /// Whether `user` may `get` the usage of ApiKey `namespace`/`name` (a
+    /// `SubjectAccessReview`); `Err` when it could not be asked.
+    fn access_review(
+        &self,
+        user: &User,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, String>> + Send;
+}
+
+impl Reviewer for kube::Client {
+    async fn token_review(&self, token: &str) -> Result<Option<User>, String> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -264,33 +223,29 @@ impl Gate {
             },
             ..TokenReview::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let api: Api<TokenReview> = Api::all(self.clone());
         let answer = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Denied::Unauthenticated(format!("TokenReview failed: {e}")))?;
+            .map_err(|e| e.to_string())?;
         let status = answer.status.unwrap_or_default();
-        let result = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => Ok(User {
+        Ok(match (status.authenticated, status.user) {
+            (Some(true), Some(user)) => Some(User {
                 name: user.username.unwrap_or_default(),
                 uid: user.uid.unwrap_or_default(),
                 groups: user.groups.unwrap_or_default(),
                 extra: user.extra.unwrap_or_default().into_iter().collect(),
             }),
-            _ => Err(Denied::Unauthenticated(
-                "the bearer token is not valid for this cluster".into(),
-            )),
-        };
-        self.tokens.put(key, result.clone(), Instant::now());
-        result
+            _ => None,
+        })
     }
 
-    /// Whether `user` may `get` the usage of ApiKey `namespace`/`name`.
-    pub async fn authorize(&self, user: &User, namespace: &str, name: &str) -> Result<(), Denied> {
-        let key = (user.clone(), namespace.to_owned(), name.to_owned());
-        if let Some(known) = self.decisions.get(&key, Instant::now()) {
-            return known;
-        }
+    async fn access_review(
+        &self,
+        user: &User,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, String> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.name.clone()),
@@ -309,18 +264,90 @@ impl Gate {
             },
             ..SubjectAccessReview::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let api: Api<SubjectAccessReview> = Api::all(self.clone());
         let answer = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Denied::Forbidden(format!("SubjectAccessReview failed: {e}")))?;
-        let allowed = answer.status.is_some_and(|s| s.allowed);
-        let result = if allowed {
-            Ok(())
-        } else {
-            Err(Denied::Forbidden(forbidden_message(
+            .map_err(|e| e.to_string())?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+}
+
+/// Authentication and authorization against the API server, cached and limited
+/// ([`limits`](super::limits)).
+pub struct Gate<R = kube::Client> {
+    reviewer: R,
+    request_header: Option<RequestHeader>,
+    tokens: Answers<[u8; 32], User, Denied>,
+    decisions: Answers<(User, String, String), (), Denied>,
+    limits: ReviewLimits,
+}
+
+impl<R: Reviewer> Gate<R> {
+    /// A gate asking `reviewer`'s API server; `request_header` trusts the aggregator.
+    pub fn new(reviewer: R, request_header: Option<RequestHeader>) -> Gate<R> {
+        Gate {
+            reviewer,
+            request_header,
+            tokens: Answers::new(CACHE_ENTRIES),
+            decisions: Answers::new(CACHE_ENTRIES),
+            limits: ReviewLimits::default(),
+        }
+    }
+
+    /// Who sent a request from `peer`: the front proxy's user when the connection presented
+    /// its verified certificate with Common Name `proxy`, else the bearer token's, reviewed at
+    /// the peer's expense.
+    pub async fn authenticate(
+        &self,
+        proxy: Option<&str>,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<User, Denied> {
+        if let (Some(common_name), Some(config)) = (proxy, &self.request_header) {
+            return config.user(common_name, headers);
+        }
+        let Some(token) = bearer(headers) else {
+            return Err(Denied::Unauthenticated(
+                "no credentials: call through the Kubernetes API server (kubectl get --raw, \
+                 keysmith usage) or send a bearer token"
+                    .into(),
+            ));
+        };
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(known) = self.tokens.get(&key, Instant::now()) {
+            return known;
+        }
+        let _permit = self.limits.admit(Caller::peer(peer)).await?;
+        let result = match self.reviewer.token_review(token).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(Denied::Unauthenticated(
+                "the bearer token is not valid for this cluster".into(),
+            )),
+            Err(e) => return Err(Denied::Unauthenticated(format!("TokenReview failed: {e}"))),
+        };
+        self.tokens.put(key, result.clone(), Instant::now());
+        result
+    }
+
+    /// Whether `user` may `get` the usage of ApiKey `namespace`/`name`, reviewed at the user's
+    /// expense.
+    pub async fn authorize(&self, user: &User, namespace: &str, name: &str) -> Result<(), Denied> {
+        let key = (user.clone(), namespace.to_owned(), name.to_owned());
+        if let Some(known) = self.decisions.get(&key, Instant::now()) {
+            return known;
+        }
+        let _permit = self.limits.admit(Caller::User(user.name.clone())).await?;
+        let result = match self.reviewer.access_review(user, namespace, name).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Denied::Forbidden(forbidden_message(
                 &user.name, namespace, name,
-            )))
+            ))),
+            Err(e) => {
+                return Err(Denied::Forbidden(format!(
+                    "SubjectAccessReview failed: {e}"
+                )));
+            }
         };
         self.decisions.put(key, result.clone(), Instant::now());
         result
@@ -338,7 +365,10 @@ pub fn forbidden_message(user: &str, namespace: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verifier::usage_api::limits::{REVIEW_BURST, REVIEWS_IN_FLIGHT, REVIEWS_PER_SECOND};
     use hyper::header::HeaderValue;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn config() -> RequestHeader {
         let data = BTreeMap::from([
@@ -409,17 +439,191 @@ mod tests {
         assert_eq!(bearer(&headers), Some("abc"));
     }
 
-    #[test]
-    fn cached_answers_expire_and_the_cache_stays_bounded() {
-        let cache: Cache<usize, bool> = Cache::new();
-        let t0 = Instant::now();
-        cache.put(1, true, t0);
-        assert_eq!(cache.get(&1, t0 + CACHE_TTL / 2), Some(true));
-        assert_eq!(cache.get(&1, t0 + CACHE_TTL), None);
-        for i in 0..CACHE_ENTRIES * 2 {
-            cache.put(i, true, t0);
+    /// A reviewer that counts what it is asked: the token `good` is user `good`, any other is
+    /// refused; only the ApiKey `mine` may be read. With `hold`, each review waits for a permit.
+    #[derive(Default)]
+    struct Fake {
+        token_reviews: AtomicUsize,
+        access_reviews: AtomicUsize,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+        hold: Option<tokio::sync::Semaphore>,
+    }
+
+    impl Fake {
+        async fn review(&self) {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            if let Some(hold) = &self.hold {
+                hold.acquire().await.unwrap().forget();
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        assert!(cache.entries.lock().unwrap().len() <= CACHE_ENTRIES);
+    }
+
+    impl Reviewer for Fake {
+        async fn token_review(&self, token: &str) -> Result<Option<User>, String> {
+            self.token_reviews.fetch_add(1, Ordering::SeqCst);
+            self.review().await;
+            Ok((token == "good").then(|| User {
+                name: "good".into(),
+                ..User::default()
+            }))
+        }
+
+        async fn access_review(&self, _: &User, _: &str, name: &str) -> Result<bool, String> {
+            self.access_reviews.fetch_add(1, Ordering::SeqCst);
+            self.review().await;
+            Ok(name == "mine")
+        }
+    }
+
+    fn bearing(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Bearer {token}");
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    fn ip(last: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + last))
+    }
+
+    /// Most reviews one caller may cause in `elapsed`.
+    fn bound(elapsed: std::time::Duration) -> usize {
+        REVIEW_BURST as usize + (elapsed.as_secs_f64() * f64::from(REVIEWS_PER_SECOND)) as usize
+    }
+
+    #[tokio::test]
+    async fn bogus_tokens_from_one_peer_cost_a_bounded_number_of_reviews_then_429() {
+        let gate = Gate::new(Fake::default(), None);
+        let start = Instant::now();
+        let mut answers = Vec::new();
+        for i in 0..300 {
+            answers.push(
+                gate.authenticate(None, ip(1), &bearing(&format!("bogus-{i}")))
+                    .await,
+            );
+        }
+        let reviews = gate.reviewer.token_reviews.load(Ordering::SeqCst);
+        assert!(reviews <= bound(start.elapsed()), "{reviews} TokenReviews");
+        let refused = answers
+            .iter()
+            .filter(|a| matches!(a, Err(Denied::Unauthenticated(_))))
+            .count();
+        let limited = answers
+            .iter()
+            .filter(|a| matches!(a, Err(Denied::TooManyRequests { retry_after }) if !retry_after.is_zero()))
+            .count();
+        assert_eq!((refused, limited), (reviews, 300 - reviews));
+        // Another peer is still served, and a token already refused is answered from the cache.
+        assert_eq!(
+            gate.authenticate(None, ip(2), &bearing("good"))
+                .await
+                .unwrap()
+                .name,
+            "good"
+        );
+        assert!(matches!(
+            gate.authenticate(None, ip(2), &bearing("bogus-0")).await,
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert_eq!(
+            gate.reviewer.token_reviews.load(Ordering::SeqCst),
+            reviews + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_tokens_from_many_peers_never_push_out_an_accepted_one() {
+        let gate = Gate::new(Fake::default(), None);
+        assert!(
+            gate.authenticate(None, ip(0), &bearing("good"))
+                .await
+                .is_ok()
+        );
+        for i in 1..=2 * CACHE_ENTRIES as u32 {
+            let answer = gate
+                .authenticate(None, ip(i), &bearing(&format!("bogus-{i}")))
+                .await;
+            assert!(matches!(answer, Err(Denied::Unauthenticated(_))));
+        }
+        let before = gate.reviewer.token_reviews.load(Ordering::SeqCst);
+        assert!(
+            gate.authenticate(None, ip(0), &bearing("good"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            gate.reviewer.token_reviews.load(Ordering::SeqCst),
+            before,
+            "the accepted token is still cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn front_proxy_users_are_charged_one_by_one_not_as_the_proxy_address() {
+        let gate = Gate::new(Fake::default(), Some(config()));
+        let as_user = |name: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-remote-user", name.parse().unwrap());
+            headers
+        };
+        let proxy = Some("front-proxy-client");
+        let start = Instant::now();
+        let alice = gate
+            .authenticate(proxy, ip(1), &as_user("alice"))
+            .await
+            .unwrap();
+        let mut limited = 0;
+        for i in 0..300 {
+            let answer = gate.authorize(&alice, "team", &format!("key-{i}")).await;
+            limited += usize::from(matches!(answer, Err(Denied::TooManyRequests { .. })));
+        }
+        let reviews = gate.reviewer.access_reviews.load(Ordering::SeqCst);
+        assert!(
+            reviews <= bound(start.elapsed()),
+            "{reviews} SubjectAccessReviews"
+        );
+        assert_eq!(limited, 300 - reviews);
+        // Bob comes through the same proxy from the same address and is answered.
+        let bob = gate
+            .authenticate(proxy, ip(1), &as_user("bob"))
+            .await
+            .unwrap();
+        assert_eq!(gate.authorize(&bob, "team", "mine").await, Ok(()));
+        assert_eq!(gate.reviewer.token_reviews.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reviews_outstanding_at_once_are_bounded_for_all_peers_together() {
+        let gate = Arc::new(Gate::new(
+            Fake {
+                hold: Some(tokio::sync::Semaphore::new(0)),
+                ..Fake::default()
+            },
+            None,
+        ));
+        let asking: Vec<_> = (0..50)
+            .map(|i| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    gate.authenticate(None, ip(i), &bearing(&format!("bogus-{i}")))
+                        .await
+                })
+            })
+            .collect();
+        while gate.reviewer.in_flight.load(Ordering::SeqCst) < REVIEWS_IN_FLIGHT {
+            tokio::task::yield_now().await;
+        }
+        gate.reviewer.hold.as_ref().unwrap().add_permits(50);
+        for answer in futures::future::join_all(asking).await {
+            assert!(matches!(answer.unwrap(), Err(Denied::Unauthenticated(_))));
+        }
+        assert_eq!(
+            gate.reviewer.most_in_flight.load(Ordering::SeqCst),
+            REVIEWS_IN_FLIGHT
+        );
     }
 
     #[test]

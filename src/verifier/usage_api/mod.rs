@@ -10,9 +10,11 @@
 //! anyone: they name the resource and nothing else.
 
 pub mod auth;
+pub mod limits;
 pub mod object;
 pub mod peers;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,9 +108,14 @@ pub struct UsageApi {
 type Answer = Response<Full<Bytes>>;
 
 impl UsageApi {
-    /// Answer one request; `proxy` is the Common Name of the verified front-proxy client
-    /// certificate the connection presented, if any.
-    pub async fn handle(&self, proxy: Option<&str>, request: Request<Incoming>) -> Answer {
+    /// Answer one request from `peer`; `proxy` is the Common Name of the verified front-proxy
+    /// client certificate the connection presented, if any.
+    pub async fn handle(
+        &self,
+        proxy: Option<&str>,
+        peer: IpAddr,
+        request: Request<Incoming>,
+    ) -> Answer {
         let (parts, _) = request.into_parts();
         if parts.method != Method::GET {
             return status(
@@ -134,7 +141,7 @@ impl UsageApi {
                 let query = Query::parse(parts.uri.query().unwrap_or(""));
                 match query {
                     Ok(query) => {
-                        self.usage(proxy, &parts.headers, namespace, name, query)
+                        self.usage(proxy, peer, &parts.headers, namespace, name, query)
                             .await
                     }
                     Err(message) => status(StatusCode::BAD_REQUEST, "BadRequest", &message),
@@ -153,13 +160,14 @@ impl UsageApi {
     async fn usage(
         &self,
         proxy: Option<&str>,
+        peer: IpAddr,
         headers: &hyper::HeaderMap,
         namespace: &str,
         name: &str,
         query: Query,
     ) -> Answer {
         let checked = async {
-            let user = self.gate.authenticate(proxy, headers).await?;
+            let user = self.gate.authenticate(proxy, peer, headers).await?;
             self.gate.authorize(&user, namespace, name).await
         };
         match checked.await {
@@ -170,6 +178,7 @@ impl UsageApi {
             Err(Denied::Forbidden(message)) => {
                 return status(StatusCode::FORBIDDEN, "Forbidden", &message);
             }
+            Err(Denied::TooManyRequests { retry_after }) => return too_many_requests(retry_after),
         }
         let now = (self.verifier.clock)();
         let since = now.checked_sub(query.since).unwrap_or(Timestamp::MIN);
@@ -268,18 +277,37 @@ fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> Answer {
 
 /// A Kubernetes `Status` failure, which kubectl prints as `Error from server (<reason>)`.
 fn status(code: StatusCode, reason: &str, message: &str) -> Answer {
-    json(
-        code,
-        &serde_json::json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code.as_u16(),
-        }),
-    )
+    json(code, &failure(code, reason, message))
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+/// `429` with `Retry-After` in whole seconds (at least 1), and the same number where
+/// client-go reads it in a `Status`.
+fn too_many_requests(retry_after: Duration) -> Answer {
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let code = StatusCode::TOO_MANY_REQUESTS;
+    let message = format!(
+        "too many TokenReviews or SubjectAccessReviews asked for this caller: try again in \
+         {seconds} s"
+    );
+    let mut body = failure(code, "TooManyRequests", &message);
+    body["details"] = serde_json::json!({"retryAfterSeconds": seconds});
+    let mut response = json(code, &body);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 fn group() -> serde_json::Value {
@@ -378,7 +406,7 @@ pub async fn serve(
         peers: settings.peers,
     });
     tracing::info!(listen = ?listener.local_addr().ok(), "usage API serving");
-    let handler = move |_, request: Request<Incoming>| {
+    let handler = move |peer: SocketAddr, request: Request<Incoming>| {
         let api = api.clone();
         async move {
             // The front proxy is named by the certificate its connection presented.
@@ -386,7 +414,7 @@ pub async fn serve(
                 .extensions()
                 .get::<ClientCertificate>()
                 .and_then(|leaf| auth::common_name(&leaf.0));
-            api.handle(proxy.as_deref(), request).await
+            api.handle(proxy.as_deref(), peer.ip(), request).await
         }
     };
     server::serve(
@@ -442,6 +470,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("since:")
         );
+    }
+
+    #[test]
+    fn a_refused_caller_is_told_when_to_retry_in_a_kubernetes_status() {
+        for (owed, seconds) in [
+            (Duration::from_millis(200), 1),
+            (Duration::from_millis(2500), 3),
+        ] {
+            let answer = too_many_requests(owed);
+            assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(answer.headers()[header::RETRY_AFTER], seconds.to_string());
+        }
     }
 
     #[test]

@@ -53,7 +53,12 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Response {
     stream.write_all(bytes).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
+    parse(&raw)
+}
+
+/// A response read to its end, as it came.
+pub fn parse(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines
