@@ -737,9 +737,9 @@ async fn a_flood_of_bogus_bearer_tokens_costs_a_bounded_number_of_token_reviews(
         .map(|i| {
             let (tls, path, answered, third) = (&tls, &path, &answered, &third);
             async move {
-                // A connection closed before any answer is the server shedding connections at
-                // its per-address cap (slow to reap the flood's closed ones on a busy machine):
-                // a client asks again, as it would after a reset.
+                // On a loaded machine a connection now and then closes before any answer (not
+                // yet explained; the connection caps are the suspect): ask again as a client
+                // would after a reset, so every token is still held to a 401 or 429.
                 let token = format!("bogus-{i:04}");
                 let mut answer = usage_get(usage, attacker, tls, &token, path).await;
                 for _ in 0..3 {
