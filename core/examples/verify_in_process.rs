@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         secret: None,
         header_secrets: &HeaderSecrets::new(),
         published: &[],
+        access: Default::default(),
     };
     let plan = planner::plan(&observed, now, &mut planner::mint_token)?;
     key.status = plan.status;

@@ -14,6 +14,7 @@
 //! `events`, `requeue`, with [`conditions`] (how conditions carry over), [`headers`]
 //! (Secret-sourced required headers) and `timing` (jitter, cadences, warning windows).
 
+pub mod access;
 pub mod conditions;
 pub mod headers;
 pub mod publish;
@@ -59,6 +60,8 @@ pub struct Observed<'a> {
     /// The key's published Secrets (labelled with its name and a gateway; see
     /// [`publish::publication`]).
     pub published: &'a [Secret],
+    /// The key's Role and RoleBinding, and whether access lists are on (see [`access`]).
+    pub access: access::Observed<'a>,
 }
 
 /// Everything one reconcile should do, in the order the shell does it.
@@ -72,6 +75,8 @@ pub struct Plan {
     pub restarts: Vec<Restart>,
     /// The Secrets published for gateways and the KongConsumer lists, written after the restarts.
     pub publication: publish::Publication,
+    /// The Role and RoleBinding of `spec.access`, written after the restarts.
+    pub access: access::AccessPlan,
     /// Events to publish after the writes.
     pub events: Vec<PlannedEvent>,
     /// When to look again; `None`: only when something changes.
@@ -89,6 +94,7 @@ impl Plan {
         self.status.is_none()
             && self.secret.is_none()
             && self.restarts.is_empty()
+            && self.access.is_quiet()
             && self.publication.is_quiet()
     }
 }
@@ -100,10 +106,13 @@ pub fn plan(
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
+    let subjects = access::listed(observed.key);
+    let access = access::plan(observed.key, &subjects, &observed.access);
     let mut plan = plan_key(
         observed.key,
         observed.secret,
         observed.header_secrets,
+        access,
         now,
         mint,
     )?;
@@ -117,11 +126,13 @@ pub fn plan(
     Ok(plan)
 }
 
-/// The plan of the key's own writes: status, Secret, restarts, events.
+/// The plan of the key's own writes: status, Secret, restarts, access, events. `access` is
+/// left out for a key that must not touch its Secret.
 fn plan_key(
     key: &ApiKey,
     secret: Option<&Secret>,
     header_secrets: &HeaderSecrets,
+    access: access::AccessPlan,
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
@@ -140,7 +151,7 @@ fn plan_key(
     }
     let name = key.metadata.name.as_deref().unwrap_or_default();
     let headers = headers::resolve(&key.spec, name, header_secrets);
-    Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
+    Planner::new(key, &valid, &observed, secret, now).run(&headers, access, mint)
 }
 
 /// Mint a token for a slot from the OS CSPRNG.
@@ -189,6 +200,7 @@ fn blocked(
         status: (desired != *observed).then_some(desired),
         secret: None,
         restarts: Vec::new(),
+        access: access::AccessPlan::default(),
         publication: publish::Publication::default(),
         events,
         requeue_after,
@@ -239,6 +251,7 @@ impl<'a> Planner<'a> {
     fn run(
         self,
         headers: &Resolved,
+        access: access::AccessPlan,
         mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
     ) -> Result<Plan, GenerateError> {
         let mut outcomes = Vec::new();
@@ -264,7 +277,8 @@ impl<'a> Planner<'a> {
             Vec::new()
         };
 
-        let desired_conditions = self.conditions(&tokens, minted, rotated, &headers.missing);
+        let desired_conditions =
+            self.conditions(&tokens, minted, rotated, &headers.missing, &access);
         let generation = self.key.metadata.generation;
         let conditions = conditions::merge(
             &self.observed.conditions,
@@ -282,6 +296,7 @@ impl<'a> Planner<'a> {
             required_headers: headers.hashes.clone(),
             served_generation: generation,
             served_policy: Some(served::policy_of(&self.key.spec)),
+            access: access.status.clone(),
         };
 
         let mut events = self.slot_events(&outcomes);
@@ -294,6 +309,7 @@ impl<'a> Planner<'a> {
             status: (desired != *self.observed).then_some(desired),
             secret,
             restarts,
+            access,
             publication: publish::Publication::default(),
             events,
             requeue_after: Some(requeue_after),

@@ -155,6 +155,15 @@ pub fn envoy_client_id(namespace: &str, apikey: &str, slot: &str, suffix: Option
     }
 }
 
+/// The suffix of a slot's replaced token by its place: `previous` for `status.tokens[].previous`,
+/// then `previous-2` for `earlier[0]`, and so on.
+pub fn replaced_suffix(rank: usize) -> String {
+    match rank {
+        0 => PREVIOUS_SUFFIX.to_owned(),
+        n => format!("{PREVIOUS_SUFFIX}-{}", n + 1),
+    }
+}
+
 /// The name of a Kong credential Secret of a slot's token: `<apikey>.<slot>.kong` for the current
 /// one, `-previous`, `-previous-2`, ... appended for replaced ones (`suffix`). The last
 /// `.`-separated part is `kong...`, the one before it the slot, the rest the key.
@@ -404,12 +413,8 @@ fn live_tokens<'a>(
         .enumerate()
         .filter(|(_, p)| p.valid_until.0 > now)
         .filter_map(|(rank, p)| {
-            let suffix = match rank {
-                0 => PREVIOUS_SUFFIX.to_owned(),
-                n => format!("{PREVIOUS_SUFFIX}-{}", n + 1),
-            };
             pool.find(&p.sha256)
-                .map(|t| (status.name.as_str(), Some(suffix), t))
+                .map(|t| (status.name.as_str(), Some(replaced_suffix(rank)), t))
         });
     current.into_iter().chain(replaced).collect()
 }

@@ -80,6 +80,7 @@ impl World {
             secret: self.secret.as_ref(),
             header_secrets: &self.header_secrets,
             published: &[],
+            access: Default::default(),
         };
         plan(&observed, self.now, &mut mint).unwrap()
     }

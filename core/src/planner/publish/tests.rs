@@ -77,6 +77,7 @@ impl World {
             secret: self.secret.as_ref(),
             header_secrets: &HeaderSecrets::new(),
             published: &published,
+            access: Default::default(),
         };
         plan(&observed, self.now, &mut mint_token).unwrap()
     }
