@@ -24,6 +24,8 @@ pub struct ControllerPart {
     pub leader: LeaderConfig,
     /// The time source (the wall clock outside tests).
     pub clock: Clock,
+    /// Act on `spec.access` (`--access-lists`).
+    pub access_lists: bool,
 }
 
 /// The verifier part of a process.
@@ -123,6 +125,7 @@ pub async fn serve_with(
             metrics,
             part.clock,
             Some(part.leader.identity.clone()),
+            part.access_lists,
         );
         // Ready once connected and permitted: a standby replica is as healthy as the leader.
         health.set_ready(true);

@@ -103,6 +103,8 @@ pub fn components(
             client: clients.controller,
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
             clock: clock.clone(),
+            // The emulator serves no admission policies, so the guard access lists need is absent.
+            access_lists: false,
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,

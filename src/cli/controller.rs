@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{LeaderArgs, ScopeArgs, TelemetryArgs};
+use super::args::{AccessArgs, LeaderArgs, ScopeArgs, TelemetryArgs};
 use super::serve_components;
 use crate::components::{Components, ControllerPart};
 use crate::{cluster, controller};
@@ -19,6 +19,8 @@ pub struct ControllerArgs {
     telemetry: TelemetryArgs,
     #[command(flatten)]
     leader: LeaderArgs,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
@@ -37,6 +39,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
                     client,
                     leader,
                     clock: controller::system_clock(),
+                    access_lists: args.access.access_lists,
                 }),
                 verifier: None,
                 scope: args.scope.scope(),

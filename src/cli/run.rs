@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{LeaderArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs};
+use super::args::{AccessArgs, LeaderArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs};
 use super::serve_components;
 use crate::components::{Components, ControllerPart, VerifierPart};
 use crate::{cluster, controller};
@@ -21,6 +21,8 @@ pub struct RunArgs {
     telemetry: TelemetryArgs,
     #[command(flatten)]
     leader: LeaderArgs,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 /// Run `keysmith run`; every failure ends in one line on stderr and a non-zero exit.
@@ -37,6 +39,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 client: client.clone(),
                 leader,
                 clock: controller::system_clock(),
+                access_lists: args.access.access_lists,
             }),
             verifier: Some(VerifierPart {
                 client,

@@ -347,6 +347,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         client: client_of(cluster, account).await,
         leader: LeaderConfig::new(NAMESPACE, format!("{account}-0")),
         clock: controller::system_clock(),
+        access_lists: false,
     }
 }
 

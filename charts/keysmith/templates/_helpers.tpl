@@ -258,6 +258,10 @@ spec:
             {{- include "keysmith.commonArgs" $root | nindent 12 }}
             {{- if .leader }}
             - {{ printf "--lease-name=%s" (include "keysmith.leaseName" $root) | quote }}
+            {{- /* Only beside the admission policy that guards spec.access (access-list-policy.yaml). */}}
+            {{- if $root.Values.accessLists.enabled }}
+            - --access-lists
+            {{- end }}
             {{- end }}
             {{- /* Only what serves the verifier API sees client addresses. */}}
             {{- if .api }}

@@ -73,6 +73,8 @@ pub struct Harness {
     pub admin: kube::Client,
     pub clock: TestClock,
     scope: Scope,
+    /// The controller acts on `spec.access` (`--access-lists`).
+    access_lists: bool,
     registry: Arc<Registry>,
     stop: Option<ShutdownTrigger>,
     task: Option<JoinHandle<()>>,
@@ -97,6 +99,11 @@ impl Harness {
 
     /// Like [`Harness::start_scoped`], on a `cluster` the test prepared first.
     pub async fn start_on(cluster: Cluster, scope: Scope) -> Harness {
+        Harness::start_with(cluster, scope, false).await
+    }
+
+    /// Like [`Harness::start_on`], the controller acting on `spec.access` if `access_lists`.
+    pub async fn start_with(cluster: Cluster, scope: Scope, access_lists: bool) -> Harness {
         let admin = cluster.client().await.expect("admin client");
         let (resync, _) = mpsc::unbounded();
         let clock = TestClock {
@@ -108,6 +115,7 @@ impl Harness {
             admin,
             clock,
             scope,
+            access_lists,
             registry: Arc::default(),
             stop: None,
             task: None,
@@ -128,7 +136,13 @@ impl Harness {
             .expect("controller client");
         let mut registry = telemetry::registry();
         let metrics = ControllerMetrics::register(&mut registry);
-        let ctx = Context::new(client, metrics, self.clock.as_clock(), Some("test".into()));
+        let ctx = Context::new(
+            client,
+            metrics,
+            self.clock.as_clock(),
+            Some("test".into()),
+            self.access_lists,
+        );
         let (stop, shutdown) = Shutdown::new();
         let scope = self.scope.clone();
         let task = tokio::spawn(async move {
@@ -310,6 +324,7 @@ pub async fn spawn_elected(
             client,
             leader,
             clock,
+            access_lists: false,
         }),
         verifier: None,
         scope: Scope::default(),
