@@ -43,10 +43,9 @@ pub async fn observe(
         .get_opt(&name)
         .await
         .map_err(Error::kube(format!("reading Role {namespace}/{name}")))?;
-    let binding = bindings
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("reading RoleBinding {namespace}/{name}")))?;
+    let binding = bindings.get_opt(&name).await.map_err(Error::kube(format!(
+        "reading RoleBinding {namespace}/{name}"
+    )))?;
     Ok((role, binding))
 }
 
@@ -67,9 +66,11 @@ pub async fn write(
         match deletion {
             AccessDeletion::RoleBinding(name, observed) => {
                 binding_deleted = true;
-                apply::delete_if_unchanged(&bindings, name, observed).await.map_err(Error::kube(
-                    format!("deleting RoleBinding {namespace}/{name}"),
-                ))?;
+                apply::delete_if_unchanged(&bindings, name, observed)
+                    .await
+                    .map_err(Error::kube(format!(
+                        "deleting RoleBinding {namespace}/{name}"
+                    )))?;
             }
             AccessDeletion::Role(name, observed) => {
                 apply::delete_if_unchanged(&roles, name, observed)
@@ -81,7 +82,10 @@ pub async fn write(
     if let Some(desired) = &plan.role {
         put(&roles, desired, role)
             .await
-            .map_err(Error::kube(format!("writing Role {namespace}/{}", desired.name_any())))?;
+            .map_err(Error::kube(format!(
+                "writing Role {namespace}/{}",
+                desired.name_any()
+            )))?;
     }
     if let Some(desired) = &plan.binding {
         let current = binding.filter(|_| !binding_deleted);
