@@ -1389,12 +1389,14 @@ async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_liste
             .then_some(())
     })
     .await;
-    let key = cluster
-        .get("keysmith.dev/v1alpha1", "ApiKey", APPS, "shared")
-        .await
-        .expect("the key");
-    assert_eq!(key["status"]["access"]["role"], role, "{key}");
-    assert_eq!(key["status"]["access"]["subjects"][0]["name"], "alice");
+    eventually("status.access to name alice", || async {
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", APPS, "shared")
+            .await?;
+        let access = &key["status"]["access"];
+        (access["role"] == role && access["subjects"][0]["name"] == "alice").then_some(())
+    })
+    .await;
     assert!(!reads_secret(&cluster, "bob", "shared").await);
     assert!(
         !reads_secret(&cluster, "alice", "plain").await,

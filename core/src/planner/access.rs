@@ -124,7 +124,7 @@ pub struct AccessPlan {
     pub binding: Option<RoleBinding>,
     /// The key's objects to delete before the writes: the RoleBinding first, then the Role.
     pub delete: Vec<AccessDeletion>,
-    /// `status.access`: what is in effect once the writes are done.
+    /// `status.access`: what the key's Role and RoleBinding grant as observed, unless deleted.
     pub status: Option<AccessStatus>,
     /// Why the list is not in effect: a `Ready=False` reason and its message.
     pub problem: Option<(&'static str, String)>,
@@ -206,8 +206,7 @@ pub fn plan(key: &ApiKey, subjects: &[AccessSubject], observed: &Observed<'_>) -
             ..AccessPlan::default()
         };
     }
-    let secrets = secrets(key);
-    let desired_role = desired_role(key, &name, &secrets);
+    let desired_role = desired_role(key, &name, &secrets(key));
     let desired_binding = desired_binding(key, &name, subjects);
     // A RoleBinding's roleRef cannot change: one of the key's pointing elsewhere is replaced.
     let delete = binding
@@ -219,14 +218,38 @@ pub fn plan(key: &ApiKey, subjects: &[AccessSubject], observed: &Observed<'_>) -
         binding: (!binding.is_some_and(|b| matches_binding(b, &desired_binding)))
             .then_some(desired_binding),
         delete: delete.into_iter().collect(),
-        status: Some(AccessStatus {
-            role: name.clone(),
-            role_binding: name,
-            secrets,
-            subjects: subjects.to_vec(),
-        }),
+        status: in_effect(role, binding),
         problem: None,
     }
+}
+
+/// `status.access`: what the key's Role and RoleBinding grant as observed, so status never
+/// claims a grant before it exists nor hides one until it is gone. The watch of both brings the
+/// key back after each write, and that pass reports it.
+fn in_effect(role: Option<&Role>, binding: Option<&RoleBinding>) -> Option<AccessStatus> {
+    let (role, binding) = (role?, binding?);
+    let secrets = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| r.resource_names.iter().flatten().cloned())
+        .collect();
+    let subjects = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| AccessSubject {
+            kind: s.kind.clone(),
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+        })
+        .collect();
+    Some(AccessStatus {
+        role: role.metadata.name.clone().unwrap_or_default(),
+        role_binding: binding.metadata.name.clone().unwrap_or_default(),
+        secrets,
+        subjects,
+    })
 }
 
 fn precondition(meta: &ObjectMeta) -> Precondition {
