@@ -43,6 +43,18 @@ pub const REASONS: &[(&str, &str, &str)] = &[
          Secret does not name this key in its `keysmith.dev/header-source` annotation",
     ),
     (
+        reason::ACCESS_CONFLICT,
+        "Ready=False",
+        "a Role or RoleBinding named `<apikey>.keysmith-access` exists and this ApiKey does not \
+         own it, so `spec.access` is not in effect",
+    ),
+    (
+        reason::ACCESS_LISTS_OFF,
+        "Ready=False",
+        "`spec.access` is set and Keysmith was installed without `accessLists.enabled`: nobody \
+         is given read access",
+    ),
+    (
         reason::API_ERROR,
         "Ready=False",
         "a Kubernetes API call failed; the message says which",

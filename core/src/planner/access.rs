@@ -17,6 +17,7 @@ use crate::api::{
     APIKEY_LABEL, AccessStatus, AccessSubject, ApiKey, MANAGED_BY, MANAGED_BY_LABEL, MAX_EARLIER,
 };
 
+use super::conditions::reason;
 use super::publish::{kong_secret_name, replaced_suffix};
 use super::secret::{Precondition, controls};
 
@@ -33,14 +34,6 @@ pub const USER: &str = "User";
 pub const GROUP: &str = "Group";
 /// `ServiceAccount` subjects.
 pub const SERVICE_ACCOUNT: &str = "ServiceAccount";
-
-/// Why a key's access list is not in effect (a `Ready=False` reason).
-pub mod reason {
-    /// The Role or RoleBinding name is taken by an object the key does not control.
-    pub const ACCESS_CONFLICT: &str = "AccessConflict";
-    /// The controller runs without `--access-lists`.
-    pub const ACCESS_LISTS_OFF: &str = "AccessListsOff";
-}
 
 /// The name of a key's Role and RoleBinding.
 pub fn object_name(apikey: &str) -> String {
