@@ -225,3 +225,33 @@ async fn without_access_lists_on_nothing_is_granted_and_the_key_says_what_to_set
     assert!(object(&h, "RoleBinding", ROLE).await.is_none());
     assert!(!reads(&h, "alice", "site").await);
 }
+
+/// `examples/access-list.yaml` does what its comments say, with access lists on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_list_example_grants_what_it_says() {
+    let h = Harness::start_with(with_access_rules().await, Scope::default(), true).await;
+    h.apply(include_str!("../../examples/access-list.yaml"))
+        .await;
+    let (namespace, name) = ("default", "reporting-api.keysmith-access");
+    let binding = eventually("the example's binding", || async {
+        h.cluster.get(RBAC, "RoleBinding", namespace, name).await
+    })
+    .await;
+    assert_eq!(
+        subjects(&binding),
+        [
+            ("User".into(), "alice@example.com".into()),
+            ("Group".into(), "reporting-devs".into()),
+            ("ServiceAccount".into(), "deployer".into()),
+        ]
+    );
+    let role = h
+        .cluster
+        .get(RBAC, "Role", namespace, name)
+        .await
+        .expect("the example's Role");
+    assert_eq!(
+        role["rules"][0]["resourceNames"],
+        json!(["reporting-api-token"])
+    );
+}
