@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use keysmith_core::api::ApiKey;
+use keysmith_core::planner;
 use keysmith_core::planner::access::{AccessDeletion, AccessPlan, object_name};
 
 use super::apply::FIELD_MANAGER;
@@ -24,15 +25,15 @@ pub struct Registries {
     pub bindings: KeyObjects,
 }
 
-/// The key's Role and RoleBinding as they are. Not read for a key without `spec.access` that,
-/// as far as the watches know, has neither.
+/// The key's Role and RoleBinding as they are. Not read for a key without readers that, as far
+/// as the watches know, has neither.
 pub async fn observe(
     client: &Client,
     registries: &Registries,
     key: &ApiKey,
 ) -> Result<(Option<Role>, Option<RoleBinding>), Error> {
     let known = registries.roles.any(key) || registries.bindings.any(key);
-    if key.spec.access.is_none() && !known {
+    if planner::readers(key).is_empty() && !known {
         return Ok((None, None));
     }
     let namespace = key.namespace().unwrap_or_default();

@@ -106,8 +106,7 @@ pub fn plan(
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
-    let subjects = access::listed(observed.key);
-    let access = access::plan(observed.key, &subjects, &observed.access);
+    let access = access::plan(observed.key, &readers(observed.key), &observed.access);
     let mut plan = plan_key(
         observed.key,
         observed.secret,
@@ -152,6 +151,11 @@ fn plan_key(
     let name = key.metadata.name.as_deref().unwrap_or_default();
     let headers = headers::resolve(&key.spec, name, header_secrets);
     Planner::new(key, &valid, &observed, secret, now).run(&headers, access, mint)
+}
+
+/// Who may read `key`'s Secrets: the subjects its Role and RoleBinding grant (see [`access`]).
+pub fn readers(key: &ApiKey) -> Vec<crate::api::AccessSubject> {
+    access::listed(key)
 }
 
 /// Mint a token for a slot from the OS CSPRNG.
