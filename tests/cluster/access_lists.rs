@@ -163,6 +163,37 @@ async fn the_controller_keeps_the_keys_role_and_binding_as_the_list_says() {
     })
     .await;
 
+    // A rejected edit still takes a reader away, and adds nobody.
+    let both = json!({"users": ["alice"], "groups": ["payments-devs"]});
+    h.apply(&key("site", Some(both))).await;
+    eventually("alice to be back", || async {
+        let binding = object(&h, "RoleBinding", ROLE).await?;
+        (subjects(&binding).len() == 2).then_some(())
+    })
+    .await;
+    let mut rejected: Value = serde_json::from_str(&key(
+        "site",
+        Some(json!({"users": ["mallory"], "groups": ["payments-devs"]})),
+    ))
+    .unwrap();
+    rejected["spec"]["expiresAfter"] = json!("1000w");
+    h.apply(&rejected.to_string()).await;
+    h.wait_key("site", "InvalidSpec", |k| {
+        condition(k, "Ready") == Some(("False".into(), "InvalidSpec".into()))
+    })
+    .await;
+    eventually("alice to leave the binding of a rejected spec", || async {
+        let binding = object(&h, "RoleBinding", ROLE).await?;
+        (subjects(&binding) == [("Group".to_owned(), "payments-devs".to_owned())]).then_some(())
+    })
+    .await;
+    h.wait_key("site", "status.access to follow", |k| {
+        k["status"]["access"]["subjects"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+
     // The list removed: both go, and status says nobody is granted anything.
     h.apply(&key("site", None)).await;
     h.wait_key("site", "status.access to go", |k| {

@@ -87,6 +87,16 @@ pub fn secrets(key: &ApiKey) -> Vec<String> {
     names
 }
 
+/// The two ways a plan may treat a key's grants: `granted` when the key is planned in full,
+/// `withdrawn` when its spec is rejected or its Secret is not its own.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// See [`plan`].
+    pub granted: AccessPlan,
+    /// See [`withdraw`].
+    pub withdrawn: AccessPlan,
+}
+
 /// What the controller observed of a key's access objects.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Observed<'a> {
@@ -243,6 +253,46 @@ fn in_effect(role: Option<&Role>, binding: Option<&RoleBinding>) -> Option<Acces
         secrets,
         subjects,
     })
+}
+
+/// What a key that may not be planned in full (a rejected spec, a Secret not its own) still does
+/// to its grants: it takes readers away, like `disabled: true` takes effect from a rejected spec.
+/// The key's RoleBinding keeps only the subjects still among `subjects`; with none left, the
+/// RoleBinding and the Role go. Nothing is added and the Role's Secrets stay as they are.
+pub fn withdraw(key: &ApiKey, subjects: &[AccessSubject], observed: &Observed<'_>) -> AccessPlan {
+    let ours = |meta: &ObjectMeta| controls(key, meta);
+    let role = observed.role.filter(|r| ours(&r.metadata));
+    let Some(binding) = observed.binding.filter(|b| ours(&b.metadata)) else {
+        return AccessPlan::default();
+    };
+    let current = binding.subjects.clone().unwrap_or_default();
+    let kept: Vec<Subject> = current
+        .iter()
+        .filter(|s| subjects.iter().any(|x| subject(x) == **s))
+        .cloned()
+        .collect();
+    let name = binding.metadata.name.clone().unwrap_or_default();
+    if kept.is_empty() {
+        let mut delete = vec![AccessDeletion::RoleBinding(
+            name.clone(),
+            precondition(&binding.metadata),
+        )];
+        delete.extend(role.map(|r| AccessDeletion::Role(name, precondition(&r.metadata))));
+        return AccessPlan {
+            delete,
+            ..AccessPlan::default()
+        };
+    }
+    let fewer = kept.len() < current.len();
+    AccessPlan {
+        binding: fewer.then(|| RoleBinding {
+            metadata: metadata(key, &name),
+            role_ref: binding.role_ref.clone(),
+            subjects: Some(kept),
+        }),
+        status: in_effect(role, Some(binding)),
+        ..AccessPlan::default()
+    }
 }
 
 fn precondition(meta: &ObjectMeta) -> Precondition {

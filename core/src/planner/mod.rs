@@ -106,7 +106,11 @@ pub fn plan(
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
-    let access = access::plan(observed.key, &readers(observed.key), &observed.access);
+    let readers = readers(observed.key);
+    let access = access::Access {
+        granted: access::plan(observed.key, &readers, &observed.access),
+        withdrawn: access::withdraw(observed.key, &readers, &observed.access),
+    };
     let mut plan = plan_key(
         observed.key,
         observed.secret,
@@ -125,13 +129,13 @@ pub fn plan(
     Ok(plan)
 }
 
-/// The plan of the key's own writes: status, Secret, restarts, access, events. `access` is
-/// left out for a key that must not touch its Secret.
+/// The plan of the key's own writes: status, Secret, restarts, access, events. A key that must
+/// not touch its Secret only takes readers away (`access.withdrawn`).
 fn plan_key(
     key: &ApiKey,
     secret: Option<&Secret>,
     header_secrets: &HeaderSecrets,
-    access: access::AccessPlan,
+    access: access::Access,
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
@@ -141,16 +145,24 @@ fn plan_key(
         Ok(valid) => valid,
         Err(invalid) => {
             let ready = Desired::new(READY, false, reason::INVALID_SPEC, invalid.to_string());
-            return Ok(blocked(key, &observed, ready, now, None));
+            return Ok(blocked(key, &observed, ready, now, None, access.withdrawn));
         }
     };
     if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
         let ready = Desired::new(READY, false, reason::SECRET_CONFLICT, message);
-        return Ok(blocked(key, &observed, ready, now, Some(CONFLICT_REQUEUE)));
+        let requeue = Some(CONFLICT_REQUEUE);
+        return Ok(blocked(
+            key,
+            &observed,
+            ready,
+            now,
+            requeue,
+            access.withdrawn,
+        ));
     }
     let name = key.metadata.name.as_deref().unwrap_or_default();
     let headers = headers::resolve(&key.spec, name, header_secrets);
-    Planner::new(key, &valid, &observed, secret, now).run(&headers, access, mint)
+    Planner::new(key, &valid, &observed, secret, now).run(&headers, access.granted, mint)
 }
 
 /// Who may read `key`'s Secrets: the subjects its Role and RoleBinding grant (see [`access`]).
@@ -164,17 +176,20 @@ pub fn mint_token(slot: &ValidSlot) -> Result<Token, GenerateError> {
 }
 
 /// The plan of a key that must not touch its Secret (invalid spec, Secret conflict): only the
-/// `Ready` condition changes, tokens and the other conditions stay as observed.
+/// `Ready` condition changes, tokens and the other conditions stay as observed, and readers
+/// the spec no longer lists lose their access (`withdrawn`), as that only takes access away.
 fn blocked(
     key: &ApiKey,
     observed: &ApiKeyStatus,
     ready: Desired,
     now: Timestamp,
     requeue_after: Option<Duration>,
+    withdrawn: access::AccessPlan,
 ) -> Plan {
     let generation = key.metadata.generation;
     let mut desired = observed.clone();
     desired.observed_generation = generation;
+    desired.access = withdrawn.status.clone();
     let mut merged = conditions::merge(
         &observed.conditions,
         std::slice::from_ref(&ready),
@@ -204,7 +219,7 @@ fn blocked(
         status: (desired != *observed).then_some(desired),
         secret: None,
         restarts: Vec::new(),
-        access: access::AccessPlan::default(),
+        access: withdrawn,
         publication: publish::Publication::default(),
         events,
         requeue_after,

@@ -333,3 +333,53 @@ proptest! {
         prop_assert_eq!(object_name(&a) == object_name(&b), a == b);
     }
 }
+
+/// A rejected spec still takes readers away (only that), like `disabled: true` does.
+#[test]
+fn a_rejected_spec_only_takes_readers_away() {
+    let valid = key("site", Some(alice_and_deployer()));
+    let (role, binding) = stored(&plan(&valid, &listed(&valid), &on(None, None)));
+    let rejected = |access: Access| {
+        let mut key = key("site", Some(access));
+        key.spec.expires_after = Some("1000w".into());
+        key
+    };
+    let planned = |key: &ApiKey| {
+        let observed = planner::Observed {
+            key,
+            secret: None,
+            header_secrets: &HeaderSecrets::new(),
+            published: &[],
+            access: on(Some(&role), Some(&binding)),
+        };
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        planner::plan(&observed, now, &mut mint_token).unwrap()
+    };
+
+    let mut fewer = alice_and_deployer();
+    fewer.users.clear();
+    let plan = planned(&rejected(fewer));
+    let status = plan.status.expect("Ready=False InvalidSpec");
+    assert_eq!(
+        conditions::find(&status.conditions, READY).unwrap().reason,
+        conditions::reason::INVALID_SPEC
+    );
+    let kept = plan.access.binding.expect("alice leaves").subjects.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|s| s.name != "alice@example.com"));
+    assert!(plan.access.role.is_none() && plan.access.delete.is_empty());
+    assert_eq!(
+        status.access.expect("still in effect").subjects.len(),
+        3,
+        "until the binding changes"
+    );
+
+    let mut more = alice_and_deployer();
+    more.users.push("mallory".into());
+    let plan = planned(&rejected(more));
+    assert!(plan.access.is_quiet(), "nobody is added: {:?}", plan.access);
+
+    let plan = planned(&rejected(Access::default()));
+    assert_eq!(plan.access.delete.len(), 2, "nobody left: both go");
+    assert!(plan.status.expect("status").access.is_none());
+}
