@@ -92,6 +92,12 @@ pub async fn preflight(components: &Components) -> Result<(), ComponentsError> {
     for client in parts.into_iter().flatten() {
         components.scope.check_list(client.clone()).await?;
     }
+    if let Some(part) = components.controller.as_ref().filter(|p| p.access_lists) {
+        components
+            .scope
+            .check_access_lists(part.client.clone())
+            .await?;
+    }
     Ok(())
 }
 

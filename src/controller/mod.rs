@@ -204,23 +204,11 @@ pub async fn run(
         // A Role or RoleBinding edited or deleted by someone else brings its key back.
         let roles: Api<PartialObjectMeta<Role>> = scope.api(client.clone());
         let bindings: Api<PartialObjectMeta<RoleBinding>> = scope.api(client.clone());
-        let roles = watcher(roles, secrets_config.clone())
-            .default_backoff()
-            .modify(prune_for_cache)
-            .inspect_ok({
-                let ctx = ctx.clone();
-                move |event| ctx.access.iter().for_each(|a| a.roles.observe(event))
-            })
-            .touched_objects();
-        let bindings = watcher(bindings, secrets_config.clone())
-            .default_backoff()
-            .modify(prune_for_cache)
-            .inspect_ok({
-                let ctx = ctx.clone();
-                move |event| ctx.access.iter().for_each(|a| a.bindings.observe(event))
-            })
-            .touched_objects();
-        controller = controller.owns_stream(roles).owns_stream(bindings);
+        controller = controller
+            .owns_stream(watch_owned(roles, &secrets_config, &ctx, |a| &a.roles))
+            .owns_stream(watch_owned(bindings, &secrets_config, &ctx, |a| {
+                &a.bindings
+            }));
     }
     if let Some(resync) = resync {
         controller = controller.reconcile_all_on(resync);
@@ -250,6 +238,25 @@ pub async fn run(
     // Revocations end with the controller (a new leader's list brings pending ones back).
     futures::future::select(Box::pin(running), revoking).await;
     info!("controller stopped");
+}
+
+/// The metadata of Keysmith's objects of one kind, each event counted into the registry of
+/// access objects that `registry` picks.
+fn watch_owned<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+    ctx: &Arc<Context>,
+    registry: fn(&access::Registries) -> &publish::KeyObjects,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let ctx = ctx.clone();
+    watcher(api, config.clone())
+        .default_backoff()
+        .modify(prune_for_cache)
+        .inspect_ok(move |event| ctx.access.iter().for_each(|a| registry(a).observe(event)))
+        .touched_objects()
 }
 
 /// A watch event as the cache takes it: an unreadable key leaves the cache (only its name is

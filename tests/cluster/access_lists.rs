@@ -7,13 +7,15 @@
 //! escalation check are the real server's (`tests/shipped/chart_real.rs`).
 
 use k8s_openapi::api::core::v1::Secret;
+use keysmith::components::{self, Components, ControllerPart};
+use keysmith::controller::{self, leader::LeaderConfig};
 use keysmith::scope::Scope;
 use keysmith_testenv::{Cluster, Identity};
 use kube::Api;
 use serde_json::{Value, json};
 
 use crate::harness::controller::{
-    CONTROLLER_NS, CONTROLLER_SA, Harness, NS, cluster, condition, ready,
+    CONTROLLER_NS, CONTROLLER_SA, Harness, NS, cluster, condition, controller_identity, ready,
 };
 use crate::harness::verifier::eventually;
 
@@ -23,6 +25,11 @@ const ROLE: &str = "site.keysmith-access";
 /// A cluster whose controller account also holds the chart's access rules.
 async fn with_access_rules() -> Cluster {
     let cluster = cluster().await;
+    grant_access_rules(&cluster).await;
+    cluster
+}
+
+async fn grant_access_rules(cluster: &Cluster) {
     let rules: Value = serde_saphyr::from_str(include_str!(
         "../../charts/keysmith/files/controller-access-rules.yaml"
     ))
@@ -45,7 +52,6 @@ async fn with_access_rules() -> Cluster {
             .await
             .expect("access rules apply");
     }
-    cluster
 }
 
 fn key(name: &str, access: Option<Value>) -> String {
@@ -285,4 +291,38 @@ async fn the_access_list_example_grants_what_it_says() {
         role["rules"][0]["resourceNames"],
         json!(["reporting-api-token"])
     );
+}
+
+/// `--access-lists` without the rights that go with it is one clear line at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_without_the_access_rules_stops_the_controller_at_start_up() {
+    let cluster = cluster().await;
+    let components = Components {
+        controller: Some(ControllerPart {
+            client: cluster
+                .client_as(&controller_identity())
+                .await
+                .expect("controller client"),
+            leader: LeaderConfig::new(CONTROLLER_NS, "preflight"),
+            clock: controller::system_clock(),
+            access_lists: true,
+        }),
+        verifier: None,
+        scope: Scope::default(),
+        metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let refused = components::preflight(&components)
+        .await
+        .expect_err("no rights on roles");
+    let message = refused.to_string();
+    assert!(
+        message.contains("roles.rbac.authorization.k8s.io")
+            && message.contains("accessLists.enabled=true"),
+        "{message}"
+    );
+    grant_access_rules(&cluster).await;
+    eventually("the granted rules to take effect", || async {
+        components::preflight(&components).await.ok()
+    })
+    .await;
 }
