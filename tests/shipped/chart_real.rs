@@ -1298,13 +1298,25 @@ fn access_key(name: &str, users: Option<&[&str]>) -> Value {
 
 /// Server-side apply `key` as `user`.
 async fn apply_as(cluster: &Cluster, user: &str, key: &Value) -> Result<(), kube::Error> {
+    apply_as_with(cluster, user, key, false).await
+}
+
+/// [`apply_as`], only through admission when `dry_run`.
+async fn apply_as_with(
+    cluster: &Cluster,
+    user: &str,
+    key: &Value,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
     let client = cluster
         .client_as(&Identity::user(user, &[]))
         .await
         .expect("a client");
     let name = str_at(key, "/metadata/name");
+    let mut params = PatchParams::apply(user);
+    params.dry_run = dry_run;
     Api::<ApiKey>::namespaced(client, APPS)
-        .patch(name, &PatchParams::apply(user), &Patch::Apply(key))
+        .patch(name, &params, &Patch::Apply(key))
         .await
         .map(drop)
 }
@@ -1361,8 +1373,18 @@ async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_liste
         .expect("the rendered RBAC suffices to start");
     let running = tokio::spawn(components::serve(process, shutdown));
 
-    // No escalation: the editor may write ApiKeys, but not grant reading their Secrets.
-    let refused = apply_as(&cluster, "editor", &access_key("shared", Some(&["editor"])))
+    // No escalation: the editor may write ApiKeys, but not grant reading their Secrets. The API
+    // server loads a new policy in the background: a dry run (admission runs, nothing is
+    // stored) shows when it is in force.
+    let escalation = access_key("shared", Some(&["editor"]));
+    eventually("the access-list policy to be in force", || async {
+        apply_as_with(&cluster, "editor", &escalation, true)
+            .await
+            .is_err_and(|e| e.to_string().contains("spec.access"))
+            .then_some(())
+    })
+    .await;
+    let refused = apply_as(&cluster, "editor", &escalation)
         .await
         .expect_err("the policy refuses an access list from someone who cannot read the Secret");
     assert!(
