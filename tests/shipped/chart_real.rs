@@ -1253,7 +1253,8 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
     }
 }
 
-/// Who may create and edit ApiKeys in [`APPS`]: `editor` cannot read Secrets there, `owner` can.
+/// Who may create and edit ApiKeys in [`APPS`]: `editor` cannot read Secrets there, `owner` can,
+/// `partial` only the Secrets `wide` and `wide-envoy-gateway`.
 const ACCESS_USERS: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -1274,6 +1275,20 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikeys-edit}
 subjects:
   - {apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}
   - {apiGroup: rbac.authorization.k8s.io, kind: User, name: owner}
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: partial}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: wide-read, namespace: apps}
+rules:
+  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: wide-read, namespace: apps}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: wide-read}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: partial}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -1443,6 +1458,25 @@ async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_liste
     .await
     .expect_err("the editor cannot add to a list");
     assert!(refused.to_string().contains("spec.access"), "{refused}");
+
+    // The published Secrets are asked for too (Kong's, many, as every Secret of the namespace),
+    // within the API server's CEL budget for the largest key (8 slots, both gateways).
+    let mut wide = access_key("wide", Some(&["alice"]));
+    wide["spec"]["tokens"] = (1..=8).map(|i| json!({"name": format!("s{i}")})).collect();
+    wide["spec"]["publish"] = json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]);
+    // Dry runs: admission decides, and no key publishing to a Kong this cluster lacks is stored.
+    let refused = apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect_err("a reader of the key's own Secrets only may not grant the Kong credentials");
+    assert!(
+        refused
+            .to_string()
+            .contains("only someone who may get every Secret of the namespace"),
+        "{refused}"
+    );
+    apply_as_with(&cluster, "owner", &wide, true)
+        .await
+        .expect("the owner reads every Secret of the namespace");
 
     // Removing a name removes the access.
     apply_as(&cluster, "owner", &access_key("shared", Some(&["carol"])))
