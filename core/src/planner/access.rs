@@ -18,14 +18,12 @@ use crate::api::{
 };
 
 use super::conditions::reason;
-use super::publish::{kong_secret_name, replaced_suffix};
+use super::publish::{MAX_NAME_LEN, kong_secret_name, replaced_suffix};
 use super::secret::{Precondition, controls};
 
 /// Suffix of the Role's and the RoleBinding's name: `<apikey>.keysmith-access`. The ApiKey's
 /// name is the only part that varies, so two keys never share a name.
 pub const ACCESS_SUFFIX: &str = ".keysmith-access";
-/// Longest object name Kubernetes accepts.
-const MAX_NAME_LEN: usize = 253;
 /// RBAC's API group, of Roles and of User and Group subjects.
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// `User` subjects.

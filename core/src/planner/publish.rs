@@ -39,7 +39,7 @@ pub const KONG_KEY_FIELD: &str = "key";
 /// token during its overlap window; the ones in `earlier` add `-2`, `-3`, `-4`.
 pub const PREVIOUS_SUFFIX: &str = "previous";
 /// Longest object name Kubernetes accepts.
-const MAX_NAME_LEN: usize = 253;
+pub(super) const MAX_NAME_LEN: usize = 253;
 
 /// What publishing a key's tokens writes.
 #[derive(Debug, Clone, Default)]

@@ -383,3 +383,20 @@ fn a_rejected_spec_only_takes_readers_away() {
     assert_eq!(plan.access.delete.len(), 2, "nobody left: both go");
     assert!(plan.status.expect("status").access.is_none());
 }
+
+#[test]
+fn a_name_too_long_for_the_role_is_reported_not_written() {
+    let long = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(50),
+    ]
+    .join(".");
+    let key = key(&long, Some(alice_and_deployer()));
+    let plan = plan(&key, &listed(&key), &on(None, None));
+    let (why, message) = plan.problem.expect("a problem");
+    assert_eq!(why, reason::ACCESS_CONFLICT);
+    assert!(message.contains("shorten the ApiKey's name"), "{message}");
+    assert!(plan.role.is_none() && plan.binding.is_none());
+}
