@@ -237,6 +237,9 @@ async fn a_role_of_that_name_not_the_keys_is_a_conflict_and_left_alone() {
     );
     assert!(site["status"]["access"].is_null());
     h.settle().await;
+    let events = h.events("AccessConflict").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
     let role = object(&h, "Role", ROLE).await.expect("their Role");
     assert_eq!(role["rules"], theirs["rules"], "never written");
     assert!(role["metadata"]["ownerReferences"].is_null());
@@ -257,6 +260,7 @@ async fn without_access_lists_on_nothing_is_granted_and_the_key_says_what_to_set
     let message = site["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("accessLists.enabled=true"), "{message}");
     h.settle().await;
+    assert_eq!(h.events("AccessListsOff").await.len(), 1);
     assert!(h.secret("site").await.is_some(), "the tokens are minted");
     assert!(object(&h, "Role", ROLE).await.is_none());
     assert!(object(&h, "RoleBinding", ROLE).await.is_none());

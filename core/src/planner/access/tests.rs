@@ -303,6 +303,30 @@ fn without_access_lists_on_nothing_is_granted_and_ready_says_what_to_set() {
         ready.message
     );
     assert!(plan.secret.is_some(), "the tokens are minted all the same");
+    let warned: Vec<_> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == reason::ACCESS_LISTS_OFF)
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", plan.events);
+    assert_eq!(warned[0].note, ready.message);
+
+    // Said once: the next pass, from that status, has nothing new to say.
+    let mut reconciled = key.clone();
+    reconciled.status = Some(status);
+    let observed = planner::Observed {
+        key: &reconciled,
+        ..observed
+    };
+    let again = planner::plan(&observed, now, &mut mint_token).unwrap();
+    assert!(
+        again
+            .events
+            .iter()
+            .all(|e| e.reason != reason::ACCESS_LISTS_OFF),
+        "{:?}",
+        again.events
+    );
 }
 
 #[test]
