@@ -26,6 +26,8 @@ pub struct ControllerPart {
     pub clock: Clock,
     /// `--personal-keys`, `--personal-key-max-lifetime`.
     pub personal_keys: controller::PersonalKeyPolicy,
+    /// Act on `spec.access` (`--access-lists`).
+    pub access_lists: bool,
 }
 
 /// The verifier part of a process.
@@ -92,6 +94,12 @@ pub async fn preflight(components: &Components) -> Result<(), ComponentsError> {
     for client in parts.into_iter().flatten() {
         components.scope.check_list(client.clone()).await?;
     }
+    if let Some(part) = components.controller.as_ref().filter(|p| p.access_lists) {
+        components
+            .scope
+            .check_access_lists(part.client.clone())
+            .await?;
+    }
     Ok(())
 }
 
@@ -126,6 +134,7 @@ pub async fn serve_with(
             part.clock,
             Some(part.leader.identity.clone()),
             part.personal_keys,
+            part.access_lists,
         );
         // Ready once connected and permitted: a standby replica is as healthy as the leader.
         health.set_ready(true);

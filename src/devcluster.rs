@@ -104,6 +104,8 @@ pub fn components(
             leader: LeaderConfig::new(SYSTEM_NAMESPACE, identity),
             clock: clock.clone(),
             personal_keys: crate::controller::PersonalKeyPolicy::ACCEPTED,
+            // The emulator serves no admission policies, so the guard access lists need is absent.
+            access_lists: false,
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,

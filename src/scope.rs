@@ -7,7 +7,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
-use crate::api::ApiKey;
+use crate::api::{ApiKey, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::cluster::{self, ClusterError};
 
 /// ApiKeys in one namespace or all, optionally only those matching a label selector (sharding).
@@ -65,4 +65,24 @@ impl Scope {
                 cluster::classify::<ApiKey>(e, "list", namespace, cluster::CHART_RULES)
             })
     }
+
+    /// With `--access-lists`: check that Keysmith's Roles in scope may be listed, so a
+    /// controller started with the flag but without the rights that go with it says so at once.
+    pub async fn check_access_lists(&self, client: Client) -> Result<(), ClusterError> {
+        type Role = k8s_openapi::api::rbac::v1::Role;
+        let params = ListParams::default()
+            .limit(1)
+            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        self.api::<Role>(client)
+            .list_metadata(&params)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                let namespace = self.namespace.as_deref();
+                cluster::classify::<Role>(e, "list", namespace, ACCESS_LIST_RULES)
+            })
+    }
 }
+
+/// What grants the controller its rights on Roles and RoleBindings.
+const ACCESS_LIST_RULES: &str = "install Keysmith with accessLists.enabled=true (it grants the rules of files/controller-access-rules.yaml), or start the controller without --access-lists";

@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         header_secrets: &HeaderSecrets::new(),
         published: &[],
         personal: Default::default(),
+        access: Default::default(),
     };
     let plan = planner::plan(&observed, now, &mut planner::mint_token)?;
     key.status = plan.status;

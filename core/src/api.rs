@@ -89,6 +89,10 @@ const GATEWAY_KEYS_RULE: &str =
 pub const ENVOY_GATEWAY_SECRET_SUFFIX: &str = "-envoy-gateway";
 /// Most entries of `spec.publish`: one per gateway kind.
 pub const MAX_PUBLISH: usize = 2;
+/// Most entries of each list of `spec.access` (users, groups, serviceAccounts).
+pub const MAX_ACCESS_ENTRIES: usize = 32;
+/// Longest user or group name in `spec.access`.
+pub const MAX_ACCESS_NAME_LEN: usize = 256;
 
 /// Duration in Go syntax plus `d` (24h) and `w` (7d), e.g. `90d`, `1h30m`, `8760h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h|d|w))+$";
@@ -275,6 +279,13 @@ pub struct ApiKeySpec {
             .message("owner is immutable; create a new ApiKey for another owner")
     )]
     pub owner: Option<Owner>,
+
+    /// Who may read this key's Secret and its published Secrets: Keysmith keeps a Role (`get`
+    /// on exactly those Secrets) and a RoleBinding to these subjects, owned by the ApiKey. Only
+    /// someone who may read those Secrets may set or change it (the chart's admission policy),
+    /// and the controller acts on it only when started with `--access-lists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
 }
 
 /// What Keysmith does with a token reported as leaked: `rotate` (default) replaces it at once,
@@ -666,6 +677,76 @@ pub struct KongPublish {
     pub consumer: String,
 }
 
+/// Who may read a key's Secret and its published Secrets (`get`, by name).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Kubernetes user names, as the API server authenticates them (e.g. `alice@example.com`);
+    /// at most 32, each 1 to 256 characters. `system:anonymous` is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub users: Vec<String>,
+
+    /// Kubernetes group names; at most 32, each 1 to 256 characters. `system:authenticated`,
+    /// `system:unauthenticated` and `system:serviceaccounts` (everyone of a kind) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub groups: Vec<String>,
+
+    /// ServiceAccounts; at most 32. The namespace defaults to the ApiKey's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub service_accounts: Vec<ServiceAccountRef>,
+}
+
+/// A ServiceAccount given read access to a key's Secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceAccountRef {
+    /// ServiceAccount name (a DNS subdomain).
+    #[schemars(length(min = 1, max = 253), extend("pattern" = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+    /// Its namespace (a DNS label). Default: the ApiKey's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), extend("pattern" = DNS_LABEL_PATTERN))]
+    pub namespace: Option<String>,
+}
+
+/// The read access to a key's Secrets in effect (`status.access`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessStatus {
+    /// The Role granting `get` on `secrets`, in the key's namespace.
+    #[schemars(length(max = 253))]
+    pub role: String,
+    /// The RoleBinding binding `subjects` to the Role (same name).
+    #[schemars(length(max = 253))]
+    pub role_binding: String,
+    /// The Secrets the Role lets the subjects read: the key's Secret, then the names its
+    /// published Secrets take.
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    pub secrets: Vec<String>,
+    /// Who may read them.
+    #[schemars(length(max = 128))]
+    pub subjects: Vec<AccessSubject>,
+}
+
+/// One subject of a key's RoleBinding.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub struct AccessSubject {
+    /// `User`, `Group` or `ServiceAccount`.
+    #[schemars(length(max = 16))]
+    pub kind: String,
+    /// The user, group or ServiceAccount name.
+    #[schemars(length(max = 256))]
+    pub name: String,
+    /// The ServiceAccount's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+}
+
 /// Labels and annotations copied onto the Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct SecretTemplate {
@@ -801,6 +882,11 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "opaque_object")]
     pub served_policy: Option<ApiKeySpec>,
+
+    /// Who may read the key's Secrets through `spec.access`: the Role and RoleBinding Keysmith
+    /// keeps, the Secrets and the subjects. Unset while none is in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessStatus>,
 }
 
 /// An object the API server keeps as written: the served policy repeats the spec's fields, and

@@ -55,6 +55,18 @@ pub const REASONS: &[(&str, &str, &str)] = &[
          (the controller's `--personal-keys`)",
     ),
     (
+        reason::ACCESS_CONFLICT,
+        "Ready=False",
+        "a Role or RoleBinding named `<apikey>.keysmith-access` exists and this ApiKey does not \
+         own it, so `spec.access` is not in effect",
+    ),
+    (
+        reason::ACCESS_LISTS_OFF,
+        "Ready=False",
+        "`spec.access` is set and Keysmith was installed without `accessLists.enabled`: nobody \
+         is given read access",
+    ),
+    (
         reason::API_ERROR,
         "Ready=False",
         "a Kubernetes API call failed; the message says which",

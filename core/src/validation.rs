@@ -15,9 +15,10 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use crate::api::{
-    ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_ANNOTATION_VALUE_LEN, MAX_LABEL_KEY_LEN,
-    MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES, MAX_PUBLISH, MAX_SLOT_NAME_LEN, MAX_SLOTS,
-    MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget, TokenSlot, is_gateway_key,
+    ApiKeySpec, DNS_LABEL_PATTERN, Encoding, Grant, MAX_ACCESS_ENTRIES, MAX_ACCESS_NAME_LEN,
+    MAX_ANNOTATION_VALUE_LEN, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_METADATA_ENTRIES,
+    MAX_PUBLISH, MAX_SLOT_NAME_LEN, MAX_SLOTS, MAX_SPEC_BYTES, MAX_TEMPLATE_ENTRIES, RestartTarget,
+    TokenSlot, is_gateway_key,
 };
 use crate::duration;
 use crate::grants::{CompiledGrants, MAX_FIELD_ENTRIES, MAX_PATTERN_BYTES, MAX_PATTERNS};
@@ -180,6 +181,7 @@ pub fn validate(spec: &ApiKeySpec) -> Result<ValidSpec, InvalidSpec> {
     errors
         .0
         .extend(crate::personal::owner_errors(spec.owner.as_ref()));
+    validate_access(&mut errors, spec);
 
     if errors.0.is_empty() {
         Ok(ValidSpec {
@@ -767,6 +769,64 @@ fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
                 }
             }
             _ => errors.push(at(""), "set exactly one of envoyGateway and kong"),
+        }
+    }
+}
+
+/// Subjects that stand for everyone of a kind: an access list names who may read a key.
+const EVERYONE: [(&str, &str); 4] = [
+    ("users", "system:anonymous"),
+    ("groups", "system:authenticated"),
+    ("groups", "system:unauthenticated"),
+    ("groups", "system:serviceaccounts"),
+];
+
+/// `spec.access`: bounded lists of names Kubernetes accepts as RBAC subjects, none standing for
+/// everyone.
+fn validate_access(errors: &mut Errors, spec: &ApiKeySpec) {
+    let Some(access) = &spec.access else { return };
+    for (list, names) in [("users", &access.users), ("groups", &access.groups)] {
+        let field = format!("spec.access.{list}");
+        errors.count(&field, names.len(), MAX_ACCESS_ENTRIES);
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            if name.trim() != name || name.chars().any(char::is_control) {
+                errors.push(
+                    &at,
+                    format!("{name:?} has leading or trailing spaces or control characters; write the name as the API server authenticates it"),
+                );
+            } else if EVERYONE.contains(&(list, name.as_str())) {
+                errors.push(
+                    &at,
+                    format!("{name:?} stands for everyone of its kind; name the users, groups or ServiceAccounts who need the key"),
+                );
+            }
+            errors.item(at, name, MAX_ACCESS_NAME_LEN);
+        }
+    }
+    let accounts = &access.service_accounts;
+    errors.count(
+        "spec.access.serviceAccounts",
+        accounts.len(),
+        MAX_ACCESS_ENTRIES,
+    );
+    for (i, account) in accounts.iter().enumerate() {
+        if !is_dns_subdomain(&account.name) {
+            errors.push(
+                format!("spec.access.serviceAccounts[{i}].name"),
+                format!(
+                    "{:?} is not a valid ServiceAccount name (a DNS subdomain)",
+                    account.name
+                ),
+            );
+        }
+        if let Some(namespace) = &account.namespace {
+            check_dns_label(
+                errors,
+                &format!("spec.access.serviceAccounts[{i}].namespace"),
+                namespace,
+                63,
+            );
         }
     }
 }

@@ -76,6 +76,18 @@ fn parse_max_lifetime(value: &str) -> Result<Duration, String> {
     keysmith_core::personal::parse_max_lifetime(value).map_err(|e| e.to_string())
 }
 
+/// `--access-lists`: whether the controller acts on `spec.access`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AccessArgs {
+    /// Act on `spec.access`: keep a Role and a RoleBinding per key that let the listed users,
+    /// groups and ServiceAccounts read its Secrets. Set it only where the chart's admission
+    /// policy is installed (`accessLists.enabled=true`), which lets only those who may read a
+    /// key's Secrets grant reading them. Without it, a key with `spec.access` reports
+    /// `Ready=False`, reason `AccessListsOff`, and nobody is granted anything.
+    #[arg(long)]
+    pub access_lists: bool,
+}
+
 /// `--log-format` and `--metrics-listen`.
 #[derive(Args, Debug, Clone)]
 pub struct TelemetryArgs {

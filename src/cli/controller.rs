@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs};
+use super::args::{AccessArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs};
 use super::serve_components;
 use crate::components::{Components, ControllerPart};
 use crate::{cluster, controller};
@@ -21,6 +21,8 @@ pub struct ControllerArgs {
     leader: LeaderArgs,
     #[command(flatten)]
     personal: PersonalKeyArgs,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
@@ -40,6 +42,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
                     leader,
                     clock: controller::system_clock(),
                     personal_keys: args.personal.policy(),
+                    access_lists: args.access.access_lists,
                 }),
                 verifier: None,
                 scope: args.scope.scope(),

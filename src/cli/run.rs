@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs};
+use super::args::{
+    AccessArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs,
+};
 use super::serve_components;
 use crate::components::{Components, ControllerPart, VerifierPart};
 use crate::{cluster, controller};
@@ -23,6 +25,8 @@ pub struct RunArgs {
     leader: LeaderArgs,
     #[command(flatten)]
     personal: PersonalKeyArgs,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 /// Run `keysmith run`; every failure ends in one line on stderr and a non-zero exit.
@@ -40,6 +44,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 leader,
                 clock: controller::system_clock(),
                 personal_keys: args.personal.policy(),
+                access_lists: args.access.access_lists,
             }),
             verifier: Some(VerifierPart {
                 client,

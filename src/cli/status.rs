@@ -161,6 +161,25 @@ pub fn render(key: &ApiKey) -> String {
         }
         None => {}
     }
+    let readers = status.access.as_ref().map_or_else(
+        || "no access list in effect".to_owned(),
+        |access| {
+            let subjects: Vec<String> = access
+                .subjects
+                .iter()
+                .map(|s| match &s.namespace {
+                    Some(namespace) => format!("{} {namespace}/{}", s.kind, s.name),
+                    None => format!("{} {}", s.kind, s.name),
+                })
+                .collect();
+            format!(
+                "{} (Role and RoleBinding {})",
+                subjects.join(", "),
+                access.role_binding
+            )
+        },
+    );
+    let _ = writeln!(out, "  Readers:       {readers}");
     let _ = writeln!(out, "  Conditions:");
     for c in &status.conditions {
         let _ = write!(out, "    {:<9} {:<5} {}", c.type_, c.status, c.reason);
@@ -240,6 +259,26 @@ mod tests {
         assert!(
             render(&personal).contains("  Personal key of alice (groups: dev-team, on-call)\n")
         );
+        assert!(text.contains("Readers:       no access list in effect"));
+    }
+
+    #[test]
+    fn renders_who_may_read_the_secrets() {
+        let key: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "site", "namespace": "cms"},
+            "spec": {"tokens": [{"name": "delivery"}]},
+            "status": {"access": {
+                "role": "site.keysmith-access", "roleBinding": "site.keysmith-access",
+                "secrets": ["site"],
+                "subjects": [{"kind": "User", "name": "alice"},
+                    {"kind": "ServiceAccount", "name": "deployer", "namespace": "ci"}],
+            }},
+        }))
+        .unwrap();
+        assert!(render(&key).contains(
+            "Readers:       User alice, ServiceAccount ci/deployer (Role and RoleBinding site.keysmith-access)"
+        ));
     }
 
     #[test]

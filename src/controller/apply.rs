@@ -145,14 +145,26 @@ pub async fn published_secret(
 
 /// Delete the Secret if it is still the one observed; an already deleted Secret is fine.
 pub async fn delete_secret(api: &Api<Secret>, deletion: &Deletion) -> kube::Result<()> {
+    delete_if_unchanged(api, &deletion.name, &deletion.observed).await
+}
+
+/// Delete object `name` if it is still the one `observed`; one already gone is fine.
+pub async fn delete_if_unchanged<K>(
+    api: &Api<K>,
+    name: &str,
+    observed: &Precondition,
+) -> kube::Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: deletion.observed.uid.clone(),
-            resource_version: deletion.observed.resource_version.clone(),
+            uid: observed.uid.clone(),
+            resource_version: observed.resource_version.clone(),
         }),
         ..DeleteParams::default()
     };
-    match api.delete(&deletion.name, &params).await {
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e),

@@ -8,6 +8,7 @@
 //! metadata of the Secrets it owns, scoped by the `app.kubernetes.io/managed-by=keysmith` label so
 //! it neither caches nor wakes on every Secret in the cluster.
 
+mod access;
 pub(crate) mod apply;
 mod events;
 pub mod leader;
@@ -24,6 +25,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -92,7 +94,9 @@ pub struct Context {
     events: EventWriter,
     metrics: ControllerMetrics,
     clock: Clock,
-    published: publish::Published,
+    published: publish::KeyObjects,
+    /// With access lists on (`--access-lists`): which keys have a Role or RoleBinding.
+    access: Option<access::Registries>,
     /// Keys (`namespace/name`) whose last reconcile failed, for the retry backoff.
     failures: Mutex<HashMap<String, Backoff>>,
     /// `--personal-keys`, `--personal-key-max-lifetime`.
@@ -103,13 +107,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context reporting events as `instance` (the pod name).
+    /// A context reporting events as `instance` (the pod name); `access_lists`: act on
+    /// `spec.access` (only where the chart's admission policy guards it).
     pub fn new(
         client: Client,
         metrics: ControllerMetrics,
         clock: Clock,
         instance: Option<String>,
         personal_keys: PersonalKeyPolicy,
+        access_lists: bool,
     ) -> Arc<Context> {
         // Reconciles free what they allocate at once; without this a fleet's start-up keeps
         // tens of MiB of it resident (the process's memory, so set where the controller starts).
@@ -119,7 +125,11 @@ impl Context {
             client,
             metrics,
             clock,
-            published: publish::Published::default(),
+            published: publish::KeyObjects::published(),
+            access: access_lists.then(|| access::Registries {
+                roles: publish::KeyObjects::labelled(),
+                bindings: publish::KeyObjects::labelled(),
+            }),
             failures: Mutex::default(),
             personal_keys,
             keys: Mutex::default(),
@@ -200,13 +210,13 @@ pub async fn run(
     *ctx.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
     let (revoke, revocations) = mpsc::unbounded();
     let unreadable = ctx.metrics.unreadable.clone();
-    let keys = apikeys::watch(client, scope)
+    let keys = apikeys::watch(client.clone(), scope)
         .default_backoff()
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
         .modify(prune_apikey_for_cache)
         .reflect(writer)
         .touched_objects();
-    let secrets = watcher(secrets, secrets_config)
+    let secrets = watcher(secrets, secrets_config.clone())
         .default_backoff()
         .modify(prune_for_cache)
         .inspect_ok({
@@ -217,6 +227,16 @@ pub async fn run(
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
+    if ctx.access.is_some() {
+        // A Role or RoleBinding edited or deleted by someone else brings its key back.
+        let roles: Api<PartialObjectMeta<Role>> = scope.api(client.clone());
+        let bindings: Api<PartialObjectMeta<RoleBinding>> = scope.api(client.clone());
+        controller = controller
+            .owns_stream(watch_owned(roles, &secrets_config, &ctx, |a| &a.roles))
+            .owns_stream(watch_owned(bindings, &secrets_config, &ctx, |a| {
+                &a.bindings
+            }));
+    }
     if let Some(resync) = resync {
         controller = controller.reconcile_all_on(resync);
     }
@@ -245,6 +265,25 @@ pub async fn run(
     // Revocations end with the controller (a new leader's list brings pending ones back).
     futures::future::select(Box::pin(running), revoking).await;
     info!("controller stopped");
+}
+
+/// The metadata of Keysmith's objects of one kind, each event counted into the registry of
+/// access objects that `registry` picks.
+fn watch_owned<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+    ctx: &Arc<Context>,
+    registry: fn(&access::Registries) -> &publish::KeyObjects,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let ctx = ctx.clone();
+    watcher(api, config.clone())
+        .default_backoff()
+        .modify(prune_for_cache)
+        .inspect_ok(move |event| ctx.access.iter().for_each(|a| registry(a).observe(event)))
+        .touched_objects()
 }
 
 /// A watch event as the cache takes it: an unreadable key leaves the cache (only its name is
@@ -502,6 +541,10 @@ impl Context {
         let first_of_owner = owner
             .zip(same_namespace.as_ref())
             .and_then(|(o, keys)| personal::first_of_owner(keys.iter().map(|k| &**k), &o.username));
+        let (role, binding) = match &self.access {
+            Some(registries) => access::observe(&self.client, registries, key).await?,
+            None => (None, None),
+        };
         let observed = planner::Observed {
             key,
             secret: secret.as_ref(),
@@ -511,6 +554,11 @@ impl Context {
                 accepted: self.personal_keys.accepted,
                 max_lifetime: self.personal_keys.max_lifetime,
                 first_of_owner,
+            },
+            access: planner::access::Observed {
+                enabled: self.access.is_some(),
+                role: role.as_ref(),
+                binding: binding.as_ref(),
             },
         };
         let plan = planner::plan(&observed, (self.clock)(), &mut planner::mint_token)?;
@@ -528,6 +576,16 @@ impl Context {
         };
         if written.is_ok() {
             written = self.write(key, &secrets, &plan).await;
+        }
+        if written.is_ok() {
+            written = access::write(
+                &self.client,
+                key,
+                &plan.access,
+                role.as_ref(),
+                binding.as_ref(),
+            )
+            .await;
         }
         if written.is_ok() {
             let publication = plan.publication.clone();
@@ -671,6 +729,18 @@ impl Context {
             return Ok(Action::await_change());
         };
         let key = &key;
+        if let Some(registries) = &self.access {
+            // Kubernetes' garbage collector would delete them too, but only after the key is
+            // gone: a new key of the same name would meanwhile find them not its own.
+            let (role, binding) = access::observe(&self.client, registries, key).await?;
+            let observed = planner::access::Observed {
+                enabled: true,
+                role: role.as_ref(),
+                binding: binding.as_ref(),
+            };
+            let revoked = planner::access::plan(key, &[], &observed);
+            access::write(&self.client, key, &revoked, None, None).await?;
+        }
         let unpublished = publish::unpublish(&self.client, key).await?;
         if !unpublished.is_empty() {
             info!(secrets = ?unpublished, "published Secrets deleted");

@@ -36,15 +36,19 @@ fn kong_consumers(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// Which ApiKeys have published Secrets, kept from the controller's watch of its own Secrets'
-/// metadata. A key that publishes nothing and has nothing published then costs no list of its
-/// published Secrets per reconcile (10,000 reads per resync at 10,000 keys). The watch may lag a
-/// write: a Secret it has not reported yet is reported later, and its event reconciles the
-/// owning key again, which then lists and cleans up.
-#[derive(Default)]
-pub struct Published(Mutex<Registry>);
+/// Which ApiKeys have objects of a kind (published Secrets; with access lists, Roles and
+/// RoleBindings), kept from the controller's watch of that kind's metadata. A key that publishes
+/// nothing and has nothing published then costs no list of its published Secrets per reconcile
+/// (10,000 reads per resync at 10,000 keys). The watch may lag a write: an object it has not
+/// reported yet is reported later, and its event reconciles the owning key again, which then
+/// reads and cleans up.
+pub struct KeyObjects {
+    registry: Mutex<Registry>,
+    /// The (namespace, ApiKey) an object belongs to; `None` for objects not counted.
+    of: fn(&kube::api::ObjectMeta) -> Option<(String, String)>,
+}
 
-/// Published Secret names by (namespace, ApiKey). During a relist the entries listed so far
+/// Object names by (namespace, ApiKey). During a relist the entries listed so far
 /// build `relisted`, which replaces `current` when the list ends: Secrets deleted while the watch
 /// was down are forgotten then, and until then `current` keeps every name it had.
 #[derive(Default)]
@@ -61,6 +65,12 @@ fn publisher(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
     Some((meta.namespace.clone().unwrap_or_default(), key.clone()))
 }
 
+/// The (namespace, ApiKey) of an object labelled with an ApiKey's name.
+fn labelled(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
+    let key = meta.labels.as_ref()?.get(APIKEY_LABEL)?;
+    Some((meta.namespace.clone().unwrap_or_default(), key.clone()))
+}
+
 fn insert(
     map: &mut HashMap<(String, String), BTreeSet<String>>,
     key: (String, String),
@@ -69,16 +79,33 @@ fn insert(
     map.entry(key).or_default().insert(name);
 }
 
-impl Published {
-    /// Take one event of the watch of Keysmith's Secrets.
+impl KeyObjects {
+    /// The keys' published Secrets, from the watch of Keysmith's Secrets.
+    pub fn published() -> KeyObjects {
+        KeyObjects {
+            registry: Mutex::default(),
+            of: publisher,
+        }
+    }
+
+    /// Every object labelled with a key's name, from a watch of Keysmith's objects of a kind.
+    pub fn labelled() -> KeyObjects {
+        KeyObjects {
+            registry: Mutex::default(),
+            of: labelled,
+        }
+    }
+
+    /// Take one event of the watch.
     pub fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
-        let mut registry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let of = self.of;
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let Registry { current, relisted } = &mut *registry;
         match event {
             watcher::Event::Init => *relisted = Some(HashMap::new()),
             watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
                 let meta = object.meta();
-                if let (Some(key), Some(name)) = (publisher(meta), meta.name.clone()) {
+                if let (Some(key), Some(name)) = (of(meta), meta.name.clone()) {
                     if let (watcher::Event::InitApply(_), Some(relisted)) =
                         (event, relisted.as_mut())
                     {
@@ -89,7 +116,7 @@ impl Published {
             }
             watcher::Event::Delete(object) => {
                 let meta = object.meta();
-                if let (Some(key), Some(name)) = (publisher(meta), meta.name.as_ref()) {
+                if let (Some(key), Some(name)) = (of(meta), meta.name.as_ref()) {
                     for map in std::iter::once(&mut *current).chain(relisted.as_mut()) {
                         if let Some(names) = map.get_mut(&key) {
                             names.remove(name);
@@ -108,10 +135,10 @@ impl Published {
         }
     }
 
-    /// Whether the watch has reported a published Secret of `key` that still exists.
-    fn any(&self, key: &ApiKey) -> bool {
+    /// Whether the watch has reported an object of `key` that still exists.
+    pub(super) fn any(&self, key: &ApiKey) -> bool {
         let id = (key.namespace().unwrap_or_default(), key.name_any());
-        let registry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         registry.current.contains_key(&id)
     }
 }
@@ -121,7 +148,7 @@ impl Published {
 /// Keysmith's Secrets knows, has nothing published.
 pub async fn observe(
     secrets: &Api<Secret>,
-    registry: &Published,
+    registry: &KeyObjects,
     key: &ApiKey,
 ) -> Result<Vec<Secret>, Error> {
     if key.spec.publish.is_empty() && !registry.any(key) {
@@ -315,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_registry_follows_published_secrets_only() {
-        let registry = Published::default();
+        let registry = KeyObjects::published();
         let (site, other) = (key("cms", "site"), key("shop", "site"));
         registry.observe(&watcher::Event::Apply(secret("cms", "site", "site", false)));
         assert!(
@@ -345,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_relist_forgets_what_was_deleted_while_the_watch_was_down_only_when_it_ends() {
-        let registry = Published::default();
+        let registry = KeyObjects::published();
         let (site, shop) = (key("cms", "site"), key("cms", "shop"));
         registry.observe(&watcher::Event::Apply(secret(
             "cms",

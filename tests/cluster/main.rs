@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod access_lists;
 mod admission_policy;
 mod controller_cli;
 mod controller_leader;

@@ -328,6 +328,22 @@ fn controller_rules_are_least_privilege() {
             &["get", "patch"]
         )])
     );
+    // Only with accessLists.enabled: each key's Role and RoleBinding, no bind or escalate.
+    assert_eq!(
+        rules("charts/keysmith/files/controller-access-rules.yaml"),
+        expect(&[
+            (
+                "rbac.authorization.k8s.io",
+                "roles",
+                &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+            (
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+        ])
+    );
     assert_eq!(
         rules("charts/keysmith/files/controller-leader-election-rules.yaml"),
         expect(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])

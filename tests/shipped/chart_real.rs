@@ -282,12 +282,21 @@ fn used(cluster: &Cluster, account: &str) -> (BTreeSet<Permission>, Vec<String>)
 
 /// `kubectl auth can-i` as the release's ServiceAccount `account`, against the real server.
 fn can_i(admin: &Path, account: &str, question: &[&str]) -> bool {
+    can_i_as(
+        admin,
+        &format!("system:serviceaccount:{NAMESPACE}:{account}"),
+        question,
+    )
+}
+
+/// `kubectl auth can-i` as user `user`, against the real server.
+fn can_i_as(admin: &Path, user: &str, question: &[&str]) -> bool {
     let output = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(admin)
         .args(["auth", "can-i"])
         .args(question)
-        .arg(format!("--as=system:serviceaccount:{NAMESPACE}:{account}"))
+        .arg(format!("--as={user}"))
         .output()
         .expect("kubectl runs");
     // Exit status 1 means "no" as well as failure, so the answer is read from the output.
@@ -295,7 +304,7 @@ fn can_i(admin: &Path, account: &str, question: &[&str]) -> bool {
         "yes" => true,
         "no" => false,
         other => panic!(
-            "kubectl auth can-i {question:?} as {account}: {other} {}",
+            "kubectl auth can-i {question:?} as {user}: {other} {}",
             String::from_utf8_lossy(&output.stderr)
         ),
     }
@@ -353,6 +362,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         leader: LeaderConfig::new(NAMESPACE, format!("{account}-0")),
         clock: controller::system_clock(),
         personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
+        access_lists: false,
     }
 }
 
@@ -1767,4 +1777,328 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
             .expect("joins")
             .expect("the process stops cleanly");
     }
+}
+
+/// Who may create and edit ApiKeys in [`APPS`]: `editor` cannot read Secrets there, `owner` can,
+/// `partial` only the Secrets `wide` and `wide-envoy-gateway`.
+const ACCESS_USERS: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: apikeys-edit, namespace: apps}
+rules:
+  - {apiGroups: [keysmith.dev], resources: [apikeys], verbs: [get, list, watch, create, update, patch, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: secrets-read, namespace: apps}
+rules:
+  - {apiGroups: [""], resources: [secrets], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: apikeys-edit, namespace: apps}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikeys-edit}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: editor}
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: owner}
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: partial}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: wide-read, namespace: apps}
+rules:
+  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: wide-read, namespace: apps}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: wide-read}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: partial}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: secrets-read, namespace: apps}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: secrets-read}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: owner}
+"#;
+
+/// An ApiKey of [`APPS`] named `name` whose access list names `users` (none: no list).
+fn access_key(name: &str, users: Option<&[&str]>) -> Value {
+    let mut key = json!({
+        "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": name, "namespace": APPS},
+        "spec": {"tokens": [{"name": "delivery"}]},
+    });
+    if let Some(users) = users {
+        key["spec"]["access"] = json!({"users": users});
+    }
+    key
+}
+
+/// Server-side apply `key` as `user`.
+async fn apply_as(cluster: &Cluster, user: &str, key: &Value) -> Result<(), kube::Error> {
+    apply_as_with(cluster, user, key, false).await
+}
+
+/// [`apply_as`], only through admission when `dry_run`.
+async fn apply_as_with(
+    cluster: &Cluster,
+    user: &str,
+    key: &Value,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    let client = cluster
+        .client_as(&Identity::user(user, &[]))
+        .await
+        .expect("a client");
+    let name = str_at(key, "/metadata/name");
+    let mut params = PatchParams::apply(user);
+    params.dry_run = dry_run;
+    Api::<ApiKey>::namespaced(client, APPS)
+        .patch(name, &params, &Patch::Apply(key))
+        .await
+        .map(drop)
+}
+
+/// Whether `user` may read Secret `name` of [`APPS`]: a real read.
+async fn reads_secret(cluster: &Cluster, user: &str, name: &str) -> bool {
+    let client = cluster
+        .client_as(&Identity::user(user, &[]))
+        .await
+        .expect("a client");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, APPS);
+    match secrets.get(name).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 403 => false,
+        Err(e) => panic!("reading Secret {name} as {user}: {e}"),
+    }
+}
+
+/// Issue 28, access lists, on the real API server with the chart's admission policy and the
+/// controller under its rendered rights: a user who may edit ApiKeys but not read Secrets cannot
+/// set an access list (nor add themselves to one); a listed user reads the key's Secret and
+/// nobody else does; removing a name removes the access; an edited Role is put back; deleting
+/// the key deletes the Role and RoleBinding. The controller is denied nothing and uses every
+/// right the access rules add, and holds no `bind` or `escalate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Install {
+        cluster,
+        objects,
+        admin,
+    } = install(&["accessLists.enabled=true"], dir.path()).await;
+    let controller_sa = service_account_of(&objects, "controller");
+    let deployment = of_kind(&objects, "Deployment")
+        .find(|d| d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "controller")
+        .expect("the controller's Deployment");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    let access_lists = args
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == "--access-lists"));
+    assert!(access_lists, "the chart sets --access-lists: {args}");
+    cluster.apply_yaml(ACCESS_USERS).await.expect("users");
+    let process = process(
+        Some(ControllerPart {
+            access_lists,
+            ..controller_part(&cluster, controller_sa).await
+        }),
+        None,
+    )
+    .await;
+    let (stop, shutdown) = Shutdown::new();
+    components::preflight(&process)
+        .await
+        .expect("the rendered RBAC suffices to start");
+    let running = tokio::spawn(components::serve(process, shutdown));
+
+    // No escalation: the editor may write ApiKeys, but not grant reading their Secrets. The API
+    // server loads a new policy in the background: a dry run (admission runs, nothing is
+    // stored) shows when it is in force.
+    let escalation = access_key("shared", Some(&["editor"]));
+    eventually("the access-list policy to be in force", || async {
+        apply_as_with(&cluster, "editor", &escalation, true)
+            .await
+            .is_err_and(|e| e.to_string().contains("spec.access"))
+            .then_some(())
+    })
+    .await;
+    let refused = apply_as(&cluster, "editor", &escalation)
+        .await
+        .expect_err("the policy refuses an access list from someone who cannot read the Secret");
+    assert!(
+        refused
+            .to_string()
+            .contains("spec.access: only someone who may get Secret shared"),
+        "{refused}"
+    );
+    apply_as(&cluster, "editor", &access_key("plain", None))
+        .await
+        .expect("the editor may create a key without an access list");
+
+    apply_as(
+        &cluster,
+        "owner",
+        &access_key("shared", Some(&["alice", "carol"])),
+    )
+    .await
+    .expect("the owner reads the Secret, so may grant reading it");
+    let role = "shared.keysmith-access";
+    eventually("alice to read the Secret", || async {
+        reads_secret(&cluster, "alice", "shared")
+            .await
+            .then_some(())
+    })
+    .await;
+    eventually("status.access to name alice", || async {
+        let key = cluster
+            .get("keysmith.dev/v1alpha1", "ApiKey", APPS, "shared")
+            .await?;
+        let access = &key["status"]["access"];
+        (access["role"] == role && access["subjects"][0]["name"] == "alice").then_some(())
+    })
+    .await;
+    assert!(!reads_secret(&cluster, "bob", "shared").await);
+    assert!(
+        !reads_secret(&cluster, "alice", "plain").await,
+        "only the key's Secrets"
+    );
+    let secret = ["get", "secret/shared", "-n", APPS];
+    assert!(can_i_as(&admin, "alice", &secret));
+    assert!(!can_i_as(&admin, "bob", &secret));
+    assert!(!can_i_as(
+        &admin,
+        "alice",
+        &["get", "secret/plain", "-n", APPS]
+    ));
+    assert!(!can_i_as(&admin, "alice", &["list", "secrets", "-n", APPS]));
+
+    // Nor may the editor add a name (themselves) to the owner's list.
+    let refused = apply_as(
+        &cluster,
+        "editor",
+        &access_key("shared", Some(&["alice", "carol", "editor"])),
+    )
+    .await
+    .expect_err("the editor cannot add to a list");
+    assert!(refused.to_string().contains("spec.access"), "{refused}");
+
+    // The published Secrets are asked for too (Kong's, many, as every Secret of the namespace),
+    // within the API server's CEL budget for the largest key (8 slots, both gateways).
+    let mut wide = access_key("wide", Some(&["alice"]));
+    wide["spec"]["tokens"] = (1..=8).map(|i| json!({"name": format!("s{i}")})).collect();
+    wide["spec"]["publish"] = json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}]);
+    // Dry runs: admission decides, and no key publishing to a Kong this cluster lacks is stored.
+    let refused = apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect_err("a reader of the key's own Secrets only may not grant the Kong credentials");
+    assert!(
+        refused
+            .to_string()
+            .contains("only someone who may get every Secret of the namespace"),
+        "{refused}"
+    );
+    apply_as_with(&cluster, "owner", &wide, true)
+        .await
+        .expect("the owner reads every Secret of the namespace");
+
+    // Removing a name removes the access.
+    apply_as(&cluster, "owner", &access_key("shared", Some(&["carol"])))
+        .await
+        .expect("the owner edits the list");
+    eventually("alice to lose the Secret", || async {
+        (!reads_secret(&cluster, "alice", "shared").await).then_some(())
+    })
+    .await;
+    assert!(reads_secret(&cluster, "carol", "shared").await);
+    assert!(!can_i_as(&admin, "alice", &secret));
+    assert!(can_i_as(&admin, "carol", &secret));
+
+    // A hand edit of the Role is put back.
+    cluster
+        .apply_object(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": role, "namespace": APPS},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}],
+        }))
+        .await
+        .expect("an edit of the Role");
+    eventually("the Role to be put back", || async {
+        let stored = cluster
+            .get("rbac.authorization.k8s.io/v1", "Role", APPS, role)
+            .await?;
+        let rule = &stored["rules"][0];
+        (rule["verbs"] == json!(["get"]) && rule["resourceNames"] == json!(["shared"]))
+            .then_some(())
+    })
+    .await;
+
+    // Deleting the key deletes the Role and the RoleBinding.
+    Api::<ApiKey>::namespaced(cluster.client().await.expect("admin client"), APPS)
+        .delete("shared", &Default::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the key, its Role and its RoleBinding to be gone",
+        || async {
+            let rbac = "rbac.authorization.k8s.io/v1";
+            let stored = cluster.get(rbac, "Role", APPS, role).await;
+            let binding = cluster.get(rbac, "RoleBinding", APPS, role).await;
+            let key = cluster
+                .get("keysmith.dev/v1alpha1", "ApiKey", APPS, "shared")
+                .await;
+            (stored.is_none() && binding.is_none() && key.is_none()).then_some(())
+        },
+    )
+    .await;
+    stop.trigger();
+    running
+        .await
+        .expect("joins")
+        .expect("the process stops cleanly");
+
+    let (ok, denied) = used(&cluster, controller_sa);
+    assert!(denied.is_empty(), "the controller was denied: {denied:#?}");
+    let access_rules: Value = serde_saphyr::from_str(include_str!(
+        "../../charts/keysmith/files/controller-access-rules.yaml"
+    ))
+    .expect("rules parse");
+    let unused: Vec<_> = rbac::granted(&access_rules)
+        .difference(&ok)
+        .cloned()
+        .collect();
+    assert!(unused.is_empty(), "access rules never used: {unused:#?}");
+    // Granting `get` on a Secret takes holding it, not `bind` or `escalate`.
+    assert_can_i(
+        &admin,
+        &[
+            (
+                controller_sa,
+                &[
+                    "create",
+                    "rolebindings.rbac.authorization.k8s.io",
+                    "-n",
+                    APPS,
+                ],
+                true,
+            ),
+            (
+                controller_sa,
+                &["bind", "roles.rbac.authorization.k8s.io", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["escalate", "roles.rbac.authorization.k8s.io", "-n", APPS],
+                false,
+            ),
+            (
+                controller_sa,
+                &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+                false,
+            ),
+        ],
+    );
 }

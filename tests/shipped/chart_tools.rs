@@ -2388,3 +2388,70 @@ fn personal_keys_come_with_their_policies_or_not_at_all() {
         assert!(stderr.contains("personalKeys.enabled"), "{stderr}");
     }
 }
+
+/// Issue 28: access lists are one opt-in, `accessLists.enabled`: the controller's flag, its rights
+/// on roles and rolebindings, and the admission policy that keeps it from being an escalation
+/// come together or not at all, in every mode and scope; the verifier gets none of it.
+#[test]
+fn access_lists_render_the_flag_the_rules_and_the_policy_together() {
+    let cases: [(&[&str], bool); 4] = [
+        (&[], false),
+        (&["accessLists.enabled=true"], true),
+        (&["accessLists.enabled=true", "mode=combined"], true),
+        (&["accessLists.enabled=true", "watchNamespace=apps"], true),
+    ];
+    for (sets, on) in cases {
+        let text = helm_template(POLICY_KUBE_VERSION, sets.iter().flat_map(|s| ["--set", *s]));
+        let objects: Vec<Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+        let policy = objects.iter().any(|o| {
+            o["kind"] == "ValidatingAdmissionPolicy"
+                && o["metadata"]["name"] == "keysmith-access-lists"
+        });
+        let binding = objects.iter().any(|o| {
+            o["kind"] == "ValidatingAdmissionPolicyBinding"
+                && o["spec"]["policyName"] == "keysmith-access-lists"
+        });
+        assert_eq!((policy, binding), (on, on), "{sets:?}: the policy");
+        for deployment in of_kind(&objects, "Deployment") {
+            let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+            let runs_controller = args[0] != "verifier";
+            let flagged = args
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "--access-lists"));
+            assert_eq!(flagged, on && runs_controller, "{sets:?}: {args}");
+        }
+        let rbac_rules = objects
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+            .filter(|o| {
+                o["rules"].as_array().is_some_and(|rules| {
+                    rules.iter().any(|r| {
+                        r["apiGroups"]
+                            .as_array()
+                            .is_some_and(|g| g.iter().any(|g| g == "rbac.authorization.k8s.io"))
+                    })
+                })
+            })
+            .map(|o| str_at(o, "/metadata/name"))
+            .collect::<Vec<_>>();
+        let expected: &[&str] = if on { &["keysmith-controller"] } else { &[] };
+        assert_eq!(rbac_rules, expected, "{sets:?}: who may write roles");
+    }
+    // Below Kubernetes 1.30 the policy cannot exist: the render fails rather than go unguarded.
+    let output = Command::new(binary("helm"))
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--kube-version", "v1.29.0"])
+        .args([
+            "--set",
+            "mode=combined",
+            "--set",
+            "accessLists.enabled=true",
+        ])
+        .output()
+        .expect("helm");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rendered below 1.30");
+    for says in ["accessLists.enabled", "Kubernetes 1.30", "--kube-version"] {
+        assert!(stderr.contains(says), "{says}? {stderr}");
+    }
+}

@@ -285,6 +285,10 @@ spec:
             - --personal-keys
             - {{ printf "--personal-key-max-lifetime=%s" $root.Values.personalKeys.maxLifetime | quote }}
             {{- end }}
+            {{- /* Only beside the admission policy that guards spec.access (access-list-policy.yaml). */}}
+            {{- if $root.Values.accessLists.enabled }}
+            - --access-lists
+            {{- end }}
             {{- end }}
             {{- /* Only what serves the verifier API sees client addresses. */}}
             {{- if .api }}

@@ -179,6 +179,7 @@ fn plan_at(key: &ApiKey, personal: PersonalKeys<'_>) -> crate::planner::Plan {
         header_secrets: &HeaderSecrets::new(),
         published: &[],
         personal,
+        access: Default::default(),
     };
     let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
     plan(&observed, now, &mut mint_token).unwrap()

@@ -36,6 +36,10 @@ pub mod reason {
     pub const PERSONAL_KEYS_DISABLED: &str = "PersonalKeysDisabled";
     /// A Secret or key that `requiredHeaders[].valueFrom` names does not exist.
     pub const HEADER_SECRET_MISSING: &str = "HeaderSecretMissing";
+    /// `spec.access`: the Role or RoleBinding name is taken by an object the key does not own.
+    pub const ACCESS_CONFLICT: &str = "AccessConflict";
+    /// `spec.access` is set and the controller runs without `--access-lists`.
+    pub const ACCESS_LISTS_OFF: &str = "AccessListsOff";
     /// A Kubernetes API call failed (set by the shell, not the planner).
     pub const API_ERROR: &str = "ApiError";
     /// Reason of a True `Expiring` condition.

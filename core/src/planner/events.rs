@@ -1,6 +1,7 @@
 //! The Events a plan publishes on the ApiKey: one per kind of token change, a warning when a
 //! rotation ends a replaced token's window early, a warning when `Expiring` or `Expired` turns
-//! true, and a note when a rotation waits for a disabled key.
+//! true, a warning when an access list cannot be put in effect, and a note when a rotation waits
+//! for a disabled key.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -8,7 +9,7 @@ use crate::api::MAX_EARLIER;
 use crate::validation::ValidSlot;
 
 use super::Planner;
-use super::conditions::{self, DISABLED, EXPIRED, EXPIRING};
+use super::conditions::{self, DISABLED, EXPIRED, EXPIRING, READY, reason};
 use super::readiness::DISABLED_MESSAGE;
 use super::slot::{SlotAction, SlotOutcome};
 
@@ -109,8 +110,23 @@ impl Planner<'_> {
 
     /// `Expiring` and `Expired` events, on the transition to True only; `RotationPending` when
     /// the `Disabled` message starts or changes to name a rotation that waits for the key to be
-    /// enabled, so the request is acknowledged where `kubectl describe` shows events.
+    /// enabled, so the request is acknowledged where `kubectl describe` shows events;
+    /// `AccessConflict` and `AccessListsOff` when `Ready` starts or changes to say so.
     pub(super) fn condition_events(&self, desired: &[Condition]) -> Vec<PlannedEvent> {
+        let access = conditions::find(desired, READY)
+            .filter(|c| c.status == "False")
+            .and_then(|c| {
+                let why = [reason::ACCESS_CONFLICT, reason::ACCESS_LISTS_OFF]
+                    .into_iter()
+                    .find(|r| c.reason == *r)?;
+                let was = conditions::find(&self.observed.conditions, READY);
+                let new = was.is_none_or(|o| o.reason != c.reason || o.message != c.message);
+                new.then(|| PlannedEvent {
+                    type_: EventKind::Warning,
+                    reason: why,
+                    note: c.message.clone(),
+                })
+            });
         let pending = conditions::find(desired, DISABLED)
             .filter(|c| c.status == "True" && c.message != DISABLED_MESSAGE)
             .filter(|c| {
@@ -136,6 +152,7 @@ impl Planner<'_> {
                     .unwrap_or_default(),
             })
             .chain(pending)
+            .chain(access)
             .collect()
     }
 }

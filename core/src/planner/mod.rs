@@ -14,6 +14,7 @@
 //! `events`, `requeue`, with [`conditions`] (how conditions carry over), [`headers`]
 //! (Secret-sourced required headers) and `timing` (jitter, cadences, warning windows).
 
+pub mod access;
 pub mod conditions;
 pub mod headers;
 pub mod publish;
@@ -63,6 +64,8 @@ pub struct Observed<'a> {
     pub published: &'a [Secret],
     /// The platform's rules for personal keys, and the owner's other keys.
     pub personal: PersonalKeys<'a>,
+    /// The key's Role and RoleBinding, and whether access lists are on (see [`access`]).
+    pub access: access::Observed<'a>,
 }
 
 /// What planning a personal key needs besides the key (ignored for other keys).
@@ -100,6 +103,8 @@ pub struct Plan {
     pub restarts: Vec<Restart>,
     /// The Secrets published for gateways and the KongConsumer lists, written after the restarts.
     pub publication: publish::Publication,
+    /// The Role and RoleBinding of `spec.access`, written after the restarts.
+    pub access: access::AccessPlan,
     /// Events to publish after the writes.
     pub events: Vec<PlannedEvent>,
     /// When to look again; `None`: only when something changes.
@@ -117,6 +122,7 @@ impl Plan {
         self.status.is_none()
             && self.secret.is_none()
             && self.restarts.is_empty()
+            && self.access.is_quiet()
             && self.publication.is_quiet()
     }
 }
@@ -128,7 +134,12 @@ pub fn plan(
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
-    let mut plan = plan_key(observed, now, mint)?;
+    let readers = readers(observed.key);
+    let access = access::Access {
+        granted: access::plan(observed.key, &readers, &observed.access),
+        withdrawn: access::withdraw(observed.key, &readers, &observed.access),
+    };
+    let mut plan = plan_key(observed, access, now, mint)?;
     plan.publication = publish::publication(
         observed.key,
         &plan,
@@ -139,9 +150,11 @@ pub fn plan(
     Ok(plan)
 }
 
-/// The plan of the key's own writes: status, Secret, restarts, events.
+/// The plan of the key's own writes: status, Secret, restarts, access, events. A key that must
+/// not touch its Secret only takes readers away (`access.withdrawn`).
 fn plan_key(
     observed_input: &Observed<'_>,
+    access: access::Access,
     now: Timestamp,
     mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
 ) -> Result<Plan, GenerateError> {
@@ -165,6 +178,7 @@ fn plan_key(
                 message,
                 now,
                 None,
+                access.withdrawn,
             ));
         }
     };
@@ -175,7 +189,15 @@ fn plan_key(
                  without the admission policies that check owners, anyone could name anyone; \
                  the platform team enables them with the chart's personalKeys.enabled";
             let reason = reason::PERSONAL_KEYS_DISABLED;
-            return Ok(blocked(key, &observed, reason, message.into(), now, None));
+            return Ok(blocked(
+                key,
+                &observed,
+                reason,
+                message.into(),
+                now,
+                None,
+                access.withdrawn,
+            ));
         }
         if let Some(first) = personal_keys.first_of_owner.filter(|first| *first != name) {
             let message = format!(
@@ -184,16 +206,53 @@ fn plan_key(
                 owner.username
             );
             let (reason, recheck) = (reason::DUPLICATE_PERSONAL_KEY, personal::DUPLICATE_RECHECK);
-            return Ok(blocked(key, &observed, reason, message, now, Some(recheck)));
+            return Ok(blocked(
+                key,
+                &observed,
+                reason,
+                message,
+                now,
+                Some(recheck),
+                access.withdrawn,
+            ));
         }
         personal::cap_lifetimes(&mut valid, personal_keys.max_lifetime);
     }
     if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
         let (reason, requeue) = (reason::SECRET_CONFLICT, Some(CONFLICT_REQUEUE));
-        return Ok(blocked(key, &observed, reason, message, now, requeue));
+        return Ok(blocked(
+            key,
+            &observed,
+            reason,
+            message,
+            now,
+            requeue,
+            access.withdrawn,
+        ));
     }
     let headers = headers::resolve(&key.spec, name, header_secrets);
-    Planner::new(key, &valid, &observed, secret, now).run(&headers, mint)
+    Planner::new(key, &valid, &observed, secret, now).run(&headers, access.granted, mint)
+}
+
+/// Who may read `key`'s Secrets: the subjects its Role and RoleBinding grant (see [`access`]):
+/// a personal key's owner first, then `spec.access`.
+pub fn readers(key: &ApiKey) -> Vec<crate::api::AccessSubject> {
+    let mut readers: Vec<crate::api::AccessSubject> = key
+        .spec
+        .owner
+        .iter()
+        .map(|owner| crate::api::AccessSubject {
+            kind: access::USER.to_owned(),
+            name: owner.username.clone(),
+            namespace: None,
+        })
+        .collect();
+    for listed in access::listed(key) {
+        if !readers.contains(&listed) {
+            readers.push(listed);
+        }
+    }
+    readers
 }
 
 /// Mint a token for a slot from the OS CSPRNG.
@@ -202,8 +261,9 @@ pub fn mint_token(slot: &ValidSlot) -> Result<Token, GenerateError> {
 }
 
 /// The plan of a key that must not touch its Secret (invalid spec, Secret conflict, a second
-/// personal key of one owner): only the
-/// `Ready` condition changes, tokens and the other conditions stay as observed.
+/// personal key of one owner): only the `Ready` condition changes, tokens and the other
+/// conditions stay as observed, and readers the spec no longer lists lose their access
+/// (`withdrawn`), as that only takes access away.
 fn blocked(
     key: &ApiKey,
     observed: &ApiKeyStatus,
@@ -211,11 +271,13 @@ fn blocked(
     message: String,
     now: Timestamp,
     requeue_after: Option<Duration>,
+    withdrawn: access::AccessPlan,
 ) -> Plan {
     let ready = Desired::new(READY, false, reason, message);
     let generation = key.metadata.generation;
     let mut desired = observed.clone();
     desired.observed_generation = generation;
+    desired.access = withdrawn.status.clone();
     let mut merged = conditions::merge(
         &observed.conditions,
         std::slice::from_ref(&ready),
@@ -241,6 +303,7 @@ fn blocked(
         status: (desired != *observed).then_some(desired),
         secret: None,
         restarts: Vec::new(),
+        access: withdrawn,
         publication: publish::Publication::default(),
         events,
         requeue_after,
@@ -291,6 +354,7 @@ impl<'a> Planner<'a> {
     fn run(
         self,
         headers: &Resolved,
+        access: access::AccessPlan,
         mint: &mut dyn FnMut(&ValidSlot) -> Result<Token, GenerateError>,
     ) -> Result<Plan, GenerateError> {
         let mut outcomes = Vec::new();
@@ -317,7 +381,8 @@ impl<'a> Planner<'a> {
             Vec::new()
         };
 
-        let desired_conditions = self.conditions(&tokens, minted, rotated, &headers.missing);
+        let desired_conditions =
+            self.conditions(&tokens, minted, rotated, &headers.missing, &access);
         let generation = self.key.metadata.generation;
         let conditions = conditions::merge(
             &self.observed.conditions,
@@ -335,6 +400,7 @@ impl<'a> Planner<'a> {
             required_headers: headers.hashes.clone(),
             served_generation: generation,
             served_policy: Some(served::policy_of(&self.key.spec)),
+            access: access.status.clone(),
         };
 
         let mut events = self.leak_events();
@@ -348,6 +414,7 @@ impl<'a> Planner<'a> {
             status: (desired != *self.observed).then_some(desired),
             secret,
             restarts,
+            access,
             publication: publish::Publication::default(),
             events,
             requeue_after: Some(requeue_after),

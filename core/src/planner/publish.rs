@@ -39,7 +39,7 @@ pub const KONG_KEY_FIELD: &str = "key";
 /// token during its overlap window; the ones in `earlier` add `-2`, `-3`, `-4`.
 pub const PREVIOUS_SUFFIX: &str = "previous";
 /// Longest object name Kubernetes accepts.
-const MAX_NAME_LEN: usize = 253;
+pub(super) const MAX_NAME_LEN: usize = 253;
 
 /// What publishing a key's tokens writes.
 #[derive(Debug, Clone, Default)]
@@ -152,6 +152,15 @@ pub fn envoy_client_id(namespace: &str, apikey: &str, slot: &str, suffix: Option
     match suffix {
         None => format!("{namespace}.{apikey}.{slot}"),
         Some(suffix) => format!("{namespace}.{apikey}.{slot}_{suffix}"),
+    }
+}
+
+/// The suffix of a slot's replaced token by its place: `previous` for `status.tokens[].previous`,
+/// then `previous-2` for `earlier[0]`, and so on.
+pub fn replaced_suffix(rank: usize) -> String {
+    match rank {
+        0 => PREVIOUS_SUFFIX.to_owned(),
+        n => format!("{PREVIOUS_SUFFIX}-{}", n + 1),
     }
 }
 
@@ -407,12 +416,8 @@ fn live_tokens<'a>(
         .enumerate()
         .filter(|(_, p)| p.valid_until.0 > now)
         .filter_map(|(rank, p)| {
-            let suffix = match rank {
-                0 => PREVIOUS_SUFFIX.to_owned(),
-                n => format!("{PREVIOUS_SUFFIX}-{}", n + 1),
-            };
             pool.find(&p.sha256)
-                .map(|t| (status.name.as_str(), Some(suffix), t))
+                .map(|t| (status.name.as_str(), Some(replaced_suffix(rank)), t))
         });
     current.into_iter().chain(replaced).collect()
 }

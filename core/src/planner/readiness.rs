@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use crate::api::{ROTATE_ANNOTATION, ROTATE_SLOT_ANNOTATION_PREFIX, TokenStatus};
 
 use super::Planner;
+use super::access::AccessPlan;
 use super::conditions::{self, DISABLED, Desired, EXPIRED, EXPIRING, READY, reason};
 use super::timing::{self, between, sub};
 
@@ -30,6 +31,7 @@ impl Planner<'_> {
         minted: bool,
         rotated: bool,
         missing_headers: &[String],
+        access: &AccessPlan,
     ) -> Vec<Desired> {
         let secret_name = self.key.secret_name();
         let expired = self.expired_message(tokens);
@@ -45,6 +47,8 @@ impl Planner<'_> {
                 missing_headers.join("; ")
             );
             Desired::new(READY, false, reason::HEADER_SECRET_MISSING, message)
+        } else if let Some((why, message)) = &access.problem {
+            Desired::new(READY, false, why, message.clone())
         } else {
             let observed = conditions::find(&self.observed.conditions, READY)
                 .filter(|c| c.status == "True")

@@ -112,10 +112,13 @@ impl DesiredSecret {
 
 /// Whether `secret` names `key` (by UID) as its controller.
 pub(super) fn controlled_by(secret: &Secret, key: &ApiKey) -> bool {
+    controls(key, &secret.metadata)
+}
+
+/// Whether the object of `meta` has `key` as its controller (ownerReference by uid).
+pub(super) fn controls(key: &ApiKey, meta: &ObjectMeta) -> bool {
     let uid = key.metadata.uid.as_deref();
-    secret
-        .metadata
-        .owner_references
+    meta.owner_references
         .iter()
         .flatten()
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)

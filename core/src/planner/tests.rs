@@ -81,6 +81,7 @@ impl World {
             header_secrets: &self.header_secrets,
             published: &[],
             personal: Default::default(),
+            access: Default::default(),
         };
         plan(&observed, self.now, &mut mint).unwrap()
     }

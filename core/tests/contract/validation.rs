@@ -242,6 +242,36 @@ const INVALID: &[(&str, &str, &str)] = &[
         "spec.tokens[0].grants[0].resources",
         "",
     ),
+    (
+        "tokens: [{name: a}]\naccess: {groups: [\"system:authenticated\"]}",
+        "spec.access.groups[0]",
+        "stands for everyone",
+    ),
+    (
+        "tokens: [{name: a}]\naccess: {users: [\"system:anonymous\"]}",
+        "spec.access.users[0]",
+        "stands for everyone",
+    ),
+    (
+        "tokens: [{name: a}]\naccess: {users: [\" alice\"]}",
+        "spec.access.users[0]",
+        "leading or trailing spaces",
+    ),
+    (
+        "tokens: [{name: a}]\naccess: {users: [\"\"]}",
+        "spec.access.users[0]",
+        "empty",
+    ),
+    (
+        "tokens: [{name: a}]\naccess: {serviceAccounts: [{name: Deployer}]}",
+        "spec.access.serviceAccounts[0].name",
+        "not a valid ServiceAccount name",
+    ),
+    (
+        "tokens: [{name: a}]\naccess: {serviceAccounts: [{name: deployer, namespace: ci.prod}]}",
+        "spec.access.serviceAccounts[0].namespace",
+        "not a DNS label",
+    ),
 ];
 
 #[test]
@@ -581,6 +611,26 @@ fn every_list_map_and_string_is_bounded_naming_the_field() {
             json!({"tokens": [{"name": "a"}], "expiresAt": long(65)}),
             "spec.expiresAt",
             "at most 64",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "access": {"users": names(33)}}),
+            "spec.access.users",
+            "has 33 entries; at most 32",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "access": {"groups": names(33)}}),
+            "spec.access.groups",
+            "has 33 entries; at most 32",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "access": {"serviceAccounts": names(33).iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}}),
+            "spec.access.serviceAccounts",
+            "has 33 entries; at most 32",
+        ),
+        (
+            json!({"tokens": [{"name": "a"}], "access": {"groups": [long(257)]}}),
+            "spec.access.groups[0]",
+            "at most 256",
         ),
         (
             json!({"tokens": [{"name": "a", "expiresAfter": "1s".repeat(33)}]}),

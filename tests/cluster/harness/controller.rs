@@ -73,6 +73,8 @@ pub struct Harness {
     pub admin: kube::Client,
     pub clock: TestClock,
     scope: Scope,
+    /// The controller acts on `spec.access` (`--access-lists`).
+    access_lists: bool,
     registry: Arc<Registry>,
     stop: Option<ShutdownTrigger>,
     task: Option<JoinHandle<()>>,
@@ -97,6 +99,11 @@ impl Harness {
 
     /// Like [`Harness::start_scoped`], on a `cluster` the test prepared first.
     pub async fn start_on(cluster: Cluster, scope: Scope) -> Harness {
+        Harness::start_with(cluster, scope, false).await
+    }
+
+    /// Like [`Harness::start_on`], the controller acting on `spec.access` if `access_lists`.
+    pub async fn start_with(cluster: Cluster, scope: Scope, access_lists: bool) -> Harness {
         let admin = cluster.client().await.expect("admin client");
         let (resync, _) = mpsc::unbounded();
         let clock = TestClock {
@@ -108,6 +115,7 @@ impl Harness {
             admin,
             clock,
             scope,
+            access_lists,
             registry: Arc::default(),
             stop: None,
             task: None,
@@ -134,6 +142,7 @@ impl Harness {
             self.clock.as_clock(),
             Some("test".into()),
             keysmith::controller::PersonalKeyPolicy::ACCEPTED,
+            self.access_lists,
         );
         let (stop, shutdown) = Shutdown::new();
         let scope = self.scope.clone();
@@ -317,6 +326,7 @@ pub async fn spawn_elected(
             leader,
             clock,
             personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
+            access_lists: false,
         }),
         verifier: None,
         scope: Scope::default(),

@@ -60,6 +60,7 @@ impl World {
             header_secrets: &headers,
             published: &[],
             personal: Default::default(),
+            access: Default::default(),
         };
         let plan = plan(&observed, self.now, &mut mint_token).unwrap();
         if let Some(status) = &plan.status {

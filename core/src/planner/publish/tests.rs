@@ -78,6 +78,7 @@ impl World {
             header_secrets: &HeaderSecrets::new(),
             published: &published,
             personal: Default::default(),
+            access: Default::default(),
         };
         plan(&observed, self.now, &mut mint_token).unwrap()
     }
