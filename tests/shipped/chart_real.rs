@@ -1525,8 +1525,8 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 /// do exactly what her RBAC allows, as it changes; bob cannot create one for her; disabling it
 /// and rotating it without overlap end the power of its (old) token; a namespace admin who cannot
 /// read Secrets deletes it, and its token then stops working at the API server once the server's
-/// token cache lets go. (That alice alone reads the key's Secret comes with
-/// access lists.)
+/// token cache lets go. With access lists on, alice reads the key's Secret and bob and carol
+/// do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted() {
     use keysmith::verifier::http::TOKENREVIEW_PATH;
@@ -1549,7 +1549,12 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
         cluster,
         objects,
         admin,
-    } = install_with(&["personalKeys.enabled=true"], dir.path(), &real).await;
+    } = install_with(
+        &["personalKeys.enabled=true", "accessLists.enabled=true"],
+        dir.path(),
+        &real,
+    )
+    .await;
     let controller_sa = service_account_of(&objects, "controller");
     let verifier_sa = service_account_of(&objects, "verifier");
 
@@ -1563,7 +1568,14 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
         ..verifier_part(&cluster, verifier_sa, verifier_api).await
     };
     let processes = [
-        process(Some(controller_part(&cluster, controller_sa).await), None).await,
+        process(
+            Some(ControllerPart {
+                access_lists: true,
+                ..controller_part(&cluster, controller_sa).await
+            }),
+            None,
+        )
+        .await,
         process(None, Some(verifier)).await,
     ];
     let (stop, shutdown) = Shutdown::new();
@@ -1630,13 +1642,26 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
         .create(&PostParams::default(), &personal("alices", "alice"))
         .await
         .expect("alice creates her personal key");
-    // The minted token, read as the administrator for now (access lists will let alice read it).
-    let token = eventually("alice's key to be minted", || async {
-        let secret = cluster.get("v1", "Secret", APPS, "alices").await?;
-        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).ok()?;
+    // The minted token, read by alice herself: the key's Role lets its owner, and only its
+    // owner, get the Secret (bob edits ApiKeys beside her, carol administers them).
+    let alices_secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        cluster
+            .client_as(&Identity::user("alice", &["dev-team"]))
+            .await
+            .expect("client"),
+        APPS,
+    );
+    let token = eventually("alice to read her key's token", || async {
+        let secret = alices_secrets.get("alices").await.ok()?;
         String::from_utf8(secret.data?.get("cli")?.0.clone()).ok()
     })
     .await;
+    for other in ["bob", "carol"] {
+        assert!(
+            !can_i_as(&admin, other, &["get", "secret/alices", "-n", APPS]),
+            "{other} may not read alice's key"
+        );
+    }
 
     // A kubeconfig holding nothing but the key's token.
     let mut config = kube::config::Kubeconfig::read_from(&admin).expect("admin kubeconfig");
