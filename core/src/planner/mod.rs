@@ -167,20 +167,16 @@ fn plan_key(
     } = *observed_input;
     let now = whole_seconds(now);
     let observed = key.status.clone().unwrap_or_default();
+    // Every way a key must not touch its Secret ends here; only one of them is taken.
+    let stop = |reason: &'static str, message: String, requeue: Option<Duration>| {
+        let withdrawn = access.withdrawn;
+        Ok(blocked(
+            key, &observed, reason, message, now, requeue, withdrawn,
+        ))
+    };
     let mut valid = match validate(&key.spec) {
         Ok(valid) => valid,
-        Err(invalid) => {
-            let message = invalid.to_string();
-            return Ok(blocked(
-                key,
-                &observed,
-                reason::INVALID_SPEC,
-                message,
-                now,
-                None,
-                access.withdrawn,
-            ));
-        }
+        Err(invalid) => return stop(reason::INVALID_SPEC, invalid.to_string(), None),
     };
     let name = key.metadata.name.as_deref().unwrap_or_default();
     if let Some(owner) = &key.spec.owner {
@@ -188,16 +184,7 @@ fn plan_key(
             let message = "this Keysmith installation does not mint personal keys (spec.owner): \
                  without the admission policies that check owners, anyone could name anyone; \
                  the platform team enables them with the chart's personalKeys.enabled";
-            let reason = reason::PERSONAL_KEYS_DISABLED;
-            return Ok(blocked(
-                key,
-                &observed,
-                reason,
-                message.into(),
-                now,
-                None,
-                access.withdrawn,
-            ));
+            return stop(reason::PERSONAL_KEYS_DISABLED, message.into(), None);
         }
         if let Some(first) = personal_keys.first_of_owner.filter(|first| *first != name) {
             let message = format!(
@@ -205,30 +192,13 @@ fn plan_key(
                  one; delete one of the two (this one is minted once {first:?} is gone)",
                 owner.username
             );
-            let (reason, recheck) = (reason::DUPLICATE_PERSONAL_KEY, personal::DUPLICATE_RECHECK);
-            return Ok(blocked(
-                key,
-                &observed,
-                reason,
-                message,
-                now,
-                Some(recheck),
-                access.withdrawn,
-            ));
+            let recheck = Some(personal::DUPLICATE_RECHECK);
+            return stop(reason::DUPLICATE_PERSONAL_KEY, message, recheck);
         }
         personal::cap_lifetimes(&mut valid, personal_keys.max_lifetime);
     }
     if let Some(message) = secret.and_then(|s| secret_conflict(key, s)) {
-        let (reason, requeue) = (reason::SECRET_CONFLICT, Some(CONFLICT_REQUEUE));
-        return Ok(blocked(
-            key,
-            &observed,
-            reason,
-            message,
-            now,
-            requeue,
-            access.withdrawn,
-        ));
+        return stop(reason::SECRET_CONFLICT, message, Some(CONFLICT_REQUEUE));
     }
     let headers = headers::resolve(&key.spec, name, header_secrets);
     Planner::new(key, &valid, &observed, secret, now).run(&headers, access.granted, mint)
