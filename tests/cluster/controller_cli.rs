@@ -732,23 +732,7 @@ async fn status_without_read_access_names_the_chart_role_that_grants_it() {
     // charts/keysmith/templates/rbac-users.yaml) bound in cms lets the key and the namespace's
     // table be read, and nothing cluster-wide.
     cluster
-        .apply_yaml(
-            r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: keysmith-apikeys-view}
-rules:
-  - apiGroups: ["keysmith.dev"]
-    resources: ["apikeys", "apikeys/status"]
-    verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: viewer, namespace: cms}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keysmith-apikeys-view}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: viewer}]
-"#,
-        )
+        .apply_yaml(&crate::harness::view_role_for("viewer", NS))
         .await
         .unwrap();
     let report = eventually("the RoleBinding to take effect", || async {

@@ -234,24 +234,8 @@ async fn gitleaks_with_the_printed_rules_finds_the_minted_tokens_and_no_random_s
     .await;
 
     // Someone who may only read ApiKeys in cms (the chart's view role), not their Secrets.
-    h.apply(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: keysmith-apikeys-view}
-rules:
-  - apiGroups: ["keysmith.dev"]
-    resources: ["apikeys", "apikeys/status"]
-    verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: scanner, namespace: cms}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keysmith-apikeys-view}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: scanner}]
-"#,
-    )
-    .await;
+    h.apply(&crate::harness::view_role_for("scanner", "cms"))
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     h.cluster

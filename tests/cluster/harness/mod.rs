@@ -83,6 +83,28 @@ pub fn needs_emulator<'a>(cluster: &'a Cluster, what: &str) -> &'a keysmith_emul
     })
 }
 
+/// The chart's `keysmith-apikeys-view` ClusterRole (read ApiKeys, never their Secrets) and a
+/// RoleBinding of it to `user` in `namespace`, as YAML to apply.
+pub fn view_role_for(user: &str, namespace: &str) -> String {
+    format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: keysmith-apikeys-view}}
+rules:
+  - apiGroups: ["keysmith.dev"]
+    resources: ["apikeys", "apikeys/status"]
+    verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {user}, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keysmith-apikeys-view}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
+"#
+    )
+}
+
 /// The number in environment variable `name` (a test's budget), or `default` when unset.
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
