@@ -1154,4 +1154,75 @@ mod tests {
         .await;
         assert!(took >= Duration::from_millis(500), "{took:?}");
     }
+
+    /// A key of namespace `ns` whose grants allow `*` after `patterns` deny patterns, indexed
+    /// into `verifier`; returns its token.
+    fn index_key_with_patterns(verifier: &Verifier, ns: &str, patterns: usize) -> String {
+        let token =
+            crate::token::Token::generate("ks_", 32, crate::api::Encoding::Base62).expect("token");
+        // Grants of at most 32 patterns each, as validation admits.
+        let deny: Vec<String> = (0..patterns).map(|i| format!("*{i:03}x*")).collect();
+        let mut grants: Vec<serde_json::Value> = deny
+            .chunks(32)
+            .map(|actions| serde_json::json!({"effect": "deny", "actions": actions}))
+            .collect();
+        grants.push(serde_json::json!({"effect": "allow", "actions": ["*"]}));
+        let apikey: crate::api::ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysmith.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "key", "namespace": ns},
+            "spec": {"tokens": [{"name": "a"}], "grants": grants},
+            "status": {"tokens": [{"name": "a", "id": token.id(), "sha256": token.sha256_hex(),
+                "issuedAt": "2026-11-01T00:00:00Z"}]},
+        }))
+        .expect("ApiKey");
+        verifier.index.apply(&apikey, (verifier.clock)());
+        token.expose_secret().to_owned()
+    }
+
+    /// Issue 27, N3: the most expensive decisions an author's grants allow answer `VALID`, so
+    /// the failure throttle never sees them; past its namespace's budget each of them waits,
+    /// while another namespace's ordinary decisions are never charged. (A budget of 5 at once,
+    /// then 1 a second, each wait at most 10 ms: 15 waits take at least 100 ms together.)
+    #[tokio::test]
+    async fn costly_decisions_wait_past_their_namespace_budget_and_others_do_not() {
+        use super::super::throttle::{Throttle, ThrottleConfig};
+        let mut verifier = verifier();
+        verifier.costly = Throttle::new(ThrottleConfig {
+            burst: 5,
+            refill_per_sec: 1,
+            max_delay: Duration::from_millis(10),
+            max_addresses: 100,
+        });
+        verifier.tenancy = super::super::tenancy::Tenancy::parse("*", &[]).expect("tenancy");
+        let costly = index_key_with_patterns(&verifier, "tenant-b", 127);
+        let cheap = index_key_with_patterns(&verifier, "tenant-a", 3);
+        let action = "a".repeat(keysmith_core::grants::MAX_ACTION_LEN);
+        let peer: SocketAddr = "203.0.113.60:40000".parse().unwrap();
+        let run = |token: String| {
+            let (verifier, action) = (&verifier, action.clone());
+            async move {
+                let start = std::time::Instant::now();
+                for _ in 0..20 {
+                    let body = serde_json::json!({"token": token, "action": action});
+                    let answer = handle(verifier, peer, post("/v1/verify", body)).await;
+                    let body = answer.into_body().collect().await.unwrap().to_bytes();
+                    let code: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(code["code"], "VALID", "{code}");
+                }
+                start.elapsed()
+            }
+        };
+        run(cheap).await;
+        assert_eq!(
+            verifier.costly.tracked(),
+            0,
+            "ordinary decisions are never charged"
+        );
+        let waited = run(costly).await;
+        assert_eq!(verifier.costly.tracked(), 1, "one namespace charged");
+        assert!(
+            waited >= Duration::from_millis(100),
+            "15 costly decisions past a burst of 5 wait 10 ms each: {waited:?}"
+        );
+    }
 }

@@ -31,7 +31,7 @@ pub use keysmith_core::verifier::{decision, index, key};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -113,12 +113,31 @@ pub struct Settings {
     pub leaks: Option<leaks::LeakConfig>,
 }
 
+/// Pattern work of one decision ([`keysmith_core::grants::CompiledGrants::work_bound`]) above which it counts against
+/// its namespace's [`COSTLY_BUDGET`]. Ordinary grants stay far below (the examples' keys under
+/// 1,000); the most expensive spec validation admits, asked the longest action, reaches about
+/// 37,000, and costs some 37 µs against 1 µs for an ordinary decision.
+pub const COSTLY_WORK: usize = 4096;
+
+/// Costly decisions one namespace may have: a burst, then a rate; past it each answer waits (at
+/// most a second) before it is sent, so one tenant's most expensive grants, which answer `VALID`
+/// and never meet the failure throttle, cannot take the verifier's CPU from the others: 500 a
+/// second of the costliest is under 2% of one core.
+pub const COSTLY_BUDGET: ThrottleConfig = ThrottleConfig {
+    burst: 200,
+    refill_per_sec: 500,
+    max_delay: Duration::from_secs(1),
+    max_addresses: 100_000,
+};
+
 /// Everything a request needs, shared by the endpoints and fed by the watcher.
 pub struct Verifier {
     /// The token index.
     pub index: Index,
     /// Failure throttle.
     pub throttle: Throttle,
+    /// Budget of costly decisions per namespace (see [`COSTLY_WORK`]).
+    pub costly: Throttle<Box<str>>,
     /// `--trusted-proxies`.
     pub trusted_proxies: Vec<IpNet>,
     /// Timeouts and caps of connections.
@@ -149,6 +168,7 @@ impl Verifier {
         Verifier {
             index: Index::default(),
             throttle: Throttle::new(ThrottleConfig::default()),
+            costly: Throttle::new(COSTLY_BUDGET),
             trusted_proxies: options.trusted_proxies.clone(),
             limits: options.settings.limits,
             token_review_audiences: options.settings.token_review_audiences.clone(),
@@ -176,6 +196,15 @@ impl Verifier {
         let start = Instant::now();
         let now = (self.clock)();
         let unconfined = self.index.verify(request, now);
+        let costly = unconfined.found.as_ref().filter(|found| {
+            let len = |part: Option<&str>| part.map_or(0, str::len);
+            found.key.slots.get(found.slot).is_some_and(|slot| {
+                slot.grants
+                    .work_bound(len(request.action), len(request.resource))
+                    > COSTLY_WORK
+            })
+        });
+        let costly: Option<Box<str>> = costly.map(|found| found.key.namespace.as_str().into());
         let known = unconfined.found.is_some();
         let verdict = tenancy::confine(unconfined, namespaces);
         self.metrics
@@ -189,6 +218,13 @@ impl Verifier {
         if let Some(found) = &verdict.found {
             self.activity.record(found, verdict.code, audit, now);
             self.token_metrics.record(found, verdict.code);
+        }
+        if let Some(namespace) = costly {
+            let delay = self.costly.charge(namespace, Instant::now());
+            if !delay.is_zero() {
+                self.metrics.throttled(audit.endpoint);
+                tokio::time::sleep(delay).await;
+            }
         }
         match (&verdict.found, verdict.code) {
             (Some(found), Code::Valid) => self.usage.record(found, now),

@@ -225,6 +225,11 @@ proptest! {
             compiled.evaluate(&request.request(), KEY);
         });
         prop_assert!(work.matching <= MATCH_BOUND, "{work:?} > {MATCH_BOUND}");
+        // The verifier's per-namespace budget of costly decisions relies on this estimate.
+        let asked = request.request();
+        let len = |part: Option<&str>| part.map_or(0, str::len);
+        let estimate = compiled.work_bound(len(asked.action), len(asked.resource));
+        prop_assert!(work.matching <= estimate, "{work:?} > estimate {estimate}");
         prop_assert!(work.total() <= WORK_BOUND, "{work:?} > {WORK_BOUND}");
     }
 }
