@@ -99,7 +99,7 @@ impl Metrics {
         let throttled = series(&throttled_family, "endpoint", endpoints);
         registry.register(
             "verify_throttled",
-            "Failed verifications whose answer the per-client failure throttle delayed, by endpoint",
+            "Answers the verifier delayed, by endpoint: failed verifications past the per-client failure throttle, and costly decisions past their namespace's budget",
             throttled_family,
         );
         let index_tokens = Gauge::default();
@@ -131,7 +131,7 @@ impl Metrics {
         self.unknown_scope[route.index()].inc();
     }
 
-    /// Count a failed verification whose answer the throttle delayed.
+    /// Count an answer a throttle delayed (a failure's, or a costly decision's).
     pub fn throttled(&self, endpoint: Endpoint) {
         self.throttled[endpoint.index()].inc();
     }
