@@ -73,6 +73,21 @@ fn chart_usage_objects() -> Vec<Value> {
         .collect()
 }
 
+/// Apply the chart's usage objects; returns the certificate their Secret holds, written to `dir`,
+/// which the replicas serve.
+async fn install_usage_objects(cluster: &Cluster, dir: &Path) -> TlsFiles {
+    let objects = chart_usage_objects();
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .expect("the chart renders the usage certificate");
+    let tls = write_certificates(secret, dir);
+    for object in &objects {
+        cluster.apply_object(object).await.expect("chart object");
+    }
+    tls
+}
+
 /// Write the chart Secret's certificate, key and CA to `dir`.
 fn write_certificates(secret: &Value, dir: &Path) -> TlsFiles {
     let secret: k8s_openapi::api::core::v1::Secret =
@@ -210,16 +225,7 @@ async fn key_owners_read_usage_from_every_replica_through_the_aggregator() {
     let dir = tempfile::tempdir().unwrap();
     let host = keysmith_testenv::real::host_ip().expect("a non-loopback address for endpoints");
 
-    // The chart's usage objects; the replicas serve the certificate its Secret holds.
-    let objects = chart_usage_objects();
-    let secret = objects
-        .iter()
-        .find(|o| o["kind"] == "Secret")
-        .expect("the chart renders the usage certificate");
-    let tls = write_certificates(secret, dir.path());
-    for object in &objects {
-        cluster.apply_object(object).await.expect("chart object");
-    }
+    let tls = install_usage_objects(&cluster, dir.path()).await;
     cluster
         .apply_object(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OTHER}}),
@@ -519,15 +525,7 @@ async fn idle_connections_to_the_usage_port_do_not_keep_the_api_server_out() {
     let cluster = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let host = keysmith_testenv::real::host_ip().expect("a non-loopback address for endpoints");
-    let objects = chart_usage_objects();
-    let secret = objects
-        .iter()
-        .find(|o| o["kind"] == "Secret")
-        .expect("the chart renders the usage certificate");
-    let tls = write_certificates(secret, dir.path());
-    for object in &objects {
-        cluster.apply_object(object).await.expect("chart object");
-    }
+    let tls = install_usage_objects(&cluster, dir.path()).await;
     let usage = free_port(host);
     let _replica = start_replica(
         &cluster,
