@@ -196,13 +196,15 @@ impl Verifier {
         let start = Instant::now();
         let now = (self.clock)();
         let unconfined = self.index.verify(request, now);
+        // Without an action no grant is read (authentication only), so nothing is costly.
         let costly = unconfined.found.as_ref().filter(|found| {
             let len = |part: Option<&str>| part.map_or(0, str::len);
-            found.key.slots.get(found.slot).is_some_and(|slot| {
-                slot.grants
-                    .work_bound(len(request.action), len(request.resource))
-                    > COSTLY_WORK
-            })
+            request.action.is_some()
+                && found.key.slots.get(found.slot).is_some_and(|slot| {
+                    slot.grants
+                        .work_bound(len(request.action), len(request.resource))
+                        > COSTLY_WORK
+                })
         });
         let costly: Option<Box<str>> = costly.map(|found| found.key.namespace.as_str().into());
         let known = unconfined.found.is_some();
