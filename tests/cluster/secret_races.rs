@@ -60,20 +60,23 @@ async fn a_secret_replaced_after_the_ownership_check_is_not_overwritten() {
         token(k, "delivery")["rotationTrigger"] == "two"
     })
     .await;
-    // Someone deletes the key's Secret and creates their own under the name.
-    secrets
-        .delete("site", &DeleteParams::default())
-        .await
-        .expect("delete");
+    // Someone deletes the key's Secret and creates their own under the name. Unheld (the real
+    // server), the controller may put its Secret back in between: delete and create again until
+    // the stranger's is the one in place.
     let stranger: Secret = serde_json::from_value(json!({
         "metadata": {"name": "site", "namespace": NS},
         "stringData": {"mine": "theirs"},
     }))
     .unwrap();
-    secrets
-        .create(&PostParams::default(), &stranger)
-        .await
-        .expect("create");
+    eventually("the stranger's Secret to be in place", || async {
+        let _ = secrets.delete("site", &DeleteParams::default()).await;
+        secrets
+            .create(&PostParams::default(), &stranger)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
     if let Some(emu) = emu {
         emu.faults().release();
     }
