@@ -277,19 +277,24 @@ fn a_binding_of_the_keys_pointing_at_another_role_is_replaced() {
     assert_eq!(next.binding.unwrap().role_ref.name, "site.keysmith-access");
 }
 
-#[test]
-fn without_access_lists_on_nothing_is_granted_and_ready_says_what_to_set() {
-    let key = key("site", Some(alice_and_deployer()));
+/// The whole plan of `key` with no Secret yet and `access` as the Role and RoleBinding observed.
+fn plan_of(key: &ApiKey, access: Observed<'_>) -> planner::Plan {
     let observed = planner::Observed {
-        key: &key,
+        key,
         secret: None,
         header_secrets: &HeaderSecrets::new(),
         published: &[],
         personal: Default::default(),
-        access: Observed::default(),
+        access,
     };
     let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-    let plan = planner::plan(&observed, now, &mut mint_token).unwrap();
+    planner::plan(&observed, now, &mut mint_token).unwrap()
+}
+
+#[test]
+fn without_access_lists_on_nothing_is_granted_and_ready_says_what_to_set() {
+    let key = key("site", Some(alice_and_deployer()));
+    let plan = plan_of(&key, Observed::default());
     assert!(plan.access.is_quiet());
     let status = plan.status.expect("status");
     assert!(status.access.is_none());
@@ -315,11 +320,7 @@ fn without_access_lists_on_nothing_is_granted_and_ready_says_what_to_set() {
     // Said once: the next pass, from that status, has nothing new to say.
     let mut reconciled = key.clone();
     reconciled.status = Some(status);
-    let observed = planner::Observed {
-        key: &reconciled,
-        ..observed
-    };
-    let again = planner::plan(&observed, now, &mut mint_token).unwrap();
+    let again = plan_of(&reconciled, Observed::default());
     assert!(
         again
             .events
@@ -333,16 +334,7 @@ fn without_access_lists_on_nothing_is_granted_and_ready_says_what_to_set() {
 #[test]
 fn with_access_lists_on_the_plan_grants_and_status_shows_it() {
     let key = key("site", Some(alice_and_deployer()));
-    let observed = planner::Observed {
-        key: &key,
-        secret: None,
-        header_secrets: &HeaderSecrets::new(),
-        published: &[],
-        personal: Default::default(),
-        access: on(None, None),
-    };
-    let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-    let plan = planner::plan(&observed, now, &mut mint_token).unwrap();
+    let plan = plan_of(&key, on(None, None));
     assert!(plan.access.role.is_some() && plan.access.binding.is_some());
     let status = plan.status.expect("status");
     assert!(status.access.is_none(), "granted once the writes are seen");
@@ -370,18 +362,7 @@ fn a_rejected_spec_only_takes_readers_away() {
         key.spec.expires_after = Some("1000w".into());
         key
     };
-    let planned = |key: &ApiKey| {
-        let observed = planner::Observed {
-            key,
-            secret: None,
-            header_secrets: &HeaderSecrets::new(),
-            published: &[],
-            personal: Default::default(),
-            access: on(Some(&role), Some(&binding)),
-        };
-        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        planner::plan(&observed, now, &mut mint_token).unwrap()
-    };
+    let planned = |key: &ApiKey| plan_of(key, on(Some(&role), Some(&binding)));
 
     let mut fewer = alice_and_deployer();
     fewer.users.clear();
