@@ -259,17 +259,21 @@ async fn list_paging_and_selectors() {
             .unwrap();
     }
     let mut names = Vec::new();
+    let mut remaining = Vec::new();
     let mut lp = ListParams::default().limit(2);
     loop {
         let page = secrets.list(&lp).await.unwrap();
         assert!(page.items.len() <= 2);
         names.extend(page.items.iter().map(|s| s.name_any()));
+        remaining.push(page.metadata.remaining_item_count);
         match page.metadata.continue_ {
             Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
             _ => break,
         }
     }
     assert_eq!(names, vec!["s0", "s1", "s2", "s3", "s4"]);
+    // Every page counts what follows it (the count is carried from page to page).
+    assert_eq!(remaining, vec![Some(3), Some(1), None]);
 
     // The page as JSON: list kind, paging metadata, and items that carry their own kind.
     let client = emu.client().await.unwrap();
