@@ -19,8 +19,13 @@
 //!   reports how the rotations spread over the seconds after it (the UID jitter), and the writes
 //!   per rotation.
 //!
+//! With `--verifier-only` the controller is not run: each key is applied with a token already
+//! minted into its status (as `examples/load_fixture.rs` does), and only the verifier is measured,
+//! beside the API server's own time to list the fleet (a plain client fetching the same pages of
+//! 500, bodies not decoded).
+//!
 //! `scale [--cluster emulator|real] [--keys N] [--schedule CRON] [--revocations M] [--distinct-grants]
-//! [--keysmith PATH]`
+//! [--verifier-only] [--keysmith PATH]`
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -32,12 +37,13 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use keysmith::api::ApiKey;
+use keysmith::api::{ApiKey, Encoding};
+use keysmith::token::Token;
 use keysmith::verifier::index::Index;
 use keysmith_emulator::{Config, Identity};
 use keysmith_testenv::{Backend, Cluster};
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,6 +65,8 @@ struct Args {
     revocations: usize,
     /// Every key gets grants of its own (no grant set shared in the verifier's index).
     distinct_grants: bool,
+    /// Keys applied with their tokens minted, no controller: the verifier phase alone.
+    verifier_only: bool,
     keysmith: PathBuf,
 }
 
@@ -69,6 +77,7 @@ fn args() -> Result<Args, String> {
         schedule: None,
         revocations: 200,
         distinct_grants: false,
+        verifier_only: false,
         // Next to this example: target/release/examples/scale → target/release/keysmith.
         keysmith: std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -96,11 +105,12 @@ fn args() -> Result<Args, String> {
                     .map_err(|e| format!("--revocations: {e}"))?
             }
             "--distinct-grants" => args.distinct_grants = true,
+            "--verifier-only" => args.verifier_only = true,
             "--keysmith" => args.keysmith = PathBuf::from(value()?),
             _ => {
                 return Err(format!(
                     "unknown argument {flag}; usage: scale [--keys N] [--schedule CRON] \
-                     [--revocations M] [--distinct-grants] [--keysmith PATH]"
+                     [--revocations M] [--distinct-grants] [--verifier-only] [--keysmith PATH]"
                 ));
             }
         }
@@ -156,6 +166,70 @@ fn apikey(i: usize, schedule: Option<&str>, distinct_grants: bool) -> Value {
         "metadata": {"name": format!("key-{i}"), "namespace": format!("tenant-{}", i % NAMESPACES)},
         "spec": spec,
     })
+}
+
+/// Apply keys `0..n` as [`apikey`] does, each with a token of its own minted into its status, as
+/// the controller would have: the tokens, by key.
+async fn apply_minted(
+    cluster: &Cluster,
+    n: usize,
+    distinct_grants: bool,
+) -> Result<Vec<Token>, Box<dyn std::error::Error>> {
+    let admin = cluster.client().await?;
+    let tokens: Vec<Token> = (0..n)
+        .map(|_| Token::generate("cms_dt_", 32, Encoding::Base62))
+        .collect::<Result<_, _>>()?;
+    futures::stream::iter(tokens.iter().enumerate())
+        .map(|(i, token)| {
+            let admin = admin.clone();
+            async move {
+                let key = apikey(i, None, distinct_grants);
+                cluster.apply_object(&key).await?;
+                let status = json!({"status": {"tokens": [{"name": "delivery", "id": token.id(),
+                    "sha256": token.sha256_hex(), "issuedAt": Timestamp::now().to_string()}]}});
+                let namespace = key["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = key["metadata"]["name"].as_str().unwrap_or_default();
+                Api::<ApiKey>::namespaced(admin, namespace)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+                    .await?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(tokens)
+}
+
+/// The API server's own time to list every ApiKey, as a plain client in pages of 500 (the
+/// watcher's page size), the bodies read but not decoded beyond each page's continue token.
+async fn server_list(cluster: &Cluster) -> Result<String, Box<dyn std::error::Error>> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        metadata: kube::api::ListMeta,
+    }
+    let admin = cluster.client().await?;
+    let start = Instant::now();
+    let (mut pages, mut bytes) = (0, 0);
+    let mut next = String::new();
+    loop {
+        let uri = format!("/apis/keysmith.dev/v1alpha1/apikeys?limit=500&continue={next}");
+        let body = admin
+            .request_text(hyper::Request::get(uri).body(Vec::new())?)
+            .await?;
+        pages += 1;
+        bytes += body.len();
+        let page: Page = serde_json::from_str(&body)?;
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => next = c,
+            None => break,
+        }
+    }
+    Ok(format!(
+        "API server, plain list of every ApiKey: {pages} pages of 500, {:.1} MB, in {:.2} s",
+        bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    ))
 }
 
 /// A `keysmith` child process with its output in `log`.
@@ -334,6 +408,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .write_kubeconfig(&verifier_kubeconfig, &sa("keysmith-verifier"))
         .await?;
 
+    if args.verifier_only {
+        let start = Instant::now();
+        let tokens = apply_minted(&cluster, n, args.distinct_grants).await?;
+        println!(
+            "apply {n} keys with a minted token each: {:.2} s (no controller)",
+            start.elapsed().as_secs_f64()
+        );
+        let dir_path = dir.path();
+        drop(
+            verifier(
+                &args,
+                &cluster,
+                &verifier_kubeconfig,
+                dir_path,
+                Some(&tokens),
+            )
+            .await?,
+        );
+        return Ok(());
+    }
+
     let controller_metrics = free_port();
     let start_controller = || {
         spawn(
@@ -437,8 +532,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    // The verifier process: list + index, memory.
+    let verifier = verifier(&args, &cluster, &verifier_kubeconfig, dir.path(), None).await?;
+
+    let (cpu, peak, rss) = usage(controller.id());
+    println!(
+        "controller process at the end: {cpu:.2} CPU s, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB"
+    );
+    drop((controller, verifier));
+    Ok(())
+}
+
+/// The verifier phase: the API server's own time to list the fleet, then `keysmith verifier`
+/// from start to `/readyz` (list + index, CPU, memory), the index alone in this process, and
+/// the revocation delay (tokens read from the keys' Secrets, or given). The verifier keeps
+/// running until the returned process is dropped.
+async fn verifier(
+    args: &Args,
+    cluster: &Cluster,
+    kubeconfig: &Path,
+    dir: &Path,
+    tokens: Option<&[Token]>,
+) -> Result<Process, Box<dyn std::error::Error>> {
+    println!("{}", server_list(cluster).await?);
     let (api, probes) = (free_port(), free_port());
+    // On the emulator this process serves the list: its CPU is the API server's share.
+    let (server_cpu_before, _, _) = usage(std::process::id());
     let verifier_start = Instant::now();
     let verifier = spawn(
         &args.keysmith,
@@ -453,8 +571,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--accept-namespaces",
             "*",
         ],
-        &verifier_kubeconfig,
-        &dir.path().join("verifier.log"),
+        kubeconfig,
+        &dir.join("verifier.log"),
     )?;
     loop {
         if http(probes, "GET", "/readyz", "").await.map(|r| r.0) == Some(200) {
@@ -466,6 +584,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let verifier_ready = verifier_start.elapsed();
+    let (server_cpu, _, _) = usage(std::process::id());
     let indexed = metric(probes, "keysmith_index_tokens ")
         .await
         .unwrap_or_default();
@@ -475,6 +594,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          {vcpu:.2} CPU s, RSS {vrss:.1} MiB (peak {vpeak:.1} MiB)",
         verifier_ready.as_secs_f64() * 1e3
     );
+    if cluster.backend() == Backend::Emulator {
+        println!(
+            "emulator (this process) meanwhile: {:.2} CPU s",
+            server_cpu - server_cpu_before
+        );
+    }
 
     // The index alone, in this process, from the same ApiKeys.
     let keys: Vec<ApiKey> = cluster
@@ -502,14 +627,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(index);
     drop(keys);
 
-    revocations(&cluster, n, args.revocations, api).await?;
+    revocations(cluster, args.keys, args.revocations, api, tokens).await?;
 
-    let (cpu, peak, rss) = usage(controller.id());
-    println!(
-        "controller process at the end: {cpu:.2} CPU s, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB"
-    );
-    drop((controller, verifier));
-    Ok(())
+    Ok(verifier)
 }
 
 /// Poll until every ApiKey is Ready. A list of the fleet is real work taken from the controller
@@ -758,22 +878,28 @@ async fn revocations(
     n: usize,
     sample: usize,
     api: SocketAddr,
+    tokens: Option<&[Token]>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let admin = cluster.client().await?;
     let mut delays = Vec::new();
     let step = (n / sample.max(1)).max(1);
     for i in (0..n).step_by(step).take(sample) {
         let (name, ns) = (format!("key-{i}"), format!("tenant-{}", i % NAMESPACES));
-        let secret = cluster
-            .get("v1", "Secret", &ns, &name)
-            .await
-            .ok_or(format!("Secret {ns}/{name} is missing"))?;
-        let secret: Secret = serde_json::from_value(secret)?;
-        let token = secret
-            .data
-            .and_then(|mut d| d.remove("delivery"))
-            .and_then(|v| String::from_utf8(v.0).ok())
-            .ok_or("the Secret holds no token")?;
+        let token = match tokens {
+            Some(tokens) => tokens[i].expose_secret().to_owned(),
+            None => {
+                let secret = cluster
+                    .get("v1", "Secret", &ns, &name)
+                    .await
+                    .ok_or(format!("Secret {ns}/{name} is missing"))?;
+                let secret: Secret = serde_json::from_value(secret)?;
+                secret
+                    .data
+                    .and_then(|mut d| d.remove("delivery"))
+                    .and_then(|v| String::from_utf8(v.0).ok())
+                    .ok_or("the Secret holds no token")?
+            }
+        };
         let code = verify_code(api, &token).await;
         if code != "VALID" {
             return Err(format!("{ns}/{name} answers {code} before its deletion").into());
