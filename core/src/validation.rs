@@ -751,7 +751,11 @@ fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
                         "publishes to Envoy Gateway a second time; keep one envoyGateway entry (one Secret holds every token)",
                     );
                 }
-                check_secret_name(errors, at(".envoyGateway.secretName"), &envoy_gateway.secret_name);
+                check_secret_name(
+                    errors,
+                    at(".envoyGateway.secretName"),
+                    &envoy_gateway.secret_name,
+                );
             }
             (None, Some(consumer), None) => {
                 if std::mem::replace(&mut kong, true) {
@@ -779,7 +783,10 @@ fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
                 }
                 check_secret_name(errors, at(".agentgateway.secretName"), &hashes.secret_name);
             }
-            _ => errors.push(at(""), "set exactly one of envoyGateway, kong and agentgateway"),
+            _ => errors.push(
+                at(""),
+                "set exactly one of envoyGateway, kong and agentgateway",
+            ),
         }
     }
 }

@@ -850,7 +850,10 @@ spec: {clusterIP: 10.0.0.20, ports: [{port: 80}]}
 async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
     let cluster = cluster().await;
     for (publish, message) in [
-        ("[{}]", "set exactly one of envoyGateway, kong and agentgateway"),
+        (
+            "[{}]",
+            "set exactly one of envoyGateway, kong and agentgateway",
+        ),
         (
             "[{envoyGateway: {}, kong: {consumer: shop}}]",
             "set exactly one of envoyGateway, kong and agentgateway",

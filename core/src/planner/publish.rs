@@ -589,7 +589,12 @@ fn matches(observed: &Secret, desired: &DesiredSecret) -> bool {
         .data
         .iter()
         .map(|(k, t)| (k.as_str(), t.expose_secret().as_bytes()))
-        .chain(desired.hashed.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+        .chain(
+            desired
+                .hashed
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        )
         .collect();
     meta.name.as_deref() == Some(desired.name.as_str())
         && meta

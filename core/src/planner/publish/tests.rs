@@ -831,7 +831,12 @@ impl World {
                 );
                 let hash = value["keyHash"].as_str().unwrap();
                 let hex = hash.strip_prefix(AGENTGATEWAY_HASH_PREFIX).unwrap();
-                assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                assert!(
+                    hex.len() == 64
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
                 (entry, hex.to_owned())
             })
             .collect()
@@ -881,13 +886,19 @@ fn agentgateway_gets_hashes_and_metadata_only_through_rotation_and_overlap() {
         w.hashes("site-agentgateway"),
         BTreeMap::from([
             ("cms.site.delivery".to_owned(), sha256_hex(&second.0)),
-            ("cms.site.delivery_previous".to_owned(), sha256_hex(&first.0)),
+            (
+                "cms.site.delivery_previous".to_owned(),
+                sha256_hex(&first.0)
+            ),
             ("cms.site.preview".to_owned(), sha256_hex(&second.1)),
             ("cms.site.preview_previous".to_owned(), sha256_hex(&first.1)),
         ])
     );
-    let ids = &w.others["site-agentgateway"].metadata.annotations.as_ref().unwrap()
-        [TOKEN_IDS_ANNOTATION];
+    let ids = &w.others["site-agentgateway"]
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap()[TOKEN_IDS_ANNOTATION];
     assert_eq!(ids.split(',').count(), 4);
     // No token, nor its random part, is anywhere in the Secret.
     let written = serde_json::to_string(&w.others["site-agentgateway"]).unwrap();
@@ -954,7 +965,10 @@ fn a_leaked_token_leaves_the_agentgateway_secret() {
         });
         w.settle();
         let hashes = w.hashes("site-agentgateway");
-        assert!(!hashes.values().any(|h| *h == leaked), "{response}: {hashes:?}");
+        assert!(
+            !hashes.values().any(|h| *h == leaked),
+            "{response}: {hashes:?}"
+        );
         assert!(hashes.contains_key("cms.site.preview"), "{response}");
     }
 }
