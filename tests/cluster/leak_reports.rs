@@ -350,7 +350,7 @@ async fn without_a_configured_credential_the_leak_paths_do_not_exist() {
 
 /// TruffleHog's question for one candidate, as its custom detector sends it.
 fn trufflehog_body(candidates: &[&str]) -> String {
-    json!({"Keysmith lk_ (base62)": {"token": candidates}}).to_string()
+    json!({"keysmith-lk_-base62-32": {"token": candidates}}).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

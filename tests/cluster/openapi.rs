@@ -519,9 +519,10 @@ async fn the_openapi_document_matches_the_verifier() {
 
     // TruffleHog's question about `good`, before the reports below revoke it.
     let leak_bearer = format!("Bearer {LEAK_SECRET}");
-    let too_large_question = json!({"Keysmith": {"token": ["x".repeat(MAX_REPORT_BODY)]}});
-    let live = json!({"Keysmith": {"token": [good]}});
-    let dead = json!({"Keysmith": {"token": [unknown]}});
+    let too_large_question =
+        json!({"keysmith-shop_-base62-32": {"token": ["x".repeat(MAX_REPORT_BODY)]}});
+    let live = json!({"keysmith-shop_-base62-32": {"token": [good]}});
+    let dead = json!({"keysmith-shop_-base62-32": {"token": [unknown]}});
     for (sent, body, authorization) in [
         (Some(&live), &live, Some(leak_bearer.as_str())),
         (Some(&dead), &dead, Some(leak_bearer.as_str())),
