@@ -1007,4 +1007,48 @@ mod tests {
         );
         assert_eq!(bounded_source(&"x".repeat(5000)).len(), MAX_LEAK_SOURCE_LEN);
     }
+
+    /// Each TruffleHog question that fails, unauthenticated or about a token that is not live,
+    /// costs its caller's address a failure in the verifier's throttle.
+    #[tokio::test]
+    async fn failed_trufflehog_questions_are_charged_to_the_caller() {
+        let (usage, _) = super::super::usage::UsageReporter::channel();
+        let verifier = Verifier::new(
+            &super::super::Options::default(),
+            usage,
+            &mut Registry::default(),
+        );
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let endpoint = LeakEndpoint::new(
+            LeakConfig::default()
+                .with_secret("trufflehog-secret-0123")
+                .unwrap(),
+            kube::Client::try_from(config).unwrap(),
+            &mut Registry::default(),
+        );
+        let body = br#"{"keysmith-ks_-base62-32": {"token": ["ks_nope"]}}"#;
+        let ask = |headers: HeaderMap, client: &str| {
+            let client: IpAddr = client.parse().unwrap();
+            let endpoint = &endpoint;
+            let verifier = &verifier;
+            async move {
+                endpoint
+                    .handle(verifier, Format::Trufflehog, Some(client), &headers, body)
+                    .await
+                    .status()
+            }
+        };
+        assert_eq!(
+            ask(HeaderMap::new(), "203.0.113.7").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(verifier.throttle.tracked(), 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer trufflehog-secret-0123"),
+        );
+        assert_eq!(ask(headers, "198.51.100.7").await, StatusCode::FORBIDDEN);
+        assert_eq!(verifier.throttle.tracked(), 2);
+    }
 }
