@@ -1805,7 +1805,7 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
 }
 
 /// Who may create and edit ApiKeys in [`APPS`]: `editor` cannot read Secrets there, `owner` can,
-/// `partial` only the Secrets `wide` and `wide-envoy-gateway`.
+/// `partial` only the Secrets `wide`, `wide-envoy-gateway` and `wide-agentgateway`.
 const ACCESS_USERS: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -1832,7 +1832,7 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: wide-read, namespace: apps}
 rules:
-  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway]}
+  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway, wide-agentgateway]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -2028,6 +2028,21 @@ async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_liste
     apply_as_with(&cluster, "owner", &wide, true)
         .await
         .expect("the owner reads every Secret of the namespace");
+    // The agentgateway Secret is asked for by name: its name could be any Secret's.
+    wide["spec"]["publish"] = json!([{"envoyGateway": {}}, {"agentgateway": {}}]);
+    apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect("partial reads the key's own Secrets");
+    wide["spec"]["publish"] = json!([{"agentgateway": {"secretName": "plain"}}]);
+    let refused = apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect_err("naming another Secret as the agentgateway one grants nothing");
+    assert!(
+        refused
+            .to_string()
+            .contains("only someone who may get the key's agentgateway Secret"),
+        "{refused}"
+    );
 
     // Removing a name removes the access.
     apply_as(&cluster, "owner", &access_key("shared", Some(&["carol"])))
