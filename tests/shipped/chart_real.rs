@@ -1228,8 +1228,32 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
         unguarded.contains("WARNING: verifier.statusPolicy is false"),
         "{unguarded}"
     );
+    // Leak reports, off by default, get a step of their own naming what is on and where.
+    let leaks = notes(
+        &admin,
+        &[
+            "accessLists.enabled=true",
+            "leakReports.tokenSecret=leak-token",
+        ],
+    );
+    assert!(leaks.contains("\n6. Who may read a key:\n"), "{leaks}");
+    assert!(
+        leaks.contains("\n\n7. Leak reports are on, on the verification API of keysmith-verifier"),
+        "{leaks}"
+    );
+    assert!(leaks.contains("Secret leak-token (key token)"), "{leaks}");
+    assert!(leaks.contains("/v1/leaks/trufflehog-verify"), "{leaks}");
+    assert!(!leaks.contains("/v1/leaks/github"), "{leaks}");
+    let github = notes(&admin, &["leakReports.githubKeysSecret=github-keys"]);
+    assert!(github.contains("\n6. Leak reports are on"), "{github}");
+    assert!(
+        github.contains("signed with a key in Secret\n   github-keys."),
+        "{github}"
+    );
+    assert!(!github.contains("POST /v1/leaks takes"), "{github}");
     let notes = notes(&admin, &[]);
     assert!(!notes.contains("WARNING: verifier.statusPolicy"), "{notes}");
+    assert!(!notes.contains("Leak reports"), "{notes}");
     let commands = notes_commands(&notes);
     let forwarded = "http://localhost:8080";
     let (port_forwards, commands): (Vec<_>, Vec<_>) = commands
