@@ -363,6 +363,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         clock: controller::system_clock(),
         personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
         access_lists: false,
+        concurrency: controller::DEFAULT_CONCURRENCY,
     }
 }
 
