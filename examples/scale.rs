@@ -607,9 +607,11 @@ async fn server_writes(
                 .unwrap_or_default()
         };
         let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        // The server labels creates and updates by their HTTP method (`POST`, `PUT`), server-side
+        // apply as `APPLY`.
         let write = matches!(
             verb.as_str(),
-            "APPLY" | "CREATE" | "PATCH" | "UPDATE" | "DELETE"
+            "APPLY" | "POST" | "PATCH" | "PUT" | "DELETE"
         );
         if write && label("code").starts_with('2') && ["apikeys", "secrets"].contains(&&*resource) {
             let kind = if sub.is_empty() {
