@@ -81,13 +81,15 @@ printf 'POST http://127.0.0.1:%s/v1/verify\nContent-Type: application/json\n@%s\
 # attack RATE NAME: one constant-rate run, kept as vegeta's JSON report (rate achieved, status
 # codes, errors) and every request's latency in ns (the third CSV column): vegeta's report
 # estimates quantiles (a t-digest) and has no p99.9, so the table takes them from all latencies.
-# vegeta opens at most MAX_CONNECTIONS connections, well under both servers' cap of 1,024: past it a
-# request waits for a connection inside vegeta, and that wait counts in its latency. Unbounded,
-# a stall of vegeta's own CPU made it open connections until both servers refused them, and every
-# later request of the run failed (measured: 5,000 req/s, vegeta at 100% of its CPU, the server
-# idle with 1,024 connections open). Near its cap nginx also closes idle connections, which a
-# client sending on one at that moment counts as an error: hence half the cap.
-MAX_CONNECTIONS=500
+# vegeta opens at most MAX_CONNECTIONS connections, under the verifier's cap of 256 from one
+# address (all of vegeta's come from 127.0.0.1): past it a request waits for a connection inside
+# vegeta, and that wait counts in its latency. Unbounded, a stall of vegeta's own CPU made it open
+# connections until both servers refused them, and every later request of the run failed
+# (measured: 5,000 req/s, vegeta at 100% of its CPU, the server idle with 1,024 connections open);
+# at 500, once a stall had opened more than 256, the verifier closed idle ones to make room for
+# newer ones (its per-address cap, which nginx does not have), and vegeta counted each request it
+# had just sent on one as an error (2026-12-07: thousands a run from 2,000 req/s up).
+MAX_CONNECTIONS=250
 attack() { # RATE NAME RUN
     local out=$WORK/$2.$1.$3
     echo "bench/openloop.sh: run $3 of $RUNS, $2 at $1 req/s for $DURATION ($(date +%T))" >&2
