@@ -113,6 +113,10 @@ echo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); $(date -u '+%F %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "layout:  nginx and the verifier on CPUs $SERVER_CPUS (one worker per CPU each), vegeta on CPUs $CLIENT_CPUS; loopback, keep-alive"
 echo "index:   $INDEXED tokens from $KEYS ApiKeys; verifier /readyz ${READY_MS} ms after start (${READY_CPU} CPU s), RSS ${RSS_KB} KiB"
+# Connections the verifier closed at its caps: vegeta counts a request sent on one as an error.
+curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+    /^keysmith_verifier_connections_(evicted|rejected)_total / {sub(/^keysmith_verifier_connections_/, "", $1); sub(/_total$/, "", $1); c = c " " $1 " " $2}
+    END {print "caps:    verifier connections" c}'
 python3 - "$WORK" "$RATES" "$RUNS" "$DURATION" <<'PY'
 import json, math, sys
 
