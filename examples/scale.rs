@@ -462,6 +462,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let applied = start.elapsed();
     cluster.clear_requests();
+    let cpu_before = server_cpu(&cluster).await?;
     let controller = start_controller()?;
     let lease_deadline = Instant::now() + Duration::from_secs(60);
     while cluster
@@ -484,11 +485,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let minting = leading.elapsed();
     println!(
         "apply {n} keys: {:.2} s; all Ready {:.2} s after the controller took the Lease \
-         ({:.0} keys/s); apply to Ready {:.2} s",
+         ({:.0} keys/s); apply to Ready {:.2} s{}",
         applied.as_secs_f64(),
         minting.as_secs_f64(),
         n as f64 / minting.as_secs_f64(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        server_cpu_since(&cluster, cpu_before, n, "key").await?
     );
     let minted = requests_of(&cluster, &controller_user);
     let mint_writes = print_requests("controller, mint", &minted, n);
@@ -706,11 +708,9 @@ async fn reconciles(addr: SocketAddr) -> u64 {
 async fn server_writes(
     cluster: &Cluster,
 ) -> Result<Option<BTreeMap<String, f64>>, Box<dyn std::error::Error>> {
-    if cluster.backend() != Backend::Real {
+    let Some(text) = server_metrics(cluster).await? else {
         return Ok(None);
-    }
-    let request = hyper::Request::get("/metrics").body(Vec::new())?;
-    let text = cluster.client().await?.request_text(request).await?;
+    };
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let Some((labels, value)) = line
@@ -727,9 +727,11 @@ async fn server_writes(
                 .unwrap_or_default()
         };
         let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        // The server labels creates and updates by their HTTP method (`POST`, `PUT`), server-side
+        // apply as `APPLY`.
         let write = matches!(
             verb.as_str(),
-            "APPLY" | "CREATE" | "PATCH" | "UPDATE" | "DELETE"
+            "APPLY" | "POST" | "PATCH" | "PUT" | "DELETE"
         );
         if write && label("code").starts_with('2') && ["apikeys", "secrets"].contains(&&*resource) {
             let kind = if sub.is_empty() {
@@ -741,6 +743,42 @@ async fn server_writes(
         }
     }
     Ok(Some(out))
+}
+
+/// The real API server's own `/metrics` (None on the emulator).
+async fn server_metrics(cluster: &Cluster) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    if cluster.backend() != Backend::Real {
+        return Ok(None);
+    }
+    let request = hyper::Request::get("/metrics").body(Vec::new())?;
+    Ok(Some(cluster.client().await?.request_text(request).await?))
+}
+
+/// The real API server's CPU seconds so far (None on the emulator, which runs in this process):
+/// on 2 CPUs shared with the controller, the server's CPU per request is what bounds the rates.
+async fn server_cpu(cluster: &Cluster) -> Result<Option<f64>, Box<dyn std::error::Error>> {
+    Ok(server_metrics(cluster).await?.and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+            .and_then(|v| v.trim().parse().ok())
+    }))
+}
+
+/// The server's CPU between `before` and now, per item of `n`, as a phrase to print.
+async fn server_cpu_since(
+    cluster: &Cluster,
+    before: Option<f64>,
+    n: usize,
+    per: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(match (before, server_cpu(cluster).await?) {
+        (Some(before), Some(after)) => format!(
+            "; kube-apiserver {:.1} CPU s, {:.2} ms per {per}",
+            after - before,
+            (after - before) * 1000.0 / n as f64
+        ),
+        _ => String::new(),
+    })
 }
 
 /// The server's count of writes since `before`, less `own` writes the benchmark made itself,
@@ -785,6 +823,7 @@ async fn ceiling(
     minting: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = cluster.client_as(&sa("keysmith-controller")).await?;
+    let cpu_before = server_cpu(cluster).await?;
     let start = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -804,11 +843,12 @@ async fn ceiling(
         .try_collect::<Vec<_>>()
         .await?;
     let plain = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = server_cpu_since(cluster, cpu_before, n, "Secret").await?;
     let controller = controller_writes as f64 / minting.as_secs_f64();
     println!(
         "ceiling: a plain client created {n} Secrets at {plain:.0} writes/s ({CONCURRENCY} in \
-         flight); the controller wrote {controller:.0} writes/s while minting: {:.2} of the \
-         ceiling",
+         flight{cpu}); the controller wrote {controller:.0} writes/s while minting: {:.2} of \
+         the ceiling",
         controller / plain
     );
     Ok(())

@@ -28,6 +28,8 @@ pub struct ControllerPart {
     pub personal_keys: controller::PersonalKeyPolicy,
     /// Act on `spec.access` (`--access-lists`).
     pub access_lists: bool,
+    /// Keys reconciled at once (`--max-concurrent-reconciles`).
+    pub concurrency: u16,
 }
 
 /// The verifier part of a process.
@@ -135,6 +137,7 @@ pub async fn serve_with(
             Some(part.leader.identity.clone()),
             part.personal_keys,
             part.access_lists,
+            part.concurrency,
         );
         // Ready once connected and permitted: a standby replica is as healthy as the leader.
         health.set_ready(true);

@@ -106,6 +106,7 @@ pub fn components(
             personal_keys: crate::controller::PersonalKeyPolicy::ACCEPTED,
             // The emulator serves no admission policies, so the guard access lists need is absent.
             access_lists: false,
+            concurrency: crate::controller::DEFAULT_CONCURRENCY,
         }),
         verifier: Some(VerifierPart {
             client: clients.verifier,

@@ -43,13 +43,17 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "keysmith.dev/restarted-for";
 /// offline oracle for guessable ones; only someone who may write the Secret can set it.
 pub const HEADER_SOURCE_ANNOTATION: &str = "keysmith.dev/header-source";
 /// Label on every Secret Keysmith publishes for a gateway (`spec.publish`), saying for which:
-/// [`PUBLISHED_FOR_ENVOY_GATEWAY`] or [`PUBLISHED_FOR_KONG`]. The controller finds the
+/// [`PUBLISHED_FOR_ENVOY_GATEWAY`], [`PUBLISHED_FOR_KONG`] or [`PUBLISHED_FOR_AGENTGATEWAY`].
+/// The controller finds the
 /// published Secrets of a key by it (with [`APIKEY_LABEL`]) to remove the ones no longer wanted.
 pub const PUBLISHED_FOR_LABEL: &str = "keysmith.dev/published-for";
 /// [`PUBLISHED_FOR_LABEL`] of the Envoy Gateway Secret.
 pub const PUBLISHED_FOR_ENVOY_GATEWAY: &str = "envoy-gateway";
 /// [`PUBLISHED_FOR_LABEL`] of a Kong credential Secret.
 pub const PUBLISHED_FOR_KONG: &str = "kong";
+/// [`PUBLISHED_FOR_LABEL`] of the agentgateway Secret (hashes only). An AgentgatewayPolicy may
+/// select it by this label, which a key's template cannot set (`keysmith.dev/` is Keysmith's).
+pub const PUBLISHED_FOR_AGENTGATEWAY: &str = "agentgateway";
 /// The label by which Kong's ingress controller recognises a credential Secret, and its value
 /// for key authentication (the Secret's `key` field holds the key).
 pub const KONG_CREDENTIAL_LABEL: &str = "konghq.com/credential";
@@ -87,8 +91,10 @@ const GATEWAY_KEYS_RULE: &str =
     r"self.all(k, !k.matches('^([^/]*\\.)?(konghq\\.com|envoyproxy\\.io)/'))";
 /// Suffix of the Envoy Gateway Secret's default name (`<apikey>-envoy-gateway`).
 pub const ENVOY_GATEWAY_SECRET_SUFFIX: &str = "-envoy-gateway";
+/// Suffix of the agentgateway Secret's default name (`<apikey>-agentgateway`).
+pub const AGENTGATEWAY_SECRET_SUFFIX: &str = "-agentgateway";
 /// Most entries of `spec.publish`: one per gateway kind.
-pub const MAX_PUBLISH: usize = 2;
+pub const MAX_PUBLISH: usize = 3;
 /// Most entries of each list of `spec.access` (users, groups, serviceAccounts).
 pub const MAX_ACCESS_ENTRIES: usize = 32;
 /// Longest user or group name in `spec.access`.
@@ -249,15 +255,15 @@ pub struct ApiKeySpec {
     pub secret: Option<SecretSpec>,
 
     /// Gateways that check this key's tokens themselves, from Secrets in the shape each reads:
-    /// at most one `envoyGateway` and one `kong` entry. Published Secrets belong to the ApiKey
-    /// and follow its tokens: a rotation adds the new token and keeps the replaced one for the
-    /// overlap window, expiry, `disabled` and deletion remove them.
+    /// at most one `envoyGateway`, one `kong` and one `agentgateway` entry. Published Secrets
+    /// belong to the ApiKey and follow its tokens: a rotation adds the new token and keeps the
+    /// replaced one for the overlap window, expiry, `disabled` and deletion remove them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 2))]
+    #[schemars(length(max = 3))]
     #[x_kube(
         merge_strategy = ListMerge::Atomic,
-        validation = Rule::new("self.all(p, self.exists_one(q, has(q.envoyGateway) == has(p.envoyGateway)))")
-            .message("publish to each gateway kind at most once (one envoyGateway and one kong entry)")
+        validation = Rule::new("self.filter(p, has(p.envoyGateway)).size() <= 1 && self.filter(p, has(p.kong)).size() <= 1 && self.filter(p, has(p.agentgateway)).size() <= 1")
+            .message("publish to each gateway kind at most once (one envoyGateway, one kong and one agentgateway entry)")
     )]
     pub publish: Vec<Publish>,
 
@@ -631,8 +637,8 @@ pub struct SecretSpec {
 /// One gateway that reads this key's tokens: set exactly one field.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("has(self.envoyGateway) != has(self.kong)")
-        .message("set exactly one of envoyGateway and kong")
+    validation = Rule::new("[has(self.envoyGateway), has(self.kong), has(self.agentgateway)].filter(x, x).size() == 1")
+        .message("set exactly one of envoyGateway, kong and agentgateway")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Publish {
@@ -647,6 +653,12 @@ pub struct Publish {
     /// `credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kong: Option<KongPublish>,
+
+    /// An Opaque Secret for agentgateway's `AgentgatewayPolicy` `traffic.apiKeyAuthentication`
+    /// holding no token: one entry per token, keyed like the Envoy Gateway client ids, whose
+    /// value is `{"keyHash": "sha256:<hex>", "metadata": {...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentgateway: Option<AgentgatewayPublish>,
 }
 
 /// Where the Envoy Gateway Secret goes.
@@ -660,6 +672,17 @@ pub struct EnvoyGatewayPublish {
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
+    pub secret_name: Option<String>,
+}
+
+/// Where the agentgateway Secret goes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentgatewayPublish {
+    /// Name of the Secret in the ApiKey's namespace. Default: `<apikey>-agentgateway`. It must
+    /// not be the name of the key's own Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), extend("pattern" = DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
 }
 
@@ -1017,6 +1040,17 @@ impl Publish {
                 .secret_name
                 .clone()
                 .unwrap_or_else(|| format!("{apikey}{ENVOY_GATEWAY_SECRET_SUFFIX}")),
+        )
+    }
+
+    /// The agentgateway Secret's name for key `apikey`, with its default applied.
+    pub fn agentgateway_secret(&self, apikey: &str) -> Option<String> {
+        let agentgateway = self.agentgateway.as_ref()?;
+        Some(
+            agentgateway
+                .secret_name
+                .clone()
+                .unwrap_or_else(|| format!("{apikey}{AGENTGATEWAY_SECRET_SUFFIX}")),
         )
     }
 }

@@ -23,7 +23,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
-use crate::api::{ApiKey, ApiKeySpec};
+use crate::api::{ApiKey, ApiKeySpec, Publish};
+use crate::planner::publish::AGENTGATEWAY_HASH_PREFIX;
 use crate::planner::timing::whole_seconds;
 use crate::token::sha256_hex;
 use crate::validation::validate;
@@ -98,6 +99,8 @@ pub struct Snapshot {
     pub secret: Option<Secret>,
     /// The key's Envoy Gateway Secret, if the key publishes one and it exists.
     pub published: Option<Secret>,
+    /// The key's agentgateway Secret (hashes only), if the key publishes one and it exists.
+    pub hashed: Option<Secret>,
     /// Events about the key.
     pub events: Vec<ObservedEvent>,
     /// The verifier's answer at `now` for every token value the observer asked about: every
@@ -203,6 +206,15 @@ fn secret_values(secret: &Secret) -> impl Iterator<Item = String> + '_ {
         .iter()
         .flatten()
         .filter_map(|(_, v)| String::from_utf8(v.0.clone()).ok())
+}
+
+/// A Secret's entries whose values are text, by name; none for no Secret.
+fn entries_of(secret: Option<&Secret>) -> impl Iterator<Item = (String, String)> + '_ {
+    secret
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
 }
 
 fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
@@ -580,22 +592,42 @@ impl Ledger {
     }
 
     fn published(&self, key: &ApiKey, shown: &[Entry], snap: &Snapshot, out: &mut Vec<Violation>) {
-        let now = snap.now;
+        let publishes = |pick: fn(&Publish) -> bool| key.spec.publish.iter().any(pick);
+        if publishes(|p| p.envoy_gateway.is_some()) {
+            // Envoy Gateway's entries are the tokens themselves.
+            let hashes = entries_of(snap.published.as_ref())
+                .map(|(entry, value)| (entry, Some(sha256_hex(&value))));
+            self.publication("published", hashes.collect(), key, shown, snap.now, out);
+        }
+        if publishes(|p| p.agentgateway.is_some()) {
+            let hashes = entries_of(snap.hashed.as_ref()).map(|(entry, value)| {
+                let hash = serde_json::from_str::<Value>(&value).ok().and_then(|v| {
+                    let hex = v["keyHash"]
+                        .as_str()?
+                        .strip_prefix(AGENTGATEWAY_HASH_PREFIX)?;
+                    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                        .then(|| hex.to_owned())
+                });
+                (entry, hash)
+            });
+            self.publication("agentgateway", hashes.collect(), key, shown, snap.now, out);
+        }
+    }
+
+    /// I3 for one published Secret, given as entry name to the SHA-256 its value stands for
+    /// (`None`: a value that is not in the gateway's shape): every entry is a token inside its
+    /// window, and while the key is in service every current token has its entry.
+    fn publication(
+        &self,
+        what: &str,
+        hashes: BTreeMap<String, Option<String>>,
+        key: &ApiKey,
+        shown: &[Entry],
+        now: Timestamp,
+        out: &mut Vec<Violation>,
+    ) {
         let name = key.metadata.name.clone().unwrap_or_default();
         let namespace = key.metadata.namespace.clone().unwrap_or_default();
-        if !key.spec.publish.iter().any(|p| p.envoy_gateway.is_some()) {
-            return;
-        }
-        let data: BTreeMap<String, String> = snap
-            .published
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .map(|d| {
-                d.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
         let out_of_service = suspended(&key.spec, now) != Some(false);
         let inside = |sha: &str| {
             !out_of_service
@@ -605,15 +637,19 @@ impl Ledger {
                         && e.expires_at.is_none_or(|at| at > now)
                 })
         };
-        for (entry, value) in &data {
-            let sha = sha256_hex(value);
-            if !inside(&sha) {
-                let id = self.tokens.get(&sha).map_or("(unknown)", |r| r.id.as_str());
+        for (entry, sha) in &hashes {
+            let Some(sha) = sha else {
                 out.push(violation(
                     Invariant::I3,
-                    format!(
-                        "published entry {entry} holds token {id}, which is outside any window"
-                    ),
+                    format!("{what} entry {entry} is not in the gateway's shape"),
+                ));
+                continue;
+            };
+            if !inside(sha) {
+                let id = self.tokens.get(sha).map_or("(unknown)", |r| r.id.as_str());
+                out.push(violation(
+                    Invariant::I3,
+                    format!("{what} entry {entry} holds token {id}, which is outside any window"),
                 ));
             }
         }
@@ -625,11 +661,11 @@ impl Ledger {
                 continue;
             }
             let entry = format!("{namespace}.{name}.{}", e.slot);
-            if data.get(&entry).map(|v| sha256_hex(v)) != Some(e.sha256.clone()) {
+            if hashes.get(&entry).cloned().flatten() != Some(e.sha256.clone()) {
                 out.push(violation(
                     Invariant::I3,
                     format!(
-                        "published entry {entry} does not hold slot {}'s current token {}",
+                        "{what} entry {entry} does not hold slot {}'s current token {}",
                         e.slot, e.id
                     ),
                 ));

@@ -726,32 +726,38 @@ fn validate_secret(errors: &mut Errors, spec: &ApiKeySpec) {
 fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
     errors.count("spec.publish", spec.publish.len(), MAX_PUBLISH);
     let own_secret = spec.secret.as_ref().and_then(|s| s.name.as_deref());
-    let (mut envoy, mut kong) = (false, false);
+    let (mut envoy, mut kong, mut agentgateway) = (false, false, false);
+    let check_secret_name = |errors: &mut Errors, field: String, name: &Option<String>| {
+        let Some(name) = name else { return };
+        if !is_dns_subdomain(name) {
+            errors.push(
+                field,
+                format!("{name:?} is not a valid Secret name (a DNS subdomain)"),
+            );
+        } else if Some(name.as_str()) == own_secret {
+            errors.push(
+                field,
+                format!("{name:?} is the key's own Secret (spec.secret.name); choose another name"),
+            );
+        }
+    };
     for (i, entry) in spec.publish.iter().enumerate() {
         let at = |field: &str| format!("spec.publish[{i}]{field}");
-        match (&entry.envoy_gateway, &entry.kong) {
-            (Some(envoy_gateway), None) => {
+        match (&entry.envoy_gateway, &entry.kong, &entry.agentgateway) {
+            (Some(envoy_gateway), None, None) => {
                 if std::mem::replace(&mut envoy, true) {
                     errors.push(
                         at(".envoyGateway"),
                         "publishes to Envoy Gateway a second time; keep one envoyGateway entry (one Secret holds every token)",
                     );
                 }
-                if let Some(name) = &envoy_gateway.secret_name {
-                    if !is_dns_subdomain(name) {
-                        errors.push(
-                            at(".envoyGateway.secretName"),
-                            format!("{name:?} is not a valid Secret name (a DNS subdomain)"),
-                        );
-                    } else if Some(name.as_str()) == own_secret {
-                        errors.push(
-                            at(".envoyGateway.secretName"),
-                            format!("{name:?} is the key's own Secret (spec.secret.name); choose another name"),
-                        );
-                    }
-                }
+                check_secret_name(
+                    errors,
+                    at(".envoyGateway.secretName"),
+                    &envoy_gateway.secret_name,
+                );
             }
-            (None, Some(consumer)) => {
+            (None, Some(consumer), None) => {
                 if std::mem::replace(&mut kong, true) {
                     errors.push(
                         at(".kong"),
@@ -768,7 +774,19 @@ fn validate_publish(errors: &mut Errors, spec: &ApiKeySpec) {
                     );
                 }
             }
-            _ => errors.push(at(""), "set exactly one of envoyGateway and kong"),
+            (None, None, Some(hashes)) => {
+                if std::mem::replace(&mut agentgateway, true) {
+                    errors.push(
+                        at(".agentgateway"),
+                        "publishes to agentgateway a second time; keep one agentgateway entry (one Secret holds every token's hash)",
+                    );
+                }
+                check_secret_name(errors, at(".agentgateway.secretName"), &hashes.secret_name);
+            }
+            _ => errors.push(
+                at(""),
+                "set exactly one of envoyGateway, kong and agentgateway",
+            ),
         }
     }
 }

@@ -88,6 +88,18 @@ pub struct AccessArgs {
     pub access_lists: bool,
 }
 
+/// `--max-concurrent-reconciles`: how hard the controller drives the API server.
+#[derive(Args, Debug, Clone)]
+pub struct ConcurrencyArgs {
+    /// Keys reconciled at once. Each reconcile is a few API requests one after another, so this
+    /// is about how many of the controller's requests the API server serves or has in flight at
+    /// a time; lower it to leave more of a small API server to others, raise it when minting a
+    /// large fleet is slower than the server's share for the controller allows.
+    #[arg(long, value_name = "N", default_value_t = crate::controller::DEFAULT_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+}
+
 /// `--log-format` and `--metrics-listen`.
 #[derive(Args, Debug, Clone)]
 pub struct TelemetryArgs {

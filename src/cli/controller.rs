@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::args::{AccessArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs};
+use super::args::{
+    AccessArgs, ConcurrencyArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs,
+};
 use super::serve_components;
 use crate::components::{Components, ControllerPart};
 use crate::{cluster, controller};
@@ -23,6 +25,8 @@ pub struct ControllerArgs {
     personal: PersonalKeyArgs,
     #[command(flatten)]
     access: AccessArgs,
+    #[command(flatten)]
+    concurrency: ConcurrencyArgs,
 }
 
 /// Run `keysmith controller`; every failure ends in one line on stderr and a non-zero exit.
@@ -43,6 +47,7 @@ pub fn run(args: ControllerArgs) -> ExitCode {
                     clock: controller::system_clock(),
                     personal_keys: args.personal.policy(),
                     access_lists: args.access.access_lists,
+                    concurrency: args.concurrency.max_concurrent_reconciles,
                 }),
                 verifier: None,
                 scope: args.scope.scope(),

@@ -135,12 +135,46 @@ async fn send(
     let body = serde_json::json!({ "tokens": tokens, "source": source });
     let request = hyper::Request::post(PLAIN_PATH)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string().into_bytes())
+        .body(body.to_string().into_bytes().into())
         .map_err(|e| e.to_string())?;
-    client
-        .request::<Answer>(request)
+    let response = client
+        .send(request)
         .await
-        .map_err(|e| format!("the verifier did not take the report: {e}"))
+        .map_err(|e| format!("cannot reach the verifier: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect_bytes()
+        .await
+        .map_err(|e| format!("the verifier's answer broke off: {e}"))?;
+    if !status.is_success() {
+        return Err(refusal(status, &body));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("the verifier's answer is not a leak-report answer: {e}"))
+}
+
+/// What to tell the user when the verifier did not take a report: its status, its own words,
+/// and for the two usual mistakes what to change.
+fn refusal(status: hyper::StatusCode, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    let said = serde_json::from_slice::<Refusal>(body)
+        .map(|r| r.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect());
+    let hint = match status {
+        hyper::StatusCode::NOT_FOUND => {
+            "; is this the verification API's address, and are plain leak reports on? \
+             (the verifier's --leak-report-token-file; chart value leakReports.tokenSecret)"
+        }
+        hyper::StatusCode::UNAUTHORIZED => {
+            "; --secret-file must hold the secret the verifier reads from --leak-report-token-file"
+        }
+        _ => "",
+    };
+    format!("the verifier did not take the report ({status}): {said}{hint}")
 }
 
 #[cfg(test)]
@@ -164,5 +198,33 @@ mod tests {
             keysmith: false,
         };
         assert!(describe(1, &lookalike).contains("not a Keysmith token"));
+    }
+
+    #[test]
+    fn a_refusal_says_the_status_the_verifiers_words_and_what_to_change() {
+        let off = refusal(
+            hyper::StatusCode::NOT_FOUND,
+            br#"{"error":"no such endpoint"}"#,
+        );
+        assert!(
+            off.starts_with(
+                "the verifier did not take the report (404 Not Found): no such endpoint; "
+            ),
+            "{off}"
+        );
+        assert!(off.contains("--leak-report-token-file"), "{off}");
+        let wrong = refusal(hyper::StatusCode::UNAUTHORIZED, b"denied");
+        assert!(
+            wrong.contains("(401 Unauthorized): denied; --secret-file"),
+            "{wrong}"
+        );
+        let other = refusal(
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            br#"{"error":"at most 100"}"#,
+        );
+        assert!(
+            other.ends_with("(413 Payload Too Large): at most 100"),
+            "{other}"
+        );
     }
 }

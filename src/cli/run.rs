@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::args::{
-    AccessArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs, VerifierApiArgs,
+    AccessArgs, ConcurrencyArgs, LeaderArgs, PersonalKeyArgs, ScopeArgs, TelemetryArgs,
+    VerifierApiArgs,
 };
 use super::serve_components;
 use crate::components::{Components, ControllerPart, VerifierPart};
@@ -27,6 +28,8 @@ pub struct RunArgs {
     personal: PersonalKeyArgs,
     #[command(flatten)]
     access: AccessArgs,
+    #[command(flatten)]
+    concurrency: ConcurrencyArgs,
 }
 
 /// Run `keysmith run`; every failure ends in one line on stderr and a non-zero exit.
@@ -45,6 +48,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 clock: controller::system_clock(),
                 personal_keys: args.personal.policy(),
                 access_lists: args.access.access_lists,
+                concurrency: args.concurrency.max_concurrent_reconciles,
             }),
             verifier: Some(VerifierPart {
                 client,

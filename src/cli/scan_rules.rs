@@ -39,7 +39,8 @@ pub struct ScanRulesArgs {
     format: ScannerFormat,
 
     /// With `--format trufflehog`: the webhook TruffleHog posts each candidate to for
-    /// verification (https://, or http:// for a test endpoint).
+    /// verification (https://, or http:// for a test endpoint), e.g. the verifier's
+    /// `/v1/leaks/trufflehog-verify`.
     #[arg(long, value_name = "URL")]
     verify_url: Option<String>,
 

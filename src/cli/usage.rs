@@ -272,7 +272,7 @@ pub fn render(usage: &ApiKeyUsage) -> String {
     let mut recent: Vec<(&str, &RecentRequest)> = requests(usage).collect();
     recent.sort_by_key(|(_, r)| std::cmp::Reverse(r.time));
     if !recent.is_empty() {
-        let _ = writeln!(out, "\nRequests since {}:", usage.since);
+        let _ = writeln!(out, "\nRequests since {}:", shown(usage.since));
         out += &request_lines(&recent, true);
     }
     let replicas: Vec<String> = usage
@@ -307,7 +307,7 @@ mod tests {
         let usage = ApiKeyUsage::new(
             "team",
             "billing",
-            at("2026-11-26T09:00:00Z"),
+            at("2026-11-26T09:00:00.516635275Z"),
             at("2026-11-26T10:00:00Z"),
             vec![TokenActivity {
                 token: "primary".into(),

@@ -64,10 +64,12 @@ const FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 /// Consecutive failures of one key (about 75 s of retries) from which each is logged as an error.
 const PERSISTENT_FAILURES: u32 = 5;
-/// Reconciles in flight at once. Unbounded, a start-up with 10,000 keys held 10,000 reconciles
-/// (requests, buffers, spans) in memory at the same time and burst them at the API server; a
-/// reconcile takes a few API round trips, so 32 keep a fleet moving at hundreds of keys a second.
-const RECONCILE_CONCURRENCY: u16 = 32;
+/// Reconciles in flight at once unless `--max-concurrent-reconciles` says otherwise. Unbounded,
+/// a start-up with 10,000 keys held 10,000 reconciles (requests, buffers, spans) in memory at the
+/// same time and burst them at the API server. A reconcile is a chain of round trips, each a
+/// seat of the server's priority and fairness while it is served and idle while it travels, so
+/// the bound must cover the travel: see docs/BENCHMARKS.md for the figures behind the default.
+pub const DEFAULT_CONCURRENCY: u16 = 64;
 /// When to look again after the finalizer patch or the status write raced a newer version.
 const RACE_RECHECK: Duration = Duration::from_secs(2);
 
@@ -104,11 +106,14 @@ pub struct Context {
     /// The running controller's ApiKey cache (metadata and `spec.owner`), which tells which of
     /// an owner's personal keys is the first.
     keys: Mutex<Option<reflector::Store<ApiKey>>>,
+    /// `--max-concurrent-reconciles`: keys reconciled (or revoked unread) at once.
+    concurrency: u16,
 }
 
 impl Context {
     /// A context reporting events as `instance` (the pod name); `access_lists`: act on
-    /// `spec.access` (only where the chart's admission policy guards it).
+    /// `spec.access` (only where the chart's admission policy guards it); `concurrency`: keys
+    /// reconciled at once (at least 1).
     pub fn new(
         client: Client,
         metrics: ControllerMetrics,
@@ -116,6 +121,7 @@ impl Context {
         instance: Option<String>,
         personal_keys: PersonalKeyPolicy,
         access_lists: bool,
+        concurrency: u16,
     ) -> Arc<Context> {
         // Reconciles free what they allocate at once; without this a fleet's start-up keeps
         // tens of MiB of it resident (the process's memory, so set where the controller starts).
@@ -133,6 +139,7 @@ impl Context {
             failures: Mutex::default(),
             personal_keys,
             keys: Mutex::default(),
+            concurrency: concurrency.max(1),
         })
     }
 }
@@ -226,7 +233,7 @@ pub async fn run(
         .touched_objects();
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
-        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
+        .with_config(controller::Config::default().concurrency(ctx.concurrency));
     if ctx.access.is_some() {
         // A Role or RoleBinding edited or deleted by someone else brings its key back.
         let roles: Api<PartialObjectMeta<Role>> = scope.api(client.clone());
@@ -241,7 +248,7 @@ pub async fn run(
         controller = controller.reconcile_all_on(resync);
     }
     info!(namespace = ?scope.namespace, selector = ?scope.selector, "controller started");
-    let revoking = revocations.for_each_concurrent(usize::from(RECONCILE_CONCURRENCY), {
+    let revoking = revocations.for_each_concurrent(usize::from(ctx.concurrency), {
         let ctx = ctx.clone();
         move |meta| {
             let ctx = ctx.clone();
@@ -393,15 +400,19 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
         }
         let started = Instant::now();
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
-        // kube's helper adds the finalizer first (a JSON patch that `test`s the list it saw,
-        // then ends this reconcile: the patch's watch event brings the key back), runs the
-        // apply or, once deleting, the cleanup, and then removes the finalizer.
-        let result = finalizer::finalizer(&api, FINALIZER, key, |event| async {
-            match event {
-                Finalizer::Apply(key) => ctx.apply(&api, &key).await,
-                Finalizer::Cleanup(key) => ctx.cleanup(&api, &key).await,
-            }
-        })
+        let result = async {
+            let Finalized { key, fresh } = add_finalizer(&api, key).await?;
+            // kube's helper runs the apply or, once deleting, the cleanup, and then removes the
+            // finalizer. It would also add a missing one, but end the pass there and wait for
+            // the patch's watch event: two passes per new key, half the minting rate.
+            finalizer::finalizer(&api, FINALIZER, key, |event| async {
+                match event {
+                    Finalizer::Apply(key) => ctx.apply(&api, &key, fresh).await,
+                    Finalizer::Cleanup(key) => ctx.cleanup(&api, &key).await,
+                }
+            })
+            .await
+        }
         .await
         .or_else(finalizer_raced);
         ctx.metrics
@@ -414,6 +425,53 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
     }
     .instrument(span)
     .await
+}
+
+/// A key ready for kube's finalizer helper; `fresh`: `key` is the server's answer to our own
+/// write, as current as a read.
+struct Finalized {
+    key: Arc<ApiKey>,
+    fresh: bool,
+}
+
+/// Put the finalizer on a live key that lacks it, with the JSON patch kube's helper would send
+/// (it `test`s the list the cache saw, so a concurrent change fails it with 422 instead of
+/// doubling an entry), and go on in the same pass. The finalizer is on the key before the
+/// Secret exists, so a crash in between leaves nothing that a deletion would fail to revoke.
+async fn add_finalizer(
+    api: &Api<ApiKey>,
+    key: Arc<ApiKey>,
+) -> Result<Finalized, finalizer::Error<Error>> {
+    if key.metadata.deletion_timestamp.is_some() || key.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(Finalized { key, fresh: false });
+    }
+    let name = key
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(finalizer::Error::UnnamedObject)?;
+    let operations = if key.finalizers().is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": key.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(|_| finalizer::Error::InvalidFinalizer)?;
+    let patched = api
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(finalizer::Error::AddFinalizer)?;
+    Ok(Finalized {
+        key: Arc::new(patched),
+        fresh: true,
+    })
 }
 
 /// Adding or removing the finalizer failed its `test` (422: the list is no longer the one the
@@ -508,17 +566,21 @@ impl Context {
     }
 
     /// Reconcile a live ApiKey: plan, then write status, Secret, restarts and events.
-    async fn apply(&self, api: &Api<ApiKey>, cached: &ApiKey) -> Result<Action, Error> {
-        let namespace = cached.namespace().unwrap_or_default();
-        let name = cached.name_any();
+    /// `fresh`: `key` came from the server just now (the finalizer patch's answer), not the cache.
+    async fn apply(&self, api: &Api<ApiKey>, key: &ApiKey, fresh: bool) -> Result<Action, Error> {
+        let namespace = key.namespace().unwrap_or_default();
+        let name = key.name_any();
         // Read the key fresh: the watch caches of ApiKeys and Secrets are not in step, and a
         // Secret event can arrive before the status write that preceded it. Planning with a
         // stale status against the new Secret would mistake our own tokens for a hand edit.
-        let Some(key) = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading ApiKey {namespace}/{name}")))?
-        else {
+        let read = if fresh {
+            Some(key.clone())
+        } else {
+            api.get_opt(&name)
+                .await
+                .map_err(Error::kube(format!("reading ApiKey {namespace}/{name}")))?
+        };
+        let Some(key) = read else {
             return Ok(Action::await_change());
         };
         if key.metadata.deletion_timestamp.is_some() {

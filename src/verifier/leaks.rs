@@ -1,6 +1,8 @@
 //! The leak-report endpoint (SPEC 4.6), off unless configured: `POST /v1/leaks/github` takes
 //! GitHub's secret scanning partner format, signed with a key of `--leak-report-github-keys-file`;
 //! `POST /v1/leaks` takes a plain report with the bearer secret of `--leak-report-token-file`.
+//! `POST /v1/leaks/trufflehog-verify`, with the same secret, is TruffleHog's custom-detector
+//! verification webhook: it only answers whether a candidate is a live token, and acts on nothing.
 //!
 //! For each reported token the index holds, the verifier sets `leak` on the token's entry in
 //! status (a JSON Patch guarded by a `test` of the token's hash there, as the usage write-back
@@ -36,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use keysmith_core::api::{ApiKey, Leak, MAX_LEAK_SOURCE_LEN};
 use keysmith_core::planner::timing::whole_seconds;
-use keysmith_core::verifier::decision::VerifyRequest;
+use keysmith_core::verifier::decision::{Code, VerifyRequest};
 use keysmith_core::verifier::index::{Found, Index, TokenHash};
 
 use super::Verifier;
@@ -47,6 +49,9 @@ use super::usage::{FIELD_MANAGER, StatusEntry};
 pub const GITHUB_PATH: &str = "/v1/leaks/github";
 /// Path of plain reports (`keysmith report-leak`).
 pub const PLAIN_PATH: &str = "/v1/leaks";
+/// Path of TruffleHog's verification webhook (`keysmith scan-rules --format trufflehog
+/// --verify-url`).
+pub const TRUFFLEHOG_PATH: &str = "/v1/leaks/trufflehog-verify";
 /// Largest report body (413 beyond).
 pub const MAX_REPORT_BODY: usize = 64 * 1024;
 /// Most tokens in one report (413 beyond).
@@ -74,6 +79,9 @@ pub enum Format {
     Github,
     /// `{"tokens": [...], "source"?}` with a bearer secret.
     Plain,
+    /// TruffleHog's `{"<detector>": {"<regex name>": ["<match>", ...]}}` with the same secret:
+    /// a question, not a report.
+    Trufflehog,
 }
 
 impl Format {
@@ -82,6 +90,7 @@ impl Format {
         match path {
             GITHUB_PATH => Some(Format::Github),
             PLAIN_PATH => Some(Format::Plain),
+            TRUFFLEHOG_PATH => Some(Format::Trufflehog),
             _ => None,
         }
     }
@@ -90,8 +99,16 @@ impl Format {
         match self {
             Format::Github => "github",
             Format::Plain => "plain",
+            Format::Trufflehog => "trufflehog",
         }
     }
+}
+
+/// The formats that report leaks (and act), as against TruffleHog's question.
+#[derive(Clone, Copy)]
+enum Report {
+    Github,
+    Plain,
 }
 
 /// Why the leak-report configuration did not load.
@@ -377,6 +394,7 @@ fn lock(replays: &Mutex<Replays>) -> std::sync::MutexGuard<'_, Replays> {
 struct LeakMetrics {
     reports: Family<[(&'static str, &'static str); 2], Counter>,
     tokens: Family<[(&'static str, &'static str); 1], Counter>,
+    candidates: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 /// The endpoint's state: configuration, remembered reports, metrics and the client it writes
@@ -401,6 +419,7 @@ impl LeakEndpoint {
         let metrics = LeakMetrics {
             reports: Family::default(),
             tokens: Family::default(),
+            candidates: Family::default(),
         };
         registry.register(
             "leak_reports",
@@ -411,6 +430,11 @@ impl LeakEndpoint {
             "leaked_tokens",
             "Reported tokens found by hash and recorded as leaked, by the key's leakResponse",
             metrics.tokens.clone(),
+        );
+        registry.register(
+            "trufflehog_candidates",
+            "Candidates TruffleHog asked about, by answer (live, not-live)",
+            metrics.candidates.clone(),
         );
         LeakEndpoint {
             config,
@@ -436,8 +460,13 @@ impl LeakEndpoint {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Answer {
-        let authenticated = match format {
-            Format::Github => {
+        let report = match format {
+            Format::Github => Report::Github,
+            Format::Plain => Report::Plain,
+            Format::Trufflehog => return self.trufflehog(verifier, client, headers, body).await,
+        };
+        let authenticated = match report {
+            Report::Github => {
                 let (Some(id), Some(signature)) =
                     (headers.get(GITHUB_KEY_ID), headers.get(GITHUB_SIGNATURE))
                 else {
@@ -451,7 +480,7 @@ impl LeakEndpoint {
                 self.config
                     .github_signed(id.as_bytes(), signature.as_bytes(), body)
             }
-            Format::Plain => self.config.bearer(
+            Report::Plain => self.config.bearer(
                 headers
                     .get(header::AUTHORIZATION)
                     .map(HeaderValue::as_bytes),
@@ -459,16 +488,16 @@ impl LeakEndpoint {
         };
         if !authenticated {
             self.count(format, "unauthenticated");
-            let why = match format {
-                Format::Github => "the signature does not verify with a configured GitHub key",
-                Format::Plain => "send Authorization: Bearer <the report secret>",
+            let why = match report {
+                Report::Github => "the signature does not verify with a configured GitHub key",
+                Report::Plain => BEARER_MISSING,
             };
             return error(StatusCode::UNAUTHORIZED, why.into());
         }
-        let parsed = match format {
-            Format::Github => serde_json::from_slice::<Vec<GithubMatch>>(body)
+        let parsed = match report {
+            Report::Github => serde_json::from_slice::<Vec<GithubMatch>>(body)
                 .map(|m| m.into_iter().map(Entry::Github).collect::<Vec<_>>()),
-            Format::Plain => serde_json::from_slice::<PlainReport>(body).map(|r| {
+            Report::Plain => serde_json::from_slice::<PlainReport>(body).map(|r| {
                 let source = r.source;
                 r.tokens
                     .into_iter()
@@ -537,7 +566,89 @@ impl LeakEndpoint {
                 known
             }
         };
-        answer(format, &entries, &known)
+        answer(report, &entries, &known)
+    }
+
+    /// TruffleHog's verification webhook: `200` when a candidate is a token the index holds
+    /// that still verifies (whatever its key; the answer names none), else `403`. Nothing is
+    /// recorded in status; each candidate gets an audit line and a count, and each request that
+    /// does not authenticate and each candidate that is not live costs the caller's address a
+    /// failure in the verifier's throttle, as a failed verification does.
+    async fn trufflehog(
+        &self,
+        verifier: &Verifier,
+        client: Option<IpAddr>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Answer {
+        let format = Format::Trufflehog;
+        let authorization = headers.get(header::AUTHORIZATION);
+        if !self.config.bearer(authorization.map(HeaderValue::as_bytes)) {
+            self.count(format, "unauthenticated");
+            throttle(verifier, client).await;
+            return error(StatusCode::UNAUTHORIZED, BEARER_MISSING.into());
+        }
+        let detectors = match serde_json::from_slice::<TrufflehogBody>(body) {
+            Ok(detectors) => detectors,
+            Err(err) => {
+                self.count(format, "invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the body is not TruffleHog's {{\"<detector>\": {{\"token\": [...]}}}}: {err}"
+                    ),
+                );
+            }
+        };
+        let candidates: Vec<&str> = detectors
+            .values()
+            .flat_map(|groups| groups.values().flatten())
+            .map(String::as_str)
+            .collect();
+        if candidates.len() > MAX_REPORT_TOKENS {
+            self.count(format, "invalid");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("ask about at most {MAX_REPORT_TOKENS} candidates at once"),
+            );
+        }
+        self.count(format, "accepted");
+        let now = (verifier.clock)();
+        let mut any_live = false;
+        for candidate in candidates {
+            let verdict = verifier.index.verify(&VerifyRequest::token(candidate), now);
+            // Live: it would verify where its key's restrictions hold. An allow-list or a
+            // required header this question cannot meet does not make a leaked token harmless.
+            let live = verdict.found.is_some()
+                && !matches!(verdict.code, Code::Expired | Code::Revoked | Code::Disabled);
+            let answer = if live { "live" } else { "not-live" };
+            self.metrics
+                .candidates
+                .get_or_create(&[("answer", answer)])
+                .inc();
+            crate::telemetry::write_audit_line("leak report", |line| {
+                line.str("format", format.as_str());
+                line.str("outcome", answer);
+                let found = verdict.found.as_ref();
+                line.str("key", found.map_or("", |f| f.key.identity.as_str()));
+                line.str("token", found.map_or("", |f| f.slot_name()));
+                line.str("token_id", verdict.token_id.unwrap_or(""));
+                line.ip("client", client);
+                line.str("source", "");
+            });
+            if !live {
+                throttle(verifier, client).await;
+            }
+            any_live |= live;
+        }
+        if any_live {
+            json(StatusCode::OK, &serde_json::json!({ "verified": true }))
+        } else {
+            json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({ "verified": false }),
+            )
+        }
     }
 
     /// Record one reported token: the leak in status (when the index knows it and status does
@@ -611,6 +722,23 @@ impl LeakEndpoint {
     }
 }
 
+/// What a caller without the bearer secret is told.
+const BEARER_MISSING: &str = "send Authorization: Bearer <the report secret>";
+
+/// TruffleHog's verification body: detector name to regex name to matches.
+type TrufflehogBody = HashMap<String, HashMap<String, Vec<String>>>;
+
+/// Delay the answer to `client` by what one more failure costs it in the verifier's throttle.
+async fn throttle(verifier: &Verifier, client: Option<IpAddr>) {
+    let Some(client) = client else { return };
+    let delay = verifier
+        .throttle
+        .on_failure(client, std::time::Instant::now());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// The JSON Patch that records `leak` on `entry`, which must still hold its token.
 pub fn leak_patch(entry: &StatusEntry, leak: &Leak) -> json_patch::Patch {
     use json_patch::{AddOperation, PatchOperation, TestOperation};
@@ -669,9 +797,9 @@ impl Entry {
     }
 }
 
-fn answer(format: Format, entries: &[Entry], known: &[bool]) -> Answer {
-    match format {
-        Format::Github => {
+fn answer(report: Report, entries: &[Entry], known: &[bool]) -> Answer {
+    match report {
+        Report::Github => {
             let labels: Vec<GithubLabel> = entries
                 .iter()
                 .zip(known)
@@ -687,7 +815,7 @@ fn answer(format: Format, entries: &[Entry], known: &[bool]) -> Answer {
                 .collect();
             json(StatusCode::OK, &labels)
         }
-        Format::Plain => {
+        Report::Plain => {
             let ids: Vec<Option<String>> = entries.iter().map(|e| public_id(e.token())).collect();
             let results: Vec<PlainResult> = ids
                 .iter()
@@ -878,5 +1006,49 @@ mod tests {
             ])
         );
         assert_eq!(bounded_source(&"x".repeat(5000)).len(), MAX_LEAK_SOURCE_LEN);
+    }
+
+    /// Each TruffleHog question that fails, unauthenticated or about a token that is not live,
+    /// costs its caller's address a failure in the verifier's throttle.
+    #[tokio::test]
+    async fn failed_trufflehog_questions_are_charged_to_the_caller() {
+        let (usage, _) = super::super::usage::UsageReporter::channel();
+        let verifier = Verifier::new(
+            &super::super::Options::default(),
+            usage,
+            &mut Registry::default(),
+        );
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let endpoint = LeakEndpoint::new(
+            LeakConfig::default()
+                .with_secret("trufflehog-secret-0123")
+                .unwrap(),
+            kube::Client::try_from(config).unwrap(),
+            &mut Registry::default(),
+        );
+        let body = br#"{"keysmith-ks_-base62-32": {"token": ["ks_nope"]}}"#;
+        let ask = |headers: HeaderMap, client: &str| {
+            let client: IpAddr = client.parse().unwrap();
+            let endpoint = &endpoint;
+            let verifier = &verifier;
+            async move {
+                endpoint
+                    .handle(verifier, Format::Trufflehog, Some(client), &headers, body)
+                    .await
+                    .status()
+            }
+        };
+        assert_eq!(
+            ask(HeaderMap::new(), "203.0.113.7").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(verifier.throttle.tracked(), 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer trufflehog-secret-0123"),
+        );
+        assert_eq!(ask(headers, "198.51.100.7").await, StatusCode::FORBIDDEN);
+        assert_eq!(verifier.throttle.tracked(), 2);
     }
 }

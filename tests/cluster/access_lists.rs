@@ -311,6 +311,7 @@ async fn the_flag_without_the_access_rules_stops_the_controller_at_start_up() {
             clock: controller::system_clock(),
             personal_keys: controller::PersonalKeyPolicy::ACCEPTED,
             access_lists: true,
+            concurrency: controller::DEFAULT_CONCURRENCY,
         }),
         verifier: None,
         scope: Scope::default(),

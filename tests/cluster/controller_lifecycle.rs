@@ -128,6 +128,52 @@ async fn create_mints_resync_writes_nothing_delete_revokes() {
     h.stop().await;
 }
 
+/// A new key is minted by the pass that adds its finalizer: every pass begins by reading the
+/// key, so a second pass would show as a read of it between the finalizer and the status write.
+/// The finalizer comes first, so a crash never leaves a Secret that a deletion would not revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_is_minted_in_the_pass_that_adds_its_finalizer() {
+    let mut h = Harness::start().await;
+    h.apply(TWO_SLOTS).await;
+    h.wait_key("site", "Ready", ready).await;
+    h.settle().await;
+    let user = controller_user();
+    let requests: Vec<String> = h
+        .cluster
+        .requests(|e| e.user == user && e.name == "site" && e.resource != "events")
+        .iter()
+        .map(|e| {
+            let write = if e.is_write() { " (write)" } else { "" };
+            match e.subresource.as_str() {
+                "" => format!("{} {}{write}", e.verb, e.resource),
+                sub => format!("{} {}/{sub}{write}", e.verb, e.resource),
+            }
+        })
+        .collect();
+    let first = |what: &str| {
+        requests
+            .iter()
+            .position(|r| r.starts_with(what) && r.ends_with("(write)"))
+            .unwrap_or_else(|| panic!("no {what} write in {requests:?}"))
+    };
+    let (finalizer, status, secret) = (
+        first("patch apikeys"),
+        first("update apikeys/status"),
+        first("patch secrets"),
+    );
+    assert!(
+        finalizer < status && status < secret,
+        "finalizer, status, Secret in that order: {requests:?}"
+    );
+    assert!(
+        !requests[finalizer..status]
+            .iter()
+            .any(|r| r.starts_with("get apikeys")),
+        "one pass from the finalizer to the Secret: {requests:?}"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_deleted_or_edited_by_hand_is_reminted() {
     let h = Harness::start().await;

@@ -850,10 +850,25 @@ spec: {clusterIP: 10.0.0.20, ports: [{port: 80}]}
 async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
     let cluster = cluster().await;
     for (publish, message) in [
-        ("[{}]", "set exactly one of envoyGateway and kong"),
+        (
+            "[{}]",
+            "set exactly one of envoyGateway, kong and agentgateway",
+        ),
         (
             "[{envoyGateway: {}, kong: {consumer: shop}}]",
-            "set exactly one of envoyGateway and kong",
+            "set exactly one of envoyGateway, kong and agentgateway",
+        ),
+        (
+            "[{agentgateway: {}, kong: {consumer: shop}}]",
+            "set exactly one of envoyGateway, kong and agentgateway",
+        ),
+        (
+            "[{agentgateway: {}}, {agentgateway: {secretName: other}}]",
+            "publish to each gateway kind at most once",
+        ),
+        (
+            "[{agentgateway: {secretName: Not_A_Name}}]",
+            "spec.publish[0].agentgateway.secretName",
         ),
         (
             "[{envoyGateway: {}}, {envoyGateway: {secretName: other}}]",
@@ -864,7 +879,7 @@ async fn the_api_server_refuses_a_publish_list_the_schema_forbids() {
             "spec.publish[0].envoyGateway.secretName",
         ),
         (
-            "[{envoyGateway: {}}, {kong: {consumer: a}}, {kong: {consumer: b}}]",
+            "[{envoyGateway: {}}, {kong: {consumer: a}}, {agentgateway: {}}, {kong: {consumer: b}}]",
             "spec.publish",
         ),
     ] {

@@ -1,11 +1,12 @@
 //! End to end: leak reports to the verifier, in GitHub's signed partner format and the plain
-//! format, acted on by the controller (SPEC 4.6), with a signing key generated here.
+//! format, acted on by the controller (SPEC 4.6), with a signing key generated here; and
+//! TruffleHog's verification webhook, which only answers whether a candidate is live.
 
 use keysmith::controller::system_clock;
 use keysmith::token::sha256_hex;
 use keysmith::verifier::Settings;
 use keysmith::verifier::leaks::{
-    GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, MAX_REPORT_TOKENS, PLAIN_PATH,
+    GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, MAX_REPORT_TOKENS, PLAIN_PATH, TRUFFLEHOG_PATH,
 };
 use keysmith::verifier::tenancy::Tenancy;
 use serde_json::{Value, json};
@@ -341,8 +342,113 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configured_credential_the_leak_paths_do_not_exist() {
     let h = crate::harness::verifier::start(&[]).await;
-    for path in [GITHUB_PATH, PLAIN_PATH] {
+    for path in [GITHUB_PATH, PLAIN_PATH, TRUFFLEHOG_PATH] {
         let r = request(h.api, "POST", path, &[], Some("[]")).await;
         assert_eq!(r.status, 404, "{path}");
     }
+}
+
+/// TruffleHog's question for one candidate, as its custom detector sends it.
+fn trufflehog_body(candidates: &[&str]) -> String {
+    json!({"keysmith-lk_-base62-32": {"token": candidates}}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trufflehog_verification_answers_whether_a_token_is_live_and_acts_on_nothing() {
+    let controller = Harness::start().await;
+    controller.apply(KEYS).await;
+    controller.wait_key("leaky", "leaky ready", ready).await;
+    controller.wait_key("watched", "watched ready", ready).await;
+    let live = api_token(&controller, "leaky").await;
+    let watched = api_token(&controller, "watched").await;
+
+    let settings = Settings {
+        leaks: Some(LeakConfig::default().with_secret(SECRET).unwrap()),
+        ..Settings::default()
+    };
+    let verifier = spawn_with(
+        &controller.cluster,
+        &[],
+        Tenancy::parse(NS, &[]).unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        system_clock(),
+        settings,
+    )
+    .await;
+    wait_code(&verifier, &live, "VALID").await;
+    let bearer = format!("Bearer {SECRET}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // Only with the report secret.
+    let body = trufflehog_body(&[&live]);
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong-secret-0123456789")],
+    ] {
+        let (status, _) = post(&verifier, TRUFFLEHOG_PATH, &headers, &body).await;
+        assert_eq!(status, 401);
+    }
+
+    // A live token: 200, and the answer names no key, namespace or slot.
+    let response = request(verifier.api, "POST", TRUFFLEHOG_PATH, &auth, Some(&body)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&response.body).unwrap(),
+        json!({"verified": true})
+    );
+    for name in ["leaky", "cms", "api", "lk_"] {
+        assert!(!response.body.contains(name), "{}", response.body);
+    }
+
+    // Well-formed but nobody's, a lookalike, and a token of a disabled key: 403.
+    let stranger = mint("lk_");
+    for candidate in [stranger.expose_secret(), "lk_not_a_token"] {
+        let body = trufflehog_body(&[candidate]);
+        let (status, answer) = post(&verifier, TRUFFLEHOG_PATH, &auth, &body).await;
+        assert_eq!((status, answer), (403, json!({"verified": false})));
+    }
+    controller
+        .apply(&KEYS.replace(
+            "leakResponse: report",
+            "leakResponse: report\n  disabled: true",
+        ))
+        .await;
+    wait_code(&verifier, &watched, "DISABLED").await;
+    let (status, _) = post(
+        &verifier,
+        TRUFFLEHOG_PATH,
+        &auth,
+        &trufflehog_body(&[&watched]),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Several candidates: 200 when one of them is live.
+    let (status, _) = post(
+        &verifier,
+        TRUFFLEHOG_PATH,
+        &auth,
+        &trufflehog_body(&[&watched, &live]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Bounded like a report, and POST only.
+    let many: Vec<&str> = vec!["lk_x"; MAX_REPORT_TOKENS + 1];
+    let (status, _) = post(&verifier, TRUFFLEHOG_PATH, &auth, &trufflehog_body(&many)).await;
+    assert_eq!(status, 413);
+    let huge = trufflehog_body(&["x".repeat(MAX_REPORT_BODY).as_str()]);
+    let (status, _) = post(&verifier, TRUFFLEHOG_PATH, &auth, &huge).await;
+    assert_eq!(status, 413);
+    let (status, _) = post(&verifier, TRUFFLEHOG_PATH, &auth, "[\"token\"]").await;
+    assert_eq!(status, 400);
+    assert_eq!(get(verifier.api, TRUFFLEHOG_PATH).await.status, 405);
+
+    // Counted, and nothing recorded: the token verifies and its status holds no report.
+    let series =
+        |answer: &str| format!("keysmith_trufflehog_candidates_total{{answer=\"{answer}\"}} ");
+    assert_eq!(metric(&verifier, &series("live")).await, 2.0);
+    assert_eq!(metric(&verifier, &series("not-live")).await, 4.0);
+    assert_eq!(code(&verifier, &live).await, "VALID");
+    let key = controller.apikey("leaky").await.unwrap();
+    assert!(token(&key, "api")["leak"].is_null(), "{key}");
 }

@@ -1,6 +1,6 @@
 //! Stateful property tests of SPEC 4.1a: random operation sequences on one ApiKey, with the
 //! in-process controller and verifier on the test clock; after every step the controller
-//! settles, the test observes the key, its Secret, its published Secret, its events and the
+//! settles, the test observes the key, its Secret, its published Secrets, its events and the
 //! verifier's answer for every token it ever saw, and [`Ledger::observe`] checks every promise
 //! made so far. I7 (writes per operation) is counted here from the API server's request log.
 //!
@@ -83,9 +83,10 @@ pub enum Op {
     DeleteSecret,
     /// Write a token Keysmith never minted into a slot's Secret key.
     TamperSecret(usize),
-    /// Delete the Envoy Gateway Secret.
+    /// Delete the Envoy Gateway and agentgateway Secrets.
     DeletePublished,
-    /// Overwrite slot a's current entry in the Envoy Gateway Secret.
+    /// Overwrite slot a's current entry in the Envoy Gateway and agentgateway Secrets (a token
+    /// Keysmith never minted, and its hash).
     TamperPublished,
     /// Stop the controller gracefully and start it again.
     RestartController,
@@ -227,12 +228,16 @@ impl Model {
             "expiresAt": self.expires_at.map(|t| t.to_string()),
             "disabled": self.disabled,
             "rotation": {"every": every, "overlap": self.overlap, "trigger": format!("t{}", self.trigger)},
-            "publish": [{"envoyGateway": {}}],
+            "publish": [{"envoyGateway": {}}, {"agentgateway": {}}],
         })
     }
 
     fn published(&self) -> String {
         format!("{}-envoy-gateway", self.name)
+    }
+
+    fn hashed(&self) -> String {
+        format!("{}-agentgateway", self.name)
     }
 }
 
@@ -366,6 +371,7 @@ impl World {
         let key = self.h.apikey(&m.name).await;
         let secret = self.h.secret(&m.name).await.map(typed);
         let published = self.h.secret(&m.published()).await.map(typed);
+        let hashed = self.h.secret(&m.hashed()).await.map(typed);
         let events = self
             .h
             .cluster
@@ -389,6 +395,7 @@ impl World {
             key,
             secret,
             published,
+            hashed,
             events,
             answers: Default::default(),
         };
@@ -539,24 +546,25 @@ impl World {
                 return false;
             }
             Op::DeletePublished => {
-                let _ = self
-                    .secrets()
-                    .delete(&m.published(), &DeleteParams::default())
-                    .await;
+                for name in [m.published(), m.hashed()] {
+                    let _ = self.secrets().delete(&name, &DeleteParams::default()).await;
+                }
                 return false;
             }
             Op::TamperPublished => {
                 let foreign = Token::generate("lp_a_", 32, Encoding::Base62).unwrap();
                 let entry = format!("{NS}.{}.a", m.name);
-                let patch = json!({"data": {entry: base64(foreign.expose_secret())}});
-                let _ = self
-                    .secrets()
-                    .patch(
-                        &m.published(),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await;
+                let planted = json!({"keyHash": format!("sha256:{}", foreign.sha256_hex())});
+                for (name, value) in [
+                    (m.published(), foreign.expose_secret().to_owned()),
+                    (m.hashed(), planted.to_string()),
+                ] {
+                    let patch = json!({"data": {&entry: base64(&value)}});
+                    let _ = self
+                        .secrets()
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await;
+                }
                 return false;
             }
             Op::RestartController => {

@@ -16,6 +16,7 @@ mod crash_consistency;
 mod examples;
 mod fault_soak;
 mod gateway_publish;
+mod gateway_publish_agentgateway;
 mod hostile_input;
 mod kubectl_plugin;
 mod leak_reports;

@@ -15,7 +15,9 @@ use crate::harness::verifier::{
 };
 use keysmith::verifier::Settings;
 use keysmith::verifier::http::MAX_BODY;
-use keysmith::verifier::leaks::{GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, PLAIN_PATH};
+use keysmith::verifier::leaks::{
+    GITHUB_PATH, LeakConfig, MAX_REPORT_BODY, PLAIN_PATH, TRUFFLEHOG_PATH,
+};
 use keysmith::verifier::tenancy::Tenancy;
 use serde_json::{Value, json};
 
@@ -292,6 +294,7 @@ async fn the_openapi_document_matches_the_verifier() {
             "/apis/authentication.k8s.io/v1/tokenreviews",
             GITHUB_PATH,
             PLAIN_PATH,
+            TRUFFLEHOG_PATH,
         ] {
             let concrete = path.replace("{namespaces}", "shop");
             answers.push((path, stalled_body(api, &concrete).await));
@@ -514,6 +517,39 @@ async fn the_openapi_document_matches_the_verifier() {
         answer: post(&h, path, &too_large).await,
     });
 
+    // TruffleHog's question about `good`, before the reports below revoke it.
+    let leak_bearer = format!("Bearer {LEAK_SECRET}");
+    let too_large_question =
+        json!({"keysmith-shop_-base62-32": {"token": ["x".repeat(MAX_REPORT_BODY)]}});
+    let live = json!({"keysmith-shop_-base62-32": {"token": [good]}});
+    let dead = json!({"keysmith-shop_-base62-32": {"token": [unknown]}});
+    for (sent, body, authorization) in [
+        (Some(&live), &live, Some(leak_bearer.as_str())),
+        (Some(&dead), &dead, Some(leak_bearer.as_str())),
+        (None, &json!([1]), Some(leak_bearer.as_str())),
+        (None, &live, None),
+        (None, &too_large_question, Some(leak_bearer.as_str())),
+    ] {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        let answer = request(
+            h.api,
+            "POST",
+            TRUFFLEHOG_PATH,
+            &headers,
+            Some(&body.to_string()),
+        )
+        .await;
+        cases.push(Case {
+            path: TRUFFLEHOG_PATH,
+            method: "post",
+            sent: sent.cloned(),
+            answer,
+        });
+    }
+
     // Leak reports, last: the report of `good` revokes it.
     let report = json!([
         {"token": good, "type": "shop_token", "url": "https://example.com/leak"},
@@ -542,13 +578,12 @@ async fn the_openapi_document_matches_the_verifier() {
             answer,
         });
     }
-    let bearer = format!("Bearer {LEAK_SECRET}");
     let plain = json!({"tokens": [unknown, "not a token"], "source": null});
     for (sent, body, authorization) in [
-        (Some(&plain), &plain, Some(bearer.as_str())),
-        (None, &json!([1]), Some(bearer.as_str())),
+        (Some(&plain), &plain, Some(leak_bearer.as_str())),
+        (None, &json!([1]), Some(leak_bearer.as_str())),
         (None, &plain, None),
-        (None, &too_large_report, Some(bearer.as_str())),
+        (None, &too_large_report, Some(leak_bearer.as_str())),
     ] {
         let headers: Vec<(&str, &str)> = authorization
             .map(|a| ("Authorization", a))

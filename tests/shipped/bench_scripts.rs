@@ -33,9 +33,11 @@ fn help_names_every_flag_and_its_default() {
     for expected in [
         "Usage: bench/openloop.sh",
         "--rates",
-        "5000,20000,50000",
+        "1000,2000,5000,10000",
+        "--runs",
+        "default 3",
         "--duration",
-        "30s",
+        "10s",
         "--keys",
         "apt-get install nginx",
         "testenv/install vegeta",
@@ -52,6 +54,8 @@ fn wrong_arguments_exit_2_naming_the_flag() {
     for (args, expected) in [
         (&["--rates", "5k"][..], "--rates '5k'"),
         (&["--rates", "5000,,20000"], "--rates '5000,,20000'"),
+        (&["--runs", "0"], "--runs '0'"),
+        (&["--runs", "three"], "--runs 'three'"),
         (&["--duration", "3"], "--duration '3'"),
         (&["--keys", "0"], "--keys '0'"),
         (&["--duration"], "--duration needs a value"),

@@ -363,6 +363,7 @@ async fn controller_part(cluster: &Cluster, account: &str) -> ControllerPart {
         clock: controller::system_clock(),
         personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
         access_lists: false,
+        concurrency: controller::DEFAULT_CONCURRENCY,
     }
 }
 
@@ -1228,8 +1229,32 @@ async fn notes_commands_work_as_printed_on_a_default_install() {
         unguarded.contains("WARNING: verifier.statusPolicy is false"),
         "{unguarded}"
     );
+    // Leak reports, off by default, get a step of their own naming what is on and where.
+    let leaks = notes(
+        &admin,
+        &[
+            "accessLists.enabled=true",
+            "leakReports.tokenSecret=leak-token",
+        ],
+    );
+    assert!(leaks.contains("\n6. Who may read a key:\n"), "{leaks}");
+    assert!(
+        leaks.contains("\n\n7. Leak reports are on, on the verification API of keysmith-verifier"),
+        "{leaks}"
+    );
+    assert!(leaks.contains("Secret leak-token (key token)"), "{leaks}");
+    assert!(leaks.contains("/v1/leaks/trufflehog-verify"), "{leaks}");
+    assert!(!leaks.contains("/v1/leaks/github"), "{leaks}");
+    let github = notes(&admin, &["leakReports.githubKeysSecret=github-keys"]);
+    assert!(github.contains("\n6. Leak reports are on"), "{github}");
+    assert!(
+        github.contains("signed with a key in Secret\n   github-keys."),
+        "{github}"
+    );
+    assert!(!github.contains("POST /v1/leaks takes"), "{github}");
     let notes = notes(&admin, &[]);
     assert!(!notes.contains("WARNING: verifier.statusPolicy"), "{notes}");
+    assert!(!notes.contains("Leak reports"), "{notes}");
     let commands = notes_commands(&notes);
     let forwarded = "http://localhost:8080";
     let (port_forwards, commands): (Vec<_>, Vec<_>) = commands
@@ -1805,7 +1830,7 @@ async fn a_personal_key_acts_as_its_owner_at_the_api_server_until_it_is_deleted(
 }
 
 /// Who may create and edit ApiKeys in [`APPS`]: `editor` cannot read Secrets there, `owner` can,
-/// `partial` only the Secrets `wide` and `wide-envoy-gateway`.
+/// `partial` only the Secrets `wide`, `wide-envoy-gateway` and `wide-agentgateway`.
 const ACCESS_USERS: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -1832,7 +1857,7 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: wide-read, namespace: apps}
 rules:
-  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway]}
+  - {apiGroups: [""], resources: [secrets], verbs: [get], resourceNames: [wide, wide-envoy-gateway, wide-agentgateway]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -2028,6 +2053,21 @@ async fn access_lists_let_only_readers_grant_reading_and_grant_exactly_the_liste
     apply_as_with(&cluster, "owner", &wide, true)
         .await
         .expect("the owner reads every Secret of the namespace");
+    // The agentgateway Secret is asked for by name: its name could be any Secret's.
+    wide["spec"]["publish"] = json!([{"envoyGateway": {}}, {"agentgateway": {}}]);
+    apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect("partial reads the key's own Secrets");
+    wide["spec"]["publish"] = json!([{"agentgateway": {"secretName": "plain"}}]);
+    let refused = apply_as_with(&cluster, "partial", &wide, true)
+        .await
+        .expect_err("naming another Secret as the agentgateway one grants nothing");
+    assert!(
+        refused
+            .to_string()
+            .contains("only someone who may get the key's agentgateway Secret"),
+        "{refused}"
+    );
 
     // Removing a name removes the access.
     apply_as(&cluster, "owner", &access_key("shared", Some(&["carol"])))

@@ -311,6 +311,7 @@ impl Values {
                 "acceptNamespaces={tenant-a,tenant-b}",
                 "tokenMetrics.maxTokens=50",
                 "connections.maxPerPeer=64",
+                "maxConcurrentReconciles=16",
                 &format!("image.digest={DIGEST}"),
                 &format!("image.registry={REGISTRY}"),
                 &format!("image.repository={MIRRORED}"),
@@ -806,6 +807,8 @@ fn deployments_run_the_subcommand_flags_and_image_of_their_mode() {
                     "--lease-name={}",
                     lease_name(RELEASE, values.flags)
                 ));
+                let concurrency = if values.flags { 16 } else { 64 };
+                args.push(format!("--max-concurrent-reconciles={concurrency}"));
             }
             if values.flags {
                 // Only what serves the verifier API sees client addresses.

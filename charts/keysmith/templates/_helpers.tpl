@@ -281,6 +281,7 @@ spec:
             {{- include "keysmith.commonArgs" $root | nindent 12 }}
             {{- if .leader }}
             - {{ printf "--lease-name=%s" (include "keysmith.leaseName" $root) | quote }}
+            - {{ printf "--max-concurrent-reconciles=%d" (int $root.Values.maxConcurrentReconciles) }}
             {{- if $root.Values.personalKeys.enabled }}
             - --personal-keys
             - {{ printf "--personal-key-max-lifetime=%s" $root.Values.personalKeys.maxLifetime | quote }}

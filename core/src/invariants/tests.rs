@@ -90,6 +90,7 @@ fn snap(now: Timestamp, key: Value, held: &Token, codes: &[(&Token, Code)]) -> S
         key: Some(key),
         secret: Some(secret(&[("a", held)])),
         published: Some(secret(&[("cms.site.a", held)])),
+        hashed: None,
         events: Vec::new(),
         answers: answers(codes),
     }
@@ -218,6 +219,7 @@ fn i2_tokens_verify_while_disabled_or_after_deletion() {
         key: None,
         secret: None,
         published: None,
+        hashed: None,
         events: Vec::new(),
         answers: answers(&[(&x, Code::Revoked), (&y, Code::Valid)]),
     };
@@ -258,6 +260,79 @@ fn i3_the_secret_status_and_published_secret_hold_exactly_their_tokens() {
     s.published = Some(secret(&[]));
     let v = ledger.observe(&s);
     assert_eq!(invariants(&v), [Invariant::I3], "{v:?}");
+}
+
+/// An agentgateway Secret whose entries hold the hashes of `entries`' tokens.
+fn hashed(entries: &[(&str, &Token)]) -> Secret {
+    Secret {
+        data: Some(
+            entries
+                .iter()
+                .map(|(k, t)| {
+                    let value = json!({"keyHash": format!("sha256:{}", t.sha256_hex()),
+                        "metadata": {"slot": "a"}});
+                    ((*k).to_owned(), ByteString(value.to_string().into_bytes()))
+                })
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+#[test]
+fn i3_the_agentgateway_secret_holds_the_hashes_of_exactly_the_tokens_inside_a_window() {
+    let (x, y) = (token(), token());
+    let mut both = spec();
+    both["publish"] = json!([{"envoyGateway": {}}, {"agentgateway": {}}]);
+    let mut ledger = Ledger::default();
+    let key = apikey(both.clone(), 1, vec![current(&x, at(0))], ready());
+    let mut s = snap(at(0), key, &x, &[(&x, Code::Valid)]);
+    s.hashed = Some(hashed(&[("cms.site.a", &x)]));
+    assert_eq!(ledger.observe(&s), []);
+
+    let mut rotated = current(&y, at(10));
+    rotated["previous"] = replaced(&x, at(70));
+    let key = apikey(both.clone(), 1, vec![rotated], ready());
+    let mut s = snap(at(10), key, &y, &[(&x, Code::Valid), (&y, Code::Valid)]);
+    s.published = Some(secret(&[("cms.site.a", &y), ("cms.site.a_previous", &x)]));
+    s.hashed = Some(hashed(&[("cms.site.a", &y), ("cms.site.a_previous", &x)]));
+    assert_eq!(ledger.observe(&s), []);
+
+    // The window is over at 70; agentgateway still takes the replaced token.
+    let key = apikey(both.clone(), 1, vec![current(&y, at(10))], ready());
+    let mut s = snap(
+        at(71),
+        key.clone(),
+        &y,
+        &[(&x, Code::Expired), (&y, Code::Valid)],
+    );
+    s.hashed = Some(hashed(&[("cms.site.a", &y), ("cms.site.a_previous", &x)]));
+    let v = ledger.observe(&s);
+    assert_eq!(invariants(&v), [Invariant::I3], "{v:?}");
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].detail
+            .starts_with("agentgateway entry cms.site.a_previous holds token"),
+        "{v:?}"
+    );
+
+    // A token value where its hash belongs: not agentgateway's shape, and no current hash.
+    let mut s = snap(at(72), key, &y, &[(&x, Code::Expired), (&y, Code::Valid)]);
+    s.hashed = Some(secret(&[("cms.site.a", &y)]));
+    let v = ledger.observe(&s);
+    assert_eq!(invariants(&v), [Invariant::I3], "{v:?}");
+    let details: Vec<&str> = v.iter().map(|v| v.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "agentgateway entry cms.site.a is not in the gateway's shape",
+            &*format!(
+                "agentgateway entry cms.site.a does not hold slot a's current token {}",
+                y.id()
+            ),
+        ],
+        "{v:?}"
+    );
 }
 
 #[test]

@@ -65,13 +65,14 @@ pub fn listed(key: &ApiKey) -> Vec<AccessSubject> {
 }
 
 /// The Secrets a key's Role covers: its own, then every name its published Secrets can take
-/// (the Envoy Gateway Secret; each slot's Kong credential and those of its replaced tokens), so
-/// the Role does not change with each rotation.
+/// (the Envoy Gateway Secret; each slot's Kong credential and those of its replaced tokens; the
+/// agentgateway Secret), so the Role does not change with each rotation.
 pub fn secrets(key: &ApiKey) -> Vec<String> {
     let apikey = key.metadata.name.clone().unwrap_or_default();
     let mut names = vec![key.secret_name()];
     for entry in &key.spec.publish {
         names.extend(entry.envoy_gateway_secret(&apikey));
+        names.extend(entry.agentgateway_secret(&apikey));
         if entry.kong.is_some() {
             for slot in &key.spec.tokens {
                 let replaced = (0..=MAX_EARLIER).map(|rank| Some(replaced_suffix(rank)));

@@ -4,10 +4,11 @@
 //!
 //! Published values follow the key's status, not the other way round: every current token that
 //! still verifies, and every replaced token inside its overlap window, is published; nothing is
-//! once the key is disabled or past its `expiresAt`. Token plaintext is found by its SHA-256
-//! (the status holds the hashes) among the values Keysmith already holds: the Secret the plan
-//! writes, the key's Secret as observed, and the key's published Secrets. That is also how a
-//! replaced token stays published through its overlap window after it left the key's Secret.
+//! once the key is disabled or past its `expiresAt`. agentgateway takes the SHA-256 the status
+//! holds, as it is. For the others, token plaintext is found by its SHA-256 among the values
+//! Keysmith already holds: the Secret the plan writes, the key's Secret as observed, and the
+//! key's published Secrets. That is also how a replaced token stays published through its
+//! overlap window after it left the key's Secret.
 //!
 //! Keysmith writes only Secrets this key controls (a name taken by any other Secret is a
 //! conflict, never overwritten), and a KongConsumer only when its annotation
@@ -23,8 +24,8 @@ use kube::Resource;
 use crate::api::{
     APIKEY_LABEL, ApiKey, KONG_CONSUMER_ANNOTATION, KONG_CONSUMER_OF_SECRET_ANNOTATION,
     KONG_CREDENTIAL_LABEL, KONG_KEY_AUTH, LeakResponse, MANAGED_BY, MANAGED_BY_LABEL,
-    PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG, PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION,
-    TokenStatus,
+    PUBLISHED_FOR_AGENTGATEWAY, PUBLISHED_FOR_ENVOY_GATEWAY, PUBLISHED_FOR_KONG,
+    PUBLISHED_FOR_LABEL, TOKEN_IDS_ANNOTATION, TokenStatus,
 };
 use crate::token::{Token, sha256_hex};
 use crate::validation::validate;
@@ -38,6 +39,8 @@ pub const KONG_KEY_FIELD: &str = "key";
 /// Suffix of an Envoy Gateway client id and of a Kong credential Secret's name for a replaced
 /// token during its overlap window; the ones in `earlier` add `-2`, `-3`, `-4`.
 pub const PREVIOUS_SUFFIX: &str = "previous";
+/// How agentgateway's `keyHash` names the hash function before the lower-case hex digest.
+pub const AGENTGATEWAY_HASH_PREFIX: &str = "sha256:";
 /// Longest object name Kubernetes accepts.
 pub(super) const MAX_NAME_LEN: usize = 253;
 
@@ -256,22 +259,27 @@ pub fn publication(
         .expires_at
         .is_some_and(|end| now >= whole_seconds(end));
     let active = !key.spec.disabled && !expired;
-    let pool = Pool::new(key, plan, secret, published);
     let tokens = plan
         .status
         .as_ref()
         .or(key.status.as_ref())
         .map(|s| s.tokens.as_slice())
         .unwrap_or_default();
-    // (slot, suffix, token) for every token a gateway should accept now.
-    let live: Vec<(&str, Option<String>, Token)> = if active {
+    let hashes: Vec<Live> = if active {
         tokens
             .iter()
-            .flat_map(|t| live_tokens(t, &pool, now, key.spec.leak_response.unwrap_or_default()))
+            .flat_map(|t| live(t, now, key.spec.leak_response.unwrap_or_default()))
             .collect()
     } else {
         Vec::new()
     };
+    // (slot, suffix, token) for every token a gateway should accept now whose value Keysmith
+    // holds.
+    let pool = Pool::new(key, plan, secret, published);
+    let live: Vec<(&str, Option<String>, Token)> = hashes
+        .iter()
+        .filter_map(|l| Some((l.slot, l.suffix.clone(), pool.find(l.sha256)?)))
+        .collect();
 
     let mut desired = Vec::new();
     for entry in &key.spec.publish {
@@ -291,6 +299,27 @@ pub fn publication(
                 data,
                 published,
             ));
+        }
+        if let Some(secret_name) = entry.agentgateway_secret(&name) {
+            let mut secret = published_secret(
+                key,
+                &owner,
+                secret_name,
+                PUBLISHED_FOR_AGENTGATEWAY,
+                BTreeMap::new(),
+                published,
+            );
+            let mut ids = Vec::new();
+            for l in &hashes {
+                let client = envoy_client_id(&namespace, &name, l.slot, l.suffix.as_deref());
+                let value = agentgateway_entry(key, &client, l);
+                secret.hashed.insert(client, value);
+                ids.push(l.id);
+            }
+            secret
+                .annotations
+                .insert(TOKEN_IDS_ANNOTATION.to_owned(), ids.join(","));
+            desired.push(secret);
         }
     }
     let mut kong = kong_parts(key, published);
@@ -323,12 +352,12 @@ pub fn publication(
     for d in &desired {
         let problem = if d.name.len() > MAX_NAME_LEN {
             Some(format!(
-                "spec.publish: the Secret name {} is longer than {MAX_NAME_LEN} characters; shorten the ApiKey or slot name, or set envoyGateway.secretName",
+                "spec.publish: the Secret name {} is longer than {MAX_NAME_LEN} characters; shorten the ApiKey or slot name, or set envoyGateway.secretName or agentgateway.secretName",
                 d.name
             ))
         } else if !names.insert(d.name.clone()) {
             Some(format!(
-                "spec.publish: the Secret name {} is already the key's own Secret or another published Secret; set another envoyGateway.secretName or spec.secret.name",
+                "spec.publish: the Secret name {} is already the key's own Secret or another published Secret; set another envoyGateway.secretName, agentgateway.secretName or spec.secret.name",
                 d.name
             ))
         } else {
@@ -393,33 +422,83 @@ fn fallbacks(
         .collect()
 }
 
-/// The tokens of one slot a gateway should accept at `now`, if their values are known: the
-/// current one until it expires (or a leak report revokes it), unsuffixed, and each replaced one
-/// inside its overlap window, suffixed by its place (`previous`, then `previous-2` for
-/// `earlier[0]`, ...).
-fn live_tokens<'a>(
-    status: &'a TokenStatus,
-    pool: &Pool,
-    now: Timestamp,
-    response: LeakResponse,
-) -> Vec<(&'a str, Option<String>, Token)> {
+/// A token a gateway should accept now, as the key's status shows it.
+struct Live<'a> {
+    slot: &'a str,
+    /// `None` for the slot's current token, else the replaced token's suffix.
+    suffix: Option<String>,
+    id: &'a str,
+    sha256: &'a str,
+}
+
+/// The tokens of one slot a gateway should accept at `now`: the current one until it expires
+/// (or a leak report revokes it), unsuffixed, and each replaced one inside its overlap window,
+/// suffixed by its place (`previous`, then `previous-2` for `earlier[0]`, ...).
+fn live(status: &TokenStatus, now: Timestamp, response: LeakResponse) -> Vec<Live<'_>> {
     let current_valid = status.expires_at.as_ref().is_none_or(|e| e.0 > now)
         && !super::leak_refused(status.leak.as_ref(), response);
-    let current = pool
-        .find(&status.sha256)
-        .filter(|_| current_valid)
-        .map(|t| (status.name.as_str(), None, t));
+    let current = current_valid.then_some(Live {
+        slot: &status.name,
+        suffix: None,
+        id: &status.id,
+        sha256: &status.sha256,
+    });
     let replaced = status
         .previous
         .iter()
         .chain(&status.earlier)
         .enumerate()
         .filter(|(_, p)| p.valid_until.0 > now)
-        .filter_map(|(rank, p)| {
-            pool.find(&p.sha256)
-                .map(|t| (status.name.as_str(), Some(replaced_suffix(rank)), t))
+        .map(|(rank, p)| Live {
+            slot: &status.name,
+            suffix: Some(replaced_suffix(rank)),
+            id: &p.id,
+            sha256: &p.sha256,
         });
     current.into_iter().chain(replaced).collect()
+}
+
+/// The value of an agentgateway entry, in the shape its `apiKeyAuthentication` reads. Fields
+/// serialize in declaration order, so the value is the same whatever serde_json features are on.
+#[derive(serde::Serialize)]
+struct AgentgatewayEntry<'a> {
+    /// `sha256:` and the lower-case hex SHA-256 of the token.
+    #[serde(rename = "keyHash")]
+    key_hash: String,
+    metadata: AgentgatewayMetadata<'a>,
+}
+
+/// Whose token an agentgateway entry is; its policies' CEL sees each field as `apiKey.<field>`.
+/// Slot metadata is left out: at up to 70 KB a slot, five entries a slot could pass the
+/// Secret's 1 MiB.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentgatewayMetadata<'a> {
+    namespace: &'a str,
+    apikey: &'a str,
+    slot: &'a str,
+    /// The entry's key, the same client id Envoy Gateway forwards.
+    client_id: &'a str,
+    /// The token's public id (prefix and 6 characters).
+    token_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
+}
+
+/// The value of agentgateway entry `client` of `key` for the token `live`.
+fn agentgateway_entry(key: &ApiKey, client: &str, live: &Live) -> String {
+    let entry = AgentgatewayEntry {
+        key_hash: format!("{AGENTGATEWAY_HASH_PREFIX}{}", live.sha256),
+        metadata: AgentgatewayMetadata {
+            namespace: key.metadata.namespace.as_deref().unwrap_or_default(),
+            apikey: key.metadata.name.as_deref().unwrap_or_default(),
+            slot: live.slot,
+            client_id: client,
+            token_id: live.id,
+            environment: key.spec.environment.as_deref(),
+        },
+    };
+    serde_json::to_string(&entry).expect("strings serialize")
 }
 
 /// Token values Keysmith holds for a key, by SHA-256.
@@ -478,6 +557,7 @@ fn published_secret(
         annotations,
         owner: owner.clone(),
         data,
+        hashed: BTreeMap::new(),
         observed,
     }
 }
@@ -509,6 +589,12 @@ fn matches(observed: &Secret, desired: &DesiredSecret) -> bool {
         .data
         .iter()
         .map(|(k, t)| (k.as_str(), t.expose_secret().as_bytes()))
+        .chain(
+            desired
+                .hashed
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        )
         .collect();
     meta.name.as_deref() == Some(desired.name.as_str())
         && meta

@@ -35,6 +35,9 @@ pub struct DesiredSecret {
     pub owner: OwnerReference,
     /// One token per slot, by Secret key.
     pub data: BTreeMap<String, Token>,
+    /// Entries that hold no token, by Secret key: agentgateway's `sha256:` hashes. They reveal
+    /// nothing that verifies, so they are written and shown as they are.
+    pub hashed: BTreeMap<String, String>,
     /// The Secret of this name as observed, which the write must still find; `None`: none was
     /// observed, so the write creates it.
     pub observed: Option<Precondition>,
@@ -103,6 +106,11 @@ impl DesiredSecret {
                 self.data
                     .iter()
                     .map(|(k, t)| (k.clone(), ByteString(t.expose_secret().as_bytes().to_vec())))
+                    .chain(
+                        self.hashed
+                            .iter()
+                            .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))),
+                    )
                     .collect(),
             ),
             ..Secret::default()
@@ -222,6 +230,7 @@ impl Planner<'_> {
             annotations,
             owner: self.key.controller_owner_ref(&())?,
             data,
+            hashed: BTreeMap::new(),
             observed: self.secret.map(Precondition::of),
         })
     }

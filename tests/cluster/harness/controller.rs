@@ -143,6 +143,7 @@ impl Harness {
             Some("test".into()),
             keysmith::controller::PersonalKeyPolicy::ACCEPTED,
             self.access_lists,
+            controller::DEFAULT_CONCURRENCY,
         );
         let (stop, shutdown) = Shutdown::new();
         let scope = self.scope.clone();
@@ -327,6 +328,7 @@ pub async fn spawn_elected(
             clock,
             personal_keys: keysmith::controller::PersonalKeyPolicy::ACCEPTED,
             access_lists: false,
+            concurrency: keysmith::controller::DEFAULT_CONCURRENCY,
         }),
         verifier: None,
         scope: Scope::default(),

@@ -157,13 +157,17 @@ fn the_role_covers_every_name_a_published_secret_can_take() {
     key.spec.publish = vec![
         Publish {
             envoy_gateway: Some(EnvoyGatewayPublish::default()),
-            kong: None,
+            ..Default::default()
         },
         Publish {
-            envoy_gateway: None,
             kong: Some(KongPublish {
                 consumer: "shop".into(),
             }),
+            ..Default::default()
+        },
+        Publish {
+            agentgateway: Some(Default::default()),
+            ..Default::default()
         },
     ];
     assert_eq!(
@@ -176,6 +180,7 @@ fn the_role_covers_every_name_a_published_secret_can_take() {
             "site.delivery.kong-previous-2",
             "site.delivery.kong-previous-3",
             "site.delivery.kong-previous-4",
+            "site-agentgateway",
         ]
     );
 }

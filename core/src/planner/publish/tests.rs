@@ -1,6 +1,6 @@
-//! Publishing for gateways: the Envoy Gateway Secret and the Kong credentials through creation,
-//! rotation with overlap, the end of the overlap, disabling, expiry and conflicts, with a
-//! simulated API server that stores what the plans write.
+//! Publishing for gateways: the Envoy Gateway Secret, the Kong credentials and the agentgateway
+//! hashes through creation, rotation with overlap, the end of the overlap, disabling, expiry,
+//! leaks and conflicts, with a simulated API server that stores what the plans write.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::api::{ApiKeySpec, KONG_CONSUMER_ANNOTATION};
+use crate::api::{ApiKeySpec, KONG_CONSUMER_ANNOTATION, Leak};
 use crate::planner::headers::HeaderSecrets;
 use crate::planner::{Observed, mint_token, plan};
 use crate::validation::validate;
@@ -648,7 +648,7 @@ fn publish_entries_are_validated_naming_the_field() {
     let cases = [
         (
             json!([{}]),
-            "spec.publish[0]: set exactly one of envoyGateway and kong",
+            "spec.publish[0]: set exactly one of envoyGateway, kong and agentgateway",
         ),
         (
             json!([{"envoyGateway": {}, "kong": {"consumer": "shop"}}]),
@@ -671,6 +671,22 @@ fn publish_entries_are_validated_naming_the_field() {
             "spec.publish[0].envoyGateway.secretName: \"tokens\" is the key's own Secret",
         ),
         (
+            json!([{"agentgateway": {}}, {"agentgateway": {"secretName": "b"}}]),
+            "spec.publish[1].agentgateway: publishes to agentgateway a second time",
+        ),
+        (
+            json!([{"agentgateway": {}, "envoyGateway": {}}]),
+            "spec.publish[0]: set exactly one",
+        ),
+        (
+            json!([{"agentgateway": {"secretName": "tokens"}}]),
+            "spec.publish[0].agentgateway.secretName: \"tokens\" is the key's own Secret",
+        ),
+        (
+            json!([{"agentgateway": {"secretName": "-no"}}]),
+            "spec.publish[0].agentgateway.secretName: \"-no\" is not a valid Secret name",
+        ),
+        (
             json!([{"kong": {"consumer": "a/b"}}]),
             "spec.publish[0].kong.consumer: \"a/b\" is not a valid KongConsumer name",
         ),
@@ -682,11 +698,13 @@ fn publish_entries_are_validated_naming_the_field() {
             "{publish}: {found:?}"
         );
     }
-    let three = json!([{"envoyGateway": {}}, {"kong": {"consumer": "a"}}, {"envoyGateway": {"secretName": "c"}}]);
+    let all = json!([{"envoyGateway": {}}, {"kong": {"consumer": "a"}}, {"agentgateway": {}}]);
+    assert!(errors(all, json!({})).is_empty());
+    let four = json!([{"envoyGateway": {}}, {"kong": {"consumer": "a"}}, {"agentgateway": {}}, {"envoyGateway": {"secretName": "c"}}]);
     assert!(
-        errors(three, json!({}))
+        errors(four, json!({}))
             .iter()
-            .any(|e| e.starts_with("spec.publish: has 3 entries"))
+            .any(|e| e.starts_with("spec.publish: has 4 entries"))
     );
 }
 
@@ -706,14 +724,15 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    /// Whatever happens, the gateway Secret and the Kong credentials hold exactly the tokens
-    /// the key's status says verify now: each current token of an enabled key, and each
-    /// replaced token inside its window, unless the key was disabled since its rotation:
-    /// disabling removes every published value, and a replaced token's value is kept nowhere
-    /// else, so its overlap ends at the gateways.
+    /// Whatever happens, the agentgateway Secret holds the hashes of exactly the tokens the
+    /// key's status says verify now: each current token of an enabled key, and each replaced
+    /// token inside its window. The Envoy Gateway Secret and the Kong credentials hold the same
+    /// tokens, unless the key was disabled since their rotation: disabling removes every
+    /// published value, and a replaced token's value is kept nowhere else, so its overlap ends
+    /// at those gateways.
     #[test]
     fn published_tokens_are_exactly_the_verifying_ones(ops in prop::collection::vec(op(), 1..24)) {
-        let mut w = World::new(publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}])));
+        let mut w = World::new(publishing(json!([{"envoyGateway": {}}, {"kong": {"consumer": "shop"}}, {"agentgateway": {}}])));
         w.settle();
         let mut lost = BTreeSet::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -732,11 +751,15 @@ proptest! {
             if !w.key.spec.disabled {
                 for t in &status.tokens {
                     verifying.insert(t.sha256.clone());
-                    for p in t.previous.iter().chain(&t.earlier).filter(|p| p.valid_until.0 > w.now && !lost.contains(&p.sha256)) {
+                    for p in t.previous.iter().chain(&t.earlier).filter(|p| p.valid_until.0 > w.now) {
                         verifying.insert(p.sha256.clone());
                     }
                 }
             }
+            // agentgateway's hashes come from status, so they follow the verifier exactly.
+            let hashed: BTreeSet<String> = w.hashes("site-agentgateway").into_values().collect();
+            prop_assert_eq!(&hashed, &verifying);
+            let verifying: BTreeSet<String> = verifying.difference(&lost).cloned().collect();
             let envoy: BTreeSet<String> = w.entries("site-envoy-gateway").values().map(|v| sha256_hex(v)).collect();
             prop_assert_eq!(&envoy, &verifying);
             let kong: BTreeSet<String> = w.others.iter()
@@ -790,4 +813,162 @@ fn the_names_of_the_issue_are_apart() {
         envoy_client_id("cms", "a.b", "previous", None),
         envoy_client_id("cms", "a", "b", Some(PREVIOUS_SUFFIX))
     );
+}
+
+impl World {
+    /// The agentgateway Secret's entries as (entry, hex SHA-256 of `keyHash`), checking each
+    /// is the JSON agentgateway reads and nothing else.
+    fn hashes(&self, name: &str) -> BTreeMap<String, String> {
+        self.entries(name)
+            .into_iter()
+            .map(|(entry, value)| {
+                let value: serde_json::Value = serde_json::from_str(&value).unwrap();
+                let object = value.as_object().unwrap();
+                assert_eq!(
+                    object.keys().collect::<Vec<_>>(),
+                    ["keyHash", "metadata"],
+                    "{value}"
+                );
+                let hash = value["keyHash"].as_str().unwrap();
+                let hex = hash.strip_prefix(AGENTGATEWAY_HASH_PREFIX).unwrap();
+                assert!(
+                    hex.len() == 64
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
+                (entry, hex.to_owned())
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn agentgateway_gets_hashes_and_metadata_only_through_rotation_and_overlap() {
+    let mut spec = publishing(json!([{"agentgateway": {}}]));
+    spec["environment"] = json!("production");
+    let mut w = World::new(spec);
+    w.settle();
+    let secret = &w.others["site-agentgateway"];
+    let labels = secret.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[PUBLISHED_FOR_LABEL], PUBLISHED_FOR_AGENTGATEWAY);
+    assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(labels[APIKEY_LABEL], "site");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.uid.as_str(), owner.controller), (UID, Some(true)));
+    let first = (w.current("delivery"), w.current("preview"));
+    let delivery: serde_json::Value =
+        serde_json::from_str(&w.entries("site-agentgateway")["cms.site.delivery"]).unwrap();
+    assert_eq!(
+        delivery,
+        json!({
+            "keyHash": format!("sha256:{}", sha256_hex(&first.0)),
+            "metadata": {
+                "namespace": "cms", "apikey": "site", "slot": "delivery",
+                "clientId": "cms.site.delivery", "tokenId": &first.0[..13],
+                "environment": "production",
+            },
+        })
+    );
+    assert_eq!(
+        w.hashes("site-agentgateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), sha256_hex(&first.0)),
+            ("cms.site.preview".to_owned(), sha256_hex(&first.1)),
+        ])
+    );
+
+    w.rotate("one");
+    w.advance_and_settle(hours(0));
+    let second = (w.current("delivery"), w.current("preview"));
+    assert_eq!(
+        w.hashes("site-agentgateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), sha256_hex(&second.0)),
+            (
+                "cms.site.delivery_previous".to_owned(),
+                sha256_hex(&first.0)
+            ),
+            ("cms.site.preview".to_owned(), sha256_hex(&second.1)),
+            ("cms.site.preview_previous".to_owned(), sha256_hex(&first.1)),
+        ])
+    );
+    let ids = &w.others["site-agentgateway"]
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap()[TOKEN_IDS_ANNOTATION];
+    assert_eq!(ids.split(',').count(), 4);
+    // No token, nor its random part, is anywhere in the Secret.
+    let written = serde_json::to_string(&w.others["site-agentgateway"]).unwrap();
+    for token in [&first.0, &first.1, &second.0, &second.1] {
+        assert!(!written.contains(&token[13..]), "{written}");
+    }
+    w.advance_and_settle(hours(2));
+    assert_eq!(
+        w.hashes("site-agentgateway"),
+        BTreeMap::from([
+            ("cms.site.delivery".to_owned(), sha256_hex(&second.0)),
+            ("cms.site.preview".to_owned(), sha256_hex(&second.1)),
+        ])
+    );
+    assert_eq!(w.names(), BTreeSet::from(["site-agentgateway".to_owned()]));
+}
+
+#[test]
+fn agentgateway_needs_no_token_value_and_keeps_the_overlap_through_a_disable() {
+    let mut w = World::new(publishing(json!([{"agentgateway": {}}])));
+    w.settle();
+    w.rotate("one");
+    w.settle();
+    assert_eq!(w.hashes("site-agentgateway").len(), 4);
+    // Disabled: every entry goes; enabled inside the window, the replaced tokens come back, as
+    // their hashes are in status (the verifier honours them too).
+    w.key.spec.disabled = true;
+    w.settle();
+    assert!(w.entries("site-agentgateway").is_empty());
+    w.key.spec.disabled = false;
+    w.settle();
+    assert_eq!(w.hashes("site-agentgateway").len(), 4);
+    // Status alone is enough: with neither the key's Secret nor any published one observed,
+    // the same entries are planned.
+    let plan = w.plan();
+    assert!(plan.secret.is_none());
+    let blind = publication(&w.key, &plan, None, &[], w.now);
+    assert_eq!(blind.secrets[0].hashed.len(), 4);
+    let written = &w.others["site-agentgateway"];
+    assert_eq!(blind.secrets[0].to_secret().data, written.data);
+
+    w.key.spec.expires_at = Some("2026-11-23T00:00:00Z".to_owned());
+    w.advance_and_settle(hours(24));
+    assert!(w.entries("site-agentgateway").is_empty());
+    w.key.spec.expires_at = None;
+    w.settle();
+    let observed: Vec<Secret> = w.others.values().cloned().collect();
+    assert_eq!(owned(&w.key, &observed)[0].name, "site-agentgateway");
+}
+
+#[test]
+fn a_leaked_token_leaves_the_agentgateway_secret() {
+    for response in ["rotate", "revoke"] {
+        let mut spec = publishing(json!([{"agentgateway": {}}]));
+        spec["leakResponse"] = json!(response);
+        let mut w = World::new(spec);
+        w.settle();
+        let leaked = sha256_hex(&w.current("delivery"));
+        let status = w.key.status.as_mut().unwrap();
+        status.tokens[0].leak = Some(Leak {
+            reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.now),
+            source: None,
+            handled_at: None,
+        });
+        w.settle();
+        let hashes = w.hashes("site-agentgateway");
+        assert!(
+            !hashes.values().any(|h| *h == leaked),
+            "{response}: {hashes:?}"
+        );
+        assert!(hashes.contains_key("cms.site.preview"), "{response}");
+    }
 }
