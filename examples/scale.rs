@@ -729,10 +729,7 @@ async fn server_writes(
         let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
         // The server labels creates and updates by their HTTP method (`POST`, `PUT`), server-side
         // apply as `APPLY`.
-        let write = matches!(
-            verb.as_str(),
-            "APPLY" | "POST" | "PATCH" | "PUT" | "DELETE"
-        );
+        let write = matches!(verb.as_str(), "APPLY" | "POST" | "PATCH" | "PUT" | "DELETE");
         if write && label("code").starts_with('2') && ["apikeys", "secrets"].contains(&&*resource) {
             let kind = if sub.is_empty() {
                 format!("{verb} {resource}")
