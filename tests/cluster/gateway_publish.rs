@@ -222,14 +222,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
     );
 
     // A healthy resync writes nothing.
-    h.cluster.clear_requests();
-    h.settle().await;
-    assert_eq!(
-        h.controller_writes().len(),
-        0,
-        "{:?}",
-        h.controller_writes()
-    );
+    h.assert_resync_writes_nothing().await;
 
     // Rotation with overlap: the old token stays published beside the new one.
     let second = rotate_published(&h, &first).await;

@@ -95,14 +95,7 @@ async fn the_agentgateway_secret_holds_hashes_through_rotation_overlap_disable_a
     );
 
     // A healthy resync writes nothing.
-    h.cluster.clear_requests();
-    h.settle().await;
-    assert_eq!(
-        h.controller_writes().len(),
-        0,
-        "{:?}",
-        h.controller_writes()
-    );
+    h.assert_resync_writes_nothing().await;
 
     // Rotation with overlap: the replaced token's hash stays beside the new one.
     h.apply(&key("two", false)).await;

@@ -80,6 +80,23 @@ async fn metric(verifier: &Spawned, series: &str) -> f64 {
 
 /// The token of slot `api` in the Secret of ApiKey `name`, once it is the one status names (the
 /// controller writes status first).
+/// A verifier of namespace [`NS`]'s keys that takes leak reports as `config` says.
+async fn leak_verifier(controller: &Harness, config: LeakConfig) -> Spawned {
+    let settings = Settings {
+        leaks: Some(config),
+        ..Settings::default()
+    };
+    spawn_with(
+        &controller.cluster,
+        &[],
+        Tenancy::parse(NS, &[]).unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        system_clock(),
+        settings,
+    )
+    .await
+}
+
 async fn api_token(controller: &Harness, name: &str) -> String {
     eventually("the Secret to hold the current token", || async {
         let key = controller.apikey(name).await?;
@@ -103,19 +120,7 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
         .unwrap()
         .with_secret(SECRET)
         .unwrap();
-    let settings = Settings {
-        leaks: Some(config),
-        ..Settings::default()
-    };
-    let verifier = spawn_with(
-        &controller.cluster,
-        &[],
-        Tenancy::parse(NS, &[]).unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        system_clock(),
-        settings,
-    )
-    .await;
+    let verifier = leak_verifier(&controller, config).await;
     wait_code(&verifier, &leaked, "VALID").await;
 
     // GitHub reports the leaked token, one that is well-formed but nobody's, and a lookalike.
@@ -362,19 +367,8 @@ async fn trufflehog_verification_answers_whether_a_token_is_live_and_acts_on_not
     let live = api_token(&controller, "leaky").await;
     let watched = api_token(&controller, "watched").await;
 
-    let settings = Settings {
-        leaks: Some(LeakConfig::default().with_secret(SECRET).unwrap()),
-        ..Settings::default()
-    };
-    let verifier = spawn_with(
-        &controller.cluster,
-        &[],
-        Tenancy::parse(NS, &[]).unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        system_clock(),
-        settings,
-    )
-    .await;
+    let config = LeakConfig::default().with_secret(SECRET).unwrap();
+    let verifier = leak_verifier(&controller, config).await;
     wait_code(&verifier, &live, "VALID").await;
     let bearer = format!("Bearer {SECRET}");
     let auth = [("Authorization", bearer.as_str())];

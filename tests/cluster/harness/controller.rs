@@ -212,6 +212,15 @@ impl Harness {
         }
     }
 
+    /// A healthy resync writes nothing: from a cleared request log, a settled controller has
+    /// written nothing.
+    pub async fn assert_resync_writes_nothing(&self) {
+        self.cluster.clear_requests();
+        self.settle().await;
+        let writes = self.controller_writes();
+        assert!(writes.is_empty(), "a healthy resync wrote {writes:?}");
+    }
+
     /// Successful writes by the controller since the last [`Cluster::clear_requests`], events
     /// excluded.
     pub fn controller_writes(&self) -> Vec<LogEntry> {
