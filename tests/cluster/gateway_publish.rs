@@ -133,15 +133,6 @@ async fn start() -> Harness {
     Harness::start_on(cluster, Default::default()).await
 }
 
-fn data(secret: &Value) -> BTreeMap<String, String> {
-    secret["data"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, _)| Some((k.clone(), secret_value(secret, k)?)))
-        .collect()
-}
-
 fn credentials(consumer: &Value) -> Vec<String> {
     serde_json::from_value(consumer["credentials"].clone()).unwrap_or_default()
 }
@@ -163,7 +154,7 @@ async fn wait_published(h: &Harness, current: &str, previous: Option<&str>) {
     }
     eventually("the published Secrets and the consumer list", || async {
         let gateway = h.secret("site-envoy-gateway").await?;
-        (data(&gateway) == envoy).then_some(())?;
+        (secret_data(&gateway) == envoy).then_some(())?;
         let kong = h.secret("site.delivery.kong").await?;
         (secret_value(&kong, "key")? == current).then_some(())?;
         let kong_previous = h.secret("site.delivery.kong-previous").await;
@@ -204,7 +195,7 @@ async fn published_secrets_follow_rotation_overlap_and_revocation() {
         "key-auth"
     );
     assert_eq!(
-        data(&kong),
+        secret_data(&kong),
         BTreeMap::from([("key".to_owned(), first.clone())])
     );
     let shop = consumer(&h, "shop").await;
@@ -386,7 +377,7 @@ spec:
 
     let secret = h.secret("payments-keys").await.unwrap();
     assert_eq!(
-        data(&secret),
+        secret_data(&secret),
         BTreeMap::from([("cms.payments.api".to_owned(), "their-key".to_owned())])
     );
     assert!(secret["metadata"]["ownerReferences"].is_null());

@@ -37,15 +37,6 @@ fn entry(client: &str, token: &str) -> String {
     )
 }
 
-fn data(secret: &Value) -> BTreeMap<String, String> {
-    secret["data"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, _)| Some((k.clone(), secret_value(secret, k)?)))
-        .collect()
-}
-
 /// Wait until the agentgateway Secret holds exactly `expected`; the Secret.
 async fn wait_entries(h: &Harness, expected: &[(&str, &str)]) -> Value {
     let expected: BTreeMap<String, String> = expected
@@ -54,7 +45,7 @@ async fn wait_entries(h: &Harness, expected: &[(&str, &str)]) -> Value {
         .collect();
     eventually("the agentgateway Secret's entries", || async {
         let secret = h.secret(SECRET).await?;
-        (data(&secret) == expected).then_some(secret)
+        (secret_data(&secret) == expected).then_some(secret)
     })
     .await
 }

@@ -308,6 +308,16 @@ pub fn token<'a>(key: &'a Value, slot: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// Every entry of a Secret (as JSON) whose value is text, decoded.
+pub fn secret_data(secret: &Value) -> std::collections::BTreeMap<String, String> {
+    secret["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| Some((k.clone(), secret_value(secret, k)?)))
+        .collect()
+}
+
 /// The decoded value of a Secret key.
 pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
     let secret: k8s_openapi::api::core::v1::Secret =
