@@ -197,6 +197,23 @@ impl RealCluster {
 
     /// Like [`RealCluster::start`], with `options`.
     pub async fn start_with(options: &RealOptions) -> Result<RealCluster, RealError> {
+        // The ports are free when chosen but not held until etcd and kube-apiserver bind them,
+        // so a test starting its own server at the same moment can take one first: start again
+        // on fresh ports.
+        let mut attempts = 3;
+        loop {
+            match RealCluster::start_once(options).await {
+                Err(RealError::Start(log))
+                    if attempts > 1 && log.contains("address already in use") =>
+                {
+                    attempts -= 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(options: &RealOptions) -> Result<RealCluster, RealError> {
         let dir = tempfile::Builder::new()
             .prefix("keysmith-testenv-")
             .tempdir()
