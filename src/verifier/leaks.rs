@@ -626,16 +626,14 @@ impl LeakEndpoint {
                 .candidates
                 .get_or_create(&[("answer", answer)])
                 .inc();
-            crate::telemetry::write_audit_line("leak report", |line| {
-                line.str("format", format.as_str());
-                line.str("outcome", answer);
-                let found = verdict.found.as_ref();
-                line.str("key", found.map_or("", |f| f.key.identity.as_str()));
-                line.str("token", found.map_or("", |f| f.slot_name()));
-                line.str("token_id", verdict.token_id.unwrap_or(""));
-                line.ip("client", client);
-                line.str("source", "");
-            });
+            audit(
+                format,
+                answer,
+                verdict.found.as_ref(),
+                verdict.token_id.unwrap_or(""),
+                client,
+                "",
+            );
             if !live {
                 throttle(verifier, client).await;
             }
@@ -683,16 +681,14 @@ impl LeakEndpoint {
                 }
             },
         };
-        crate::telemetry::write_audit_line("leak report", |line| {
-            line.str("format", format.as_str());
-            line.str("outcome", outcome);
-            let found = reported.found.as_ref();
-            line.str("key", found.map_or("", |f| f.key.identity.as_str()));
-            line.str("token", found.map_or("", |f| f.slot_name()));
-            line.str("token_id", token_id.as_deref().unwrap_or(""));
-            line.ip("client", client);
-            line.str("source", &super::audit::clean(reported.source));
-        });
+        audit(
+            format,
+            outcome,
+            reported.found.as_ref(),
+            token_id.as_deref().unwrap_or(""),
+            client,
+            &super::audit::clean(reported.source),
+        );
     }
 
     /// Set `leak` on the token's entry, guarded by its hash there.
@@ -720,6 +716,27 @@ impl LeakEndpoint {
         let patch = Patch::Json::<()>(leak_patch(&entry, &leak));
         api.patch_status(&found.key.name, &params, &patch).await
     }
+}
+
+/// One audit line about a reported or asked-about token: which key it is (for the operator's
+/// log; never in the answer), its public id, never the token.
+fn audit(
+    format: Format,
+    outcome: &str,
+    found: Option<&Found>,
+    token_id: &str,
+    client: Option<IpAddr>,
+    source: &str,
+) {
+    crate::telemetry::write_audit_line("leak report", |line| {
+        line.str("format", format.as_str());
+        line.str("outcome", outcome);
+        line.str("key", found.map_or("", |f| f.key.identity.as_str()));
+        line.str("token", found.map_or("", |f| f.slot_name()));
+        line.str("token_id", token_id);
+        line.ip("client", client);
+        line.str("source", source);
+    });
 }
 
 /// What a caller without the bearer secret is told.
