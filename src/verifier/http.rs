@@ -79,7 +79,10 @@ where
     let uri = std::mem::take(request.uri_mut());
     let path = uri.path();
     let post = request.method() == Method::POST;
-    if let (Some(format), Some(endpoint)) = (leaks::Format::of_path(path), &verifier.leaks) {
+    if let Some((format, endpoint)) = leaks::Format::of_path(path)
+        .and_then(|format| Some((format, verifier.leaks.as_ref()?)))
+        .filter(|(format, endpoint)| endpoint.serves(*format))
+    {
         return if post {
             leak_report(verifier, endpoint, format, peer, request).await
         } else {

@@ -243,6 +243,14 @@ impl LeakConfig {
     }
 
     /// Whether `authorization` is `Bearer <the secret>`.
+    /// Whether `format` is served: its credential is configured.
+    fn serves(&self, format: Format) -> bool {
+        match format {
+            Format::Github => !self.github.is_empty(),
+            Format::Plain | Format::Trufflehog => self.secret_sha256.is_some(),
+        }
+    }
+
     fn bearer(&self, authorization: Option<&[u8]>) -> bool {
         let presented = authorization.and_then(|v| v.strip_prefix(b"Bearer "));
         // Digests are compared, not the secret: how much of them matches tells a caller nothing
@@ -414,6 +422,12 @@ struct Reported<'a> {
 }
 
 impl LeakEndpoint {
+    /// Whether this endpoint serves `format`; a format without its credential is not there at
+    /// all (404, like any unknown path), rather than refusing every caller.
+    pub fn serves(&self, format: Format) -> bool {
+        self.config.serves(format)
+    }
+
     /// The endpoint for `config`, writing with `client`; registers its metrics in `registry`.
     pub fn new(config: LeakConfig, client: kube::Client, registry: &mut Registry) -> LeakEndpoint {
         let metrics = LeakMetrics {

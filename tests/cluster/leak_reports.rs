@@ -81,13 +81,13 @@ async fn metric(verifier: &Spawned, series: &str) -> f64 {
 /// The token of slot `api` in the Secret of ApiKey `name`, once it is the one status names (the
 /// controller writes status first).
 /// A verifier of namespace [`NS`]'s keys that takes leak reports as `config` says.
-async fn leak_verifier(controller: &Harness, config: LeakConfig) -> Spawned {
+async fn leak_verifier(cluster: &Cluster, config: LeakConfig) -> Spawned {
     let settings = Settings {
         leaks: Some(config),
         ..Settings::default()
     };
     spawn_with(
-        &controller.cluster,
+        cluster,
         &[],
         Tenancy::parse(NS, &[]).unwrap(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -120,7 +120,7 @@ async fn reported_tokens_are_rotated_or_recorded_and_the_answers_name_no_key() {
         .unwrap()
         .with_secret(SECRET)
         .unwrap();
-    let verifier = leak_verifier(&controller, config).await;
+    let verifier = leak_verifier(&controller.cluster, config).await;
     wait_code(&verifier, &leaked, "VALID").await;
 
     // GitHub reports the leaked token, one that is well-formed but nobody's, and a lookalike.
@@ -351,6 +351,33 @@ async fn without_a_configured_credential_the_leak_paths_do_not_exist() {
         let r = request(h.api, "POST", path, &[], Some("[]")).await;
         assert_eq!(r.status, 404, "{path}");
     }
+    // Each format is there only with its own credential: the GitHub keys serve GitHub's path
+    // alone, the plain secret the plain reports and TruffleHog's questions.
+    let github = Github::new();
+    let only_github = LeakConfig::from_github_keys(github.public_keys().as_bytes()).unwrap();
+    let only_secret = LeakConfig::default().with_secret(SECRET).unwrap();
+    for (config, served, absent) in [
+        (
+            only_github,
+            vec![GITHUB_PATH],
+            vec![PLAIN_PATH, TRUFFLEHOG_PATH],
+        ),
+        (
+            only_secret,
+            vec![PLAIN_PATH, TRUFFLEHOG_PATH],
+            vec![GITHUB_PATH],
+        ),
+    ] {
+        let verifier = leak_verifier(&h.cluster, config).await;
+        for path in served {
+            let r = request(verifier.api, "POST", path, &[], Some("[]")).await;
+            assert_eq!(r.status, 401, "{path}: {}", r.body);
+        }
+        for path in absent {
+            let r = request(verifier.api, "POST", path, &[], Some("[]")).await;
+            assert_eq!(r.status, 404, "{path}: {}", r.body);
+        }
+    }
 }
 
 /// TruffleHog's question for one candidate, as its custom detector sends it.
@@ -368,7 +395,7 @@ async fn trufflehog_verification_answers_whether_a_token_is_live_and_acts_on_not
     let watched = api_token(&controller, "watched").await;
 
     let config = LeakConfig::default().with_secret(SECRET).unwrap();
-    let verifier = leak_verifier(&controller, config).await;
+    let verifier = leak_verifier(&controller.cluster, config).await;
     wait_code(&verifier, &live, "VALID").await;
     let bearer = format!("Bearer {SECRET}");
     let auth = [("Authorization", bearer.as_str())];
