@@ -36,6 +36,8 @@ struct Hot {
     len: usize,
 }
 
+// Returned by value once a request: boxing the large variant would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Hot(Hot),
     /// The head (or body) is not all in yet.
@@ -239,7 +241,8 @@ impl CachedDate {
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if second != self.second {
             self.second = second;
-            self.text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            self.text
+                .copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
         }
         self.text
     }

@@ -15,8 +15,8 @@ pub mod audit;
 pub mod client_ip;
 pub mod http;
 pub mod leaks;
-pub(crate) mod metrics;
 pub(crate) mod lean;
+pub(crate) mod metrics;
 pub(crate) mod server;
 pub(crate) mod slots;
 pub mod tenancy;
@@ -392,15 +392,18 @@ impl Running {
             async move { http::handle(&verifier, peer, request).await }
         };
         let verifier = self.verifier.clone();
-        let lean = move |peer, request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>| {
-            let verifier = verifier.clone();
-            async move { http::handle(&verifier, peer, request).await }
-        };
+        let lean =
+            move |peer, request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>| {
+                let verifier = verifier.clone();
+                async move { http::handle(&verifier, peer, request).await }
+            };
         server::serve_with(
             api,
             handler,
             // Prototype switch for A/B measurements with one build.
-            std::env::var_os("KEYSMITH_LEAN_OFF").is_none().then_some(lean),
+            std::env::var_os("KEYSMITH_LEAN_OFF")
+                .is_none()
+                .then_some(lean),
             self.verifier.limits,
             acceptor,
             self.verifier.metrics.connections.clone(),

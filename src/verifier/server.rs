@@ -192,7 +192,16 @@ pub async fn serve(
     connections: Connections,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve_with(listener, handler, None::<NoLean>, limits, tls, connections, shutdown).await
+    serve_with(
+        listener,
+        handler,
+        None::<NoLean>,
+        limits,
+        tls,
+        connections,
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`], with the hot endpoints on plain HTTP served by `lean` ([`super::lean`]).
