@@ -400,10 +400,7 @@ impl Running {
         server::serve_with(
             api,
             handler,
-            // Prototype switch for A/B measurements with one build.
-            std::env::var_os("KEYSMITH_LEAN_OFF")
-                .is_none()
-                .then_some(lean),
+            Some(lean),
             self.verifier.limits,
             acceptor,
             self.verifier.metrics.connections.clone(),

@@ -324,12 +324,14 @@ async fn worker(
         let _ = stream.set_nodelay(true);
         let stream = WriteDeadline::new(stream, limits.write_timeout);
         let (handler, http, watcher) = (handler.clone(), http.clone(), graceful.watcher());
-        let (tls, lean) = (tls.clone(), lean.clone());
+        let (tls, lean, stopped) = (tls.clone(), lean.clone(), stopped.clone());
         tokio::spawn(async move {
             let slot = open.held.slot().clone();
             let serve = async {
                 match (tls, lean) {
                     (None, Some(lean)) => {
+                        // `watcher` lives as long as this connection (it is handed to hyper or
+                        // dropped with it), so the wait for open requests covers the lean path.
                         let ended = super::lean::serve(
                             stream,
                             peer,
@@ -337,6 +339,7 @@ async fn worker(
                             &slot,
                             limits.header_read_timeout,
                             max_header_bytes,
+                            stopped,
                         )
                         .await;
                         if let super::lean::Ended::HandOver(stream) = ended {
