@@ -474,6 +474,10 @@ mod tests {
                 b"POST /v1/verify HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nbody!".to_vec(),
             ),
             ("bare LF", b"GET /v1/authz HTTP/1.1\nHost: x\n\n".to_vec()),
+            ("padded twice", {
+                let head = format!("GET /v1/authz HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(8156));
+                [head.as_bytes(), b"a\n", head.as_bytes()].concat()
+            }),
             ("garbage behind", b"GET /v1/authz HTTP/1.1\n\nby\nuvj\nkag\nrsl\nqs".to_vec()),
             ("HTTP/1.0", b"GET /v1/authz HTTP/1.0\r\n\r\n".to_vec()),
             ("Connection: close", b"GET /v1/authz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
@@ -906,9 +910,12 @@ mod tests {
                     {
                         continue;
                     }
+                    // Hyper closes without its 400 when it parses bad bytes while the answer
+                    // before them is still being written (`on_parse_error` writes one only in
+                    // `Writing::Init`), which only its own timing decides, on either server.
                     prop_assert_eq!(
-                        ours,
-                        theirs,
+                        without_last_400(&ours),
+                        without_last_400(&theirs),
                         "{:?}",
                         String::from_utf8_lossy(&chunks.concat())
                     );
