@@ -110,6 +110,9 @@ pub struct Context {
     keys: Mutex<Option<reflector::Store<CachedKey>>>,
     /// `--max-concurrent-reconciles`: keys reconciled (or revoked unread) at once.
     concurrency: u16,
+    /// The resourceVersions the controller's own writes to ApiKeys and their Secrets answered,
+    /// by object, until their watch events arrive (see [`Context::own_write`]).
+    own_writes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Context {
@@ -142,8 +145,56 @@ impl Context {
             personal_keys,
             keys: Mutex::default(),
             concurrency: concurrency.max(1),
+            own_writes: Mutex::default(),
         })
     }
+
+    /// Remember the resourceVersion one of our writes answered for `kind`'s object `meta`.
+    fn wrote(&self, kind: &str, meta: &ObjectMeta) {
+        if let Some(version) = &meta.resource_version {
+            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+            own.entry(own_write_key(kind, meta))
+                .or_default()
+                .push(version.clone());
+        }
+    }
+
+    /// Whether a watch event of `kind`'s object `meta` shows the version one of our own writes
+    /// answered: the pass that wrote it planned from what it replaced and left nothing to do, so
+    /// it needs no reconcile (that wake-up read the key and its Secret and wrote nothing: two
+    /// requests per new key). Any other version (someone else's write, a deletion) is
+    /// reconciled, and forgets what was remembered for the object: events come in the order of
+    /// the writes, so a version remembered before it was either seen or raced ahead of the
+    /// answer, and forgetting it costs at worst one reconcile.
+    fn own_write(&self, kind: &str, meta: &ObjectMeta) -> bool {
+        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
+        let object = own_write_key(kind, meta);
+        let Some(versions) = own.get_mut(&object) else {
+            return false;
+        };
+        match versions
+            .iter()
+            .position(|v| Some(v) == meta.resource_version.as_ref())
+        {
+            Some(seen) => {
+                versions.drain(..=seen);
+                if versions.is_empty() {
+                    own.remove(&object);
+                }
+                true
+            }
+            None => {
+                own.remove(&object);
+                false
+            }
+        }
+    }
+}
+
+fn own_write_key(kind: &str, meta: &ObjectMeta) -> String {
+    let namespace = meta.namespace.as_deref().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
+    format!("{kind} {namespace}/{name}")
 }
 
 /// Why a reconcile failed. Messages carry names and ids, never token material.
@@ -224,7 +275,11 @@ pub async fn run(
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
         .modify(prune_for_cache)
         .reflect(writer)
-        .touched_objects();
+        .touched_objects()
+        .try_filter({
+            let ctx = ctx.clone();
+            move |key| future::ready(!ctx.own_write("ApiKey", &key.metadata))
+        });
     let secrets = watcher(secrets, secrets_config.clone())
         .default_backoff()
         .modify(prune_for_cache)
@@ -232,7 +287,11 @@ pub async fn run(
             let ctx = ctx.clone();
             move |event| ctx.published.observe(event)
         })
-        .touched_objects();
+        .touched_objects()
+        .try_filter({
+            let ctx = ctx.clone();
+            move |secret| future::ready(!ctx.own_write("Secret", &secret.metadata))
+        });
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
         .with_config(controller::Config::default().concurrency(ctx.concurrency));
@@ -393,6 +452,9 @@ async fn reconcile(cached: Arc<CachedKey>, ctx: Arc<Context>) -> Result<Action, 
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
         let result = async {
             let Finalized { key, fresh } = add_finalizer(&api, key).await?;
+            if fresh {
+                ctx.wrote("ApiKey", &key.metadata);
+            }
             // kube's helper runs the apply or, once deleting, the cleanup, and then removes the
             // finalizer. It would also add a missing one, but end the pass there and wait for
             // the patch's watch event: two passes per new key, half the minting rate.
@@ -622,6 +684,7 @@ impl Context {
         let mut written = match &plan.status {
             Some(status) => apply::status(api, key, status)
                 .await
+                .map(|written| self.wrote("ApiKey", &written.metadata))
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"
                 ))),
@@ -723,12 +786,13 @@ impl Context {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
         if let Some(secret) = &plan.secret {
-            apply::secret(secrets, secret)
+            let written = apply::secret(secrets, secret)
                 .await
                 .map_err(Error::kube(format!(
                     "writing Secret {namespace}/{}",
                     secret.name
                 )))?;
+            self.wrote("Secret", &written.metadata);
         }
         for restart in &plan.restarts {
             let target = format!(
