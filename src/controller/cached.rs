@@ -4,11 +4,7 @@
 //! which decides its owner's first key. A whole [`ApiKey`] takes 1,880 bytes however empty its
 //! spec and status are; caching one per key held 13–15 MiB more at 10,000 keys.
 
-use std::borrow::Cow;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use serde::Deserialize;
 
 use keysmith_core::api::{ApiKey, ApiKeySpec, Owner};
@@ -57,29 +53,7 @@ impl CachedKey {
     }
 }
 
-impl Resource for CachedKey {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        ApiKey::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        ApiKey::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        ApiKey::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        ApiKey::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+crate::apikeys::apikey_view_resource!(CachedKey);
 
 #[cfg(test)]
 mod tests {
