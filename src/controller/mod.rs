@@ -11,6 +11,7 @@
 mod access;
 pub(crate) mod apply;
 mod cached;
+mod echoes;
 mod events;
 pub mod leader;
 pub mod metrics;
@@ -36,8 +37,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use keysmith_core::api::{
-    APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL,
-    RESTART_ON_ANNOTATION,
+    APIKEY_LABEL, ApiKey, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL, RESTART_ON_ANNOTATION,
 };
 use keysmith_core::personal;
 use keysmith_core::planner::{self, EventKind, Plan, Revocation};
@@ -47,6 +47,7 @@ use crate::apikeys::{self, Unreadables, Watched};
 use crate::scope::Scope;
 use apply::Restarted;
 use cached::CachedKey;
+use echoes::OwnWrites;
 use events::EventWriter;
 use metrics::{ControllerMetrics, ErrorReason};
 
@@ -111,8 +112,8 @@ pub struct Context {
     /// `--max-concurrent-reconciles`: keys reconciled (or revoked unread) at once.
     concurrency: u16,
     /// The resourceVersions the controller's own writes to ApiKeys and their Secrets answered,
-    /// by object, until their watch events arrive (see [`Context::own_write`]).
-    own_writes: Mutex<HashMap<String, Vec<String>>>,
+    /// whose watch events need no reconcile.
+    own_writes: OwnWrites,
 }
 
 impl Context {
@@ -145,56 +146,9 @@ impl Context {
             personal_keys,
             keys: Mutex::default(),
             concurrency: concurrency.max(1),
-            own_writes: Mutex::default(),
+            own_writes: OwnWrites::default(),
         })
     }
-
-    /// Remember the resourceVersion one of our writes answered for `kind`'s object `meta`.
-    fn wrote(&self, kind: &str, meta: &ObjectMeta) {
-        if let Some(version) = &meta.resource_version {
-            let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-            own.entry(own_write_key(kind, meta))
-                .or_default()
-                .push(version.clone());
-        }
-    }
-
-    /// Whether a watch event of `kind`'s object `meta` shows the version one of our own writes
-    /// answered: the pass that wrote it planned from what it replaced and left nothing to do, so
-    /// it needs no reconcile (that wake-up read the key and its Secret and wrote nothing: two
-    /// requests per new key). Any other version (someone else's write, a deletion) is
-    /// reconciled, and forgets what was remembered for the object: events come in the order of
-    /// the writes, so a version remembered before it was either seen or raced ahead of the
-    /// answer, and forgetting it costs at worst one reconcile.
-    fn own_write(&self, kind: &str, meta: &ObjectMeta) -> bool {
-        let mut own = self.own_writes.lock().unwrap_or_else(|e| e.into_inner());
-        let object = own_write_key(kind, meta);
-        let Some(versions) = own.get_mut(&object) else {
-            return false;
-        };
-        match versions
-            .iter()
-            .position(|v| Some(v) == meta.resource_version.as_ref())
-        {
-            Some(seen) => {
-                versions.drain(..=seen);
-                if versions.is_empty() {
-                    own.remove(&object);
-                }
-                true
-            }
-            None => {
-                own.remove(&object);
-                false
-            }
-        }
-    }
-}
-
-fn own_write_key(kind: &str, meta: &ObjectMeta) -> String {
-    let namespace = meta.namespace.as_deref().unwrap_or_default();
-    let name = meta.name.as_deref().unwrap_or_default();
-    format!("{kind} {namespace}/{name}")
 }
 
 /// Why a reconcile failed. Messages carry names and ids, never token material.
@@ -278,7 +232,7 @@ pub async fn run(
         .touched_objects()
         .try_filter({
             let ctx = ctx.clone();
-            move |key| future::ready(!ctx.own_write("ApiKey", &key.metadata))
+            move |key| future::ready(!ctx.own_writes.echo("ApiKey", &key.metadata))
         });
     let secrets = watcher(secrets, secrets_config.clone())
         .default_backoff()
@@ -290,7 +244,7 @@ pub async fn run(
         .touched_objects()
         .try_filter({
             let ctx = ctx.clone();
-            move |secret| future::ready(!ctx.own_write("Secret", &secret.metadata))
+            move |secret| future::ready(!ctx.own_writes.echo("Secret", &secret.metadata))
         });
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
@@ -390,15 +344,6 @@ fn readable(
     })
 }
 
-/// A stand-in carrying only `metadata`, for a key that cannot be read.
-fn evicted(metadata: ObjectMeta) -> ApiKey {
-    ApiKey {
-        metadata,
-        spec: ApiKeySpec::default(),
-        status: None,
-    }
-}
-
 /// Drop what a cached object is never read for: managedFields and kubectl's copy of the last
 /// applied manifest, which together are most of a small object.
 fn prune_for_cache(object: &mut impl Resource) {
@@ -453,7 +398,7 @@ async fn reconcile(cached: Arc<CachedKey>, ctx: Arc<Context>) -> Result<Action, 
         let result = async {
             let Finalized { key, fresh } = add_finalizer(&api, key).await?;
             if fresh {
-                ctx.wrote("ApiKey", &key.metadata);
+                ctx.own_writes.wrote("ApiKey", &key.metadata);
             }
             // kube's helper runs the apply or, once deleting, the cleanup, and then removes the
             // finalizer. It would also add a missing one, but end the pass there and wait for
@@ -684,7 +629,7 @@ impl Context {
         let mut written = match &plan.status {
             Some(status) => apply::status(api, key, status)
                 .await
-                .map(|written| self.wrote("ApiKey", &written.metadata))
+                .map(|written| self.own_writes.wrote("ApiKey", &written.metadata))
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"
                 ))),
@@ -792,7 +737,7 @@ impl Context {
                     "writing Secret {namespace}/{}",
                     secret.name
                 )))?;
-            self.wrote("Secret", &written.metadata);
+            self.own_writes.wrote("Secret", &written.metadata);
         }
         for restart in &plan.restarts {
             let target = format!(
@@ -888,7 +833,7 @@ impl Context {
     }
 
     async fn try_revoke_unreadable(&self, meta: &ObjectMeta) -> Result<(), Error> {
-        let key = evicted(meta.clone());
+        let key = CachedKey::evicted(meta.clone()).stand_in();
         let namespace = key.namespace().unwrap_or_default();
         let name = key.name_any();
         let secrets: Api<PartialObjectMeta<Secret>> =
