@@ -125,6 +125,17 @@ fn args() -> Result<Args, String> {
             }
         }
     }
+    if let Some(dir) = &args.server_profile {
+        if args.backend != Backend::Real || args.verifier_only {
+            return Err(
+                "--server-profile profiles a real kube-apiserver while the controller mints: add \
+                 --cluster real, without --verifier-only"
+                    .into(),
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--server-profile {}: {e}", dir.display()))?;
+    }
     Ok(args)
 }
 
@@ -844,9 +855,6 @@ async fn server_profile(
     seconds: u64,
     path: PathBuf,
 ) -> Result<Profile, Box<dyn std::error::Error>> {
-    if cluster.backend() != Backend::Real {
-        return Err("--server-profile profiles a real kube-apiserver: add --cluster real".into());
-    }
     let admin = cluster.client().await?;
     Ok(tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(delay)).await;
