@@ -19,13 +19,18 @@
 //!   reports how the rotations spread over the seconds after it (the UID jitter), and the writes
 //!   per rotation.
 //!
+//! With `--server-profile DIR` (real server only; `bench/scale.sh` then starts kube-apiserver with
+//! `/debug/pprof` on) it saves the server's CPU profiles: `DIR/mint.pprof`, 30 s from 10 s after
+//! the controller took the Lease, and `DIR/ceiling.pprof`, 5 s of the plain client's creates
+//! (`go tool pprof -top DIR/mint.pprof`).
+//!
 //! With `--verifier-only` the controller is not run: each key is applied with a token already
 //! minted into its status (as `examples/load_fixture.rs` does), and only the verifier is measured,
 //! beside the API server's own time to list the fleet (a plain client fetching the same pages of
 //! 500, bodies not decoded).
 //!
 //! `scale [--cluster emulator|real] [--keys N] [--schedule CRON] [--revocations M] [--distinct-grants]
-//! [--verifier-only] [--keysmith PATH]`
+//! [--verifier-only] [--server-profile DIR] [--keysmith PATH]`
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -67,6 +72,8 @@ struct Args {
     distinct_grants: bool,
     /// Keys applied with their tokens minted, no controller: the verifier phase alone.
     verifier_only: bool,
+    /// Where to save the real server's CPU profiles of minting and of the ceiling.
+    server_profile: Option<PathBuf>,
     keysmith: PathBuf,
 }
 
@@ -78,6 +85,7 @@ fn args() -> Result<Args, String> {
         revocations: 200,
         distinct_grants: false,
         verifier_only: false,
+        server_profile: None,
         // Next to this example: target/release/examples/scale → target/release/keysmith.
         keysmith: std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -106,14 +114,27 @@ fn args() -> Result<Args, String> {
             }
             "--distinct-grants" => args.distinct_grants = true,
             "--verifier-only" => args.verifier_only = true,
+            "--server-profile" => args.server_profile = Some(PathBuf::from(value()?)),
             "--keysmith" => args.keysmith = PathBuf::from(value()?),
             _ => {
                 return Err(format!(
                     "unknown argument {flag}; usage: scale [--keys N] [--schedule CRON] \
-                     [--revocations M] [--distinct-grants] [--verifier-only] [--keysmith PATH]"
+                     [--revocations M] [--distinct-grants] [--verifier-only] [--server-profile DIR] \
+                     [--keysmith PATH]"
                 ));
             }
         }
+    }
+    if let Some(dir) = &args.server_profile {
+        if args.backend != Backend::Real || args.verifier_only {
+            return Err(
+                "--server-profile profiles a real kube-apiserver while the controller mints: add \
+                 --cluster real, without --verifier-only"
+                    .into(),
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--server-profile {}: {e}", dir.display()))?;
     }
     Ok(args)
 }
@@ -481,6 +502,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let leading = Instant::now();
+    let mint_profile = match &args.server_profile {
+        Some(dir) => Some(server_profile(&cluster, 10, 30, dir.join("mint.pprof")).await?),
+        None => None,
+    };
     wait_ready(&cluster, n, &controller_user).await?;
     let minting = leading.elapsed();
     println!(
@@ -496,6 +521,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mint_writes = print_requests("controller, mint", &minted, n);
     // The fleet's own applies are writes to apikeys too: one per key.
     print_server_writes(&cluster, "mint", &server_before, n, n).await?;
+    if let Some(profile) = mint_profile {
+        profile.await??;
+    }
     let (cpu, peak, rss) = usage(controller.id());
     println!("controller process: {cpu:.2} CPU s so far, peak RSS {peak:.1} MiB, RSS {rss:.1} MiB");
 
@@ -523,7 +551,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          {rss:.1} MiB"
     );
 
+    let ceiling_profile = match &args.server_profile {
+        Some(dir) => Some(server_profile(&cluster, 0, 5, dir.join("ceiling.pprof")).await?),
+        None => None,
+    };
     ceiling(&cluster, n, mint_writes, minting).await?;
+    if let Some(profile) = ceiling_profile {
+        profile.await??;
+    }
 
     if let Some(schedule) = &args.schedule {
         rotations(&cluster, n, schedule, Timestamp::now(), &controller_user).await?;
@@ -807,6 +842,39 @@ async fn print_server_writes(
             .join(", ")
     );
     Ok(())
+}
+
+type Profile = tokio::task::JoinHandle<Result<(), String>>;
+
+/// After `delay` seconds, take the real server's CPU profile for `seconds` into `path`, in the
+/// background: Go's pprof format, which names the server's functions although its binary is
+/// stripped.
+async fn server_profile(
+    cluster: &Cluster,
+    delay: u64,
+    seconds: u64,
+    path: PathBuf,
+) -> Result<Profile, Box<dyn std::error::Error>> {
+    let admin = cluster.client().await?;
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(delay)).await;
+        let uri = format!("/debug/pprof/profile?seconds={seconds}");
+        let request = hyper::Request::get(uri)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        futures::AsyncReadExt::read_to_end(
+            &mut admin.request_stream(request).await.map_err(|e| {
+                format!("{e} (is kube-apiserver started with KEYSMITH_TESTENV_PROFILING=1?)")
+            })?,
+            &mut body,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("kube-apiserver CPU profile: {}", path.display());
+        Ok(())
+    }))
 }
 
 /// The plain-client ceiling: create `n` Secrets with [`CONCURRENCY`] requests in flight and

@@ -5,16 +5,14 @@
 //! [`Unreadables::read`] reads them; it reports an unreadable one once per version and hands back
 //! only its metadata.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -51,29 +49,40 @@ pub struct ListedApiKey {
     status: Option<Box<RawValue>>,
 }
 
-impl Resource for ListedApiKey {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// Implement kube's `Resource` for a partial view of an ApiKey (a struct with a `metadata`
+/// field): the ApiKey's kind, group, version and plural, and the view's own metadata.
+macro_rules! apikey_view_resource {
+    ($view:ty) => {
+        impl ::kube::Resource for $view {
+            type DynamicType = ();
+            type Scope = ::k8s_openapi::NamespaceResourceScope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        ApiKey::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        ApiKey::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        ApiKey::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        ApiKey::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn kind(dt: &()) -> ::std::borrow::Cow<'_, str> {
+                <::keysmith_core::api::ApiKey as ::kube::Resource>::kind(dt)
+            }
+            fn group(dt: &()) -> ::std::borrow::Cow<'_, str> {
+                <::keysmith_core::api::ApiKey as ::kube::Resource>::group(dt)
+            }
+            fn version(dt: &()) -> ::std::borrow::Cow<'_, str> {
+                <::keysmith_core::api::ApiKey as ::kube::Resource>::version(dt)
+            }
+            fn plural(dt: &()) -> ::std::borrow::Cow<'_, str> {
+                <::keysmith_core::api::ApiKey as ::kube::Resource>::plural(dt)
+            }
+            fn meta(&self) -> &::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut ::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+pub(crate) use apikey_view_resource;
+
+apikey_view_resource!(ListedApiKey);
 
 /// Watch the ApiKeys in `scope`.
 pub fn watch(

@@ -32,14 +32,19 @@ fn apply_params(manager: &str) -> PatchParams {
 }
 
 /// Replace the status of `key` (as read for planning) with `status`, guarded by its
-/// resourceVersion: a 409 means something else wrote first, and nothing was written.
+/// resourceVersion: a 409 means something else wrote first, and nothing was written. Answers
+/// the key as written.
 ///
 /// A replace rather than a server-side apply, because each `lastUsedAt` belongs to one token:
 /// when a rotation replaces a slot's token, the replaced token's use moves to its `previous`
 /// entry and the new token starts with none. The verifier writes those fields with its own
 /// patches, so an apply by the controller could neither move nor remove them. The planner
 /// carries every `lastUsedAt` it read, and the version guard keeps a newer one from being lost.
-pub async fn status(api: &Api<ApiKey>, key: &ApiKey, status: &ApiKeyStatus) -> kube::Result<()> {
+pub async fn status(
+    api: &Api<ApiKey>,
+    key: &ApiKey,
+    status: &ApiKeyStatus,
+) -> kube::Result<ApiKey> {
     let mut object = key.clone();
     // Left out, the server keeps the object's field ownership as it is.
     object.metadata.managed_fields = None;
@@ -49,7 +54,7 @@ pub async fn status(api: &Api<ApiKey>, key: &ApiKey, status: &ApiKeyStatus) -> k
         ..PostParams::default()
     };
     let name = key.metadata.name.as_deref().unwrap_or_default();
-    api.replace_status(name, &params, &object).await.map(drop)
+    api.replace_status(name, &params, &object).await
 }
 
 /// Apply `status` as `manager`. The body is the partial object server-side apply takes (no
@@ -103,8 +108,9 @@ pub fn raced(error: &kube::Error) -> bool {
 
 /// Apply the Secret: labels, annotations, owner reference, type and one data key per slot. The
 /// observed uid and resourceVersion in the body make the apply a conditional update; with none
-/// observed it creates the Secret (server-side apply has no create-only form).
-pub async fn secret(api: &Api<Secret>, desired: &DesiredSecret) -> kube::Result<()> {
+/// observed it creates the Secret (server-side apply has no create-only form). Answers the Secret
+/// as written.
+pub async fn secret(api: &Api<Secret>, desired: &DesiredSecret) -> kube::Result<Secret> {
     let secret = desired.to_secret();
     api.patch(
         &desired.name,
@@ -112,7 +118,6 @@ pub async fn secret(api: &Api<Secret>, desired: &DesiredSecret) -> kube::Result<
         &Patch::Apply(&secret),
     )
     .await
-    .map(drop)
 }
 
 /// Write a published Secret whole: create it when the key has none of that name (`current`),

@@ -10,6 +10,8 @@
 
 mod access;
 pub(crate) mod apply;
+mod cached;
+mod echoes;
 mod events;
 pub mod leader;
 pub mod metrics;
@@ -35,8 +37,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use keysmith_core::api::{
-    APIKEY_LABEL, ApiKey, ApiKeySpec, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL,
-    RESTART_ON_ANNOTATION,
+    APIKEY_LABEL, ApiKey, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL, RESTART_ON_ANNOTATION,
 };
 use keysmith_core::personal;
 use keysmith_core::planner::{self, EventKind, Plan, Revocation};
@@ -45,6 +46,8 @@ use keysmith_core::token::GenerateError;
 use crate::apikeys::{self, Unreadables, Watched};
 use crate::scope::Scope;
 use apply::Restarted;
+use cached::CachedKey;
+use echoes::OwnWrites;
 use events::EventWriter;
 use metrics::{ControllerMetrics, ErrorReason};
 
@@ -105,9 +108,12 @@ pub struct Context {
     personal_keys: PersonalKeyPolicy,
     /// The running controller's ApiKey cache (metadata and `spec.owner`), which tells which of
     /// an owner's personal keys is the first.
-    keys: Mutex<Option<reflector::Store<ApiKey>>>,
+    keys: Mutex<Option<reflector::Store<CachedKey>>>,
     /// `--max-concurrent-reconciles`: keys reconciled (or revoked unread) at once.
     concurrency: u16,
+    /// The resourceVersions the controller's own writes to ApiKeys and their Secrets answered,
+    /// whose watch events need no reconcile.
+    own_writes: OwnWrites,
 }
 
 impl Context {
@@ -140,6 +146,7 @@ impl Context {
             personal_keys,
             keys: Mutex::default(),
             concurrency: concurrency.max(1),
+            own_writes: OwnWrites::default(),
         })
     }
 }
@@ -211,8 +218,8 @@ pub async fn run(
     let secrets_config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // Reconcile and cleanup read the ApiKey and its Secret fresh, so the caches only trigger and
-    // route reconciles: keep ApiKeys' metadata without managedFields and last-applied copy, and
-    // only the metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
+    // route reconciles: keep ApiKeys' metadata (and owner) without managedFields and last-applied
+    // copy, and only the metadata of Secrets (SPEC 10: resident memory at 10,000 keys).
     let (store, writer) = reflector::store();
     *ctx.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
     let (revoke, revocations) = mpsc::unbounded();
@@ -220,9 +227,13 @@ pub async fn run(
     let keys = apikeys::watch(client.clone(), scope)
         .default_backoff()
         .try_filter_map(move |event| future::ready(Ok(readable(event, &unreadable, &revoke))))
-        .modify(prune_apikey_for_cache)
+        .modify(prune_for_cache)
         .reflect(writer)
-        .touched_objects();
+        .touched_objects()
+        .try_filter({
+            let ctx = ctx.clone();
+            move |key| future::ready(!ctx.own_writes.echo("ApiKey", &key.metadata))
+        });
     let secrets = watcher(secrets, secrets_config.clone())
         .default_backoff()
         .modify(prune_for_cache)
@@ -230,7 +241,11 @@ pub async fn run(
             let ctx = ctx.clone();
             move |event| ctx.published.observe(event)
         })
-        .touched_objects();
+        .touched_objects()
+        .try_filter({
+            let ctx = ctx.clone();
+            move |secret| future::ready(!ctx.own_writes.echo("Secret", &secret.metadata))
+        });
     let mut controller = Controller::for_stream(keys, store)
         .owns_stream(secrets)
         .with_config(controller::Config::default().concurrency(ctx.concurrency));
@@ -300,9 +315,9 @@ fn readable(
     event: watcher::Event<apikeys::ListedApiKey>,
     unreadable: &Unreadables,
     revoke: &mpsc::UnboundedSender<ObjectMeta>,
-) -> Option<watcher::Event<ApiKey>> {
+) -> Option<watcher::Event<CachedKey>> {
     let read = |object| match unreadable.read(object) {
-        Watched::Readable(key) => Ok(*key),
+        Watched::Readable(key) => Ok(CachedKey::from(*key)),
         Watched::Unreadable(meta) => {
             if meta.deletion_timestamp.is_some()
                 && meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
@@ -310,7 +325,7 @@ fn readable(
                 // Err: the controller is stopping; a new leader's list brings it back.
                 let _ = revoke.unbounded_send((*meta).clone());
             }
-            Err(Box::new(evicted(*meta)))
+            Err(Box::new(CachedKey::evicted(*meta)))
         }
     };
     Some(match event {
@@ -324,18 +339,9 @@ fn readable(
         },
         watcher::Event::Delete(object) => {
             unreadable.deleted(&object.metadata);
-            watcher::Event::Delete(evicted(object.metadata))
+            watcher::Event::Delete(CachedKey::evicted(object.metadata))
         }
     })
-}
-
-/// A stand-in carrying only `metadata`, to remove a key from the cache by name.
-fn evicted(metadata: ObjectMeta) -> ApiKey {
-    ApiKey {
-        metadata,
-        spec: ApiKeySpec::default(),
-        status: None,
-    }
 }
 
 /// Drop what a cached object is never read for: managedFields and kubectl's copy of the last
@@ -346,18 +352,6 @@ fn prune_for_cache(object: &mut impl Resource) {
     if let Some(annotations) = &mut meta.annotations {
         annotations.remove(LAST_APPLIED);
     }
-}
-
-/// What the ApiKey cache keeps: the metadata the finalizer helper reads, and the owner of a
-/// personal key (immutable, so never stale), which decides its owner's first key. The rest of
-/// spec and status, a kilobyte or more per key, is read fresh by whatever needs it.
-fn prune_apikey_for_cache(key: &mut ApiKey) {
-    prune_for_cache(key);
-    key.spec = ApiKeySpec {
-        owner: key.spec.owner.take(),
-        ..ApiKeySpec::default()
-    };
-    key.status = None;
 }
 
 /// kubectl's client-side apply record.
@@ -386,7 +380,8 @@ pub async fn run_elected(
     .await
 }
 
-async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<CachedKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = Arc::new(cached.stand_in());
     let namespace = key.namespace().unwrap_or_default();
     let key_name = key.name_any();
     let span = info_span!("reconcile", namespace = %namespace, name = %key_name);
@@ -402,6 +397,9 @@ async fn reconcile(key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action, Error>
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
         let result = async {
             let Finalized { key, fresh } = add_finalizer(&api, key).await?;
+            if fresh {
+                ctx.own_writes.wrote("ApiKey", &key.metadata);
+            }
             // kube's helper runs the apply or, once deleting, the cleanup, and then removes the
             // finalizer. It would also add a missing one, but end the pass there and wait for
             // the patch's watch event: two passes per new key, half the minting rate.
@@ -508,7 +506,7 @@ fn finalizer_raced(e: finalizer::Error<Error>) -> Result<Action, Error> {
 
 /// Retry a failed key with exponential backoff (5 s doubling to 5 min): a persistent error, such
 /// as a missing permission or a rejected write, never becomes a hot loop.
-fn error_policy(key: Arc<ApiKey>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(key: Arc<CachedKey>, error: &Error, ctx: Arc<Context>) -> Action {
     let namespace = key.namespace().unwrap_or_default();
     let (delay, failures) = {
         let mut failures = ctx.failures();
@@ -599,10 +597,10 @@ impl Context {
         let header_secrets = self.header_secrets(&secrets, key).await?;
         let published = publish::observe(&secrets, &self.published, key).await?;
         let owner = key.spec.owner.as_ref();
-        let same_namespace = owner.map(|_| self.same_namespace(&namespace));
+        let personal_keys = owner.map(|_| self.personal_keys_in(&namespace));
         let first_of_owner = owner
-            .zip(same_namespace.as_ref())
-            .and_then(|(o, keys)| personal::first_of_owner(keys.iter().map(|k| &**k), &o.username));
+            .zip(personal_keys.as_ref())
+            .and_then(|(o, keys)| personal::first_of_owner(keys, &o.username));
         let (role, binding) = match &self.access {
             Some(registries) => access::observe(&self.client, registries, key).await?,
             None => (None, None),
@@ -631,6 +629,7 @@ impl Context {
         let mut written = match &plan.status {
             Some(status) => apply::status(api, key, status)
                 .await
+                .map(|written| self.own_writes.wrote("ApiKey", &written.metadata))
                 .map_err(Error::kube(format!(
                     "writing status of ApiKey {namespace}/{name}"
                 ))),
@@ -694,16 +693,17 @@ impl Context {
             .map_or_else(Action::await_change, Action::requeue))
     }
 
-    /// The cached ApiKeys of `namespace`.
-    fn same_namespace(&self, namespace: &str) -> Vec<Arc<ApiKey>> {
+    /// The cached personal keys (those with an owner) of `namespace`, as ApiKeys.
+    fn personal_keys_in(&self, namespace: &str) -> Vec<ApiKey> {
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let cached = keys
             .as_ref()
             .map(reflector::Store::state)
             .unwrap_or_default();
         cached
-            .into_iter()
-            .filter(|k| k.metadata.namespace.as_deref() == Some(namespace))
+            .iter()
+            .filter(|k| k.owner.is_some() && k.metadata.namespace.as_deref() == Some(namespace))
+            .map(|k| k.stand_in())
             .collect()
     }
 
@@ -731,12 +731,13 @@ impl Context {
         let name = key.name_any();
         let namespace = key.namespace().unwrap_or_default();
         if let Some(secret) = &plan.secret {
-            apply::secret(secrets, secret)
+            let written = apply::secret(secrets, secret)
                 .await
                 .map_err(Error::kube(format!(
                     "writing Secret {namespace}/{}",
                     secret.name
                 )))?;
+            self.own_writes.wrote("Secret", &written.metadata);
         }
         for restart in &plan.restarts {
             let target = format!(
@@ -832,7 +833,7 @@ impl Context {
     }
 
     async fn try_revoke_unreadable(&self, meta: &ObjectMeta) -> Result<(), Error> {
-        let key = evicted(meta.clone());
+        let key = CachedKey::evicted(meta.clone()).stand_in();
         let namespace = key.namespace().unwrap_or_default();
         let name = key.name_any();
         let secrets: Api<PartialObjectMeta<Secret>> =

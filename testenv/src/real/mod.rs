@@ -127,6 +127,11 @@ impl Drop for Process {
     }
 }
 
+/// Whether kube-apiserver serves `/debug/pprof`: `KEYSMITH_TESTENV_PROFILING=1`.
+fn profiling() -> bool {
+    std::env::var_os("KEYSMITH_TESTENV_PROFILING").is_some_and(|v| v == "1")
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -290,7 +295,9 @@ impl RealCluster {
             // The default rotates the file at 100 MB, which a 10,000-key benchmark passes;
             // the harness reads it from the start.
             "--audit-log-maxsize=100000".into(),
-            "--profiling=false".into(),
+            // Go's pprof handlers under /debug/pprof, for the administrator only: off unless a
+            // benchmark asks for a profile of the server (docs/testing.md).
+            format!("--profiling={}", profiling()),
             // API aggregation, as kubeadm configures it: the aggregator authenticates to
             // aggregated API servers with the front-proxy client certificate and names the
             // user in these headers, and calls the endpoints of their Service directly (no
