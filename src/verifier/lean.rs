@@ -474,10 +474,6 @@ mod tests {
                 b"POST /v1/verify HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nbody!".to_vec(),
             ),
             ("bare LF", b"GET /v1/authz HTTP/1.1\nHost: x\n\n".to_vec()),
-            ("padded twice", {
-                let head = format!("GET /v1/authz HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(8156));
-                [head.as_bytes(), b"a\n", head.as_bytes()].concat()
-            }),
             ("garbage behind", b"GET /v1/authz HTTP/1.1\n\nby\nuvj\nkag\nrsl\nqs".to_vec()),
             ("HTTP/1.0", b"GET /v1/authz HTTP/1.0\r\n\r\n".to_vec()),
             ("Connection: close", b"GET /v1/authz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
@@ -494,6 +490,123 @@ mod tests {
                 assert_eq!(ours, theirs, "{what}");
             }
         }
+
+        // Stray bytes behind a head at the limit, then another such head: hyper alone answers
+        // 431 or 400 depending on its reads (see the test below), so any refusal that closes
+        // the connection after the first answer is the same answer.
+        let stream = padded_twice();
+        let (ours, theirs) = tokio::join!(
+            exchange(lean, vec![stream.clone()]),
+            exchange(hyper, vec![stream])
+        );
+        assert!(ours.starts_with("HTTP/1.1 200 OK"), "{ours}");
+        assert_eq!(without_last_refusal(&ours), without_last_refusal(&theirs));
+        assert_ne!(without_last_refusal(&ours), ours, "no refusal: {ours}");
+    }
+
+    /// A head a byte short of the limit, a stray `a` and a line end, and the head again.
+    fn padded_twice() -> Vec<u8> {
+        let mut head = b"GET /v1/authz HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(server::MIN_HEADER_BYTES - 5, b'p');
+        head.extend_from_slice(b"\r\n\r\n");
+        [&head[..], b"a\n", &head[..]].concat()
+    }
+
+    /// Reads that return `chunks` one by one, then the end of the stream; what is written kept.
+    struct Scripted {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut chunk) = self.chunks.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.chunks.push_front(chunk.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What hyper alone, configured as the server's workers configure it, answers to `chunks`
+    /// arriving in that many reads.
+    async fn hyper_alone(chunks: Vec<Vec<u8>>) -> String {
+        let written = std::sync::Arc::default();
+        let io = Scripted {
+            chunks: chunks.into(),
+            written: std::sync::Arc::clone(&written),
+        };
+        let max = server::MIN_HEADER_BYTES;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .writev(false)
+            .max_header_size(max)
+            .max_buf_size(max);
+        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(echo("", request).await)
+        });
+        let _ = http
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await;
+        let written = written.lock().unwrap();
+        mask_dates(&String::from_utf8_lossy(&written))
+    }
+
+    /// Why the lean path may answer such a stream with another refusal than hyper alone: hyper's
+    /// own answer depends on where its reads fall. Once a parse comes back partial it parses
+    /// again only when a fast scan finds the end of a head, so a stray `a` read in behind the
+    /// first head waits in the buffer until the buffer overflows (431); when the stray bytes
+    /// start a read of their own they are parsed at once (400).
+    #[tokio::test]
+    async fn hyper_alone_refuses_stray_bytes_past_a_full_head_with_431_or_400_by_its_reads() {
+        let stream = padded_twice();
+        let head = server::MIN_HEADER_BYTES - 1;
+        let split = |at: &[usize]| -> Vec<Vec<u8>> {
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for &to in at.iter().chain([&stream.len()]) {
+                chunks.push(stream[from..to].to_vec());
+                from = to;
+            }
+            chunks
+        };
+        let overflowed = hyper_alone(split(&[head + 1])).await;
+        let parsed = hyper_alone(split(&[head])).await;
+        let refusal = |answers: &str| answers[answers.rfind("HTTP/1.1").unwrap()..].to_string();
+        assert!(overflowed.starts_with("HTTP/1.1 200 OK"), "{overflowed}");
+        assert!(parsed.starts_with("HTTP/1.1 200 OK"), "{parsed}");
+        assert!(
+            refusal(&overflowed).starts_with("HTTP/1.1 431 "),
+            "{overflowed}"
+        );
+        assert!(refusal(&parsed).starts_with("HTTP/1.1 400 "), "{parsed}");
+        assert_eq!(without_last_refusal(&overflowed), without_last_refusal(&parsed));
     }
 
     /// The client and server ends of a connection with `capacity` bytes in flight each way, and its
@@ -852,11 +965,16 @@ mod tests {
             })
     }
 
-    fn without_last_400(answers: &str) -> &str {
-        answers
-            .strip_suffix(
-                "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: <date>\r\n\r\n",
-            )
+    /// `answers` without a last answer that refuses the request and closes the connection.
+    fn without_last_refusal(answers: &str) -> &str {
+        const REFUSALS: [&str; 2] = ["400 Bad Request", "431 Request Header Fields Too Large"];
+        REFUSALS
+            .iter()
+            .find_map(|status| {
+                answers.strip_suffix(&format!(
+                    "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\ndate: <date>\r\n\r\n"
+                ))
+            })
             .unwrap_or(answers)
     }
 
@@ -912,10 +1030,13 @@ mod tests {
                     }
                     // Hyper closes without its 400 when it parses bad bytes while the answer
                     // before them is still being written (`on_parse_error` writes one only in
-                    // `Writing::Init`), which only its own timing decides, on either server.
+                    // `Writing::Init`), which only its own timing decides, on either server;
+                    // and whether stray bytes past a full head get 400 or 431 depends on its
+                    // reads (`hyper_alone_refuses_stray_bytes...`). The refusal and the close
+                    // are the same.
                     prop_assert_eq!(
-                        without_last_400(&ours),
-                        without_last_400(&theirs),
+                        without_last_refusal(&ours),
+                        without_last_refusal(&theirs),
                         "{:?}",
                         String::from_utf8_lossy(&chunks.concat())
                     );
