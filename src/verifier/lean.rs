@@ -606,7 +606,10 @@ mod tests {
             "{overflowed}"
         );
         assert!(refusal(&parsed).starts_with("HTTP/1.1 400 "), "{parsed}");
-        assert_eq!(without_last_refusal(&overflowed), without_last_refusal(&parsed));
+        assert_eq!(
+            without_last_refusal(&overflowed),
+            without_last_refusal(&parsed)
+        );
     }
 
     /// The client and server ends of a connection with `capacity` bytes in flight each way, and its
