@@ -15,6 +15,7 @@ pub mod audit;
 pub mod client_ip;
 pub mod http;
 pub mod leaks;
+pub(crate) mod lean;
 pub(crate) mod metrics;
 pub(crate) mod server;
 pub(crate) mod slots;
@@ -390,9 +391,16 @@ impl Running {
             let verifier = verifier.clone();
             async move { http::handle(&verifier, peer, request).await }
         };
-        server::serve(
+        let verifier = self.verifier.clone();
+        let lean =
+            move |peer, request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>| {
+                let verifier = verifier.clone();
+                async move { http::handle(&verifier, peer, request).await }
+            };
+        server::serve_with(
             api,
             handler,
+            Some(lean),
             self.verifier.limits,
             acceptor,
             self.verifier.metrics.connections.clone(),

@@ -159,24 +159,27 @@ impl Drop for Open {
     }
 }
 
-/// Answers a request, given the TCP peer it came from.
-pub trait Handler: Clone + Send + 'static {
+/// Answers a request with a body of type `B`, given the TCP peer it came from.
+pub trait Handler<B = Incoming>: Clone + Send + 'static {
     /// The answer being worked out.
     type Answer: Future<Output = Response<Full<Bytes>>> + Send + 'static;
     /// Answer `request` from `peer`.
-    fn call(&self, peer: SocketAddr, request: Request<Incoming>) -> Self::Answer;
+    fn call(&self, peer: SocketAddr, request: Request<B>) -> Self::Answer;
 }
 
-impl<F, A> Handler for F
+impl<F, A, B> Handler<B> for F
 where
-    F: Fn(SocketAddr, Request<Incoming>) -> A + Clone + Send + 'static,
+    F: Fn(SocketAddr, Request<B>) -> A + Clone + Send + 'static,
     A: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     type Answer = A;
-    fn call(&self, peer: SocketAddr, request: Request<Incoming>) -> A {
+    fn call(&self, peer: SocketAddr, request: Request<B>) -> A {
         self(peer, request)
     }
 }
+
+/// No lean path: every request goes through hyper.
+pub type NoLean = fn(SocketAddr, Request<Full<Bytes>>) -> std::future::Ready<Response<Full<Bytes>>>;
 
 /// Serve `handler` on `listener` within `limits` (over TLS with `tls`; a client certificate is
 /// handed on as [`ClientCertificate`]), counting connections in `connections`, until `shutdown`
@@ -184,6 +187,28 @@ where
 pub async fn serve(
     listener: TcpListener,
     handler: impl Handler,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    connections: Connections,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(
+        listener,
+        handler,
+        None::<NoLean>,
+        limits,
+        tls,
+        connections,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the hot endpoints on plain HTTP served by `lean` ([`super::lean`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    handler: impl Handler,
+    lean: Option<impl Handler<Full<Bytes>>>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     connections: Connections,
@@ -199,10 +224,13 @@ pub async fn serve(
             .enable_all()
             .build()?;
         let (handler, stopped, tls) = (handler.clone(), stopped.clone(), tls.clone());
+        let lean = lean.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("keysmith-api-{n}"))
-                .spawn(move || runtime.block_on(worker(accepted, handler, limits, tls, stopped)))?,
+                .spawn(move || {
+                    runtime.block_on(worker(accepted, handler, lean, limits, tls, stopped))
+                })?,
         );
         queues.push(queue);
     }
@@ -263,6 +291,7 @@ fn is_connection_error(err: &io::Error) -> bool {
 async fn worker(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
     handler: impl Handler,
+    lean: Option<impl Handler<Full<Bytes>>>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
@@ -295,15 +324,33 @@ async fn worker(
         let _ = stream.set_nodelay(true);
         let stream = WriteDeadline::new(stream, limits.write_timeout);
         let (handler, http, watcher) = (handler.clone(), http.clone(), graceful.watcher());
-        let tls = tls.clone();
+        let (tls, lean, stopped) = (tls.clone(), lean.clone(), stopped.clone());
         tokio::spawn(async move {
             let slot = open.held.slot().clone();
             let serve = async {
-                match tls {
-                    None => {
+                match (tls, lean) {
+                    (None, Some(lean)) => {
+                        // `watcher` lives as long as this connection (it is handed to hyper or
+                        // dropped with it), so the wait for open requests covers the lean path.
+                        let ended = super::lean::serve(
+                            stream,
+                            peer,
+                            lean,
+                            &slot,
+                            limits.header_read_timeout,
+                            max_header_bytes,
+                            stopped,
+                        )
+                        .await;
+                        if let super::lean::Ended::HandOver(stream) = ended {
+                            let service = service(handler, peer, &open, None);
+                            serve_one(&http, watcher, stream, service).await;
+                        }
+                    }
+                    (None, None) => {
                         serve_one(&http, watcher, stream, service(handler, peer, &open, None)).await
                     }
-                    Some(tls) => {
+                    (Some(tls), _) => {
                         let handshake =
                             tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(stream));
                         let Ok(Ok(stream)) = handshake.await else {
