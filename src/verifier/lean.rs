@@ -562,18 +562,7 @@ mod tests {
             chunks: chunks.into(),
             written: std::sync::Arc::clone(&written),
         };
-        let max = server::MIN_HEADER_BYTES;
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(hyper_util::rt::TokioTimer::new())
-            .writev(false)
-            .max_header_size(max)
-            .max_buf_size(max);
-        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-            Ok::<_, std::convert::Infallible>(echo("", request).await)
-        });
-        let _ = http
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-            .await;
+        let _ = hyper_echo(io, Duration::from_secs(10)).await;
         let written = written.lock().unwrap();
         mask_dates(&String::from_utf8_lossy(&written))
     }
@@ -623,6 +612,25 @@ mod tests {
 
     fn peer() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()
+    }
+
+    /// Hyper alone serving `io` with [`echo`], configured as the server's workers configure it.
+    async fn hyper_echo<IO>(io: IO, header_read_timeout: Duration) -> hyper::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let max = server::MIN_HEADER_BYTES;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .writev(false)
+            .header_read_timeout(header_read_timeout)
+            .max_header_size(max)
+            .max_buf_size(max);
+        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(echo("", request).await)
+        });
+        http.serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await
     }
 
     fn lean_echo(
@@ -695,16 +703,7 @@ mod tests {
         let Ended::HandOver(replay) = serving.await.unwrap() else {
             panic!("the connection was closed, not handed over");
         };
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(timeout)
-            .max_header_size(max)
-            .max_buf_size(max);
-        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-            Ok::<_, std::convert::Infallible>(echo("", request).await)
-        });
-        let hyper =
-            tokio::spawn(http.serve_connection(hyper_util::rt::TokioIo::new(replay), service));
+        let hyper = tokio::spawn(hyper_echo(replay, timeout));
         let mut answer = vec![0; 64];
         let n = client.read(&mut answer).await.unwrap();
         assert!(
