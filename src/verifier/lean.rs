@@ -614,6 +614,35 @@ mod tests {
         "127.0.0.1:1".parse().unwrap()
     }
 
+    /// [`serve`] on `io` in a task of its own, holding `held`'s slot; with the sender that
+    /// stops it.
+    fn spawn_serve<IO>(
+        io: IO,
+        handler: impl Handler<Full<Bytes>>,
+        held: Held,
+        header_read_timeout: Duration,
+        max_header_bytes: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<Ended<IO>>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let serving = tokio::spawn(async move {
+            let slot = held.slot();
+            serve(
+                io,
+                peer(),
+                handler,
+                slot,
+                header_read_timeout,
+                max_header_bytes,
+                stopped,
+            )
+            .await
+        });
+        (stop, serving)
+    }
+
     /// Hyper alone serving `io` with [`echo`], configured as the server's workers configure it.
     async fn hyper_echo<IO>(io: IO, header_read_timeout: Duration) -> hyper::Result<()>
     where
@@ -643,20 +672,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickled_head_is_cut_at_the_header_read_timeout() {
         let (mut client, server, held) = connection(64);
-        let (_stop, stopped) = watch::channel(false);
         let timeout = Duration::from_secs(10);
-        let serving = tokio::spawn(async move {
-            serve(
-                server,
-                peer(),
-                lean_echo,
-                held.slot(),
-                timeout,
-                8192,
-                stopped,
-            )
-            .await
-        });
+        let (_stop, serving) = spawn_serve(server, lean_echo, held, timeout, 8192);
         let head = b"GET /v1/authz HTTP/1.1\r\nHost: a-slow-client\r\n\r\n";
         let mut sent = 0;
         for byte in head {
@@ -677,22 +694,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_head_handed_over_unfinished_is_refused_at_once_not_given_a_second_timeout() {
         let (mut client, server, held) = connection(4 * server::MIN_HEADER_BYTES);
-        let (_stop, stopped) = watch::channel(false);
         let timeout = Duration::from_secs(10);
         let max = server::MIN_HEADER_BYTES;
         let started = Instant::now();
-        let serving = tokio::spawn(async move {
-            serve(
-                server,
-                peer(),
-                lean_echo,
-                held.slot(),
-                timeout,
-                max,
-                stopped,
-            )
-            .await
-        });
+        let (_stop, serving) = spawn_serve(server, lean_echo, held, timeout, max);
         // A head trickled for most of the timeout that then outgrows `max_header_bytes`.
         let mut head = b"GET /v1/authz HTTP/1.1\r\nX-Pad: ".to_vec();
         head.resize(max + 100, b'p');
@@ -719,29 +724,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_does_not_read_its_answers_is_shed_at_the_write_deadline() {
         let (mut client, server, held) = connection(64);
-        let (_stop, stopped) = watch::channel(false);
         let server = WriteDeadline::new(server, Duration::from_secs(10));
         client.write_all(AUTHZ).await.unwrap();
         // The answer is larger than the pipe, and the client never reads it.
         let started = Instant::now();
-        let ended = serve(
-            server,
-            peer(),
-            lean_echo,
-            held.slot(),
-            Duration::from_secs(60),
-            8192,
-            stopped,
-        )
-        .await;
-        assert!(matches!(ended, Ended::Closed));
+        let (_stop, serving) = spawn_serve(server, lean_echo, held, Duration::from_secs(60), 8192);
+        assert!(matches!(serving.await.unwrap(), Ended::Closed));
         assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test]
     async fn on_shutdown_the_request_in_flight_is_answered_and_the_connection_closed() {
         let (mut client, server, held) = connection(64);
-        let (stop, stopped) = watch::channel(false);
         let (release, released) = tokio::sync::watch::channel(false);
         let handler = move |_, request: Request<Full<Bytes>>| {
             let mut released = released.clone();
@@ -750,18 +744,7 @@ mod tests {
                 echo("", request).await
             }
         };
-        let serving = tokio::spawn(async move {
-            serve(
-                server,
-                peer(),
-                handler,
-                held.slot(),
-                Duration::from_secs(60),
-                8192,
-                stopped,
-            )
-            .await
-        });
+        let (stop, serving) = spawn_serve(server, handler, held, Duration::from_secs(60), 8192);
         // Two pipelined requests: the first is in the handler when shutdown starts.
         client.write_all(&[AUTHZ, AUTHZ].concat()).await.unwrap();
         tokio::task::yield_now().await;
@@ -775,19 +758,7 @@ mod tests {
 
         // An idle connection closes as soon as shutdown starts.
         let (mut client, server, held) = connection(64);
-        let (stop, stopped) = watch::channel(false);
-        let serving = tokio::spawn(async move {
-            serve(
-                server,
-                peer(),
-                lean_echo,
-                held.slot(),
-                Duration::from_secs(60),
-                8192,
-                stopped,
-            )
-            .await
-        });
+        let (stop, serving) = spawn_serve(server, lean_echo, held, Duration::from_secs(60), 8192);
         client.write_all(b"GET /v1/au").await.unwrap();
         stop.send(true).unwrap();
         assert!(matches!(serving.await.unwrap(), Ended::Closed));
