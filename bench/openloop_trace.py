@@ -73,16 +73,13 @@ for start, latency in requests:
     if i == len(periods) or start + latency < periods[i][0]:
         continue
     woken, running, asleep, _, _ = periods[i]
-    # A thread that answered several requests in one wake period sleeps after the last answer.
-    done = min(asleep, start + latency)
-    parts.append((
-        latency,
-        max(0, woken - start),
-        max(0, running - max(woken, start)),
-        max(0, done - max(running, start)),
-        start + latency - done,
-        periods[i],
-    ))
+    # Each mark as time since the start, in order and within the latency, so that the parts add
+    # up to it: a thread that answered several requests in one wake period sleeps after the
+    # last answer, and a request matched to the wrong period (rare) lands in one part.
+    marks = [0]
+    for mark in (woken, running, asleep):
+        marks.append(max(marks[-1], min(latency, mark - start)))
+    parts.append((latency, *(b - a for a, b in zip(marks, marks[1:] + [latency])), periods[i]))
 parts.sort(key=lambda p: p[0])
 n = len(parts)
 if not n:
