@@ -12,15 +12,26 @@
 # p99 against nginx's at the same rate and run, and checks the target: at every rate, in every
 # run, vegeta kept the rate on its CPUs without errors, and the verifier's p99 is within 1.2x
 # nginx's and under 1 ms where nginx's is. It exits 0 either way; nothing here is asserted by a
-# test.
+# test. With --control it also measures how far nginx's p99 moves against itself; with --trace,
+# what the tail is made of (below the table).
 #
-# Usage: bench/openloop.sh [--rates R1,R2,...] [--runs N] [--duration D] [--keys N]
+# Usage: bench/openloop.sh [--rates R1,R2,...] [--runs N] [--duration D] [--keys N] [--control]
+#                          [--trace]
 #   --rates     requests per second, comma-separated (default 1000,2000,5000,10000)
 #   --runs      times every rate is measured, one run after another (default 3)
 #   --duration  per endpoint, rate and run, as vegeta reads it: 500ms, 30s, 2m (default 10s)
 #   --keys      ApiKeys the verifier indexes (default 10000)
+#   --control   after the verifier's endpoints, send to nginx again ("nginx again"): its p99 against
+#               nginx's first one in the same run is how much the ratio moves with no change of
+#               server (the target's verdict leaves it out)
+#   --trace     record the scheduler during every attack (perf, as root) and split each request's
+#               latency into: before the server thread is woken, its wake-up delay, its time
+#               awake, and after it sleeps again (the client's side); plus the server's context
+#               switches per request, by thread. Meant for low rates: at 10,000 req/s a 10 s
+#               attack writes a few hundred MB of events, deleted once read
 # Needs: cargo, curl, python3, taskset, nginx (`apt-get install nginx`), 2 CPUs, and vegeta,
-# which `testenv/install vegeta` builds from its pinned Go module (Go 1.26 or newer, once).
+# which `testenv/install vegeta` builds from its pinned Go module (Go 1.26 or newer, once);
+# --trace also perf (`apt-get install linux-perf`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -33,8 +44,12 @@ RATES=1000,2000,5000,10000
 RUNS=3
 DURATION=10s
 KEYS=10000
+TRACE=
+NAMES=(nginx authz verify)
 while [ $# -gt 0 ]; do
     case $1 in
+        --control) NAMES=(nginx authz verify nginx-again); shift; continue ;;
+        --trace) TRACE=1; shift; continue ;;
         --rates) RATES=${2:-} ;;
         --runs) RUNS=${2:-} ;;
         --duration) DURATION=${2:-} ;;
@@ -60,6 +75,8 @@ find_nginx || die 1 "nginx is missing: install it with 'apt-get install nginx' (
 for tool in curl python3 taskset; do
     command -v $tool >/dev/null || die 1 "$tool is missing: install it (Debian, Ubuntu: apt-get install ${tool/taskset/util-linux})"
 done
+[ -z "$TRACE" ] || command -v perf >/dev/null ||
+    die 1 "--trace needs perf: install it (Debian: apt-get install linux-perf) and run as root"
 split_cpus vegeta || exit 2
 
 build_verifier
@@ -91,21 +108,62 @@ printf 'POST http://127.0.0.1:%s/v1/verify\nContent-Type: application/json\n@%s\
 # had just sent on one as an error (2026-12-07: thousands a run from 2,000 req/s up).
 MAX_CONNECTIONS=250
 attack() { # RATE NAME RUN
-    local out=$WORK/$2.$1.$3
+    local out=$WORK/$2.$1.$3 perf
     echo "bench/openloop.sh: run $3 of $RUNS, $2 at $1 req/s for $DURATION ($(date +%T))" >&2
-    "${PIN_CLIENT[@]}" "$VEGETA" attack -targets="$WORK/$2.targets" -rate="$1/1s" \
+    [ -z "$TRACE" ] || trace_start "$2" "$out"
+    "${PIN_CLIENT[@]}" "$VEGETA" attack -targets="$WORK/${2%-again}.targets" -rate="$1/1s" \
         -duration="$DURATION" -timeout=5s -max-body=0 -max-connections=$MAX_CONNECTIONS \
         -name="$2" >"$out.bin"
     "${PIN_CLIENT[@]}" "$VEGETA" report -type=json "$out.bin" >"$out.json"
-    "${PIN_CLIENT[@]}" "$VEGETA" encode -to=csv "$out.bin" | cut -d, -f3 >"$out.ns"
+    "${PIN_CLIENT[@]}" "$VEGETA" encode -to=csv "$out.bin" | cut -d, -f1,3 >"$out.csv"
+    cut -d, -f2 "$out.csv" >"$out.ns"
     rm "$out.bin"
+    [ -z "$TRACE" ] || trace_end "$2" "$out"
+}
+
+# --trace: the threads of the server of an endpoint, those that answer requests (nginx's
+# workers, the verifier's keysmith-api-N), and every thread's context switches so far.
+server_tasks() { # NAME: /proc/PID/task/TID of every thread serving NAME
+    local pid
+    if [[ $1 == nginx* ]]; then
+        for pid in $(pgrep -P "$NGINX_PID"); do echo /proc/"$pid"/task/*; done
+    else
+        echo /proc/"$VERIFIER"/task/*
+    fi
+}
+serving_tids() {
+    if [[ $1 == nginx* ]]; then pgrep -P "$NGINX_PID"; else grep -l '^keysmith-api' /proc/"$VERIFIER"/task/*/comm | cut -d/ -f5; fi
+}
+switches() {
+    local task
+    for task in $(server_tasks "$1"); do
+        awk -v comm="$(cat "$task/comm")" '/^(non)?voluntary_ctxt/ {n += $2} END {print comm, n}' "$task/status"
+    done
+}
+trace_start() { # NAME OUT: perf records scheduler events on every CPU, in the monotonic clock
+    switches "$1" >"$2.switches0"
+    perf record -q -k mono -e sched:sched_switch -e sched:sched_waking -a -o "$2.perf" &
+    perf=$!
+    sleep 0.5 # perf attaches to every CPU
+    # vegeta stamps requests with the wall clock: the difference to the monotonic one.
+    python3 -c 'import time; print(time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC))' >"$2.offset"
+}
+trace_end() { # NAME OUT: the tail's parts, in OUT.trace
+    kill -INT "$perf"
+    wait "$perf" || true
+    switches "$1" >"$2.switches1"
+    local tids
+    mapfile -t tids < <(serving_tids "$1")
+    perf script -i "$2.perf" -F cpu,time,event,trace --ns 2>/dev/null |
+        python3 bench/openloop_trace.py "$2" "${tids[@]}" >"$2.trace"
+    rm "$2.perf"
 }
 # Run after run, so that a slow spell of the machine lands in one run of every rate rather than
 # in every run of one rate.
 IFS=, read -ra rates <<<"$RATES"
 for ((run = 1; run <= RUNS; run++)); do
     for rate in "${rates[@]}"; do
-        for name in nginx authz verify; do attack "$rate" $name $run; done
+        for name in "${NAMES[@]}"; do attack "$rate" "$name" $run; done
     done
 done
 
@@ -117,12 +175,12 @@ echo "index:   $INDEXED tokens from $KEYS ApiKeys; verifier /readyz ${READY_MS} 
 curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
     /^keysmith_verifier_connections_(evicted|rejected)_total / {sub(/^keysmith_verifier_connections_/, "", $1); sub(/_total$/, "", $1); c = c " " $1 " " $2}
     END {print "caps:    verifier connections" c}'
-python3 - "$WORK" "$RATES" "$RUNS" "$DURATION" <<'PY'
+python3 - "$WORK" "$RATES" "$RUNS" "$DURATION" "${NAMES[@]}" <<'PY'
 import json, math, sys
 
 work, rates, runs, duration = sys.argv[1], [int(r) for r in sys.argv[2].split(",")], int(sys.argv[3]), sys.argv[4]
-names = ["nginx", "authz", "verify"]
-endpoint = {"nginx": "nginx", "authz": "/v1/authz", "verify": "/v1/verify"}
+names = sys.argv[5:]
+endpoint = {"nginx": "nginx", "authz": "/v1/authz", "verify": "/v1/verify", "nginx-again": "nginx again"}
 
 rows = {}
 for run in range(1, runs + 1):
@@ -142,7 +200,7 @@ for run in range(1, runs + 1):
 
 print(f"\nopen loop, {duration} per endpoint, rate and run; latencies in ms; errors = answers other than 200")
 head = ("run", "rate/s", "endpoint", "sent/s", "requests", "errors", "p50", "p99", "p99.9", "max", "p99/nginx")
-fmt = "{:>3} {:>7} {:<10} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}"
+fmt = "{:>3} {:>7} {:<11} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}"
 print(fmt.format(*head))
 for rate in rates:
     for run in range(1, runs + 1):
@@ -164,7 +222,7 @@ for rate in rates:
     failures = []
     for run in range(1, runs + 1):
         base = rows[run, rate, "nginx"]["p99"]
-        for name in names:
+        for name in ("nginx", "authz", "verify"):
             x = rows[run, rate, name]
             if x["achieved"] < 0.99 * rate:
                 failures.append(f"run {run}: vegeta sent {endpoint[name]} {x['achieved']:.0f} req/s, not sustained")
@@ -184,4 +242,21 @@ for rate in rates:
         print(f"           {failure}")
     met_all &= not failures
 print(f"target at every rate: {'met' if met_all else 'MISSED'}")
+if "nginx-again" in names:
+    print("\ncontrol: nginx again against nginx in the same run, p99 ratio (the same server: any move is the machine)")
+    for rate in rates:
+        ratios = [rows[run, rate, "nginx-again"]["p99"] / rows[run, rate, "nginx"]["p99"] for run in range(1, runs + 1)]
+        print(f"  {rate:>6} req/s: " + ", ".join(f"{r:.2f}" for r in ratios))
 PY
+if [ -n "$TRACE" ]; then
+    echo
+    echo "--trace: where each request's time went, in us (bench/openloop_trace.py says how it is split)"
+    for rate in "${rates[@]}"; do
+        for ((run = 1; run <= RUNS; run++)); do
+            for name in "${NAMES[@]}"; do
+                echo "run $run, $rate req/s, $name:"
+                cat "$WORK/$name.$rate.$run.trace"
+            done
+        done
+    done
+fi

@@ -39,7 +39,10 @@ fn help_names_every_flag_and_its_default() {
         "--duration",
         "10s",
         "--keys",
+        "--control",
+        "--trace",
         "apt-get install nginx",
+        "apt-get install linux-perf",
         "testenv/install vegeta",
     ] {
         assert!(
