@@ -289,6 +289,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Replay<IO> {
             let at = self.at;
             buf.put_slice(&self.prefix[at..at + n]);
             self.at += n;
+            if self.at == self.prefix.len() {
+                // Replayed: a connection hyper keeps open holds no copy of its first bytes.
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -432,6 +437,35 @@ mod tests {
 
     const AUTHZ: &[u8] = b"GET /v1/authz?a=1 HTTP/1.1\r\nHost: x\r\n\r\n";
     const VERIFY: &[u8] = b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+
+    #[tokio::test]
+    async fn a_replay_reads_its_prefix_then_the_connection_and_lets_the_prefix_go() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut replay = Replay {
+            prefix: b"GET /other".to_vec(),
+            at: 0,
+            io: server,
+        };
+        client.write_all(b" HTTP/1.1").await.unwrap();
+        drop(client);
+        let mut read = Vec::new();
+        let mut small = [0; 4];
+        loop {
+            let n = replay.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&small[..n]);
+            if read.len() == 10 {
+                assert_eq!(
+                    replay.prefix.capacity(),
+                    0,
+                    "the prefix is let go once read"
+                );
+            }
+        }
+        assert_eq!(read, b"GET /other HTTP/1.1");
+    }
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order_by_the_path_that_takes_them() {
